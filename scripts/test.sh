@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, integration (SoftHSM, swtpm + tpm2-pkcs11, ykcs11 on a virtual PIV
+# card, fault injection), end to end (real agent and shim processes, real cargo, verifying registry).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+# cargo >= 1.74 is needed for credential providers; rustup installs it in ~/.cargo/bin.
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# One file at a time: integration fixtures own fixed local ports (vpcd 35963, swtpm).
+exec node --test --test-concurrency=1 --test-timeout=600000 dist/test/

@@ -1,0 +1,139 @@
+/**
+ * One error type for the whole project, with a closed union of stable codes.
+ *
+ * Every user-facing failure pairs *what happened* (`message`) with *what to do* (`remedy`).
+ * Codes travel over the agent socket as `{code, message, remedy}`; a client that meets a code it
+ * does not know keeps the message and treats it as `INTERNAL` (see `isErrorCode`), the same way
+ * cargo's `cargo-credential` crate keeps an `Unknown` error kind for forward compatibility.
+ */
+
+/** Failures of the token verifier: one code per reason a registry rejects a token. */
+export const VERIFY_CODES = [
+  'TOKEN_MALFORMED', // not three or four dot-separated parts, empty payload, payload too short
+  'TOKEN_WRONG_PURPOSE', // header is not `v3.public.` (v4 tokens, v3.local, ...)
+  'TOKEN_ENCODING', // base64url with padding, invalid characters or non-zero trailing bits
+  'SIGNATURE_INVALID', // the signature does not verify for the expected public key
+  'SIGNATURE_HIGH_S', // strict mode only: s > n/2
+  'FOOTER_INVALID', // footer missing, not JSON, or missing `url` / `kip`
+  'KEY_ID_MISMATCH', // footer `kip` is not the expected key's k3.pid
+  'URL_MISMATCH', // footer `url` is not this registry's index URL
+  'CLAIMS_INVALID', // message is not a JSON object or a claim has the wrong type
+  'IAT_MISSING',
+  'IAT_INVALID',
+  'IAT_STALE', // older than the accepted window
+  'IAT_FUTURE', // further in the future than the allowed clock skew
+  'SUBJECT_MISMATCH',
+  'VERSION_UNSUPPORTED', // `v` present and not 1
+  'MUTATION_MISMATCH', // mutation claim differs from the operation the request performs
+  'NAME_MISMATCH',
+  'VERS_MISMATCH',
+  'CKSUM_MISMATCH',
+  'UNEXPECTED_CLAIM', // a mutation claim on a read token, or `vers` on an owners token, ...
+] as const
+
+/** Failures of the agent, the shim and the device layer. */
+export const AGENT_CODES = [
+  'USAGE', // bad command-line arguments
+  'CONFIG_INVALID', // config file cannot be parsed or fails validation
+  'CONFIG_MISSING',
+  'REQUEST_INVALID', // malformed request from cargo or from a socket client
+  'REGISTRY_NOT_CONFIGURED', // the agent refuses to sign for registries it was not bound to
+  'OPERATION_UNSUPPORTED',
+  'KEY_NOT_FOUND',
+  'KEY_EXISTS', // keygen would overwrite an existing key without --force
+  'KEY_INVALID', // not a P-384 EC key, public point malformed
+  'SIGNATURE_MALFORMED', // the device returned something that is neither r||s nor DER
+  'SELF_CHECK_FAILED', // the device's signature did not verify with its own public key
+  'MODULE_LOAD_FAILED', // the PKCS#11 library cannot be loaded or initialised
+  'TOKEN_ABSENT', // the configured token is not inserted / not found
+  'DEVICE_ERROR', // device or slot failure not covered by another code
+  'DEVICE_REMOVED', // removed during an operation
+  'SESSION_LOST', // session handle became invalid (reconnect happens automatically)
+  'MECHANISM_UNSUPPORTED',
+  'PIN_REQUIRED', // a PIN is needed and no source can provide one (headless)
+  'PIN_INCORRECT',
+  'PIN_LOCKED',
+  'PIN_INVALID', // wrong length / characters rejected by the token
+  'PIN_ENTRY_FAILED', // pinentry / tty prompt failed or was cancelled
+  'TOUCH_TIMEOUT',
+  'DENIED', // the user declined the confirmation
+  'POLICY_DENIED', // policy forbids this request (e.g. final PIN try without confirmation)
+  'RATE_LIMITED',
+  'AGENT_UNREACHABLE',
+  'AGENT_BUSY',
+  'AGENT_ALREADY_RUNNING',
+  'PROTOCOL_ERROR', // a peer spoke something that is not our protocol
+  'TIMEOUT',
+  'INTERNAL',
+] as const
+
+export type VerifyCode = (typeof VERIFY_CODES)[number]
+export type AgentCode = (typeof AGENT_CODES)[number]
+export type ErrorCode = VerifyCode | AgentCode
+
+const ALL_CODES: ReadonlySet<string> = new Set<string>([...VERIFY_CODES, ...AGENT_CODES])
+
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && ALL_CODES.has(value)
+}
+
+export interface ErrorDetails {
+  /** What the user should do next. Shown after the message. */
+  readonly remedy?: string
+  readonly cause?: unknown
+  /** Structured context safe to log and to send over the socket (never secrets). */
+  readonly data?: Readonly<Record<string, string | number | boolean>>
+}
+
+export class AgentError extends Error {
+  readonly code: ErrorCode
+  readonly remedy: string | undefined
+  readonly data: Readonly<Record<string, string | number | boolean>>
+
+  constructor(code: ErrorCode, message: string, details: ErrorDetails = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause })
+    this.name = 'AgentError'
+    this.code = code
+    this.remedy = details.remedy
+    this.data = Object.freeze({ ...(details.data ?? {}) })
+  }
+
+  /** "message. remedy" — what a human reads. */
+  describe(): string {
+    return this.remedy === undefined ? this.message : `${this.message}. ${this.remedy}`
+  }
+
+  toWire(): WireError {
+    const wire: WireError = { code: this.code, message: this.message }
+    if (this.remedy !== undefined) wire.remedy = this.remedy
+    if (Object.keys(this.data).length > 0) wire.data = { ...this.data }
+    return wire
+  }
+
+  static fromWire(wire: WireError): AgentError {
+    const code = isErrorCode(wire.code) ? wire.code : 'INTERNAL'
+    const details: { remedy?: string; data?: Record<string, string | number | boolean> } = {}
+    if (typeof wire.remedy === 'string') details.remedy = wire.remedy
+    if (wire.data !== undefined) details.data = wire.data
+    const message = code === wire.code ? wire.message : `${wire.message} (agent error code ${wire.code})`
+    return new AgentError(code, message, details)
+  }
+}
+
+/** The shape errors take on the agent socket. `code` may be one this build does not know. */
+export interface WireError {
+  code: string
+  message: string
+  remedy?: string
+  data?: Record<string, string | number | boolean>
+}
+
+/** Wraps anything thrown into an AgentError, keeping the original as `cause`. */
+export function toAgentError(error: unknown, fallback: ErrorCode = 'INTERNAL'): AgentError {
+  if (error instanceof AgentError) return error
+  const message = error instanceof Error ? error.message : String(error)
+  return new AgentError(fallback, message, {
+    cause: error,
+    remedy: 'This is unexpected; run `cargo-pkcs11-agent doctor` and report it with the audit log line',
+  })
+}
