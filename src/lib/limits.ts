@@ -36,4 +36,7 @@ export const LIMITS = Object.freeze({
   cargoCacheReuseMarginSeconds: 60,
   /** We end read-token cache validity this much earlier still, for clock drift and request latency. */
   readTokenCacheSafetySeconds: 10,
+  /** Longest crate name / version / command line / URL shown in a prompt: a hostile program could
+   * pass a huge argv to push the real request text off the pinentry dialog. */
+  intentFieldMaxChars: 200,
 })

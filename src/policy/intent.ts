@@ -1,0 +1,129 @@
+/**
+ * What a signing request is for, and the seam through which policy talks to the human of that one
+ * request. The agent fills an `Intent` from cargo's request (forwarded by the shim with the
+ * requesting process) and implements `Prompter` over the shim's socket; policy code only sees these
+ * shapes. Design point 1 (design.md): every prompt and notice shows *what* is being approved.
+ */
+import type { Pin } from '../lib/secret.js'
+import { LIMITS } from '../lib/limits.js'
+import type { Operation } from '../token/operation.js'
+
+/** The program that asked cargo to ask us (as the shim saw it). All fields are best effort. */
+export interface Requester {
+  pid?: number
+  ppid?: number
+  /** Command line of the requesting program (the shim's parent, usually `cargo publish`). */
+  command?: string
+  tty?: string
+}
+
+export interface Intent {
+  /** Registry name from cargo's config; absent for `--index` style URLs. */
+  registryName?: string
+  /** Index URL exactly as cargo sends it (`sparse+` prefix kept). */
+  indexUrl: string
+  operation: Operation
+  name?: string
+  vers?: string
+  /** Lowercase hex SHA-256 of the .crate (publish only). */
+  cksum?: string
+  requester: Requester
+}
+
+/** How many hex digits of the checksum a human is shown (enough to compare with `sha256sum`). */
+export const CKSUM_PREFIX_CHARS = 8
+
+/**
+ * Text that came from another process (crate names, command lines) is shown on the user's terminal
+ * and in pinentry: control characters could move the cursor or recolour the prompt to fake an
+ * approval text, so they are replaced, and very long values are cut.
+ */
+export function displaySafe(text: string, maxChars: number = LIMITS.intentFieldMaxChars): string {
+  // eslint-disable-next-line no-control-regex
+  const clean = text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, '\uFFFD')
+  return clean.length > maxChars ? `${clean.slice(0, maxChars - 1)}…` : clean
+}
+
+export function cksumPrefix(cksum: string | undefined): string | undefined {
+  if (cksum === undefined) return undefined
+  return displaySafe(cksum.slice(0, CKSUM_PREFIX_CHARS), CKSUM_PREFIX_CHARS)
+}
+
+/** "my-registry (sparse+https://registry.example/index/)", or just the URL when cargo sent no name. */
+export function describeRegistry(intent: Pick<Intent, 'registryName' | 'indexUrl'>): string {
+  const url = displaySafe(intent.indexUrl)
+  return intent.registryName === undefined ? url : `${displaySafe(intent.registryName)} (${url})`
+}
+
+export function describeRequester(requester: Requester): string {
+  const parts: string[] = []
+  if (requester.pid !== undefined) parts.push(`pid ${requester.pid}`)
+  if (requester.command !== undefined && requester.command !== '') parts.push(`\`${displaySafe(requester.command)}\``)
+  if (parts.length === 0 && requester.ppid !== undefined) parts.push(`parent pid ${requester.ppid}`)
+  if (requester.tty !== undefined && requester.tty !== '') parts.push(`on ${displaySafe(requester.tty)}`)
+  return parts.length === 0 ? 'an unknown program' : parts.join(' ')
+}
+
+/**
+ * One line a human can approve or refuse, e.g.
+ * "publish foo 1.2.3 (cksum 6dee75a8…) to my-registry (sparse+https://registry.example/index/),
+ *  requested by pid 123 `cargo publish`".
+ */
+export function describeIntent(intent: Intent): string {
+  const registry = describeRegistry(intent)
+  const crate = [intent.name, intent.vers]
+    .filter((v): v is string => v !== undefined && v !== '')
+    .map((v) => displaySafe(v))
+    .join(' ')
+  const cksum = cksumPrefix(intent.cksum)
+  const what = [intent.operation as string, crate, cksum === undefined ? '' : `(cksum ${cksum}…)`]
+    .filter((s) => s !== '')
+    .join(' ')
+  const where = intent.operation === 'read' ? `from ${registry}` : intent.operation === 'publish' ? `to ${registry}` : `on ${registry}`
+  return `${what} ${where}, requested by ${describeRequester(intent.requester)}`
+}
+
+/** Why a PIN is being asked, shown by pinentry or the shim's terminal prompt. */
+export interface PinPrompt {
+  /** "YubiKey PIV token 'PIV_II' (serial 12345678)". */
+  tokenDescription: string
+  /** Present when the token reports CKF_USER_PIN_COUNT_LOW ('low') or CKF_USER_PIN_FINAL_TRY ('final'). */
+  triesLeft?: 'low' | 'final'
+  /** The request the PIN unlocks, usually `describeIntent(intent)`. */
+  reason: string
+}
+
+/**
+ * Events for the human while a request waits. Every notice carries `text`, a complete line the shim
+ * can print as is, so a shim that does not know a newer `kind` still shows something useful.
+ */
+export type Notice =
+  | {
+      kind: 'touch-pending'
+      text: string
+      intent: Intent
+      tokenDescription: string
+      /** Epoch milliseconds at which the wait for the touch gives up (for a countdown). */
+      deadline: number
+    }
+  | { kind: 'waiting-for-pin'; text: string; tokenDescription: string; via: 'pinentry' | 'terminal' }
+  | { kind: 'waiting-for-confirmation'; text: string; intent: Intent; via: 'pinentry' | 'terminal' }
+  | { kind: 'pin-final-try'; text: string; tokenDescription: string }
+  | { kind: 'info'; text: string }
+
+export type NoticeKind = Notice['kind']
+
+/**
+ * The human of one request. The agent implements it over the shim's socket (the shim prints on
+ * stderr and prompts on /dev/tty); tests implement it directly. `interactive` is false in headless
+ * mode and when the shim has no terminal: policy then never calls `askPin` or `confirm`.
+ */
+export interface Prompter {
+  readonly interactive: boolean
+  /** Resolves to the PIN typed by the user; rejects with PIN_ENTRY_FAILED when cancelled or unavailable. */
+  askPin(request: PinPrompt): Promise<Pin>
+  /** Resolves true when the user approved `intent` after being shown `text`, false when refused. */
+  confirm(intent: Intent, text: string): Promise<boolean>
+  /** Fire and forget: a notice that cannot be delivered never fails the request. */
+  notify(notice: Notice): void
+}
