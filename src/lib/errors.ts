@@ -59,6 +59,7 @@ export const AGENT_CODES = [
   'DENIED', // the user declined the confirmation
   'POLICY_DENIED', // policy forbids this request (e.g. final PIN try without confirmation)
   'RATE_LIMITED',
+  'AUDIT_FAILED', // the audit line could not be written; the token is not released
   'AGENT_UNREACHABLE',
   'AGENT_BUSY',
   'AGENT_ALREADY_RUNNING',

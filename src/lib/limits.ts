@@ -39,4 +39,30 @@ export const LIMITS = Object.freeze({
   /** Longest crate name / version / command line / URL shown in a prompt: a hostile program could
    * pass a huge argv to push the real request text off the pinentry dialog. */
   intentFieldMaxChars: 200,
+  /** Audit log: a command line or crate name longer than this is cut (a hostile argv must not bloat
+   * every line); one audit line stays far below the size a single O_APPEND write keeps whole. */
+  auditFieldMaxChars: 1_024,
+  /** Longest PIN we accept from any source. PKCS#11 tokens report ulMaxPinLen (PIV: 8, SoftHSM: 255). */
+  pinMaxBytes: 256,
+  /** A PIN file larger than this is not a PIN file (someone pointed pin-file at the wrong thing). */
+  pinFileMaxBytes: 1_024,
+  /** Assuan (pinentry) lines are at most 1000 bytes including the command (libassuan ASSUAN_LINELENGTH). */
+  assuanLineMaxBytes: 1_000,
+  /** How long a human has to answer pinentry (its own SETTIMEOUT, and our kill timer after it); well
+   * under requestTimeoutMs so the request still ends with a clear PIN_ENTRY_FAILED. */
+  pinentryTimeoutMs: 60_000,
+  /** A desktop notifier (notify-send, osascript) that hangs is killed after this; it never fails a request. */
+  desktopNotifyTimeoutMs: 2_000,
+  /** Signature not back after this long: announce the pending touch (comparable agents use 0.2-5 s;
+   * SoftHSM and TPM sign in < 10 ms, so a wait this long means the device waits for a human). */
+  touchNoticeDelayMs: 500,
+  /** Give up waiting for a touch after this long (YubiKey itself times out after 15 s). */
+  touchTimeoutMs: 30_000,
+  /** PIN cache defaults (gpg-agent: default-cache-ttl 600 s, max-cache-ttl 7200 s). */
+  pinCacheIdleSeconds: 600,
+  pinCacheMaxSeconds: 7_200,
+  /** How often expired PINs are wiped from memory even when no request comes in. */
+  pinCacheSweepMs: 10_000,
+  /** Default sliding-window limit on mutations (publish/yank/unyank/owners) per registry per hour. */
+  defaultMutationsPerHour: 30,
 })
