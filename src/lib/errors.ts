@@ -29,6 +29,7 @@ export const VERIFY_CODES = [
   'VERS_MISMATCH',
   'CKSUM_MISMATCH',
   'UNEXPECTED_CLAIM', // a mutation claim on a read token, or `vers` on an owners token, ...
+  'TOKEN_REPLAYED', // registry policy: a mutation token presented a second time (RFC 3231 lets registries refuse reuse)
 ] as const
 
 /** Failures of the agent, the shim and the device layer. */
