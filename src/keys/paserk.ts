@@ -1,0 +1,79 @@
+/**
+ * PASERK k3 serialisations (paserk types/public.md, types/secret.md, operations/ID.md).
+ *
+ * Written by hand rather than through the `paseto` package: its PASERK operations are async
+ * (WebCrypto digests) and take its own key objects, while the agent, the config loader and the
+ * CLI need synchronous string <-> bytes helpers for keys held on a device. Tests check every
+ * function against the official vectors and against `paseto`'s own implementation.
+ */
+import { createHash } from 'node:crypto'
+
+import { AgentError } from '../lib/errors.js'
+import { decodeBase64url, encodeBase64url } from './base64url.js'
+import { COMPRESSED_POINT_BYTES, P384, bytesToBigInt } from './point.js'
+
+export const K3_PUBLIC_PREFIX = 'k3.public.'
+export const K3_SECRET_PREFIX = 'k3.secret.'
+export const K3_PID_PREFIX = 'k3.pid.'
+/** ID.md: the identifier is the first 264 bits (33 bytes) of SHA-384. */
+const PID_DIGEST_BYTES = 33
+
+const PUBLIC_REMEDY = 'Give the key as `k3.public.` followed by 66 base64url characters, as printed by `cargo-pkcs11-agent pubkey`'
+const SECRET_REMEDY = 'Give a software test key as `k3.secret.` followed by 64 base64url characters (a 48-byte P-384 scalar)'
+
+function keyInvalid(message: string, remedy: string): AgentError {
+  return new AgentError('KEY_INVALID', message, { remedy })
+}
+
+function assertCompressed(pk: Uint8Array): void {
+  if (pk.length !== COMPRESSED_POINT_BYTES || (pk[0] !== 0x02 && pk[0] !== 0x03)) {
+    throw keyInvalid(
+      `a k3 public key is a 49-byte compressed P-384 point starting 02 or 03, got ${pk.length} bytes`,
+      PUBLIC_REMEDY,
+    )
+  }
+}
+
+function assertScalar(scalar: Uint8Array): void {
+  if (scalar.length !== P384.size) {
+    throw keyInvalid(`a k3 secret key is exactly 48 bytes, got ${scalar.length}`, SECRET_REMEDY)
+  }
+  const d = bytesToBigInt(scalar)
+  if (d <= 0n || d >= P384.n) throw keyInvalid('the k3 secret scalar is outside 1..n-1 for P-384', SECRET_REMEDY)
+}
+
+export function k3Public(pk49: Uint8Array): string {
+  assertCompressed(pk49)
+  return K3_PUBLIC_PREFIX + encodeBase64url(pk49)
+}
+
+export function parseK3Public(s: string): Uint8Array {
+  if (typeof s !== 'string' || !s.startsWith(K3_PUBLIC_PREFIX)) {
+    throw keyInvalid('the public key is not a k3.public PASERK (PASETO v3, P-384)', PUBLIC_REMEDY)
+  }
+  const pk = decodeBase64url(s.slice(K3_PUBLIC_PREFIX.length), 'the k3.public key', 'KEY_INVALID', PUBLIC_REMEDY)
+  assertCompressed(pk)
+  return pk
+}
+
+/** `k3.pid.` + b64u(SHA-384("k3.pid." || "k3.public.…")[0..33]) — the header is hashed with the whole PASERK. */
+export function k3Pid(key: Uint8Array | string): string {
+  const paserk = typeof key === 'string' ? k3Public(parseK3Public(key)) : k3Public(key)
+  const digest = createHash('sha384').update(K3_PID_PREFIX + paserk, 'ascii').digest()
+  return K3_PID_PREFIX + encodeBase64url(digest.subarray(0, PID_DIGEST_BYTES))
+}
+
+/** Only for software test keys: a device's private scalar never leaves it. */
+export function k3Secret(scalar48: Uint8Array): string {
+  assertScalar(scalar48)
+  return K3_SECRET_PREFIX + encodeBase64url(scalar48)
+}
+
+export function parseK3Secret(s: string): Uint8Array {
+  if (typeof s !== 'string' || !s.startsWith(K3_SECRET_PREFIX)) {
+    throw keyInvalid('the secret key is not a k3.secret PASERK (PASETO v3, P-384)', SECRET_REMEDY)
+  }
+  const scalar = decodeBase64url(s.slice(K3_SECRET_PREFIX.length), 'the k3.secret key', 'KEY_INVALID', SECRET_REMEDY)
+  assertScalar(scalar)
+  return scalar
+}
