@@ -65,4 +65,11 @@ export const LIMITS = Object.freeze({
   pinCacheSweepMs: 10_000,
   /** Default sliding-window limit on mutations (publish/yank/unyank/owners) per registry per hour. */
   defaultMutationsPerHour: 30,
+  /** Longest token we build or verify. cargo sends it as an HTTP header value, and servers commonly
+   * cap a header at 8 KiB; a real token is ~600 characters (publish, with footer). Verifying checks the
+   * length before decoding anything. */
+  tokenMaxChars: 8 * 1_024,
+  /** Longest claim value we put into a token (index URL, crate name, version, subject): crates.io
+   * caps names at 64 characters; this leaves room for long URLs and SemVer build metadata. */
+  tokenClaimMaxChars: 2_048,
 })
