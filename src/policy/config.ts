@@ -9,14 +9,14 @@ import { LIMITS } from '../lib/limits.js'
  * Where a token's PIN comes from.
  * - `pinentry`: the Assuan program the user configured (like gpg-agent); `program` defaults to the
  *   policy-wide `pinentryProgram`.
- * - `prompt`: the requesting terminal, through the shim (`Prompter.askPin`).
+ * - `tty`: the requesting terminal, through the shim (`Prompter.askPin`).
  * - `env` / `file`: CI secrets. The file must not be readable by group or others.
  * - `none`: protected authentication path (PIN pad, biometric): `C_Login` with a NULL PIN
  *   (PKCS#11 v2.40 section 5.6, CKF_PROTECTED_AUTHENTICATION_PATH).
  */
 export type PinSource =
   | { readonly kind: 'pinentry'; readonly program?: string }
-  | { readonly kind: 'prompt' }
+  | { readonly kind: 'tty' }
   | { readonly kind: 'env'; readonly variable: string }
   | { readonly kind: 'file'; readonly path: string }
   | { readonly kind: 'none' }
@@ -25,7 +25,7 @@ export type PinSourceKind = PinSource['kind']
 
 /** Sources a human answers: only these are cached (env and file are re-read when needed). */
 export function isInteractiveSource(source: PinSource): boolean {
-  return source.kind === 'pinentry' || source.kind === 'prompt'
+  return source.kind === 'pinentry' || source.kind === 'tty'
 }
 
 /**
@@ -45,6 +45,12 @@ export interface TokenPolicy {
   /** "SoftHSM token 'ci' (serial 1a2b…)": shown in prompts. */
   readonly description: string
   readonly pin: PinSource
+  /**
+   * At the token's final PIN try (CKF_USER_PIN_FINAL_TRY), ask the human for an explicit "yes, use
+   * it" first (true) or refuse outright (false). Sources no human answers (env, file) and a headless
+   * agent always refuse: a stale CI secret would otherwise lock the token.
+   */
+  readonly confirmFinalTry: boolean
 }
 
 export interface RegistryPolicy {
@@ -59,12 +65,6 @@ export interface PolicyConfig {
   readonly headless: boolean
   readonly pinCacheIdleSeconds: number
   readonly pinCacheMaxSeconds: number
-  /**
-   * At the token's final PIN try (CKF_USER_PIN_FINAL_TRY), ask the human for an explicit "yes, use
-   * it" first (true) or refuse outright (false). A headless agent always refuses: a wrong PIN from a
-   * stale CI secret would lock the token.
-   */
-  readonly confirmFinalTry: boolean
   /** The pinentry program (name on PATH or absolute path) for `pinentry` PIN sources and CONFIRM. */
   readonly pinentryProgram: string
   readonly pinentryTimeoutMs: number
@@ -78,7 +78,6 @@ export const DEFAULT_POLICY_CONFIG: PolicyConfig = Object.freeze({
   headless: false,
   pinCacheIdleSeconds: LIMITS.pinCacheIdleSeconds,
   pinCacheMaxSeconds: LIMITS.pinCacheMaxSeconds,
-  confirmFinalTry: true,
   pinentryProgram: 'pinentry',
   pinentryTimeoutMs: LIMITS.pinentryTimeoutMs,
   confirmVia: 'auto',

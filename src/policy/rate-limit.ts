@@ -43,6 +43,26 @@ export class MutationRateLimiter {
     )
   }
 
+  /**
+   * Checks and counts in one step (no await in between, so concurrent requests cannot both take the
+   * last slot). Returns a function that gives the slot back, for a request the human then refused.
+   */
+  take(key: string, limit: number, label: string = key): () => void {
+    this.check(key, limit, label)
+    const at = this.#clock()
+    const times = this.#windows.get(key) ?? []
+    times.push(at)
+    this.#windows.set(key, times)
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      const current = this.#windows.get(key)
+      const i = current?.lastIndexOf(at) ?? -1
+      if (current !== undefined && i >= 0) current.splice(i, 1)
+    }
+  }
+
   /** Counts one mutation for `key` now. */
   record(key: string): void {
     const times = this.#prune(key, this.#clock())

@@ -1,0 +1,121 @@
+/**
+ * The append-only audit log: one JSON line per signing decision. `record` resolves only after the
+ * line is on disk (write + fsync), and the agent awaits it before it releases a token (design.md),
+ * so a token a registry has seen always has its line. File 0600 in a 0700 directory, opened O_APPEND:
+ * each line is one write(2), so concurrent agents (or a `log --follow`) never see torn lines.
+ */
+import { constants } from 'node:fs'
+import { chmod, lstat, mkdir, open, type FileHandle } from 'node:fs/promises'
+import { dirname } from 'node:path'
+import { AgentError } from '../lib/errors.js'
+import type { AuditEntry, AuditSink } from './entry.js'
+
+export const AUDIT_FILE_MODE = 0o600
+export const AUDIT_DIR_MODE = 0o700
+
+function auditFailed(message: string, remedy: string, cause?: unknown): AgentError {
+  return new AgentError('AUDIT_FAILED', message, cause === undefined ? { remedy } : { remedy, cause })
+}
+
+export class AuditLog implements AuditSink {
+  readonly path: string
+  #queue: Promise<void> = Promise.resolve()
+  #dirChecked = false
+
+  constructor(path: string) {
+    this.path = path
+  }
+
+  /** Appends one line and fsyncs it. Calls are serialised so lines land in call order. */
+  record(entry: AuditEntry): Promise<void> {
+    const line = Buffer.from(`${JSON.stringify(entry)}\n`, 'utf8')
+    const next = this.#queue.then(() => this.#append(line))
+    this.#queue = next.catch(() => undefined)
+    return next
+  }
+
+  async #append(line: Buffer): Promise<void> {
+    const dir = dirname(this.path)
+    const created = await this.#ensureDir(dir)
+    let handle: FileHandle
+    let isNew = false
+    try {
+      handle = await open(this.path, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, AUDIT_FILE_MODE)
+    } catch (error) {
+      throw auditFailed(`The audit log ${this.path} cannot be opened: ${(error as Error).message}`, `Check that ${this.path} is a regular file owned by you (not a symlink) and that its directory is writable`, error)
+    }
+    try {
+      const info = await handle.stat()
+      isNew = info.size === 0
+      const uid = process.getuid?.()
+      if (!info.isFile() || (uid !== undefined && info.uid !== uid)) {
+        throw auditFailed(`The audit log ${this.path} is not a regular file owned by this user`, `Move it away; the agent creates a new one`)
+      }
+      // A log someone loosened (or created with a wide umask elsewhere) is tightened, not refused:
+      // refusing would stop every signature for a fixable mode.
+      if ((info.mode & 0o777) !== AUDIT_FILE_MODE) await handle.chmod(AUDIT_FILE_MODE)
+      let written = 0
+      while (written < line.length) {
+        const { bytesWritten } = await handle.write(line, written, line.length - written)
+        written += bytesWritten
+      }
+      await handle.sync()
+    } catch (error) {
+      if (error instanceof AgentError) throw error
+      throw auditFailed(`Writing the audit log ${this.path} failed: ${(error as Error).message}`, 'Check free space and permissions of the audit log directory', error)
+    } finally {
+      await handle.close()
+    }
+    if (created || isNew) await syncDir(dir)
+  }
+
+  /** Creates the directory 0700 on first use; tightens it when it is ours and too open. */
+  async #ensureDir(dir: string): Promise<boolean> {
+    if (this.#dirChecked) return false
+    let created = false
+    try {
+      const made = await mkdir(dir, { recursive: true, mode: AUDIT_DIR_MODE })
+      created = made !== undefined
+      const info = await lstat(dir)
+      const uid = process.getuid?.()
+      if (!info.isDirectory() || (uid !== undefined && info.uid !== uid)) {
+        throw auditFailed(`The audit log directory ${dir} is not a directory owned by this user`, 'Set audit-log in the agent config to a path in a directory you own')
+      }
+      if ((info.mode & 0o077) !== 0) await chmod(dir, AUDIT_DIR_MODE)
+    } catch (error) {
+      if (error instanceof AgentError) throw error
+      throw auditFailed(`The audit log directory ${dir} cannot be created: ${(error as Error).message}`, 'Set audit-log in the agent config to a writable path', error)
+    }
+    this.#dirChecked = true
+    return created
+  }
+}
+
+/** After creating a file, fsync its directory so the new entry itself survives a crash. */
+async function syncDir(dir: string): Promise<void> {
+  try {
+    const handle = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY)
+    try {
+      await handle.sync()
+    } finally {
+      await handle.close()
+    }
+  } catch {
+    // Some filesystems refuse fsync on directories; the line itself is already synced.
+  }
+}
+
+/** Parses audit lines; lines that are not audit entries (a torn last line, garbage) are skipped. */
+export function parseAuditLines(text: string): AuditEntry[] {
+  const entries: AuditEntry[] = []
+  for (const line of text.split('\n')) {
+    if (line.trim() === '') continue
+    try {
+      const value: unknown = JSON.parse(line)
+      if (typeof value === 'object' && value !== null && (value as { v?: unknown }).v === 1) entries.push(value as AuditEntry)
+    } catch {
+      // skip
+    }
+  }
+  return entries
+}
