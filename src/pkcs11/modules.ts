@@ -1,0 +1,68 @@
+import { existsSync, readFileSync } from 'node:fs'
+import { dirname, isAbsolute, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { AgentError } from '../lib/errors.js'
+
+/** Known module names → candidate paths per `${platform}-${arch}` (native-config/modules.json). */
+export type ModuleTable = Readonly<Record<string, Readonly<Record<string, readonly string[]>>>>
+
+let cached: ModuleTable | undefined
+
+/** native-config/ sits at the package root: two levels above src/pkcs11, three above dist/src/pkcs11. */
+function tablePath(): string {
+  let dir = dirname(fileURLToPath(import.meta.url))
+  for (let i = 0; i < 5; i += 1) {
+    const candidate = join(dir, 'native-config', 'modules.json')
+    if (existsSync(candidate)) return candidate
+    dir = dirname(dir)
+  }
+  throw new AgentError('INTERNAL', 'native-config/modules.json is missing from the installation', {
+    remedy: 'Reinstall cargo-pkcs11-agent, or configure the module by absolute path',
+  })
+}
+
+export function knownModules(): ModuleTable {
+  if (cached === undefined) {
+    const raw = JSON.parse(readFileSync(tablePath(), 'utf8')) as Record<string, unknown>
+    const table: Record<string, Record<string, string[]>> = {}
+    for (const [name, value] of Object.entries(raw)) {
+      if (name.startsWith('$') || typeof value !== 'object' || value === null) continue
+      table[name] = value as Record<string, string[]>
+    }
+    cached = Object.freeze(table)
+  }
+  return cached
+}
+
+export function platformKey(): string {
+  return `${process.platform}-${process.arch}`
+}
+
+/**
+ * A path is returned as is (existence is checked when loading, with its own error); a known name
+ * ("softhsm", "ykcs11", "opensc", "tpm2", "p11-kit") becomes the first existing path for this
+ * platform. Unknown names and names with no installed candidate fail with the list to choose from.
+ */
+export function resolveModulePath(nameOrPath: string): string {
+  if (isAbsolute(nameOrPath) || nameOrPath.includes('/') || nameOrPath.includes('\\')) return nameOrPath
+  const table = knownModules()
+  const entry = table[nameOrPath]
+  if (entry === undefined) {
+    throw new AgentError('CONFIG_INVALID', `unknown PKCS#11 module name '${nameOrPath}'`, {
+      remedy: `Use one of ${Object.keys(table).join(', ')} or an absolute path to the module`,
+      data: { module: nameOrPath },
+    })
+  }
+  const candidates = entry[platformKey()] ?? []
+  const found = candidates.find((p) => existsSync(p))
+  if (found === undefined) {
+    throw new AgentError('MODULE_LOAD_FAILED', `PKCS#11 module '${nameOrPath}' is not installed here (${platformKey()})`, {
+      remedy:
+        candidates.length > 0
+          ? `Install it (looked in ${candidates.join(', ')}) or configure its absolute path`
+          : 'Configure the module by absolute path',
+      data: { module: nameOrPath, platform: platformKey() },
+    })
+  }
+  return found
+}
