@@ -1,0 +1,92 @@
+/**
+ * One `Device` per configured token, created on first use and kept (its sessions are the agent's
+ * whole point: the PIN is entered once, not once per cargo process).
+ */
+import type { Config, KeyRef, TokenConfig } from '../config/schema.js'
+import { AgentError, toAgentError } from '../lib/errors.js'
+import type { Pin } from '../lib/secret.js'
+import type { Signer } from '../signer/signer.js'
+import { Device, resolveModulePath, type DeviceEvent, type KeySelector } from '../pkcs11/device.js'
+
+export function selector(ref: KeyRef): KeySelector {
+  const s: KeySelector = {}
+  if (ref.label !== undefined) s.label = ref.label
+  if (ref.id !== undefined) s.id = ref.id
+  return s
+}
+
+export function describeKey(token: TokenConfig, ref: KeyRef): string {
+  const parts = [ref.label === undefined ? undefined : `label "${ref.label}"`, ref.id === undefined ? undefined : `id ${ref.id}`].filter((p) => p !== undefined)
+  return `key ${parts.join(' ')} on token "${token.name}"`
+}
+
+export class Devices {
+  readonly #devices = new Map<string, Device>()
+  readonly #cachedPin: (token: TokenConfig) => Pin | undefined
+  readonly #onEvent: (token: TokenConfig, event: DeviceEvent) => void
+  #config: Config
+
+  constructor(config: Config, cachedPin: (token: TokenConfig) => Pin | undefined, onEvent: (token: TokenConfig, event: DeviceEvent) => void = () => {}) {
+    this.#config = config
+    this.#cachedPin = cachedPin
+    this.#onEvent = onEvent
+  }
+
+  get(token: TokenConfig): Device {
+    let device = this.#devices.get(token.name)
+    if (device === undefined) {
+      // Device resolves known module names itself; resolving here surfaces a bad name before any session.
+      try {
+        resolveModulePath(token.module)
+      } catch (error) {
+        throw toAgentError(error, 'MODULE_LOAD_FAILED')
+      }
+      const selectorFields: { module: string; label?: string; serial?: string; manufacturer?: string; model?: string } = { module: token.module }
+      if (token.label !== undefined) selectorFields.label = token.label
+      if (token.serial !== undefined) selectorFields.serial = token.serial
+      if (token.manufacturer !== undefined) selectorFields.manufacturer = token.manufacturer
+      if (token.model !== undefined) selectorFields.model = token.model
+      device = new Device(selectorFields, { cachedPin: () => this.#cachedPin(token), onEvent: (event) => this.#onEvent(token, event) })
+      this.#devices.set(token.name, device)
+    }
+    return device
+  }
+
+  /** The device of an existing token name (status, login, keygen). */
+  byName(name: string): { token: TokenConfig; device: Device } {
+    const token = this.#config.tokens[name]
+    if (token === undefined) {
+      throw new AgentError('CONFIG_INVALID', `No token named "${name}" is configured`, { remedy: `Add [tokens.${name}] to ${this.#config.path ?? 'the agent config'}` })
+    }
+    return { token, device: this.get(token) }
+  }
+
+  async signer(token: TokenConfig, ref: KeyRef): Promise<Signer> {
+    return await this.get(token).signer(selector(ref))
+  }
+
+  /** Closes every session (`release`, SIGHUP, shutdown) so other programs can use the devices. */
+  async releaseAll(): Promise<number> {
+    let n = 0
+    for (const device of this.#devices.values()) {
+      try {
+        await device.release()
+        n += 1
+      } catch {
+        // a device that fails to release is dropped anyway
+      }
+    }
+    return n
+  }
+
+  /** SIGHUP: devices are rebuilt from the new config on next use. */
+  async reset(config: Config): Promise<void> {
+    await this.releaseAll()
+    this.#devices.clear()
+    this.#config = config
+  }
+
+  opened(name: string): Device | undefined {
+    return this.#devices.get(name)
+  }
+}

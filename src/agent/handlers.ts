@@ -1,0 +1,224 @@
+/**
+ * What each socket method does. `sign` runs the pipeline, one stage per file under pipeline/:
+ * parse → bind → authorize → sign → audit → respond.
+ */
+import type { Config, KeyRef, TokenConfig } from '../config/schema.js'
+import { AgentError } from '../lib/errors.js'
+import { k3Pid, k3Public } from '../keys/paserk.js'
+import type { PinCache } from '../policy/pin-cache.js'
+import type { MutationRateLimiter } from '../policy/rate-limit.js'
+import type { Devices } from './devices.js'
+import { describeKey, selector } from './devices.js'
+import { auditLine, recordAudit } from './pipeline/audit.js'
+import { authorize, pinEnvVariables, recordMutation } from './pipeline/authorize.js'
+import { bind, registryBinding } from './pipeline/bind.js'
+import { intentOf, parseRequest } from './pipeline/parse.js'
+import { ensureLoggedIn } from './pipeline/pin.js'
+import { cacheControl } from './pipeline/respond.js'
+import { signIntent } from './pipeline/sign.js'
+import { SocketPrompter } from './prompter.js'
+import { PROTOCOL_VERSION, type Method } from './protocol.js'
+import type { RequestContext } from './server.js'
+import { LIMITS } from '../lib/limits.js'
+
+export interface AgentState {
+  readonly config: Config
+  readonly socketPath: string
+  readonly configPath: string | undefined
+  readonly devices: Devices
+  readonly pinCache: PinCache
+  readonly rateLimiter: MutationRateLimiter
+  readonly log: (line: string) => void
+}
+
+type Result = Record<string, unknown>
+
+export async function handle(agent: AgentState, method: Method, params: Record<string, unknown>, context: RequestContext): Promise<Result> {
+  switch (method) {
+    case 'ping':
+      return { pong: true, v: PROTOCOL_VERSION, pid: process.pid }
+    case 'status':
+      return await status(agent)
+    case 'lock':
+      return await lock(agent)
+    case 'release':
+      return { released: await agent.devices.releaseAll() }
+    case 'sign':
+      return await sign(agent, params, context)
+    case 'pubkey':
+      return await pubkey(agent, params, context)
+    case 'login':
+      return await login(agent, params, context)
+    case 'logout':
+      return logout(agent, params)
+    case 'keygen':
+      return await keygen(agent, params, context)
+  }
+}
+
+async function sign(agent: AgentState, params: Record<string, unknown>, context: RequestContext): Promise<Result> {
+  const request = parseRequest(params)
+  const intent = intentOf(request)
+  const { config } = agent
+  const binding = bind(config, intent.indexUrl, intent.operation !== 'read')
+  const prompter = new SocketPrompter(context, request.interactive && !config.agent.headless)
+  const device = agent.devices.get(binding.token)
+  await authorize({ config, intent, binding, prompter, pinCache: agent.pinCache, rateLimiter: agent.rateLimiter, device })
+  const signer = await agent.devices.signer(binding.token, binding.keyRef)
+  const signed = await signIntent({
+    intent,
+    binding,
+    signer,
+    prompter,
+    touchNoticeAfterMs: config.agent.touchNoticeAfterMs,
+    touchTimeoutMs: LIMITS.touchTimeoutMs,
+  })
+  recordMutation({ intent, binding, rateLimiter: agent.rateLimiter })
+  recordAudit(config.agent.auditLog, auditLine(intent, binding, signed.kip, signed.iatSeconds))
+  return { token: signed.token, kip: signed.kip, iat: signed.iatSeconds, ...cacheControl(intent.operation, signed.iatSeconds, binding.registry) }
+}
+
+function contextPrompter(agent: AgentState, params: Record<string, unknown>, context: RequestContext): SocketPrompter {
+  return new SocketPrompter(context, params['interactive'] === true && !agent.config.agent.headless)
+}
+
+async function loginToken(agent: AgentState, token: TokenConfig, params: Record<string, unknown>, context: RequestContext, reason: string): Promise<void> {
+  await ensureLoggedIn(agent.devices.get(token), {
+    token,
+    prompter: contextPrompter(agent, params, context),
+    pinCache: agent.pinCache,
+    headless: agent.config.agent.headless,
+    reason,
+    secretVariables: pinEnvVariables(agent.config),
+  })
+}
+
+interface KeyInfo {
+  token: string
+  label: string
+  id: string
+  k3Public: string
+  k3Pid: string
+}
+
+async function keyInfo(agent: AgentState, ref: KeyRef, params: Record<string, unknown>, context: RequestContext, reason: string): Promise<KeyInfo> {
+  const { token, device } = agent.devices.byName(ref.token)
+  // Private objects (and on some tokens the public ones) are hidden until login.
+  await loginToken(agent, token, params, context, reason)
+  const key = await device.findKey(selector(ref))
+  return { token: token.name, label: key.label, id: key.id, k3Public: k3Public(key.publicKey), k3Pid: k3Pid(key.publicKey) }
+}
+
+function stringParam(params: Record<string, unknown>, key: string): string | undefined {
+  const value = params[key]
+  return typeof value === 'string' && value !== '' ? value : undefined
+}
+
+/** The keys a registry operator registers: k3.public and k3.pid of the read and mutation keys. */
+async function pubkey(agent: AgentState, params: Record<string, unknown>, context: RequestContext): Promise<Result> {
+  const indexUrl = stringParam(params, 'indexUrl')
+  const name = stringParam(params, 'registry')
+  const registries = Object.values(agent.config.registries).filter((r) => (indexUrl === undefined || r.index === indexUrl) && (name === undefined || r.name === name))
+  if (registries.length === 0) {
+    if (indexUrl !== undefined) registryBinding(agent.config, indexUrl)
+    throw new AgentError('REGISTRY_NOT_CONFIGURED', `No registry ${name ?? ''} is configured`, { remedy: 'Add a [registries.NAME] table to the agent config' })
+  }
+  const out = []
+  for (const registry of registries) {
+    const read = await keyInfo(agent, registry.readKey, params, context, `show the public key for ${registry.name}`)
+    const mutation = registry.mutationKey === registry.readKey ? read : await keyInfo(agent, registry.mutationKey, params, context, `show the public key for ${registry.name}`)
+    out.push({ registry: registry.name, index: registry.index, readKey: read, mutationKey: mutation })
+  }
+  return { registries: out }
+}
+
+/**
+ * `cargo login`: show the bound key(s) for registration. Generates a missing key only with explicit
+ * consent (`generate-on-login = true` or `cargo login -- --generate`): generating replaces nothing,
+ * but a key the registry does not know is useless until registered.
+ */
+async function login(agent: AgentState, params: Record<string, unknown>, context: RequestContext): Promise<Result> {
+  const request = parseRequest(params)
+  if (request.cargo.kind !== 'login') throw new AgentError('REQUEST_INVALID', 'login expects a cargo login request', { remedy: 'Send the login line cargo wrote' })
+  const registry = registryBinding(agent.config, request.cargo.registry.indexUrl)
+  const consent = registry.generateOnLogin || request.cargo.args.includes('--generate')
+  const generated: string[] = []
+  const keys: KeyInfo[] = []
+  const refs = registry.mutationKey === registry.readKey ? [registry.readKey] : [registry.readKey, registry.mutationKey]
+  for (const ref of refs) {
+    try {
+      keys.push(await keyInfo(agent, ref, params, context, `cargo login for ${registry.name}`))
+    } catch (error) {
+      if (!(error instanceof AgentError) || error.code !== 'KEY_NOT_FOUND') throw error
+      const { token, device } = agent.devices.byName(ref.token)
+      if (!consent) {
+        throw new AgentError('KEY_NOT_FOUND', `There is no ${describeKey(token, ref)} yet`, {
+          remedy: `Generate it on the device with \`cargo login --registry ${registry.name} -- --generate\` (or set generate-on-login = true), or with \`cargo-pkcs11-agent setup\``,
+        })
+      }
+      if (ref.label === undefined) throw new AgentError('CONFIG_INVALID', `The key for ${registry.name} has no label to generate it with`, { remedy: 'Add label = "…" to the key reference' })
+      const gen: { label: string; id?: string } = { label: ref.label }
+      if (ref.id !== undefined) gen.id = ref.id
+      const key = await device.generateKey(gen)
+      generated.push(`${token.name}/${key.label}`)
+      agent.log(`generated key ${key.label} (id ${key.id}) on token ${token.name} for cargo login on ${registry.name}`)
+      keys.push({ token: token.name, label: key.label, id: key.id, k3Public: k3Public(key.publicKey), k3Pid: k3Pid(key.publicKey) })
+    }
+  }
+  return { registry: registry.name, keys, generated }
+}
+
+/** `cargo logout`: forget the cached PINs of the registry's tokens; no key is touched. */
+function logout(agent: AgentState, params: Record<string, unknown>): Result {
+  const request = parseRequest(params)
+  const registry = registryBinding(agent.config, request.cargo.registry.indexUrl)
+  const tokens = new Set([registry.readKey.token, registry.mutationKey.token])
+  let forgotten = 0
+  for (const token of tokens) if (agent.pinCache.forget(token, 'lock')) forgotten += 1
+  return { registry: registry.name, forgotten }
+}
+
+/** Forget every PIN and close the sessions, which logs the tokens out (login state is per application). */
+async function lock(agent: AgentState): Promise<Result> {
+  const forgotten = agent.pinCache.clear('lock')
+  const released = await agent.devices.releaseAll()
+  return { forgotten, released }
+}
+
+async function keygen(agent: AgentState, params: Record<string, unknown>, context: RequestContext): Promise<Result> {
+  const tokenName = stringParam(params, 'token')
+  const label = stringParam(params, 'label')
+  if (tokenName === undefined || label === undefined) throw new AgentError('USAGE', 'keygen needs `token` and `label`', { remedy: 'Pass the token name from the config and a key label' })
+  const { token, device } = agent.devices.byName(tokenName)
+  await loginToken(agent, token, params, context, `generate key ${label}`)
+  const gen: { label: string; id?: string } = { label }
+  const id = stringParam(params, 'id')
+  if (id !== undefined) gen.id = id
+  const key = await device.generateKey(gen, { force: params['force'] === true })
+  return { token: token.name, label: key.label, id: key.id, k3Public: k3Public(key.publicKey), k3Pid: k3Pid(key.publicKey) }
+}
+
+async function status(agent: AgentState): Promise<Result> {
+  const cached = new Set(agent.pinCache.tokenIds())
+  const tokens = []
+  for (const token of Object.values(agent.config.tokens)) {
+    const entry: Record<string, unknown> = { name: token.name, module: token.module, pinSource: token.pinSource, pinCached: cached.has(token.name) }
+    try {
+      entry['status'] = await agent.devices.get(token).status()
+    } catch (error) {
+      entry['error'] = error instanceof AgentError ? error.toWire() : { code: 'INTERNAL', message: String(error) }
+    }
+    tokens.push(entry)
+  }
+  const registries = Object.values(agent.config.registries).map((r) => ({
+    name: r.name,
+    index: r.index,
+    readKey: r.readKey,
+    mutationKey: r.mutationKey,
+    confirm: r.confirm,
+    tokenMaxAgeSeconds: r.tokenMaxAgeSeconds,
+    mutationsLastHour: agent.rateLimiter.count(r.name),
+    mutationsPerHour: r.mutationsPerHour,
+  }))
+  return { pid: process.pid, socket: agent.socketPath, config: agent.configPath ?? null, headless: agent.config.agent.headless, tokens, registries }
+}

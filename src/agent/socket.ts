@@ -1,0 +1,127 @@
+/**
+ * The agent's listening socket: a per-user directory (0700, ours) holding a 0600 socket. Never a TCP
+ * port (design: "socket that only its user can reach").
+ */
+import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs'
+import { createConnection, type Server } from 'node:net'
+import { dirname } from 'node:path'
+
+import { AgentError } from '../lib/errors.js'
+import { LIMITS } from '../lib/limits.js'
+
+function uid(): number | undefined {
+  return typeof process.getuid === 'function' ? process.getuid() : undefined
+}
+
+/**
+ * Creates the socket directory 0700, or checks an existing one: it must be a real directory (not a
+ * symlink another user could point elsewhere), owned by us, and not reachable by group or others.
+ */
+export function prepareSocketDir(socketPath: string): void {
+  const dir = dirname(socketPath)
+  try {
+    mkdirSync(dir, { recursive: true, mode: LIMITS.socketDirMode })
+  } catch (error) {
+    throw new AgentError('CONFIG_INVALID', `Cannot create the socket directory ${dir} (${(error as NodeJS.ErrnoException).code ?? String(error)})`, {
+      cause: error,
+      remedy: 'Choose a socket path in a directory you own (--socket, CARGO_PKCS11_AGENT_SOCK or [agent] socket)',
+    })
+  }
+  const stat = lstatSync(dir)
+  const me = uid()
+  if (!stat.isDirectory()) {
+    throw new AgentError('CONFIG_INVALID', `The socket directory ${dir} is not a directory (a symlink or file is there)`, {
+      remedy: `Remove ${dir} or choose another socket path`,
+    })
+  }
+  if (me !== undefined && stat.uid !== me) {
+    throw new AgentError('CONFIG_INVALID', `The socket directory ${dir} belongs to uid ${stat.uid}, not to you (uid ${me})`, {
+      remedy: `Another user may be trying to intercept your signing requests: do not use ${dir}; choose another socket path`,
+    })
+  }
+  if ((stat.mode & 0o777) !== LIMITS.socketDirMode) {
+    // Our own directory with loose permissions (e.g. created by hand): tighten rather than refuse.
+    chmodSync(dir, LIMITS.socketDirMode)
+  }
+}
+
+export type SocketState = 'absent' | 'alive' | 'stale'
+
+/** Probes an existing socket path: a live agent accepts the connection, a dead one's file refuses it. */
+export function probeSocket(socketPath: string, timeoutMs = 1_000): Promise<SocketState> {
+  return new Promise((resolve) => {
+    const socket = createConnection({ path: socketPath })
+    const timer = setTimeout(() => {
+      socket.destroy()
+      resolve('alive') // accepting but slow: something is there, do not steal its path
+    }, timeoutMs)
+    socket.once('connect', () => {
+      clearTimeout(timer)
+      socket.destroy()
+      resolve('alive')
+    })
+    socket.once('error', (error: NodeJS.ErrnoException) => {
+      clearTimeout(timer)
+      resolve(error.code === 'ENOENT' ? 'absent' : error.code === 'ECONNREFUSED' ? 'stale' : 'alive')
+    })
+  })
+}
+
+/**
+ * Listens on `socketPath`: refuses while another agent lives there, replaces a stale socket left by a
+ * dead one, and creates the socket under umask 0177 so it is 0600 from its first instant (no window
+ * where another user could connect).
+ */
+export async function listenUnix(server: Server, socketPath: string): Promise<void> {
+  prepareSocketDir(socketPath)
+  let exists = true
+  try {
+    const stat = lstatSync(socketPath)
+    if (!stat.isSocket()) {
+      throw new AgentError('CONFIG_INVALID', `${socketPath} exists and is not a socket`, { remedy: `Remove ${socketPath} or choose another socket path` })
+    }
+  } catch (error) {
+    if (error instanceof AgentError) throw error
+    exists = false
+  }
+  if (exists) {
+    const state = await probeSocket(socketPath)
+    if (state === 'alive') {
+      throw new AgentError('AGENT_ALREADY_RUNNING', `An agent is already listening on ${socketPath}`, {
+        remedy: 'Use the running agent (`cargo-pkcs11-agent status`), or stop it first',
+        data: { socket: socketPath },
+      })
+    }
+    if (state === 'stale') unlinkSync(socketPath)
+  }
+  const previous = process.umask(0o177)
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const onError = (error: NodeJS.ErrnoException): void => {
+        server.off('listening', onListening)
+        if (error.code === 'EADDRINUSE') {
+          reject(new AgentError('AGENT_ALREADY_RUNNING', `Another agent took ${socketPath} while this one was starting`, { remedy: 'Use the running agent', data: { socket: socketPath } }))
+        } else reject(new AgentError('INTERNAL', `Cannot listen on ${socketPath}: ${error.message}`, { cause: error, remedy: 'Choose another socket path' }))
+      }
+      const onListening = (): void => {
+        server.off('error', onError)
+        resolve()
+      }
+      server.once('error', onError)
+      server.once('listening', onListening)
+      server.listen({ path: socketPath, exclusive: true })
+    })
+  } finally {
+    process.umask(previous)
+  }
+  // Belt and braces: the umask already produced 0600; make it explicit whatever the platform did.
+  chmodSync(socketPath, LIMITS.socketFileMode)
+}
+
+export function removeSocket(socketPath: string): void {
+  try {
+    unlinkSync(socketPath)
+  } catch {
+    // already gone
+  }
+}

@@ -1,0 +1,115 @@
+/**
+ * `cargo-pkcs11-agent run [--config F] [--socket S] [--foreground]`
+ * Without --foreground the agent detaches (log under the state dir) and this command returns once
+ * it answers on its socket.
+ */
+import { spawn } from 'node:child_process'
+import { mkdirSync, openSync, closeSync } from 'node:fs'
+import { dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+
+import { Agent } from '../agent/agent.js'
+import { AgentConnection } from '../agent/client.js'
+import { loadConfig } from '../config/load.js'
+import { agentLogPath, resolveConfigPath, resolveSocketPath } from '../config/paths.js'
+import { AgentError, toAgentError } from '../lib/errors.js'
+import { LIMITS } from '../lib/limits.js'
+import { ensureThreadpoolSize, relaunchWithThreadpoolSize, withThreadpoolSize } from '../lib/threadpool.js'
+
+export const RUN_USAGE = 'cargo-pkcs11-agent run [--config FILE] [--socket PATH] [--foreground]'
+
+function usage(message: string): AgentError {
+  return new AgentError('USAGE', message, { remedy: `Usage: ${RUN_USAGE}` })
+}
+
+export function parseRunArgs(argv: readonly string[]): { config?: string; socket?: string; foreground: boolean } {
+  let parsed
+  try {
+    parsed = parseArgs({
+      args: [...argv],
+      options: { config: { type: 'string' }, socket: { type: 'string' }, foreground: { type: 'boolean' } },
+      strict: true,
+      allowPositionals: false,
+    })
+  } catch (error) {
+    throw usage(error instanceof Error ? error.message : String(error))
+  }
+  const out: { config?: string; socket?: string; foreground: boolean } = { foreground: parsed.values.foreground === true }
+  if (parsed.values.config !== undefined) out.config = parsed.values.config
+  if (parsed.values.socket !== undefined) out.socket = parsed.values.socket
+  return out
+}
+
+/** Polls the socket until the agent answers a ping (used after starting one in the background). */
+export async function waitForAgent(socketPath: string, timeoutMs: number = LIMITS.agentStartWaitMs, isDead: () => boolean = () => false): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  let last: unknown
+  while (Date.now() < deadline && !isDead()) {
+    try {
+      const connection = await AgentConnection.connect(socketPath, 500)
+      try {
+        await connection.request('ping', {}, { timeoutMs: 1_000 })
+        return
+      } finally {
+        connection.close()
+      }
+    } catch (error) {
+      last = error
+      await new Promise((r) => setTimeout(r, 25))
+    }
+  }
+  throw new AgentError('AGENT_UNREACHABLE', `The agent did not start listening on ${socketPath} within ${timeoutMs} ms`, {
+    cause: last,
+    remedy: `Look at its log, ${agentLogPath()}, or start it with \`cargo-pkcs11-agent run --foreground\` to see why`,
+    data: { socket: socketPath },
+  })
+}
+
+/** Starts `run --foreground` detached, stdio into the agent log. Returns the child's pid. */
+export function spawnDetachedAgent(args: readonly string[], env: NodeJS.ProcessEnv = process.env): { pid: number; exited: () => boolean; logPath: string } {
+  const logPath = agentLogPath(env)
+  mkdirSync(dirname(logPath), { recursive: true, mode: 0o700 })
+  const log = openSync(logPath, 'a', 0o600)
+  const bin = fileURLToPath(new URL('../bin/cargo-pkcs11-agent.js', import.meta.url))
+  const child = spawn(process.execPath, [bin, 'run', '--foreground', ...args], {
+    detached: true,
+    stdio: ['ignore', log, log],
+    env: withThreadpoolSize(env),
+  })
+  closeSync(log)
+  let exited = false
+  child.on('exit', () => (exited = true))
+  child.unref()
+  return { pid: child.pid ?? -1, exited: () => exited, logPath }
+}
+
+export async function run(argv: readonly string[]): Promise<number> {
+  const args = parseRunArgs(argv)
+  if (!args.foreground) {
+    const configPath = resolveConfigPath(args.config)
+    const config = loadConfig(configPath.path) // validate before detaching, so errors reach this terminal
+    const socketPath = resolveSocketPath(args.socket, config.agent.socket).path
+    const forward = ['--config', configPath.path, '--socket', socketPath]
+    const child = spawnDetachedAgent(forward)
+    await waitForAgent(socketPath, LIMITS.agentStartWaitMs, child.exited)
+    process.stderr.write(`cargo-pkcs11-agent: started (pid ${child.pid}) on ${socketPath}; log: ${child.logPath}\n`)
+    return 0
+  }
+  // The pool size must be fixed before libuv starts its pool; under ESM only the parent can do that
+  // (src/lib/threadpool.ts). A parent that did not costs one relaunch.
+  if (!ensureThreadpoolSize() && (await relaunchWithThreadpoolSize())) return (process.exitCode as number | undefined) ?? 0
+  const configPath = resolveConfigPath(args.config)
+  const config = loadConfig(configPath.path)
+  const socketPath = resolveSocketPath(args.socket, config.agent.socket).path
+  const agent = new Agent({ config, socketPath, configPath: configPath.path })
+  await agent.start()
+  await agent.runUntilSignalled()
+  return 0
+}
+
+export function reportFailure(error: unknown): number {
+  const e = toAgentError(error)
+  process.stderr.write(`cargo-pkcs11-agent: ${e.describe()}\n`)
+  return e.code === 'USAGE' ? 2 : 1
+}

@@ -1,0 +1,42 @@
+import { readFileSync } from 'node:fs'
+
+import { parse, TomlError } from 'smol-toml'
+
+import { AgentError } from '../lib/errors.js'
+import { validateConfig, type Config } from './schema.js'
+
+type Env = Readonly<Record<string, string | undefined>>
+
+/** Parses TOML text and validates it. `path` is only used in messages. */
+export function parseConfig(text: string, path: string | undefined, env: Env = process.env): Config {
+  let doc: unknown
+  try {
+    doc = parse(text)
+  } catch (error) {
+    const where = error instanceof TomlError ? ` at line ${error.line}, column ${error.column}` : ''
+    const what = error instanceof Error ? error.message.split('\n')[0] : String(error)
+    throw new AgentError('CONFIG_INVALID', `${path ?? 'config'} is not valid TOML${where}: ${what}`, {
+      cause: error,
+      remedy: 'Fix the TOML syntax; docs/configuration.md has a full example',
+    })
+  }
+  return validateConfig(doc, path, env)
+}
+
+export function loadConfig(path: string, env: Env = process.env): Config {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    if (code === 'ENOENT') {
+      throw new AgentError('CONFIG_MISSING', `No configuration at ${path}`, {
+        cause: error,
+        remedy: 'Run `cargo-pkcs11-agent setup` to create one, or pass --config / set CARGO_PKCS11_AGENT_CONFIG',
+        data: { path },
+      })
+    }
+    throw new AgentError('CONFIG_INVALID', `Cannot read the configuration at ${path} (${code ?? String(error)})`, { cause: error, remedy: 'Check the file permissions', data: { path } })
+  }
+  return parseConfig(text, path, env)
+}

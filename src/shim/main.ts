@@ -1,0 +1,154 @@
+/**
+ * cargo-credential-pkcs11: cargo's credential provider (protocol v1, spec §1), a thin client of the
+ * agent. stdout carries only the protocol (hello, then one response line); everything for humans
+ * goes to stderr or the terminal. Imports builtins and the small protocol modules only: the shim
+ * must start within 1.2x a bare `node -e 0`.
+ */
+import { writeSync } from 'node:fs'
+
+import type { AgentConnection, QueryAnswer } from '../agent/client.js'
+import type { EventMessage, QueryMessage } from '../agent/protocol.js'
+import {
+  cargoErrorFor,
+  err,
+  errOther,
+  HELLO,
+  okGet,
+  okLogin,
+  okLogout,
+  parseCargoRequest,
+  type CacheControl,
+  type CargoRequest,
+} from '../cargo/protocol.js'
+import { resolveSocketPath } from '../config/paths.js'
+import { AgentError, toAgentError } from '../lib/errors.js'
+import { LIMITS } from '../lib/limits.js'
+import { connectOrStart } from './connect.js'
+import { requesterContext } from './context.js'
+import { readRequestLine } from './stdin.js'
+import { askPinOnTty, confirmOnTty, hasTerminal } from './tty.js'
+
+const NAME = 'cargo-credential-pkcs11'
+
+function say(text: string): void {
+  try {
+    process.stderr.write(`${NAME}: ${text}\n`)
+  } catch {
+    // stderr closed: nothing to tell anyone
+  }
+}
+
+function respond(line: string): void {
+  writeSync(1, line + '\n')
+}
+
+function onEvent(event: EventMessage): void {
+  const text = event.data['text']
+  if (typeof text === 'string' && text !== '') say(text)
+}
+
+async function onQuery(query: QueryMessage): Promise<QueryAnswer> {
+  try {
+    if (query.query === 'pin') {
+      const reason = typeof query.data['reason'] === 'string' ? query.data['reason'] : ''
+      if (reason !== '') say(`PIN needed to ${reason}`)
+      if (query.data['triesLeft'] === 'final') say('WARNING: final PIN try; a wrong PIN locks the token')
+      const prompt = typeof query.data['prompt'] === 'string' ? query.data['prompt'] : 'PIN: '
+      return { result: { pin: await askPinOnTty(prompt) } }
+    }
+    const text = typeof query.data['text'] === 'string' ? query.data['text'] : 'Sign this request?'
+    return { result: { confirmed: await confirmOnTty(text) } }
+  } catch (error) {
+    return { error: toAgentError(error, 'PIN_ENTRY_FAILED').toWire() }
+  }
+}
+
+function cacheOf(result: Record<string, unknown>): CacheControl {
+  if (result['cache'] === 'expires' && typeof result['expiration'] === 'number') return { cache: 'expires', expiration: result['expiration'] }
+  if (result['cache'] === 'session') return { cache: 'session' }
+  return { cache: 'never' }
+}
+
+async function perform(request: CargoRequest, line: string, env: NodeJS.ProcessEnv): Promise<string> {
+  const socketPath = resolveSocketPath(undefined, undefined, env).path
+  let connection: AgentConnection
+  if (request.kind === 'logout') {
+    // No agent means no cached PIN: logging out is already done, do not start one for it.
+    const { AgentConnection } = await import('../agent/client.js')
+    try {
+      connection = await AgentConnection.connect(socketPath)
+    } catch {
+      return okLogout()
+    }
+  } else {
+    connection = await connectOrStart(socketPath, env, say)
+  }
+  try {
+    const params = { cargo: line, requester: requesterContext(), interactive: hasTerminal() }
+    const options = { onEvent, onQuery, timeoutMs: LIMITS.requestTimeoutMs + 5_000 }
+    switch (request.kind) {
+      case 'get': {
+        const result = await connection.request('sign', params, options)
+        if (typeof result['token'] !== 'string') throw new AgentError('PROTOCOL_ERROR', 'The agent answered without a token', { remedy: 'Use the shim and the agent from the same release' })
+        return okGet(result['token'], cacheOf(result))
+      }
+      case 'login': {
+        const result = await connection.request('login', params, options)
+        const registry = String(result['registry'] ?? request.registry.name ?? request.registry.indexUrl)
+        const generated = new Set((result['generated'] as string[] | undefined) ?? [])
+        for (const key of (result['keys'] as Record<string, string>[] | undefined) ?? []) {
+          const fresh = generated.has(`${key['token']}/${key['label']}`)
+          say(`${fresh ? 'generated' : 'using'} key "${key['label']}" (id ${key['id']}) on token "${key['token']}" for ${registry}`)
+          // stderr, as cargo:paseto prints its public key: the registry needs these to accept tokens.
+          process.stderr.write(`${key['k3Public']}\n${key['k3Pid']}\n`)
+        }
+        if (request.hasToken) say('the token given to `cargo login` is ignored: the key lives on the device')
+        say('register the k3.public key above with the registry')
+        return okLogin()
+      }
+      case 'logout':
+        await connection.request('logout', params, options)
+        return okLogout()
+    }
+  } finally {
+    connection.close()
+  }
+}
+
+/** Runs the provider. Resolves to the exit status. */
+export async function runShim(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  if (!argv.includes('--cargo-plugin')) {
+    process.stderr.write(
+      `${NAME} is a cargo credential provider; cargo starts it. Configure it in .cargo/config.toml:\n` +
+        `  [registries.NAME]\n  credential-provider = "${NAME}"\nSee docs/configuration.md.\n`,
+    )
+    return 2
+  }
+  // Hello first: cargo sends nothing until it has read it (spec §1.3).
+  respond(HELLO)
+  const input = await readRequestLine()
+  if (input.kind === 'too-large') {
+    respond(errOther(`The request from cargo is larger than ${LIMITS.cargoLineMaxBytes} bytes`, ['cargo requests are small JSON lines; this is not one', `${NAME} error code REQUEST_INVALID`]))
+    return 0
+  }
+  if (input.kind === 'eof') {
+    respond(errOther(input.partialBytes > 0 ? 'stdin closed in the middle of the request line' : 'stdin closed before cargo sent a request', [`${NAME} expects one JSON request line after the hello (cargo credential protocol v1)`]))
+    return 1
+  }
+  let request: CargoRequest
+  try {
+    request = parseCargoRequest(input.line)
+  } catch (error) {
+    const e = toAgentError(error, 'REQUEST_INVALID')
+    // An unknown kind/operation is operation-not-supported; unparseable input has no kind to reply with.
+    respond(e.code === 'OPERATION_UNSUPPORTED' ? err('operation-not-supported') : cargoErrorFor(e, 'get'))
+    return 0
+  }
+  try {
+    respond(await perform(request, input.line, env))
+  } catch (error) {
+    const e = toAgentError(error)
+    respond(cargoErrorFor(e, request.kind))
+  }
+  return 0
+}

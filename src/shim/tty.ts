@@ -1,0 +1,98 @@
+/**
+ * Talking to the human on the controlling terminal. cargo gives the provider no tty on stdin/stdout
+ * (spec §1.1), so the PIN prompt opens /dev/tty itself, as cargo's own helper crate does
+ * (`credential/cargo-credential/src/stdio.rs`); raw mode, nothing echoed.
+ */
+import { closeSync, openSync, writeSync } from 'node:fs'
+import { ReadStream } from 'node:tty'
+
+import { AgentError } from '../lib/errors.js'
+import { LIMITS } from '../lib/limits.js'
+
+function noTty(cause?: unknown): AgentError {
+  return new AgentError('PIN_ENTRY_FAILED', 'no tty: cargo was started without a terminal to ask on', {
+    remedy: 'Run cargo from a terminal, or configure a non-interactive pin-source (env, file) for this token',
+    ...(cause === undefined ? {} : { cause }),
+  })
+}
+
+export function hasTerminal(): boolean {
+  try {
+    closeSync(openSync('/dev/tty', 'r+'))
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** Reads keys in raw mode until Enter. `echo` = false prints nothing for typed characters. */
+function readRaw(prompt: string, options: { echo: boolean; single: boolean }): Promise<Buffer> {
+  let fd: number
+  try {
+    fd = openSync('/dev/tty', 'r+')
+  } catch (error) {
+    return Promise.reject(noTty(error))
+  }
+  writeSync(fd, prompt)
+  const input = new ReadStream(fd)
+  input.setRawMode(true)
+  return new Promise((resolve, reject) => {
+    let typed = Buffer.alloc(0)
+    const done = (error: AgentError | undefined): void => {
+      input.removeAllListeners('data')
+      try {
+        input.setRawMode(false)
+        writeSync(fd, '\r\n')
+      } catch {
+        // terminal went away
+      }
+      input.destroy()
+      if (error === undefined) resolve(typed)
+      else {
+        typed.fill(0)
+        reject(error)
+      }
+    }
+    input.on('data', (chunk: Buffer) => {
+      for (const byte of chunk) {
+        if (byte === 0x03 || (byte === 0x04 && typed.length === 0) || byte === 0x1b) {
+          done(new AgentError('PIN_ENTRY_FAILED', 'Entry cancelled on the terminal', { remedy: 'Run the cargo command again' }))
+          return
+        }
+        if (byte === 0x0d || byte === 0x0a) {
+          done(undefined)
+          return
+        }
+        if (byte === 0x7f || byte === 0x08) {
+          typed = typed.subarray(0, Math.max(0, typed.length - 1))
+          continue
+        }
+        if (byte < 0x20) continue
+        if (typed.length >= LIMITS.pinMaxBytes) continue
+        const next = Buffer.alloc(typed.length + 1)
+        typed.copy(next)
+        next[typed.length] = byte
+        typed.fill(0)
+        typed = next
+        if (options.echo) writeSync(fd, Buffer.from([byte]))
+        if (options.single) {
+          done(undefined)
+          return
+        }
+      }
+    })
+    input.on('error', (error) => done(noTty(error)))
+  })
+}
+
+export async function askPinOnTty(prompt: string): Promise<string> {
+  const bytes = await readRaw(prompt, { echo: false, single: false })
+  const pin = bytes.toString('utf8')
+  bytes.fill(0)
+  return pin
+}
+
+export async function confirmOnTty(question: string): Promise<boolean> {
+  const bytes = await readRaw(`${question} [y/N] `, { echo: true, single: true })
+  return bytes.length === 1 && (bytes[0] === 0x79 || bytes[0] === 0x59)
+}
