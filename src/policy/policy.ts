@@ -244,6 +244,14 @@ export class Policy {
     return token
   }
 
+  /**
+   * The PIN a human gave for `tokenId`, if still cached: for Device's `cachedPin` option (log in again
+   * after the token was reinserted, without asking). Counts as a use for the idle lifetime.
+   */
+  cachedPin(tokenId: string): Pin | undefined {
+    return this.pinCache.get(tokenId)
+  }
+
   /** `cargo-pkcs11-agent lock`: forget every PIN. The agent also logs its sessions out. */
   lock(): number {
     return this.pinCache.clear('lock')
@@ -294,7 +302,13 @@ export class Policy {
     } catch {
       // Status after a failed login is a courtesy; the error stays PIN_INCORRECT.
     }
+    // src/pkcs11/device.ts reports the token flags as 'low' | 'final' | 'locked'; other devices may count.
     const triesLeft = failure.data['triesLeft']
+    if (triesLeft === 'final') finalTry = true
+    if (triesLeft === 'low') low = true
+    if (triesLeft === 'locked') {
+      return new AgentError('PIN_LOCKED', `Wrong PIN for ${token.description}; the PIN is now blocked`, { remedy: UNBLOCK_REMEDY, cause: failure })
+    }
     const tries =
       typeof triesLeft === 'number'
         ? ` (${triesLeft} ${triesLeft === 1 ? 'try' : 'tries'} left)`
