@@ -6,9 +6,11 @@ import { loadConfig } from '../config/load.js'
 import type { Config } from '../config/schema.js'
 import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
-import { PinCache } from '../policy/pin-cache.js'
-import { MutationRateLimiter } from '../policy/rate-limit.js'
+import type { AuditLog } from '../audit/log.js'
+import type { Policy } from '../policy/policy.js'
 import { Devices } from './devices.js'
+import { auditSink } from './pipeline/audit.js'
+import { createPolicy } from './pipeline/authorize.js'
 import { handle, type AgentState } from './handlers.js'
 import { AgentServer } from './server.js'
 
@@ -25,9 +27,9 @@ export class Agent implements AgentState {
   readonly socketPath: string
   readonly configPath: string | undefined
   readonly devices: Devices
-  readonly rateLimiter = new MutationRateLimiter()
   readonly log: (line: string) => void
-  pinCache: PinCache
+  policy: Policy
+  audit: AuditLog
   readonly #server: AgentServer
   #idleTimer: NodeJS.Timeout | undefined
   #stopping: Promise<void> | undefined
@@ -37,12 +39,16 @@ export class Agent implements AgentState {
     this.socketPath = options.socketPath
     this.configPath = options.configPath
     this.log = options.log ?? ((line) => process.stderr.write(`cargo-pkcs11-agent: ${line}\n`))
-    this.pinCache = this.#newPinCache(this.config)
+    this.policy = createPolicy(this.config, this.log)
+    this.audit = auditSink(this.config.agent.auditLog)
     this.devices = new Devices(
       this.config,
-      (token) => this.pinCache.get(token.name),
+      (token) => this.policy.cachedPin(token.name),
       (token, event) => {
-        if (event.type === 'removed' && this.pinCache.forget(token.name, 'removed')) this.log(`token ${token.name} removed; its PIN was forgotten`)
+        if (event.type === 'removed') {
+          this.policy.onRemoved(token.name)
+          this.log(`token ${token.name} removed; its PIN was forgotten`)
+        }
       },
     )
     this.#server = new AgentServer({
@@ -57,16 +63,6 @@ export class Agent implements AgentState {
         }
       },
     })
-  }
-
-  #newPinCache(config: Config): PinCache {
-    const cache = new PinCache({
-      idleSeconds: config.agent.pinCacheIdleSeconds,
-      maxSeconds: config.agent.pinCacheMaxSeconds,
-      onForget: (token, reason) => this.log(`PIN for token ${token} forgotten (${reason})`),
-    })
-    cache.startSweeper()
-    return cache
   }
 
   async start(): Promise<void> {
@@ -87,7 +83,7 @@ export class Agent implements AgentState {
 
   /** SIGHUP: re-read the config; forget PINs and release devices either way (design point 3). */
   async reload(): Promise<void> {
-    this.pinCache.clear('sighup')
+    this.policy.onSighup()
     let next = this.config
     if (this.configPath !== undefined) {
       try {
@@ -97,9 +93,10 @@ export class Agent implements AgentState {
       }
     }
     await this.devices.reset(next)
-    this.pinCache.stopSweeper()
+    this.policy.close()
     this.config = next
-    this.pinCache = this.#newPinCache(next)
+    this.policy = createPolicy(next, this.log)
+    this.audit = auditSink(next.agent.auditLog)
     this.log(`configuration reloaded from ${this.configPath ?? '(memory)'}; PINs forgotten, devices released`)
   }
 
@@ -108,8 +105,7 @@ export class Agent implements AgentState {
     this.#stopping ??= (async () => {
       if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer)
       await this.#server.close(graceMs)
-      this.pinCache.clear('shutdown')
-      this.pinCache.stopSweeper()
+      this.policy.close()
       await this.devices.releaseAll()
       this.log('stopped')
     })()

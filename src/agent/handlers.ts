@@ -5,29 +5,28 @@
 import type { Config, KeyRef, TokenConfig } from '../config/schema.js'
 import { AgentError } from '../lib/errors.js'
 import { k3Pid, k3Public } from '../keys/paserk.js'
-import type { PinCache } from '../policy/pin-cache.js'
-import type { MutationRateLimiter } from '../policy/rate-limit.js'
+import type { AuditSink } from '../audit/entry.js'
+import type { Intent } from '../policy/intent.js'
+import type { Policy } from '../policy/policy.js'
+import type { Signer } from '../signer/signer.js'
 import type { Devices } from './devices.js'
 import { describeKey, selector } from './devices.js'
-import { auditLine, recordAudit } from './pipeline/audit.js'
-import { authorize, pinEnvVariables, recordMutation } from './pipeline/authorize.js'
+import { registryPolicy, tokenPolicy } from './pipeline/authorize.js'
 import { bind, registryBinding } from './pipeline/bind.js'
-import { intentOf, parseRequest } from './pipeline/parse.js'
-import { ensureLoggedIn } from './pipeline/pin.js'
+import { intentOf, parseRequest, parseRequester } from './pipeline/parse.js'
 import { cacheControl } from './pipeline/respond.js'
-import { signIntent } from './pipeline/sign.js'
+import { signIntent, type Signed } from './pipeline/sign.js'
 import { SocketPrompter } from './prompter.js'
 import { PROTOCOL_VERSION, type Method } from './protocol.js'
 import type { RequestContext } from './server.js'
-import { LIMITS } from '../lib/limits.js'
 
 export interface AgentState {
   readonly config: Config
   readonly socketPath: string
   readonly configPath: string | undefined
   readonly devices: Devices
-  readonly pinCache: PinCache
-  readonly rateLimiter: MutationRateLimiter
+  readonly policy: Policy
+  readonly audit: AuditSink
   readonly log: (line: string) => void
 }
 
@@ -56,6 +55,7 @@ export async function handle(agent: AgentState, method: Method, params: Record<s
   }
 }
 
+/** The pipeline: parse → bind → policy (rate limit, confirmation, PIN, touch notice, audit) → sign → respond. */
 async function sign(agent: AgentState, params: Record<string, unknown>, context: RequestContext): Promise<Result> {
   const request = parseRequest(params)
   const intent = intentOf(request)
@@ -63,34 +63,48 @@ async function sign(agent: AgentState, params: Record<string, unknown>, context:
   const binding = bind(config, intent.indexUrl, intent.operation !== 'read')
   const prompter = new SocketPrompter(context, request.interactive && !config.agent.headless)
   const device = agent.devices.get(binding.token)
-  await authorize({ config, intent, binding, prompter, pinCache: agent.pinCache, rateLimiter: agent.rateLimiter, device })
-  const signer = await agent.devices.signer(binding.token, binding.keyRef)
-  const signed = await signIntent({
+  // Looking the key up before policy means a registry with no key yet answers KEY_NOT_FOUND (cargo:
+  // not-found, so `cargo login` proceeds) without asking for a PIN. Tokens that hide even public
+  // objects until login are looked up again after it.
+  let signer: Signer | undefined
+  try {
+    signer = await agent.devices.signer(binding.token, binding.keyRef)
+  } catch (error) {
+    if (!(error instanceof AgentError) || error.code !== 'KEY_NOT_FOUND' || !(await device.needsLogin())) throw error
+  }
+  let signed: Signed | undefined
+  const policyRequest: Parameters<Policy['run']>[0] = {
     intent,
-    binding,
-    signer,
     prompter,
-    touchNoticeAfterMs: config.agent.touchNoticeAfterMs,
-    touchTimeoutMs: LIMITS.touchTimeoutMs,
-  })
-  recordMutation({ intent, binding, rateLimiter: agent.rateLimiter })
-  recordAudit(config.agent.auditLog, auditLine(intent, binding, signed.kip, signed.iatSeconds))
-  return { token: signed.token, kip: signed.kip, iat: signed.iatSeconds, ...cacheControl(intent.operation, signed.iatSeconds, binding.registry) }
+    registry: registryPolicy(binding.registry),
+    token: tokenPolicy(binding.token),
+    device,
+    ...(signer === undefined ? {} : { kip: k3Pid(signer.publicKey) }),
+    sign: async () => {
+      signer ??= await agent.devices.signer(binding.token, binding.keyRef)
+      signed = await signIntent(intent, binding, signer)
+      return signed.token
+    },
+    audit: agent.audit,
+  }
+  const token = await agent.policy.run(policyRequest)
+  const { iatSeconds, kip } = signed as Signed
+  return { token, kip, iat: iatSeconds, ...cacheControl(intent.operation, iatSeconds, binding.registry) }
 }
 
 function contextPrompter(agent: AgentState, params: Record<string, unknown>, context: RequestContext): SocketPrompter {
   return new SocketPrompter(context, params['interactive'] === true && !agent.config.agent.headless)
 }
 
-async function loginToken(agent: AgentState, token: TokenConfig, params: Record<string, unknown>, context: RequestContext, reason: string): Promise<void> {
-  await ensureLoggedIn(agent.devices.get(token), {
-    token,
-    prompter: contextPrompter(agent, params, context),
-    pinCache: agent.pinCache,
-    headless: agent.config.agent.headless,
-    reason,
-    secretVariables: pinEnvVariables(agent.config),
-  })
+/** Non-signing requests (login, pubkey, keygen) log in through the same policy, described as this intent. */
+function adminIntent(params: Record<string, unknown>, indexUrl: string, registryName?: string): Intent {
+  const intent: Intent = { indexUrl, operation: 'read', requester: parseRequester(params['requester']) }
+  if (registryName !== undefined) intent.registryName = registryName
+  return intent
+}
+
+async function loginToken(agent: AgentState, token: TokenConfig, params: Record<string, unknown>, context: RequestContext, intent: Intent): Promise<void> {
+  await agent.policy.ensureLoggedIn(agent.devices.get(token), tokenPolicy(token), contextPrompter(agent, params, context), intent)
 }
 
 interface KeyInfo {
@@ -101,10 +115,10 @@ interface KeyInfo {
   k3Pid: string
 }
 
-async function keyInfo(agent: AgentState, ref: KeyRef, params: Record<string, unknown>, context: RequestContext, reason: string): Promise<KeyInfo> {
+async function keyInfo(agent: AgentState, ref: KeyRef, params: Record<string, unknown>, context: RequestContext, intent: Intent): Promise<KeyInfo> {
   const { token, device } = agent.devices.byName(ref.token)
   // Private objects (and on some tokens the public ones) are hidden until login.
-  await loginToken(agent, token, params, context, reason)
+  await loginToken(agent, token, params, context, intent)
   const key = await device.findKey(selector(ref))
   return { token: token.name, label: key.label, id: key.id, k3Public: k3Public(key.publicKey), k3Pid: k3Pid(key.publicKey) }
 }
@@ -125,8 +139,9 @@ async function pubkey(agent: AgentState, params: Record<string, unknown>, contex
   }
   const out = []
   for (const registry of registries) {
-    const read = await keyInfo(agent, registry.readKey, params, context, `show the public key for ${registry.name}`)
-    const mutation = registry.mutationKey === registry.readKey ? read : await keyInfo(agent, registry.mutationKey, params, context, `show the public key for ${registry.name}`)
+    const intent = adminIntent(params, registry.index, registry.name)
+    const read = await keyInfo(agent, registry.readKey, params, context, intent)
+    const mutation = registry.mutationKey === registry.readKey ? read : await keyInfo(agent, registry.mutationKey, params, context, intent)
     out.push({ registry: registry.name, index: registry.index, readKey: read, mutationKey: mutation })
   }
   return { registries: out }
@@ -147,7 +162,7 @@ async function login(agent: AgentState, params: Record<string, unknown>, context
   const refs = registry.mutationKey === registry.readKey ? [registry.readKey] : [registry.readKey, registry.mutationKey]
   for (const ref of refs) {
     try {
-      keys.push(await keyInfo(agent, ref, params, context, `cargo login for ${registry.name}`))
+      keys.push(await keyInfo(agent, ref, params, context, adminIntent(params, registry.index, registry.name)))
     } catch (error) {
       if (!(error instanceof AgentError) || error.code !== 'KEY_NOT_FOUND') throw error
       const { token, device } = agent.devices.byName(ref.token)
@@ -174,13 +189,13 @@ function logout(agent: AgentState, params: Record<string, unknown>): Result {
   const registry = registryBinding(agent.config, request.cargo.registry.indexUrl)
   const tokens = new Set([registry.readKey.token, registry.mutationKey.token])
   let forgotten = 0
-  for (const token of tokens) if (agent.pinCache.forget(token, 'lock')) forgotten += 1
+  for (const token of tokens) if (agent.policy.pinCache.forget(token, 'lock')) forgotten += 1
   return { registry: registry.name, forgotten }
 }
 
 /** Forget every PIN and close the sessions, which logs the tokens out (login state is per application). */
 async function lock(agent: AgentState): Promise<Result> {
-  const forgotten = agent.pinCache.clear('lock')
+  const forgotten = agent.policy.lock()
   const released = await agent.devices.releaseAll()
   return { forgotten, released }
 }
@@ -190,7 +205,7 @@ async function keygen(agent: AgentState, params: Record<string, unknown>, contex
   const label = stringParam(params, 'label')
   if (tokenName === undefined || label === undefined) throw new AgentError('USAGE', 'keygen needs `token` and `label`', { remedy: 'Pass the token name from the config and a key label' })
   const { token, device } = agent.devices.byName(tokenName)
-  await loginToken(agent, token, params, context, `generate key ${label}`)
+  await loginToken(agent, token, params, context, adminIntent(params, `token ${token.name}`))
   const gen: { label: string; id?: string } = { label }
   const id = stringParam(params, 'id')
   if (id !== undefined) gen.id = id
@@ -199,7 +214,7 @@ async function keygen(agent: AgentState, params: Record<string, unknown>, contex
 }
 
 async function status(agent: AgentState): Promise<Result> {
-  const cached = new Set(agent.pinCache.tokenIds())
+  const cached = new Set(agent.policy.pinCache.tokenIds())
   const tokens = []
   for (const token of Object.values(agent.config.tokens)) {
     const entry: Record<string, unknown> = { name: token.name, module: token.module, pinSource: token.pinSource, pinCached: cached.has(token.name) }
@@ -217,7 +232,7 @@ async function status(agent: AgentState): Promise<Result> {
     mutationKey: r.mutationKey,
     confirm: r.confirm,
     tokenMaxAgeSeconds: r.tokenMaxAgeSeconds,
-    mutationsLastHour: agent.rateLimiter.count(r.name),
+    mutationsLastHour: agent.policy.limiter.count(r.index),
     mutationsPerHour: r.mutationsPerHour,
   }))
   return { pid: process.pid, socket: agent.socketPath, config: agent.configPath ?? null, headless: agent.config.agent.headless, tokens, registries }

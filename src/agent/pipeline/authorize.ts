@@ -1,58 +1,64 @@
 /**
- * Stage 3: policy. Rate limit, confirmation for mutations, then the PIN. The simplest complete
- * version, kept behind this one function so the policy module can replace its body.
+ * Stage 3: policy. The agent's config is mapped onto the policy module's shapes; `Policy.run`
+ * (src/policy/policy.ts) then does rate limit → confirmation → PIN/login → touch notice → audit line
+ * around the signing stage.
  */
-import type { Config } from '../../config/schema.js'
-import { AgentError } from '../../lib/errors.js'
-import { describeIntent, type Intent, type Prompter } from '../../policy/intent.js'
-import type { PinCache } from '../../policy/pin-cache.js'
-import type { MutationRateLimiter } from '../../policy/rate-limit.js'
-import type { Binding } from './bind.js'
-import { ensureLoggedIn, type LoginTarget } from './pin.js'
+import type { Config, RegistryConfig, TokenConfig } from '../../config/schema.js'
+import { readPinFile } from '../../lib/pin-file.js'
+import type { PinSource, RegistryPolicy, TokenPolicy } from '../../policy/config.js'
+import { Policy } from '../../policy/policy.js'
 
-export interface AuthorizeInput {
-  readonly config: Config
-  readonly intent: Intent
-  readonly binding: Binding
-  readonly prompter: Prompter
-  readonly pinCache: PinCache
-  readonly rateLimiter: MutationRateLimiter
-  readonly device: LoginTarget
+export function tokenDescription(token: TokenConfig): string {
+  const kind = token.kind === 'yubikey' ? 'your YubiKey' : token.kind === 'tpm' ? 'the TPM' : token.kind === 'softhsm' ? 'SoftHSM token' : token.kind === 'hsm' ? 'the HSM' : 'token'
+  const which = token.serial !== undefined ? ` (serial ${token.serial})` : token.label !== undefined ? ` '${token.label}'` : ` "${token.name}"`
+  return `${kind}${which}`
+}
+
+function pinSource(token: TokenConfig): PinSource {
+  switch (token.pinSource) {
+    case 'env':
+      return { kind: 'env', variable: token.pinEnv ?? '' }
+    case 'file':
+      return { kind: 'file', path: token.pinFile ?? '' }
+    case 'pinentry':
+      return token.pinentryProgram === undefined ? { kind: 'pinentry' } : { kind: 'pinentry', program: token.pinentryProgram }
+    case 'tty':
+      return { kind: 'tty' }
+    case 'none':
+      return { kind: 'none' }
+  }
+}
+
+/** The PIN cache key is the config name: a token renamed in the config is a new token. */
+export function tokenPolicy(token: TokenConfig): TokenPolicy {
+  return Object.freeze({ id: token.name, description: tokenDescription(token), pin: pinSource(token), confirmFinalTry: token.confirmFinalTry })
+}
+
+export function registryPolicy(registry: RegistryConfig): RegistryPolicy {
+  return Object.freeze({ confirm: registry.confirm, mutationsPerHour: registry.mutationsPerHour })
 }
 
 export function pinEnvVariables(config: Config): string[] {
   return Object.values(config.tokens).flatMap((t) => (t.pinEnv === undefined ? [] : [t.pinEnv]))
 }
 
-/** Resolves when the request may be signed; the caller then counts it with `recordMutation`. */
-export async function authorize(input: AuthorizeInput): Promise<void> {
-  const { intent, binding, prompter, config } = input
-  const mutation = intent.operation !== 'read'
-  const text = describeIntent(intent)
-  if (mutation) {
-    input.rateLimiter.check(binding.registry.name, binding.registry.mutationsPerHour, `registry ${binding.registry.name}`)
-    if (binding.registry.confirm === 'prompt') {
-      if (config.agent.headless || !prompter.interactive) {
-        throw new AgentError('POLICY_DENIED', `Registry ${binding.registry.name} requires a confirmation for ${intent.operation}, and there is no terminal to ask on`, {
-          remedy: 'Run cargo from a terminal, or set confirm = "touch" (device touch policy) or "none" for this registry',
-        })
-      }
-      prompter.notify({ kind: 'waiting-for-confirmation', text: `Confirm on the terminal: ${text}`, intent, via: 'terminal' })
-      if (!(await prompter.confirm(intent, `Sign: ${text}?`))) {
-        throw new AgentError('DENIED', `You declined: ${text}`, { remedy: 'Nothing was signed; run the cargo command again to retry' })
-      }
-    }
-  }
-  await ensureLoggedIn(input.device, {
-    token: binding.token,
-    prompter,
-    pinCache: input.pinCache,
-    headless: config.agent.headless,
-    reason: text,
-    secretVariables: pinEnvVariables(config),
-  })
-}
-
-export function recordMutation(input: Pick<AuthorizeInput, 'intent' | 'binding' | 'rateLimiter'>): void {
-  if (input.intent.operation !== 'read') input.rateLimiter.record(input.binding.registry.name)
+/** One Policy per loaded config (a reload starts with an empty PIN cache anyway). */
+export function createPolicy(config: Config, log: (line: string) => void, env: NodeJS.ProcessEnv = process.env): Policy {
+  const policy = new Policy(
+    {
+      headless: config.agent.headless,
+      pinCacheIdleSeconds: config.agent.pinCacheIdleSeconds,
+      pinCacheMaxSeconds: config.agent.pinCacheMaxSeconds,
+      touchNoticeDelayMs: config.agent.touchNoticeAfterMs,
+      desktopNotifications: config.agent.notify,
+    },
+    {
+      env,
+      readPinFile,
+      secretEnvVariables: pinEnvVariables(config),
+      log: (event, data) => log(`${event} ${JSON.stringify(data)}`),
+    },
+  )
+  policy.pinCache.startSweeper()
+  return policy
 }
