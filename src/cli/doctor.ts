@@ -1,0 +1,239 @@
+/**
+ * `cargo-pkcs11-agent doctor [--config FILE] [--socket PATH] [--json]`
+ *
+ * Explains what is wrong, one check per line, each failure with the fix. Checks run in pipeline order
+ * (config → modules → tokens → agent → cargo) and never change anything: no login, no key generation.
+ * Exit 0 when nothing failed (warnings allowed), 1 otherwise.
+ */
+import { spawnSync } from 'node:child_process'
+import { existsSync, readFileSync, statSync } from 'node:fs'
+import { homedir } from 'node:os'
+import { join } from 'node:path'
+import { parseArgs } from 'node:util'
+
+import { callAgent } from '../agent/client.js'
+import { loadConfig } from '../config/load.js'
+import { resolveConfigPath, resolveSocketPath } from '../config/paths.js'
+import type { Config, TokenConfig } from '../config/schema.js'
+import { AgentError, toAgentError } from '../lib/errors.js'
+
+export const DOCTOR_USAGE = 'cargo-pkcs11-agent doctor [--config FILE] [--socket PATH] [--json]'
+
+type Level = 'ok' | 'warn' | 'fail'
+
+interface Finding {
+  readonly level: Level
+  readonly check: string
+  readonly detail: string
+  readonly remedy?: string
+}
+
+/** cargo ≥ 1.74 speaks the credential-provider protocol (stabilised in 1.74, cargo's unstable.md). */
+const MIN_CARGO = [1, 74] as const
+
+function finding(level: Level, check: string, detail: string, remedy?: string): Finding {
+  return remedy === undefined ? { level, check, detail } : { level, check, detail, remedy }
+}
+
+function fromError(check: string, error: unknown): Finding {
+  const e = toAgentError(error)
+  return finding('fail', check, `${e.code}: ${e.message}`, e.remedy)
+}
+
+function checkNode(): Finding {
+  const major = Number(process.versions.node.split('.')[0])
+  return major >= 20
+    ? finding('ok', 'node', `Node.js ${process.versions.node}`)
+    : finding('fail', 'node', `Node.js ${process.versions.node} is too old`, 'Install Node.js 20 or newer')
+}
+
+function checkConfig(path: string): { config?: Config; findings: Finding[] } {
+  if (!existsSync(path)) {
+    return {
+      findings: [
+        finding('fail', 'config', `no configuration at ${path}`, 'Run `cargo-pkcs11-agent setup` to create one (see docs/configuration.md)'),
+      ],
+    }
+  }
+  try {
+    const config = loadConfig(path)
+    const tokens = Object.keys(config.tokens).length
+    const registries = Object.keys(config.registries).length
+    const findings = [finding('ok', 'config', `${path}: ${tokens} token(s), ${registries} registr${registries === 1 ? 'y' : 'ies'}`)]
+    if (registries === 0) {
+      findings.push(finding('warn', 'config', 'no registry is bound, so the agent signs nothing', 'Add a [registries.NAME] table'))
+    }
+    return { config, findings }
+  } catch (error) {
+    return { findings: [fromError('config', error)] }
+  }
+}
+
+/** Module-specific environment that the modules themselves only report as CKR_GENERAL_ERROR. */
+function checkModuleEnvironment(token: TokenConfig, modulePath: string): Finding[] {
+  const check = `token ${token.name}`
+  const findings: Finding[] = []
+  if (modulePath.includes('softhsm')) {
+    const conf = process.env['SOFTHSM2_CONF'] ?? '/etc/softhsm/softhsm2.conf'
+    if (!existsSync(conf)) {
+      findings.push(finding('fail', check, `SoftHSM configuration ${conf} does not exist`, 'Set SOFTHSM2_CONF to your softhsm2.conf, or run `cargo-pkcs11-agent setup`'))
+    } else {
+      const dir = /^\s*directories\.tokendir\s*=\s*(.+?)\s*$/m.exec(readFileSync(conf, 'utf8'))?.[1]
+      if (dir !== undefined && !existsSync(dir)) {
+        findings.push(finding('fail', check, `SoftHSM token directory ${dir} (from ${conf}) does not exist`, `Create it (mkdir -p ${dir}) or fix directories.tokendir`))
+      }
+    }
+  }
+  if (modulePath.includes('ykcs11') || modulePath.includes('opensc')) {
+    const socket = process.env['PCSCLITE_CSOCK_NAME'] ?? '/run/pcscd/pcscd.comm'
+    if (!existsSync(socket)) {
+      findings.push(finding('fail', check, `the PC/SC daemon is not running (no ${socket})`, 'Start it: `systemctl start pcscd.socket` (Debian package pcscd)'))
+    }
+  }
+  if (modulePath.includes('tpm2')) {
+    if (process.env['TPM2_PKCS11_TCTI'] === undefined && !existsSync('/dev/tpmrm0')) {
+      findings.push(finding('fail', check, 'no TPM: /dev/tpmrm0 is missing and TPM2_PKCS11_TCTI is not set', 'Enable the TPM in firmware, or point TPM2_PKCS11_TCTI at a TPM (e.g. swtpm)'))
+    }
+  }
+  return findings
+}
+
+async function checkTokens(config: Config): Promise<Finding[]> {
+  // Loaded only here: the device layer pulls in the native pkcs11js binding.
+  const { Device, resolveModulePath } = await import('../pkcs11/device.js')
+  const findings: Finding[] = []
+  for (const token of Object.values(config.tokens)) {
+    const check = `token ${token.name}`
+    let modulePath: string
+    try {
+      modulePath = resolveModulePath(token.module)
+    } catch (error) {
+      findings.push(fromError(check, error))
+      continue
+    }
+    const environment = checkModuleEnvironment(token, modulePath)
+    findings.push(...environment)
+    if (environment.some((f) => f.level === 'fail')) continue
+    const selector: { module: string; label?: string; serial?: string; manufacturer?: string; model?: string } = { module: token.module }
+    if (token.label !== undefined) selector.label = token.label
+    if (token.serial !== undefined) selector.serial = token.serial
+    if (token.manufacturer !== undefined) selector.manufacturer = token.manufacturer
+    if (token.model !== undefined) selector.model = token.model
+    const device = new Device(selector)
+    try {
+      const status = await device.status()
+      if (!status.present) {
+        findings.push(finding('fail', check, `${device.describe()} is not present`, 'Insert the token, or check its label/serial in the config (`cargo-pkcs11-agent list`)'))
+        continue
+      }
+      if (status.pinLocked) {
+        findings.push(finding('fail', check, `${device.describe()}: the user PIN is locked`, 'Unblock it with the SO PIN / PUK (e.g. `ykman piv access unblock-pin`)'))
+      } else if (status.pinFinalTry || status.pinCountLow) {
+        findings.push(finding('warn', check, `${device.describe()}: ${status.pinFinalTry ? 'one PIN try left' : 'PIN tries are running low'}`, 'Enter the PIN carefully; the agent never retries a wrong PIN'))
+      } else {
+        findings.push(finding('ok', check, `${device.describe()} present`))
+      }
+      for (const [name, registry] of Object.entries(config.registries)) {
+        for (const [role, ref] of [['read', registry.readKey], ['mutation', registry.mutationKey]] as const) {
+          if (ref.token !== token.name) continue
+          const keySelector: { label?: string; id?: string } = {}
+          if (ref.label !== undefined) keySelector.label = ref.label
+          if (ref.id !== undefined) keySelector.id = ref.id
+          try {
+            const key = await device.findKey(keySelector)
+            const { k3Pid } = await import('../keys/paserk.js')
+            const exportable = key.extractable || !key.sensitive
+            findings.push(
+              finding(exportable ? 'warn' : 'ok', `registry ${name}`, `${role} key '${key.label}' ${k3Pid(key.publicKey)}${exportable ? ' is EXTRACTABLE or not sensitive' : ''}`,
+                exportable ? 'Generate a new key on the device with `cargo-pkcs11-agent keygen` (keys made there are non-extractable)' : undefined),
+            )
+          } catch (error) {
+            findings.push(fromError(`registry ${name}`, error))
+          }
+        }
+      }
+    } catch (error) {
+      findings.push(fromError(check, error))
+    } finally {
+      await device.release().catch(() => undefined)
+    }
+  }
+  return findings
+}
+
+async function checkAgent(socket: string): Promise<Finding> {
+  try {
+    const status = await callAgent(socket, 'status')
+    return finding('ok', 'agent', `running (pid ${String(status['pid'])}) on ${socket}`)
+  } catch (error) {
+    const e = toAgentError(error)
+    const mode = existsSync(socket) ? ` (socket mode ${(statSync(socket).mode & 0o777).toString(8)})` : ''
+    return finding('warn', 'agent', `not reachable on ${socket}${mode}: ${e.message}`, 'It starts on demand from the shim; or run `cargo-pkcs11-agent run` / `install-service`')
+  }
+}
+
+function parseVersion(text: string): [number, number] | undefined {
+  const match = /cargo (\d+)\.(\d+)/.exec(text)
+  return match === null ? undefined : [Number(match[1]), Number(match[2])]
+}
+
+function checkCargo(config: Config | undefined): Finding[] {
+  const result = spawnSync('cargo', ['--version'], { encoding: 'utf8', timeout: 10_000 })
+  if (result.status !== 0) {
+    return [finding('warn', 'cargo', 'cargo is not on PATH', 'Install Rust with rustup (cargo ≥ 1.74 is needed for credential providers)')]
+  }
+  const version = parseVersion(result.stdout)
+  const findings: Finding[] = []
+  if (version === undefined || version[0] < MIN_CARGO[0] || (version[0] === MIN_CARGO[0] && version[1] < MIN_CARGO[1])) {
+    findings.push(finding('fail', 'cargo', `${result.stdout.trim()} is older than 1.74 and has no credential providers`, 'Update with `rustup update stable`'))
+  } else {
+    findings.push(finding('ok', 'cargo', result.stdout.trim()))
+  }
+  if (config !== undefined) {
+    const cargoHome = process.env['CARGO_HOME'] ?? join(homedir(), '.cargo')
+    const cargoConfig = join(cargoHome, 'config.toml')
+    const text = existsSync(cargoConfig) ? readFileSync(cargoConfig, 'utf8') : ''
+    for (const [name, registry] of Object.entries(config.registries)) {
+      // A plain text check: cargo merges configs from several places (cwd/.cargo too), so a miss is a warning.
+      const bound = text.includes(registry.index) && text.includes('cargo-credential-pkcs11')
+      findings.push(
+        bound
+          ? finding('ok', `registry ${name}`, `${cargoConfig} uses cargo-credential-pkcs11 for ${registry.index}`)
+          : finding('warn', `registry ${name}`, `${cargoConfig} does not bind ${registry.index} to cargo-credential-pkcs11`,
+              `Add to ${cargoConfig}: [registries.${name}] index = "${registry.index}" credential-provider = ["cargo-credential-pkcs11"]`),
+      )
+    }
+  }
+  return findings
+}
+
+export async function doctor(argv: readonly string[]): Promise<number> {
+  let values
+  try {
+    values = parseArgs({
+      args: [...argv],
+      options: { config: { type: 'string' }, socket: { type: 'string' }, json: { type: 'boolean' } },
+      strict: true,
+      allowPositionals: false,
+    }).values
+  } catch (error) {
+    throw new AgentError('USAGE', error instanceof Error ? error.message : String(error), { remedy: `Usage: ${DOCTOR_USAGE}` })
+  }
+  const configPath = resolveConfigPath(values.config).path
+  const findings: Finding[] = [checkNode()]
+  const { config, findings: configFindings } = checkConfig(configPath)
+  findings.push(...configFindings)
+  if (config !== undefined) findings.push(...(await checkTokens(config)))
+  findings.push(await checkAgent(resolveSocketPath(values.socket, config?.agent.socket).path))
+  findings.push(...checkCargo(config))
+
+  if (values.json === true) {
+    process.stdout.write(JSON.stringify(findings, null, 2) + '\n')
+  } else {
+    for (const f of findings) {
+      process.stdout.write(`${f.level.padEnd(4)}  ${f.check}: ${f.detail}\n`)
+      if (f.remedy !== undefined && f.level !== 'ok') process.stdout.write(`      → ${f.remedy}\n`)
+    }
+  }
+  return findings.some((f) => f.level === 'fail') ? 1 : 0
+}
