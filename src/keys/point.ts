@@ -108,14 +108,25 @@ export function publicKeyFromDevice(ecPoint: Uint8Array): Uint8Array {
   return compressed
 }
 
+/** Decompressing and importing costs ~0.7 ms, more than the ECDSA verify itself; an agent and a
+ * registry use a handful of keys, so the last few KeyObjects (immutable) are kept. */
+const KEY_OBJECT_CACHE_SIZE = 32
+const keyObjects = new Map<string, KeyObject>()
+
 /** A node:crypto verification key for a compressed P-384 point. */
 export function publicKeyObject(compressed: Uint8Array): KeyObject {
+  const id = Buffer.from(compressed).toString('hex')
+  const cached = keyObjects.get(id)
+  if (cached !== undefined) return cached
   const full = decompressPoint(compressed)
   const b64 = (bytes: Uint8Array): string => Buffer.from(bytes).toString('base64url')
-  return createPublicKey({
+  const key = createPublicKey({
     key: { kty: 'EC', crv: 'P-384', x: b64(full.subarray(1, 49)), y: b64(full.subarray(49, 97)) },
     format: 'jwk',
   })
+  if (keyObjects.size >= KEY_OBJECT_CACHE_SIZE) keyObjects.delete(keyObjects.keys().next().value ?? '')
+  keyObjects.set(id, key)
+  return key
 }
 
 interface Tlv {

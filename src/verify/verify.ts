@@ -10,7 +10,7 @@
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { k3Pid, parseK3Public } from '../keys/paserk.js'
-import { COMPRESSED_POINT_BYTES, decompressPoint } from '../keys/point.js'
+import { COMPRESSED_POINT_BYTES, publicKeyObject } from '../keys/point.js'
 import { parseIat } from '../token/iat.js'
 import { OPERATION_FIELDS, isOperation, type Operation } from '../token/operation.js'
 import { parseV3PublicToken, verifyV3Public } from './paseto.js'
@@ -88,7 +88,8 @@ function checkOptions(options: VerifyOptions): CheckedOptions {
   else if (options.publicKey instanceof Uint8Array && options.publicKey.length === COMPRESSED_POINT_BYTES)
     publicKey = new Uint8Array(options.publicKey)
   else throw usage('publicKey must be a k3.public PASERK or the 49-byte compressed point')
-  decompressPoint(publicKey) // a registered key off the curve is a configuration error: KEY_INVALID now, not SIGNATURE_INVALID later
+  // A registered key off the curve is a configuration error: KEY_INVALID now, not SIGNATURE_INVALID later.
+  publicKeyObject(publicKey)
   if (typeof options.url !== 'string' || options.url === '') throw usage('url (the registry index URL) is required')
   if (!isOperation(options.operation)) throw usage(`unknown operation ${JSON.stringify(options.operation)}`)
   const fields = OPERATION_FIELDS[options.operation]
