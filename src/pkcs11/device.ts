@@ -433,6 +433,7 @@ export class Device {
       })
     }
     if (this.#rejectedPins.has(pin)) {
+      if (need === 'optional') return
       throw new AgentError('PIN_INCORRECT', `${this.describe()}: the held PIN was already rejected; it is not tried again`, {
         remedy: 'Enter the correct PIN',
         data: { token: this.describe() },

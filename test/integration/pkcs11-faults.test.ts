@@ -1,0 +1,204 @@
+/**
+ * The device layer against SoftHSM behind the fault-injecting module
+ * (test/fixtures/faulty-pkcs11): wrong PIN handling, removal during a sign and reinsertion, and
+ * signs waiting for a simulated touch (event loop and threadpool behaviour).
+ */
+import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { promisify } from 'node:util'
+
+import { AgentError } from '../../src/lib/errors.js'
+import { Pin } from '../../src/lib/secret.js'
+import { verifySignature } from '../../src/keys/signature.js'
+import { Device, type DeviceEvent } from '../../src/pkcs11/device.js'
+import { createSoftHsmStore, createSoftHsmToken, repoRoot, SOFTHSM_MODULE, type SoftHsmStore } from '../helpers/softhsm.js'
+
+const run = promisify(execFile)
+const FAULTY_DIR = join(repoRoot(), 'test', 'fixtures', 'faulty-pkcs11')
+const FAULTY = join(FAULTY_DIR, 'libfaulty-pkcs11.so')
+
+// CKR values written into the control file (PKCS#11 v2.40 pkcs11t.h).
+const CKR_PIN_LOCKED = 0xa4
+
+function counts(path: string): Map<string, number> {
+  const map = new Map<string, number>()
+  if (!existsSync(path)) return map
+  for (const line of readFileSync(path, 'utf8').split('\n')) {
+    const [name, value] = line.split(' ')
+    if (name !== undefined && value !== undefined) map.set(name, Number(value))
+  }
+  return map
+}
+
+async function rejection(promise: Promise<unknown>): Promise<AgentError> {
+  try {
+    await promise
+  } catch (error) {
+    assert.ok(error instanceof AgentError, `expected AgentError, got ${String(error)}`)
+    return error
+  }
+  assert.fail('expected a rejection')
+}
+
+describe('PKCS#11 device behind the fault-injecting module', () => {
+  let store: SoftHsmStore
+  let control: string
+  let countsFile: string
+
+  before(async () => {
+    await run('make', ['-s', '-C', FAULTY_DIR])
+    store = await createSoftHsmStore()
+    await createSoftHsmToken({ store, label: 'touch' })
+    await createSoftHsmToken({ store, label: 'other' })
+    await createSoftHsmToken({ store, label: 'pins' })
+    control = join(store.dir, 'control')
+    countsFile = join(store.dir, 'counts')
+    writeFileSync(control, '')
+    process.env['SOFTHSM2_CONF'] = store.confPath
+    process.env['FAULTY_PKCS11_CONTROL'] = control
+    process.env['FAULTY_PKCS11_COUNTS'] = countsFile
+    process.env['FAULTY_PKCS11_TARGET'] = SOFTHSM_MODULE
+  })
+
+  after(async () => {
+    await store.cleanup()
+  })
+
+  it('wrong PIN: exactly one C_Login, tries left reported, never retried with the held PIN', async () => {
+    const wrong = Pin.fromString('975312')
+    let held: Pin | undefined = wrong
+    const device = new Device({ module: FAULTY, label: 'pins' }, { cachedPin: () => held })
+    const loginsBefore = counts(countsFile).get('C_Login') ?? 0
+
+    const first = await rejection(device.login(wrong))
+    assert.equal(first.code, 'PIN_INCORRECT')
+    // SoftHSM raises CKF_USER_PIN_COUNT_LOW after a failed login.
+    assert.equal(first.data['triesLeft'], 'low')
+    assert.match(first.message, /few tries left/)
+    assert.equal((counts(countsFile).get('C_Login') ?? 0) - loginsBefore, 1)
+
+    // The owner still holds the rejected PIN: a sign must not send it again.
+    const signer = await device.signer({ label: 'gen' })
+    const again = await rejection(signer.sign(Buffer.from('x')))
+    assert.equal(again.code, 'PIN_INCORRECT')
+    assert.equal((counts(countsFile).get('C_Login') ?? 0) - loginsBefore, 1, 'no second C_Login')
+
+    // Final try reported from CKF_USER_PIN_FINAL_TRY.
+    writeFileSync(control, 'token_flags_or=0x20000\n')
+    const final = await rejection(device.login(Pin.fromString('111111')))
+    assert.equal(final.code, 'PIN_INCORRECT')
+    assert.equal(final.data['triesLeft'], 'final')
+    assert.match(final.message, /one try left/)
+    assert.match(final.remedy ?? '', /next wrong PIN locks/)
+    assert.equal((counts(countsFile).get('C_Login') ?? 0) - loginsBefore, 2)
+
+    writeFileSync(control, `fail.C_Login=${CKR_PIN_LOCKED}\n`)
+    const locked = await rejection(device.login(Pin.fromString('222222')))
+    assert.equal(locked.code, 'PIN_LOCKED')
+    assert.equal(locked.data['triesLeft'], 'locked')
+    writeFileSync(control, '')
+
+    const right = Pin.fromString('123456')
+    await device.login(right)
+    held = right
+    const sig = await signer.sign(Buffer.from('right pin'))
+    assert.equal(verifySignature(signer.publicKey, Buffer.from('right pin'), sig), true)
+    assert.equal(JSON.stringify(first.toWire()).includes('975312'), false, 'the PIN never appears in errors')
+    await device.release()
+  })
+
+  it('removal during a sign is a typed error; after reinsertion the same Device signs again', async () => {
+    const events: DeviceEvent[] = []
+    const pin = Pin.fromString('123456')
+    const device = new Device({ module: FAULTY, label: 'touch' }, { cachedPin: () => pin, onEvent: (e) => events.push(e) })
+    await device.login(pin)
+    const signer = await device.signer({ label: 'gen' })
+    const ok = await signer.sign(Buffer.from('before'))
+    assert.equal(verifySignature(signer.publicKey, Buffer.from('before'), ok), true)
+    const serial = (await device.status()).serial ?? ''
+    assert.ok(serial.length > 0)
+
+    writeFileSync(control, 'sign_delay_ms=3000\n')
+    const pending = rejection(signer.sign(Buffer.from('during removal')))
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    writeFileSync(control, 'sign_delay_ms=3000\nabsent=1\n')
+    const removed = await pending
+    assert.equal(removed.code, 'DEVICE_REMOVED')
+    assert.ok(events.some((e) => e.type === 'removed'))
+
+    const absent = await rejection(signer.sign(Buffer.from('while absent')))
+    assert.equal(absent.code, 'TOKEN_ABSENT')
+    assert.match(absent.remedy ?? '', new RegExp(`Insert token 'touch' \\(serial ${serial}\\)`))
+    assert.equal((await device.status()).present, false)
+
+    writeFileSync(control, '')
+    const loginsBefore = counts(countsFile).get('C_Login') ?? 0
+    const after = await signer.sign(Buffer.from('after reinsertion'))
+    assert.equal(verifySignature(signer.publicKey, Buffer.from('after reinsertion'), after), true)
+    assert.ok(events.some((e) => e.type === 'reconnected'))
+    // The removal ended the login; the held PIN logged in again, once.
+    assert.equal((counts(countsFile).get('C_Login') ?? 0) - loginsBefore, 1)
+    await device.release()
+  })
+
+  it('an injected CKR_SESSION_HANDLE_INVALID / CKR_DEVICE_ERROR maps to SESSION_LOST / DEVICE_ERROR with remedies', async () => {
+    const pin = Pin.fromString('123456')
+    const device = new Device({ module: FAULTY, label: 'touch' }, { cachedPin: () => pin })
+    const signer = await device.signer({ label: 'gen' })
+    writeFileSync(control, 'fail.C_Sign=0xb3\n')
+    const lost = await rejection(signer.sign(Buffer.from('x')))
+    assert.equal(lost.code, 'SESSION_LOST')
+    writeFileSync(control, 'fail.C_Sign=0x30\n')
+    const broken = await rejection(signer.sign(Buffer.from('x')))
+    assert.equal(broken.code, 'DEVICE_ERROR')
+    assert.ok((broken.remedy ?? '').length > 0)
+    writeFileSync(control, 'fail.C_SignInit=0x70\n')
+    const mech = await rejection(signer.sign(Buffer.from('x')))
+    assert.equal(mech.code, 'MECHANISM_UNSUPPORTED')
+    writeFileSync(control, '')
+    const sig = await signer.sign(Buffer.from('recovered'))
+    assert.equal(verifySignature(signer.publicKey, Buffer.from('recovered'), sig), true)
+    await device.release()
+  })
+
+  async function load(threads: string | undefined): Promise<{ maxLoopDelayMs: number; ninthMs: number; touchMs: number[]; allVerified: boolean }> {
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      LOAD_INPUT: JSON.stringify({
+        faultyModule: FAULTY,
+        softhsmModule: SOFTHSM_MODULE,
+        control,
+        touchLabel: 'touch',
+        otherLabel: 'other',
+        pin: '123456',
+        delayMs: 2000,
+      }),
+    }
+    delete env['UV_THREADPOOL_SIZE']
+    if (threads !== undefined) env['UV_THREADPOOL_SIZE'] = threads
+    const script = join(repoRoot(), 'dist', 'test', 'helpers', 'pkcs11-touch-load.js')
+    const { stdout } = await run(process.execPath, [script], { env, timeout: 60_000 })
+    return JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as { maxLoopDelayMs: number; ninthMs: number; touchMs: number[]; allVerified: boolean }
+  }
+
+  it('8 signs waiting 2 s for a touch keep the event loop responsive; a 9th on another token is served at once', async (t) => {
+    const result = await load('24')
+    t.diagnostic(`UV_THREADPOOL_SIZE=24: ${JSON.stringify(result)}`)
+    assert.equal(result.allVerified, true)
+    assert.equal(result.touchMs.length, 8)
+    assert.ok(Math.min(...result.touchMs) >= 1900, `touch signs waited for the touch: ${result.touchMs.join(', ')}`)
+    assert.ok(result.maxLoopDelayMs < 50, `event loop max delay ${result.maxLoopDelayMs} ms`)
+    assert.ok(result.ninthMs < 1000, `the 9th sign finished at ${result.ninthMs} ms`)
+    assert.ok(result.ninthMs < Math.min(...result.touchMs), 'the 9th finished before every touch sign')
+  })
+
+  it('control: with the default 4 libuv threads the 9th sign waits for the touches (why the agent sizes the pool)', async (t) => {
+    const result = await load(undefined)
+    t.diagnostic(`default pool: ${JSON.stringify(result)}`)
+    assert.equal(result.allVerified, true)
+    assert.ok(result.ninthMs >= 1900, `the 9th sign finished at ${result.ninthMs} ms`)
+  })
+})
