@@ -13,6 +13,10 @@ import { k3Public } from '../../src/keys/paserk.js'
 import { decompressPoint } from '../../src/keys/point.js'
 import { isHighS, verifySignature } from '../../src/keys/signature.js'
 import { Pkcs11Module } from '../../src/pkcs11/binding.js'
+import { buildToken } from '../../src/token/build.js'
+import { v3PublicPae } from '../../src/token/pae.js'
+import { parseV3PublicToken } from '../../src/verify/paseto.js'
+import { verifyToken } from '../../src/verify/verify.js'
 import { Device, resolveModulePath, type DeviceEvent } from '../../src/pkcs11/device.js'
 import { createSoftHsmToken, KNOWN_KEY, GENERATED_KEY, type SoftHsmToken } from '../helpers/softhsm.js'
 
@@ -103,6 +107,33 @@ describe('PKCS#11 device on SoftHSM', () => {
         assert.equal(verifySignature(signer.publicKey, other, sig), false)
       }
     }
+  })
+
+  it('a publish token signed on the device verifies with the token core verifier and with node:crypto', async () => {
+    const signer = await device.signer({ label: KNOWN_KEY.label })
+    const indexUrl = 'sparse+http://127.0.0.1:1/index/'
+    const cksum = 'ab'.repeat(32)
+    const built = await buildToken(signer, { indexUrl, operation: 'publish', name: 'foo', vers: '1.2.3', cksum })
+    const verified = await verifyToken(built.token, {
+      publicKey: KNOWN_KEY.k3Public,
+      url: indexUrl,
+      operation: 'publish',
+      name: 'foo',
+      vers: '1.2.3',
+      cksum,
+      strictLowS: true,
+    })
+    assert.equal(verified.claims['mutation'], 'publish')
+    assert.equal(verified.highS, false)
+    const parsed = parseV3PublicToken(built.token)
+    const pae = v3PublicPae(signer.publicKey, parsed.message, parsed.footer)
+    const key = spki(Buffer.from(KNOWN_KEY.publicKeyHex, 'hex'))
+    assert.equal(cryptoVerify('sha384', pae, { key, dsaEncoding: 'ieee-p1363' }, parsed.signature), true)
+    const tampered = await rejects(
+      verifyToken(built.token, { publicKey: KNOWN_KEY.k3Public, url: indexUrl, operation: 'publish', name: 'foo', vers: '1.2.4', cksum }),
+      'VERS_MISMATCH',
+    )
+    assert.ok(tampered)
   })
 
   it('signs concurrently from a pool of sessions', async () => {
