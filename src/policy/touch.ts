@@ -52,9 +52,9 @@ export async function withTouchNotice<T>(signing: Promise<T>, options: TouchNoti
     }, options.afterMs)
     deadlineTimer = setTimeout(() => {
       reject(
-        new AgentError('TOUCH_TIMEOUT', `No touch received on ${options.tokenDescription} within ${Math.round(options.deadlineMs / 1000)} s, so nothing was signed`, {
+        new AgentError('TOUCH_TIMEOUT', `No touch received on ${options.tokenDescription} within ${seconds(options.deadlineMs)} s, so nothing was signed`, {
           remedy: 'Run the command again and touch the key when it blinks (or set confirm = "prompt" for keys without a touch policy)',
-          data: { waitedSeconds: Math.round(options.deadlineMs / 1000), noticeShown: noticed },
+          data: { waitedMs: options.deadlineMs, noticeShown: noticed },
         }),
       )
     }, options.deadlineMs)
@@ -66,4 +66,8 @@ export async function withTouchNotice<T>(signing: Promise<T>, options: TouchNoti
     clearTimeout(noticeTimer)
     clearTimeout(deadlineTimer)
   }
+}
+
+function seconds(ms: number): string {
+  return ms % 1000 === 0 ? String(ms / 1000) : (ms / 1000).toFixed(1)
 }

@@ -1,0 +1,279 @@
+/**
+ * UNIT test of Policy's decisions with a FAKE device: SoftHSM (the real device in
+ * test/integration/policy-softhsm.test.ts) never raises CKF_USER_PIN_COUNT_LOW / FINAL_TRY /
+ * LOCKED and has no PIN pad, so those token states are simulated here the way a PIV card reports
+ * them (3 tries; low at 2, final at 1, locked at 0).
+ */
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+
+import type { AuditEntry, AuditSink } from '../../src/audit/entry.js'
+import { AgentError } from '../../src/lib/errors.js'
+import type { Pin } from '../../src/lib/secret.js'
+import { registryPolicy, type PolicyConfig, type TokenPolicy } from '../../src/policy/config.js'
+import type { DesktopNotifier } from '../../src/policy/notify.js'
+import { Policy, type PolicyDevice, type PolicyDeviceStatus } from '../../src/policy/policy.js'
+import { RecordingPrompter, publishIntent, readIntent } from '../fixtures/pinentry/harness.js'
+
+class FakePivDevice implements PolicyDevice {
+  tries = 3
+  loggedIn = false
+  logins: (string | null)[] = []
+  readonly pin: string
+  readonly pinPad: boolean
+
+  constructor(pin = '123456', pinPad = false) {
+    this.pin = pin
+    this.pinPad = pinPad
+  }
+
+  status(): PolicyDeviceStatus {
+    return { pinCountLow: this.tries === 2, pinFinalTry: this.tries === 1, pinLocked: this.tries === 0, protectedAuthPath: this.pinPad }
+  }
+
+  needsLogin(): boolean {
+    return !this.loggedIn
+  }
+
+  async login(pin: Pin | null): Promise<void> {
+    const text = pin === null ? null : pin.expose().toString()
+    this.logins.push(text)
+    if (this.tries === 0) throw new AgentError('PIN_LOCKED', 'locked')
+    if (text === this.pin || (pin === null && this.pinPad)) {
+      this.tries = 3
+      this.loggedIn = true
+      return
+    }
+    this.tries -= 1
+    if (this.tries === 0) throw new AgentError('PIN_LOCKED', 'the PIN is locked')
+    throw new AgentError('PIN_INCORRECT', 'the PIN is incorrect')
+  }
+
+  logout(): void {
+    this.loggedIn = false
+  }
+}
+
+class MemoryAudit implements AuditSink {
+  entries: AuditEntry[] = []
+  fail = false
+  async record(entry: AuditEntry): Promise<void> {
+    if (this.fail) throw new AgentError('AUDIT_FAILED', 'disk full', { remedy: 'free space' })
+    this.entries.push(entry)
+  }
+}
+
+function make(config: Partial<PolicyConfig> = {}, env: NodeJS.ProcessEnv = {}, notifier?: DesktopNotifier): Policy {
+  return new Policy(
+    { desktopNotifications: false, ...config },
+    {
+      env,
+      readPinFile: async () => {
+        throw new AgentError('PIN_REQUIRED', 'no file in unit tests', { remedy: '-' })
+      },
+      ...(notifier === undefined ? {} : { notifier }),
+    },
+  )
+}
+
+const tty: TokenPolicy = { id: 'piv', description: "YubiKey 'PIV' (serial 1234)", pin: { kind: 'tty' }, confirmFinalTry: true }
+
+test('at the final try the human must say yes before the PIN is asked, and then it is used once', async () => {
+  const device = new FakePivDevice()
+  device.tries = 1
+  const p = make()
+  const prompter = new RecordingPrompter()
+  prompter.answers = [true]
+  prompter.pins = ['123456']
+  await p.ensureLoggedIn(device, tty, prompter, readIntent())
+  assert.deepEqual(device.logins, ['123456'])
+  assert.match(prompter.confirmations[0]?.text ?? '', /^FINAL PIN TRY for YubiKey 'PIV' \(serial 1234\)/)
+  assert.equal(prompter.pinRequests[0]?.triesLeft, 'final')
+  assert.ok(prompter.notices.some((n) => n.kind === 'pin-final-try'))
+})
+
+test('at the final try: refusing, confirm-final-try off, or a PIN from env are POLICY_DENIED with an unblock remedy, and no login', async () => {
+  const cases: [TokenPolicy, boolean[], NodeJS.ProcessEnv][] = [
+    [tty, [false], {}],
+    [{ ...tty, confirmFinalTry: false }, [], {}],
+    [{ ...tty, pin: { kind: 'env', variable: 'PIV_PIN' } }, [], { PIV_PIN: '123456' }],
+  ]
+  for (const [token, answers, env] of cases) {
+    const device = new FakePivDevice()
+    device.tries = 1
+    const prompter = new RecordingPrompter()
+    prompter.answers = answers
+    prompter.pins = ['123456']
+    await assert.rejects(make({}, env).ensureLoggedIn(device, token, prompter, readIntent()), (e: unknown) => {
+      assert.ok(e instanceof AgentError)
+      assert.equal(e.code, 'POLICY_DENIED')
+      assert.match(e.remedy ?? '', /ykman piv/)
+      assert.match(e.remedy ?? '', /pkcs11-tool/)
+      return true
+    })
+    assert.deepEqual(device.logins, [])
+    assert.equal(prompter.pinRequests.length, 0)
+  }
+})
+
+test('a cached PIN is not silently reused at the final try', async () => {
+  const device = new FakePivDevice()
+  const p = make()
+  const prompter = new RecordingPrompter()
+  prompter.pins = ['123456', '123456']
+  prompter.answers = [true]
+  await p.ensureLoggedIn(device, tty, prompter, readIntent())
+  device.logout()
+  device.tries = 1 // someone else typed wrong PINs meanwhile
+  await p.ensureLoggedIn(device, tty, prompter, readIntent())
+  assert.equal(prompter.confirmations.length, 1)
+  assert.equal(prompter.pinRequests.length, 2)
+})
+
+test('few tries left is shown; a wrong PIN says what is left and is never retried', async () => {
+  const device = new FakePivDevice()
+  device.tries = 2
+  const p = make()
+  const prompter = new RecordingPrompter()
+  prompter.pins = ['000000', '123456']
+  await assert.rejects(p.ensureLoggedIn(device, tty, prompter, readIntent()), (e: unknown) => {
+    assert.ok(e instanceof AgentError)
+    assert.equal(e.code, 'PIN_INCORRECT')
+    assert.match(e.message, /one try left/)
+    assert.equal(e.data['finalTry'], true)
+    return true
+  })
+  assert.equal(prompter.pinRequests[0]?.triesLeft, 'low')
+  assert.deepEqual(device.logins, ['000000'])
+  assert.equal(p.pinCache.size, 0)
+})
+
+test('a locked PIN is refused before anything is asked', async () => {
+  const device = new FakePivDevice()
+  device.tries = 0
+  const prompter = new RecordingPrompter()
+  await assert.rejects(make().ensureLoggedIn(device, tty, prompter, readIntent()), (e: unknown) => e instanceof AgentError && e.code === 'PIN_LOCKED' && /unblock-pin/.test(e.remedy ?? ''))
+  assert.equal(prompter.pinRequests.length + device.logins.length, 0)
+})
+
+test('a PIN pad token logs in with a NULL PIN and tells the human where to type', async () => {
+  const device = new FakePivDevice('x', true)
+  const prompter = new RecordingPrompter(false)
+  await make({ headless: true }).ensureLoggedIn(device, { ...tty, pin: { kind: 'none' } }, prompter, publishIntent())
+  assert.deepEqual(device.logins, [null])
+  assert.match(prompter.notices[0]?.text ?? '', /PIN pad.*publish foo 1\.2\.3/)
+})
+
+test('missing env PIN and a terminal-less tty source are PIN_REQUIRED without prompting', async () => {
+  const device = new FakePivDevice()
+  await assert.rejects(make().ensureLoggedIn(device, { ...tty, pin: { kind: 'env', variable: 'NOPE_PIN' } }, new RecordingPrompter(), readIntent()), (e: unknown) => e instanceof AgentError && e.code === 'PIN_REQUIRED' && /NOPE_PIN/.test(e.message))
+  const noTerminal = new RecordingPrompter(false)
+  noTerminal.pins = ['123456']
+  await assert.rejects(make().ensureLoggedIn(device, tty, noTerminal, readIntent()), { code: 'PIN_REQUIRED' })
+  assert.equal(noTerminal.pinRequests.length, 0)
+  assert.deepEqual(device.logins, [])
+})
+
+test('env and file PINs are used for the login and not cached', async () => {
+  const device = new FakePivDevice()
+  const p = make({}, { PIV_PIN: '123456' })
+  await p.ensureLoggedIn(device, { ...tty, pin: { kind: 'env', variable: 'PIV_PIN' } }, new RecordingPrompter(false), readIntent())
+  assert.deepEqual(device.logins, ['123456'])
+  assert.equal(p.pinCache.size, 0)
+})
+
+test('mutations: rate limited per registry before anyone is asked; a refusal gives its slot back; reads are not limited', async () => {
+  const p = make()
+  const registry = registryPolicy({ confirm: 'prompt', mutationsPerHour: 2 })
+  const prompter = new RecordingPrompter()
+  prompter.answers = [true, false, true]
+  assert.equal(await p.beforeSign(publishIntent(), prompter, registry), 'terminal')
+  await assert.rejects(p.beforeSign(publishIntent(), prompter, registry), { code: 'DENIED' })
+  assert.equal(await p.beforeSign(publishIntent(), prompter, registry), 'terminal')
+  await assert.rejects(p.beforeSign(publishIntent(), prompter, registry), { code: 'RATE_LIMITED' })
+  assert.equal(prompter.confirmations.length, 3)
+  for (let i = 0; i < 5; i++) assert.equal(await p.beforeSign(readIntent(), prompter, registry), 'not-required')
+  assert.equal(await p.beforeSign(publishIntent({ indexUrl: 'sparse+http://127.0.0.1:9/index/' }), prompter, registryPolicy({ confirm: 'touch' })), 'touch')
+  assert.equal(await p.beforeSign(publishIntent({ indexUrl: 'sparse+http://127.0.0.1:9/index/' }), prompter, registryPolicy({ confirm: 'none' })), 'none')
+  assert.equal(prompter.confirmations.length, 3)
+})
+
+test('mutation defaults are prompt and 30 per hour, never none', () => {
+  assert.deepEqual({ ...registryPolicy() }, { confirm: 'prompt', mutationsPerHour: 30 })
+})
+
+function runRequest(p: Policy, audit: MemoryAudit, sign: () => Promise<string>, prompter = new RecordingPrompter()) {
+  const device = new FakePivDevice()
+  device.loggedIn = true
+  return p.run({
+    intent: publishIntent(),
+    prompter,
+    registry: registryPolicy({ confirm: 'touch' }),
+    token: { ...tty, pin: { kind: 'none' } },
+    device,
+    kip: 'k3.pid.x',
+    audit,
+    sign,
+  })
+}
+
+test('a slow signature raises the touch notice with the intent, on the terminal and the desktop', async () => {
+  const desktop: [string, string][] = []
+  const p = make({ touchNoticeDelayMs: 20 }, {}, { notify: async (t, b) => void desktop.push([t, b]) })
+  const audit = new MemoryAudit()
+  const prompter = new RecordingPrompter()
+  let release: (token: string) => void = () => {}
+  const signing = new Promise<string>((resolve) => (release = resolve))
+  const result = runRequest(p, audit, () => signing, prompter)
+  while (prompter.notices.length === 0) await new Promise((r) => setTimeout(r, 10))
+  const notice = prompter.notices[0]
+  assert.equal(notice?.kind, 'touch-pending')
+  assert.ok(notice?.kind === 'touch-pending' && notice.deadline > Date.now())
+  assert.match(notice?.text ?? '', /^Touch YubiKey 'PIV' \(serial 1234\) to publish foo 1\.2\.3 \(cksum 6dee75a8…\) to my-registry/)
+  assert.equal(desktop[0]?.[1], notice?.text)
+  release('v3.public.token')
+  assert.equal(await result, 'v3.public.token')
+  assert.equal(audit.entries[0]?.result, 'signed')
+  assert.equal(audit.entries[0]?.approval, 'touch')
+})
+
+test('a fast signature raises no notice', async () => {
+  const p = make({ touchNoticeDelayMs: 5_000 })
+  const prompter = new RecordingPrompter()
+  await runRequest(p, new MemoryAudit(), async () => 'tok', prompter)
+  assert.equal(prompter.notices.length, 0)
+})
+
+test('a touch that never comes is TOUCH_TIMEOUT, plainly, and audited as failed', async () => {
+  const p = make({ touchNoticeDelayMs: 10, touchTimeoutMs: 150 })
+  const audit = new MemoryAudit()
+  await assert.rejects(runRequest(p, audit, () => new Promise<string>(() => {})), (e: unknown) => {
+    assert.ok(e instanceof AgentError)
+    assert.equal(e.code, 'TOUCH_TIMEOUT')
+    assert.equal(e.message, "No touch received on YubiKey 'PIV' (serial 1234) within 0.1 s, so nothing was signed")
+    assert.equal(e.data['noticeShown'], true)
+    return true
+  })
+  assert.deepEqual([audit.entries[0]?.result, audit.entries[0]?.code], ['failed', 'TOUCH_TIMEOUT'])
+})
+
+test('a token whose audit line cannot be written is not released (AUDIT_FAILED)', async () => {
+  const audit = new MemoryAudit()
+  audit.fail = true
+  await assert.rejects(runRequest(make(), audit, async () => 'v3.public.secret-token'), (e: unknown) => {
+    assert.ok(e instanceof AgentError)
+    assert.equal(e.code, 'AUDIT_FAILED')
+    assert.equal(JSON.stringify(e.toWire()).includes('secret-token'), false)
+    return true
+  })
+})
+
+test('a notice the prompter cannot deliver never fails the request', async () => {
+  const p = make({ touchNoticeDelayMs: 5 })
+  const prompter = new RecordingPrompter()
+  prompter.notify = () => {
+    throw new Error('shim went away')
+  }
+  const token = await runRequest(p, new MemoryAudit(), () => new Promise((r) => setTimeout(() => r('tok'), 60)), prompter)
+  assert.equal(token, 'tok')
+})
