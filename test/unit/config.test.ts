@@ -1,0 +1,138 @@
+import assert from 'node:assert/strict'
+import { describe, test } from 'node:test'
+
+import { parseConfig } from '../../src/config/load.js'
+import { closest } from '../../src/config/schema.js'
+import { AgentError } from '../../src/lib/errors.js'
+
+const ENV = { HOME: '/home/u', XDG_STATE_HOME: '/state' }
+
+const GOOD = `
+[agent]
+headless = false
+touch-notice-after-ms = 800
+
+[tokens.yubikey]
+module = "ykcs11"
+serial = "12345678"
+kind = "yubikey"
+pin-source = "tty"
+
+[tokens.ci]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+label = "ci"
+pin-source = "env"
+pin-env = "CI_TOKEN_PIN"
+
+[registries.my-registry]
+index = "sparse+https://registry.example/index/"
+read-key = { token = "yubikey", label = "cargo-read" }
+mutation-key = { token = "yubikey", label = "cargo-publish", id = "0A" }
+confirm = "touch"
+token-max-age-seconds = 300
+
+[registries.ci]
+index = "sparse+http://127.0.0.1:8080/index/"
+read-key = { token = "ci", id = "01" }
+`
+
+function problems(text: string, env: Record<string, string> = ENV): string {
+  try {
+    parseConfig(text, 'config.toml', env)
+  } catch (error) {
+    assert.ok(error instanceof AgentError, String(error))
+    assert.equal(error.code, 'CONFIG_INVALID')
+    assert.ok(error.remedy !== undefined && error.remedy.includes('docs/configuration.md'))
+    return error.message
+  }
+  assert.fail('config was accepted')
+}
+
+describe('configuration', () => {
+  test('a full config becomes a typed, frozen object with defaults filled', () => {
+    const config = parseConfig(GOOD, 'config.toml', ENV)
+    assert.equal(config.agent.touchNoticeAfterMs, 800)
+    assert.equal(config.agent.pinCacheIdleSeconds, 900)
+    assert.equal(config.agent.pinCacheMaxSeconds, 28_800)
+    assert.equal(config.agent.notify, true)
+    assert.equal(config.agent.auditLog, '/state/cargo-pkcs11-agent/audit.jsonl')
+    const my = config.registries['my-registry']
+    assert.ok(my !== undefined)
+    assert.deepEqual(my.readKey, { token: 'yubikey', label: 'cargo-read' })
+    assert.deepEqual(my.mutationKey, { token: 'yubikey', label: 'cargo-publish', id: '0a' })
+    assert.equal(my.tokenMaxAgeSeconds, 300)
+    assert.equal(my.confirm, 'touch')
+    const ci = config.registries['ci']
+    assert.ok(ci !== undefined)
+    assert.equal(ci.mutationKey, ci.readKey, 'mutation-key defaults to read-key')
+    assert.equal(ci.confirm, 'prompt')
+    assert.equal(ci.tokenMaxAgeSeconds, 60)
+    assert.equal(ci.mutationsPerHour, 30)
+    assert.equal(ci.generateOnLogin, false)
+    assert.equal(config.tokens['ci']?.pinEnv, 'CI_TOKEN_PIN')
+    assert.equal(config.tokens['yubikey']?.confirmFinalTry, true)
+    assert.ok(Object.isFrozen(config) && Object.isFrozen(config.registries) && Object.isFrozen(my) && Object.isFrozen(config.agent))
+  })
+
+  test('headless defaults to true under CI=true', () => {
+    assert.equal(parseConfig('', 'c', { ...ENV, CI: 'true' }).agent.headless, true)
+    assert.equal(parseConfig('', 'c', ENV).agent.headless, false)
+  })
+
+  test('an unknown key is rejected with a "did you mean" hint', () => {
+    const message = problems(GOOD.replace('touch-notice-after-ms', 'touch-notice-after'))
+    assert.match(message, /agent\.touch-notice-after: unknown key; did you mean `touch-notice-after-ms`\?/)
+    assert.match(problems(GOOD.replace('pin-source = "tty"', 'pin_source = "tty"')), /tokens\.yubikey\.pin_source: unknown key; did you mean `pin-source`\?/)
+    assert.match(problems(`${GOOD}\n[registry]\nx = 1\n`), /registry: unknown key; did you mean `registries`\?/)
+    assert.match(problems(GOOD.replace('id = "0A"', 'ids = "0A"')), /mutation-key\.ids: unknown key; did you mean `id`\?/)
+  })
+
+  test('bad index URLs name the key and the fix', () => {
+    assert.match(problems(GOOD.replace('sparse+https://registry.example/index/', 'registry.example/index')), /registries\.my-registry\.index: "registry\.example\/index" is not a URL; write it exactly as cargo sends it/)
+    assert.match(problems(GOOD.replace('sparse+https://registry.example/index/', 'sparse+https://registry.example/index')), /registries\.my-registry\.index: a sparse index URL ends with "\/"/)
+    assert.match(problems(GOOD.replace('sparse+https://registry.example/index/', 'sparse+ftp://registry.example/index/')), /must be sparse\+http:\/\/ or sparse\+https:\/\//)
+    assert.match(problems(GOOD.replace('sparse+https://registry.example/index/', 'sparse+http://127.0.0.1:8080/index/')), /registries\.ci\.index: the same index is already bound by \[registries\.my-registry\]/)
+  })
+
+  test('a key reference to an undefined token says which table to add', () => {
+    const message = problems(GOOD.replace('read-key = { token = "yubikey", label = "cargo-read" }', 'read-key = { token = "yubkey", label = "cargo-read" }'))
+    assert.match(message, /registries\.my-registry\.read-key\.token: "yubkey" is not defined; add a \[tokens\.yubkey\] table or did you mean "yubikey"\?/)
+    assert.match(problems(GOOD.replace('read-key = { token = "ci", id = "01" }', '')), /registries\.ci\.read-key: missing/)
+    assert.match(problems(GOOD.replace('read-key = { token = "ci", id = "01" }', 'read-key = { token = "ci" }')), /registries\.ci\.read-key: needs `label` or `id`/)
+  })
+
+  test('wrong types and values name the key and the allowed values; all problems are listed at once', () => {
+    const message = problems(
+      GOOD.replace('confirm = "touch"', 'confirm = "tuch"')
+        .replace('token-max-age-seconds = 300', 'token-max-age-seconds = 3600')
+        .replace('headless = false', 'headless = "no"'),
+    )
+    assert.match(message, /has 3 problems/)
+    assert.match(message, /registries\.my-registry\.confirm: "tuch" is not one of "touch", "prompt", "none"; did you mean "touch"\?/)
+    assert.match(message, /token-max-age-seconds: must be a whole number from 1 to 900/)
+    assert.match(message, /agent\.headless: must be true or false/)
+  })
+
+  test('PIN sources need their companion keys', () => {
+    assert.match(problems(GOOD.replace('pin-env = "CI_TOKEN_PIN"', '')), /tokens\.ci\.pin-env: missing; pin-source = "env" needs the variable name/)
+    assert.match(problems(GOOD.replace('pin-source = "env"\npin-env = "CI_TOKEN_PIN"', 'pin-source = "file"')), /tokens\.ci\.pin-file: missing/)
+    assert.match(problems(GOOD.replace('pin-source = "tty"', 'pin-source = "keyboard"')), /tokens\.yubikey\.pin-source: "keyboard" is not one of/)
+    assert.match(problems(GOOD.replace('module = "ykcs11"', 'module = "lib/ykcs11.so"')), /tokens\.yubikey\.module: a module path must be absolute/)
+  })
+
+  test('TOML syntax errors give the line', () => {
+    try {
+      parseConfig('[agent]\nheadless = \n', 'config.toml', ENV)
+      assert.fail('accepted')
+    } catch (error) {
+      assert.ok(error instanceof AgentError)
+      assert.equal(error.code, 'CONFIG_INVALID')
+      assert.match(error.message, /config\.toml is not valid TOML at line 2/)
+    }
+  })
+
+  test('closest() hints only near misses', () => {
+    assert.equal(closest('index-ur', ['index', 'index-url']), 'index-url')
+    assert.equal(closest('completely-different', ['index', 'subject']), undefined)
+  })
+})
