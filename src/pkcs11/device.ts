@@ -16,6 +16,29 @@ import { resolveModulePath } from './modules.js'
 
 export { resolveModulePath } from './modules.js'
 
+export interface TokenIdentity {
+  label: string
+  serial: string
+  manufacturer: string
+  model: string
+}
+
+/** Every token present on a module (for `list` and `setup`); selection then goes by label/serial. */
+export async function listTokens(moduleNameOrPath: string): Promise<TokenIdentity[]> {
+  const mod = Pkcs11Module.load(resolveModulePath(moduleNameOrPath))
+  const found: TokenIdentity[] = []
+  for (const slot of mod.slotsWithToken()) {
+    try {
+      const info = mod.tokenInfo(slot)
+      if (!info.tokenInitialized) continue
+      found.push({ label: info.label, serial: info.serial, manufacturer: info.manufacturer, model: info.model })
+    } catch {
+      // A token removed between the two calls is simply not listed.
+    }
+  }
+  return found
+}
+
 export interface TokenSelector {
   /** Absolute path, or a known name from native-config/modules.json ("softhsm", "ykcs11", ...). */
   module: string

@@ -1,0 +1,73 @@
+/**
+ * `cargo-pkcs11-agent list [target] [--login] [--json]`: the P-384 keys on a token, with their
+ * `k3.public`. With `--module M` alone: every token on that module and its keys. Without `--login`
+ * only what the token shows before a PIN (public key objects); `--login` asks for the PIN first.
+ */
+import { k3Pid, k3Public } from '../keys/paserk.js'
+import { Device, listTokens, type DeviceKey, type TokenSelector } from '../pkcs11/device.js'
+import { TARGET_USAGE, obtainPin, parseTargetCommand } from './device-target.js'
+
+export const LIST_USAGE = `list ${TARGET_USAGE} [--login] [--json]`
+
+interface KeyView {
+  label: string
+  id: string
+  k3Public: string
+  k3Pid: string
+  alwaysAuthenticate: boolean
+  extractable: boolean
+  sensitive: boolean
+}
+
+function view(key: DeviceKey): KeyView {
+  return {
+    label: key.label,
+    id: key.id,
+    k3Public: k3Public(key.publicKey),
+    k3Pid: k3Pid(key.publicKey),
+    alwaysAuthenticate: key.alwaysAuthenticate,
+    extractable: key.extractable,
+    sensitive: key.sensitive,
+  }
+}
+
+export async function list(argv: readonly string[]): Promise<number> {
+  const { target, values } = parseTargetCommand(argv, { login: { type: 'boolean' }, json: { type: 'boolean' } }, LIST_USAGE, { anyToken: true })
+  const selectors: TokenSelector[] =
+    target.selector.label === undefined && target.selector.serial === undefined && target.selector.manufacturer === undefined && target.selector.model === undefined
+      ? (await listTokens(target.selector.module)).map((t) => ({ module: target.selector.module, label: t.label, serial: t.serial }))
+      : [target.selector]
+  const out: Array<{ token: string; keys: KeyView[] }> = []
+  for (const selector of selectors) {
+    const device = new Device(selector)
+    try {
+      if (values['login'] === true && (await device.needsLogin())) {
+        const pin = await obtainPin(target, device.describe())
+        try {
+          await device.login(pin)
+        } finally {
+          pin.wipe()
+        }
+      }
+      out.push({ token: device.describe(), keys: (await device.listKeys()).map(view) })
+    } finally {
+      await device.release()
+    }
+  }
+  if (values['json'] === true) {
+    process.stdout.write(`${JSON.stringify(out, null, 2)}\n`)
+    return 0
+  }
+  const lines: string[] = []
+  if (out.length === 0) lines.push(`no initialised token on ${target.selector.module}`)
+  for (const token of out) {
+    lines.push(`${token.token}:`)
+    if (token.keys.length === 0) lines.push('  no P-384 keys visible (try --login, or create one with `cargo-pkcs11-agent keygen`)')
+    for (const k of token.keys) {
+      const flags = [k.extractable ? 'EXTRACTABLE' : 'not extractable', k.alwaysAuthenticate ? 'PIN per signature' : ''].filter((f) => f !== '').join(', ')
+      lines.push(`  '${k.label}' id ${k.id === '' ? '(none)' : k.id} (${flags})`, `    ${k.k3Public}`)
+    }
+  }
+  process.stdout.write(`${lines.join('\n')}\n`)
+  return 0
+}
