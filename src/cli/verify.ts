@@ -1,0 +1,141 @@
+/**
+ * `cargo-pkcs11-agent verify TOKEN|- --public-key k3.public.… --url URL [--operation …] …`
+ *
+ * Checks a token exactly as a registry must (src/verify/verify.ts). Exit 0 valid, 1 invalid
+ * (reason code and message printed), 2 usage error. Prefer `-` (token on stdin): argv is visible
+ * to every user on the machine, and a token is a credential until its `iat` window closes.
+ */
+import { parseArgs } from 'node:util'
+
+import { AgentError, toAgentError } from '../lib/errors.js'
+import { LIMITS } from '../lib/limits.js'
+import { parseK3Public } from '../keys/paserk.js'
+import { OPERATIONS, isOperation } from '../token/operation.js'
+import { verifyToken, type VerifyOptions } from '../verify/verify.js'
+import { closest } from './suggest.js'
+
+export const VERIFY_USAGE =
+  'cargo-pkcs11-agent verify TOKEN|- --public-key k3.public.… --url URL [--operation read|publish|yank|unyank|owners] [--name N] [--vers V] [--cksum C] [--subject S] [--max-age SECONDS] [--no-time-check] [--strict-low-s] [--json]'
+
+const OPTIONS = {
+  'public-key': { type: 'string' },
+  url: { type: 'string' },
+  operation: { type: 'string' },
+  name: { type: 'string' },
+  vers: { type: 'string' },
+  cksum: { type: 'string' },
+  subject: { type: 'string' },
+  'max-age': { type: 'string' },
+  'no-time-check': { type: 'boolean' },
+  'strict-low-s': { type: 'boolean' },
+  json: { type: 'boolean' },
+} as const
+
+function usage(message: string): AgentError {
+  return new AgentError('USAGE', message, { remedy: `usage: ${VERIFY_USAGE}` })
+}
+
+interface VerifyArgs {
+  token: string
+  json: boolean
+  options: VerifyOptions
+}
+
+/** Parse, then validate: a typed, frozen request before anything reads stdin or verifies. */
+export function parseVerifyArgs(argv: readonly string[]): Omit<VerifyArgs, 'token'> & { tokenArg: string } {
+  let parsed
+  try {
+    parsed = parseArgs({ args: [...argv], options: OPTIONS, strict: true, allowPositionals: true })
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error)
+    const unknown = /'(--?[^']+)'/.exec(message)?.[1]
+    const hint = unknown === undefined ? undefined : suggestOption(unknown)
+    throw usage(`${message.split('. ')[0] ?? message}${hint === undefined ? '' : ` (did you mean --${hint}?)`}`)
+  }
+  const v = parsed.values
+  if (parsed.positionals.length !== 1) {
+    throw usage(parsed.positionals.length === 0 ? 'give the token, or - to read it from stdin' : 'give exactly one token')
+  }
+  if (v['public-key'] === undefined) throw usage('--public-key k3.public.… is required (the key registered for this user)')
+  if (v.url === undefined) throw usage('--url is required: the registry index URL exactly as cargo sends it (keep `sparse+`)')
+  let publicKey: Uint8Array
+  try {
+    publicKey = parseK3Public(v['public-key'])
+  } catch (error) {
+    throw usage(`--public-key: ${toAgentError(error).message}`)
+  }
+  const operation = v.operation ?? 'read'
+  if (!isOperation(operation)) throw usage(`--operation must be one of ${OPERATIONS.join(', ')}; got '${operation}'`)
+  const options: VerifyOptions = { publicKey, url: v.url, operation }
+  if (v.name !== undefined) options.name = v.name
+  if (v.vers !== undefined) options.vers = v.vers
+  if (v.cksum !== undefined) options.cksum = v.cksum
+  if (v.subject !== undefined) options.subject = v.subject
+  if (v['max-age'] !== undefined) {
+    const seconds = /^\d+$/.test(v['max-age']) ? Number(v['max-age']) : Number.NaN
+    if (!(seconds >= 1 && seconds <= LIMITS.maxTokenMaxAgeSeconds)) {
+      throw usage(`--max-age takes whole seconds, 1..${LIMITS.maxTokenMaxAgeSeconds} (RFC 3231 suggests at most 15 min); got '${v['max-age']}'`)
+    }
+    options.maxAgeSeconds = seconds
+  }
+  if (v['no-time-check'] === true) options.checkTime = false
+  if (v['strict-low-s'] === true) options.strictLowS = true
+  return Object.freeze({ tokenArg: parsed.positionals[0] ?? '', json: v.json === true, options: Object.freeze(options) })
+}
+
+function suggestOption(given: string): string | undefined {
+  return closest(given.replace(/^-+/, '').split('=')[0] ?? '', Object.keys(OPTIONS))
+}
+
+async function readStdin(): Promise<string> {
+  // A token is ~600 characters; stop reading long before an accidental pipe of a large file fills memory.
+  const limit = LIMITS.tokenMaxChars * 2
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of process.stdin) {
+    const buffer = Buffer.isBuffer(chunk) ? chunk : Buffer.from(String(chunk))
+    size += buffer.length
+    if (size > limit) throw usage(`stdin holds more than ${limit} bytes; expected one token`)
+    chunks.push(buffer)
+  }
+  return Buffer.concat(chunks).toString('utf8').trim()
+}
+
+export async function verify(argv: readonly string[]): Promise<number> {
+  const args = parseVerifyArgs(argv)
+  const token = args.tokenArg === '-' ? await readStdin() : args.tokenArg
+  if (token === '') throw usage('the token is empty')
+  try {
+    const result = await verifyToken(token, args.options)
+    const ageSeconds = Math.round((Date.now() - result.iat.valueOf()) / 1000)
+    if (args.json) {
+      process.stdout.write(
+        JSON.stringify({ valid: true, claims: result.claims, footer: result.footer, iat: result.iat.toISOString(), highS: result.highS }) + '\n',
+      )
+    } else {
+      const c = result.claims
+      const what = [args.options.operation, c['name'], c['vers']].filter((x) => typeof x === 'string').join(' ')
+      process.stdout.write(
+        [
+          `valid: v3.public token for ${what}`,
+          `  key  ${result.footer.kip}`,
+          `  url  ${result.footer.url}`,
+          `  iat  ${result.iat.toISOString()} (${ageSeconds} s ago)`,
+          ...(typeof c['sub'] === 'string' ? [`  sub  ${c['sub']}`] : []),
+          `  s    ${result.highS ? 'high (accepted; cargo 1.95 emits high-S, --strict-low-s refuses it)' : 'low'}`,
+        ].join('\n') + '\n',
+      )
+    }
+    return 0
+  } catch (error) {
+    const e = toAgentError(error)
+    // Options verifyToken itself refuses (e.g. --max-age 901, fields for the wrong operation) are usage errors.
+    if (e.code === 'USAGE') throw usage(e.message)
+    if (args.json) {
+      process.stdout.write(JSON.stringify({ valid: false, ...e.toWire() }) + '\n')
+    } else {
+      process.stderr.write(`invalid: ${e.code}: ${e.describe()}\n`)
+    }
+    return 1
+  }
+}
