@@ -24,7 +24,12 @@ export interface AuditEntry {
   readonly cksum?: string
   /** PASERK k3.pid of the key that signed (or would have signed). */
   readonly kip?: string
-  readonly requester: { readonly pid?: number; readonly ppid?: number; readonly command?: string; readonly tty?: string }
+  readonly requester: {
+    readonly pid?: number
+    readonly ppid?: number
+    readonly command?: string
+    readonly tty?: string
+  }
   readonly result: AuditResult
   /** AgentError code for denied / failed. */
   readonly code?: string

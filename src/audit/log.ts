@@ -40,16 +40,27 @@ export class AuditLog implements AuditSink {
     let handle: FileHandle
     let isNew = false
     try {
-      handle = await open(this.path, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, AUDIT_FILE_MODE)
+      handle = await open(
+        this.path,
+        constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW,
+        AUDIT_FILE_MODE,
+      )
     } catch (error) {
-      throw auditFailed(`The audit log ${this.path} cannot be opened: ${(error as Error).message}`, `Check that ${this.path} is a regular file owned by you (not a symlink) and that its directory is writable`, error)
+      throw auditFailed(
+        `The audit log ${this.path} cannot be opened: ${(error as Error).message}`,
+        `Check that ${this.path} is a regular file owned by you (not a symlink) and that its directory is writable`,
+        error,
+      )
     }
     try {
       const info = await handle.stat()
       isNew = info.size === 0
       const uid = process.getuid?.()
       if (!info.isFile() || (uid !== undefined && info.uid !== uid)) {
-        throw auditFailed(`The audit log ${this.path} is not a regular file owned by this user`, `Move it away; the agent creates a new one`)
+        throw auditFailed(
+          `The audit log ${this.path} is not a regular file owned by this user`,
+          `Move it away; the agent creates a new one`,
+        )
       }
       // A log someone loosened (or created with a wide umask elsewhere) is tightened, not refused:
       // refusing would stop every signature for a fixable mode.
@@ -62,7 +73,11 @@ export class AuditLog implements AuditSink {
       await handle.sync()
     } catch (error) {
       if (error instanceof AgentError) throw error
-      throw auditFailed(`Writing the audit log ${this.path} failed: ${(error as Error).message}`, 'Check free space and permissions of the audit log directory', error)
+      throw auditFailed(
+        `Writing the audit log ${this.path} failed: ${(error as Error).message}`,
+        'Check free space and permissions of the audit log directory',
+        error,
+      )
     } finally {
       await handle.close()
     }
@@ -79,12 +94,19 @@ export class AuditLog implements AuditSink {
       const info = await lstat(dir)
       const uid = process.getuid?.()
       if (!info.isDirectory() || (uid !== undefined && info.uid !== uid)) {
-        throw auditFailed(`The audit log directory ${dir} is not a directory owned by this user`, 'Set audit-log in the agent config to a path in a directory you own')
+        throw auditFailed(
+          `The audit log directory ${dir} is not a directory owned by this user`,
+          'Set audit-log in the agent config to a path in a directory you own',
+        )
       }
       if ((info.mode & 0o077) !== 0) await chmod(dir, AUDIT_DIR_MODE)
     } catch (error) {
       if (error instanceof AgentError) throw error
-      throw auditFailed(`The audit log directory ${dir} cannot be created: ${(error as Error).message}`, 'Set audit-log in the agent config to a writable path', error)
+      throw auditFailed(
+        `The audit log directory ${dir} cannot be created: ${(error as Error).message}`,
+        'Set audit-log in the agent config to a writable path',
+        error,
+      )
     }
     this.#dirChecked = true
     return created
@@ -112,7 +134,8 @@ export function parseAuditLines(text: string): AuditEntry[] {
     if (line.trim() === '') continue
     try {
       const value: unknown = JSON.parse(line)
-      if (typeof value === 'object' && value !== null && (value as { v?: unknown }).v === 1) entries.push(value as AuditEntry)
+      if (typeof value === 'object' && value !== null && (value as { v?: unknown }).v === 1)
+        entries.push(value as AuditEntry)
     } catch {
       // skip
     }

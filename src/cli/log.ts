@@ -25,7 +25,9 @@ const DEFAULT_LINES = 20
 const TAIL_CHUNK = 64 * 1024
 
 function usage(message: string): AgentError {
-  return new AgentError('USAGE', message, { remedy: 'Usage: cargo-pkcs11-agent log [--follow] [--json] [-n N] [--file PATH] [--config FILE]' })
+  return new AgentError('USAGE', message, {
+    remedy: 'Usage: cargo-pkcs11-agent log [--follow] [--json] [-n N] [--file PATH] [--config FILE]',
+  })
 }
 
 /** The audit log path: --file, else the config's `audit-log`, else the XDG default. */
@@ -36,7 +38,8 @@ function auditPath(file: string | undefined, configFlag: string | undefined, env
     return loadConfig(resolved.path, env).agent.auditLog
   } catch (error) {
     // No config is fine for reading the log (default location); a broken explicit one is not.
-    if (resolved.source === 'flag' || (error instanceof AgentError && error.code === 'CONFIG_INVALID')) throw error
+    if (resolved.source === 'flag' || (error instanceof AgentError && error.code === 'CONFIG_INVALID'))
+      throw error
     return defaultAuditLogPath(env)
   }
 }
@@ -48,14 +51,32 @@ function time(iso: string): string {
 /** One human line per entry. */
 export function formatEntry(entry: AuditEntry): string {
   const safe = (v: string | undefined): string => (v === undefined ? '' : displaySafe(v))
-  const what = [entry.operation, safe(entry.crate), safe(entry.vers), entry.cksum === undefined ? '' : `(cksum ${safe(entry.cksum)})`].filter((s) => s !== '').join(' ')
-  const registry = entry.registry.name === undefined ? safe(entry.registry.url) : `${safe(entry.registry.name)} (${safe(entry.registry.url)})`
+  const what = [
+    entry.operation,
+    safe(entry.crate),
+    safe(entry.vers),
+    entry.cksum === undefined ? '' : `(cksum ${safe(entry.cksum)})`,
+  ]
+    .filter((s) => s !== '')
+    .join(' ')
+  const registry =
+    entry.registry.name === undefined
+      ? safe(entry.registry.url)
+      : `${safe(entry.registry.name)} (${safe(entry.registry.url)})`
   const r = entry.requester
-  const by = [r.pid === undefined ? '' : `pid ${r.pid}`, r.command === undefined ? '' : `\`${safe(r.command)}\``].filter((s) => s !== '').join(' ')
+  const by = [
+    r.pid === undefined ? '' : `pid ${r.pid}`,
+    r.command === undefined ? '' : `\`${safe(r.command)}\``,
+  ]
+    .filter((s) => s !== '')
+    .join(' ')
   const result = entry.result === 'signed' ? 'signed' : entry.result === 'denied' ? 'DENIED' : 'FAILED'
-  const parts = [`${time(entry.time)}  ${result.padEnd(6)}  ${what} ${entry.operation === 'publish' ? 'to' : entry.operation === 'read' ? 'from' : 'on'} ${registry}`]
+  const parts = [
+    `${time(entry.time)}  ${result.padEnd(6)}  ${what} ${entry.operation === 'publish' ? 'to' : entry.operation === 'read' ? 'from' : 'on'} ${registry}`,
+  ]
   if (by !== '') parts.push(`by ${by}`)
-  if (entry.approval !== undefined && entry.approval !== 'not-required') parts.push(`approved: ${entry.approval}`)
+  if (entry.approval !== undefined && entry.approval !== 'not-required')
+    parts.push(`approved: ${entry.approval}`)
   if (entry.code !== undefined) parts.push(`${entry.code}: ${safe(entry.reason)}`)
   if (entry.kip !== undefined) parts.push(`key ${safe(entry.kip)}`)
   if (entry.token !== undefined) parts.push(`token ${safe(entry.token)}`)
@@ -109,10 +130,14 @@ async function follow(path: string, from: number, json: boolean, io: LogIo): Pro
   while (io.signal?.aborted !== true) {
     await new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, pollMs)
-      io.signal?.addEventListener('abort', () => {
-        clearTimeout(timer)
-        resolve()
-      }, { once: true })
+      io.signal?.addEventListener(
+        'abort',
+        () => {
+          clearTimeout(timer)
+          resolve()
+        },
+        { once: true },
+      )
     })
     let size: number
     try {
@@ -161,7 +186,8 @@ export async function runLog(argv: readonly string[], io: LogIo): Promise<number
   }
   const v = parsed.values
   const n = v.lines === undefined ? DEFAULT_LINES : Number(v.lines)
-  if (!Number.isSafeInteger(n) || n < 0) throw usage(`-n needs a whole number of lines (0 = all), got ${JSON.stringify(v.lines)}`)
+  if (!Number.isSafeInteger(n) || n < 0)
+    throw usage(`-n needs a whole number of lines (0 = all), got ${JSON.stringify(v.lines)}`)
   const path = auditPath(v.file, v.config, io.env)
   const json = v.json === true
   let end = 0
@@ -171,11 +197,16 @@ export async function runLog(argv: readonly string[], io: LogIo): Promise<number
     end = result.end
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
-      throw new AgentError('AUDIT_FAILED', `The audit log ${path} cannot be read: ${(error as Error).message}`, { remedy: 'Check its permissions (it is readable by its owner only)' })
+      throw new AgentError(
+        'AUDIT_FAILED',
+        `The audit log ${path} cannot be read: ${(error as Error).message}`,
+        { remedy: 'Check its permissions (it is readable by its owner only)' },
+      )
     }
     if (v.follow !== true) {
       throw new AgentError('AUDIT_FAILED', `There is no audit log at ${path} yet`, {
-        remedy: 'The agent writes it at its first signing decision; check `audit-log` in the config or pass --file',
+        remedy:
+          'The agent writes it at its first signing decision; check `audit-log` in the config or pass --file',
       })
     }
   }

@@ -16,7 +16,10 @@ export async function readPinFile(path: string): Promise<Pin> {
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code
     throw new AgentError('PIN_REQUIRED', `The PIN file ${path} cannot be read (${code ?? 'error'})`, {
-      remedy: code === 'ENOENT' ? `Create ${path} containing only the PIN (chmod 600), or fix pin-file in the agent config` : `Make ${path} readable by the agent's user only (chmod 600)`,
+      remedy:
+        code === 'ENOENT'
+          ? `Create ${path} containing only the PIN (chmod 600), or fix pin-file in the agent config`
+          : `Make ${path} readable by the agent's user only (chmod 600)`,
       cause: error,
     })
   }
@@ -24,22 +27,36 @@ export async function readPinFile(path: string): Promise<Pin> {
     // fstat of the opened file, not stat of the path: no window to swap the file after the check.
     const info = await handle.stat()
     if (!info.isFile()) {
-      throw new AgentError('CONFIG_INVALID', `The PIN file ${path} is not a regular file`, { remedy: 'Point pin-file at a file that contains only the PIN' })
+      throw new AgentError('CONFIG_INVALID', `The PIN file ${path} is not a regular file`, {
+        remedy: 'Point pin-file at a file that contains only the PIN',
+      })
     }
     const uid = process.getuid?.()
     if (uid !== undefined && info.uid !== uid && info.uid !== 0) {
-      throw new AgentError('CONFIG_INVALID', `The PIN file ${path} belongs to another user (uid ${info.uid})`, {
-        remedy: `Give the file to the agent's user: chown ${uid} ${path}`,
-      })
+      throw new AgentError(
+        'CONFIG_INVALID',
+        `The PIN file ${path} belongs to another user (uid ${info.uid})`,
+        {
+          remedy: `Give the file to the agent's user: chown ${uid} ${path}`,
+        },
+      )
     }
     if ((info.mode & 0o077) !== 0) {
-      throw new AgentError('CONFIG_INVALID', `The PIN file ${path} is accessible by group or others (mode ${(info.mode & 0o777).toString(8).padStart(3, '0')}); the PIN was not used`, {
-        remedy: `Restrict it to its owner: chmod 600 ${path}`,
-        data: { mode: (info.mode & 0o777).toString(8) },
-      })
+      throw new AgentError(
+        'CONFIG_INVALID',
+        `The PIN file ${path} is accessible by group or others (mode ${(info.mode & 0o777).toString(8).padStart(3, '0')}); the PIN was not used`,
+        {
+          remedy: `Restrict it to its owner: chmod 600 ${path}`,
+          data: { mode: (info.mode & 0o777).toString(8) },
+        },
+      )
     }
     if (info.size > LIMITS.pinFileMaxBytes) {
-      throw new AgentError('CONFIG_INVALID', `The PIN file ${path} is ${info.size} bytes; a PIN file holds only the PIN`, { remedy: 'Check that pin-file names the right file' })
+      throw new AgentError(
+        'CONFIG_INVALID',
+        `The PIN file ${path} is ${info.size} bytes; a PIN file holds only the PIN`,
+        { remedy: 'Check that pin-file names the right file' },
+      )
     }
     const buffer = Buffer.alloc(LIMITS.pinFileMaxBytes + 1)
     const { bytesRead } = await handle.read(buffer, 0, buffer.length, 0)
@@ -49,10 +66,15 @@ export async function readPinFile(path: string): Promise<Pin> {
     if (end > 0 && buffer[end - 1] === 0x0d) end -= 1
     const pin = Buffer.from(buffer.subarray(0, end))
     buffer.fill(0)
-    if (pin.length === 0) throw new AgentError('PIN_REQUIRED', `The PIN file ${path} is empty`, { remedy: `Write the PIN into ${path}` })
+    if (pin.length === 0)
+      throw new AgentError('PIN_REQUIRED', `The PIN file ${path} is empty`, {
+        remedy: `Write the PIN into ${path}`,
+      })
     if (pin.length > LIMITS.pinMaxBytes) {
       pin.fill(0)
-      throw new AgentError('PIN_INVALID', `The PIN in ${path} is longer than ${LIMITS.pinMaxBytes} bytes`, { remedy: 'Check that pin-file names the right file' })
+      throw new AgentError('PIN_INVALID', `The PIN in ${path} is longer than ${LIMITS.pinMaxBytes} bytes`, {
+        remedy: 'Check that pin-file names the right file',
+      })
     }
     return new Pin(pin)
   } finally {

@@ -24,7 +24,8 @@ export function escapeArgument(text: string): string {
   let out = ''
   for (const ch of text) {
     const code = ch.codePointAt(0) ?? 0
-    if (ch === '%' || code < 0x20 || code === 0x7f) out += `%${code.toString(16).toUpperCase().padStart(2, '0')}`
+    if (ch === '%' || code < 0x20 || code === 0x7f)
+      out += `%${code.toString(16).toUpperCase().padStart(2, '0')}`
     else out += ch
   }
   return out
@@ -67,7 +68,10 @@ export function decodeData(escaped: Buffer): Buffer {
 }
 
 function isHex(byte: number | undefined): boolean {
-  return byte !== undefined && ((byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x46) || (byte >= 0x61 && byte <= 0x66))
+  return (
+    byte !== undefined &&
+    ((byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x46) || (byte >= 0x61 && byte <= 0x66))
+  )
 }
 
 function hexValue(byte: number): number {
@@ -89,7 +93,8 @@ export type ServerLine =
 /** Classifies one server line (without its `\n`). */
 export function parseServerLine(line: Buffer): ServerLine {
   const startsWith = (prefix: string): boolean =>
-    line.length >= prefix.length && line.subarray(0, prefix.length).toString('latin1') === prefix &&
+    line.length >= prefix.length &&
+    line.subarray(0, prefix.length).toString('latin1') === prefix &&
     (line.length === prefix.length || line[prefix.length] === 0x20)
   if (startsWith('D')) return { type: 'data', payload: line.subarray(2) }
   const text = line.toString('utf8')

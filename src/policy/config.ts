@@ -97,7 +97,10 @@ function invalid(message: string, remedy: string): AgentError {
 
 function nonNegativeInteger(value: number, name: string): void {
   if (!Number.isSafeInteger(value) || value < 0) {
-    throw invalid(`${name} must be a non-negative integer, got ${String(value)}`, `Fix ${name} in the config file`)
+    throw invalid(
+      `${name} must be a non-negative integer, got ${String(value)}`,
+      `Fix ${name} in the config file`,
+    )
   }
 }
 
@@ -122,7 +125,10 @@ export function policyConfig(partial: Partial<PolicyConfig> = {}): PolicyConfig 
     )
   }
   if (merged.pinentryProgram === '' || /[\0\n]/.test(merged.pinentryProgram)) {
-    throw invalid('pinentry program is empty or contains a newline', 'Set pinentry to a program name or an absolute path')
+    throw invalid(
+      'pinentry program is empty or contains a newline',
+      'Set pinentry to a program name or an absolute path',
+    )
   }
   return Object.freeze(merged)
 }
@@ -130,7 +136,10 @@ export function policyConfig(partial: Partial<PolicyConfig> = {}): PolicyConfig 
 export function registryPolicy(partial: Partial<RegistryPolicy> = {}): RegistryPolicy {
   const merged: RegistryPolicy = { ...DEFAULT_REGISTRY_POLICY, ...partial }
   if (!['touch', 'prompt', 'none'].includes(merged.confirm)) {
-    throw invalid(`confirm must be "touch", "prompt" or "none", got ${JSON.stringify(merged.confirm)}`, 'Fix confirm in the registry section')
+    throw invalid(
+      `confirm must be "touch", "prompt" or "none", got ${JSON.stringify(merged.confirm)}`,
+      'Fix confirm in the registry section',
+    )
   }
   nonNegativeInteger(merged.mutationsPerHour, 'mutations-per-hour')
   return Object.freeze(merged)

@@ -58,7 +58,8 @@ export function describeRegistry(intent: Pick<Intent, 'registryName' | 'indexUrl
 export function describeRequester(requester: Requester): string {
   const parts: string[] = []
   if (requester.pid !== undefined) parts.push(`pid ${requester.pid}`)
-  if (requester.command !== undefined && requester.command !== '') parts.push(`\`${displaySafe(requester.command)}\``)
+  if (requester.command !== undefined && requester.command !== '')
+    parts.push(`\`${displaySafe(requester.command)}\``)
   if (parts.length === 0 && requester.ppid !== undefined) parts.push(`parent pid ${requester.ppid}`)
   if (requester.tty !== undefined && requester.tty !== '') parts.push(`on ${displaySafe(requester.tty)}`)
   return parts.length === 0 ? 'an unknown program' : parts.join(' ')
@@ -79,7 +80,12 @@ export function describeIntent(intent: Intent): string {
   const what = [intent.operation as string, crate, cksum === undefined ? '' : `(cksum ${cksum}…)`]
     .filter((s) => s !== '')
     .join(' ')
-  const where = intent.operation === 'read' ? `from ${registry}` : intent.operation === 'publish' ? `to ${registry}` : `on ${registry}`
+  const where =
+    intent.operation === 'read'
+      ? `from ${registry}`
+      : intent.operation === 'publish'
+        ? `to ${registry}`
+        : `on ${registry}`
   return `${what} ${where}, requested by ${describeRequester(intent.requester)}`
 }
 

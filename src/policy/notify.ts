@@ -42,11 +42,20 @@ export function desktopNotifier(options: SpawnNotifierOptions): DesktopNotifier 
   const timeoutMs = options.timeoutMs ?? LIMITS.desktopNotifyTimeoutMs
   let command: ((title: string, body: string) => [string, string[]]) | undefined
   if (platform === 'darwin') {
-    command = (title, body) => ['osascript', ['-e', `display notification ${appleScriptString(body)} with title ${appleScriptString(title)}`]]
+    command = (title, body) => [
+      'osascript',
+      ['-e', `display notification ${appleScriptString(body)} with title ${appleScriptString(title)}`],
+    ]
   } else if (platform !== 'win32') {
-    const hasSession = [env['DISPLAY'], env['WAYLAND_DISPLAY'], env['DBUS_SESSION_BUS_ADDRESS']].some((v) => v !== undefined && v !== '')
+    const hasSession = [env['DISPLAY'], env['WAYLAND_DISPLAY'], env['DBUS_SESSION_BUS_ADDRESS']].some(
+      (v) => v !== undefined && v !== '',
+    )
     // `--` ends notify-send's options: a crate name starting with '-' stays text.
-    if (hasSession) command = (title, body) => ['notify-send', ['--app-name=cargo-pkcs11-agent', '--urgency=critical', '--', title, body]]
+    if (hasSession)
+      command = (title, body) => [
+        'notify-send',
+        ['--app-name=cargo-pkcs11-agent', '--urgency=critical', '--', title, body],
+      ]
   }
   if (command === undefined) return silentNotifier
   const build = command
@@ -68,7 +77,9 @@ export function desktopNotifier(options: SpawnNotifierOptions): DesktopNotifier 
           finish(`${program} did not exit within ${timeoutMs} ms`)
         }, timeoutMs)
         child.on('error', (error) => finish(`${program}: ${error.message}`))
-        child.on('exit', (code, signal) => finish(code === 0 ? undefined : `${program} exited with ${signal ?? `status ${String(code)}`}`))
+        child.on('exit', (code, signal) =>
+          finish(code === 0 ? undefined : `${program} exited with ${signal ?? `status ${String(code)}`}`),
+        )
       }),
   }
 }

@@ -12,7 +12,8 @@ export type Clock = () => number
 
 export const systemClock: Clock = () => Date.now()
 
-export type ForgetReason = 'idle' | 'max-lifetime' | 'wrong-pin' | 'removed' | 'lock' | 'sighup' | 'replaced' | 'shutdown'
+export type ForgetReason =
+  'idle' | 'max-lifetime' | 'wrong-pin' | 'removed' | 'lock' | 'sighup' | 'replaced' | 'shutdown'
 
 interface Entry {
   readonly pin: Pin

@@ -87,8 +87,16 @@ class PinentrySession {
     this.#child.on('error', (error: NodeJS.ErrnoException) => {
       this.#fail(
         error.code === 'ENOENT'
-          ? entryFailed(`The pinentry program "${this.#program}" was not found`, 'Install pinentry (e.g. the pinentry-curses or pinentry-gnome3 package) or set `pinentry` in the agent config to its path', error)
-          : entryFailed(`The pinentry program "${this.#program}" could not be started: ${error.message}`, 'Check the `pinentry` setting in the agent config', error),
+          ? entryFailed(
+              `The pinentry program "${this.#program}" was not found`,
+              'Install pinentry (e.g. the pinentry-curses or pinentry-gnome3 package) or set `pinentry` in the agent config to its path',
+              error,
+            )
+          : entryFailed(
+              `The pinentry program "${this.#program}" could not be started: ${error.message}`,
+              'Check the `pinentry` setting in the agent config',
+              error,
+            ),
       )
     })
     // 'close', not 'exit': a last ERR line may still be in the pipe when the process has exited.
@@ -103,7 +111,10 @@ class PinentrySession {
     })
     this.#timer = setTimeout(() => {
       this.#fail(
-        entryFailed(`No answer from pinentry within ${Math.round(options.timeoutMs / 1000)} s`, 'Run the command again and answer the PIN dialog'),
+        entryFailed(
+          `No answer from pinentry within ${Math.round(options.timeoutMs / 1000)} s`,
+          'Run the command again and answer the PIN dialog',
+        ),
       )
       this.#kill()
     }, options.timeoutMs + KILL_GRACE_MS)
@@ -140,7 +151,8 @@ class PinentrySession {
     this.#splitter.wipe()
     if (this.#exited) return
     const exited = new Promise<void>((resolve) => this.#child.once('close', () => resolve()))
-    if (this.#failure === undefined) this.#failure = entryFailed('pinentry session closed', 'Internal: the session was used after close')
+    if (this.#failure === undefined)
+      this.#failure = entryFailed('pinentry session closed', 'Internal: the session was used after close')
     try {
       this.#child.stdin.end('BYE\n')
     } catch {
@@ -181,7 +193,12 @@ class PinentrySession {
       }
     }
     if (this.#splitter.pendingBytes > LIMITS.assuanLineMaxBytes) {
-      this.#fail(entryFailed(`pinentry "${this.#program}" sent a line longer than the Assuan limit`, 'Check that the `pinentry` setting names a pinentry program'))
+      this.#fail(
+        entryFailed(
+          `pinentry "${this.#program}" sent a line longer than the Assuan limit`,
+          'Check that the `pinentry` setting names a pinentry program',
+        ),
+      )
       this.#kill()
     }
   }
@@ -206,7 +223,10 @@ class PinentrySession {
   }
 }
 
-async function withSession<T>(options: PinentryOptions, work: (session: PinentrySession) => Promise<T>): Promise<T> {
+async function withSession<T>(
+  options: PinentryOptions,
+  work: (session: PinentrySession) => Promise<T>,
+): Promise<T> {
   const session = new PinentrySession(options)
   try {
     await session.greeting()
@@ -217,7 +237,11 @@ async function withSession<T>(options: PinentryOptions, work: (session: Pinentry
     return await work(session)
   } catch (error) {
     if (error instanceof AssuanError) {
-      throw entryFailed(`pinentry "${options.program}" failed: ${error.text} (${error.code})`, 'Check that pinentry works in this session, or use another PIN source', error)
+      throw entryFailed(
+        `pinentry "${options.program}" failed: ${error.text} (${error.code})`,
+        'Check that pinentry works in this session, or use another PIN source',
+        error,
+      )
     }
     throw error
   } finally {
@@ -245,7 +269,9 @@ export async function pinentryGetPin(options: PinentryOptions, dialog: PinDialog
     }
     if (pin.length > LIMITS.pinMaxBytes) {
       pin.fill(0)
-      throw new AgentError('PIN_INVALID', `The PIN entered is longer than ${LIMITS.pinMaxBytes} bytes`, { remedy: 'Enter the token PIN' })
+      throw new AgentError('PIN_INVALID', `The PIN entered is longer than ${LIMITS.pinMaxBytes} bytes`, {
+        remedy: 'Enter the token PIN',
+      })
     }
     return new Pin(pin)
   })
@@ -262,7 +288,11 @@ export async function pinentryConfirm(options: PinentryOptions, dialog: ConfirmD
       await session.command('CONFIRM')
       return true
     } catch (error) {
-      if (error instanceof AssuanError && (error.code === ASSUAN_ERR.cancelled || error.code === ASSUAN_ERR.notConfirmed)) return false
+      if (
+        error instanceof AssuanError &&
+        (error.code === ASSUAN_ERR.cancelled || error.code === ASSUAN_ERR.notConfirmed)
+      )
+        return false
       throw mapAnswerError(error, options.program)
     }
   })
@@ -271,19 +301,30 @@ export async function pinentryConfirm(options: PinentryOptions, dialog: ConfirmD
 function mapAnswerError(error: unknown, program: string): unknown {
   if (!(error instanceof AssuanError)) return error
   if (error.code === ASSUAN_ERR.cancelled) {
-    return entryFailed('PIN entry was cancelled', 'Run the command again and enter the PIN, or press Cancel only to refuse', error)
+    return entryFailed(
+      'PIN entry was cancelled',
+      'Run the command again and enter the PIN, or press Cancel only to refuse',
+      error,
+    )
   }
   if (error.code === ASSUAN_ERR.timeout) {
     return entryFailed('PIN entry timed out', 'Run the command again and answer the PIN dialog', error)
   }
-  return entryFailed(`pinentry "${program}" failed: ${error.text} (${error.code})`, 'Check that pinentry works in this session (DISPLAY or a tty), or use another PIN source', error)
+  return entryFailed(
+    `pinentry "${program}" failed: ${error.text} (${error.code})`,
+    'Check that pinentry works in this session (DISPLAY or a tty), or use another PIN source',
+    error,
+  )
 }
 
 /**
  * The environment a helper program (pinentry, notify-send) gets: the agent's own, minus every
  * variable a token reads its PIN from (`pin-env`), so a CI secret never reaches a child process.
  */
-export function childEnvironment(base: NodeJS.ProcessEnv, secretVariables: Iterable<string>): NodeJS.ProcessEnv {
+export function childEnvironment(
+  base: NodeJS.ProcessEnv,
+  secretVariables: Iterable<string>,
+): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...base }
   for (const name of secretVariables) delete env[name]
   return env

@@ -105,7 +105,10 @@ export class Policy {
     this.#notifier =
       deps.notifier ??
       (this.config.desktopNotifications && !this.config.headless
-        ? desktopNotifier({ env: this.#childEnv(), onFailure: (reason) => this.#log('notify-failed', { reason }) })
+        ? desktopNotifier({
+            env: this.#childEnv(),
+            onFailure: (reason) => this.#log('notify-failed', { reason }),
+          })
         : silentNotifier)
   }
 
@@ -141,11 +144,20 @@ export class Policy {
    * A wrong PIN is wiped and reported, never retried. At the final try the PIN is used only after
    * an explicit yes. Headless: a PIN only a human could give is an immediate PIN_REQUIRED.
    */
-  async ensureLoggedIn(device: PolicyDevice, token: TokenPolicy, prompter: Prompter, intent: Intent): Promise<void> {
+  async ensureLoggedIn(
+    device: PolicyDevice,
+    token: TokenPolicy,
+    prompter: Prompter,
+    intent: Intent,
+  ): Promise<void> {
     const status = await device.status()
     if (status.pinLocked === true) {
       this.pinCache.forget(token.id, 'wrong-pin')
-      throw new AgentError('PIN_LOCKED', `The PIN of ${token.description} is blocked (too many wrong attempts)`, { remedy: UNBLOCK_REMEDY })
+      throw new AgentError(
+        'PIN_LOCKED',
+        `The PIN of ${token.description} is blocked (too many wrong attempts)`,
+        { remedy: UNBLOCK_REMEDY },
+      )
     }
     const interactive = isInteractiveSource(token.pin)
     let cached = interactive ? this.pinCache.get(token.id) : undefined
@@ -190,7 +202,10 @@ export class Policy {
   }
 
   /** Wraps a device signature with the touch notice and the touch deadline from the config. */
-  async withTouchNotice<T>(signing: Promise<T>, context: { intent: Intent; prompter: Prompter; tokenDescription: string }): Promise<T> {
+  async withTouchNotice<T>(
+    signing: Promise<T>,
+    context: { intent: Intent; prompter: Prompter; tokenDescription: string },
+  ): Promise<T> {
     return touchNotice(signing, {
       afterMs: this.config.touchNoticeDelayMs,
       deadlineMs: this.config.touchTimeoutMs,
@@ -213,7 +228,11 @@ export class Policy {
     try {
       approval = await this.beforeSign(intent, prompter, request.registry)
       await this.ensureLoggedIn(request.device, request.token, prompter, intent)
-      token = await this.withTouchNotice(request.sign(), { intent, prompter, tokenDescription: request.token.description })
+      token = await this.withTouchNotice(request.sign(), {
+        intent,
+        prompter,
+        tokenDescription: request.token.description,
+      })
     } catch (error) {
       const failure = toAgentError(error)
       const outcome = {
@@ -231,15 +250,27 @@ export class Policy {
       throw failure
     }
     try {
-      await request.audit.record(auditEntry(intent, { result: 'signed', approval, token, ...(request.kip === undefined ? {} : { kip: request.kip }) }))
+      await request.audit.record(
+        auditEntry(intent, {
+          result: 'signed',
+          approval,
+          token,
+          ...(request.kip === undefined ? {} : { kip: request.kip }),
+        }),
+      )
     } catch (error) {
       const failure = toAgentError(error, 'AUDIT_FAILED')
       throw failure.code === 'AUDIT_FAILED'
         ? failure
-        : new AgentError('AUDIT_FAILED', `The audit line could not be written (${failure.message}), so the signed token was discarded`, {
-            remedy: 'Check free space and permissions of the audit log directory (see `cargo-pkcs11-agent doctor`)',
-            cause: failure,
-          })
+        : new AgentError(
+            'AUDIT_FAILED',
+            `The audit line could not be written (${failure.message}), so the signed token was discarded`,
+            {
+              remedy:
+                'Check free space and permissions of the audit log directory (see `cargo-pkcs11-agent doctor`)',
+              cause: failure,
+            },
+          )
     }
     return token
   }
@@ -283,7 +314,11 @@ export class Policy {
       }
       if (failure.code === 'PIN_LOCKED') {
         this.pinCache.forget(token.id, 'wrong-pin')
-        throw new AgentError('PIN_LOCKED', `The PIN of ${token.description} is blocked (too many wrong attempts)`, { remedy: UNBLOCK_REMEDY, cause: failure })
+        throw new AgentError(
+          'PIN_LOCKED',
+          `The PIN of ${token.description} is blocked (too many wrong attempts)`,
+          { remedy: UNBLOCK_REMEDY, cause: failure },
+        )
       }
       throw failure
     }
@@ -297,7 +332,10 @@ export class Policy {
       finalTry = after.pinFinalTry === true
       low = after.pinCountLow === true
       if (after.pinLocked === true) {
-        return new AgentError('PIN_LOCKED', `Wrong PIN for ${token.description}; the PIN is now blocked`, { remedy: UNBLOCK_REMEDY, cause: failure })
+        return new AgentError('PIN_LOCKED', `Wrong PIN for ${token.description}; the PIN is now blocked`, {
+          remedy: UNBLOCK_REMEDY,
+          cause: failure,
+        })
       }
     } catch {
       // Status after a failed login is a courtesy; the error stays PIN_INCORRECT.
@@ -307,7 +345,10 @@ export class Policy {
     if (triesLeft === 'final') finalTry = true
     if (triesLeft === 'low') low = true
     if (triesLeft === 'locked') {
-      return new AgentError('PIN_LOCKED', `Wrong PIN for ${token.description}; the PIN is now blocked`, { remedy: UNBLOCK_REMEDY, cause: failure })
+      return new AgentError('PIN_LOCKED', `Wrong PIN for ${token.description}; the PIN is now blocked`, {
+        remedy: UNBLOCK_REMEDY,
+        cause: failure,
+      })
     }
     const tries =
       typeof triesLeft === 'number'
@@ -326,11 +367,15 @@ export class Policy {
           : 'Run the command again and enter the correct PIN'
     const data: Record<string, string | number | boolean> = { finalTry, countLow: low }
     if (typeof triesLeft === 'number') data['triesLeft'] = triesLeft
-    return new AgentError('PIN_INCORRECT', `Wrong PIN for ${token.description}${tries}; the agent does not retry a wrong PIN`, {
-      remedy: finalTry ? `${fix}. If unsure, check it first: ${UNBLOCK_REMEDY}` : fix,
-      cause: failure,
-      data,
-    })
+    return new AgentError(
+      'PIN_INCORRECT',
+      `Wrong PIN for ${token.description}${tries}; the agent does not retry a wrong PIN`,
+      {
+        remedy: finalTry ? `${fix}. If unsure, check it first: ${UNBLOCK_REMEDY}` : fix,
+        cause: failure,
+        data,
+      },
+    )
   }
 
   async #approveFinalTry(token: TokenPolicy, prompter: Prompter, intent: Intent): Promise<void> {
@@ -340,7 +385,10 @@ export class Policy {
         data: { finalTry: true },
       })
     if (!token.confirmFinalTry) throw refuse('confirm-final-try is off, so the agent does not use a PIN')
-    if (!isInteractiveSource(token.pin)) throw refuse(`the PIN from ${token.pin.kind === 'env' ? 'the environment' : 'a file'} is not used without a human's confirmation`)
+    if (!isInteractiveSource(token.pin))
+      throw refuse(
+        `the PIN from ${token.pin.kind === 'env' ? 'the environment' : 'a file'} is not used without a human's confirmation`,
+      )
     if (this.config.headless) throw refuse('the agent is headless and cannot ask for confirmation')
     this.#notify(prompter, {
       kind: 'pin-final-try',
@@ -356,30 +404,58 @@ export class Policy {
     if (!approved) throw refuse('you chose not to use it')
   }
 
-  async #obtainPin(token: TokenPolicy, prompter: Prompter, intent: Intent, status: PolicyDeviceStatus): Promise<Pin> {
+  async #obtainPin(
+    token: TokenPolicy,
+    prompter: Prompter,
+    intent: Intent,
+    status: PolicyDeviceStatus,
+  ): Promise<Pin> {
     const source = token.pin
-    const triesLeft = status.pinFinalTry === true ? ('final' as const) : status.pinCountLow === true ? ('low' as const) : undefined
+    const triesLeft =
+      status.pinFinalTry === true
+        ? ('final' as const)
+        : status.pinCountLow === true
+          ? ('low' as const)
+          : undefined
     switch (source.kind) {
       case 'env': {
         const value = this.#env[source.variable]
         if (value === undefined || value === '') {
-          throw new AgentError('PIN_REQUIRED', `The PIN for ${token.description} should come from the environment variable ${source.variable}, which is not set in the agent's environment`, {
-            remedy: `Set ${source.variable} for the agent (in CI: from a secret), or use pin-source = "file"`,
-          })
+          throw new AgentError(
+            'PIN_REQUIRED',
+            `The PIN for ${token.description} should come from the environment variable ${source.variable}, which is not set in the agent's environment`,
+            {
+              remedy: `Set ${source.variable} for the agent (in CI: from a secret), or use pin-source = "file"`,
+            },
+          )
         }
         return checkedPin(Buffer.from(value, 'utf8'))
       }
       case 'file':
         return this.#deps.readPinFile(source.path)
       case 'tty': {
-        if (this.config.headless || !prompter.interactive) throw pinRequired(token, this.config.headless ? 'the agent runs headless' : 'the requesting program has no terminal')
-        const request = { tokenDescription: token.description, reason: describeIntent(intent), ...(triesLeft === undefined ? {} : { triesLeft }) }
+        if (this.config.headless || !prompter.interactive)
+          throw pinRequired(
+            token,
+            this.config.headless ? 'the agent runs headless' : 'the requesting program has no terminal',
+          )
+        const request = {
+          tokenDescription: token.description,
+          reason: describeIntent(intent),
+          ...(triesLeft === undefined ? {} : { triesLeft }),
+        }
         const pin = await prompter.askPin(request)
         if (pin.length === 0 || pin.length > LIMITS.pinMaxBytes) {
           pin.wipe()
-          throw new AgentError('PIN_ENTRY_FAILED', pin.length === 0 ? 'No PIN was entered' : `The PIN entered is longer than ${LIMITS.pinMaxBytes} bytes`, {
-            remedy: 'Run the command again and enter the token PIN',
-          })
+          throw new AgentError(
+            'PIN_ENTRY_FAILED',
+            pin.length === 0
+              ? 'No PIN was entered'
+              : `The PIN entered is longer than ${LIMITS.pinMaxBytes} bytes`,
+            {
+              remedy: 'Run the command again and enter the token PIN',
+            },
+          )
         }
         return pin
       }
@@ -392,7 +468,11 @@ export class Policy {
           text: `Waiting for the PIN of ${token.description} in pinentry, to ${describeIntent(intent)}`,
         })
         const warning =
-          triesLeft === 'final' ? 'FINAL TRY: a wrong PIN blocks the token' : triesLeft === 'low' ? 'Few PIN tries left: check the PIN before you press OK' : undefined
+          triesLeft === 'final'
+            ? 'FINAL TRY: a wrong PIN blocks the token'
+            : triesLeft === 'low'
+              ? 'Few PIN tries left: check the PIN before you press OK'
+              : undefined
         return pinentryGetPin(this.#pinentryOptions(intent, source.program), {
           title: 'cargo-pkcs11-agent',
           description: `Enter the PIN of ${token.description}\n\nto ${describeIntent(intent)}`,
@@ -401,27 +481,48 @@ export class Policy {
         })
       }
       case 'none':
-        throw new AgentError('INTERNAL', 'A protected-authentication-path token has no PIN to obtain', { remedy: 'Report this bug' })
+        throw new AgentError('INTERNAL', 'A protected-authentication-path token has no PIN to obtain', {
+          remedy: 'Report this bug',
+        })
     }
   }
 
-  async #confirm(intent: Intent, prompter: Prompter, text: string, okLabel: string): Promise<{ approved: boolean; via: 'terminal' | 'pinentry' }> {
+  async #confirm(
+    intent: Intent,
+    prompter: Prompter,
+    text: string,
+    okLabel: string,
+  ): Promise<{ approved: boolean; via: 'terminal' | 'pinentry' }> {
     if (this.config.headless) {
-      throw new AgentError('POLICY_DENIED', `Confirmation is required to ${describeIntent(intent)}, but the agent runs headless`, {
-        remedy: 'For unattended use set confirm = "touch" (key with a touch policy) or confirm = "none" for this registry in the agent config',
-      })
+      throw new AgentError(
+        'POLICY_DENIED',
+        `Confirmation is required to ${describeIntent(intent)}, but the agent runs headless`,
+        {
+          remedy:
+            'For unattended use set confirm = "touch" (key with a touch policy) or confirm = "none" for this registry in the agent config',
+        },
+      )
     }
     const channel = this.config.confirmVia
     const useTerminal = channel === 'terminal' || (channel === 'auto' && prompter.interactive)
     if (useTerminal) {
       if (!prompter.interactive) {
-        throw new AgentError('POLICY_DENIED', `Confirmation is required to ${describeIntent(intent)}, but the requesting program has no terminal`, {
-          remedy: 'Run the command from a terminal, or set confirm-via = "pinentry" in the agent config',
-        })
+        throw new AgentError(
+          'POLICY_DENIED',
+          `Confirmation is required to ${describeIntent(intent)}, but the requesting program has no terminal`,
+          {
+            remedy: 'Run the command from a terminal, or set confirm-via = "pinentry" in the agent config',
+          },
+        )
       }
       return { approved: await prompter.confirm(intent, text), via: 'terminal' }
     }
-    this.#notify(prompter, { kind: 'waiting-for-confirmation', via: 'pinentry', intent, text: `Waiting for confirmation in pinentry: ${text}` })
+    this.#notify(prompter, {
+      kind: 'waiting-for-confirmation',
+      via: 'pinentry',
+      intent,
+      text: `Waiting for confirmation in pinentry: ${text}`,
+    })
     const approved = await pinentryConfirm(this.#pinentryOptions(intent, undefined), {
       title: 'cargo-pkcs11-agent',
       description: text,
@@ -463,15 +564,22 @@ export class Policy {
 }
 
 function pinRequired(token: TokenPolicy, why: string): AgentError {
-  return new AgentError('PIN_REQUIRED', `A PIN is needed for ${token.description} but ${why}, so nobody can be asked`, {
-    remedy: 'For unattended use set pin-source = "env" with pin-env = "VAR", or pin-source = "file" with pin-file = "/path" (mode 0600), for this token in the agent config',
-  })
+  return new AgentError(
+    'PIN_REQUIRED',
+    `A PIN is needed for ${token.description} but ${why}, so nobody can be asked`,
+    {
+      remedy:
+        'For unattended use set pin-source = "env" with pin-env = "VAR", or pin-source = "file" with pin-file = "/path" (mode 0600), for this token in the agent config',
+    },
+  )
 }
 
 function checkedPin(bytes: Buffer): Pin {
   if (bytes.length > LIMITS.pinMaxBytes) {
     bytes.fill(0)
-    throw new AgentError('PIN_INVALID', `The configured PIN is longer than ${LIMITS.pinMaxBytes} bytes`, { remedy: 'Check the PIN source' })
+    throw new AgentError('PIN_INVALID', `The configured PIN is longer than ${LIMITS.pinMaxBytes} bytes`, {
+      remedy: 'Check the PIN source',
+    })
   }
   return new Pin(bytes)
 }

@@ -37,7 +37,8 @@ export class MutationRateLimiter {
       'RATE_LIMITED',
       `${limit} mutations for ${label} in the last ${Math.round(this.#windowMs / 60_000)} minutes reached the limit; the next one is possible at ${new Date(freeAt).toISOString()} (in ${retryAfterSeconds} s)`,
       {
-        remedy: 'Wait until then, or raise mutations-per-hour for this registry in the agent config if this volume is expected',
+        remedy:
+          'Wait until then, or raise mutations-per-hour for this registry in the agent config if this volume is expected',
         data: { limit, retryAfterSeconds, freeAt: new Date(freeAt).toISOString() },
       },
     )

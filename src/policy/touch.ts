@@ -43,7 +43,13 @@ export async function withTouchNotice<T>(signing: Promise<T>, options: TouchNoti
       noticed = true
       const text = touchText(options.intent, options.tokenDescription)
       try {
-        options.prompter.notify({ kind: 'touch-pending', text, intent: options.intent, tokenDescription: options.tokenDescription, deadline })
+        options.prompter.notify({
+          kind: 'touch-pending',
+          text,
+          intent: options.intent,
+          tokenDescription: options.tokenDescription,
+          deadline,
+        })
       } catch {
         // A notice that cannot be delivered never fails the request.
       }
@@ -52,10 +58,15 @@ export async function withTouchNotice<T>(signing: Promise<T>, options: TouchNoti
     }, options.afterMs)
     deadlineTimer = setTimeout(() => {
       reject(
-        new AgentError('TOUCH_TIMEOUT', `No touch received on ${options.tokenDescription} within ${seconds(options.deadlineMs)} s, so nothing was signed`, {
-          remedy: 'Run the command again and touch the key when it blinks (or set confirm = "prompt" for keys without a touch policy)',
-          data: { waitedMs: options.deadlineMs, noticeShown: noticed },
-        }),
+        new AgentError(
+          'TOUCH_TIMEOUT',
+          `No touch received on ${options.tokenDescription} within ${seconds(options.deadlineMs)} s, so nothing was signed`,
+          {
+            remedy:
+              'Run the command again and touch the key when it blinks (or set confirm = "prompt" for keys without a touch policy)',
+            data: { waitedMs: options.deadlineMs, noticeShown: noticed },
+          },
+        ),
       )
     }, options.deadlineMs)
   })

@@ -13,7 +13,12 @@ import { fileURLToPath } from 'node:url'
 import { after, test } from 'node:test'
 
 import { AgentError } from '../../src/lib/errors.js'
-import { childEnvironment, pinentryConfirm, pinentryGetPin, type PinentryOptions } from '../../src/policy/pinentry.js'
+import {
+  childEnvironment,
+  pinentryConfirm,
+  pinentryGetPin,
+  type PinentryOptions,
+} from '../../src/policy/pinentry.js'
 import { PINENTRY_PROGRAM, ScriptedPinentry } from '../fixtures/pinentry/harness.js'
 
 const scripted = new ScriptedPinentry()
@@ -29,14 +34,24 @@ function options(overrides: Partial<PinentryOptions> = {}): PinentryOptions {
   return { program: PINENTRY_PROGRAM, timeoutMs: 10_000, env: scripted.env(), ...overrides }
 }
 
-const dialog = { title: 'cargo-pkcs11-agent', description: 'Enter the PIN of token \'ci\'\n\nto publish foo 1.2.3 (cksum 6dee75a8…) 100%', prompt: 'PIN:' }
+const dialog = {
+  title: 'cargo-pkcs11-agent',
+  description: "Enter the PIN of token 'ci'\n\nto publish foo 1.2.3 (cksum 6dee75a8…) 100%",
+  prompt: 'PIN:',
+}
 
 test('GETPIN: options, dialog texts and the PIN round-trip exactly (escapes, UTF-8, several D lines)', async () => {
   const secret = 'p%1n\nwith ünïcode and spaces %25 end'
   scripted.script([`pin:${secret}`])
-  const pin = await pinentryGetPin(options({ ttyname: '/dev/pts/7', ttytype: 'xterm-256color', lcCtype: 'C.UTF-8' }), { ...dialog, warning: 'FINAL TRY' })
+  const pin = await pinentryGetPin(
+    options({ ttyname: '/dev/pts/7', ttytype: 'xterm-256color', lcCtype: 'C.UTF-8' }),
+    { ...dialog, warning: 'FINAL TRY' },
+  )
   assert.equal(pin.expose().toString('utf8'), secret)
-  const sent = scripted.log().filter((r) => r.event === 'command').map((r) => [r.command, r.arg])
+  const sent = scripted
+    .log()
+    .filter((r) => r.event === 'command')
+    .map((r) => [r.command, r.arg])
   assert.deepEqual(sent, [
     ['OPTION', 'ttyname=/dev/pts/7'],
     ['OPTION', 'ttytype=xterm-256color'],
@@ -56,8 +71,14 @@ test('GETPIN: options, dialog texts and the PIN round-trip exactly (escapes, UTF
 
 test('Cancel in pinentry is PIN_ENTRY_FAILED "cancelled"; an empty PIN too', async () => {
   scripted.script(['cancel', 'pin:'])
-  await assert.rejects(pinentryGetPin(options(), dialog), (e: unknown) => e instanceof AgentError && e.code === 'PIN_ENTRY_FAILED' && /cancelled/.test(e.message))
-  await assert.rejects(pinentryGetPin(options(), dialog), (e: unknown) => e instanceof AgentError && e.code === 'PIN_ENTRY_FAILED' && /empty/.test(e.message))
+  await assert.rejects(
+    pinentryGetPin(options(), dialog),
+    (e: unknown) => e instanceof AgentError && e.code === 'PIN_ENTRY_FAILED' && /cancelled/.test(e.message),
+  )
+  await assert.rejects(
+    pinentryGetPin(options(), dialog),
+    (e: unknown) => e instanceof AgentError && e.code === 'PIN_ENTRY_FAILED' && /empty/.test(e.message),
+  )
 })
 
 test('CONFIRM: OK is yes, "not confirmed" and cancel are no, other errors fail', async () => {
@@ -66,15 +87,26 @@ test('CONFIRM: OK is yes, "not confirmed" and cancel are no, other errors fail',
   assert.equal(await pinentryConfirm(options(), confirm), true)
   assert.equal(await pinentryConfirm(options(), confirm), false)
   assert.equal(await pinentryConfirm(options(), confirm), false)
-  await assert.rejects(pinentryConfirm(options(), confirm), (e: unknown) => e instanceof AgentError && e.code === 'PIN_ENTRY_FAILED' && /Inappropriate ioctl/.test(e.message))
-  const labels = scripted.log().filter((r) => r.command === 'SETOK' || r.command === 'SETCANCEL').slice(0, 2).map((r) => r.arg)
+  await assert.rejects(
+    pinentryConfirm(options(), confirm),
+    (e: unknown) =>
+      e instanceof AgentError && e.code === 'PIN_ENTRY_FAILED' && /Inappropriate ioctl/.test(e.message),
+  )
+  const labels = scripted
+    .log()
+    .filter((r) => r.command === 'SETOK' || r.command === 'SETCANCEL')
+    .slice(0, 2)
+    .map((r) => r.arg)
   assert.deepEqual(labels, ['Approve', 'Refuse'])
 })
 
 test('a pinentry that never answers is killed and reported, not waited for', async () => {
   scripted.script(['hang'])
   const before = scripted.starts()
-  await assert.rejects(pinentryGetPin(options({ timeoutMs: 200 }), dialog), (e: unknown) => e instanceof AgentError && e.code === 'PIN_ENTRY_FAILED' && /No answer/.test(e.message))
+  await assert.rejects(
+    pinentryGetPin(options({ timeoutMs: 200 }), dialog),
+    (e: unknown) => e instanceof AgentError && e.code === 'PIN_ENTRY_FAILED' && /No answer/.test(e.message),
+  )
   const start = scripted.log().filter((r) => r.event === 'start')[before]
   assert.ok(start !== undefined)
   assert.equal(existsSync(`/proc/${start.pid}`), false, 'the hung pinentry was killed')
@@ -82,10 +114,17 @@ test('a pinentry that never answers is killed and reported, not waited for', asy
 
 test('a pinentry that exits, a missing program: PIN_ENTRY_FAILED with a remedy', async () => {
   scripted.script(['exit'])
-  await assert.rejects(pinentryGetPin(options(), dialog), (e: unknown) => e instanceof AgentError && e.code === 'PIN_ENTRY_FAILED' && /exited/.test(e.message))
+  await assert.rejects(
+    pinentryGetPin(options(), dialog),
+    (e: unknown) => e instanceof AgentError && e.code === 'PIN_ENTRY_FAILED' && /exited/.test(e.message),
+  )
   await assert.rejects(
     pinentryGetPin(options({ program: join(scratch, 'no-such-pinentry') }), dialog),
-    (e: unknown) => e instanceof AgentError && e.code === 'PIN_ENTRY_FAILED' && /not found/.test(e.message) && /pinentry/.test(e.remedy ?? ''),
+    (e: unknown) =>
+      e instanceof AgentError &&
+      e.code === 'PIN_ENTRY_FAILED' &&
+      /not found/.test(e.message) &&
+      /pinentry/.test(e.remedy ?? ''),
   )
 })
 
@@ -93,26 +132,45 @@ test('PIN variables are removed from the environment pinentry gets', async () =>
   scripted.script(['yes'])
   const env = childEnvironment({ ...scripted.env(), MY_TOKEN_PIN: '55443322' }, ['MY_TOKEN_PIN'])
   await pinentryConfirm(options({ env }), { title: 't', description: 'd', ok: 'y', cancel: 'n' })
-  const start = scripted.log().filter((r) => r.event === 'start').at(-1)
+  const start = scripted
+    .log()
+    .filter((r) => r.event === 'start')
+    .at(-1)
   assert.equal(start?.environ?.includes('55443322'), false)
   assert.equal(start?.environ?.includes('MY_TOKEN_PIN'), false)
 })
 
 const ptyHelper = fileURLToPath(new URL('../../../test/fixtures/pinentry/pty-answer.py', import.meta.url))
-const havePinentryTty = existsSync('/usr/bin/pinentry-tty') && spawnSync('python3', ['-c', 'import pty'], { stdio: 'ignore' }).status === 0
+const havePinentryTty =
+  existsSync('/usr/bin/pinentry-tty') &&
+  spawnSync('python3', ['-c', 'import pty'], { stdio: 'ignore' }).status === 0
 
-test('the real pinentry-tty on a terminal: shows the intent, reads the PIN without echo', { skip: havePinentryTty ? false : 'pinentry-tty or python3 missing' }, async () => {
-  const transcript = join(scratch, 'tty.txt')
-  const human = spawn('python3', [ptyHelper, '7531', 'PIN:', transcript], { stdio: ['ignore', 'pipe', 'inherit'] })
-  children.push(human)
-  const ttyname = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: human.stdout! }).once('line', resolve)
-    human.once('exit', () => reject(new Error('pty helper exited early')))
-  })
-  const pin = await pinentryGetPin(options({ program: '/usr/bin/pinentry-tty', ttyname, ttytype: 'xterm', env: { PATH: process.env['PATH'] ?? '' } }), dialog)
-  assert.equal(pin.expose().toString(), '7531')
-  await new Promise((resolve) => human.once('exit', resolve))
-  const shown = readFileSync(transcript, 'utf8')
-  assert.ok(shown.includes('publish foo 1.2.3 (cksum 6dee75a8'), shown)
-  assert.equal(shown.includes('7531'), false, 'the PIN is not echoed')
-})
+test(
+  'the real pinentry-tty on a terminal: shows the intent, reads the PIN without echo',
+  { skip: havePinentryTty ? false : 'pinentry-tty or python3 missing' },
+  async () => {
+    const transcript = join(scratch, 'tty.txt')
+    const human = spawn('python3', [ptyHelper, '7531', 'PIN:', transcript], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    })
+    children.push(human)
+    const ttyname = await new Promise<string>((resolve, reject) => {
+      createInterface({ input: human.stdout! }).once('line', resolve)
+      human.once('exit', () => reject(new Error('pty helper exited early')))
+    })
+    const pin = await pinentryGetPin(
+      options({
+        program: '/usr/bin/pinentry-tty',
+        ttyname,
+        ttytype: 'xterm',
+        env: { PATH: process.env['PATH'] ?? '' },
+      }),
+      dialog,
+    )
+    assert.equal(pin.expose().toString(), '7531')
+    await new Promise((resolve) => human.once('exit', resolve))
+    const shown = readFileSync(transcript, 'utf8')
+    assert.ok(shown.includes('publish foo 1.2.3 (cksum 6dee75a8'), shown)
+    assert.equal(shown.includes('7531'), false, 'the PIN is not echoed')
+  },
+)

@@ -14,13 +14,24 @@ import { AgentError } from '../../src/lib/errors.js'
 import { readPinFile } from '../../src/lib/pin-file.js'
 import type { Pin } from '../../src/lib/secret.js'
 import { Device } from '../../src/pkcs11/device.js'
-import { registryPolicy, type PolicyConfig, type RegistryPolicy, type TokenPolicy } from '../../src/policy/config.js'
+import {
+  registryPolicy,
+  type PolicyConfig,
+  type RegistryPolicy,
+  type TokenPolicy,
+} from '../../src/policy/config.js'
 import { describeIntent, type Intent, type Prompter } from '../../src/policy/intent.js'
 import { Policy, type PolicyDevice } from '../../src/policy/policy.js'
 import type { Signer } from '../../src/signer/signer.js'
 import { buildToken } from '../../src/token/build.js'
 import { verifyToken } from '../../src/verify/verify.js'
-import { PINENTRY_PROGRAM, RecordingPrompter, ScriptedPinentry, publishIntent, readIntent } from '../fixtures/pinentry/harness.js'
+import {
+  PINENTRY_PROGRAM,
+  RecordingPrompter,
+  ScriptedPinentry,
+  publishIntent,
+  readIntent,
+} from '../fixtures/pinentry/harness.js'
 import { createSoftHsmToken, type SoftHsmToken } from '../helpers/softhsm.js'
 
 const PIN = '246810'
@@ -66,10 +77,27 @@ after(async () => {
   await hsm?.cleanup()
 })
 
-function policy(overrides: Partial<PolicyConfig> = {}, env: NodeJS.ProcessEnv = pinentry.env(), secretEnvVariables: string[] = []): Policy {
+function policy(
+  overrides: Partial<PolicyConfig> = {},
+  env: NodeJS.ProcessEnv = pinentry.env(),
+  secretEnvVariables: string[] = [],
+): Policy {
   return new Policy(
-    { pinCacheIdleSeconds: 60, pinCacheMaxSeconds: 600, pinentryProgram: PINENTRY_PROGRAM, desktopNotifications: false, confirmVia: 'pinentry', ...overrides },
-    { clock: () => now, env, readPinFile, secretEnvVariables, log: (event, data) => logEvents.push(JSON.stringify({ event, data })) },
+    {
+      pinCacheIdleSeconds: 60,
+      pinCacheMaxSeconds: 600,
+      pinentryProgram: PINENTRY_PROGRAM,
+      desktopNotifications: false,
+      confirmVia: 'pinentry',
+      ...overrides,
+    },
+    {
+      clock: () => now,
+      env,
+      readPinFile,
+      secretEnvVariables,
+      log: (event, data) => logEvents.push(JSON.stringify({ event, data })),
+    },
   )
 }
 
@@ -83,7 +111,13 @@ async function getSigner(): Promise<Signer> {
 }
 
 /** One request through the whole policy stage; the sign step builds a real token on the device. */
-async function request(p: Policy, intent: Intent, registry: RegistryPolicy, prompter: Prompter = new RecordingPrompter(false), token = tokenPolicy()): Promise<string> {
+async function request(
+  p: Policy,
+  intent: Intent,
+  registry: RegistryPolicy,
+  prompter: Prompter = new RecordingPrompter(false),
+  token = tokenPolicy(),
+): Promise<string> {
   return p.run({
     intent,
     prompter,
@@ -94,7 +128,13 @@ async function request(p: Policy, intent: Intent, registry: RegistryPolicy, prom
     audit,
     sign: async () => {
       signs += 1
-      const built = await buildToken(await getSigner(), { indexUrl: intent.indexUrl, operation: intent.operation, name: intent.name, vers: intent.vers, cksum: intent.cksum })
+      const built = await buildToken(await getSigner(), {
+        indexUrl: intent.indexUrl,
+        operation: intent.operation,
+        name: intent.name,
+        vers: intent.vers,
+        cksum: intent.cksum,
+      })
       return built.token
     },
   })
@@ -102,7 +142,14 @@ async function request(p: Policy, intent: Intent, registry: RegistryPolicy, prom
 
 async function verifies(token: string, intent: Intent): Promise<void> {
   const s = await getSigner()
-  await verifyToken(token, { publicKey: s.publicKey, url: intent.indexUrl, operation: intent.operation, name: intent.name, vers: intent.vers, cksum: intent.cksum })
+  await verifyToken(token, {
+    publicKey: s.publicKey,
+    url: intent.indexUrl,
+    operation: intent.operation,
+    name: intent.name,
+    vers: intent.vers,
+    cksum: intent.cksum,
+  })
 }
 
 function lastAudit() {
@@ -187,7 +234,12 @@ test('confirm = "prompt" through pinentry CONFIRM: approve proceeds and the sign
   await verifies(token, intent)
   assert.equal(signs, signsBefore + 1)
   const desc = pinentry.commands('SETDESC').at(-1)?.arg ?? ''
-  assert.ok(desc.includes('publish foo 1.2.3 (cksum 6dee75a8…) to my-registry (sparse+http://127.0.0.1:8080/index/), requested by pid 4242 `cargo publish`'), desc)
+  assert.ok(
+    desc.includes(
+      'publish foo 1.2.3 (cksum 6dee75a8…) to my-registry (sparse+http://127.0.0.1:8080/index/), requested by pid 4242 `cargo publish`',
+    ),
+    desc,
+  )
   assert.equal(pinentry.commands('CONFIRM').length, 1)
   const line = lastAudit()
   assert.equal(line?.result, 'signed')
@@ -248,9 +300,18 @@ test('headless with pin-env works, and the PIN variable never reaches pinentry',
   const p = policy({}, env, ['CARGO_PKCS11_TEST_PIN'])
   await device.logout()
   pinentry.script(['yes'])
-  const token = await request(p, publishIntent({ vers: '2.0.0' }), prompted, new RecordingPrompter(false), tokenPolicy({ kind: 'env', variable: 'CARGO_PKCS11_TEST_PIN' }))
+  const token = await request(
+    p,
+    publishIntent({ vers: '2.0.0' }),
+    prompted,
+    new RecordingPrompter(false),
+    tokenPolicy({ kind: 'env', variable: 'CARGO_PKCS11_TEST_PIN' }),
+  )
   await verifies(token, publishIntent({ vers: '2.0.0' }))
-  const start = pinentry.log().filter((r) => r.event === 'start').at(-1)
+  const start = pinentry
+    .log()
+    .filter((r) => r.event === 'start')
+    .at(-1)
   assert.ok(start?.environ?.includes('PINENTRY_SCRIPT='))
   assert.equal(start?.environ?.includes('CARGO_PKCS11_TEST_PIN'), false)
 })
@@ -264,15 +325,24 @@ test('nothing secret in the audit log, the debug log, notices, errors or pinentr
     assert.deepEqual(s.argv?.slice(2), [])
   }
   // The pinentry log holds every command the client sent (D lines come from pinentry, not to it).
-  for (const r of pinentry.log().filter((x) => x.event === 'command')) assert.equal(r.raw?.includes(PIN), false)
+  for (const r of pinentry.log().filter((x) => x.event === 'command'))
+    assert.equal(r.raw?.includes(PIN), false)
   const auditText = readFileSync(audit.path, 'utf8')
   assert.equal(auditText.includes(PIN), false)
-  assert.ok(parseAuditLines(auditText).every((e) => e.token === undefined || /^sha256:[0-9a-f]{16}$/.test(e.token)))
+  assert.ok(
+    parseAuditLines(auditText).every((e) => e.token === undefined || /^sha256:[0-9a-f]{16}$/.test(e.token)),
+  )
   assert.equal(logEvents.join('\n').includes(PIN), false)
   // An error path that carries the PIN source: wrong PIN from the environment.
   const p = policy({}, { CARGO_PKCS11_TEST_PIN: '13579135' }, ['CARGO_PKCS11_TEST_PIN'])
   await device.logout()
-  const error = await request(p, readIntent(), reads, new RecordingPrompter(false), tokenPolicy({ kind: 'env', variable: 'CARGO_PKCS11_TEST_PIN' })).then(
+  const error = await request(
+    p,
+    readIntent(),
+    reads,
+    new RecordingPrompter(false),
+    tokenPolicy({ kind: 'env', variable: 'CARGO_PKCS11_TEST_PIN' }),
+  ).then(
     () => undefined,
     (e: unknown) => e,
   )

@@ -21,13 +21,31 @@ const audit = new AuditLog(path)
 
 async function capture(argv: string[], signal?: AbortSignal): Promise<string> {
   let out = ''
-  await runLog(argv, { write: (t) => void (out += t), env: { HOME: dir }, pollMs: 20, ...(signal === undefined ? {} : { signal }) })
+  await runLog(argv, {
+    write: (t) => void (out += t),
+    env: { HOME: dir },
+    pollMs: 20,
+    ...(signal === undefined ? {} : { signal }),
+  })
   return out
 }
 
 test('pretty lines show result, intent, requester, approval and key; -n picks the newest', async () => {
-  for (let i = 0; i < 25; i++) await audit.record(auditEntry(readIntent(), { result: 'signed', token: `t${i}`, kip: 'k3.pid.abc' }, new Date(Date.UTC(2026, 10, 25, 12, 0, i))))
-  await audit.record(auditEntry(publishIntent(), { result: 'denied', code: 'DENIED', reason: 'Refused: publish foo 1.2.3', approval: 'terminal' }, new Date('2026-11-25T12:01:00Z')))
+  for (let i = 0; i < 25; i++)
+    await audit.record(
+      auditEntry(
+        readIntent(),
+        { result: 'signed', token: `t${i}`, kip: 'k3.pid.abc' },
+        new Date(Date.UTC(2026, 10, 25, 12, 0, i)),
+      ),
+    )
+  await audit.record(
+    auditEntry(
+      publishIntent(),
+      { result: 'denied', code: 'DENIED', reason: 'Refused: publish foo 1.2.3', approval: 'terminal' },
+      new Date('2026-11-25T12:01:00Z'),
+    ),
+  )
   const out = await capture(['--file', path])
   const lines = out.trimEnd().split('\n')
   assert.equal(lines.length, 20)
@@ -35,7 +53,10 @@ test('pretty lines show result, intent, requester, approval and key; -n picks th
     lines.at(-1),
     '2026-11-25 12:01:00Z  DENIED  publish foo 1.2.3 (cksum 6dee75a8f0d2b1c4) to my-registry (sparse+http://127.0.0.1:8080/index/); by pid 4242 `cargo publish`; approved: terminal; DENIED: Refused: publish foo 1.2.3',
   )
-  assert.match(lines[0] ?? '', /^2026-11-25 12:00:06Z  signed  read from my-registry .*; key k3\.pid\.abc; token sha256:[0-9a-f]{16}$/)
+  assert.match(
+    lines[0] ?? '',
+    /^2026-11-25 12:00:06Z  signed  read from my-registry .*; key k3\.pid\.abc; token sha256:[0-9a-f]{16}$/,
+  )
   assert.equal((await capture(['--file', path, '-n', '0'])).trimEnd().split('\n').length, 26)
   const json = (await capture(['--file', path, '-n', '2', '--json'])).trimEnd().split('\n')
   assert.equal(json.length, 2)
@@ -43,16 +64,32 @@ test('pretty lines show result, intent, requester, approval and key; -n picks th
 })
 
 test('hostile text is shown terminal-safe', () => {
-  const text = formatEntry(auditEntry(publishIntent({ name: 'x\u001b]0;pwned\u0007', requester: { pid: 1, command: 'evil\rcargo publish' } }), { result: 'signed', token: 't' }))
+  const text = formatEntry(
+    auditEntry(
+      publishIntent({ name: 'x\u001b]0;pwned\u0007', requester: { pid: 1, command: 'evil\rcargo publish' } }),
+      { result: 'signed', token: 't' },
+    ),
+  )
   assert.equal(/[\u0000-\u001f]/.test(text), false)
 })
 
 test('--follow prints lines appended after it started, including one written in two pieces', async () => {
   const controller = new AbortController()
   let out = ''
-  const following = runLog(['--file', path, '-n', '1', '--follow'], { write: (t) => void (out += t), env: {}, pollMs: 20, signal: controller.signal })
+  const following = runLog(['--file', path, '-n', '1', '--follow'], {
+    write: (t) => void (out += t),
+    env: {},
+    pollMs: 20,
+    signal: controller.signal,
+  })
   await audit.record(auditEntry(publishIntent({ vers: '9.9.9' }), { result: 'signed', token: 'x' }))
-  const line = JSON.stringify(auditEntry(publishIntent({ vers: '9.9.10' }), { result: 'failed', code: 'TOUCH_TIMEOUT', reason: 'No touch' }))
+  const line = JSON.stringify(
+    auditEntry(publishIntent({ vers: '9.9.10' }), {
+      result: 'failed',
+      code: 'TOUCH_TIMEOUT',
+      reason: 'No touch',
+    }),
+  )
   appendFileSync(path, line.slice(0, 40))
   while (!out.includes('9.9.9')) await new Promise((r) => setTimeout(r, 20))
   appendFileSync(path, line.slice(40) + '\n')
@@ -66,7 +103,12 @@ test('--follow prints lines appended after it started, including one written in 
 
 test('the real binary: `cargo-pkcs11-agent log` reads the XDG default path; a missing log is an error with a remedy', async () => {
   const bin = fileURLToPath(new URL('../../src/bin/cargo-pkcs11-agent.js', import.meta.url))
-  const env = { ...process.env, XDG_STATE_HOME: join(dir, 'xdg-state'), XDG_CONFIG_HOME: join(dir, 'xdg-config'), CARGO_PKCS11_AGENT_CONFIG: '' }
+  const env = {
+    ...process.env,
+    XDG_STATE_HOME: join(dir, 'xdg-state'),
+    XDG_CONFIG_HOME: join(dir, 'xdg-config'),
+    CARGO_PKCS11_AGENT_CONFIG: '',
+  }
   const missing = await run(process.execPath, [bin, 'log'], { env }).then(
     () => undefined,
     (e: { code: number; stderr: string }) => e,

@@ -16,7 +16,13 @@ test('the first record creates the directory 0700 and the file 0600, one JSON li
   const path = join(root, 'a', 'state', 'audit.jsonl')
   const log = new AuditLog(path)
   const token = 'v3.public.eyJpYXQiOiIyMDI2In0.sig'
-  await log.record(auditEntry(publishIntent(), { result: 'signed', token, kip: 'k3.pid.abc', approval: 'terminal' }, new Date('2026-11-25T12:00:00Z')))
+  await log.record(
+    auditEntry(
+      publishIntent(),
+      { result: 'signed', token, kip: 'k3.pid.abc', approval: 'terminal' },
+      new Date('2026-11-25T12:00:00Z'),
+    ),
+  )
   await log.record(auditEntry(readIntent(), { result: 'failed', code: 'PIN_REQUIRED', reason: 'no PIN' }))
   assert.equal(statSync(join(root, 'a', 'state')).mode & 0o777, 0o700)
   assert.equal(statSync(path).mode & 0o777, 0o600)
@@ -46,7 +52,9 @@ test('concurrent records land whole and in call order', async () => {
   const path = join(root, 'b', 'audit.jsonl')
   const log = new AuditLog(path)
   await Promise.all(
-    Array.from({ length: 40 }, (_, i) => log.record(auditEntry(publishIntent({ vers: `1.0.${i}` }), { result: 'signed', token: `t${i}` }))),
+    Array.from({ length: 40 }, (_, i) =>
+      log.record(auditEntry(publishIntent({ vers: `1.0.${i}` }), { result: 'signed', token: `t${i}` })),
+    ),
   )
   const entries = parseAuditLines(readFileSync(path, 'utf8'))
   assert.deepEqual(
@@ -76,7 +84,9 @@ test('a symlinked log is refused (O_NOFOLLOW) with AUDIT_FAILED', async () => {
   writeFileSync(elsewhere, '')
   rmSync(join(dir, 'audit.jsonl'))
   symlinkSync(elsewhere, join(dir, 'audit.jsonl'))
-  await assert.rejects(log.record(auditEntry(readIntent(), { result: 'signed', token: 't' })), { code: 'AUDIT_FAILED' })
+  await assert.rejects(log.record(auditEntry(readIntent(), { result: 'signed', token: 't' })), {
+    code: 'AUDIT_FAILED',
+  })
   assert.equal(readFileSync(elsewhere, 'utf8'), '')
 })
 
@@ -84,7 +94,13 @@ test('fields from other processes are cut; a hostile command line cannot add lin
   const path = join(root, 'e', 'audit.jsonl')
   const log = new AuditLog(path)
   const command = 'cargo\n{"v":1,"result":"signed"}\n' + 'x'.repeat(10_000)
-  await log.record(auditEntry(publishIntent({ requester: { pid: 1, command } }), { result: 'denied', code: 'DENIED', reason: 'Refused' }))
+  await log.record(
+    auditEntry(publishIntent({ requester: { pid: 1, command } }), {
+      result: 'denied',
+      code: 'DENIED',
+      reason: 'Refused',
+    }),
+  )
   const text = readFileSync(path, 'utf8')
   assert.equal(text.split('\n').length, 2)
   const [entry] = parseAuditLines(text)

@@ -2,7 +2,13 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 
 import { LIMITS } from '../../src/lib/limits.js'
-import { LineSplitter, commandLine, decodeData, escapeArgument, parseServerLine } from '../../src/policy/assuan.js'
+import {
+  LineSplitter,
+  commandLine,
+  decodeData,
+  escapeArgument,
+  parseServerLine,
+} from '../../src/policy/assuan.js'
 
 test('arguments escape %, CR, LF and other control characters (Assuan)', () => {
   assert.equal(escapeArgument('100% sure\r\nOK'), '100%25 sure%0D%0AOK')
@@ -31,7 +37,10 @@ test('D line payloads decode %XX escapes into bytes', () => {
 })
 
 test('server lines are classified; D payloads stay bytes', () => {
-  assert.deepEqual(parseServerLine(Buffer.from('OK Pleased to meet you')), { type: 'ok', text: 'Pleased to meet you' })
+  assert.deepEqual(parseServerLine(Buffer.from('OK Pleased to meet you')), {
+    type: 'ok',
+    text: 'Pleased to meet you',
+  })
   assert.deepEqual(parseServerLine(Buffer.from('OK')), { type: 'ok', text: '' })
   assert.deepEqual(parseServerLine(Buffer.from('ERR 83886179 Operation cancelled <Pinentry>')), {
     type: 'err',

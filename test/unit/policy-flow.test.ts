@@ -28,7 +28,12 @@ class FakePivDevice implements PolicyDevice {
   }
 
   status(): PolicyDeviceStatus {
-    return { pinCountLow: this.tries === 2, pinFinalTry: this.tries === 1, pinLocked: this.tries === 0, protectedAuthPath: this.pinPad }
+    return {
+      pinCountLow: this.tries === 2,
+      pinFinalTry: this.tries === 1,
+      pinLocked: this.tries === 0,
+      protectedAuthPath: this.pinPad,
+    }
   }
 
   needsLogin(): boolean {
@@ -63,7 +68,11 @@ class MemoryAudit implements AuditSink {
   }
 }
 
-function make(config: Partial<PolicyConfig> = {}, env: NodeJS.ProcessEnv = {}, notifier?: DesktopNotifier): Policy {
+function make(
+  config: Partial<PolicyConfig> = {},
+  env: NodeJS.ProcessEnv = {},
+  notifier?: DesktopNotifier,
+): Policy {
   return new Policy(
     { desktopNotifications: false, ...config },
     {
@@ -76,7 +85,12 @@ function make(config: Partial<PolicyConfig> = {}, env: NodeJS.ProcessEnv = {}, n
   )
 }
 
-const tty: TokenPolicy = { id: 'piv', description: "YubiKey 'PIV' (serial 1234)", pin: { kind: 'tty' }, confirmFinalTry: true }
+const tty: TokenPolicy = {
+  id: 'piv',
+  description: "YubiKey 'PIV' (serial 1234)",
+  pin: { kind: 'tty' },
+  confirmFinalTry: true,
+}
 
 test('at the final try the human must say yes before the PIN is asked, and then it is used once', async () => {
   const device = new FakePivDevice()
@@ -104,13 +118,16 @@ test('at the final try: refusing, confirm-final-try off, or a PIN from env are P
     const prompter = new RecordingPrompter()
     prompter.answers = answers
     prompter.pins = ['123456']
-    await assert.rejects(make({}, env).ensureLoggedIn(device, token, prompter, readIntent()), (e: unknown) => {
-      assert.ok(e instanceof AgentError)
-      assert.equal(e.code, 'POLICY_DENIED')
-      assert.match(e.remedy ?? '', /ykman piv/)
-      assert.match(e.remedy ?? '', /pkcs11-tool/)
-      return true
-    })
+    await assert.rejects(
+      make({}, env).ensureLoggedIn(device, token, prompter, readIntent()),
+      (e: unknown) => {
+        assert.ok(e instanceof AgentError)
+        assert.equal(e.code, 'POLICY_DENIED')
+        assert.match(e.remedy ?? '', /ykman piv/)
+        assert.match(e.remedy ?? '', /pkcs11-tool/)
+        return true
+      },
+    )
     assert.deepEqual(device.logins, [])
     assert.equal(prompter.pinRequests.length, 0)
   }
@@ -152,21 +169,37 @@ test('a locked PIN is refused before anything is asked', async () => {
   const device = new FakePivDevice()
   device.tries = 0
   const prompter = new RecordingPrompter()
-  await assert.rejects(make().ensureLoggedIn(device, tty, prompter, readIntent()), (e: unknown) => e instanceof AgentError && e.code === 'PIN_LOCKED' && /unblock-pin/.test(e.remedy ?? ''))
+  await assert.rejects(
+    make().ensureLoggedIn(device, tty, prompter, readIntent()),
+    (e: unknown) => e instanceof AgentError && e.code === 'PIN_LOCKED' && /unblock-pin/.test(e.remedy ?? ''),
+  )
   assert.equal(prompter.pinRequests.length + device.logins.length, 0)
 })
 
 test('a PIN pad token logs in with a NULL PIN and tells the human where to type', async () => {
   const device = new FakePivDevice('x', true)
   const prompter = new RecordingPrompter(false)
-  await make({ headless: true }).ensureLoggedIn(device, { ...tty, pin: { kind: 'none' } }, prompter, publishIntent())
+  await make({ headless: true }).ensureLoggedIn(
+    device,
+    { ...tty, pin: { kind: 'none' } },
+    prompter,
+    publishIntent(),
+  )
   assert.deepEqual(device.logins, [null])
   assert.match(prompter.notices[0]?.text ?? '', /PIN pad.*publish foo 1\.2\.3/)
 })
 
 test('missing env PIN and a terminal-less tty source are PIN_REQUIRED without prompting', async () => {
   const device = new FakePivDevice()
-  await assert.rejects(make().ensureLoggedIn(device, { ...tty, pin: { kind: 'env', variable: 'NOPE_PIN' } }, new RecordingPrompter(), readIntent()), (e: unknown) => e instanceof AgentError && e.code === 'PIN_REQUIRED' && /NOPE_PIN/.test(e.message))
+  await assert.rejects(
+    make().ensureLoggedIn(
+      device,
+      { ...tty, pin: { kind: 'env', variable: 'NOPE_PIN' } },
+      new RecordingPrompter(),
+      readIntent(),
+    ),
+    (e: unknown) => e instanceof AgentError && e.code === 'PIN_REQUIRED' && /NOPE_PIN/.test(e.message),
+  )
   const noTerminal = new RecordingPrompter(false)
   noTerminal.pins = ['123456']
   await assert.rejects(make().ensureLoggedIn(device, tty, noTerminal, readIntent()), { code: 'PIN_REQUIRED' })
@@ -177,7 +210,12 @@ test('missing env PIN and a terminal-less tty source are PIN_REQUIRED without pr
 test('env and file PINs are used for the login and not cached', async () => {
   const device = new FakePivDevice()
   const p = make({}, { PIV_PIN: '123456' })
-  await p.ensureLoggedIn(device, { ...tty, pin: { kind: 'env', variable: 'PIV_PIN' } }, new RecordingPrompter(false), readIntent())
+  await p.ensureLoggedIn(
+    device,
+    { ...tty, pin: { kind: 'env', variable: 'PIV_PIN' } },
+    new RecordingPrompter(false),
+    readIntent(),
+  )
   assert.deepEqual(device.logins, ['123456'])
   assert.equal(p.pinCache.size, 0)
 })
@@ -192,9 +230,24 @@ test('mutations: rate limited per registry before anyone is asked; a refusal giv
   assert.equal(await p.beforeSign(publishIntent(), prompter, registry), 'terminal')
   await assert.rejects(p.beforeSign(publishIntent(), prompter, registry), { code: 'RATE_LIMITED' })
   assert.equal(prompter.confirmations.length, 3)
-  for (let i = 0; i < 5; i++) assert.equal(await p.beforeSign(readIntent(), prompter, registry), 'not-required')
-  assert.equal(await p.beforeSign(publishIntent({ indexUrl: 'sparse+http://127.0.0.1:9/index/' }), prompter, registryPolicy({ confirm: 'touch' })), 'touch')
-  assert.equal(await p.beforeSign(publishIntent({ indexUrl: 'sparse+http://127.0.0.1:9/index/' }), prompter, registryPolicy({ confirm: 'none' })), 'none')
+  for (let i = 0; i < 5; i++)
+    assert.equal(await p.beforeSign(readIntent(), prompter, registry), 'not-required')
+  assert.equal(
+    await p.beforeSign(
+      publishIntent({ indexUrl: 'sparse+http://127.0.0.1:9/index/' }),
+      prompter,
+      registryPolicy({ confirm: 'touch' }),
+    ),
+    'touch',
+  )
+  assert.equal(
+    await p.beforeSign(
+      publishIntent({ indexUrl: 'sparse+http://127.0.0.1:9/index/' }),
+      prompter,
+      registryPolicy({ confirm: 'none' }),
+    ),
+    'none',
+  )
   assert.equal(prompter.confirmations.length, 3)
 })
 
@@ -202,7 +255,12 @@ test('mutation defaults are prompt and 30 per hour, never none', () => {
   assert.deepEqual({ ...registryPolicy() }, { confirm: 'prompt', mutationsPerHour: 30 })
 })
 
-function runRequest(p: Policy, audit: MemoryAudit, sign: () => Promise<string>, prompter = new RecordingPrompter()) {
+function runRequest(
+  p: Policy,
+  audit: MemoryAudit,
+  sign: () => Promise<string>,
+  prompter = new RecordingPrompter(),
+) {
   const device = new FakePivDevice()
   device.loggedIn = true
   return p.run({
@@ -229,7 +287,10 @@ test('a slow signature raises the touch notice with the intent, on the terminal 
   const notice = prompter.notices[0]
   assert.equal(notice?.kind, 'touch-pending')
   assert.ok(notice?.kind === 'touch-pending' && notice.deadline > Date.now())
-  assert.match(notice?.text ?? '', /^Touch YubiKey 'PIV' \(serial 1234\) to publish foo 1\.2\.3 \(cksum 6dee75a8…\) to my-registry/)
+  assert.match(
+    notice?.text ?? '',
+    /^Touch YubiKey 'PIV' \(serial 1234\) to publish foo 1\.2\.3 \(cksum 6dee75a8…\) to my-registry/,
+  )
   assert.equal(desktop[0]?.[1], notice?.text)
   release('v3.public.token')
   assert.equal(await result, 'v3.public.token')
@@ -247,25 +308,34 @@ test('a fast signature raises no notice', async () => {
 test('a touch that never comes is TOUCH_TIMEOUT, plainly, and audited as failed', async () => {
   const p = make({ touchNoticeDelayMs: 10, touchTimeoutMs: 150 })
   const audit = new MemoryAudit()
-  await assert.rejects(runRequest(p, audit, () => new Promise<string>(() => {})), (e: unknown) => {
-    assert.ok(e instanceof AgentError)
-    assert.equal(e.code, 'TOUCH_TIMEOUT')
-    assert.equal(e.message, "No touch received on YubiKey 'PIV' (serial 1234) within 0.1 s, so nothing was signed")
-    assert.equal(e.data['noticeShown'], true)
-    return true
-  })
+  await assert.rejects(
+    runRequest(p, audit, () => new Promise<string>(() => {})),
+    (e: unknown) => {
+      assert.ok(e instanceof AgentError)
+      assert.equal(e.code, 'TOUCH_TIMEOUT')
+      assert.equal(
+        e.message,
+        "No touch received on YubiKey 'PIV' (serial 1234) within 0.1 s, so nothing was signed",
+      )
+      assert.equal(e.data['noticeShown'], true)
+      return true
+    },
+  )
   assert.deepEqual([audit.entries[0]?.result, audit.entries[0]?.code], ['failed', 'TOUCH_TIMEOUT'])
 })
 
 test('a token whose audit line cannot be written is not released (AUDIT_FAILED)', async () => {
   const audit = new MemoryAudit()
   audit.fail = true
-  await assert.rejects(runRequest(make(), audit, async () => 'v3.public.secret-token'), (e: unknown) => {
-    assert.ok(e instanceof AgentError)
-    assert.equal(e.code, 'AUDIT_FAILED')
-    assert.equal(JSON.stringify(e.toWire()).includes('secret-token'), false)
-    return true
-  })
+  await assert.rejects(
+    runRequest(make(), audit, async () => 'v3.public.secret-token'),
+    (e: unknown) => {
+      assert.ok(e instanceof AgentError)
+      assert.equal(e.code, 'AUDIT_FAILED')
+      assert.equal(JSON.stringify(e.toWire()).includes('secret-token'), false)
+      return true
+    },
+  )
 })
 
 test('a notice the prompter cannot deliver never fails the request', async () => {
@@ -274,6 +344,11 @@ test('a notice the prompter cannot deliver never fails the request', async () =>
   prompter.notify = () => {
     throw new Error('shim went away')
   }
-  const token = await runRequest(p, new MemoryAudit(), () => new Promise((r) => setTimeout(() => r('tok'), 60)), prompter)
+  const token = await runRequest(
+    p,
+    new MemoryAudit(),
+    () => new Promise((r) => setTimeout(() => r('tok'), 60)),
+    prompter,
+  )
   assert.equal(token, 'tok')
 })

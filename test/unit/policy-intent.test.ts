@@ -13,16 +13,30 @@ test('a publish intent names operation, crate, version, checksum start, registry
 })
 
 test('reads, yanks and owners read naturally; a nameless registry shows its URL', () => {
-  assert.equal(describeIntent(readIntent()), 'read from my-registry (sparse+http://127.0.0.1:8080/index/), requested by pid 4242 `cargo build`')
+  assert.equal(
+    describeIntent(readIntent()),
+    'read from my-registry (sparse+http://127.0.0.1:8080/index/), requested by pid 4242 `cargo build`',
+  )
   const { registryName: _unused, ...noName } = publishIntent({ operation: 'yank' })
   const { cksum: _c, ...yank } = noName
-  assert.equal(describeIntent(yank), 'yank foo 1.2.3 on sparse+http://127.0.0.1:8080/index/, requested by pid 4242 `cargo publish`')
-  const owners = describeIntent({ indexUrl: 'sparse+http://127.0.0.1:1/index/', operation: 'owners', name: 'bar', requester: {} })
+  assert.equal(
+    describeIntent(yank),
+    'yank foo 1.2.3 on sparse+http://127.0.0.1:8080/index/, requested by pid 4242 `cargo publish`',
+  )
+  const owners = describeIntent({
+    indexUrl: 'sparse+http://127.0.0.1:1/index/',
+    operation: 'owners',
+    name: 'bar',
+    requester: {},
+  })
   assert.equal(owners, 'owners bar on sparse+http://127.0.0.1:1/index/, requested by an unknown program')
 })
 
 test('control characters from another process cannot rewrite the prompt', () => {
-  const hostile = publishIntent({ name: 'foo\u001b[2K\rpublish nice-crate', requester: { pid: 1, command: 'cargo\npublish\u202e' } })
+  const hostile = publishIntent({
+    name: 'foo\u001b[2K\rpublish nice-crate',
+    requester: { pid: 1, command: 'cargo\npublish\u202e' },
+  })
   const text = describeIntent(hostile)
   assert.equal(/[\u0000-\u001f\u007f\u202e]/.test(text), false)
   assert.match(text, /foo\uFFFD\[2K\uFFFDpublish nice-crate/)

@@ -7,7 +7,12 @@ import { PinCache, type ForgetReason } from '../../src/policy/pin-cache.js'
 function setup(idleSeconds = 60, maxSeconds = 300) {
   let now = 1_000_000
   const forgotten: [string, ForgetReason][] = []
-  const cache = new PinCache({ idleSeconds, maxSeconds, clock: () => now, onForget: (id, reason) => forgotten.push([id, reason]) })
+  const cache = new PinCache({
+    idleSeconds,
+    maxSeconds,
+    clock: () => now,
+    onForget: (id, reason) => forgotten.push([id, reason]),
+  })
   return { cache, forgotten, advance: (s: number) => (now += s * 1000) }
 }
 
@@ -58,7 +63,10 @@ test('lock, removal and wrong PIN forget and wipe; entries are per token', () =>
   assert.equal(cache.clear('lock'), 2)
   assert.equal(cache.size, 0)
   assert.deepEqual([...b.expose()], [0, 0, 0, 0])
-  assert.deepEqual(forgotten.map(([, r]) => r), ['wrong-pin', 'lock', 'lock'])
+  assert.deepEqual(
+    forgotten.map(([, r]) => r),
+    ['wrong-pin', 'lock', 'lock'],
+  )
 })
 
 test('replacing a PIN wipes the old one; lifetime 0 disables caching', () => {

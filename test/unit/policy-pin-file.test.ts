@@ -41,7 +41,10 @@ test('missing, empty, oversize and non-regular files are errors that say what to
   await assert.rejects(readPinFile(join(dir, 'absent')), { code: 'PIN_REQUIRED' })
   await assert.rejects(readPinFile(file('empty', '\n', 0o600)), { code: 'PIN_REQUIRED' })
   await assert.rejects(readPinFile(file('huge', 'x'.repeat(5000), 0o600)), { code: 'CONFIG_INVALID' })
-  await assert.rejects(readPinFile(dir), (e: unknown) => e instanceof AgentError && e.code === 'CONFIG_INVALID')
+  await assert.rejects(
+    readPinFile(dir),
+    (e: unknown) => e instanceof AgentError && e.code === 'CONFIG_INVALID',
+  )
 })
 
 test('a symlink to a 0600 file is accepted (mounted secrets are symlinks); the target mode counts', async () => {

@@ -35,5 +35,8 @@ test('a released slot (refused request) is given back; 0 disables mutations', ()
   release()
   assert.equal(limiter.count('r'), 0)
   limiter.take('r', 1)
-  assert.throws(() => limiter.take('other', 0), (e: unknown) => e instanceof AgentError && e.code === 'RATE_LIMITED' && /disabled/.test(e.message))
+  assert.throws(
+    () => limiter.take('other', 0),
+    (e: unknown) => e instanceof AgentError && e.code === 'RATE_LIMITED' && /disabled/.test(e.message),
+  )
 })
