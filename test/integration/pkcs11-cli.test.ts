@@ -3,7 +3,7 @@
  * token given by flags and by a config file, and the PIN from an environment variable.
  */
 import assert from 'node:assert/strict'
-import { execFile } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
@@ -24,11 +24,18 @@ describe('device CLI commands on SoftHSM', () => {
   let configPath: string
 
   function cli(args: string[], extraEnv: NodeJS.ProcessEnv = {}): Promise<Run> {
-    return new Promise((resolve) => {
+    return new Promise((resolve, reject) => {
       // detached: a new session without a controlling terminal, so nothing can prompt on /dev/tty.
-      execFile(process.execPath, [BIN, ...args], { env: { ...token.env, ...extraEnv }, timeout: 30_000, detached: true }, (error, stdout, stderr) => {
-        const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1
-        resolve({ code, stdout, stderr })
+      const child = spawn(process.execPath, [BIN, ...args], { env: { ...token.env, ...extraEnv }, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
+      let stdout = ''
+      let stderr = ''
+      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
+      const timer = setTimeout(() => child.kill('SIGKILL'), 30_000)
+      child.on('error', reject)
+      child.on('close', (code) => {
+        clearTimeout(timer)
+        resolve({ code: code ?? 1, stdout, stderr })
       })
     })
   }
