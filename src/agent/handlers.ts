@@ -174,6 +174,9 @@ async function login(agent: AgentState, params: Record<string, unknown>, context
       if (ref.label === undefined) throw new AgentError('CONFIG_INVALID', `The key for ${registry.name} has no label to generate it with`, { remedy: 'Add label = "…" to the key reference' })
       const gen: { label: string; id?: string } = { label: ref.label }
       if (ref.id !== undefined) gen.id = ref.id
+      // Device closes a session after any failed request (KEY_NOT_FOUND included), and closing the
+      // last session ends the login (PKCS#11 v2.40 §5.6): log in again before writing the key.
+      await loginToken(agent, token, params, context, adminIntent(params, registry.index, registry.name))
       const key = await device.generateKey(gen)
       generated.push(`${token.name}/${key.label}`)
       agent.log(`generated key ${key.label} (id ${key.id}) on token ${token.name} for cargo login on ${registry.name}`)
