@@ -144,23 +144,58 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
     await device.release()
   })
 
-  it('an injected CKR_SESSION_HANDLE_INVALID / CKR_DEVICE_ERROR maps to SESSION_LOST / DEVICE_ERROR with remedies', async () => {
+  it('every injected CKR value reaches the caller as a project error code with a remedy, never a CKR name', async () => {
     const pin = Pin.fromString('123456')
     const device = new Device({ module: FAULTY, label: 'touch' }, { cachedPin: () => pin })
     const signer = await device.signer({ label: 'gen' })
-    writeFileSync(control, 'fail.C_Sign=0xb3\n')
-    const lost = await rejection(signer.sign(Buffer.from('x')))
-    assert.equal(lost.code, 'SESSION_LOST')
-    writeFileSync(control, 'fail.C_Sign=0x30\n')
-    const broken = await rejection(signer.sign(Buffer.from('x')))
-    assert.equal(broken.code, 'DEVICE_ERROR')
-    assert.ok((broken.remedy ?? '').length > 0)
-    writeFileSync(control, 'fail.C_SignInit=0x70\n')
-    const mech = await rejection(signer.sign(Buffer.from('x')))
-    assert.equal(mech.code, 'MECHANISM_UNSUPPORTED')
+    // [function, CKR value (pkcs11t.h), expected code]
+    const table: Array<[string, number, string]> = [
+      ['C_Sign', 0x32, 'DEVICE_REMOVED'],
+      ['C_Sign', 0xe0, 'TOKEN_ABSENT'],
+      ['C_Sign', 0xb3, 'SESSION_LOST'],
+      ['C_Sign', 0xb0, 'SESSION_LOST'],
+      ['C_Sign', 0x30, 'DEVICE_ERROR'],
+      ['C_Sign', 0x31, 'DEVICE_ERROR'],
+      ['C_Sign', 0x50, 'TOUCH_TIMEOUT'],
+      ['C_Sign', 0x200, 'TOUCH_TIMEOUT'],
+      ['C_Sign', 0x101, 'PIN_REQUIRED'],
+      ['C_Sign', 0x80000001, 'DEVICE_ERROR'],
+      ['C_SignInit', 0x70, 'MECHANISM_UNSUPPORTED'],
+      ['C_SignInit', 0x68, 'KEY_INVALID'],
+      ['C_SignInit', 0x63, 'KEY_INVALID'],
+    ]
+    for (const [fn, rv, expected] of table) {
+      writeFileSync(control, `fail.${fn}=${rv}\n`)
+      const err = await rejection(signer.sign(Buffer.from('x')))
+      assert.equal(err.code, expected, `${fn} 0x${rv.toString(16)}: ${err.describe()}`)
+      assert.ok((err.remedy ?? '').length > 0)
+      assert.doesNotMatch(err.describe(), /CKR_/)
+      assert.equal(err.data['rv'], `0x${rv.toString(16).padStart(8, '0')}`)
+    }
+    writeFileSync(control, 'fail.C_Login=0x50\n')
+    await device.release()
+    const cancelled = await rejection(device.login(pin))
+    assert.equal(cancelled.code, 'PIN_ENTRY_FAILED')
     writeFileSync(control, '')
     const sig = await signer.sign(Buffer.from('recovered'))
     assert.equal(verifySignature(signer.publicKey, Buffer.from('recovered'), sig), true)
+    await device.release()
+  })
+
+  it('a session lost before the device started signing is reopened transparently', async () => {
+    const pin = Pin.fromString('123456')
+    const device = new Device({ module: FAULTY, label: 'touch' }, { cachedPin: () => pin })
+    const signer = await device.signer({ label: 'gen' })
+    await signer.sign(Buffer.from('warm'))
+    // A removal and reinsertion nobody saw: the faulty module closes every session when it first
+    // observes absent=1 (here through a status probe of ANOTHER Device), then the token is back.
+    writeFileSync(control, 'absent=1\n')
+    assert.equal((await new Device({ module: FAULTY, label: 'other' }).status()).present, false)
+    writeFileSync(control, '')
+    const opensBefore = counts(countsFile).get('C_OpenSession') ?? 0
+    const sig = await signer.sign(Buffer.from('after a silent session loss'))
+    assert.equal(verifySignature(signer.publicKey, Buffer.from('after a silent session loss'), sig), true)
+    assert.ok((counts(countsFile).get('C_OpenSession') ?? 0) > opensBefore, 'a fresh session was opened')
     await device.release()
   })
 
