@@ -105,7 +105,6 @@ interface PooledSession {
 
 interface KeyEntry {
   key: DeviceKey
-  privateHandle: Handle | undefined
 }
 
 type LoginNeed = 'required' | 'optional' | 'none'
@@ -147,6 +146,9 @@ export class Device {
   #generation = 0
   #waiters: Array<() => void> = []
   #lost = false
+  /** Private key handles by CKA_ID/label, valid for this session generation (token object handles
+   * hold across the application's sessions, PKCS#11 v2.40 §2.4; a reconnect may renumber them). */
+  #keyCache = new Map<string, { handle: Handle; alwaysAuthenticate: boolean; generation: number }>()
   /** PINs the token rejected: never sent again automatically. */
   readonly #rejectedPins = new WeakSet<Pin>()
 
@@ -240,7 +242,7 @@ export class Device {
     return new Pkcs11Signer(
       {
         description: `${this.describe()} key '${found.label}' (id ${found.id})`,
-        signDigest: (digest) => this.#signDigest({ id: found.id, label: found.label }, digest),
+        signDigest: async (digest) => await this.#signDigest({ id: found.id, label: found.label }, digest),
       },
       found,
     )
@@ -266,12 +268,13 @@ export class Device {
           })
         }
         work.committed = true
+        this.#keyCache.clear()
         const pair = mod.generateP384(rw, key.label, id, where)
         // Old objects go only after the new pair exists, so a failed generation destroys nothing.
         for (const h of existing.values()) mod.destroy(rw, h, where)
         const priv = mod.keyAttributes(rw, pair.privateKey, 'private', where)
         const pub = mod.keyAttributes(rw, pair.publicKey, 'public', where)
-        const entry = this.#entry(priv, pub, pair.privateKey)
+        const entry = this.#entry(priv, pub)
         if (entry === undefined) {
           throw new AgentError('KEY_INVALID', `${where} generated a key that is not a readable P-384 key`, {
             remedy: 'See native-config/devices.md for this device',
@@ -421,6 +424,7 @@ export class Device {
   /** Idle sessions close now; busy ones (a sign waiting for a touch) close when they come back. */
   #dropSessions(): void {
     this.#generation += 1
+    this.#keyCache.clear()
     for (const s of this.#sessions.filter((x) => !x.busy)) this.#module?.closeSession(s.handle)
     this.#sessions = this.#sessions.filter((s) => s.busy)
     for (const wake of this.#waiters.splice(0)) wake()
@@ -499,7 +503,7 @@ export class Device {
   // -------------------------------------------------------------------------------------------
   // Keys
 
-  #entry(priv: KeyAttributes | undefined, pub: KeyAttributes | undefined, privateHandle: Handle | undefined): KeyEntry | undefined {
+  #entry(priv: KeyAttributes | undefined, pub: KeyAttributes | undefined): KeyEntry | undefined {
     const main = priv ?? pub
     if (main === undefined || !main.isEc) return undefined
     // Some modules expose no public object: the private key's CKA_EC_POINT is the fallback.
@@ -525,7 +529,6 @@ export class Device {
         extractable: priv?.extractable ?? false,
         sensitive: priv?.sensitive ?? true,
       },
-      privateHandle,
     }
   }
 
@@ -541,12 +544,12 @@ export class Device {
         (priv.id.length > 0 ? pubs.find((p) => p.id.equals(priv.id)) : undefined) ??
         pubs.find((p) => p.id.length === 0 && priv.id.length === 0 && p.label === priv.label)
       if (pub !== undefined) used.add(pub)
-      const entry = this.#entry(priv, pub, h)
+      const entry = this.#entry(priv, pub)
       if (entry !== undefined) entries.push(entry)
     }
     for (const pub of pubs) {
       if (used.has(pub)) continue
-      const entry = this.#entry(undefined, pub, undefined)
+      const entry = this.#entry(undefined, pub)
       if (entry !== undefined) entries.push(entry)
     }
     return entries
@@ -580,19 +583,40 @@ export class Device {
   // -------------------------------------------------------------------------------------------
   // Signing
 
+  /** The private key object for signing, looked up once per session generation. */
+  #privateKey(session: PooledSession, key: { id: string; label: string }): { handle: Handle; alwaysAuthenticate: boolean } {
+    const cacheKey = `${key.id}/${key.label}`
+    const cached = this.#keyCache.get(cacheKey)
+    if (cached !== undefined && cached.generation === this.#generation) return cached
+    const mod = this.#mod()
+    const where = this.describe()
+    const query = key.id === '' ? { cls: 'private' as const, label: key.label } : { cls: 'private' as const, id: Buffer.from(key.id, 'hex') }
+    let handles = mod.findKeys(session.handle, query, where)
+    // Same CKA_ID on several private objects (possible on SoftHSM): the label decides.
+    if (handles.length > 1 && key.id !== '') handles = handles.filter((h) => mod.keyAttributes(session.handle, h, 'private', where).label === key.label)
+    const [handle] = handles
+    if (handle === undefined || handles.length > 1) {
+      throw new AgentError('KEY_NOT_FOUND', `${where}: the private key '${key.label}' (id ${key.id === '' ? 'none' : key.id}) is ${handle === undefined ? 'not visible' : 'ambiguous'}`, {
+        remedy:
+          handle === undefined
+            ? 'Log in to the token (unlock the agent) and retry; check the key still exists with `cargo-pkcs11-agent list --login`'
+            : 'Give each key a distinct CKA_ID',
+      })
+    }
+    const attrs = mod.keyAttributes(session.handle, handle, 'private', where)
+    const entry = { handle, alwaysAuthenticate: attrs.alwaysAuthenticate, generation: this.#generation }
+    this.#keyCache.set(cacheKey, entry)
+    return entry
+  }
+
   /** C_SignInit (+ context-specific login) then C_Sign(CKM_ECDSA) on a pooled session, async. */
   async #signDigest(key: { id: string; label: string }, digest: Uint8Array): Promise<Uint8Array> {
     return this.#request('required', async (session, work) => {
       const mod = this.#mod()
       const where = this.describe()
-      const entry = this.#pick(this.#collectKeys(session), key)
-      if (entry.privateHandle === undefined) {
-        throw new AgentError('KEY_NOT_FOUND', `${where}: the private key '${key.label}' (id ${key.id}) is not visible`, {
-          remedy: 'Log in to the token (unlock the agent) and retry',
-        })
-      }
-      mod.signInit(session.handle, entry.privateHandle, where)
-      if (entry.key.alwaysAuthenticate) {
+      const entry = this.#privateKey(session, key)
+      mod.signInit(session.handle, entry.handle, where)
+      if (entry.alwaysAuthenticate) {
         // CKA_ALWAYS_AUTHENTICATE (PKCS#11 v2.40 §4.9): C_Login(CKU_CONTEXT_SPECIFIC) after
         // C_SignInit, before each C_Sign, with the PIN the owner holds.
         const pin = this.#cachedPin()
