@@ -439,6 +439,9 @@ export class Pkcs11Module {
   /**
    * On-device P-384 key pair (CKM_EC_KEY_PAIR_GEN): a private token object that is private,
    * sensitive, never extractable and can only sign (PKCS#11 v2.40 §2.3.3, §4.9).
+   * CKA_DECRYPT / CKA_ENCRYPT are left unset: no PKCS#11 mechanism encrypts with an EC key, and
+   * tpm2-pkcs11 1.9 fails the generation (CKR_GENERAL_ERROR, "User specified and TPM specified
+   * attr mismatch") when they are set to false, because the TPM key it creates has both bits.
    */
   generateP384(session: Handle, label: string, id: Buffer, where: string): { publicKey: Handle; privateKey: Handle } {
     const publicTemplate: pkcs11js.Template = [
@@ -448,7 +451,6 @@ export class Pkcs11Module {
       { type: k.CKA_PRIVATE, value: false },
       { type: k.CKA_EC_PARAMS, value: P384_OID_DER },
       { type: k.CKA_VERIFY, value: true },
-      { type: k.CKA_ENCRYPT, value: false },
       { type: k.CKA_WRAP, value: false },
       { type: k.CKA_DERIVE, value: false },
       { type: k.CKA_LABEL, value: label },
@@ -462,7 +464,6 @@ export class Pkcs11Module {
       { type: k.CKA_SENSITIVE, value: true },
       { type: k.CKA_EXTRACTABLE, value: false },
       { type: k.CKA_SIGN, value: true },
-      { type: k.CKA_DECRYPT, value: false },
       { type: k.CKA_UNWRAP, value: false },
       { type: k.CKA_DERIVE, value: false },
       { type: k.CKA_LABEL, value: label },
