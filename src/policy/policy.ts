@@ -89,6 +89,7 @@ export class Policy {
   readonly #deps: PolicyDeps
   readonly #env: NodeJS.ProcessEnv
   readonly #notifier: DesktopNotifier
+  readonly #logins = new Map<string, Promise<void>>()
 
   constructor(config: Partial<PolicyConfig>, deps: PolicyDeps) {
     this.config = policyConfig(config)
@@ -145,6 +146,28 @@ export class Policy {
    * an explicit yes. Headless: a PIN only a human could give is an immediate PIN_REQUIRED.
    */
   async ensureLoggedIn(
+    device: PolicyDevice,
+    token: TokenPolicy,
+    prompter: Prompter,
+    intent: Intent,
+  ): Promise<void> {
+    // One login flow per token at a time: concurrent requests (parallel cargo runs) wait for the
+    // first human answer and then use the cached PIN, instead of opening one PIN dialog each.
+    const previous = this.#logins.get(token.id) ?? Promise.resolve()
+    const mine = previous.then(() => this.#ensureLoggedIn(device, token, prompter, intent))
+    const settled = mine.then(
+      () => undefined,
+      () => undefined,
+    )
+    this.#logins.set(token.id, settled)
+    try {
+      await mine
+    } finally {
+      if (this.#logins.get(token.id) === settled) this.#logins.delete(token.id)
+    }
+  }
+
+  async #ensureLoggedIn(
     device: PolicyDevice,
     token: TokenPolicy,
     prompter: Prompter,

@@ -50,7 +50,12 @@ before(async () => {
   hsm = await createSoftHsmToken({ label: 'policy', pin: PIN })
   // SoftHSM reads SOFTHSM2_CONF once, at C_Initialize (first Device call).
   process.env['SOFTHSM2_CONF'] = hsm.confPath
-  device = new Device({ module: hsm.module, label: 'policy' })
+  // Wired as the agent wires it (src/agent/agent.ts): the device may log in again with the PIN the
+  // policy holds, e.g. after reconnecting.
+  device = new Device(
+    { module: hsm.module, label: 'policy' },
+    { cachedPin: () => current?.cachedPin('policy') },
+  )
   counted = {
     logins: 0,
     logouts: 0,
@@ -77,12 +82,14 @@ after(async () => {
   await hsm?.cleanup()
 })
 
+let current: Policy | undefined
+
 function policy(
   overrides: Partial<PolicyConfig> = {},
   env: NodeJS.ProcessEnv = pinentry.env(),
   secretEnvVariables: string[] = [],
 ): Policy {
-  return new Policy(
+  current = new Policy(
     {
       pinCacheIdleSeconds: 60,
       pinCacheMaxSeconds: 600,
@@ -99,6 +106,7 @@ function policy(
       log: (event, data) => logEvents.push(JSON.stringify({ event, data })),
     },
   )
+  return current
 }
 
 function tokenPolicy(pin: TokenPolicy['pin'] = { kind: 'pinentry' }): TokenPolicy {
@@ -200,6 +208,17 @@ test('after lock the PIN is asked again', async () => {
   await request(p, readIntent(), reads)
   assert.equal(pinentry.starts(), starts + 1)
   assert.equal(p.pinCache.size, 1)
+})
+
+test('concurrent requests for one token share one PIN dialog', async () => {
+  const p = policy()
+  await device.logout()
+  pinentry.script([`pin:${PIN}`, `pin:${PIN}`, `pin:${PIN}`])
+  const starts = pinentry.starts()
+  const tokens = await Promise.all([1, 2, 3].map(() => request(p, readIntent(), reads)))
+  for (const t of tokens) await verifies(t, readIntent())
+  assert.equal(pinentry.starts(), starts + 1)
+  assert.equal(pinentry.remaining().length, 2)
 })
 
 test('a wrong PIN leads to exactly one login attempt, is not retried, and is not cached', async () => {
