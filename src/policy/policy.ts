@@ -71,8 +71,11 @@ export interface PolicyRequest {
   readonly device: PolicyDevice
   /** k3.pid of the key that will sign (recorded in the audit line). */
   readonly kip?: string
-  /** Builds and signs the token (calls Signer.sign); may wait for a touch. */
-  readonly sign: () => Promise<string>
+  /**
+   * Builds and signs the token (calls Signer.sign); may wait for a touch. May resolve to
+   * `{ token, kip }` when the key is only known after login (its k3.pid then goes into the audit line).
+   */
+  readonly sign: () => Promise<string | { token: string; kip: string }>
   readonly audit: AuditSink
 }
 
@@ -248,14 +251,20 @@ export class Policy {
     const { intent, prompter } = request
     let approval: AuditApproval | undefined
     let token: string
+    let kip = request.kip
     try {
       approval = await this.beforeSign(intent, prompter, request.registry)
       await this.ensureLoggedIn(request.device, request.token, prompter, intent)
-      token = await this.withTouchNotice(request.sign(), {
+      const signed = await this.withTouchNotice(request.sign(), {
         intent,
         prompter,
         tokenDescription: request.token.description,
       })
+      if (typeof signed === 'string') token = signed
+      else {
+        token = signed.token
+        kip = signed.kip
+      }
     } catch (error) {
       const failure = toAgentError(error)
       const outcome = {
@@ -278,7 +287,7 @@ export class Policy {
           result: 'signed',
           approval,
           token,
-          ...(request.kip === undefined ? {} : { kip: request.kip }),
+          ...(kip === undefined ? {} : { kip }),
         }),
       )
     } catch (error) {

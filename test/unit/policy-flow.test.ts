@@ -324,6 +324,24 @@ test('a touch that never comes is TOUCH_TIMEOUT, plainly, and audited as failed'
   assert.deepEqual([audit.entries[0]?.result, audit.entries[0]?.code], ['failed', 'TOUCH_TIMEOUT'])
 })
 
+test('a key found only after login: sign may return its k3.pid for the audit line', async () => {
+  const audit = new MemoryAudit()
+  const device = new FakePivDevice()
+  device.loggedIn = true
+  const token = await make().run({
+    intent: readIntent(),
+    prompter: new RecordingPrompter(),
+    registry: registryPolicy(),
+    token: { ...tty, pin: { kind: 'none' } },
+    device,
+    audit,
+    sign: async () => ({ token: 'v3.public.t', kip: 'k3.pid.late' }),
+  })
+  assert.equal(token, 'v3.public.t')
+  assert.equal(audit.entries[0]?.kip, 'k3.pid.late')
+  assert.equal(audit.entries[0]?.approval, 'not-required')
+})
+
 test('a token whose audit line cannot be written is not released (AUDIT_FAILED)', async () => {
   const audit = new MemoryAudit()
   audit.fail = true
