@@ -11,7 +11,7 @@
 #
 # Environment: CARGO_PKCS11_DEMO_PIN (user PIN; default: a random PIN kept only in this process and the
 # agent's environment), CARGO_PKCS11_DEMO_MODULE / _TOKEN_LABEL / _KEY_LABEL (use an existing device
-# and key instead of SoftHSM), DEMO_STATE_DIR (default .state/demo).
+# and key instead of SoftHSM), DEMO_STATE_DIR (default .state/demo), DEMO_SKIP_SETUP=1 (already built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -70,7 +70,8 @@ if [ "$MODE" = auto ]; then
 fi
 
 say "1. set-up: packages and build (scripts/setup.sh)"
-bash scripts/setup.sh
+# DEMO_SKIP_SETUP=1: the caller has built already (test/e2e/demo.test.ts runs the demo from dist/).
+if [ "${DEMO_SKIP_SETUP:-}" = 1 ]; then note "skipped (DEMO_SKIP_SETUP=1)"; else bash scripts/setup.sh; fi
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo >/dev/null || die "cargo not found" "install Rust with rustup (cargo >= 1.74 is needed for credential providers)"
 note "$(cargo --version)"
