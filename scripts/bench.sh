@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Benchmarks, each a ratio measured side by side in one run (shared, noisy machines: no lone times).
+#  1. start-up: the shim answering one request vs a bare `node -e 0`, and what importing `ws` would add;
+#  2. signature latency per layer vs the device's own C_Sign (scripts/bench/sign.ts).
+# Results go to stdout and .state/bench/*.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+out=.state/bench
+mkdir -p "$out"
+
+req="$out/unsupported-request.json"
+# A request the shim answers without the agent: measures its whole start-up and protocol path.
+printf '%s\n' '{"v":1,"registry":{"index-url":"sparse+http://127.0.0.1:9/index/"},"kind":"frobnicate"}' >"$req"
+export CARGO_PKCS11_AGENT_NO_AUTOSTART=1 CARGO_PKCS11_AGENT_SOCK="$out/none.sock"
+hyperfine --warmup 5 --runs "${BENCH_RUNS:-40}" --export-json "$out/startup.json" \
+  -n 'node -e 0' "node -e 0 < $req" \
+  -n 'node + import(ws)' "node --input-type=module -e \"await import('ws')\" < $req" \
+  -n 'shim (one request)' "node dist/src/bin/cargo-credential-pkcs11.js --cargo-plugin < $req"
+node -e '
+  const r = require("./'"$out"'/startup.json").results
+  const base = r[0].median
+  for (const x of r) console.log(`${x.command.padEnd(20)} median ${(x.median * 1000).toFixed(1)} ms  = ${(x.median / base).toFixed(2)}× node -e 0`)
+'
+unset CARGO_PKCS11_AGENT_NO_AUTOSTART CARGO_PKCS11_AGENT_SOCK
+
+node dist/scripts/bench/sign.js --json "$out/sign.json" "$@"
