@@ -37,7 +37,8 @@ export async function list(argv: readonly string[]): Promise<number> {
     target.selector.label === undefined && target.selector.serial === undefined && target.selector.manufacturer === undefined && target.selector.model === undefined
       ? (await listTokens(target.selector.module)).map((t) => ({ module: target.selector.module, label: t.label, serial: t.serial }))
       : [target.selector]
-  const out: Array<{ token: string; keys: KeyView[] }> = []
+  // Before a login a token may hide its private objects (CKA_PRIVATE): their attributes are then unknown.
+  const out: Array<{ token: string; privateObjectsVisible: boolean; keys: KeyView[] }> = []
   for (const selector of selectors) {
     const device = new Device(selector)
     try {
@@ -49,7 +50,8 @@ export async function list(argv: readonly string[]): Promise<number> {
           pin.wipe()
         }
       }
-      out.push({ token: device.describe(), keys: (await device.listKeys()).map(view) })
+      const hidden = await device.needsLogin()
+      out.push({ token: device.describe(), privateObjectsVisible: !hidden, keys: (await device.listKeys()).map(view) })
     } finally {
       await device.release()
     }
@@ -64,7 +66,9 @@ export async function list(argv: readonly string[]): Promise<number> {
     lines.push(`${token.token}:`)
     if (token.keys.length === 0) lines.push('  no P-384 keys visible (try --login, or create one with `cargo-pkcs11-agent keygen`)')
     for (const k of token.keys) {
-      const flags = [k.extractable ? 'EXTRACTABLE' : 'not extractable', k.alwaysAuthenticate ? 'PIN per signature' : ''].filter((f) => f !== '').join(', ')
+      const flags = token.privateObjectsVisible
+        ? [k.extractable ? 'EXTRACTABLE' : 'not extractable', k.alwaysAuthenticate ? 'PIN per signature' : ''].filter((f) => f !== '').join(', ')
+        : 'private key attributes shown with --login'
       lines.push(`  '${k.label}' id ${k.id === '' ? '(none)' : k.id} (${flags})`, `    ${k.k3Public}`)
     }
   }

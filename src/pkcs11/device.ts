@@ -163,7 +163,7 @@ export class Device {
     const serial = this.#seen?.serial ?? this.#selector.serial
     const name = label !== undefined && label !== '' ? `token '${label}'` : this.#selector.model !== undefined ? `${this.#selector.model} token` : 'token'
     const serialText = serial !== undefined && serial !== '' ? ` (serial ${serial})` : ''
-    return `${name}${serialText} via ${basename(this.#modulePath ?? this.#selector.module)}`
+    return `${name}${serialText} via ${basename(this.#resolvedPath())}`
   }
 
   async status(): Promise<TokenStatus> {
@@ -436,6 +436,18 @@ export class Device {
       this.#module = Pkcs11Module.load(this.#modulePath)
     }
     return this.#module
+  }
+
+  /** For messages: the module file when the name resolves, else what the config said. */
+  #resolvedPath(): string {
+    if (this.#modulePath === undefined) {
+      try {
+        this.#modulePath = resolveModulePath(this.#selector.module)
+      } catch {
+        return this.#selector.module
+      }
+    }
+    return this.#modulePath
   }
 
   #requireSlot(): Handle {
