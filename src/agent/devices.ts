@@ -35,6 +35,9 @@ export class Devices {
   get(token: TokenConfig): Device {
     let device = this.#devices.get(token.name)
     if (device === undefined) {
+      // Module configuration (SOFTHSM2_CONF, ...) is read from the C environment at C_Initialize;
+      // Node's process.env setter calls setenv(3), so this must happen before the first Device call.
+      for (const [name, value] of Object.entries(token.moduleEnv)) process.env[name] = value
       // Device resolves known module names itself; resolving here surfaces a bad name before any session.
       try {
         resolveModulePath(token.module)

@@ -63,6 +63,11 @@ export const COMMANDS: Readonly<Record<string, CommandEntry>> = Object.freeze({
     summary: 'print the k3.public of a device key, to register with the registry',
     load: async () => (await import('./pubkey.js')).pubkey,
   },
+  setup: {
+    usage: 'setup [--config FILE] [--token NAME | --module M (--token-label L | --serial S)] [--label K] [--registry NAME --index URL] [--write-cargo-config] [--force]',
+    summary: 'first run: find a token (or make a SoftHSM one), generate or reuse the key, write the configs',
+    load: async () => (await import('./setup.js')).setup,
+  },
   // keygen, list, pubkey, log, setup: one entry each here, like the ones above.
   doctor: {
     usage: 'doctor [--config FILE] [--socket PATH] [--json]',

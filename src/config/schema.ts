@@ -38,6 +38,12 @@ export interface TokenConfig {
   readonly pinentryProgram?: string
   readonly confirmFinalTry: boolean
   readonly kind?: TokenKind
+  /**
+   * Environment the PKCS#11 module reads at C_Initialize (SOFTHSM2_CONF, TPM2_PKCS11_TCTI, ...),
+   * set in the agent before the module loads: one agent can then serve a private SoftHSM store
+   * without the variable being exported to cargo.
+   */
+  readonly moduleEnv: Readonly<Record<string, string>>
 }
 
 export interface KeyRef {
@@ -72,7 +78,8 @@ export interface Config {
 type Env = Readonly<Record<string, string | undefined>>
 
 const AGENT_KEYS = ['socket', 'headless', 'audit-log', 'touch-notice-after-ms', 'pin-cache-idle-seconds', 'pin-cache-max-seconds', 'release-after-idle-seconds', 'notify'] as const
-const TOKEN_KEYS = ['module', 'label', 'serial', 'manufacturer', 'model', 'pin-source', 'pin-env', 'pin-file', 'pinentry-program', 'confirm-final-try', 'kind'] as const
+const TOKEN_KEYS = ['module', 'label', 'serial', 'manufacturer', 'model', 'pin-source', 'pin-env', 'pin-file', 'pinentry-program', 'confirm-final-try', 'kind', 'module-env'] as const
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
 const REGISTRY_KEYS = ['index', 'read-key', 'mutation-key', 'subject', 'token-max-age-seconds', 'confirm', 'mutations-per-hour', 'generate-on-login'] as const
 const KEY_REF_KEYS = ['token', 'label', 'id'] as const
 const TOP_KEYS = ['agent', 'tokens', 'registries'] as const
@@ -190,6 +197,26 @@ export function checkIndexUrl(index: string): string | undefined {
   return undefined
 }
 
+/** `module-env`: variables are process-wide, so two tokens may not want different values for one. */
+function moduleEnv(value: unknown, where: string, issues: Issues, seen: Map<string, string>): Record<string, string> {
+  if (value === undefined) return {}
+  if (!isTable(value)) {
+    issues.add(where, 'must be an inline table like { SOFTHSM2_CONF = "/path/softhsm2.conf" }')
+    return {}
+  }
+  const out: Record<string, string> = {}
+  for (const [name, v] of Object.entries(value)) {
+    if (!ENV_NAME.test(name)) issues.add(`${where}.${name}`, 'is not an environment variable name')
+    else if (typeof v !== 'string') issues.add(`${where}.${name}`, 'must be a string')
+    else if (seen.has(name) && seen.get(name) !== v) issues.add(`${where}.${name}`, `conflicts with another token's ${name}; the agent has one environment`)
+    else {
+      seen.set(name, v)
+      out[name] = v
+    }
+  }
+  return out
+}
+
 function keyRef(value: unknown, where: string, issues: Issues, tokens: Record<string, unknown>): KeyRef | undefined {
   if (!isTable(value)) {
     issues.add(where, 'must be an inline table like { token = "NAME", label = "cargo" }')
@@ -251,6 +278,7 @@ export function validateConfig(doc: unknown, path: string | undefined, env: Env 
   const tokens: Record<string, TokenConfig> = {}
   if (!isTable(tokensTable)) issues.add('tokens', 'must be a table of [tokens.NAME] tables')
   const tokenDocs = isTable(tokensTable) ? tokensTable : {}
+  const seenModuleEnv = new Map<string, string>()
   for (const [name, value] of Object.entries(tokenDocs)) {
     const where = `tokens.${name}`
     if (!NAME.test(name)) issues.add(where, 'token names use letters, digits, "-" and "_"')
@@ -268,6 +296,7 @@ export function validateConfig(doc: unknown, path: string | undefined, env: Env 
       module: module ?? '',
       pinSource,
       confirmFinalTry: bool(value, 'confirm-final-try', where, issues) ?? true,
+      moduleEnv: Object.freeze(moduleEnv(value['module-env'], `${where}.module-env`, issues, seenModuleEnv)),
     }
     for (const [key, prop] of [['label', 'label'], ['serial', 'serial'], ['manufacturer', 'manufacturer'], ['model', 'model'], ['pin-env', 'pinEnv'], ['pin-file', 'pinFile'], ['pinentry-program', 'pinentryProgram']] as const) {
       const v = str(value, key, where, issues)

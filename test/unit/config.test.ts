@@ -120,6 +120,15 @@ describe('configuration', () => {
     assert.match(problems(GOOD.replace('module = "ykcs11"', 'module = "lib/ykcs11.so"')), /tokens\.yubikey\.module: a module path must be absolute/)
   })
 
+  test('module-env: variables for the PKCS#11 module, one value per variable across tokens', () => {
+    const withEnv = GOOD.replace('label = "ci"', 'label = "ci"\nmodule-env = { SOFTHSM2_CONF = "/a/softhsm2.conf" }')
+    assert.deepEqual(parseConfig(withEnv, 'c', ENV).tokens['ci']?.moduleEnv, { SOFTHSM2_CONF: '/a/softhsm2.conf' })
+    assert.deepEqual(parseConfig(GOOD, 'c', ENV).tokens['ci']?.moduleEnv, {})
+    const clash = withEnv.replace('serial = "12345678"', 'serial = "12345678"\nmodule-env = { SOFTHSM2_CONF = "/b/softhsm2.conf" }')
+    assert.match(problems(clash), /module-env\.SOFTHSM2_CONF: conflicts with another token's SOFTHSM2_CONF/)
+    assert.match(problems(withEnv.replace('SOFTHSM2_CONF = "/a/softhsm2.conf"', '"BAD-NAME" = "x"')), /is not an environment variable name/)
+  })
+
   test('TOML syntax errors give the line', () => {
     try {
       parseConfig('[agent]\nheadless = \n', 'config.toml', ENV)
