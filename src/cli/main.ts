@@ -68,7 +68,6 @@ export const COMMANDS: Readonly<Record<string, CommandEntry>> = Object.freeze({
     summary: 'first run: find a token (or make a SoftHSM one), generate or reuse the key, write the configs',
     load: async () => (await import('./setup.js')).setup,
   },
-  // keygen, list, pubkey, log, setup: one entry each here, like the ones above.
   doctor: {
     usage: 'doctor [--config FILE] [--socket PATH] [--json]',
     summary: 'explain what is wrong, one check per line, with the fix',
