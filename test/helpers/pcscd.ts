@@ -1,7 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -10,14 +9,19 @@ import { join } from 'node:path'
  *
  * Isolation: pcscd 1.9.9 has its socket path compiled in (/run/pcscd/pcscd.comm, plus a pid file
  * it refuses to start beside), and only the *client* library honours PCSCLITE_CSOCK_NAME
- * (checked: the string is in libpcsclite.so.1, not in /usr/sbin/pcscd). So pcscd runs in a private
- * mount namespace (`unshare --mount`; unprivileged users get `--user --map-root-user`) with a
- * temp dir bound over /run: its socket appears at <dir>/run/pcscd/pcscd.comm for everyone else,
- * and clients are pointed there with PCSCLITE_CSOCK_NAME. The system pcscd, if any, is untouched.
+ * (checked: the string is in libpcsclite.so.1, not in /usr/sbin/pcscd). So pcscd runs in private
+ * mount and network namespaces (`unshare --mount --net`; unprivileged users add `--user
+ * --map-root-user`) with a temp dir bound over /run: its socket appears at
+ * <dir>/run/pcscd/pcscd.comm for everyone else (path-named Unix sockets cross network namespaces),
+ * and clients are pointed there with PCSCLITE_CSOCK_NAME. A system pcscd, if any, is untouched.
  *
- * vpcd listens for the virtual card on TCP port CHANNELID and CHANNELID+1 (two readers, suffixes
- * "00 00" and "00 01"), bound to all interfaces (vpcd.c `opensock` uses INADDR_ANY); we pick a
- * free pair instead of the packaged 35963 so tests cannot collide with a system vpcd.
+ * Why a network namespace too: vpcd binds its card port on all interfaces (vpcd.c `opensock`,
+ * INADDR_ANY), and Debian's vpcd 0.8 writes each message as two send() calls (2-byte length, then
+ * payload) on a socket with Nagle on: the payload waits for the ACK of the length, which the card's
+ * kernel delays by ~40 ms, so every APDU cost 40 ms (seen with strace: ykcs11's 90-APDU login took
+ * 4 s). In the private namespace the card port is invisible outside, the packaged port 35963
+ * cannot collide, and the loopback routes get `quickack 1`, which removes the delay. The virtual
+ * card must run in the same namespace: start it through `inNetwork()`.
  */
 
 export interface Pcscd {
@@ -25,10 +29,12 @@ export interface Pcscd {
   readonly socketPath: string
   /** Environment a PC/SC client (libpcsclite, so ykcs11 too) needs to reach this pcscd. */
   readonly env: Readonly<Record<string, string>>
-  /** TCP port where the first virtual reader waits for a virtual card (the second is port + 1). */
+  /** TCP port (in pcscd's network namespace) where the first reader waits for a virtual card. */
   readonly cardPort: number
   /** Full name of the first reader as PC/SC lists it. */
   readonly readerName: string
+  /** `[command, args]` that runs `argv` inside pcscd's network namespace (for the virtual card). */
+  inNetwork(argv: readonly string[]): [string, string[]]
   /** pcscd's own log so far (for failure messages). */
   log(): string
   stop(): Promise<void>
@@ -43,48 +49,26 @@ export interface PcscdOptions {
 
 const PCSCD = '/usr/sbin/pcscd'
 const VPCD_DRIVER = '/usr/lib/pcsc/drivers/serial/libifdvpcd.so'
+/** vpcd's packaged port (0x8C7B); free by construction in the private network namespace. */
+const CARD_PORT = 35963
 const START_TIMEOUT_MS = 10_000
 const STOP_TIMEOUT_MS = 5_000
 
-// Runs inside the new mount namespace. pcscd stops when our stdin closes (stop(), or the test
-// process died), so a crashed test cannot leave a daemon behind.
+// Runs inside the new namespaces. pcscd stops when our stdin closes (stop(), or the test process
+// died), so a crashed test cannot leave a daemon behind.
 const NAMESPACE_SCRIPT = `
-mount --bind "$1" /run || exit 97
+set -e
+ip link set lo up
+ip route change local 127.0.0.1 dev lo table local proto kernel scope host src 127.0.0.1 quickack 1
+ip route change local 127.0.0.0/8 dev lo table local proto kernel scope host src 127.0.0.1 quickack 1
+mount --bind "$1" /run
+set +e
 "$3" --foreground --config "$2" $4 </dev/null &
 pid=$!
 cat >/dev/null
 kill "$pid" 2>/dev/null
 wait "$pid"
 `
-
-async function portIsFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = createServer()
-    server.once('error', () => resolve(false))
-    server.listen({ port, host: '0.0.0.0', exclusive: true }, () => server.close(() => resolve(true)))
-  })
-}
-
-async function ephemeralPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen({ port: 0, host: '0.0.0.0', exclusive: true }, () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
-}
-
-/** A port P such that P and P + 1 are both free (vpcd opens both). */
-async function freePortPair(): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt += 1) {
-    const port = await ephemeralPort()
-    if (port > 0 && port < 65535 && (await portIsFree(port + 1))) return port
-  }
-  throw new Error('no free pair of TCP ports for vpcd')
-}
 
 export async function startPcscd(options: PcscdOptions): Promise<Pcscd> {
   for (const path of [PCSCD, VPCD_DRIVER]) {
@@ -96,14 +80,13 @@ export async function startPcscd(options: PcscdOptions): Promise<Pcscd> {
   const confDir = join(dir, 'reader.conf.d')
   await mkdir(runDir)
   await mkdir(confDir)
-  const cardPort = await freePortPair()
   await writeFile(
     join(confDir, 'vpcd'),
     [
       `FRIENDLYNAME "${options.friendlyName}"`,
-      `DEVICENAME   /dev/null:${cardPort}`,
+      `DEVICENAME   /dev/null:${CARD_PORT}`,
       `LIBPATH      ${VPCD_DRIVER}`,
-      `CHANNELID    ${cardPort}`,
+      `CHANNELID    ${CARD_PORT}`,
       '',
     ].join('\n'),
   )
@@ -112,7 +95,8 @@ export async function startPcscd(options: PcscdOptions): Promise<Pcscd> {
   // reads no pipe, and a debug-level pcscd would block on a full pipe and never answer.
   const logPath = join(dir, 'pcscd.log')
   const logFd = openSync(logPath, 'w')
-  const unshare = process.getuid?.() === 0 ? ['--mount'] : ['--user', '--map-root-user', '--mount']
+  const root = process.getuid?.() === 0
+  const unshare = root ? ['--mount', '--net'] : ['--user', '--map-root-user', '--mount', '--net']
   const child: ChildProcess = spawn(
     'unshare',
     [
@@ -166,11 +150,19 @@ export async function startPcscd(options: PcscdOptions): Promise<Pcscd> {
     await new Promise((resolve) => setTimeout(resolve, 25))
   }
 
+  // `unshare` execs the shell in the new namespaces, so the child's pid names them.
+  const target = String(child.pid)
+  const inNetwork = (argv: readonly string[]): [string, string[]] => [
+    'nsenter',
+    [...(root ? [] : ['--user', '--preserve-credentials']), '--target', target, '--net', '--', ...argv],
+  ]
+
   return {
     socketPath,
     env: { PCSCLITE_CSOCK_NAME: socketPath },
-    cardPort,
+    cardPort: CARD_PORT,
     readerName: `${options.friendlyName} 00 00`,
+    inNetwork,
     log,
     stop,
   }

@@ -66,7 +66,8 @@ export interface VirtualYubiKeyControl {
   /** When on, a signature with a touch-policy key answers SW 6982 after the touch delay. */
   missTouch(on: boolean): Promise<void>
   setPinTries(left: number, total?: number): Promise<void>
-  /** Pulls the card: the vpcd connection closes (an answer being computed is dropped). */
+  /** Pulls the card: the vpcd connection closes (an answer being computed is dropped); resolves
+   * once pcscd has noticed. */
   remove(): Promise<void>
   /** Puts the card back and waits until ykcs11 lists the token again. */
   insert(): Promise<void>
@@ -155,7 +156,8 @@ export async function startVirtualYubiKey(options: VirtualYubiKeyOptions): Promi
   const tracePath = join(logDir, 'emulator.log')
   const traceFd = openSync(tracePath, 'w')
   let emulatorLog = ''
-  const child: ChildProcess = spawn(process.execPath, [EMULATOR], {
+  const [command, args] = pcscd.inNetwork([process.execPath, EMULATOR])
+  const child: ChildProcess = spawn(command, args, {
     env: { ...process.env, VPIV_CHILD: '1' },
     stdio: ['pipe', 'pipe', traceFd],
   })
@@ -252,16 +254,38 @@ export async function startVirtualYubiKey(options: VirtualYubiKeyOptions): Promi
     throw error
   }
 
+  // pcscd notices a card change only when its presence poll (vpcd: every ~400 ms) sees it; a card
+  // pulled and put back between two polls looks to pcscd as if it never left, while the failed
+  // transmit already marked it absent, and it is then never powered up again. So remove() and
+  // insert() wait until pcscd has logged the change (eventhandler.c, info level).
+  const occurrences = (needle: string): number => pcscd.log().split(needle).length - 1
+  const waitForLog = async (needle: string, count: number): Promise<void> => {
+    const deadline = Date.now() + READY_TIMEOUT_MS
+    while (occurrences(needle) < count) {
+      if (Date.now() > deadline)
+        throw new Error(`pcscd did not log "${needle}":\n${pcscd.log().slice(-2000)}`)
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+  }
+  const removedLine = `Card Removed From ${pcscd.readerName}`
+  const insertedLine = `Card inserted into ${pcscd.readerName}`
+
   const control: VirtualYubiKeyControl = {
     setTouchDelay: async (ms) => void (await request('setTouchDelay', { ms })),
     missTouch: async (on) => void (await request('missTouch', { on })),
     setPinTries: async (left, total) =>
       void (await request('setPinTries', total === undefined ? { left } : { left, total })),
-    remove: async () => void (await request('remove')),
+    remove: async () => {
+      const seen = occurrences(removedLine)
+      await request('remove')
+      await waitForLog(removedLine, seen + 1)
+    },
     insert: async () => {
+      const seen = occurrences(insertedLine)
       const connected = nextEvent('connected')
       await request('insert')
       await connected
+      await waitForLog(insertedLine, seen + 1)
       await waitForToken()
     },
     counters: async () => (await request('counters')) as CardCounters,

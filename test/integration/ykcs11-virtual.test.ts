@@ -1,0 +1,257 @@
+/**
+ * The device layer against the REAL ykcs11 (yubico-piv-tool 2.2) talking through a private pcscd
+ * and the vsmartcard vpcd driver to our PIV card emulator (test/fixtures/vpiv): tokens signed on the
+ * "YubiKey" verify with the project's verifier and with node:crypto, and the failure paths a
+ * hardware key has (slow touch, missed touch, wrong PIN, blocked PIN, unplugging) surface as typed
+ * errors, after which the same Device keeps working.
+ */
+import assert from 'node:assert/strict'
+import { verify as cryptoVerify, type KeyObject } from 'node:crypto'
+import { after, before, describe, it } from 'node:test'
+
+import { AgentError, type ErrorCode } from '../../src/lib/errors.js'
+import { Pin } from '../../src/lib/secret.js'
+import { Device, type DeviceEvent } from '../../src/pkcs11/device.js'
+import type { Signer } from '../../src/signer/signer.js'
+import { buildToken } from '../../src/token/build.js'
+import { verifyToken } from '../../src/verify/verify.js'
+import { startVirtualYubiKey, type VirtualYubiKey } from '../helpers/virtual-yubikey.js'
+
+const PIN = '123456'
+const SERIAL = 7654321
+const INDEX_URL = 'sparse+http://127.0.0.1:8000/index/'
+const PUBLISH = {
+  indexUrl: INDEX_URL,
+  operation: 'publish',
+  name: 'demo-crate',
+  vers: '1.2.3',
+  cksum: 'a'.repeat(64),
+} as const
+
+/** PASETO PAE (Version3.md, common.md §PAE): LE64 count, then LE64 length + bytes per piece. */
+function pae(pieces: Uint8Array[]): Buffer {
+  const le64 = (n: number): Buffer => {
+    const b = Buffer.alloc(8)
+    b.writeBigUInt64LE(BigInt(n))
+    return b
+  }
+  return Buffer.concat([le64(pieces.length), ...pieces.flatMap((p) => [le64(p.length), Buffer.from(p)])])
+}
+
+/** Checks a v3.public token with node:crypto alone: PAE(pk, h, m, f, "") signed r||s over SHA-384. */
+function verifyWithNodeCrypto(token: string, publicKey49: Uint8Array, key: KeyObject): boolean {
+  const [version, purpose, body, footer] = token.split('.')
+  assert.equal(`${version}.${purpose}.`, 'v3.public.')
+  const raw = Buffer.from(body ?? '', 'base64url')
+  const message = raw.subarray(0, raw.length - 96)
+  const signature = raw.subarray(raw.length - 96)
+  const signed = pae([
+    publicKey49,
+    Buffer.from('v3.public.'),
+    message,
+    Buffer.from(footer ?? '', 'base64url'),
+    Buffer.alloc(0),
+  ])
+  return cryptoVerify('sha384', signed, { key, dsaEncoding: 'ieee-p1363' }, signature)
+}
+
+async function rejectsWith(promise: Promise<unknown>, codes: readonly ErrorCode[]): Promise<AgentError> {
+  try {
+    await promise
+  } catch (error) {
+    assert.ok(error instanceof AgentError, `expected an AgentError, got ${String(error)}`)
+    assert.ok(
+      codes.includes(error.code),
+      `expected ${codes.join(' or ')}, got ${error.code}: ${error.describe()}`,
+    )
+    assert.ok(error.remedy !== undefined && error.remedy.length > 0, 'every error carries a remedy')
+    return error
+  }
+  assert.fail(`expected ${codes.join(' or ')}, but it succeeded`)
+}
+
+describe('ykcs11 on a virtual YubiKey (vpcd + PIV emulator)', () => {
+  let yk: VirtualYubiKey
+  let device: Device
+  let pin: Pin | undefined = Pin.fromString(PIN)
+  const events: DeviceEvent[] = []
+  let signer9c: Signer
+  let signer9a: Signer
+
+  before(async () => {
+    yk = await startVirtualYubiKey({ pin: PIN, serial: SERIAL })
+    // libpcsclite reads PCSCLITE_CSOCK_NAME when ykcs11 first connects, in this process.
+    Object.assign(process.env, yk.env)
+    device = new Device(
+      { module: yk.module, serial: String(SERIAL) },
+      { cachedPin: () => pin, onEvent: (e) => events.push(e) },
+    )
+  })
+
+  after(async () => {
+    await device?.release()
+    await yk?.stop()
+  })
+
+  it('sees the card as a YubiKey token with its serial', async () => {
+    const status = await device.status()
+    assert.equal(status.present, true)
+    assert.equal(status.label, yk.label)
+    assert.equal(status.serial, String(SERIAL))
+    assert.match(status.manufacturer ?? '', /^Yubico/)
+    assert.equal(status.loginRequired, true)
+  })
+
+  it('lists the P-384 keys of slots 9C and 9A with the public keys the card holds', async () => {
+    await device.login(pin ?? null)
+    const keys = await device.listKeys()
+    const byId = new Map(keys.map((k) => [k.id, k]))
+    // ykcs11 numbers PIV slots: CKA_ID 01 = 9A (authentication), 02 = 9C (digital signature).
+    const k9a = byId.get('01')
+    const k9c = byId.get('02')
+    assert.ok(
+      k9a !== undefined && k9c !== undefined,
+      `keys: ${keys.map((k) => `${k.label}/${k.id}`).join(', ')}`,
+    )
+    assert.deepEqual(Buffer.from(k9c.publicKey), Buffer.from(yk.publicKeys['9c'] ?? []))
+    assert.deepEqual(Buffer.from(k9a.publicKey), Buffer.from(yk.publicKeys['9a'] ?? []))
+    // Slot 9C has PIN policy "always": ykcs11 marks it CKA_ALWAYS_AUTHENTICATE.
+    assert.equal(k9c.alwaysAuthenticate, true)
+    assert.equal(k9a.alwaysAuthenticate, false)
+    for (const key of [k9a, k9c]) {
+      assert.equal(key.extractable, false)
+      assert.equal(key.sensitive, true)
+    }
+    signer9c = await device.signer({ id: '02' })
+    signer9a = await device.signer({ id: '01' })
+  })
+
+  it('signs a publish token on the card (9C) that verifies with verifyToken and node:crypto', async () => {
+    const before = await yk.control.counters()
+    const built = await buildToken(signer9c, PUBLISH)
+    const after = await yk.control.counters()
+    assert.equal(after.sign - before.sign, 1, 'exactly one GENERAL AUTHENTICATE reached the card')
+    const verified = await verifyToken(built.token, {
+      ...PUBLISH,
+      url: INDEX_URL,
+      publicKey: signer9c.publicKey,
+      strictLowS: true,
+    })
+    assert.equal(verified.claims['mutation'], 'publish')
+    assert.equal(verified.claims['name'], 'demo-crate')
+    assert.equal(
+      verifyWithNodeCrypto(built.token, signer9c.publicKey, yk.publicKeyObjects['9c'] as KeyObject),
+      true,
+    )
+  })
+
+  it('signs a read token with the no-touch 9A key', async () => {
+    const built = await buildToken(signer9a, { indexUrl: INDEX_URL, operation: 'read' })
+    await verifyToken(built.token, { url: INDEX_URL, operation: 'read', publicKey: signer9a.publicKey })
+    assert.equal(
+      verifyWithNodeCrypto(built.token, signer9a.publicKey, yk.publicKeyObjects['9a'] as KeyObject),
+      true,
+    )
+  })
+
+  it('waits for a slow touch and still returns a valid signature', async () => {
+    const delayMs = 1500
+    await yk.control.setTouchDelay(delayMs)
+    try {
+      const started = performance.now()
+      const built = await buildToken(signer9c, PUBLISH)
+      // A lower bound only: the card cannot have answered before its touch delay ran out.
+      assert.ok(performance.now() - started >= delayMs, 'the signature waited for the touch')
+      await verifyToken(built.token, { ...PUBLISH, url: INDEX_URL, publicKey: signer9c.publicKey })
+    } finally {
+      await yk.control.setTouchDelay(0)
+    }
+  })
+
+  it('reports a missed touch as TOUCH_TIMEOUT, and the next signature works', async () => {
+    await yk.control.setTouchDelay(200)
+    await yk.control.missTouch(true)
+    try {
+      // The card answers SW 6982 (what a YubiKey says when the touch timer runs out); ykcs11 2.2
+      // turns that into CKR_USER_NOT_LOGGED_IN, the same value as "PIN not verified".
+      await rejectsWith(signer9c.sign(Buffer.from('missed touch')), ['TOUCH_TIMEOUT'])
+    } finally {
+      await yk.control.missTouch(false)
+      await yk.control.setTouchDelay(0)
+    }
+    const built = await buildToken(signer9c, PUBLISH)
+    await verifyToken(built.token, { ...PUBLISH, url: INDEX_URL, publicKey: signer9c.publicKey })
+  })
+
+  it('turns a wrong PIN into PIN_INCORRECT with tries left, after exactly one VERIFY, and never resends it', async () => {
+    await device.release() // ykcs11 logs out when its last session closes
+    pin = Pin.fromString('999999')
+    const before = await yk.control.counters()
+    const err = await rejectsWith(device.login(pin), ['PIN_INCORRECT'])
+    assert.ok(
+      err.data['triesLeft'] !== undefined,
+      `tries left in the error data: ${JSON.stringify(err.data)}`,
+    )
+    assert.equal((await yk.control.state()).pinTriesLeft, 2)
+    // A signature with the same (rejected) cached PIN must not spend another try.
+    await rejectsWith(signer9c.sign(Buffer.from('with the rejected PIN')), ['PIN_INCORRECT'])
+    const afterWrong = await yk.control.counters()
+    assert.equal(afterWrong.verify - before.verify, 1, 'exactly one VERIFY with a PIN reached the card')
+    assert.equal(afterWrong.sign, before.sign, 'no signature was attempted')
+
+    pin = Pin.fromString(PIN)
+    const built = await buildToken(signer9c, PUBLISH)
+    await verifyToken(built.token, { ...PUBLISH, url: INDEX_URL, publicKey: signer9c.publicKey })
+    assert.equal((await yk.control.state()).pinTriesLeft, 3, 'a correct PIN resets the counter')
+  })
+
+  it('reports a blocked PIN as PIN_LOCKED', async () => {
+    await device.release()
+    await yk.control.setPinTries(1)
+    pin = Pin.fromString('111111')
+    await rejectsWith(device.login(pin), ['PIN_LOCKED'])
+    assert.equal((await yk.control.state()).pinTriesLeft, 0)
+    assert.equal((await device.status()).pinLocked, true)
+    // Unblock as the PUK would, so later tests have a usable card.
+    await yk.control.setPinTries(3)
+    pin = Pin.fromString(PIN)
+  })
+
+  it('fails with a typed error when the key is pulled before a signature, then works after reinsertion', async () => {
+    await yk.control.remove()
+    events.length = 0
+    await rejectsWith(signer9c.sign(Buffer.from('unplugged')), [
+      'DEVICE_REMOVED',
+      'TOKEN_ABSENT',
+      'DEVICE_ERROR',
+    ])
+    assert.ok(
+      events.some((e) => e.type === 'removed'),
+      `a removal event was emitted: ${JSON.stringify(events)}`,
+    )
+    await yk.control.insert()
+    const built = await buildToken(signer9c, PUBLISH)
+    await verifyToken(built.token, { ...PUBLISH, url: INDEX_URL, publicKey: signer9c.publicKey })
+    assert.ok(events.some((e) => e.type === 'reconnected'))
+  })
+
+  it('fails with a typed error when the key is pulled while waiting for the touch, then works after reinsertion', async () => {
+    await yk.control.setTouchDelay(5_000)
+    const before = await yk.control.counters()
+    const pending = signer9c.sign(Buffer.from('pulled mid-touch'))
+    const settled = pending.then(
+      () => undefined,
+      () => undefined,
+    ) // handled below; keeps the rejection from counting as unhandled meanwhile
+    // Pull only once the card holds the GENERAL AUTHENTICATE (deterministic, no fixed sleep).
+    while ((await yk.control.counters()).sign === before.sign)
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    await yk.control.remove()
+    await settled
+    await rejectsWith(pending, ['DEVICE_REMOVED', 'TOKEN_ABSENT', 'DEVICE_ERROR'])
+    await yk.control.setTouchDelay(0)
+    await yk.control.insert()
+    const built = await buildToken(signer9c, PUBLISH)
+    await verifyToken(built.token, { ...PUBLISH, url: INDEX_URL, publicKey: signer9c.publicKey })
+  })
+})
