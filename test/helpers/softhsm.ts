@@ -119,10 +119,28 @@ export async function addToken(store: SoftHsmStore, spec: TokenSpec): Promise<vo
 }
 
 /** On-token P-384 key generation with pkcs11-tool (the key never exists off the token). */
-export async function generateKey(store: SoftHsmStore, spec: TokenSpec, key: { label: string; id: string }): Promise<void> {
+export async function generateKey(
+  store: SoftHsmStore,
+  spec: TokenSpec,
+  key: { label: string; id: string; curve?: 'secp384r1' | 'prime256v1'; alwaysAuthenticate?: boolean },
+): Promise<void> {
   await pkcs11Tool(
     store,
-    ['--token-label', spec.label, '--login', '--pin', 'env:SOFTHSM_TEST_PIN', '--keypairgen', '--key-type', 'EC:secp384r1', '--label', key.label, '--id', key.id],
+    [
+      '--token-label',
+      spec.label,
+      '--login',
+      '--pin',
+      'env:SOFTHSM_TEST_PIN',
+      '--keypairgen',
+      '--key-type',
+      `EC:${key.curve ?? 'secp384r1'}`,
+      '--label',
+      key.label,
+      '--id',
+      key.id,
+      ...(key.alwaysAuthenticate === true ? ['--always-auth'] : []),
+    ],
     { SOFTHSM_TEST_PIN: spec.pin },
   )
 }

@@ -12,9 +12,10 @@ import { promisify } from 'node:util'
 
 import { AgentError } from '../../src/lib/errors.js'
 import { Pin } from '../../src/lib/secret.js'
-import { verifySignature } from '../../src/keys/signature.js'
+import { isHighS, verifySignature } from '../../src/keys/signature.js'
 import { Device, type DeviceEvent } from '../../src/pkcs11/device.js'
-import { createSoftHsmStore, createSoftHsmToken, repoRoot, SOFTHSM_MODULE, type SoftHsmStore } from '../helpers/softhsm.js'
+import { LIMITS } from '../../src/lib/limits.js'
+import { createSoftHsmStore, createSoftHsmToken, generateKey, repoRoot, SOFTHSM_MODULE, type SoftHsmStore } from '../helpers/softhsm.js'
 
 const run = promisify(execFile)
 const FAULTY_DIR = join(repoRoot(), 'test', 'fixtures', 'faulty-pkcs11')
@@ -54,6 +55,9 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
     await createSoftHsmToken({ store, label: 'touch' })
     await createSoftHsmToken({ store, label: 'other' })
     await createSoftHsmToken({ store, label: 'pins' })
+    const shapes = await createSoftHsmToken({ store, label: 'shapes' })
+    await generateKey(store, shapes, { label: 'always', id: 'a1', alwaysAuthenticate: true })
+    await generateKey(store, shapes, { label: 'p256', id: 'b2', curve: 'prime256v1' })
     control = join(store.dir, 'control')
     countsFile = join(store.dir, 'counts')
     writeFileSync(control, '')
@@ -196,6 +200,76 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
     const sig = await signer.sign(Buffer.from('after a silent session loss'))
     assert.equal(verifySignature(signer.publicKey, Buffer.from('after a silent session loss'), sig), true)
     assert.ok((counts(countsFile).get('C_OpenSession') ?? 0) > opensBefore, 'a fresh session was opened')
+    await device.release()
+  })
+
+  it('whatever shape the module returns (DER, high-S) comes out as verified low-S r||s; a bad one never leaves', async () => {
+    const pin = Pin.fromString('123456')
+    const device = new Device({ module: FAULTY, label: 'shapes' }, { cachedPin: () => pin })
+    await device.login(pin)
+    const signer = await device.signer({ label: 'gen' })
+    for (const shape of ['der', 'high_s']) {
+      writeFileSync(control, `sign_output=${shape}\n`)
+      for (let i = 0; i < 5; i += 1) {
+        const message = Buffer.from(`${shape} ${i}`)
+        const sig = await signer.sign(message)
+        assert.equal(sig.length, 96)
+        assert.equal(isHighS(sig), false, shape)
+        assert.equal(verifySignature(signer.publicKey, message, sig), true, shape)
+      }
+    }
+    writeFileSync(control, 'sign_output=corrupt\n')
+    assert.equal((await rejection(signer.sign(Buffer.from('corrupt')))).code, 'SELF_CHECK_FAILED')
+    writeFileSync(control, 'sign_output=short\n')
+    assert.equal((await rejection(signer.sign(Buffer.from('short')))).code, 'SIGNATURE_MALFORMED')
+    writeFileSync(control, '')
+    await device.release()
+  })
+
+  it('a CKA_ALWAYS_AUTHENTICATE key gets one context-specific C_Login per signature, with the held PIN', async () => {
+    let held: Pin | undefined = Pin.fromString('123456')
+    const device = new Device({ module: FAULTY, label: 'shapes' }, { cachedPin: () => held })
+    await device.login(Pin.fromString('123456'))
+    const key = await device.findKey({ label: 'always' })
+    assert.equal(key.alwaysAuthenticate, true)
+    const signer = await device.signer({ id: 'a1' })
+    const before = counts(countsFile).get('C_Login') ?? 0
+    for (let i = 0; i < 3; i += 1) {
+      const message = Buffer.from(`always ${i}`)
+      assert.equal(verifySignature(signer.publicKey, message, await signer.sign(message)), true)
+    }
+    // SoftHSM refuses C_Sign on such a key without the context login (CKR_USER_NOT_LOGGED_IN).
+    assert.equal((counts(countsFile).get('C_Login') ?? 0) - before, 3)
+    held = undefined
+    assert.equal((await rejection(signer.sign(Buffer.from('no pin')))).code, 'PIN_REQUIRED')
+    await device.release()
+  })
+
+  it('a P-256 key on the token is not offered as a P-384 key', async () => {
+    const pin = Pin.fromString('123456')
+    const device = new Device({ module: SOFTHSM_MODULE, label: 'shapes' }, { cachedPin: () => pin })
+    await device.login(pin)
+    const labels = (await device.listKeys()).map((k) => k.label).sort()
+    assert.deepEqual(labels, ['always', 'gen', 'known'])
+    const err = await rejection(device.findKey({ label: 'p256' }))
+    assert.equal(err.code, 'KEY_NOT_FOUND')
+    await device.release()
+  })
+
+  it(`more than LIMITS.maxPendingSigns requests waiting for a session are refused with AGENT_BUSY`, async () => {
+    const pin = Pin.fromString('123456')
+    const device = new Device({ module: FAULTY, label: 'touch' }, { cachedPin: () => pin })
+    await device.login(pin)
+    const signer = await device.signer({ label: 'gen' })
+    writeFileSync(control, 'sign_delay_ms=300\n')
+    const total = LIMITS.sessionsPerToken + LIMITS.maxPendingSigns + 1
+    const results = await Promise.allSettled(Array.from({ length: total }, (_, i) => signer.sign(Buffer.from(`queued ${i}`))))
+    writeFileSync(control, '')
+    const busy = results.filter((r) => r.status === 'rejected' && r.reason instanceof AgentError && r.reason.code === 'AGENT_BUSY')
+    const done = results.filter((r) => r.status === 'fulfilled')
+    assert.equal(busy.length, 1)
+    assert.equal(done.length, total - 1)
+    assert.ok((await device.status()).sessionsOpen <= LIMITS.sessionsPerToken)
     await device.release()
   })
 
