@@ -120,16 +120,22 @@ export class Policy {
    * Rate limit and confirmation. Reads pass silently (design: reads never confirmed). Mutations:
    * `prompt` asks yes/no showing the intent (DENIED when refused), `touch` relies on the key's touch
    * policy (the notice comes with the signature), `none` asks nothing. Throws RATE_LIMITED first, so
-   * nobody is asked to approve a request that would be refused anyway.
+   * nobody is asked to approve a request that would be refused anyway. `token` (the signing token)
+   * picks its `pinentry-program` for a pinentry CONFIRM.
    */
-  async beforeSign(intent: Intent, prompter: Prompter, registry: RegistryPolicy): Promise<AuditApproval> {
+  async beforeSign(
+    intent: Intent,
+    prompter: Prompter,
+    registry: RegistryPolicy,
+    token?: TokenPolicy,
+  ): Promise<AuditApproval> {
     if (intent.operation === 'read') return 'not-required'
     const release = this.limiter.take(intent.indexUrl, registry.mutationsPerHour, describeRegistry(intent))
     try {
       if (registry.confirm === 'none') return 'none'
       if (registry.confirm === 'touch') return 'touch'
       const text = `Allow ${describeIntent(intent)}?`
-      const { approved, via } = await this.#confirm(intent, prompter, text, 'Approve')
+      const { approved, via } = await this.#confirm(intent, prompter, text, 'Approve', token)
       if (!approved) {
         throw new AgentError('DENIED', `Refused: ${describeIntent(intent)}`, {
           remedy: 'Nothing was signed. Run the command again and approve it if you meant to',
@@ -253,7 +259,7 @@ export class Policy {
     let token: string
     let kip = request.kip
     try {
-      approval = await this.beforeSign(intent, prompter, request.registry)
+      approval = await this.beforeSign(intent, prompter, request.registry, request.token)
       await this.ensureLoggedIn(request.device, request.token, prompter, intent)
       const signed = await this.withTouchNotice(request.sign(), {
         intent,
@@ -432,6 +438,7 @@ export class Policy {
       prompter,
       `FINAL PIN TRY for ${token.description}: one more wrong PIN blocks it. Enter the PIN anyway, to ${describeIntent(intent)}?`,
       'Enter PIN',
+      token,
     )
     if (!approved) throw refuse('you chose not to use it')
   }
@@ -524,6 +531,7 @@ export class Policy {
     prompter: Prompter,
     text: string,
     okLabel: string,
+    token: TokenPolicy | undefined,
   ): Promise<{ approved: boolean; via: 'terminal' | 'pinentry' }> {
     if (this.config.headless) {
       throw new AgentError(
@@ -555,7 +563,9 @@ export class Policy {
       intent,
       text: `Waiting for confirmation in pinentry: ${text}`,
     })
-    const approved = await pinentryConfirm(this.#pinentryOptions(intent, undefined), {
+    // The pinentry the signing token's PIN comes from is the one the user set up for this device.
+    const program = token?.pin.kind === 'pinentry' ? token.pin.program : undefined
+    const approved = await pinentryConfirm(this.#pinentryOptions(intent, program), {
       title: 'cargo-pkcs11-agent',
       description: text,
       ok: okLabel,
