@@ -102,6 +102,20 @@ describe('device CLI commands on SoftHSM', () => {
     assert.match(logged.stdout, /'publish' id 10 \(not extractable\)/)
   })
 
+  it('SoftHSM config problems are named (SoftHSM itself only says CKR_GENERAL_ERROR)', async () => {
+    const missingConf = await cli(['list', '--module', 'softhsm'], { SOFTHSM2_CONF: join(token.dir, 'nope.conf') })
+    assert.equal(missingConf.code, 1)
+    assert.match(missingConf.stderr, /SOFTHSM2_CONF \(.*nope\.conf\) cannot be read/)
+    const badDir = join(token.dir, 'bad.conf')
+    await writeFile(badDir, `directories.tokendir = ${join(token.dir, 'no-such-dir')}\nobjectstore.backend = file\n`)
+    const missingDir = await cli(['list', '--module', 'softhsm'], { SOFTHSM2_CONF: badDir })
+    assert.equal(missingDir.code, 1)
+    assert.match(missingDir.stderr, /token directory .*no-such-dir .* is missing or not writable/)
+    const unknown = await cli(['list', '--module', 'nosuchmodule'])
+    assert.equal(unknown.code, 1)
+    assert.match(unknown.stderr, /unknown PKCS#11 module name 'nosuchmodule'.*softhsm, ykcs11/)
+  })
+
   it('usage errors exit 2 with a hint', async () => {
     const r = await cli(['pubkey', '--module', 'softhsm'])
     assert.equal(r.code, 2)

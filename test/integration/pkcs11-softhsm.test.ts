@@ -209,6 +209,22 @@ describe('PKCS#11 device on SoftHSM', () => {
     assert.match(err.remedy ?? '', /Insert token 'not-here' \(serial 42\)/)
   })
 
+  it('selects the token by serial alone or by manufacturer/model, never by slot id; one module initialisation is shared', async () => {
+    const serial = (await device.status()).serial ?? ''
+    const bySerial = new Device({ module: '/usr/lib/softhsm/libsofthsm2.so', serial })
+    assert.equal((await bySerial.status()).label, 'cargo')
+    const byModel = new Device({ module: 'softhsm', manufacturer: 'SoftHSM project', model: 'SoftHSM v2', label: 'cargo' })
+    assert.equal((await byModel.status()).serial, serial)
+    const wrongModel = new Device({ module: 'softhsm', model: 'YubiKey YK5', label: 'cargo' })
+    assert.equal((await wrongModel.status()).present, false)
+    const wrongSerial = new Device({ module: 'softhsm', label: 'cargo', serial: '0000' })
+    assert.equal((await wrongSerial.status()).present, false)
+    // A second load of the same library (also via another path to the same file) is the same instance.
+    assert.equal(Pkcs11Module.load('/usr/lib/softhsm/libsofthsm2.so'), Pkcs11Module.load('/usr/lib/softhsm/../softhsm/libsofthsm2.so'))
+    await bySerial.release()
+    await byModel.release()
+  })
+
   it('a missing module file is a clear MODULE_LOAD_FAILED', async () => {
     const nope = new Device({ module: '/nonexistent/libnothing.so', label: 'x' })
     const err = await rejects(nope.status(), 'MODULE_LOAD_FAILED')
