@@ -72,4 +72,6 @@ export const LIMITS = Object.freeze({
   /** Longest claim value we put into a token (index URL, crate name, version, subject): crates.io
    * caps names at 64 characters; this leaves room for long URLs and SemVer build metadata. */
   tokenClaimMaxChars: 2_048,
+  /** Largest publish body the test/demo registry accepts (crates.io's limit is 10 MiB). */
+  registryMaxUploadBytes: 10 * 1024 * 1024,
 })
