@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process'
+import { constants } from 'node:os'
 import { LIMITS } from './limits.js'
 
 /**
@@ -17,6 +18,8 @@ import { LIMITS } from './limits.js'
  */
 
 const VARIABLE = 'UV_THREADPOOL_SIZE'
+/** The value this process started with: what the pool really has, whatever is set later. */
+const AT_START = process.env[VARIABLE]
 
 function currentSize(env: NodeJS.ProcessEnv): number {
   const raw = env[VARIABLE]
@@ -38,20 +41,23 @@ export function withThreadpoolSize(env: NodeJS.ProcessEnv = process.env): NodeJS
  * `relaunchWithThreadpoolSize()`.
  */
 export function ensureThreadpoolSize(): boolean {
-  if (currentSize(process.env) >= LIMITS.uvThreadpoolSize) return true
-  process.env[VARIABLE] = String(LIMITS.uvThreadpoolSize)
-  return false
+  const started = currentSize({ [VARIABLE]: AT_START })
+  if (currentSize(process.env) < LIMITS.uvThreadpoolSize) process.env[VARIABLE] = String(LIMITS.uvThreadpoolSize)
+  return started >= LIMITS.uvThreadpoolSize
 }
 
 /**
  * Re-runs this very process (same node flags, script and arguments) with UV_THREADPOOL_SIZE set,
+ * unless it already started with it,
  * relays termination signals to it and exits with its status. Resolves to `false` (nothing done)
  * when the size is already right, so an entry point can write:
  *   `if (await relaunchWithThreadpoolSize()) return`
  * Node 20 has no execve(), so this costs one extra idle parent process.
  */
 export async function relaunchWithThreadpoolSize(): Promise<boolean> {
-  if (currentSize(process.env) >= LIMITS.uvThreadpoolSize) return false
+  // Decided by the value at process start: `ensureThreadpoolSize()` may already have raised the
+  // variable in this process, which does not resize a pool that is running.
+  if (currentSize({ [VARIABLE]: AT_START }) >= LIMITS.uvThreadpoolSize) return false
   const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
     env: withThreadpoolSize(process.env),
     stdio: 'inherit',
@@ -62,7 +68,7 @@ export async function relaunchWithThreadpoolSize(): Promise<boolean> {
   for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(signal, relay)
   await new Promise<void>((resolve) => {
     child.on('exit', (code, signal) => {
-      process.exitCode = code ?? (signal === null ? 1 : 128 + 15)
+      process.exitCode = code ?? (signal === null ? 1 : 128 + (constants.signals[signal] ?? 15))
       resolve()
     })
   })
