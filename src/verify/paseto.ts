@@ -6,6 +6,10 @@
  * token, rebuilds the PAE and parses the claims, with our `run` doing the ECDSA check through
  * node:crypto. Our run is used instead of paseto's built-in WebCrypto one so that we learn whether
  * it was the signature or the claims that failed without matching error-message text.
+ *
+ * Both accept high-S signatures (OpenSSL does not enforce low S), as cargo's pasetors does; the
+ * strict mode is ours. What paseto's defaults would refuse in cargo's tokens is only PASETO's own
+ * temporal policy (a missing `exp`), which we switch off below.
  */
 import { PublicProtocol, PublicVerify, ClaimValidationError, type Key } from 'paseto'
 

@@ -7,7 +7,7 @@
  * No I/O: a registry passes the token and what it expects, and looks up the key itself (by the
  * footer's `kip`, which `inspectToken` reads without trusting it).
  */
-import { AgentError } from '../lib/errors.js'
+import { AgentError, type VerifyCode } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { k3Pid, parseK3Public } from '../keys/paserk.js'
 import { COMPRESSED_POINT_BYTES, publicKeyObject } from '../keys/point.js'
@@ -55,7 +55,7 @@ export interface UntrustedTokenContents {
 const USAGE_REMEDY = 'Fix the verifier call: see VerifyOptions in src/verify/verify.ts'
 const usage = (message: string): AgentError => new AgentError('USAGE', message, { remedy: USAGE_REMEDY })
 
-function fail(code: ConstructorParameters<typeof AgentError>[0], message: string, remedy: string): never {
+function fail(code: VerifyCode, message: string, remedy: string): never {
   throw new AgentError(code, message, { remedy })
 }
 

@@ -2,6 +2,9 @@ import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import { test } from 'node:test'
 
+import { PublicProtocol } from 'paseto'
+import { ImportPublicKeyFactory, VerifyFactory } from 'paseto/v3/public'
+
 import { AgentError } from '../../src/lib/errors.js'
 import { k3Pid, parseK3Public } from '../../src/keys/paserk.js'
 import { MemorySigner } from '../../src/signer/memory.js'
@@ -109,6 +112,17 @@ for (const v of vectors) {
     await verifyToken(built.token, { ...optionsFor(v, operationOf(v)), checkTime: true, strictLowS: true })
   })
 }
+
+test('paseto\'s built-in v3 verifier also accepts every cargo token, high-S and nanosecond iat included', async () => {
+  const paseto = new PublicProtocol(VerifyFactory, ImportPublicKeyFactory)
+  for (const v of vectors) {
+    const key = await paseto.ImportPublicKey(v['public-key'] as `k3.public.${string}`)
+    // cargo's tokens have no `exp`, so a generic PASETO consumer must allow that explicitly.
+    await assert.rejects(paseto.Verify(key, v.token), { claim: 'exp' })
+    const result = await paseto.Verify(key, v.token, { allowNonExpiring: true })
+    assert.deepEqual(result.claims, payloadOf(v), v.name)
+  }
+})
 
 test('the iat shape matches cargo: RFC 3339 UTC, Z, trimmed fraction', () => {
   for (const v of vectors) assert.match(payloadOf(v).iat, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d*[1-9])?Z$/)
