@@ -6,13 +6,30 @@ import { LIMITS } from '../lib/limits.js'
 
 export interface RequesterContext {
   pid: number
-  ppid: number
+  ppid?: number
   command?: string
   tty?: string
 }
 
+/** The parent of `pid` from /proc/<pid>/stat (field 4, after the parenthesised command name). */
+function parentOf(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+    return Number.isSafeInteger(ppid) && ppid > 0 ? ppid : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * The requester is the program that started this shim (cargo): `pid` is cargo's, `ppid` its parent's
+ * (the shell or build tool), `command` cargo's command line. The shim's own pid says nothing to a human.
+ */
 export function requesterContext(): RequesterContext {
-  const context: RequesterContext = { pid: process.pid, ppid: process.ppid }
+  const context: RequesterContext = { pid: process.ppid }
+  const grandparent = parentOf(process.ppid)
+  if (grandparent !== undefined) context.ppid = grandparent
   try {
     // NUL-separated argv of the parent; unreadable on non-Linux or under hidepid, which is fine.
     const raw = readFileSync(`/proc/${process.ppid}/cmdline`)

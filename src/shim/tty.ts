@@ -33,9 +33,10 @@ function readRaw(prompt: string, options: { echo: boolean; single: boolean }): P
   } catch (error) {
     return Promise.reject(noTty(error))
   }
-  writeSync(fd, prompt)
   const input = new ReadStream(fd)
+  // Raw (no echo) before the prompt appears: a fast typist must never see the PIN echoed.
   input.setRawMode(true)
+  writeSync(fd, prompt)
   return new Promise((resolve, reject) => {
     let typed = Buffer.alloc(0)
     const done = (error: AgentError | undefined): void => {

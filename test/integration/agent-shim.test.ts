@@ -94,7 +94,11 @@ describe('agent + shim on SoftHSM', () => {
     assert.equal(publish['vers'], '1.2.3')
     assert.equal((publish['registry'] as { url: string }).url, INDEX)
     assert.match(String(publish['kip']), /^k3\.pid\./)
-    assert.equal(typeof (publish['requester'] as { pid?: number }).pid, 'number')
+    // The requester is the shim's parent (here this test process, under cargo it is cargo).
+    const requester = publish['requester'] as { pid?: number; ppid?: number; command?: string }
+    assert.equal(requester.pid, process.pid)
+    assert.equal(requester.ppid, process.ppid)
+    assert.ok(requester.command?.includes(process.argv[1] ?? '\0'), requester.command)
     assert.ok(!JSON.stringify(lines).includes('v3.public.'), 'the audit log must not hold tokens')
   })
 
