@@ -114,6 +114,16 @@ function contextual(rv: number, op: Operation): Translation | undefined {
   if (op === 'sign' && (rv === k.CKR_FUNCTION_CANCELED || rv === k.CKR_FUNCTION_REJECTED)) {
     return { code: 'TOUCH_TIMEOUT', message: 'the device did not receive a touch (signature cancelled)', remedy: 'Touch the device when it blinks, then try again' }
   }
+  // ykcs11 2.2 turns the card's SW 6982 at GENERAL AUTHENTICATE (the YubiKey's touch timer ran out)
+  // into CKR_USER_NOT_LOGGED_IN. At C_Sign the device layer has just checked the login (and done the
+  // context-specific login for CKA_ALWAYS_AUTHENTICATE keys), so this is the touch.
+  if (op === 'sign' && rv === k.CKR_USER_NOT_LOGGED_IN) {
+    return {
+      code: 'TOUCH_TIMEOUT',
+      message: 'the device refused the signature: no touch was received in time',
+      remedy: 'Touch the device when it blinks, then try again (if it has no touch policy, unlock the agent again)',
+    }
+  }
   if ((op === 'login' || op === 'context-login') && rv === k.CKR_FUNCTION_CANCELED) {
     return { code: 'PIN_ENTRY_FAILED', message: 'PIN entry on the device was cancelled', remedy: 'Enter the PIN on the device PIN pad, then try again' }
   }

@@ -162,7 +162,8 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
       ['C_Sign', 0x31, 'DEVICE_ERROR'],
       ['C_Sign', 0x50, 'TOUCH_TIMEOUT'],
       ['C_Sign', 0x200, 'TOUCH_TIMEOUT'],
-      ['C_Sign', 0x101, 'PIN_REQUIRED'],
+      ['C_Sign', 0x101, 'TOUCH_TIMEOUT'], // ykcs11's answer to a missed touch (SW 6982)
+      ['C_SignInit', 0x101, 'PIN_REQUIRED'],
       ['C_Sign', 0x80000001, 'DEVICE_ERROR'],
       ['C_SignInit', 0x70, 'MECHANISM_UNSUPPORTED'],
       ['C_SignInit', 0x68, 'KEY_INVALID'],
