@@ -1,0 +1,161 @@
+/**
+ * The device layer against a software TPM 2.0 (swtpm) through the real tpm2-pkcs11 module: a key
+ * generated inside the TPM signs tokens that verify with the project's verifier and with
+ * node:crypto, and the key cannot leave the TPM.
+ */
+import assert from 'node:assert/strict'
+import { createPublicKey, verify as cryptoVerify, type KeyObject } from 'node:crypto'
+import { after, before, describe, it } from 'node:test'
+
+import { Pin } from '../../src/lib/secret.js'
+import { Device } from '../../src/pkcs11/device.js'
+import type { Signer } from '../../src/signer/signer.js'
+import { buildToken } from '../../src/token/build.js'
+import { verifyToken } from '../../src/verify/verify.js'
+import { startSoftwareTpm, type SoftwareTpm } from '../helpers/swtpm.js'
+
+const PIN = '246810'
+const SO_PIN = '13579135'
+const LABEL = 'cargo-ci'
+const KEY = { label: 'cargo', id: '01' }
+const INDEX_URL = 'sparse+http://127.0.0.1:8000/index/'
+
+/** PASETO PAE (common.md §PAE): LE64 count, then LE64 length + bytes per piece. */
+function pae(pieces: Uint8Array[]): Buffer {
+  const le64 = (n: number): Buffer => {
+    const b = Buffer.alloc(8)
+    b.writeBigUInt64LE(BigInt(n))
+    return b
+  }
+  return Buffer.concat([le64(pieces.length), ...pieces.flatMap((p) => [le64(p.length), Buffer.from(p)])])
+}
+
+/** Checks a v3.public token with node:crypto alone: PAE(pk, h, m, f, "") signed r||s over SHA-384. */
+function verifyWithNodeCrypto(token: string, publicKey49: Uint8Array, key: KeyObject): boolean {
+  const [version, purpose, body, footer] = token.split('.')
+  assert.equal(`${version}.${purpose}.`, 'v3.public.')
+  const raw = Buffer.from(body ?? '', 'base64url')
+  const message = raw.subarray(0, raw.length - 96)
+  const signature = raw.subarray(raw.length - 96)
+  const signed = pae([
+    publicKey49,
+    Buffer.from('v3.public.'),
+    message,
+    Buffer.from(footer ?? '', 'base64url'),
+    Buffer.alloc(0),
+  ])
+  return cryptoVerify('sha384', signed, { key, dsaEncoding: 'ieee-p1363' }, signature)
+}
+
+/** The public key as pkcs11-tool (OpenSC, not our code) reads it: `EC_POINT: 0461 04 X Y`. */
+function publicKeyFromPkcs11Tool(listing: string, label: string): KeyObject {
+  const block = listing
+    .split(/\n(?=\S)/)
+    .find((b) => b.startsWith('Public Key Object') && new RegExp(`label:\\s+${label}\\n`).test(`${b}\n`))
+  const hex = /EC_POINT:\s+([0-9a-f]+)/.exec(block ?? '')?.[1]
+  assert.ok(hex !== undefined, `no EC_POINT for '${label}' in:\n${listing}`)
+  const der = Buffer.from(hex, 'hex')
+  assert.equal(
+    der.subarray(0, 3).toString('hex'),
+    '046104',
+    'DER OCTET STRING around an uncompressed P-384 point',
+  )
+  const point = der.subarray(2) // 04 || X || Y
+  return createPublicKey({
+    key: {
+      kty: 'EC',
+      crv: 'P-384',
+      x: point.subarray(1, 49).toString('base64url'),
+      y: point.subarray(49).toString('base64url'),
+    },
+    format: 'jwk',
+  })
+}
+
+describe('tpm2-pkcs11 on swtpm', () => {
+  let tpm: SoftwareTpm
+  let device: Device
+  let signer: Signer
+  let publicKey: KeyObject
+  let privateKeyListing: string
+  const pin = Pin.fromString(PIN)
+
+  before(async () => {
+    tpm = await startSoftwareTpm({ label: LABEL, pin: PIN, soPin: SO_PIN, key: KEY })
+    // OpenSC's view first: without a resource manager the TPM's few object slots are held by the
+    // process that has tpm2-pkcs11 loaded, so a second process (pkcs11-tool) cannot log in while
+    // this one holds the module (Esys_StartAuthSession: "out of memory for object contexts").
+    const pins = { TPM_PIN: PIN }
+    const login = ['--token-label', LABEL, '--login', '--pin', 'env:TPM_PIN']
+    publicKey = publicKeyFromPkcs11Tool(await tpm.pkcs11Tool([...login, '--list-objects'], pins), KEY.label)
+    privateKeyListing = await tpm.pkcs11Tool([...login, '--list-objects', '--type', 'privkey'], pins)
+    // tpm2-pkcs11 reads its TCTI and store at C_Initialize, in this process.
+    Object.assign(process.env, tpm.env)
+    device = new Device({ module: tpm.module, label: LABEL }, { cachedPin: () => pin })
+  })
+
+  after(async () => {
+    await device?.release()
+    await tpm?.stop()
+  })
+
+  it('finds the token by label and needs a login', async () => {
+    const status = await device.status()
+    assert.equal(status.present, true)
+    assert.equal(status.label, LABEL)
+    assert.equal(status.loginRequired, true)
+  })
+
+  it('reads the same public key from the TPM as pkcs11-tool does', async () => {
+    const key = await device.findKey(KEY)
+    const jwk = publicKey.export({ format: 'jwk' })
+    const y = Buffer.from(jwk.y ?? '', 'base64url')
+    const compressed = Buffer.concat([
+      Buffer.from([2 + ((y[y.length - 1] ?? 0) & 1)]),
+      Buffer.from(jwk.x ?? '', 'base64url'),
+    ])
+    assert.deepEqual(Buffer.from(key.publicKey), compressed)
+    signer = await device.signer(KEY)
+  })
+
+  it('signs a publish token in the TPM that verifies with verifyToken and node:crypto', async () => {
+    const request = {
+      indexUrl: INDEX_URL,
+      operation: 'publish',
+      name: 'tpm-crate',
+      vers: '0.1.0',
+      cksum: 'b'.repeat(64),
+    } as const
+    const built = await buildToken(signer, request)
+    const verified = await verifyToken(built.token, {
+      ...request,
+      url: INDEX_URL,
+      publicKey: signer.publicKey,
+      strictLowS: true,
+    })
+    assert.equal(verified.claims['name'], 'tpm-crate')
+    assert.equal(verifyWithNodeCrypto(built.token, signer.publicKey, publicKey), true)
+  })
+
+  it('signs repeatedly, each signature verifying (no state left behind between signs)', async (t) => {
+    const times: number[] = []
+    for (let i = 0; i < 20; i += 1) {
+      const started = performance.now()
+      const built = await buildToken(signer, { indexUrl: INDEX_URL, operation: 'read' })
+      times.push(performance.now() - started)
+      assert.equal(verifyWithNodeCrypto(built.token, signer.publicKey, publicKey), true)
+    }
+    times.sort((a, b) => a - b)
+    t.diagnostic(
+      `tpm2-pkcs11/swtpm token build p50 ${times[10]?.toFixed(1)} ms, max ${times[19]?.toFixed(1)} ms`,
+    )
+  })
+
+  it('keeps the generated key inside the TPM: sensitive, never extractable', async () => {
+    const key = await device.findKey(KEY)
+    assert.equal(key.extractable, false)
+    assert.equal(key.sensitive, true)
+    // The same flags as OpenSC reads them (CKA_SENSITIVE, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE).
+    assert.match(privateKeyListing, /Access:\s+sensitive, always sensitive, never extractable, local/)
+  })
+})
