@@ -171,6 +171,72 @@ describe('agent + shim on SoftHSM', () => {
   })
 })
 
+describe('agent robustness', () => {
+  test('malformed params for every method: an error each, and the agent keeps serving', async () => {
+    const agent = await startAgent({ registries: { local: { index: INDEX, readKey: known } } })
+    try {
+      const c = await AgentConnection.connect(agent.socket)
+      const junk: unknown[] = [
+        undefined,
+        null,
+        42,
+        'x'.repeat(1000),
+        '{"v":1',
+        '{"v":1,"registry":{"index-url":7},"kind":"get","operation":"read"}',
+        JSON.stringify({ v: 1, registry: { 'index-url': INDEX }, kind: 'get', operation: 'publish', name: 'a' }),
+        JSON.stringify({ v: 1, registry: { 'index-url': INDEX }, kind: 'logout' }),
+        JSON.stringify({ v: 1, registry: { 'index-url': INDEX, name: { nested: [1, 2] } }, kind: 'get', operation: 'read' }),
+      ]
+      const requesters: unknown[] = [undefined, 'me', { pid: -1, ppid: 'x', command: 5, tty: null }, [1, 2]]
+      let errors = 0
+      for (const method of ['sign', 'login', 'logout', 'pubkey', 'keygen'] as const) {
+        for (const [i, cargo] of junk.entries()) {
+          const params = { cargo, requester: requesters[i % requesters.length], interactive: i % 2 === 0, token: cargo, label: cargo, registry: cargo, indexUrl: cargo }
+          try {
+            await c.request(method, params as Record<string, unknown>)
+          } catch (error) {
+            errors += 1
+            assert.ok(error instanceof Error)
+            assert.notEqual((error as { code?: string }).code, 'AGENT_UNREACHABLE', `${method} #${i} dropped the connection`)
+          }
+        }
+      }
+      assert.ok(errors >= junk.length * 4, `expected most malformed requests to fail, ${errors} did`)
+      c.close()
+      const ok = okOf((await agent.runShim(cargoGet(INDEX, 'read'))).lines[1])
+      await verifyToken(String(ok['token']), { publicKey: KNOWN_KEY.k3Public, url: INDEX, operation: 'read' })
+      assert.equal(agent.process?.exitCode, null, 'the agent is still running')
+      assert.doesNotMatch(agent.log(), /TypeError|ReferenceError|Unhandled/)
+    } finally {
+      await agent.stop()
+    }
+  })
+
+  test('release-after-idle-seconds closes the sessions once the agent is idle', async () => {
+    const agent = await startAgent({ registries: { local: { index: INDEX, readKey: known } }, agent: { 'release-after-idle-seconds': 1 } })
+    try {
+      okOf((await agent.runShim(cargoGet(INDEX, 'read'))).lines[1])
+      let open = -1
+      for (let i = 0; i < 100; i++) {
+        await new Promise((r) => setTimeout(r, 100))
+        if (agent.log().includes('after 1 s idle')) break
+      }
+      const c = await AgentConnection.connect(agent.socket)
+      try {
+        const status = await c.request('status')
+        open = ((status['tokens'] as { status?: { sessionsOpen: number } }[])[0]?.status?.sessionsOpen ?? -1)
+      } finally {
+        c.close()
+      }
+      assert.match(agent.log(), /released 1 device\(s\) after 1 s idle/)
+      // status itself opens no signing session: the count is what the release left.
+      assert.equal(open, 0)
+    } finally {
+      await agent.stop()
+    }
+  })
+})
+
 describe('agent + shim failures on SoftHSM', () => {
   test('wrong PIN (env source): Err other with the PIN_INCORRECT message, never retried', async () => {
     const agent = await startAgent({ registries: { local: { index: INDEX, readKey: known } }, env: { CARGO_PKCS11_TEST_PIN: '999999' } })
