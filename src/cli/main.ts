@@ -49,7 +49,8 @@ export const COMMANDS: Readonly<Record<string, CommandEntry>> = Object.freeze({
     load: async () => (await import('./log.js')).log,
   },
   keygen: {
-    usage: 'keygen [--token NAME | --module M --token-label L] --label K [--id HEX] [--force] [--pin-env VAR | --pin-file F] [--json]',
+    usage:
+      'keygen [--token NAME | --module M --token-label L] --label K [--id HEX] [--force] [--pin-env VAR | --pin-file F] [--json]',
     summary: 'generate a P-384 key on the device (refuses to overwrite without --force)',
     load: async () => (await import('./keygen.js')).keygen,
   },
@@ -59,12 +60,14 @@ export const COMMANDS: Readonly<Record<string, CommandEntry>> = Object.freeze({
     load: async () => (await import('./list.js')).list,
   },
   pubkey: {
-    usage: 'pubkey [--token NAME | --module M --token-label L] (--label K | --id HEX) [--format k3|pid|hex|json]',
+    usage:
+      'pubkey [--token NAME | --module M --token-label L] (--label K | --id HEX) [--format k3|pid|hex|json]',
     summary: 'print the k3.public of a device key, to register with the registry',
     load: async () => (await import('./pubkey.js')).pubkey,
   },
   setup: {
-    usage: 'setup [--config FILE] [--token NAME | --module M (--token-label L | --serial S)] [--label K] [--registry NAME --index URL] [--write-cargo-config] [--force]',
+    usage:
+      'setup [--config FILE] [--token NAME | --module M (--token-label L | --serial S)] [--label K] [--registry NAME --index URL] [--write-cargo-config] [--force]',
     summary: 'first run: find a token (or make a SoftHSM one), generate or reuse the key, write the configs',
     load: async () => (await import('./setup.js')).setup,
   },
@@ -106,7 +109,9 @@ function helpText(): string {
 
 function version(): string {
   // dist/src/cli/main.js -> the package root.
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version?: string }
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as {
+    version?: string
+  }
   return pkg.version ?? 'unknown'
 }
 

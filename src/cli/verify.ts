@@ -50,14 +50,22 @@ export function parseVerifyArgs(argv: readonly string[]): Omit<VerifyArgs, 'toke
     const message = error instanceof Error ? error.message : String(error)
     const unknown = /'(--?[^']+)'/.exec(message)?.[1]
     const hint = unknown === undefined ? undefined : suggestOption(unknown)
-    throw usage(`${message.split('. ')[0] ?? message}${hint === undefined ? '' : ` (did you mean --${hint}?)`}`)
+    throw usage(
+      `${message.split('. ')[0] ?? message}${hint === undefined ? '' : ` (did you mean --${hint}?)`}`,
+    )
   }
   const v = parsed.values
   if (parsed.positionals.length !== 1) {
-    throw usage(parsed.positionals.length === 0 ? 'give the token, or - to read it from stdin' : 'give exactly one token')
+    throw usage(
+      parsed.positionals.length === 0
+        ? 'give the token, or - to read it from stdin'
+        : 'give exactly one token',
+    )
   }
-  if (v['public-key'] === undefined) throw usage('--public-key k3.public.… is required (the key registered for this user)')
-  if (v.url === undefined) throw usage('--url is required: the registry index URL exactly as cargo sends it (keep `sparse+`)')
+  if (v['public-key'] === undefined)
+    throw usage('--public-key k3.public.… is required (the key registered for this user)')
+  if (v.url === undefined)
+    throw usage('--url is required: the registry index URL exactly as cargo sends it (keep `sparse+`)')
   let publicKey: Uint8Array
   try {
     publicKey = parseK3Public(v['public-key'])
@@ -65,7 +73,8 @@ export function parseVerifyArgs(argv: readonly string[]): Omit<VerifyArgs, 'toke
     throw usage(`--public-key: ${toAgentError(error).message}`)
   }
   const operation = v.operation ?? 'read'
-  if (!isOperation(operation)) throw usage(`--operation must be one of ${OPERATIONS.join(', ')}; got '${operation}'`)
+  if (!isOperation(operation))
+    throw usage(`--operation must be one of ${OPERATIONS.join(', ')}; got '${operation}'`)
   const options: VerifyOptions = { publicKey, url: v.url, operation }
   if (v.name !== undefined) options.name = v.name
   if (v.vers !== undefined) options.vers = v.vers
@@ -74,13 +83,19 @@ export function parseVerifyArgs(argv: readonly string[]): Omit<VerifyArgs, 'toke
   if (v['max-age'] !== undefined) {
     const seconds = /^\d+$/.test(v['max-age']) ? Number(v['max-age']) : Number.NaN
     if (!(seconds >= 1 && seconds <= LIMITS.maxTokenMaxAgeSeconds)) {
-      throw usage(`--max-age takes whole seconds, 1..${LIMITS.maxTokenMaxAgeSeconds} (RFC 3231 suggests at most 15 min); got '${v['max-age']}'`)
+      throw usage(
+        `--max-age takes whole seconds, 1..${LIMITS.maxTokenMaxAgeSeconds} (RFC 3231 suggests at most 15 min); got '${v['max-age']}'`,
+      )
     }
     options.maxAgeSeconds = seconds
   }
   if (v['no-time-check'] === true) options.checkTime = false
   if (v['strict-low-s'] === true) options.strictLowS = true
-  return Object.freeze({ tokenArg: parsed.positionals[0] ?? '', json: v.json === true, options: Object.freeze(options) })
+  return Object.freeze({
+    tokenArg: parsed.positionals[0] ?? '',
+    json: v.json === true,
+    options: Object.freeze(options),
+  })
 }
 
 function suggestOption(given: string): string | undefined {
@@ -110,11 +125,19 @@ export async function verify(argv: readonly string[]): Promise<number> {
     const ageSeconds = Math.round((Date.now() - result.iat.valueOf()) / 1000)
     if (args.json) {
       process.stdout.write(
-        JSON.stringify({ valid: true, claims: result.claims, footer: result.footer, iat: result.iat.toISOString(), highS: result.highS }) + '\n',
+        JSON.stringify({
+          valid: true,
+          claims: result.claims,
+          footer: result.footer,
+          iat: result.iat.toISOString(),
+          highS: result.highS,
+        }) + '\n',
       )
     } else {
       const c = result.claims
-      const what = [args.options.operation, c['name'], c['vers']].filter((x) => typeof x === 'string').join(' ')
+      const what = [args.options.operation, c['name'], c['vers']]
+        .filter((x) => typeof x === 'string')
+        .join(' ')
       process.stdout.write(
         [
           `valid: v3.public token for ${what}`,

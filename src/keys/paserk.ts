@@ -18,8 +18,10 @@ export const K3_PID_PREFIX = 'k3.pid.'
 /** ID.md: the identifier is the first 264 bits (33 bytes) of SHA-384. */
 const PID_DIGEST_BYTES = 33
 
-const PUBLIC_REMEDY = 'Give the key as `k3.public.` followed by 66 base64url characters, as printed by `cargo-pkcs11-agent pubkey`'
-const SECRET_REMEDY = 'Give a software test key as `k3.secret.` followed by 64 base64url characters (a 48-byte P-384 scalar)'
+const PUBLIC_REMEDY =
+  'Give the key as `k3.public.` followed by 66 base64url characters, as printed by `cargo-pkcs11-agent pubkey`'
+const SECRET_REMEDY =
+  'Give a software test key as `k3.secret.` followed by 64 base64url characters (a 48-byte P-384 scalar)'
 
 function keyInvalid(message: string, remedy: string): AgentError {
   return new AgentError('KEY_INVALID', message, { remedy })
@@ -39,7 +41,8 @@ function assertScalar(scalar: Uint8Array): void {
     throw keyInvalid(`a k3 secret key is exactly 48 bytes, got ${scalar.length}`, SECRET_REMEDY)
   }
   const d = bytesToBigInt(scalar)
-  if (d <= 0n || d >= P384.n) throw keyInvalid('the k3 secret scalar is outside 1..n-1 for P-384', SECRET_REMEDY)
+  if (d <= 0n || d >= P384.n)
+    throw keyInvalid('the k3 secret scalar is outside 1..n-1 for P-384', SECRET_REMEDY)
 }
 
 export function k3Public(pk49: Uint8Array): string {
@@ -51,7 +54,12 @@ export function parseK3Public(s: string): Uint8Array {
   if (typeof s !== 'string' || !s.startsWith(K3_PUBLIC_PREFIX)) {
     throw keyInvalid('the public key is not a k3.public PASERK (PASETO v3, P-384)', PUBLIC_REMEDY)
   }
-  const pk = decodeBase64url(s.slice(K3_PUBLIC_PREFIX.length), 'the k3.public key', 'KEY_INVALID', PUBLIC_REMEDY)
+  const pk = decodeBase64url(
+    s.slice(K3_PUBLIC_PREFIX.length),
+    'the k3.public key',
+    'KEY_INVALID',
+    PUBLIC_REMEDY,
+  )
   assertCompressed(pk)
   return pk
 }
@@ -59,7 +67,9 @@ export function parseK3Public(s: string): Uint8Array {
 /** `k3.pid.` + b64u(SHA-384("k3.pid." || "k3.public.…")[0..33]) — the header is hashed with the whole PASERK. */
 export function k3Pid(key: Uint8Array | string): string {
   const paserk = typeof key === 'string' ? k3Public(parseK3Public(key)) : k3Public(key)
-  const digest = createHash('sha384').update(K3_PID_PREFIX + paserk, 'ascii').digest()
+  const digest = createHash('sha384')
+    .update(K3_PID_PREFIX + paserk, 'ascii')
+    .digest()
   return K3_PID_PREFIX + encodeBase64url(digest.subarray(0, PID_DIGEST_BYTES))
 }
 
@@ -73,7 +83,12 @@ export function parseK3Secret(s: string): Uint8Array {
   if (typeof s !== 'string' || !s.startsWith(K3_SECRET_PREFIX)) {
     throw keyInvalid('the secret key is not a k3.secret PASERK (PASETO v3, P-384)', SECRET_REMEDY)
   }
-  const scalar = decodeBase64url(s.slice(K3_SECRET_PREFIX.length), 'the k3.secret key', 'KEY_INVALID', SECRET_REMEDY)
+  const scalar = decodeBase64url(
+    s.slice(K3_SECRET_PREFIX.length),
+    'the k3.secret key',
+    'KEY_INVALID',
+    SECRET_REMEDY,
+  )
   assertScalar(scalar)
   return scalar
 }

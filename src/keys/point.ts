@@ -64,15 +64,22 @@ export function compressPoint(uncompressed97: Uint8Array): Uint8Array {
 export function decompressPoint(compressed49: Uint8Array): Uint8Array {
   assertCompressedShape(compressed49)
   try {
-    return new Uint8Array(ECDH.convertKey(Buffer.from(compressed49), 'secp384r1', undefined, undefined, 'uncompressed') as Buffer)
+    return new Uint8Array(
+      ECDH.convertKey(Buffer.from(compressed49), 'secp384r1', undefined, undefined, 'uncompressed') as Buffer,
+    )
   } catch (cause) {
-    throw new AgentError('KEY_INVALID', 'the public key is not a point on the P-384 curve', { remedy: KEY_REMEDY, cause })
+    throw new AgentError('KEY_INVALID', 'the public key is not a point on the P-384 curve', {
+      remedy: KEY_REMEDY,
+      cause,
+    })
   }
 }
 
 function assertCompressedShape(point: Uint8Array): void {
   if (point.length !== COMPRESSED_POINT_BYTES || (point[0] !== 0x02 && point[0] !== 0x03)) {
-    throw keyInvalid(`expected a compressed P-384 point (49 bytes starting 02 or 03), got ${point.length} bytes`)
+    throw keyInvalid(
+      `expected a compressed P-384 point (49 bytes starting 02 or 03), got ${point.length} bytes`,
+    )
   }
 }
 
@@ -89,10 +96,22 @@ export function publicKeyFromDevice(ecPoint: Uint8Array): Uint8Array {
   const n = ecPoint.length
   if (n === UNCOMPRESSED_POINT_BYTES && ecPoint[0] === 0x04) point = ecPoint
   else if (n === COMPRESSED_POINT_BYTES && (ecPoint[0] === 0x02 || ecPoint[0] === 0x03)) point = ecPoint
-  else if (n === 99 && ecPoint[0] === 0x04 && ecPoint[1] === 0x61 && ecPoint[2] === 0x04) point = ecPoint.subarray(2)
-  else if (n === 100 && ecPoint[0] === 0x04 && ecPoint[1] === 0x81 && ecPoint[2] === 0x61 && ecPoint[3] === 0x04)
+  else if (n === 99 && ecPoint[0] === 0x04 && ecPoint[1] === 0x61 && ecPoint[2] === 0x04)
+    point = ecPoint.subarray(2)
+  else if (
+    n === 100 &&
+    ecPoint[0] === 0x04 &&
+    ecPoint[1] === 0x81 &&
+    ecPoint[2] === 0x61 &&
+    ecPoint[3] === 0x04
+  )
     point = ecPoint.subarray(3)
-  else if (n === 51 && ecPoint[0] === 0x04 && ecPoint[1] === 0x31 && (ecPoint[2] === 0x02 || ecPoint[2] === 0x03))
+  else if (
+    n === 51 &&
+    ecPoint[0] === 0x04 &&
+    ecPoint[1] === 0x31 &&
+    (ecPoint[2] === 0x02 || ecPoint[2] === 0x03)
+  )
     point = ecPoint.subarray(2)
   else {
     throw keyInvalid(

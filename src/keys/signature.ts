@@ -52,7 +52,9 @@ export function normalizeSignature(sig: Uint8Array): Uint8Array {
   let pair = parseDerSignature(sig)
   if (pair === undefined) {
     if (sig.length !== SIGNATURE_BYTES) {
-      throw malformed(`the device signature has ${sig.length} bytes and is not DER; a P-384 r||s signature has 96`)
+      throw malformed(
+        `the device signature has ${sig.length} bytes and is not DER; a P-384 r||s signature has 96`,
+      )
     }
     pair = [bytesToBigInt(sig.subarray(0, P384.size)), bytesToBigInt(sig.subarray(P384.size))]
   }
@@ -68,12 +70,18 @@ export function normalizeSignature(sig: Uint8Array): Uint8Array {
 
 /** s > n/2: valid ECDSA, but rejected by low-S-only verifiers. cargo 1.95 emits these. */
 export function isHighS(sig96: Uint8Array): boolean {
-  if (sig96.length !== SIGNATURE_BYTES) throw malformed(`expected a 96-byte r||s signature, got ${sig96.length} bytes`)
+  if (sig96.length !== SIGNATURE_BYTES)
+    throw malformed(`expected a 96-byte r||s signature, got ${sig96.length} bytes`)
   return bytesToBigInt(sig96.subarray(P384.size)) > HALF_N
 }
 
 /** ECDSA P-384 over SHA-384(message) with the compressed public key; accepts high and low S like cargo. */
 export function verifySignature(compressedPk: Uint8Array, message: Uint8Array, sig96: Uint8Array): boolean {
   if (sig96.length !== SIGNATURE_BYTES) return false
-  return cryptoVerify('sha384', message, { key: publicKeyObject(compressedPk), dsaEncoding: 'ieee-p1363' }, sig96)
+  return cryptoVerify(
+    'sha384',
+    message,
+    { key: publicKeyObject(compressedPk), dsaEncoding: 'ieee-p1363' },
+    sig96,
+  )
 }

@@ -2,7 +2,13 @@
  * A Signer whose P-384 key lives in process memory (node:crypto). For tests, dry runs and
  * registry-side tooling; never for a user's real key, which belongs on a device.
  */
-import { createECDH, createPrivateKey, generateKeyPairSync, sign as cryptoSign, type KeyObject } from 'node:crypto'
+import {
+  createECDH,
+  createPrivateKey,
+  generateKeyPairSync,
+  sign as cryptoSign,
+  type KeyObject,
+} from 'node:crypto'
 
 import { AgentError } from '../lib/errors.js'
 import { compressPoint } from '../keys/point.js'
@@ -40,7 +46,8 @@ export class MemorySigner implements Signer {
   static generate(): MemorySigner {
     const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'secp384r1' })
     const d = privateKey.export({ format: 'jwk' }).d
-    if (d === undefined) throw new AgentError('INTERNAL', 'node:crypto generated an EC key without a private scalar')
+    if (d === undefined)
+      throw new AgentError('INTERNAL', 'node:crypto generated an EC key without a private scalar')
     const scalar = new Uint8Array(48)
     const raw = Buffer.from(d, 'base64url')
     scalar.set(raw, 48 - raw.length)
@@ -62,9 +69,14 @@ export class MemorySigner implements Signer {
     const signature = normalizeSignature(new Uint8Array(raw))
     // Same contract as the device signer: never hand out a signature that does not verify.
     if (!verifySignature(this.publicKey, message, signature)) {
-      throw new AgentError('SELF_CHECK_FAILED', 'the in-memory signature did not verify with its own public key', {
-        remedy: 'This is a bug; report it with the Node.js and OpenSSL versions (`node -p process.versions`)',
-      })
+      throw new AgentError(
+        'SELF_CHECK_FAILED',
+        'the in-memory signature did not verify with its own public key',
+        {
+          remedy:
+            'This is a bug; report it with the Node.js and OpenSSL versions (`node -p process.versions`)',
+        },
+      )
     }
     return signature
   }

@@ -50,7 +50,8 @@ const v3Sign = new PublicProtocol(
 )
 
 const REQUEST_REMEDY = 'The request does not match what cargo sends for this operation; check the caller'
-const invalid = (message: string): AgentError => new AgentError('REQUEST_INVALID', message, { remedy: REQUEST_REMEDY })
+const invalid = (message: string): AgentError =>
+  new AgentError('REQUEST_INVALID', message, { remedy: REQUEST_REMEDY })
 
 // cargo sends `cksum` as the lowercase hex SHA-256 of the .crate file (publish.rs).
 const CKSUM = /^[0-9a-f]{64}$/
@@ -59,7 +60,9 @@ const CONTROL = /[\u0000-\u001f\u007f]/
 function checkText(field: string, value: unknown): asserts value is string {
   if (typeof value !== 'string' || value.length === 0) throw invalid(`${field} must be a non-empty string`)
   if (value.length > LIMITS.tokenClaimMaxChars) {
-    throw invalid(`${field} is ${value.length} characters long, more than the ${LIMITS.tokenClaimMaxChars} accepted`)
+    throw invalid(
+      `${field} is ${value.length} characters long, more than the ${LIMITS.tokenClaimMaxChars} accepted`,
+    )
   }
   if (CONTROL.test(value)) throw invalid(`${field} contains control characters`)
 }
@@ -105,18 +108,29 @@ export function tokenFooter(indexUrl: string, kip: string): string {
   return JSON.stringify({ url: indexUrl, kip })
 }
 
-export async function buildToken(signer: Signer, request: TokenRequest, now: Date = new Date()): Promise<BuiltToken> {
+export async function buildToken(
+  signer: Signer,
+  request: TokenRequest,
+  now: Date = new Date(),
+): Promise<BuiltToken> {
   const checked = validateTokenRequest(request)
   const kip = k3Pid(signer.publicKey)
   const iat = new Date(now.valueOf())
   const claims = tokenClaims(checked, iat)
   const footer = new TextEncoder().encode(tokenFooter(checked.indexUrl, kip))
-  const key: SignerKey = { algorithm: { name: 'PASETO v3.public' }, extractable: false, type: 'secret', signer }
+  const key: SignerKey = {
+    algorithm: { name: 'PASETO v3.public' },
+    extractable: false,
+    type: 'secret',
+    signer,
+  }
   // addIssuedAt/nonExpiring: paseto would otherwise add its own `iat` and a one-hour `exp`;
   // cargo's message has neither an `exp` nor anything we did not put there.
   const token = await v3Sign.Sign(key, claims, { footer, addIssuedAt: false, nonExpiring: true })
   if (token.length > LIMITS.tokenMaxChars) {
-    throw invalid(`the token would be ${token.length} characters, more than the ${LIMITS.tokenMaxChars} accepted`)
+    throw invalid(
+      `the token would be ${token.length} characters, more than the ${LIMITS.tokenMaxChars} accepted`,
+    )
   }
   return { token, iat, kip, claims }
 }

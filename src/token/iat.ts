@@ -21,7 +21,8 @@ export function formatIat(date: Date): string {
 }
 
 // RFC 3339 §5.6 date-time; `T`/`Z` may be lower case (§5.6 NOTE).
-const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))$/
+const RFC3339 =
+  /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))$/
 
 /**
  * Parses an RFC 3339 timestamp to a Date (millisecond precision; finer digits are truncated).
@@ -31,7 +32,14 @@ const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9
 export function parseIat(text: string): Date | undefined {
   const m = RFC3339.exec(text)
   if (m === null) return undefined
-  const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as [number, number, number, number, number, number]
+  const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ]
   const offsetSign = m[9] === '-' ? -1 : 1
   const offsetHour = m[10] === undefined ? 0 : Number(m[10])
   const offsetMinute = m[11] === undefined ? 0 : Number(m[11])

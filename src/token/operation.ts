@@ -16,10 +16,11 @@ export const MUTATION_CLAIMS = ['mutation', 'name', 'vers', 'cksum'] as const
 export type MutationClaim = (typeof MUTATION_CLAIMS)[number]
 
 /** Which request fields each operation requires; all others must be absent. */
-export const OPERATION_FIELDS: Readonly<Record<Operation, readonly ('name' | 'vers' | 'cksum')[]>> = Object.freeze({
-  read: [],
-  publish: ['name', 'vers', 'cksum'],
-  yank: ['name', 'vers'],
-  unyank: ['name', 'vers'],
-  owners: ['name'],
-})
+export const OPERATION_FIELDS: Readonly<Record<Operation, readonly ('name' | 'vers' | 'cksum')[]>> =
+  Object.freeze({
+    read: [],
+    publish: ['name', 'vers', 'cksum'],
+    yank: ['name', 'vers'],
+    unyank: ['name', 'vers'],
+    owners: ['name'],
+  })

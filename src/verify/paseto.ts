@@ -60,14 +60,20 @@ export function parseV3PublicToken(token: string): ParsedV3PublicToken {
   }
   const parts = token.split('.')
   if (parts.length !== 3 && parts.length !== 4) {
-    throw new AgentError('TOKEN_MALFORMED', `the token has ${parts.length} dot-separated parts; v3.public has 3 or 4`, {
-      remedy: FORMAT_REMEDY,
-    })
+    throw new AgentError(
+      'TOKEN_MALFORMED',
+      `the token has ${parts.length} dot-separated parts; v3.public has 3 or 4`,
+      {
+        remedy: FORMAT_REMEDY,
+      },
+    )
   }
   const encodedPayload = parts[2] ?? ''
   const encodedFooter = parts[3]
   if (encodedPayload === '' || encodedFooter === '') {
-    throw new AgentError('TOKEN_MALFORMED', 'the token has an empty payload or footer part', { remedy: FORMAT_REMEDY })
+    throw new AgentError('TOKEN_MALFORMED', 'the token has an empty payload or footer part', {
+      remedy: FORMAT_REMEDY,
+    })
   }
   const payload = decodeBase64url(encodedPayload, 'the token payload', 'TOKEN_ENCODING', FORMAT_REMEDY)
   const footer =
@@ -76,9 +82,13 @@ export function parseV3PublicToken(token: string): ParsedV3PublicToken {
       : decodeBase64url(encodedFooter, 'the token footer', 'TOKEN_ENCODING', FORMAT_REMEDY)
   // Version3.md §Verify: the last 96 bytes are the signature, the message before it must not be empty.
   if (payload.length <= SIGNATURE_BYTES) {
-    throw new AgentError('TOKEN_MALFORMED', `the token payload has ${payload.length} bytes, too short for a message and a 96-byte signature`, {
-      remedy: FORMAT_REMEDY,
-    })
+    throw new AgentError(
+      'TOKEN_MALFORMED',
+      `the token payload has ${payload.length} bytes, too short for a message and a 96-byte signature`,
+      {
+        remedy: FORMAT_REMEDY,
+      },
+    )
   }
   return {
     message: payload.subarray(0, payload.length - SIGNATURE_BYTES),
@@ -98,7 +108,11 @@ const v3Verify = new PublicProtocol(
   PublicVerify<3, VerifyKey>({
     version: 3,
     run: async (key, message, signature, footer, implicitAssertion) => {
-      const valid = verifySignature(key.publicKey, v3PublicPae(key.publicKey, message, footer, implicitAssertion), signature)
+      const valid = verifySignature(
+        key.publicKey,
+        v3PublicPae(key.publicKey, message, footer, implicitAssertion),
+        signature,
+      )
       key.outcome.signatureValid = valid
       return valid
     },
@@ -154,19 +168,26 @@ export async function verifyV3Public(
   } catch (error) {
     if (error instanceof AgentError) throw error
     if (key.outcome.signatureValid === false) {
-      throw new AgentError('SIGNATURE_INVALID', 'the token signature does not verify with the registered public key', {
-        remedy:
-          'The token was altered or signed by another key; the user should check that the k3.public registered here is the one `cargo-pkcs11-agent pubkey` prints',
-        cause: error,
-      })
+      throw new AgentError(
+        'SIGNATURE_INVALID',
+        'the token signature does not verify with the registered public key',
+        {
+          remedy:
+            'The token was altered or signed by another key; the user should check that the k3.public registered here is the one `cargo-pkcs11-agent pubkey` prints',
+          cause: error,
+        },
+      )
     }
     if (key.outcome.signatureValid === true) {
       const claim = error instanceof ClaimValidationError ? error.claim : undefined
       throw new AgentError(
         claim === 'iat' ? 'IAT_INVALID' : 'CLAIMS_INVALID',
-        claim === undefined ? 'the token message is not a JSON object' : `the token claim \`${claim}\` is not valid`,
+        claim === undefined
+          ? 'the token message is not a JSON object'
+          : `the token claim \`${claim}\` is not valid`,
         {
-          remedy: 'The signer produced claims no RFC 3231 registry accepts; report the client that made this token',
+          remedy:
+            'The signer produced claims no RFC 3231 registry accepts; report the client that made this token',
           cause: error,
         },
       )

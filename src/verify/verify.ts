@@ -73,10 +73,24 @@ interface CheckedOptions {
   strictLowS: boolean
 }
 
-function checkSeconds(name: string, value: number | undefined, fallback: number, max: number, allowZero: boolean): number {
+function checkSeconds(
+  name: string,
+  value: number | undefined,
+  fallback: number,
+  max: number,
+  allowZero: boolean,
+): number {
   const seconds = value ?? fallback
-  if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds < 0 || (!allowZero && seconds === 0) || seconds > max) {
-    throw usage(`${name} must be a number of seconds in ${allowZero ? '0' : '(0'}..${max}], got ${String(value)}`)
+  if (
+    typeof seconds !== 'number' ||
+    !Number.isFinite(seconds) ||
+    seconds < 0 ||
+    (!allowZero && seconds === 0) ||
+    seconds > max
+  ) {
+    throw usage(
+      `${name} must be a number of seconds in ${allowZero ? '0' : '(0'}..${max}], got ${String(value)}`,
+    )
   }
   return seconds
 }
@@ -90,7 +104,8 @@ function checkOptions(options: VerifyOptions): CheckedOptions {
   else throw usage('publicKey must be a k3.public PASERK or the 49-byte compressed point')
   // A registered key off the curve is a configuration error: KEY_INVALID now, not SIGNATURE_INVALID later.
   publicKeyObject(publicKey)
-  if (typeof options.url !== 'string' || options.url === '') throw usage('url (the registry index URL) is required')
+  if (typeof options.url !== 'string' || options.url === '')
+    throw usage('url (the registry index URL) is required')
   if (!isOperation(options.operation)) throw usage(`unknown operation ${JSON.stringify(options.operation)}`)
   const fields = OPERATION_FIELDS[options.operation]
   const expected: CheckedOptions['expected'] = {}
@@ -118,11 +133,21 @@ function checkOptions(options: VerifyOptions): CheckedOptions {
     expected,
     subject: options.subject,
     maxAgeMs:
-      checkSeconds('maxAgeSeconds', options.maxAgeSeconds, LIMITS.defaultTokenMaxAgeSeconds, LIMITS.maxTokenMaxAgeSeconds, false) *
-      1000,
+      checkSeconds(
+        'maxAgeSeconds',
+        options.maxAgeSeconds,
+        LIMITS.defaultTokenMaxAgeSeconds,
+        LIMITS.maxTokenMaxAgeSeconds,
+        false,
+      ) * 1000,
     skewMs:
-      checkSeconds('clockSkewSeconds', options.clockSkewSeconds, LIMITS.defaultClockSkewSeconds, LIMITS.maxTokenMaxAgeSeconds, true) *
-      1000,
+      checkSeconds(
+        'clockSkewSeconds',
+        options.clockSkewSeconds,
+        LIMITS.defaultClockSkewSeconds,
+        LIMITS.maxTokenMaxAgeSeconds,
+        true,
+      ) * 1000,
     now,
     checkTime: options.checkTime !== false,
     strictLowS: options.strictLowS === true,
@@ -135,19 +160,27 @@ const FOOTER_REMEDY =
 function decodeJsonObject(bytes: Uint8Array): Record<string, unknown> | undefined {
   try {
     const value: unknown = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes))
-    return value !== null && typeof value === 'object' && !Array.isArray(value) ? (value as Record<string, unknown>) : undefined
+    return value !== null && typeof value === 'object' && !Array.isArray(value)
+      ? (value as Record<string, unknown>)
+      : undefined
   } catch {
     return undefined
   }
 }
 
-function parseFooter(footer: Uint8Array, hasFooter: boolean): { url: string; kip: string } & Record<string, unknown> {
+function parseFooter(
+  footer: Uint8Array,
+  hasFooter: boolean,
+): { url: string; kip: string } & Record<string, unknown> {
   if (!hasFooter) fail('FOOTER_INVALID', 'the token has no footer, so no `url` and `kip`', FOOTER_REMEDY)
   const object = decodeJsonObject(footer)
   if (object === undefined) fail('FOOTER_INVALID', 'the token footer is not a JSON object', FOOTER_REMEDY)
   const { url, kip } = object
   if (typeof kip !== 'string') {
-    const hint = typeof object['kid'] === 'string' ? ' (it has `kid`, the name in the RFC text; cargo and registries use `kip`)' : ''
+    const hint =
+      typeof object['kid'] === 'string'
+        ? ' (it has `kid`, the name in the RFC text; cargo and registries use `kip`)'
+        : ''
     fail('FOOTER_INVALID', `the token footer has no string \`kip\`${hint}`, FOOTER_REMEDY)
   }
   if (typeof url !== 'string') fail('FOOTER_INVALID', 'the token footer has no string `url`', FOOTER_REMEDY)
@@ -163,7 +196,11 @@ export function inspectToken(token: string): UntrustedTokenContents {
   const footer = parseFooter(parsed.footer, parsed.hasFooter)
   const claims = decodeJsonObject(parsed.message)
   if (claims === undefined) {
-    fail('CLAIMS_INVALID', 'the token message is not a JSON object', 'Report the client that produced this token')
+    fail(
+      'CLAIMS_INVALID',
+      'the token message is not a JSON object',
+      'Report the client that produced this token',
+    )
   }
   return { verified: false, footer, claims }
 }
@@ -173,7 +210,11 @@ const CLAIM_NAMES = ['iat', 'sub', 'mutation', 'name', 'vers', 'cksum'] as const
 function checkClaims(claims: Record<string, unknown>, o: CheckedOptions): Date {
   for (const name of CLAIM_NAMES) {
     if (claims[name] !== undefined && typeof claims[name] !== 'string') {
-      fail('CLAIMS_INVALID', `the token claim \`${name}\` is not a string`, 'Report the client that produced this token')
+      fail(
+        'CLAIMS_INVALID',
+        `the token claim \`${name}\` is not a string`,
+        'Report the client that produced this token',
+      )
     }
   }
   if (claims['v'] !== undefined && claims['v'] !== 1) {
@@ -186,11 +227,19 @@ function checkClaims(claims: Record<string, unknown>, o: CheckedOptions): Date {
 
   const iatText = claims['iat'] as string | undefined
   if (iatText === undefined) {
-    fail('IAT_MISSING', 'the token has no `iat` claim', 'RFC 3231 requires `iat`; report the client that produced this token')
+    fail(
+      'IAT_MISSING',
+      'the token has no `iat` claim',
+      'RFC 3231 requires `iat`; report the client that produced this token',
+    )
   }
   const iat = parseIat(iatText)
   if (iat === undefined) {
-    fail('IAT_INVALID', `the token \`iat\` ${JSON.stringify(iatText.slice(0, 64))} is not an RFC 3339 timestamp`, 'Report the client that produced this token')
+    fail(
+      'IAT_INVALID',
+      `the token \`iat\` ${JSON.stringify(iatText.slice(0, 64))} is not an RFC 3339 timestamp`,
+      'Report the client that produced this token',
+    )
   }
   if (o.checkTime) {
     const ageMs = o.now.valueOf() - iat.valueOf()
@@ -198,26 +247,32 @@ function checkClaims(claims: Record<string, unknown>, o: CheckedOptions): Date {
       fail(
         'IAT_STALE',
         `the token was issued ${Math.round(ageMs / 1000)} s ago; this registry accepts tokens up to ${o.maxAgeMs / 1000} s old`,
-        'Retry so the credential provider signs a fresh token; if it keeps happening, compare the signer\'s clock with the registry\'s (`date -u`) or raise the registry\'s accepted age (at most 15 min)',
+        "Retry so the credential provider signs a fresh token; if it keeps happening, compare the signer's clock with the registry's (`date -u`) or raise the registry's accepted age (at most 15 min)",
       )
     }
     if (-ageMs > o.skewMs) {
       fail(
         'IAT_FUTURE',
         `the token was issued ${Math.round(-ageMs / 1000)} s in the future; up to ${o.skewMs / 1000} s of clock difference is accepted`,
-        'The signer\'s clock is ahead of the registry\'s; synchronise it (NTP) and retry',
+        "The signer's clock is ahead of the registry's; synchronise it (NTP) and retry",
       )
     }
   }
 
   const sub = claims['sub'] as string | undefined
   if (o.subject === undefined && sub !== undefined) {
-    fail('SUBJECT_MISMATCH', 'the token carries a `sub` but this key has no subject registered', 'Remove the subject from the client configuration, or register it with the key')
+    fail(
+      'SUBJECT_MISMATCH',
+      'the token carries a `sub` but this key has no subject registered',
+      'Remove the subject from the client configuration, or register it with the key',
+    )
   }
   if (o.subject !== undefined && sub !== o.subject) {
     fail(
       'SUBJECT_MISMATCH',
-      sub === undefined ? 'the token has no `sub`, but this key requires one' : 'the token `sub` is not the subject registered for this key',
+      sub === undefined
+        ? 'the token has no `sub`, but this key requires one'
+        : 'the token `sub` is not the subject registered for this key',
       'Configure the client with the subject the registry issued for this key',
     )
   }
@@ -244,24 +299,45 @@ function checkClaims(claims: Record<string, unknown>, o: CheckedOptions): Date {
       'Each mutation needs a token signed for exactly that operation; retry so the credential provider signs one',
     )
   }
-  const replay = 'A token signed for one crate version cannot be replayed for another; retry so the credential provider signs this request'
+  const replay =
+    'A token signed for one crate version cannot be replayed for another; retry so the credential provider signs this request'
   const expected = o.expected
   if (claims['name'] !== expected.name) {
-    fail('NAME_MISMATCH', `the token is for crate ${JSON.stringify(claims['name'] ?? null)}, the request is for ${JSON.stringify(expected.name)}`, replay)
+    fail(
+      'NAME_MISMATCH',
+      `the token is for crate ${JSON.stringify(claims['name'] ?? null)}, the request is for ${JSON.stringify(expected.name)}`,
+      replay,
+    )
   }
   if (OPERATION_FIELDS[o.operation].includes('vers')) {
     if (claims['vers'] !== expected.vers) {
-      fail('VERS_MISMATCH', `the token is for version ${JSON.stringify(claims['vers'] ?? null)}, the request is for ${JSON.stringify(expected.vers)}`, replay)
+      fail(
+        'VERS_MISMATCH',
+        `the token is for version ${JSON.stringify(claims['vers'] ?? null)}, the request is for ${JSON.stringify(expected.vers)}`,
+        replay,
+      )
     }
   } else if (claims['vers'] !== undefined) {
-    fail('UNEXPECTED_CLAIM', `a ${o.operation} token must not carry \`vers\``, 'Report the client that produced this token')
+    fail(
+      'UNEXPECTED_CLAIM',
+      `a ${o.operation} token must not carry \`vers\``,
+      'Report the client that produced this token',
+    )
   }
   if (OPERATION_FIELDS[o.operation].includes('cksum')) {
     if (claims['cksum'] !== expected.cksum) {
-      fail('CKSUM_MISMATCH', 'the token `cksum` is not the SHA-256 of the uploaded .crate', 'The upload differs from what was signed; rebuild and publish again')
+      fail(
+        'CKSUM_MISMATCH',
+        'the token `cksum` is not the SHA-256 of the uploaded .crate',
+        'The upload differs from what was signed; rebuild and publish again',
+      )
     }
   } else if (claims['cksum'] !== undefined) {
-    fail('UNEXPECTED_CLAIM', `a ${o.operation} token must not carry \`cksum\``, 'Report the client that produced this token')
+    fail(
+      'UNEXPECTED_CLAIM',
+      `a ${o.operation} token must not carry \`cksum\``,
+      'Report the client that produced this token',
+    )
   }
   return iat
 }

@@ -54,7 +54,8 @@ export const v3Vectors = (): PasetoVector[] => loadVectors<PasetoVector>('v3.jso
 export const v4Vectors = (): PasetoVector[] => loadVectors<PasetoVector>('v4.json').tests
 export const paserkVectors = (type: 'public' | 'secret' | 'pid'): PaserkVector[] =>
   loadVectors<PaserkVector>(`PASERK/k3.${type}.json`).tests
-export const cargoVectors = (): CargoVector[] => loadVectors<CargoVector>('cargo-1.95-paseto-tokens.json').tests
+export const cargoVectors = (): CargoVector[] =>
+  loadVectors<CargoVector>('cargo-1.95-paseto-tokens.json').tests
 
 export const hex = (text: string): Uint8Array => Uint8Array.from(Buffer.from(text, 'hex'))
 export const toHex = (bytes: Uint8Array): string => Buffer.from(bytes).toString('hex')

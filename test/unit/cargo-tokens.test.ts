@@ -30,14 +30,15 @@ interface Payload {
 const operationOf = (v: CargoVector): Operation => v.operation.split(' ')[0] as Operation
 const payloadOf = (v: CargoVector): Payload => JSON.parse(v.payload) as Payload
 const urlOf = (v: CargoVector): string => (JSON.parse(v.footer) as { url: string }).url
-const publishCksum = (payloadOf(vectors.find((v) => operationOf(v) === 'publish') ?? vectors[0]!).cksum ?? '')
+const publishCksum = payloadOf(vectors.find((v) => operationOf(v) === 'publish') ?? vectors[0]!).cksum ?? ''
 
 /** Options a registry would pass for `operation`, with this token's crate/version and the capture's cksum. */
 function optionsFor(v: CargoVector, operation: Operation): VerifyOptions {
   const p = payloadOf(v)
   const options: VerifyOptions = { publicKey: v['public-key'], url: urlOf(v), operation, checkTime: false }
   if (operation !== 'read') options.name = p.name ?? 'sample-crate'
-  if (operation === 'publish' || operation === 'yank' || operation === 'unyank') options.vers = p.vers ?? '0.1.0'
+  if (operation === 'publish' || operation === 'yank' || operation === 'unyank')
+    options.vers = p.vers ?? '0.1.0'
   if (operation === 'publish') options.cksum = p.cksum ?? publishCksum
   if (p.sub !== undefined) options.subject = p.sub
   return options
@@ -105,7 +106,11 @@ for (const v of vectors) {
     assert.equal(text(ours.footer), v.footer, 'footer bytes identical')
     assert.equal(built.kip, v.kip)
     const ourIat = built.claims['iat'] ?? ''
-    assert.equal(text(ours.message), v.payload.replace(p.iat, ourIat), 'message bytes identical apart from iat')
+    assert.equal(
+      text(ours.message),
+      v.payload.replace(p.iat, ourIat),
+      'message bytes identical apart from iat',
+    )
     // The signed prefix before the message is identical as well, so only iat and the signature differ.
     assert.equal(built.token.split('.').length, v.token.split('.').length)
     assert.equal(built.token.split('.')[3], v.token.split('.')[3])
@@ -113,7 +118,7 @@ for (const v of vectors) {
   })
 }
 
-test('paseto\'s built-in v3 verifier also accepts every cargo token, high-S and nanosecond iat included', async () => {
+test("paseto's built-in v3 verifier also accepts every cargo token, high-S and nanosecond iat included", async () => {
   const paseto = new PublicProtocol(VerifyFactory, ImportPublicKeyFactory)
   for (const v of vectors) {
     const key = await paseto.ImportPublicKey(v['public-key'] as `k3.public.${string}`)

@@ -35,12 +35,33 @@ function runCli(args: readonly string[], input = ''): Promise<Run> {
 let signer: MemorySigner
 let publishToken: string
 let publicKey: string
-const publishArgs = (): string[] => ['--public-key', publicKey, '--url', URL_, '--operation', 'publish', '--name', 'foo', '--vers', '1.0.0', '--cksum', CKSUM]
+const publishArgs = (): string[] => [
+  '--public-key',
+  publicKey,
+  '--url',
+  URL_,
+  '--operation',
+  'publish',
+  '--name',
+  'foo',
+  '--vers',
+  '1.0.0',
+  '--cksum',
+  CKSUM,
+]
 
 before(async () => {
   signer = MemorySigner.generate()
   publicKey = k3Public(signer.publicKey)
-  publishToken = (await buildToken(signer, { indexUrl: URL_, operation: 'publish', name: 'foo', vers: '1.0.0', cksum: CKSUM })).token
+  publishToken = (
+    await buildToken(signer, {
+      indexUrl: URL_,
+      operation: 'publish',
+      name: 'foo',
+      vers: '1.0.0',
+      cksum: CKSUM,
+    })
+  ).token
 })
 
 test('a good token read from stdin (-) exits 0 and says what it was for', async () => {
@@ -54,7 +75,12 @@ test('a good token read from stdin (-) exits 0 and says what it was for', async 
 test('--json on a good token prints the verified claims', async () => {
   const r = await runCli(['verify', '-', ...publishArgs(), '--json'], publishToken)
   assert.equal(r.status, 0, r.stderr)
-  const out = JSON.parse(r.stdout) as { valid: boolean; claims: Record<string, string>; footer: { url: string }; highS: boolean }
+  const out = JSON.parse(r.stdout) as {
+    valid: boolean
+    claims: Record<string, string>
+    footer: { url: string }
+    highS: boolean
+  }
   assert.equal(out.valid, true)
   assert.equal(out.claims['cksum'], CKSUM)
   assert.equal(out.footer.url, URL_)
@@ -62,13 +88,26 @@ test('--json on a good token prints the verified claims', async () => {
 })
 
 test('a bad token exits 1 and prints the reason code', async () => {
-  const replayed = await runCli(['verify', '-', ...publishArgs().map((a) => (a === 'foo' ? 'bar' : a))], publishToken)
+  const replayed = await runCli(
+    ['verify', '-', ...publishArgs().map((a) => (a === 'foo' ? 'bar' : a))],
+    publishToken,
+  )
   assert.equal(replayed.status, 1)
   assert.match(replayed.stderr, /^invalid: NAME_MISMATCH: /)
-  const json = await runCli(['verify', '-', ...publishArgs().map((a) => (a === '1.0.0' ? '1.0.1' : a)), '--json'], publishToken)
+  const json = await runCli(
+    ['verify', '-', ...publishArgs().map((a) => (a === '1.0.0' ? '1.0.1' : a)), '--json'],
+    publishToken,
+  )
   assert.equal(json.status, 1)
   assert.equal((JSON.parse(json.stdout) as { code: string }).code, 'VERS_MISMATCH')
-  const other = await runCli(['verify', '-', ...publishArgs().map((a) => (a === publicKey ? k3Public(MemorySigner.generate().publicKey) : a))], publishToken)
+  const other = await runCli(
+    [
+      'verify',
+      '-',
+      ...publishArgs().map((a) => (a === publicKey ? k3Public(MemorySigner.generate().publicKey) : a)),
+    ],
+    publishToken,
+  )
   assert.equal(other.status, 1)
   assert.match(other.stderr, /KEY_ID_MISMATCH/)
 })
@@ -87,16 +126,30 @@ test('a recorded cargo token: stale with the time check, valid without; high-S r
   const strict = await runCli([...base, '--no-time-check', '--strict-low-s'], v.token)
   assert.equal(strict.status, 1)
   assert.match(strict.stderr, /SIGNATURE_HIGH_S/)
-  const positional = await runCli(['verify', v.token, '--public-key', v['public-key'], '--url', url, '--no-time-check'])
+  const positional = await runCli([
+    'verify',
+    v.token,
+    '--public-key',
+    v['public-key'],
+    '--url',
+    url,
+    '--no-time-check',
+  ])
   assert.equal(positional.status, 0, positional.stderr)
 })
 
 test('usage errors exit 2 with a hint', async () => {
   const cases: [string[], RegExp][] = [
-    [['verify', '-', ...publishArgs(), '--publick-key', 'x'], /Unknown option '--publick-key' \(did you mean --public-key\?\)/],
+    [
+      ['verify', '-', ...publishArgs(), '--publick-key', 'x'],
+      /Unknown option '--publick-key' \(did you mean --public-key\?\)/,
+    ],
     [['verify', '-', '--public-key', 'k3.public.AAAA', '--url', URL_], /--public-key: /],
     [['verify', '-', '--public-key', publicKey], /--url is required/],
-    [['verify', '-', ...publishArgs().slice(0, 4), '--operation', 'delete'], /--operation must be one of read, publish, yank, unyank, owners/],
+    [
+      ['verify', '-', ...publishArgs().slice(0, 4), '--operation', 'delete'],
+      /--operation must be one of read, publish, yank, unyank, owners/,
+    ],
     [['verify', '-', ...publishArgs(), '--max-age', '901'], /--max-age takes whole seconds, 1\.\.900/],
     [['verify', '-', ...publishArgs().slice(0, 6)], /needs the expected name/],
     [['verify', ...publishArgs()], /give the token, or - to read it from stdin/],

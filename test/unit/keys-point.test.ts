@@ -73,17 +73,35 @@ test('publicKeyFromDevice rejects other curves, wrong lengths and points off the
   const p256 = createECDH('prime256v1')
   p256.generateKeys()
   const p256Point = new Uint8Array(p256.getPublicKey())
-  assert.equal(codeOf(() => publicKeyFromDevice(p256Point)), 'KEY_INVALID')
-  assert.equal(codeOf(() => publicKeyFromDevice(Uint8Array.from([0x04, 0x41, ...p256Point]))), 'KEY_INVALID')
-  assert.equal(codeOf(() => publicKeyFromDevice(new Uint8Array(0))), 'KEY_INVALID')
+  assert.equal(
+    codeOf(() => publicKeyFromDevice(p256Point)),
+    'KEY_INVALID',
+  )
+  assert.equal(
+    codeOf(() => publicKeyFromDevice(Uint8Array.from([0x04, 0x41, ...p256Point]))),
+    'KEY_INVALID',
+  )
+  assert.equal(
+    codeOf(() => publicKeyFromDevice(new Uint8Array(0))),
+    'KEY_INVALID',
+  )
   const { uncompressed } = freshPoint()
   const offCurve = Uint8Array.from(uncompressed)
   offCurve[96] = (offCurve[96] ?? 0) ^ 0x01
-  assert.equal(codeOf(() => publicKeyFromDevice(offCurve)), 'KEY_INVALID')
-  assert.equal(codeOf(() => publicKeyFromDevice(Uint8Array.from([0x04, 0x61, ...offCurve]))), 'KEY_INVALID')
+  assert.equal(
+    codeOf(() => publicKeyFromDevice(offCurve)),
+    'KEY_INVALID',
+  )
+  assert.equal(
+    codeOf(() => publicKeyFromDevice(Uint8Array.from([0x04, 0x61, ...offCurve]))),
+    'KEY_INVALID',
+  )
   // X = p is not a field element.
   const notField = Uint8Array.from([0x02, ...Buffer.from(P384.p.toString(16), 'hex')])
-  assert.equal(codeOf(() => publicKeyFromDevice(notField)), 'KEY_INVALID')
+  assert.equal(
+    codeOf(() => publicKeyFromDevice(notField)),
+    'KEY_INVALID',
+  )
 })
 
 test('isP384EcParams recognises the named OID and explicit P-384 parameters only', () => {
@@ -138,13 +156,35 @@ test('normalizeSignature left-pads short DER integers', () => {
 })
 
 test('normalizeSignature rejects what is neither r||s nor DER with SIGNATURE_MALFORMED', () => {
-  assert.equal(codeOf(() => normalizeSignature(new Uint8Array(64))), 'SIGNATURE_MALFORMED')
-  assert.equal(codeOf(() => normalizeSignature(new Uint8Array(95))), 'SIGNATURE_MALFORMED')
-  assert.equal(codeOf(() => normalizeSignature(new Uint8Array(96))), 'SIGNATURE_MALFORMED', 'r = s = 0')
-  assert.equal(codeOf(() => normalizeSignature(hex('3006020101020102ff'))), 'SIGNATURE_MALFORMED', 'trailing byte')
-  assert.equal(codeOf(() => normalizeSignature(hex('3006020181020102'))), 'SIGNATURE_MALFORMED', 'negative r')
+  assert.equal(
+    codeOf(() => normalizeSignature(new Uint8Array(64))),
+    'SIGNATURE_MALFORMED',
+  )
+  assert.equal(
+    codeOf(() => normalizeSignature(new Uint8Array(95))),
+    'SIGNATURE_MALFORMED',
+  )
+  assert.equal(
+    codeOf(() => normalizeSignature(new Uint8Array(96))),
+    'SIGNATURE_MALFORMED',
+    'r = s = 0',
+  )
+  assert.equal(
+    codeOf(() => normalizeSignature(hex('3006020101020102ff'))),
+    'SIGNATURE_MALFORMED',
+    'trailing byte',
+  )
+  assert.equal(
+    codeOf(() => normalizeSignature(hex('3006020181020102'))),
+    'SIGNATURE_MALFORMED',
+    'negative r',
+  )
   const nHex = P384.n.toString(16)
-  assert.equal(codeOf(() => normalizeSignature(hex(nHex + '00'.repeat(47) + '01'))), 'SIGNATURE_MALFORMED', 'r = n')
+  assert.equal(
+    codeOf(() => normalizeSignature(hex(nHex + '00'.repeat(47) + '01'))),
+    'SIGNATURE_MALFORMED',
+    'r = n',
+  )
 })
 
 test('publicKeyObject gives the same public key as the original, usable by node:crypto', () => {
@@ -162,5 +202,9 @@ test('publicKeyObject gives the same public key as the original, usable by node:
 
 function rawPoint(publicKey: import('node:crypto').KeyObject): Uint8Array {
   const jwk = publicKey.export({ format: 'jwk' })
-  return Uint8Array.from([0x04, ...Buffer.from(jwk.x ?? '', 'base64url'), ...Buffer.from(jwk.y ?? '', 'base64url')])
+  return Uint8Array.from([
+    0x04,
+    ...Buffer.from(jwk.x ?? '', 'base64url'),
+    ...Buffer.from(jwk.y ?? '', 'base64url'),
+  ])
 }

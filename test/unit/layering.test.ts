@@ -32,7 +32,8 @@ test('token building, verification, key encodings and policy do no file, socket 
   for (const layer of ['token', 'verify', 'keys', 'policy']) {
     for (const file of sources(join(SRC, layer))) {
       for (const specifier of imports(file)) {
-        if (FORBIDDEN_IN_PURE_LAYERS.test(specifier)) offenders.push(`${relative(SRC, file)} imports ${specifier}`)
+        if (FORBIDDEN_IN_PURE_LAYERS.test(specifier))
+          offenders.push(`${relative(SRC, file)} imports ${specifier}`)
       }
     }
   }
@@ -43,7 +44,10 @@ test('only src/pkcs11/binding.ts imports pkcs11js', () => {
   const importers = sources(SRC)
     .filter((file) => imports(file).includes('pkcs11js'))
     .map((file) => relative(SRC, file))
-  assert.ok(importers.every((file) => file === join('pkcs11', 'binding.ts')), importers.join(', '))
+  assert.ok(
+    importers.every((file) => file === join('pkcs11', 'binding.ts')),
+    importers.join(', '),
+  )
 })
 
 test('the scan sees real imports (guards against a regex that matches nothing)', () => {

@@ -29,7 +29,11 @@ test('every k3.public vector: serialise, parse back, and the fail cases are reje
   assert.equal(vectors.length, 3)
   for (const v of vectors) {
     if (v['expect-fail']) {
-      assert.equal(codeOf(() => k3Public(hex(v.key))), 'KEY_INVALID', v.name)
+      assert.equal(
+        codeOf(() => k3Public(hex(v.key))),
+        'KEY_INVALID',
+        v.name,
+      )
       continue
     }
     assert.equal(k3Public(hex(v.key)), v.paserk, v.name)
@@ -42,13 +46,21 @@ test('every k3.pid vector, and our pid equals the paseto package one', async () 
   assert.equal(vectors.length, 4)
   for (const v of vectors) {
     if (v['expect-fail']) {
-      assert.equal(codeOf(() => k3Pid(hex(v.key))), 'KEY_INVALID', v.name)
+      assert.equal(
+        codeOf(() => k3Pid(hex(v.key))),
+        'KEY_INVALID',
+        v.name,
+      )
       continue
     }
     assert.equal(k3Pid(hex(v.key)), v.paserk, v.name)
     const publicPaserk = k3Public(hex(v.key))
     assert.equal(k3Pid(publicPaserk), v.paserk, `${v.name} from the k3.public string`)
-    assert.equal(await paseto.PublicKeyID(publicPaserk as `k3.public.${string}`), v.paserk, `${v.name} via paseto`)
+    assert.equal(
+      await paseto.PublicKeyID(publicPaserk as `k3.public.${string}`),
+      v.paserk,
+      `${v.name} via paseto`,
+    )
   }
 })
 
@@ -57,7 +69,11 @@ test('every k3.secret vector, and the derived public key matches the vector PEM'
   assert.equal(vectors.length, 5)
   for (const v of vectors) {
     if (v['expect-fail']) {
-      assert.equal(codeOf(() => k3Secret(hex(v.key))), 'KEY_INVALID', v.name)
+      assert.equal(
+        codeOf(() => k3Secret(hex(v.key))),
+        'KEY_INVALID',
+        v.name,
+      )
       continue
     }
     assert.equal(k3Secret(hex(v.key)), v.paserk, v.name)
@@ -65,7 +81,11 @@ test('every k3.secret vector, and the derived public key matches the vector PEM'
     const pem = Buffer.from(v['public-key'] ?? '', 'hex').toString('utf8')
     const jwk = createPublicKey(pem).export({ format: 'jwk' })
     const expected = compressPoint(
-      Uint8Array.from([0x04, ...Buffer.from(jwk.x ?? '', 'base64url'), ...Buffer.from(jwk.y ?? '', 'base64url')]),
+      Uint8Array.from([
+        0x04,
+        ...Buffer.from(jwk.x ?? '', 'base64url'),
+        ...Buffer.from(jwk.y ?? '', 'base64url'),
+      ]),
     )
     assert.equal(toHex(MemorySigner.fromK3Secret(v.paserk ?? '').publicKey), toHex(expected), v.name)
   }
@@ -88,10 +108,25 @@ test('PASERK parsers reject wrong versions, padding, bad characters and wrong si
     good.slice(0, -1) + 'x', // non-zero trailing bits
     'k3.public.' + Buffer.alloc(49, 0x04).toString('base64url'), // not 02/03
   ]
-  for (const text of cases) assert.equal(codeOf(() => parseK3Public(text)), 'KEY_INVALID', text)
-  assert.equal(codeOf(() => parseK3Secret('k3.secret.' + Buffer.alloc(48).toString('base64url'))), 'KEY_INVALID', 'zero scalar')
-  assert.equal(codeOf(() => parseK3Secret('k4.secret.' + Buffer.alloc(48, 1).toString('base64url'))), 'KEY_INVALID')
-  assert.equal(codeOf(() => k3Pid('k3.pid.mL4lGxNG7cz128frmpn83_76V9C7LmV2sHAMtJ8vIdwG')), 'KEY_INVALID')
+  for (const text of cases)
+    assert.equal(
+      codeOf(() => parseK3Public(text)),
+      'KEY_INVALID',
+      text,
+    )
+  assert.equal(
+    codeOf(() => parseK3Secret('k3.secret.' + Buffer.alloc(48).toString('base64url'))),
+    'KEY_INVALID',
+    'zero scalar',
+  )
+  assert.equal(
+    codeOf(() => parseK3Secret('k4.secret.' + Buffer.alloc(48, 1).toString('base64url'))),
+    'KEY_INVALID',
+  )
+  assert.equal(
+    codeOf(() => k3Pid('k3.pid.mL4lGxNG7cz128frmpn83_76V9C7LmV2sHAMtJ8vIdwG')),
+    'KEY_INVALID',
+  )
 })
 
 test('a secret key never appears in the error raised for it', () => {

@@ -40,10 +40,20 @@ for (const v of publicVectors.filter((v) => !v['expect-fail'])) {
     assert.deepEqual(result.claims, JSON.parse(v.payload ?? ''))
     // The vectors were re-signed low-S upstream (commit 32d7406).
     assert.equal(result.highS, false)
-    const strict = await verifyV3Public(v.token, pk, { implicitAssertion: utf8(v['implicit-assertion']), strictLowS: true })
+    const strict = await verifyV3Public(v.token, pk, {
+      implicitAssertion: utf8(v['implicit-assertion']),
+      strictLowS: true,
+    })
     assert.equal(text(strict.message), v.payload)
     // The same key as a PASERK and as a MemorySigner built from the vector's secret scalar.
-    assert.equal(k3Public(MemorySigner.fromK3Secret(`k3.secret.${Buffer.from(hex(v['secret-key'] ?? '')).toString('base64url')}`).publicKey), k3Public(pk))
+    assert.equal(
+      k3Public(
+        MemorySigner.fromK3Secret(
+          `k3.secret.${Buffer.from(hex(v['secret-key'] ?? '')).toString('base64url')}`,
+        ).publicKey,
+      ),
+      k3Public(pk),
+    )
   })
 
   test(`${v.name} fails with a different implicit assertion or another key`, async () => {
@@ -52,7 +62,10 @@ for (const v of publicVectors.filter((v) => !v['expect-fail'])) {
       await codeOf(verifyV3Public(v.token, pk, { implicitAssertion: utf8(`${v['implicit-assertion']}x`) })),
       'SIGNATURE_INVALID',
     )
-    assert.equal(await codeOf(verifyV3Public(v.token, MemorySigner.generate().publicKey)), 'SIGNATURE_INVALID')
+    assert.equal(
+      await codeOf(verifyV3Public(v.token, MemorySigner.generate().publicKey)),
+      'SIGNATURE_INVALID',
+    )
   })
 }
 
@@ -62,7 +75,13 @@ test('3-F-2 (expect-fail) is rejected', async () => {
   assert.ok(bad !== undefined && good !== undefined && bad['expect-fail'])
   // Its "key" is a 32-byte local key: not a v3 public key at all.
   assert.equal(
-    await codeOf(Promise.resolve().then(() => parseK3Public(`k3.public.${Buffer.from(hex((bad as unknown as { key: string }).key)).toString('base64url')}`))),
+    await codeOf(
+      Promise.resolve().then(() =>
+        parseK3Public(
+          `k3.public.${Buffer.from(hex((bad as unknown as { key: string }).key)).toString('base64url')}`,
+        ),
+      ),
+    ),
     'KEY_INVALID',
   )
   // And no v3.public key verifies it: not the suite's key, not a fresh one.
@@ -81,7 +100,9 @@ test('v4 tokens and v3.local tokens are refused with TOKEN_WRONG_PURPOSE', async
   for (const v of others) {
     assert.equal(await codeOf(verifyV3Public(v.token, pk)), 'TOKEN_WRONG_PURPOSE', v.name)
     assert.equal(
-      await codeOf(verifyToken(v.token, { publicKey: pk, url: 'sparse+http://127.0.0.1/index/', operation: 'read' })),
+      await codeOf(
+        verifyToken(v.token, { publicKey: pk, url: 'sparse+http://127.0.0.1/index/', operation: 'read' }),
+      ),
       'TOKEN_WRONG_PURPOSE',
       v.name,
     )

@@ -39,7 +39,15 @@ test('parseIat reads RFC 3339 in the forms cargo, the RFC and other clients writ
     '2016-12-31T23:59:60Z': '2016-12-31T23:59:59.999Z',
   }
   for (const [input, iso] of Object.entries(cases)) assert.equal(parseIat(input)?.toISOString(), iso, input)
-  for (const bad of ['2026-11-25 16:07:59Z', '2026-11-25T16:07:59', '2026-02-30T00:00:00Z', '2026-11-25T24:00:00Z', '1700000000', '2026-11-25T16:07:59.Z', '']) {
+  for (const bad of [
+    '2026-11-25 16:07:59Z',
+    '2026-11-25T16:07:59',
+    '2026-02-30T00:00:00Z',
+    '2026-11-25T24:00:00Z',
+    '1700000000',
+    '2026-11-25T16:07:59.Z',
+    '',
+  ]) {
     assert.equal(parseIat(bad), undefined, bad)
   }
 })
@@ -55,7 +63,14 @@ const REQUESTS: Record<string, { request: TokenRequest; payload: string }> = {
     payload: `{"iat":"2026-11-25T16:07:59.219Z","mutation":"publish","name":"sample-crate","vers":"0.1.0","cksum":"${CKSUM}"}`,
   },
   'publish with sub': {
-    request: { indexUrl: URL, operation: 'publish', name: 'sample-crate', vers: '0.1.0', cksum: CKSUM, subject: 's' },
+    request: {
+      indexUrl: URL,
+      operation: 'publish',
+      name: 'sample-crate',
+      vers: '0.1.0',
+      cksum: CKSUM,
+      subject: 's',
+    },
     payload: `{"iat":"2026-11-25T16:07:59.219Z","sub":"s","mutation":"publish","name":"sample-crate","vers":"0.1.0","cksum":"${CKSUM}"}`,
   },
   yank: {
@@ -92,17 +107,25 @@ test('token bytes are deterministic apart from the signature: exact payload and 
     // ECDSA nonces are random: same bytes signed, different signatures, both valid.
     assert.notEqual(first.token, second.token)
     for (const token of [first.token, second.token]) {
-      await verifyToken(token, { publicKey: signer.publicKey, url: URL, now: NOW, strictLowS: true, ...expectation(request) })
+      await verifyToken(token, {
+        publicKey: signer.publicKey,
+        url: URL,
+        now: NOW,
+        strictLowS: true,
+        ...expectation(request),
+      })
     }
   }
 })
 
-function expectation(request: TokenRequest): Pick<TokenRequest, 'operation' | 'name' | 'vers' | 'cksum' | 'subject'> {
+function expectation(
+  request: TokenRequest,
+): Pick<TokenRequest, 'operation' | 'name' | 'vers' | 'cksum' | 'subject'> {
   const { operation, name, vers, cksum, subject } = request
   return { operation, name, vers, cksum, subject }
 }
 
-test('paseto\'s own v3.public verifier accepts our tokens and sees only our claims (no exp added)', async () => {
+test("paseto's own v3.public verifier accepts our tokens and sees only our claims (no exp added)", async () => {
   const signer = MemorySigner.generate()
   const key = await pasetoV3.ImportPublicKey(k3Public(signer.publicKey) as `k3.public.${string}`)
   const { token } = await buildToken(signer, REQUESTS['publish']?.request as TokenRequest)
@@ -114,7 +137,10 @@ test('buildToken refuses requests cargo would never send, with REQUEST_INVALID',
   const signer = MemorySigner.generate()
   const bad: [string, TokenRequest][] = [
     ['publish without cksum', { indexUrl: URL, operation: 'publish', name: 'a', vers: '1.0.0' }],
-    ['publish with upper-case cksum', { indexUrl: URL, operation: 'publish', name: 'a', vers: '1.0.0', cksum: CKSUM.toUpperCase() }],
+    [
+      'publish with upper-case cksum',
+      { indexUrl: URL, operation: 'publish', name: 'a', vers: '1.0.0', cksum: CKSUM.toUpperCase() },
+    ],
     ['yank without vers', { indexUrl: URL, operation: 'yank', name: 'a' }],
     ['yank with cksum', { indexUrl: URL, operation: 'yank', name: 'a', vers: '1.0.0', cksum: CKSUM }],
     ['owners with vers', { indexUrl: URL, operation: 'owners', name: 'a', vers: '1.0.0' }],
@@ -146,7 +172,12 @@ test('a Signer failure reaches the caller unchanged', async () => {
 
 test('the index URL goes into the footer verbatim (no canonicalisation)', async () => {
   const signer = MemorySigner.generate()
-  for (const url of ['sparse+https://registry.example/index/', 'https://registry.example/git-index', 'file:///tmp/index', 'sparse+http://127.0.0.1:1/i ndex/']) {
+  for (const url of [
+    'sparse+https://registry.example/index/',
+    'https://registry.example/git-index',
+    'file:///tmp/index',
+    'sparse+http://127.0.0.1:1/i ndex/',
+  ]) {
     const built = await buildToken(signer, { indexUrl: url, operation: 'read' })
     assert.equal((JSON.parse(text(parseV3PublicToken(built.token).footer)) as { url: string }).url, url)
   }

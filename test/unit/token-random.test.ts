@@ -36,14 +36,17 @@ function randomRequest(): TokenRequest {
   }
   if (randomInt(2) === 1) request.subject = randomText(16)
   if (operation !== 'read') request.name = randomText(32)
-  if (operation === 'publish' || operation === 'yank' || operation === 'unyank') request.vers = `${randomInt(100)}.${randomInt(100)}.${randomInt(100)}${randomInt(3) === 0 ? `-${randomText(6)}` : ''}`
+  if (operation === 'publish' || operation === 'yank' || operation === 'unyank')
+    request.vers = `${randomInt(100)}.${randomInt(100)}.${randomInt(100)}${randomInt(3) === 0 ? `-${randomText(6)}` : ''}`
   if (operation === 'publish') request.cksum = randomBytes(32).toString('hex')
   return request
 }
 
 test(`${COUNT} tokens from random claims verify with our verifier, paseto's v3 verifier and node:crypto, all low-S`, async () => {
   const signers = [MemorySigner.generate(), MemorySigner.generate(), MemorySigner.generate()]
-  const pasetoKeys = await Promise.all(signers.map((s) => pasetoV3.ImportPublicKey(k3Public(s.publicKey) as `k3.public.${string}`)))
+  const pasetoKeys = await Promise.all(
+    signers.map((s) => pasetoV3.ImportPublicKey(k3Public(s.publicKey) as `k3.public.${string}`)),
+  )
   const keyObjects = signers.map((s) => publicKeyObject(s.publicKey))
   const seen = new Set<string>()
   for (let i = 0; i < COUNT; i++) {
@@ -66,16 +69,28 @@ test(`${COUNT} tokens from random claims verify with our verifier, paseto's v3 v
     assert.deepEqual(ours.claims, built.claims)
     assert.equal(ours.highS, false)
 
-    const theirs = await pasetoV3.Verify(pasetoKeys[which] as Parameters<typeof pasetoV3.Verify>[0], built.token, {
-      allowNonExpiring: true,
-      footer: new TextEncoder().encode(JSON.stringify({ url: request.indexUrl, kip: built.kip })),
-    })
+    const theirs = await pasetoV3.Verify(
+      pasetoKeys[which] as Parameters<typeof pasetoV3.Verify>[0],
+      built.token,
+      {
+        allowNonExpiring: true,
+        footer: new TextEncoder().encode(JSON.stringify({ url: request.indexUrl, kip: built.kip })),
+      },
+    )
     assert.deepEqual(theirs.claims, built.claims)
 
     const parsed = parseV3PublicToken(built.token)
     assert.equal(isHighS(parsed.signature), false)
     const pae = v3PublicPae(signer.publicKey, parsed.message, parsed.footer)
-    assert.equal(cryptoVerify('sha384', pae, { key: keyObjects[which] as ReturnType<typeof publicKeyObject>, dsaEncoding: 'ieee-p1363' }, parsed.signature), true)
+    assert.equal(
+      cryptoVerify(
+        'sha384',
+        pae,
+        { key: keyObjects[which] as ReturnType<typeof publicKeyObject>, dsaEncoding: 'ieee-p1363' },
+        parsed.signature,
+      ),
+      true,
+    )
   }
   assert.deepEqual([...seen].sort(), [...OPERATIONS].sort())
 })

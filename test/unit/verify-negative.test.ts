@@ -22,10 +22,18 @@ const b64u = (text: string | Uint8Array): string => Buffer.from(text).toString('
 let alice: MemorySigner
 let mallory: MemorySigner
 
-async function craft(signer: MemorySigner, claims: Record<string, unknown>, footer: Record<string, unknown> | string | null): Promise<string> {
+async function craft(
+  signer: MemorySigner,
+  claims: Record<string, unknown>,
+  footer: Record<string, unknown> | string | null,
+): Promise<string> {
   const key = await pasetoV3.ImportSecretKey(signer.exportK3Secret() as `k3.secret.${string}`)
-  const options: { addIssuedAt: false; nonExpiring: true; footer?: Uint8Array } = { addIssuedAt: false, nonExpiring: true }
-  if (footer !== null) options.footer = new TextEncoder().encode(typeof footer === 'string' ? footer : JSON.stringify(footer))
+  const options: { addIssuedAt: false; nonExpiring: true; footer?: Uint8Array } = {
+    addIssuedAt: false,
+    nonExpiring: true,
+  }
+  if (footer !== null)
+    options.footer = new TextEncoder().encode(typeof footer === 'string' ? footer : JSON.stringify(footer))
   return await pasetoV3.Sign(key, claims as Record<string, string>, options)
 }
 
@@ -37,7 +45,10 @@ async function frameRaw(signer: MemorySigner, message: string, footer: string): 
   return `v3.public.${b64u(Uint8Array.from([...m, ...sig]))}.${b64u(f)}`
 }
 
-const footerOf = (signer: MemorySigner, url = URL): Record<string, string> => ({ url, kip: k3Pid(signer.publicKey) })
+const footerOf = (signer: MemorySigner, url = URL): Record<string, string> => ({
+  url,
+  kip: k3Pid(signer.publicKey),
+})
 const iat = (offsetSeconds: number): string => new Date(NOW.valueOf() + offsetSeconds * 1000).toISOString()
 
 function base(operation: VerifyOptions['operation'], extra: Partial<VerifyOptions> = {}): VerifyOptions {
@@ -61,8 +72,15 @@ function flipBase64Char(part: string, index: number): string {
 }
 
 const publishToken = async (): Promise<string> =>
-  (await buildToken(alice, { indexUrl: URL, operation: 'publish', name: 'foo', vers: '1.0.0', cksum: CKSUM }, NOW)).token
-const readToken = async (): Promise<string> => (await buildToken(alice, { indexUrl: URL, operation: 'read' }, NOW)).token
+  (
+    await buildToken(
+      alice,
+      { indexUrl: URL, operation: 'publish', name: 'foo', vers: '1.0.0', cksum: CKSUM },
+      NOW,
+    )
+  ).token
+const readToken = async (): Promise<string> =>
+  (await buildToken(alice, { indexUrl: URL, operation: 'read' }, NOW)).token
 
 const CASES: Case[] = [
   {
@@ -79,40 +97,94 @@ const CASES: Case[] = [
   },
   {
     name: 'token for another registry url',
-    token: async () => (await buildToken(alice, { indexUrl: 'sparse+http://127.0.0.1:9/index/', operation: 'read' }, NOW)).token,
+    token: async () =>
+      (await buildToken(alice, { indexUrl: 'sparse+http://127.0.0.1:9/index/', operation: 'read' }, NOW))
+        .token,
     options: () => base('read'),
     code: 'URL_MISMATCH',
   },
   {
     name: 'url without the sparse+ prefix',
-    token: async () => (await buildToken(alice, { indexUrl: URL.replace('sparse+', ''), operation: 'read' }, NOW)).token,
+    token: async () =>
+      (await buildToken(alice, { indexUrl: URL.replace('sparse+', ''), operation: 'read' }, NOW)).token,
     options: () => base('read'),
     code: 'URL_MISMATCH',
   },
-  { name: 'stale iat (61 s, window 60 s)', token: readToken, options: () => base('read', { now: new Date(NOW.valueOf() + 61_000) }), code: 'IAT_STALE' },
+  {
+    name: 'stale iat (61 s, window 60 s)',
+    token: readToken,
+    options: () => base('read', { now: new Date(NOW.valueOf() + 61_000) }),
+    code: 'IAT_STALE',
+  },
   {
     name: 'stale iat beyond a 15-minute window',
     token: readToken,
     options: () => base('read', { maxAgeSeconds: 900, now: new Date(NOW.valueOf() + 901_000) }),
     code: 'IAT_STALE',
   },
-  { name: 'iat 31 s in the future (skew 30 s)', token: readToken, options: () => base('read', { now: new Date(NOW.valueOf() - 31_000) }), code: 'IAT_FUTURE' },
-  { name: 'publish token replayed for another crate', token: publishToken, options: () => base('publish', { name: 'bar' }), code: 'NAME_MISMATCH' },
-  { name: 'publish token replayed for another version', token: publishToken, options: () => base('publish', { vers: '1.0.1' }), code: 'VERS_MISMATCH' },
-  { name: 'publish token replayed for another upload', token: publishToken, options: () => base('publish', { cksum: CKSUM.replace('a9', 'b9') }), code: 'CKSUM_MISMATCH' },
-  { name: 'publish token presented for yank', token: publishToken, options: () => base('yank'), code: 'MUTATION_MISMATCH' },
-  { name: 'read token presented for publish', token: readToken, options: () => base('publish'), code: 'MUTATION_MISMATCH' },
-  { name: 'mutation claims on a read (publish token used to read)', token: publishToken, options: () => base('read'), code: 'UNEXPECTED_CLAIM' },
-  { name: 'a lone `name` claim on a read token', token: () => craft(alice, { iat: iat(0), name: 'foo' }, footerOf(alice)), options: () => base('read'), code: 'UNEXPECTED_CLAIM' },
+  {
+    name: 'iat 31 s in the future (skew 30 s)',
+    token: readToken,
+    options: () => base('read', { now: new Date(NOW.valueOf() - 31_000) }),
+    code: 'IAT_FUTURE',
+  },
+  {
+    name: 'publish token replayed for another crate',
+    token: publishToken,
+    options: () => base('publish', { name: 'bar' }),
+    code: 'NAME_MISMATCH',
+  },
+  {
+    name: 'publish token replayed for another version',
+    token: publishToken,
+    options: () => base('publish', { vers: '1.0.1' }),
+    code: 'VERS_MISMATCH',
+  },
+  {
+    name: 'publish token replayed for another upload',
+    token: publishToken,
+    options: () => base('publish', { cksum: CKSUM.replace('a9', 'b9') }),
+    code: 'CKSUM_MISMATCH',
+  },
+  {
+    name: 'publish token presented for yank',
+    token: publishToken,
+    options: () => base('yank'),
+    code: 'MUTATION_MISMATCH',
+  },
+  {
+    name: 'read token presented for publish',
+    token: readToken,
+    options: () => base('publish'),
+    code: 'MUTATION_MISMATCH',
+  },
+  {
+    name: 'mutation claims on a read (publish token used to read)',
+    token: publishToken,
+    options: () => base('read'),
+    code: 'UNEXPECTED_CLAIM',
+  },
+  {
+    name: 'a lone `name` claim on a read token',
+    token: () => craft(alice, { iat: iat(0), name: 'foo' }, footerOf(alice)),
+    options: () => base('read'),
+    code: 'UNEXPECTED_CLAIM',
+  },
   {
     name: 'vers on an owners token',
-    token: () => craft(alice, { iat: iat(0), mutation: 'owners', name: 'foo', vers: '1.0.0' }, footerOf(alice)),
+    token: () =>
+      craft(alice, { iat: iat(0), mutation: 'owners', name: 'foo', vers: '1.0.0' }, footerOf(alice)),
     options: () => base('owners'),
     code: 'UNEXPECTED_CLAIM',
   },
   {
     name: 'cksum on a yank token',
-    token: () => craft(alice, { iat: iat(0), mutation: 'yank', name: 'foo', vers: '1.0.0', cksum: CKSUM }, footerOf(alice)),
+    token: () =>
+      craft(
+        alice,
+        { iat: iat(0), mutation: 'yank', name: 'foo', vers: '1.0.0', cksum: CKSUM },
+        footerOf(alice),
+      ),
     options: () => base('yank'),
     code: 'UNEXPECTED_CLAIM',
   },
@@ -137,16 +209,38 @@ const CASES: Case[] = [
   {
     name: 'tampered footer (url swapped, kip kept)',
     token: async () => {
-      const [h, p, payload] = (await buildToken(alice, { indexUrl: 'sparse+http://127.0.0.1:9/index/', operation: 'read' }, NOW)).token.split('.') as [string, string, string]
+      const [h, p, payload] = (
+        await buildToken(alice, { indexUrl: 'sparse+http://127.0.0.1:9/index/', operation: 'read' }, NOW)
+      ).token.split('.') as [string, string, string]
       return [h, p, payload, b64u(JSON.stringify(footerOf(alice)))].join('.')
     },
     options: () => base('read'),
     code: 'SIGNATURE_INVALID',
   },
-  { name: '`kid`-only footer (RFC text)', token: () => craft(alice, { iat: iat(0) }, { url: URL, kid: k3Pid(alice.publicKey) }), options: () => base('read'), code: 'FOOTER_INVALID' },
-  { name: 'footer without url', token: () => craft(alice, { iat: iat(0) }, { kip: k3Pid(alice.publicKey) }), options: () => base('read'), code: 'FOOTER_INVALID' },
-  { name: 'no footer at all', token: () => craft(alice, { iat: iat(0) }, null), options: () => base('read'), code: 'FOOTER_INVALID' },
-  { name: 'footer not JSON', token: () => craft(alice, { iat: iat(0) }, 'kip'), options: () => base('read'), code: 'FOOTER_INVALID' },
+  {
+    name: '`kid`-only footer (RFC text)',
+    token: () => craft(alice, { iat: iat(0) }, { url: URL, kid: k3Pid(alice.publicKey) }),
+    options: () => base('read'),
+    code: 'FOOTER_INVALID',
+  },
+  {
+    name: 'footer without url',
+    token: () => craft(alice, { iat: iat(0) }, { kip: k3Pid(alice.publicKey) }),
+    options: () => base('read'),
+    code: 'FOOTER_INVALID',
+  },
+  {
+    name: 'no footer at all',
+    token: () => craft(alice, { iat: iat(0) }, null),
+    options: () => base('read'),
+    code: 'FOOTER_INVALID',
+  },
+  {
+    name: 'footer not JSON',
+    token: () => craft(alice, { iat: iat(0) }, 'kip'),
+    options: () => base('read'),
+    code: 'FOOTER_INVALID',
+  },
   {
     name: 'base64 padding on the payload',
     token: async () => {
@@ -165,30 +259,96 @@ const CASES: Case[] = [
     options: () => base('read'),
     code: 'TOKEN_ENCODING',
   },
-  { name: 'a v4.public token', token: async () => v4Vectors().find((v) => v.token.startsWith('v4.public.'))?.token ?? '', options: () => base('read'), code: 'TOKEN_WRONG_PURPOSE' },
-  { name: 'a bearer token', token: async () => 'cio1234567890abcdef', options: () => base('read'), code: 'TOKEN_MALFORMED' },
-  { name: 'five parts', token: async () => `${await readToken()}.eyJ9`, options: () => base('read'), code: 'TOKEN_MALFORMED' },
-  { name: 'payload shorter than a signature', token: async () => `v3.public.${b64u(new Uint8Array(96))}.${b64u('{}')}`, options: () => base('read'), code: 'TOKEN_MALFORMED' },
-  { name: 'message not a JSON object', token: () => frameRaw(alice, '["iat"]', JSON.stringify(footerOf(alice))), options: () => base('read'), code: 'CLAIMS_INVALID' },
-  { name: 'sub that is not a string', token: () => frameRaw(alice, `{"iat":"${iat(0)}","sub":7}`, JSON.stringify(footerOf(alice))), options: () => base('read', { subject: '7' }), code: 'CLAIMS_INVALID' },
+  {
+    name: 'a v4.public token',
+    token: async () => v4Vectors().find((v) => v.token.startsWith('v4.public.'))?.token ?? '',
+    options: () => base('read'),
+    code: 'TOKEN_WRONG_PURPOSE',
+  },
+  {
+    name: 'a bearer token',
+    token: async () => 'cio1234567890abcdef',
+    options: () => base('read'),
+    code: 'TOKEN_MALFORMED',
+  },
+  {
+    name: 'five parts',
+    token: async () => `${await readToken()}.eyJ9`,
+    options: () => base('read'),
+    code: 'TOKEN_MALFORMED',
+  },
+  {
+    name: 'payload shorter than a signature',
+    token: async () => `v3.public.${b64u(new Uint8Array(96))}.${b64u('{}')}`,
+    options: () => base('read'),
+    code: 'TOKEN_MALFORMED',
+  },
+  {
+    name: 'message not a JSON object',
+    token: () => frameRaw(alice, '["iat"]', JSON.stringify(footerOf(alice))),
+    options: () => base('read'),
+    code: 'CLAIMS_INVALID',
+  },
+  {
+    name: 'sub that is not a string',
+    token: () => frameRaw(alice, `{"iat":"${iat(0)}","sub":7}`, JSON.stringify(footerOf(alice))),
+    options: () => base('read', { subject: '7' }),
+    code: 'CLAIMS_INVALID',
+  },
   {
     name: 'name that is not a string',
     token: () => craft(alice, { iat: iat(0), mutation: 'owners', name: ['foo'] }, footerOf(alice)),
     options: () => base('owners'),
     code: 'CLAIMS_INVALID',
   },
-  { name: 'no iat', token: () => craft(alice, {}, footerOf(alice)), options: () => base('read'), code: 'IAT_MISSING' },
-  { name: 'iat not RFC 3339', token: () => frameRaw(alice, '{"iat":"yesterday"}', JSON.stringify(footerOf(alice))), options: () => base('read'), code: 'IAT_INVALID' },
-  { name: 'unexpected sub', token: () => craft(alice, { iat: iat(0), sub: 'x' }, footerOf(alice)), options: () => base('read'), code: 'SUBJECT_MISMATCH' },
-  { name: 'missing sub', token: readToken, options: () => base('read', { subject: 'team-abc' }), code: 'SUBJECT_MISMATCH' },
-  { name: 'another sub', token: () => craft(alice, { iat: iat(0), sub: 'team-xyz' }, footerOf(alice)), options: () => base('read', { subject: 'team-abc' }), code: 'SUBJECT_MISMATCH' },
-  { name: 'message format v=2', token: () => craft(alice, { iat: iat(0), v: 2 }, footerOf(alice)), options: () => base('read'), code: 'VERSION_UNSUPPORTED' },
+  {
+    name: 'no iat',
+    token: () => craft(alice, {}, footerOf(alice)),
+    options: () => base('read'),
+    code: 'IAT_MISSING',
+  },
+  {
+    name: 'iat not RFC 3339',
+    token: () => frameRaw(alice, '{"iat":"yesterday"}', JSON.stringify(footerOf(alice))),
+    options: () => base('read'),
+    code: 'IAT_INVALID',
+  },
+  {
+    name: 'unexpected sub',
+    token: () => craft(alice, { iat: iat(0), sub: 'x' }, footerOf(alice)),
+    options: () => base('read'),
+    code: 'SUBJECT_MISMATCH',
+  },
+  {
+    name: 'missing sub',
+    token: readToken,
+    options: () => base('read', { subject: 'team-abc' }),
+    code: 'SUBJECT_MISMATCH',
+  },
+  {
+    name: 'another sub',
+    token: () => craft(alice, { iat: iat(0), sub: 'team-xyz' }, footerOf(alice)),
+    options: () => base('read', { subject: 'team-abc' }),
+    code: 'SUBJECT_MISMATCH',
+  },
+  {
+    name: 'message format v=2',
+    token: () => craft(alice, { iat: iat(0), v: 2 }, footerOf(alice)),
+    options: () => base('read'),
+    code: 'VERSION_UNSUPPORTED',
+  },
   {
     name: 'cargo high-S token under strictLowS',
     token: async () => cargoVectors().find((v) => v['s-is-high'] && v.operation === 'read')?.token ?? '',
     options: () => {
       const v = cargoVectors().find((v) => v['s-is-high'] && v.operation === 'read')
-      return { publicKey: v?.['public-key'] ?? '', url: (JSON.parse(v?.footer ?? '{}') as { url: string }).url, operation: 'read', checkTime: false, strictLowS: true }
+      return {
+        publicKey: v?.['public-key'] ?? '',
+        url: (JSON.parse(v?.footer ?? '{}') as { url: string }).url,
+        operation: 'read',
+        checkTime: false,
+        strictLowS: true,
+      }
     },
     code: 'SIGNATURE_HIGH_S',
   },
@@ -216,7 +376,10 @@ const REGISTRY_POLICY_CODES: readonly VerifyCode[] = ['TOKEN_REPLAYED']
 
 test('every reason code of the stateless verifier has at least one case', () => {
   const covered = new Set(CASES.map((c) => c.code))
-  assert.deepEqual(VERIFY_CODES.filter((code) => !covered.has(code) && !REGISTRY_POLICY_CODES.includes(code)), [])
+  assert.deepEqual(
+    VERIFY_CODES.filter((code) => !covered.has(code) && !REGISTRY_POLICY_CODES.includes(code)),
+    [],
+  )
 })
 
 test('boundaries of the time window and the positive twins of the crafted cases are accepted', async () => {
@@ -225,10 +388,22 @@ test('boundaries of the time window and the positive twins of the crafted cases 
   await verifyToken(token, base('read', { now: new Date(NOW.valueOf() - 30_000) }))
   await verifyToken(token, base('read', { maxAgeSeconds: 900, now: new Date(NOW.valueOf() + 899_000) }))
   await verifyToken(token, base('read', { checkTime: false, now: new Date(NOW.valueOf() + 86_400_000) }))
-  await verifyToken(await craft(alice, { iat: iat(0), v: 1, challenge: 'ignored' }, footerOf(alice)), base('read'))
-  await verifyToken(await craft(alice, { iat: iat(0), sub: 'team-abc' }, footerOf(alice)), base('read', { subject: 'team-abc' }))
-  await verifyToken(await craft(alice, { iat: iat(0), mutation: 'owners', name: 'foo' }, footerOf(alice)), base('owners'))
-  await verifyToken(await craft(alice, { iat: '2026-11-25T16:00:00+00:00' }, { ...footerOf(alice), extra: 1 }), base('read'))
+  await verifyToken(
+    await craft(alice, { iat: iat(0), v: 1, challenge: 'ignored' }, footerOf(alice)),
+    base('read'),
+  )
+  await verifyToken(
+    await craft(alice, { iat: iat(0), sub: 'team-abc' }, footerOf(alice)),
+    base('read', { subject: 'team-abc' }),
+  )
+  await verifyToken(
+    await craft(alice, { iat: iat(0), mutation: 'owners', name: 'foo' }, footerOf(alice)),
+    base('owners'),
+  )
+  await verifyToken(
+    await craft(alice, { iat: '2026-11-25T16:00:00+00:00' }, { ...footerOf(alice), extra: 1 }),
+    base('read'),
+  )
 })
 
 test('verify options are validated before any token is looked at', async () => {
@@ -240,9 +415,12 @@ test('verify options are validated before any token is looked at', async () => {
     { name: 'foo' },
     { url: '' },
   ]
-  for (const extra of usage) await assert.rejects(verifyToken(token, base('read', extra)), { code: 'USAGE' }, JSON.stringify(extra))
+  for (const extra of usage)
+    await assert.rejects(verifyToken(token, base('read', extra)), { code: 'USAGE' }, JSON.stringify(extra))
   await assert.rejects(verifyToken(token, { ...base('publish'), cksum: undefined }), { code: 'USAGE' })
-  await assert.rejects(verifyToken(token, base('read', { publicKey: 'k3.public.AAAA' })), { code: 'KEY_INVALID' })
+  await assert.rejects(verifyToken(token, base('read', { publicKey: 'k3.public.AAAA' })), {
+    code: 'KEY_INVALID',
+  })
 })
 
 test('inspectToken reads footer and claims without verifying, and says so', async () => {
@@ -255,4 +433,3 @@ test('inspectToken reads footer and claims without verifying, and says so', asyn
   await assert.rejects(verifyToken(forged, base('read')), { code: 'SIGNATURE_INVALID' })
   assert.throws(() => inspectToken('not-a-token'), { code: 'TOKEN_MALFORMED' })
 })
-
