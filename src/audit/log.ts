@@ -35,6 +35,21 @@ export class AuditLog implements AuditSink {
   }
 
   async #append(line: Buffer): Promise<void> {
+    try {
+      await this.#appendOnce(line)
+    } catch (error) {
+      // The state directory was removed while the agent ran: create it again once.
+      if (
+        !(error instanceof AgentError) ||
+        (error.cause as NodeJS.ErrnoException | undefined)?.code !== 'ENOENT'
+      )
+        throw error
+      this.#dirChecked = false
+      await this.#appendOnce(line)
+    }
+  }
+
+  async #appendOnce(line: Buffer): Promise<void> {
     const dir = dirname(this.path)
     const created = await this.#ensureDir(dir)
     let handle: FileHandle

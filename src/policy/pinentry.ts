@@ -139,8 +139,13 @@ class PinentrySession {
   /** Sends an OPTION and ignores "unknown option" refusals: not every pinentry knows every option. */
   async option(name: string, value: string | undefined): Promise<void> {
     if (value === undefined || value === '') return
+    await this.optional('OPTION', `${name}=${value}`)
+  }
+
+  /** A command some pinentries refuse (old or minimal ones): their ERR is not a failure. */
+  async optional(command: string, argument: string): Promise<void> {
     try {
-      await this.command('OPTION', `${name}=${value}`)
+      await this.command(command, argument)
     } catch (error) {
       if (!(error instanceof AssuanError)) throw error
     }
@@ -233,7 +238,8 @@ async function withSession<T>(
     await session.option('ttyname', options.ttyname)
     await session.option('ttytype', options.ttytype)
     await session.option('lc-ctype', options.lcCtype)
-    await session.command('SETTIMEOUT', String(Math.max(1, Math.ceil(options.timeoutMs / 1000))))
+    // Our kill timer still bounds a pinentry that ignores SETTIMEOUT.
+    await session.optional('SETTIMEOUT', String(Math.max(1, Math.ceil(options.timeoutMs / 1000))))
     return await work(session)
   } catch (error) {
     if (error instanceof AssuanError) {

@@ -128,6 +128,12 @@ test('a pinentry that exits, a missing program: PIN_ENTRY_FAILED with a remedy',
   )
 })
 
+test('a pinentry that does not know SETTIMEOUT still works', async () => {
+  scripted.script(['pin:2468'])
+  const pin = await pinentryGetPin(options({ env: scripted.env({ PINENTRY_NO_SETTIMEOUT: '1' }) }), dialog)
+  assert.equal(pin.expose().toString(), '2468')
+})
+
 test('PIN variables are removed from the environment pinentry gets', async () => {
   scripted.script(['yes'])
   const env = childEnvironment({ ...scripted.env(), MY_TOKEN_PIN: '55443322' }, ['MY_TOKEN_PIN'])

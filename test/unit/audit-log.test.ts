@@ -107,3 +107,14 @@ test('fields from other processes are cut; a hostile command line cannot add lin
   assert.equal(entry?.requester.command?.length, LIMITS.auditFieldMaxChars)
   assert.equal(entry?.result, 'denied')
 })
+
+test('a state directory removed while the agent runs is created again', async () => {
+  const dir = join(root, 'f', 'state')
+  const path = join(dir, 'audit.jsonl')
+  const log = new AuditLog(path)
+  await log.record(auditEntry(readIntent(), { result: 'signed', token: 'a' }))
+  rmSync(join(root, 'f'), { recursive: true })
+  await log.record(auditEntry(readIntent(), { result: 'signed', token: 'b' }))
+  assert.equal(parseAuditLines(readFileSync(path, 'utf8')).length, 1)
+  assert.equal(statSync(dir).mode & 0o777, 0o700)
+})
