@@ -219,12 +219,15 @@ export class Device {
 
   async login(pin: Pin | null): Promise<void> {
     await this.#request('none', (session) => {
+      this.#keyCache.clear()
       this.#loginOnce(session, pin)
     })
   }
 
   async logout(): Promise<void> {
     await this.#request('none', (session) => {
+      // Private object handles die with the login on some modules (SoftHSM: CKR_KEY_HANDLE_INVALID).
+      this.#keyCache.clear()
       this.#mod().logout(session.handle, this.describe())
     })
   }
@@ -596,10 +599,10 @@ export class Device {
   // Signing
 
   /** The private key object for signing, looked up once per session generation. */
-  #privateKey(session: PooledSession, key: { id: string; label: string }): { handle: Handle; alwaysAuthenticate: boolean } {
+  #privateKey(session: PooledSession, key: { id: string; label: string }): { handle: Handle; alwaysAuthenticate: boolean; cached: boolean } {
     const cacheKey = `${key.id}/${key.label}`
     const cached = this.#keyCache.get(cacheKey)
-    if (cached !== undefined && cached.generation === this.#generation) return cached
+    if (cached !== undefined && cached.generation === this.#generation) return { ...cached, cached: true }
     const mod = this.#mod()
     const where = this.describe()
     const query = key.id === '' ? { cls: 'private' as const, label: key.label } : { cls: 'private' as const, id: Buffer.from(key.id, 'hex') }
@@ -618,7 +621,7 @@ export class Device {
     const attrs = mod.keyAttributes(session.handle, handle, 'private', where)
     const entry = { handle, alwaysAuthenticate: attrs.alwaysAuthenticate, generation: this.#generation }
     this.#keyCache.set(cacheKey, entry)
-    return entry
+    return { ...entry, cached: false }
   }
 
   /** C_SignInit (+ context-specific login) then C_Sign(CKM_ECDSA) on a pooled session, async. */
@@ -626,8 +629,16 @@ export class Device {
     return this.#request('required', async (session, work) => {
       const mod = this.#mod()
       const where = this.describe()
-      const entry = this.#privateKey(session, key)
-      mod.signInit(session.handle, entry.handle, where)
+      let entry = this.#privateKey(session, key)
+      try {
+        mod.signInit(session.handle, entry.handle, where)
+      } catch (error) {
+        // A cached handle can go stale (logout, key replaced by another program): look it up again.
+        if (!(error instanceof AgentError && error.code === 'KEY_NOT_FOUND' && entry.cached)) throw error
+        this.#keyCache.clear()
+        entry = this.#privateKey(session, key)
+        mod.signInit(session.handle, entry.handle, where)
+      }
       if (entry.alwaysAuthenticate) {
         // CKA_ALWAYS_AUTHENTICATE (PKCS#11 v2.40 §4.9): C_Login(CKU_CONTEXT_SPECIFIC) after
         // C_SignInit, before each C_Sign, with the PIN the owner holds.
@@ -640,7 +651,20 @@ export class Device {
         this.#loginOnce(session, pin, true)
       }
       work.committed = true
-      return new Uint8Array(await mod.signAsync(session.handle, Buffer.from(digest), where))
+      try {
+        return new Uint8Array(await mod.signAsync(session.handle, Buffer.from(digest), where))
+      } catch (error) {
+        // A YubiKey whose touch timer runs out answers SW 6982 ("security status not satisfied"),
+        // which ykcs11 2.2 reports from C_Sign as CKR_USER_NOT_LOGGED_IN, like a missing PIN. The
+        // session was logged in (and a context login just succeeded): the touch is what was missing.
+        const err = toAgentError(error)
+        if (err.code !== 'PIN_REQUIRED') throw err
+        throw new AgentError('TOUCH_TIMEOUT', `${where}: the device refused the signature although the PIN was accepted; the touch did not come in time`, {
+          cause: err,
+          remedy: 'Touch the key when it blinks (a YubiKey waits about 15 s), then try again',
+          data: { ...err.data, token: where },
+        })
+      }
     })
   }
 }
