@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict'
+import { createHash } from 'node:crypto'
+import { readFileSync } from 'node:fs'
 import { test } from 'node:test'
 
 import { AgentError } from '../../src/lib/errors.js'
@@ -6,7 +8,7 @@ import { parseK3Public, k3Public } from '../../src/keys/paserk.js'
 import { MemorySigner } from '../../src/signer/memory.js'
 import { verifyV3Public } from '../../src/verify/paseto.js'
 import { verifyToken } from '../../src/verify/verify.js'
-import { hex, v3Vectors, v4Vectors } from '../helpers/vectors.js'
+import { VECTORS_DIR, hex, v3Vectors, v4Vectors } from '../helpers/vectors.js'
 
 const utf8 = (text: string): Uint8Array => new TextEncoder().encode(text)
 const text = (bytes: Uint8Array): string => new TextDecoder().decode(bytes)
@@ -21,6 +23,17 @@ async function codeOf(promise: Promise<unknown>): Promise<string> {
   }
   assert.fail('expected a rejection')
 }
+
+test('the vector copies are unmodified (git blob hashes recorded in test/vectors/README.md)', () => {
+  const readme = readFileSync(`${VECTORS_DIR}README.md`, 'utf8')
+  const rows = [...readme.matchAll(/^\| `([^`]+)` \| `([0-9a-f]{40})` \|$/gm)]
+  assert.equal(rows.length, 7)
+  for (const [, file, blob] of rows) {
+    const bytes = readFileSync(`${VECTORS_DIR}${file}`)
+    const hash = createHash('sha1').update(`blob ${bytes.length}\0`).update(bytes).digest('hex')
+    assert.equal(hash, blob, file)
+  }
+})
 
 const publicVectors = v3Vectors().filter((v) => v.token.startsWith('v3.public.'))
 
