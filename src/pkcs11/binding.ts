@@ -89,8 +89,9 @@ const CKR_TABLE: ReadonlyMap<number, Translation> = new Map<number, Translation>
   [k.CKR_DOMAIN_PARAMS_INVALID, { code: 'MECHANISM_UNSUPPORTED', message: 'the token rejected the P-384 domain parameters', remedy: 'Use a token that supports NIST P-384 (secp384r1)' }],
   [k.CKR_KEY_TYPE_INCONSISTENT, { code: 'KEY_INVALID', message: 'the key is not an EC key usable with ECDSA', remedy: 'Select a P-384 EC key' }],
   [k.CKR_KEY_FUNCTION_NOT_PERMITTED, { code: 'KEY_INVALID', message: 'the key is not allowed to sign (CKA_SIGN is false)', remedy: 'Select or generate a key with signing allowed' }],
-  [k.CKR_KEY_HANDLE_INVALID, { code: 'SESSION_LOST', message: 'the key handle became invalid', remedy: RETRY }],
-  [k.CKR_OBJECT_HANDLE_INVALID, { code: 'SESSION_LOST', message: 'the object handle became invalid', remedy: RETRY }],
+  // A stale object handle (the token logged out, or the key was replaced): the sessions are fine.
+  [k.CKR_KEY_HANDLE_INVALID, { code: 'KEY_NOT_FOUND', message: 'the key object is no longer valid', remedy: 'Check the key still exists with `cargo-pkcs11-agent list --login`, then retry' }],
+  [k.CKR_OBJECT_HANDLE_INVALID, { code: 'KEY_NOT_FOUND', message: 'the key object is no longer valid', remedy: 'Check the key still exists with `cargo-pkcs11-agent list --login`, then retry' }],
   [k.CKR_ATTRIBUTE_SENSITIVE, { code: 'OPERATION_UNSUPPORTED', message: 'the token refuses to reveal a sensitive attribute', remedy: 'This is expected for private key material; nothing to do' }],
   [k.CKR_ATTRIBUTE_TYPE_INVALID, { code: 'OPERATION_UNSUPPORTED', message: 'the object has no such attribute', remedy: 'Nothing to do' }],
   [k.CKR_TEMPLATE_INCONSISTENT, { code: 'MECHANISM_UNSUPPORTED', message: 'the token rejected the key template', remedy: 'The token cannot create a non-extractable P-384 signing key; see native-config/devices.md' }],

@@ -202,6 +202,33 @@ describe('PKCS#11 device on SoftHSM', () => {
     assert.ok(status.sessionsOpen >= 1)
   })
 
+  it('logout then login with a PIN the device does not hold: the next sign works (stale key handles are looked up again)', async () => {
+    const held = pin
+    pin = undefined
+    const signer = await device.signer({ label: KNOWN_KEY.label })
+    await signer.sign(Buffer.from('before logout'))
+    await device.logout()
+    assert.equal(await device.needsLogin(), true)
+    await rejects(signer.sign(Buffer.from('logged out')), 'PIN_REQUIRED')
+    const once = Pin.fromString('123456')
+    await device.login(once)
+    once.wipe()
+    const sig = await signer.sign(Buffer.from('after login'))
+    assert.equal(verifySignature(signer.publicKey, Buffer.from('after login'), sig), true)
+    pin = held
+  })
+
+  it('a key replaced behind the signer\'s back (keygen --force elsewhere) is caught by the self-check', async () => {
+    const signer = await device.signer({ label: 'fresh' })
+    await signer.sign(Buffer.from('old key'))
+    const other = new Device({ module: 'softhsm', label: 'cargo' })
+    await other.login(Pin.fromString('123456'))
+    await other.generateKey({ label: 'fresh', id: '0a0b' }, { force: true })
+    await other.release()
+    const err = await rejects(signer.sign(Buffer.from('new key under the old name')), 'SELF_CHECK_FAILED')
+    assert.match(err.remedy ?? '', /pubkey/)
+  })
+
   it('an absent token is reported as not present, with an insert-token remedy', async () => {
     const missing = new Device({ module: 'softhsm', label: 'not-here', serial: '42' })
     assert.equal((await missing.status()).present, false)
