@@ -129,11 +129,20 @@ export class Policy {
     registry: RegistryPolicy,
     token?: TokenPolicy,
   ): Promise<AuditApproval> {
-    if (intent.operation === 'read') return 'not-required'
+    return (await this.#beforeSign(intent, prompter, registry, token)).approval
+  }
+
+  async #beforeSign(
+    intent: Intent,
+    prompter: Prompter,
+    registry: RegistryPolicy,
+    token: TokenPolicy | undefined,
+  ): Promise<{ approval: AuditApproval; release: () => void }> {
+    if (intent.operation === 'read') return { approval: 'not-required', release: () => undefined }
     const release = this.limiter.take(intent.indexUrl, registry.mutationsPerHour, describeRegistry(intent))
     try {
-      if (registry.confirm === 'none') return 'none'
-      if (registry.confirm === 'touch') return 'touch'
+      if (registry.confirm === 'none') return { approval: 'none', release }
+      if (registry.confirm === 'touch') return { approval: 'touch', release }
       const text = `Allow ${describeIntent(intent)}?`
       const { approved, via } = await this.#confirm(intent, prompter, text, 'Approve', token)
       if (!approved) {
@@ -141,7 +150,7 @@ export class Policy {
           remedy: 'Nothing was signed. Run the command again and approve it if you meant to',
         })
       }
-      return via
+      return { approval: via, release }
     } catch (error) {
       release()
       throw error
@@ -258,8 +267,13 @@ export class Policy {
     let approval: AuditApproval | undefined
     let token: string
     let kip = request.kip
+    // A mutation that ends without a released token (wrong PIN, no touch, audit failure) gives its
+    // rate-limit slot back: the limit counts mutations a registry could have received.
+    let releaseSlot = (): void => undefined
     try {
-      approval = await this.beforeSign(intent, prompter, request.registry, request.token)
+      const before = await this.#beforeSign(intent, prompter, request.registry, request.token)
+      approval = before.approval
+      releaseSlot = before.release
       await this.ensureLoggedIn(request.device, request.token, prompter, intent)
       const signed = await this.withTouchNotice(request.sign(), {
         intent,
@@ -272,6 +286,7 @@ export class Policy {
         kip = signed.kip
       }
     } catch (error) {
+      releaseSlot()
       const failure = toAgentError(error)
       const outcome = {
         result: DENIAL_CODES.has(failure.code) ? ('denied' as const) : ('failed' as const),
@@ -297,6 +312,7 @@ export class Policy {
         }),
       )
     } catch (error) {
+      releaseSlot()
       const failure = toAgentError(error, 'AUDIT_FAILED')
       throw failure.code === 'AUDIT_FAILED'
         ? failure

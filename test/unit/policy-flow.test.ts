@@ -342,6 +342,27 @@ test('a key found only after login: sign may return its k3.pid for the audit lin
   assert.equal(audit.entries[0]?.approval, 'not-required')
 })
 
+test('a mutation that ends without a released token gives its rate-limit slot back', async () => {
+  const p = make({ touchNoticeDelayMs: 5, touchTimeoutMs: 50 })
+  const registry = registryPolicy({ confirm: 'touch', mutationsPerHour: 1 })
+  const device = new FakePivDevice()
+  device.loggedIn = true
+  const base = {
+    intent: publishIntent(),
+    prompter: new RecordingPrompter(),
+    registry,
+    token: { ...tty, pin: { kind: 'none' as const } },
+    device,
+    audit: new MemoryAudit(),
+  }
+  await assert.rejects(p.run({ ...base, sign: () => new Promise<string>(() => {}) }), {
+    code: 'TOUCH_TIMEOUT',
+  })
+  assert.equal(p.limiter.count(publishIntent().indexUrl), 0)
+  assert.equal(await p.run({ ...base, sign: async () => 'v3.public.ok' }), 'v3.public.ok')
+  await assert.rejects(p.run({ ...base, sign: async () => 'v3.public.again' }), { code: 'RATE_LIMITED' })
+})
+
 test('a token whose audit line cannot be written is not released (AUDIT_FAILED)', async () => {
   const audit = new MemoryAudit()
   audit.fail = true
