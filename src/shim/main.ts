@@ -25,17 +25,15 @@ import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { connectOrStart } from './connect.js'
 import { requesterContext } from './context.js'
+import { Notices } from './notices.js'
 import { readRequestLine } from './stdin.js'
 import { askPinOnTty, confirmOnTty, hasTerminal } from './tty.js'
 
 const NAME = 'cargo-credential-pkcs11'
+const notices = new Notices(NAME)
 
 function say(text: string): void {
-  try {
-    process.stderr.write(`${NAME}: ${text}\n`)
-  } catch {
-    // stderr closed: nothing to tell anyone
-  }
+  notices.say(text)
 }
 
 function respond(line: string): void {
@@ -43,11 +41,11 @@ function respond(line: string): void {
 }
 
 function onEvent(event: EventMessage): void {
-  const text = event.data['text']
-  if (typeof text === 'string' && text !== '') say(text)
+  notices.event(event)
 }
 
 async function onQuery(query: QueryMessage): Promise<QueryAnswer> {
+  notices.stop()
   try {
     if (query.query === 'pin') {
       const reason = typeof query.data['reason'] === 'string' ? query.data['reason'] : ''
@@ -111,6 +109,7 @@ async function perform(request: CargoRequest, line: string, env: NodeJS.ProcessE
         return okLogout()
     }
   } finally {
+    notices.stop()
     connection.close()
   }
 }

@@ -58,7 +58,7 @@ describe('agent + shim on a device with faults', { skip: existsSync(FAULTY) ? fa
     const ok = parsed(r.lines[1]).Ok
     assert.ok(ok !== undefined, r.stdout + r.stderr)
     await verifyToken(String(ok['token']), { publicKey: KNOWN_KEY.k3Public, url: INDEX, operation: 'publish', name: 'foo', vers: '1.0.0', cksum: CKSUM })
-    assert.match(r.stderr, /cargo-credential-pkcs11: Touch your YubiKey[^\n]* to publish foo 1\.0\.0 \(cksum cccccccc…\) to local/)
+    assert.match(r.stderr, /cargo-credential-pkcs11: Touch your YubiKey[^\n]* to publish foo 1\.0\.0 \(cksum cccccccc…\) to local[^\n]*\(\d+ s left\)/)
     assert.equal(r.stdout.includes('Touch'), false, 'notices never reach the protocol stream')
   })
 
