@@ -52,6 +52,15 @@ export interface UntrustedTokenContents {
   readonly claims: Record<string, unknown>
 }
 
+/**
+ * Untrusted token text in a message: JSON-quoted (no raw newlines or control characters reach a
+ * registry's log) and cut short (a token may be 8 KiB).
+ */
+function quote(value: unknown): string {
+  const text = JSON.stringify(value) ?? String(value)
+  return text.length > 120 ? `${text.slice(0, 117)}..."` : text
+}
+
 const USAGE_REMEDY = 'Fix the verifier call: see VerifyOptions in src/verify/verify.ts'
 const usage = (message: string): AgentError => new AgentError('USAGE', message, { remedy: USAGE_REMEDY })
 
@@ -220,7 +229,7 @@ function checkClaims(claims: Record<string, unknown>, o: CheckedOptions): Date {
   if (claims['v'] !== undefined && claims['v'] !== 1) {
     fail(
       'VERSION_UNSUPPORTED',
-      `the token declares message format v=${JSON.stringify(claims['v'])}; this registry understands v=1`,
+      `the token declares message format v=${quote(claims['v'])}; this registry understands v=1`,
       'The client uses a newer RFC 3231 message format; the registry operator should upgrade the verifier',
     )
   }
@@ -237,7 +246,7 @@ function checkClaims(claims: Record<string, unknown>, o: CheckedOptions): Date {
   if (iat === undefined) {
     fail(
       'IAT_INVALID',
-      `the token \`iat\` ${JSON.stringify(iatText.slice(0, 64))} is not an RFC 3339 timestamp`,
+      `the token \`iat\` ${quote(iatText)} is not an RFC 3339 timestamp`,
       'Report the client that produced this token',
     )
   }
@@ -283,7 +292,7 @@ function checkClaims(claims: Record<string, unknown>, o: CheckedOptions): Date {
       if (claims[name] !== undefined) {
         fail(
           'UNEXPECTED_CLAIM',
-          `a read request carries a token with \`${name}\`: it was issued for a ${mutation ?? 'mutation'}`,
+          `a read request carries a token with \`${name}\`: it was issued for ${mutation === undefined ? 'a mutation' : quote(mutation)}`,
           'Mutation tokens are single-purpose; the client must send a read token for downloads and index requests',
         )
       }
@@ -295,7 +304,7 @@ function checkClaims(claims: Record<string, unknown>, o: CheckedOptions): Date {
       'MUTATION_MISMATCH',
       mutation === undefined
         ? `a ${o.operation} request carries a read token (no \`mutation\`)`
-        : `a ${o.operation} request carries a token issued for ${JSON.stringify(mutation)}`,
+        : `a ${o.operation} request carries a token issued for ${quote(mutation)}`,
       'Each mutation needs a token signed for exactly that operation; retry so the credential provider signs one',
     )
   }
@@ -305,7 +314,7 @@ function checkClaims(claims: Record<string, unknown>, o: CheckedOptions): Date {
   if (claims['name'] !== expected.name) {
     fail(
       'NAME_MISMATCH',
-      `the token is for crate ${JSON.stringify(claims['name'] ?? null)}, the request is for ${JSON.stringify(expected.name)}`,
+      `the token is for crate ${quote(claims['name'] ?? null)}, the request is for ${JSON.stringify(expected.name)}`,
       replay,
     )
   }
@@ -313,7 +322,7 @@ function checkClaims(claims: Record<string, unknown>, o: CheckedOptions): Date {
     if (claims['vers'] !== expected.vers) {
       fail(
         'VERS_MISMATCH',
-        `the token is for version ${JSON.stringify(claims['vers'] ?? null)}, the request is for ${JSON.stringify(expected.vers)}`,
+        `the token is for version ${quote(claims['vers'] ?? null)}, the request is for ${JSON.stringify(expected.vers)}`,
         replay,
       )
     }
@@ -353,7 +362,7 @@ export async function verifyToken(token: string, options: VerifyOptions): Promis
   if (footer.kip !== o.kip) {
     fail(
       'KEY_ID_MISMATCH',
-      `the token was signed by key ${footer.kip.slice(0, 60)}, not by the registered key ${o.kip}`,
+      `the token was signed by key ${quote(footer.kip)}, not by the registered key ${o.kip}`,
       'The user should register the k3.public key that `cargo-pkcs11-agent pubkey` prints, or point the client at the key already registered',
     )
   }
@@ -361,7 +370,7 @@ export async function verifyToken(token: string, options: VerifyOptions): Promis
   if (footer.url !== o.url) {
     fail(
       'URL_MISMATCH',
-      `the token was issued for ${JSON.stringify(footer.url.slice(0, 200))}, not for this registry (${JSON.stringify(o.url)})`,
+      `the token was issued for ${quote(footer.url)}, not for this registry (${JSON.stringify(o.url)})`,
       'Tokens are bound to one registry index URL; check the registry URL in the client configuration (cargo keeps the `sparse+` prefix)',
     )
   }

@@ -406,6 +406,28 @@ test('boundaries of the time window and the positive twins of the crafted cases 
   )
 })
 
+test('untrusted token text reaches error messages quoted and cut short (no log injection)', async () => {
+  const hostile = `evil\n2026-11-25 INFO accepted publish ${'x'.repeat(500)}`
+  const tokens = [
+    await craft(alice, { iat: iat(0), mutation: hostile, name: hostile }, footerOf(alice)),
+    await craft(
+      alice,
+      { iat: iat(0), mutation: 'publish', name: hostile, vers: '1.0.0', cksum: CKSUM },
+      footerOf(alice),
+    ),
+    await craft(alice, { iat: iat(0) }, { url: hostile, kip: k3Pid(alice.publicKey) }),
+    await craft(alice, { iat: iat(0) }, { url: URL, kip: hostile }),
+  ]
+  for (const [i, operation] of (['read', 'publish', 'read', 'read'] as const).entries()) {
+    await assert.rejects(verifyToken(tokens[i] ?? '', base(operation)), (error: unknown) => {
+      assert.ok(error instanceof AgentError)
+      assert.equal(/[\n\r]/.test(error.describe()), false, error.code)
+      assert.ok(error.message.length < 400, `${error.code}: ${error.message.length} characters`)
+      return true
+    })
+  }
+})
+
 test('verify options are validated before any token is looked at', async () => {
   const token = await readToken()
   const usage: Partial<VerifyOptions>[] = [
