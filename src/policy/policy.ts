@@ -447,7 +447,7 @@ export class Policy {
     this.#notify(prompter, {
       kind: 'pin-final-try',
       tokenDescription: token.description,
-      text: `${token.description} is at its final PIN try: a wrong PIN blocks it`,
+      text: `${token.description} is at its final PIN try (a wrong PIN blocks it), for: ${describeIntent(intent)}`,
     })
     const { approved } = await this.#confirm(
       intent,

@@ -103,7 +103,11 @@ test('at the final try the human must say yes before the PIN is asked, and then 
   assert.deepEqual(device.logins, ['123456'])
   assert.match(prompter.confirmations[0]?.text ?? '', /^FINAL PIN TRY for YubiKey 'PIV' \(serial 1234\)/)
   assert.equal(prompter.pinRequests[0]?.triesLeft, 'final')
-  assert.ok(prompter.notices.some((n) => n.kind === 'pin-final-try'))
+  const notice = prompter.notices.find((n) => n.kind === 'pin-final-try')
+  assert.match(
+    notice?.text ?? '',
+    /final PIN try .*, for: read from my-registry \(sparse\+http:\/\/127\.0\.0\.1:8080\/index\/\), requested by pid 4242/,
+  )
 })
 
 test('at the final try: refusing, confirm-final-try off, or a PIN from env are POLICY_DENIED with an unblock remedy, and no login', async () => {
