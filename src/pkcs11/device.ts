@@ -112,6 +112,8 @@ type LoginNeed = 'required' | 'optional' | 'none'
 interface Work {
   /** Set once the device has started something a retry would repeat (a touch, a key write). */
   committed: boolean
+  /** Set once an operation (C_SignInit) may be left active on the session if a later step fails. */
+  operationStarted: boolean
 }
 
 function triesLeft(info: TokenInfo): 'low' | 'final' | 'locked' | undefined {
@@ -306,14 +308,16 @@ export class Device {
   async #request<T>(login: LoginNeed, fn: (session: PooledSession, work: Work) => T | Promise<T>): Promise<T> {
     for (let attempt = 0; ; attempt += 1) {
       const session = await this.#acquire()
-      const work: Work = { committed: false }
+      const work: Work = { committed: false, operationStarted: false }
       let healthy = true
       try {
         if (login !== 'none') this.#ensureLogin(session, login)
         return await fn(session, work)
       } catch (error) {
-        healthy = false
         const err = toAgentError(error)
+        // A refused PIN, a missing key etc. leave the session as it was; only a possibly still
+        // active operation (PKCS#11 §5.2: C_SignInit ... C_Sign) makes it unusable.
+        healthy = !work.operationStarted && !RECONNECT_CODES.has(err.code)
         if (RECONNECT_CODES.has(err.code)) {
           this.#lose(err.code)
           if (attempt === 0 && !work.committed && err.code === 'SESSION_LOST') continue
@@ -360,6 +364,15 @@ export class Device {
     session.busy = false
     if (!healthy || session.generation !== this.#generation) {
       this.#sessions = this.#sessions.filter((s) => s !== session)
+      if (session.generation === this.#generation && this.#slot !== undefined && !this.#sessions.some((s) => s.generation === this.#generation)) {
+        // Closing the application's last session logs the token out (PKCS#11 §5.6): open the
+        // replacement first so one failed signature does not cost the user a PIN entry.
+        try {
+          this.#sessions.push({ handle: this.#mod().openSession(this.#slot, false), generation: this.#generation, busy: false })
+        } catch {
+          // The device is going away; the next request reconnects.
+        }
+      }
       this.#module?.closeSession(session.handle)
     }
     this.#waiters.shift()?.()
@@ -639,6 +652,7 @@ export class Device {
         entry = this.#privateKey(session, key)
         mod.signInit(session.handle, entry.handle, where)
       }
+      work.operationStarted = true
       if (entry.alwaysAuthenticate) {
         // CKA_ALWAYS_AUTHENTICATE (PKCS#11 v2.40 §4.9): C_Login(CKU_CONTEXT_SPECIFIC) after
         // C_SignInit, before each C_Sign, with the PIN the owner holds.

@@ -187,6 +187,23 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
     await device.release()
   })
 
+  it('a missed touch or a missing key does not log the token out (no PIN needed afterwards)', async () => {
+    const device = new Device({ module: FAULTY, label: 'other' })
+    await device.login(Pin.fromString('123456'))
+    const signer = await device.signer({ label: 'gen' })
+    await signer.sign(Buffer.from('one session'))
+    const logins = counts(countsFile).get('C_Login') ?? 0
+    writeFileSync(control, 'fail.C_Sign=0x50\n')
+    assert.equal((await rejection(signer.sign(Buffer.from('missed')))).code, 'TOUCH_TIMEOUT')
+    writeFileSync(control, '')
+    assert.equal((await rejection(device.findKey({ label: 'nope' }))).code, 'KEY_NOT_FOUND')
+    assert.equal(await device.needsLogin(), false)
+    const sig = await signer.sign(Buffer.from('still logged in'))
+    assert.equal(verifySignature(signer.publicKey, Buffer.from('still logged in'), sig), true)
+    assert.equal((counts(countsFile).get('C_Login') ?? 0) - logins, 0)
+    await device.release()
+  })
+
   it('a session lost before the device started signing is reopened transparently', async () => {
     const pin = Pin.fromString('123456')
     const device = new Device({ module: FAULTY, label: 'touch' }, { cachedPin: () => pin })
