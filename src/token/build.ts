@@ -124,13 +124,15 @@ export async function buildToken(
     type: 'secret',
     signer,
   }
+  // Refuse an oversized token before the device is asked (a touch for a token no registry takes).
+  const b64Length = (bytes: number): number => Math.ceil((bytes * 4) / 3)
+  const messageBytes = new TextEncoder().encode(JSON.stringify(claims)).length
+  const length = 'v3.public.'.length + b64Length(messageBytes + 96) + 1 + b64Length(footer.length)
+  if (length > LIMITS.tokenMaxChars) {
+    throw invalid(`the token would be ${length} characters, more than the ${LIMITS.tokenMaxChars} accepted`)
+  }
   // addIssuedAt/nonExpiring: paseto would otherwise add its own `iat` and a one-hour `exp`;
   // cargo's message has neither an `exp` nor anything we did not put there.
   const token = await v3Sign.Sign(key, claims, { footer, addIssuedAt: false, nonExpiring: true })
-  if (token.length > LIMITS.tokenMaxChars) {
-    throw invalid(
-      `the token would be ${token.length} characters, more than the ${LIMITS.tokenMaxChars} accepted`,
-    )
-  }
   return { token, iat, kip, claims }
 }

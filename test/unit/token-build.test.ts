@@ -5,6 +5,7 @@ import { PublicProtocol } from 'paseto'
 import { ImportPublicKeyFactory, VerifyFactory } from 'paseto/v3/public'
 
 import { AgentError } from '../../src/lib/errors.js'
+import { LIMITS } from '../../src/lib/limits.js'
 import { k3Pid, k3Public } from '../../src/keys/paserk.js'
 import { isHighS } from '../../src/keys/signature.js'
 import { MemorySigner } from '../../src/signer/memory.js'
@@ -159,6 +160,42 @@ test('buildToken refuses requests cargo would never send, with REQUEST_INVALID',
       return true
     })
   }
+})
+
+test('a token longer than LIMITS.tokenMaxChars is refused before the signer is asked', async () => {
+  let asked = 0
+  const inner = MemorySigner.generate()
+  const counting: Signer = {
+    publicKey: inner.publicKey,
+    description: 'counts',
+    sign: async (m) => {
+      asked++
+      return await inner.sign(m)
+    },
+  }
+  const long = 'x'.repeat(LIMITS.tokenClaimMaxChars)
+  const request: TokenRequest = {
+    indexUrl: long,
+    operation: 'publish',
+    name: long,
+    vers: long,
+    cksum: CKSUM,
+    subject: long,
+  }
+  await assert.rejects(buildToken(counting, request), {
+    code: 'REQUEST_INVALID',
+    message: /characters, more than the 8192 accepted/,
+  })
+  assert.equal(asked, 0)
+  // Just under the limit is built, and its real length matches the estimate's bound.
+  const fits = await buildToken(counting, {
+    indexUrl: URL,
+    operation: 'owners',
+    name: 'x'.repeat(2000),
+    subject: 'y'.repeat(2000),
+  })
+  assert.equal(asked, 1)
+  assert.ok(fits.token.length <= LIMITS.tokenMaxChars)
 })
 
 test('a Signer failure reaches the caller unchanged', async () => {
