@@ -89,12 +89,12 @@ class PinentrySession {
         error.code === 'ENOENT'
           ? entryFailed(
               `The pinentry program "${this.#program}" was not found`,
-              'Install pinentry (e.g. the pinentry-curses or pinentry-gnome3 package) or set `pinentry` in the agent config to its path',
+              'Install pinentry (e.g. the pinentry-curses or pinentry-gnome3 package) or set pinentry-program for the token in the agent config to its path',
               error,
             )
           : entryFailed(
               `The pinentry program "${this.#program}" could not be started: ${error.message}`,
-              'Check the `pinentry` setting in the agent config',
+              'Check pinentry-program for the token in the agent config',
               error,
             ),
       )
@@ -112,7 +112,7 @@ class PinentrySession {
     this.#timer = setTimeout(() => {
       this.#fail(
         entryFailed(
-          `No answer from pinentry within ${Math.round(options.timeoutMs / 1000)} s`,
+          `No answer from pinentry within ${(options.timeoutMs / 1000).toFixed(options.timeoutMs % 1000 === 0 ? 0 : 1)} s`,
           'Run the command again and answer the PIN dialog',
         ),
       )
