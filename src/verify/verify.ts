@@ -61,7 +61,7 @@ function quote(value: unknown): string {
   return text.length > 120 ? `${text.slice(0, 117)}..."` : text
 }
 
-const USAGE_REMEDY = 'Fix the verifier call: see VerifyOptions in src/verify/verify.ts'
+const USAGE_REMEDY = 'Fix the verifier call; the options are described in docs/verifying-tokens.md'
 const usage = (message: string): AgentError => new AgentError('USAGE', message, { remedy: USAGE_REMEDY })
 
 function fail(code: VerifyCode, message: string, remedy: string): never {
