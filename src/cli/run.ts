@@ -11,6 +11,7 @@ import { parseArgs } from 'node:util'
 
 import { Agent } from '../agent/agent.js'
 import { AgentConnection } from '../agent/client.js'
+import { probeSocket } from '../agent/socket.js'
 import { loadConfig } from '../config/load.js'
 import { agentLogPath, resolveConfigPath, resolveSocketPath } from '../config/paths.js'
 import { AgentError, toAgentError } from '../lib/errors.js'
@@ -42,15 +43,16 @@ export function parseRunArgs(argv: readonly string[]): { config?: string; socket
 }
 
 /** Polls the socket until the agent answers a ping (used after starting one in the background). */
-export async function waitForAgent(socketPath: string, timeoutMs: number = LIMITS.agentStartWaitMs, isDead: () => boolean = () => false): Promise<void> {
+export async function waitForAgent(socketPath: string, timeoutMs: number = LIMITS.agentStartWaitMs, isDead: () => boolean = () => false, pid?: number): Promise<void> {
   const deadline = Date.now() + timeoutMs
   let last: unknown
   while (Date.now() < deadline && !isDead()) {
     try {
       const connection = await AgentConnection.connect(socketPath, 500)
       try {
-        await connection.request('ping', {}, { timeoutMs: 1_000 })
-        return
+        const pong = await connection.request('ping', {}, { timeoutMs: 1_000 })
+        // Another agent answering on the path is not the one we started.
+        if (pid === undefined || pong['pid'] === pid) return
       } finally {
         connection.close()
       }
@@ -90,9 +92,15 @@ export async function run(argv: readonly string[]): Promise<number> {
     const configPath = resolveConfigPath(args.config)
     const config = loadConfig(configPath.path) // validate before detaching, so errors reach this terminal
     const socketPath = resolveSocketPath(args.socket, config.agent.socket).path
+    if ((await probeSocket(socketPath)) === 'alive') {
+      throw new AgentError('AGENT_ALREADY_RUNNING', `An agent is already listening on ${socketPath}`, {
+        remedy: 'Use the running agent (`cargo-pkcs11-agent status`), or stop it first',
+        data: { socket: socketPath },
+      })
+    }
     const forward = ['--config', configPath.path, '--socket', socketPath]
     const child = spawnDetachedAgent(forward)
-    await waitForAgent(socketPath, LIMITS.agentStartWaitMs, child.exited)
+    await waitForAgent(socketPath, LIMITS.agentStartWaitMs, child.exited, child.pid)
     process.stderr.write(`cargo-pkcs11-agent: started (pid ${child.pid}) on ${socketPath}; log: ${child.logPath}\n`)
     return 0
   }

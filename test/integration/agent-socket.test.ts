@@ -153,6 +153,41 @@ describe('agent socket and lifecycle', () => {
     assert.equal(statSync(dir).mode & 0o777, 0o700)
   })
 
+  test('`run` detaches and returns once the agent answers; a second `run` refuses; status/lock/release talk to it', async () => {
+    const agent = await startAgent({ registries: { local: { index: INDEX, readKey: known } }, start: false })
+    fixtures.push(agent)
+    const cli = (args: string[]): Promise<{ code: number | null; out: string }> =>
+      new Promise((resolve) => {
+        const child = spawn(process.execPath, [agent.agentPath, ...args], { env: agent.agentEnv, stdio: ['ignore', 'pipe', 'pipe'] })
+        let out = ''
+        child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d))
+        child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d))
+        child.on('exit', (code) => resolve({ code, out }))
+      })
+    const started = await cli(['run', '--config', agent.configPath, '--socket', agent.socket])
+    assert.equal(started.code, 0, started.out)
+    const pid = Number(/started \(pid (\d+)\)/.exec(started.out)?.[1])
+    try {
+      assert.equal((await ping(agent.socket))['pid'], pid)
+      const again = await cli(['run', '--config', agent.configPath, '--socket', agent.socket])
+      assert.equal(again.code, 1)
+      assert.match(again.out, /already listening/)
+      const status = await cli(['status', '--socket', agent.socket])
+      assert.equal(status.code, 0, status.out)
+      assert.match(status.out, new RegExp(`agent pid ${pid}`))
+      assert.match(status.out, /local: sparse\+http:\/\/127\.0\.0\.1:38600\/index\//)
+      assert.match((await cli(['lock', '--socket', agent.socket])).out, /forgot \d+ PIN\(s\)/)
+      assert.match((await cli(['release', '--socket', agent.socket])).out, /closed the sessions of \d+ token\(s\)/)
+    } finally {
+      process.kill(pid, 'SIGTERM')
+      for (let i = 0; i < 200 && existsSync(agent.socket); i++) await new Promise((r) => setTimeout(r, 25))
+    }
+    assert.equal(existsSync(agent.socket), false)
+    const down = await cli(['status', '--socket', agent.socket])
+    assert.equal(down.code, 1)
+    assert.ok(down.out.includes(agent.socket), down.out)
+  })
+
   test('the shim starts an agent in the background when none runs, and it signs', async () => {
     const agent = await startAgent({ registries: { local: { index: INDEX, readKey: known } }, start: false })
     fixtures.push(agent)
