@@ -567,7 +567,8 @@ export class Policy {
           'POLICY_DENIED',
           `Confirmation is required to ${describeIntent(intent)}, but the requesting program has no terminal`,
           {
-            remedy: 'Run the command from a terminal, or set confirm-via = "pinentry" in the agent config',
+            remedy:
+              'Run the command from a terminal, or set confirm = "touch" for this registry (a key with a touch policy)',
           },
         )
       }
