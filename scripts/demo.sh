@@ -125,21 +125,18 @@ else
   p11 --init-token --label "$TOKEN_LABEL" --so-pin env:CARGO_PKCS11_DEMO_SO_PIN
   p11 --token-label "$TOKEN_LABEL" --login --login-type so --so-pin env:CARGO_PKCS11_DEMO_SO_PIN --init-pin --pin env:CARGO_PKCS11_DEMO_PIN
   unset CARGO_PKCS11_DEMO_SO_PIN
-  # The private key is generated on the token and never leaves it.
-  p11 --token-label "$TOKEN_LABEL" --login --pin env:CARGO_PKCS11_DEMO_PIN --keypairgen --key-type EC:secp384r1 --label "$KEY_LABEL" --id 01
-  note "token '$TOKEN_LABEL' initialised, P-384 key '$KEY_LABEL' generated on it (PIN from \$CARGO_PKCS11_DEMO_PIN, not shown)"
+  note "token '$TOKEN_LABEL' initialised (PINs from the environment, not shown)"
+  # The agent's own keygen: the private key is generated on the token and never leaves it.
+  printf '   $ cargo-pkcs11-agent keygen --module %s --token-label %s --label %s --id 01 --pin-env CARGO_PKCS11_DEMO_PIN\n' \
+    "$MODULE" "$TOKEN_LABEL" "$KEY_LABEL"
+  node "$AGENT_BIN" keygen --module "$MODULE" --token-label "$TOKEN_LABEL" --label "$KEY_LABEL" --id 01 \
+    --pin-env CARGO_PKCS11_DEMO_PIN 2>&1 | sed 's/^/     /'
 fi
 
-# The public key as the token stores it (CKA_EC_POINT), turned into the PASERK the registry registers.
-EC_POINT=$(pkcs11-tool --module "$MODULE" --token-label "$TOKEN_LABEL" --list-objects --type pubkey 2>/dev/null |
-  awk -v want="$KEY_LABEL" '/^Public Key Object/ {point=""} /EC_POINT:/ {point=$2} /label:/ {sub(/^[ \t]*label:[ \t]*/, ""); if ($0 == want && point != "") {print point; exit}}')
-[ -n "$EC_POINT" ] || die "no P-384 public key labelled '$KEY_LABEL' on token '$TOKEN_LABEL'" "generate one, or set CARGO_PKCS11_DEMO_KEY_LABEL"
-read -r K3_PUBLIC K3_PID < <(node --input-type=module -e "
-  import { k3Public, k3Pid } from '$ROOT/dist/src/keys/paserk.js'
-  import { publicKeyFromDevice } from '$ROOT/dist/src/keys/point.js'
-  const k = k3Public(publicKeyFromDevice(Buffer.from(process.argv[1], 'hex')))
-  console.log(k, k3Pid(k))" "$EC_POINT")
-[ -n "${K3_PID:-}" ] || die "cannot compute the k3.public of the token's key" "check that dist/src/keys/ is built"
+# What the registry must register: the k3.public of the key as the device holds it (CKA_EC_POINT).
+K3_PUBLIC=$(node "$AGENT_BIN" pubkey --module "$MODULE" --token-label "$TOKEN_LABEL" --label "$KEY_LABEL" --format k3) ||
+  die "no P-384 key labelled '$KEY_LABEL' on token '$TOKEN_LABEL'" "generate one (cargo-pkcs11-agent keygen), or set CARGO_PKCS11_DEMO_KEY_LABEL"
+K3_PID=$(node "$AGENT_BIN" pubkey --module "$MODULE" --token-label "$TOKEN_LABEL" --label "$KEY_LABEL" --format pid)
 note "k3.public: $K3_PUBLIC"
 note "k3.pid:    $K3_PID"
 
@@ -185,7 +182,10 @@ token-max-age-seconds = $TOKEN_MAX_AGE
 EOF
 chmod 600 "$CONFIG"
 note "config: $CONFIG"
-setsid node "$AGENT_BIN" run --foreground --config "$CONFIG" --socket "$SOCK" </dev/null >"$STATE/agent.log" 2>&1 &
+# libuv sizes its pool at start (src/lib/threadpool.ts); set here, the agent need not re-run itself,
+# so the pid recorded below is the agent's own.
+UV_THREADPOOL_SIZE=$(node --input-type=module -e "import { LIMITS } from '$ROOT/dist/src/lib/limits.js'; console.log(LIMITS.uvThreadpoolSize)") \
+  setsid node "$AGENT_BIN" run --foreground --config "$CONFIG" --socket "$SOCK" </dev/null >"$STATE/agent.log" 2>&1 &
 echo $! >"$STATE/agent.pid"
 for _ in $(seq 1 150); do
   [ -S "$SOCK" ] && break
@@ -260,7 +260,11 @@ run_cargo "$STATE" owner --list hwtok-beta --registry local
 say "7. a build that downloads both crates from the registry (read tokens only)"
 run_cargo "$STATE/crates/hwtok-app" run --quiet
 
-say "8. summary"
+say "8. the agent's view: cargo-pkcs11-agent status / log"
+node "$AGENT_BIN" status --socket "$SOCK" 2>&1 | sed 's/^/     /' || true
+node "$AGENT_BIN" log --config "$CONFIG" -n 20 2>&1 | sed 's/^/     /' || true
+
+say "9. summary"
 node --input-type=module -e "
   import { readFileSync } from 'node:fs'
   const reg = readFileSync(process.argv[1], 'utf8').trim().split('\n').map((l) => JSON.parse(l))
