@@ -15,7 +15,8 @@ import { Pin } from '../lib/secret.js'
 import type { TokenSelector } from '../pkcs11/device.js'
 import { askPinOnTty, hasTerminal } from '../shim/tty.js'
 
-export const TARGET_USAGE = '[--config FILE] [--token NAME | --module NAME|PATH [--token-label L] [--serial S]] [--pin-env VAR | --pin-file FILE]'
+export const TARGET_USAGE =
+  '[--config FILE] [--token NAME | --module NAME|PATH [--token-label L] [--serial S]] [--pin-env VAR | --pin-file FILE]'
 
 const TARGET_OPTIONS = {
   config: { type: 'string' },
@@ -46,17 +47,25 @@ function usage(message: string, usageText: string): AgentError {
   return new AgentError('USAGE', message, { remedy: `Usage: cargo-pkcs11-agent ${usageText}` })
 }
 
-export function parseTargetCommand(argv: readonly string[], extra: OptionSpec, usageText: string, options: { anyToken?: boolean } = {}): ParsedCommand {
+export function parseTargetCommand(
+  argv: readonly string[],
+  extra: OptionSpec,
+  usageText: string,
+  options: { anyToken?: boolean } = {},
+): ParsedCommand {
   let values: Record<string, string | boolean | undefined>
   try {
-    values = parseArgs({ args: [...argv], options: { ...TARGET_OPTIONS, ...extra }, strict: true, allowPositionals: false }).values as Record<
-      string,
-      string | boolean | undefined
-    >
+    values = parseArgs({
+      args: [...argv],
+      options: { ...TARGET_OPTIONS, ...extra },
+      strict: true,
+      allowPositionals: false,
+    }).values as Record<string, string | boolean | undefined>
   } catch (error) {
     throw usage(error instanceof Error ? error.message : String(error), usageText)
   }
-  const str = (key: string): string | undefined => (typeof values[key] === 'string' ? (values[key] as string) : undefined)
+  const str = (key: string): string | undefined =>
+    typeof values[key] === 'string' ? (values[key] as string) : undefined
   const module = str('module')
   if (module !== undefined) {
     if (str('token') !== undefined) throw usage('--token and --module exclude each other', usageText)
@@ -65,20 +74,42 @@ export function parseTargetCommand(argv: readonly string[], extra: OptionSpec, u
     const serial = str('serial')
     if (label !== undefined) selector.label = label
     if (serial !== undefined) selector.serial = serial
-    if (label === undefined && serial === undefined && options.anyToken !== true) throw usage('--module needs --token-label or --serial (slot ids are not stable)', usageText)
-    return { target: { selector, name: label ?? (serial === undefined ? '*' : `serial ${serial}`), pinEnv: str('pin-env'), pinFile: str('pin-file') }, values }
+    if (label === undefined && serial === undefined && options.anyToken !== true)
+      throw usage('--module needs --token-label or --serial (slot ids are not stable)', usageText)
+    return {
+      target: {
+        selector,
+        name: label ?? (serial === undefined ? '*' : `serial ${serial}`),
+        pinEnv: str('pin-env'),
+        pinFile: str('pin-file'),
+      },
+      values,
+    }
   }
   const config = loadConfig(resolveConfigPath(str('config')).path)
   const names = Object.keys(config.tokens)
   const wanted = str('token') ?? (names.length === 1 ? names[0] : undefined)
   if (wanted === undefined) {
-    throw usage(names.length === 0 ? 'the config names no token' : `several tokens are configured (${names.join(', ')}): choose one with --token`, usageText)
+    throw usage(
+      names.length === 0
+        ? 'the config names no token'
+        : `several tokens are configured (${names.join(', ')}): choose one with --token`,
+      usageText,
+    )
   }
   const token: TokenConfig | undefined = config.tokens[wanted]
   if (token === undefined) {
-    throw new AgentError('CONFIG_INVALID', `no token named '${wanted}' in ${config.path ?? 'the config'}`, { remedy: `Configured tokens: ${names.join(', ') || 'none'}` })
+    throw new AgentError('CONFIG_INVALID', `no token named '${wanted}' in ${config.path ?? 'the config'}`, {
+      remedy: `Configured tokens: ${names.join(', ') || 'none'}`,
+    })
   }
-  const selector: TokenSelector = { module: token.module, label: token.label, serial: token.serial, manufacturer: token.manufacturer, model: token.model }
+  const selector: TokenSelector = {
+    module: token.module,
+    label: token.label,
+    serial: token.serial,
+    manufacturer: token.manufacturer,
+    model: token.model,
+  }
   return {
     target: {
       selector,
@@ -95,13 +126,17 @@ export async function obtainPin(target: Target, what: string): Promise<Pin> {
   if (target.pinEnv !== undefined) {
     const value = process.env[target.pinEnv]
     if (value === undefined || value === '') {
-      throw new AgentError('PIN_REQUIRED', `the PIN variable ${target.pinEnv} is not set`, { remedy: `Export ${target.pinEnv} with the token PIN` })
+      throw new AgentError('PIN_REQUIRED', `the PIN variable ${target.pinEnv} is not set`, {
+        remedy: `Export ${target.pinEnv} with the token PIN`,
+      })
     }
     return Pin.fromString(value)
   }
   if (target.pinFile !== undefined) return await readPinFile(target.pinFile)
   if (!hasTerminal()) {
-    throw new AgentError('PIN_REQUIRED', `${what} needs the PIN and there is no terminal to ask on`, { remedy: 'Pass --pin-env VAR or --pin-file FILE' })
+    throw new AgentError('PIN_REQUIRED', `${what} needs the PIN and there is no terminal to ask on`, {
+      remedy: 'Pass --pin-env VAR or --pin-file FILE',
+    })
   }
   const text = await askPinOnTty(`PIN for ${what}: `)
   return Pin.fromString(text)

@@ -14,12 +14,20 @@ export const KEYGEN_USAGE = `keygen ${TARGET_USAGE} --label K [--id HEX] [--forc
 export async function keygen(argv: readonly string[]): Promise<number> {
   const { target, values } = parseTargetCommand(
     argv,
-    { label: { type: 'string' }, id: { type: 'string' }, force: { type: 'boolean' }, json: { type: 'boolean' } },
+    {
+      label: { type: 'string' },
+      id: { type: 'string' },
+      force: { type: 'boolean' },
+      json: { type: 'boolean' },
+    },
     KEYGEN_USAGE,
   )
   const label = typeof values['label'] === 'string' ? values['label'] : undefined
   const id = typeof values['id'] === 'string' ? values['id'] : undefined
-  if (label === undefined) throw new AgentError('USAGE', 'keygen needs --label', { remedy: `Usage: cargo-pkcs11-agent ${KEYGEN_USAGE}` })
+  if (label === undefined)
+    throw new AgentError('USAGE', 'keygen needs --label', {
+      remedy: `Usage: cargo-pkcs11-agent ${KEYGEN_USAGE}`,
+    })
   const device = new Device(target.selector)
   try {
     if (await device.needsLogin()) {
@@ -30,10 +38,14 @@ export async function keygen(argv: readonly string[]): Promise<number> {
         pin.wipe()
       }
     }
-    const key = await device.generateKey(id === undefined ? { label } : { label, id }, { force: values['force'] === true })
+    const key = await device.generateKey(id === undefined ? { label } : { label, id }, {
+      force: values['force'] === true,
+    })
     const k3 = k3Public(key.publicKey)
     if (values['json'] === true) {
-      process.stdout.write(`${JSON.stringify({ token: device.describe(), label: key.label, id: key.id, k3Public: k3, k3Pid: k3Pid(key.publicKey) }, null, 2)}\n`)
+      process.stdout.write(
+        `${JSON.stringify({ token: device.describe(), label: key.label, id: key.id, k3Public: k3, k3Pid: k3Pid(key.publicKey) }, null, 2)}\n`,
+      )
     } else {
       process.stdout.write(
         `generated P-384 key '${key.label}' (id ${key.id}) on ${device.describe()}; it cannot leave the device.\n` +

@@ -32,10 +32,22 @@ function view(key: DeviceKey): KeyView {
 }
 
 export async function list(argv: readonly string[]): Promise<number> {
-  const { target, values } = parseTargetCommand(argv, { login: { type: 'boolean' }, json: { type: 'boolean' } }, LIST_USAGE, { anyToken: true })
+  const { target, values } = parseTargetCommand(
+    argv,
+    { login: { type: 'boolean' }, json: { type: 'boolean' } },
+    LIST_USAGE,
+    { anyToken: true },
+  )
   const selectors: TokenSelector[] =
-    target.selector.label === undefined && target.selector.serial === undefined && target.selector.manufacturer === undefined && target.selector.model === undefined
-      ? (await listTokens(target.selector.module)).map((t) => ({ module: target.selector.module, label: t.label, serial: t.serial }))
+    target.selector.label === undefined &&
+    target.selector.serial === undefined &&
+    target.selector.manufacturer === undefined &&
+    target.selector.model === undefined
+      ? (await listTokens(target.selector.module)).map((t) => ({
+          module: target.selector.module,
+          label: t.label,
+          serial: t.serial,
+        }))
       : [target.selector]
   // Before a login a token may hide its private objects (CKA_PRIVATE): their attributes are then unknown.
   const out: Array<{ token: string; privateObjectsVisible: boolean; keys: KeyView[] }> = []
@@ -51,7 +63,11 @@ export async function list(argv: readonly string[]): Promise<number> {
         }
       }
       const hidden = await device.needsLogin()
-      out.push({ token: device.describe(), privateObjectsVisible: !hidden, keys: (await device.listKeys()).map(view) })
+      out.push({
+        token: device.describe(),
+        privateObjectsVisible: !hidden,
+        keys: (await device.listKeys()).map(view),
+      })
     } finally {
       await device.release()
     }
@@ -64,10 +80,13 @@ export async function list(argv: readonly string[]): Promise<number> {
   if (out.length === 0) lines.push(`no initialised token on ${target.selector.module}`)
   for (const token of out) {
     lines.push(`${token.token}:`)
-    if (token.keys.length === 0) lines.push('  no P-384 keys visible (try --login, or create one with `cargo-pkcs11-agent keygen`)')
+    if (token.keys.length === 0)
+      lines.push('  no P-384 keys visible (try --login, or create one with `cargo-pkcs11-agent keygen`)')
     for (const k of token.keys) {
       const flags = token.privateObjectsVisible
-        ? [k.extractable ? 'EXTRACTABLE' : 'not extractable', k.alwaysAuthenticate ? 'PIN per signature' : ''].filter((f) => f !== '').join(', ')
+        ? [k.extractable ? 'EXTRACTABLE' : 'not extractable', k.alwaysAuthenticate ? 'PIN per signature' : '']
+            .filter((f) => f !== '')
+            .join(', ')
         : 'private key attributes shown with --login'
       lines.push(`  '${k.label}' id ${k.id === '' ? '(none)' : k.id} (${flags})`, `    ${k.k3Public}`)
     }

@@ -13,15 +13,23 @@ export const PUBKEY_USAGE = `pubkey ${TARGET_USAGE} (--label K | --id HEX) [--fo
 const FORMATS = ['k3', 'pid', 'hex', 'json'] as const
 
 export async function pubkey(argv: readonly string[]): Promise<number> {
-  const { target, values } = parseTargetCommand(argv, { label: { type: 'string' }, id: { type: 'string' }, format: { type: 'string' } }, PUBKEY_USAGE)
+  const { target, values } = parseTargetCommand(
+    argv,
+    { label: { type: 'string' }, id: { type: 'string' }, format: { type: 'string' } },
+    PUBKEY_USAGE,
+  )
   const label = typeof values['label'] === 'string' ? values['label'] : undefined
   const id = typeof values['id'] === 'string' ? values['id'] : undefined
   const format = typeof values['format'] === 'string' ? values['format'] : 'k3'
   if (label === undefined && id === undefined) {
-    throw new AgentError('USAGE', 'pubkey needs --label or --id', { remedy: `Usage: cargo-pkcs11-agent ${PUBKEY_USAGE}` })
+    throw new AgentError('USAGE', 'pubkey needs --label or --id', {
+      remedy: `Usage: cargo-pkcs11-agent ${PUBKEY_USAGE}`,
+    })
   }
   if (!(FORMATS as readonly string[]).includes(format)) {
-    throw new AgentError('USAGE', `unknown --format '${format}'`, { remedy: `Use one of ${FORMATS.join(', ')}` })
+    throw new AgentError('USAGE', `unknown --format '${format}'`, {
+      remedy: `Use one of ${FORMATS.join(', ')}`,
+    })
   }
   const device = new Device(target.selector)
   try {
@@ -34,7 +42,17 @@ export async function pubkey(argv: readonly string[]): Promise<number> {
           ? k3Pid(key.publicKey)
           : format === 'hex'
             ? Buffer.from(key.publicKey).toString('hex')
-            : JSON.stringify({ token: device.describe(), label: key.label, id: key.id, k3Public: k3, k3Pid: k3Pid(key.publicKey) }, null, 2)
+            : JSON.stringify(
+                {
+                  token: device.describe(),
+                  label: key.label,
+                  id: key.id,
+                  k3Public: k3,
+                  k3Pid: k3Pid(key.publicKey),
+                },
+                null,
+                2,
+              )
     process.stdout.write(`${text}\n`)
     return 0
   } finally {

@@ -42,7 +42,8 @@ export function withThreadpoolSize(env: NodeJS.ProcessEnv = process.env): NodeJS
  */
 export function ensureThreadpoolSize(): boolean {
   const started = currentSize({ [VARIABLE]: AT_START })
-  if (currentSize(process.env) < LIMITS.uvThreadpoolSize) process.env[VARIABLE] = String(LIMITS.uvThreadpoolSize)
+  if (currentSize(process.env) < LIMITS.uvThreadpoolSize)
+    process.env[VARIABLE] = String(LIMITS.uvThreadpoolSize)
   return started >= LIMITS.uvThreadpoolSize
 }
 

@@ -7,7 +7,14 @@
  * callback-only sign with 1024-byte buffers and error detection by message text; pkcs11js already
  * gives `C_SignAsync` and a numeric `Pkcs11Error.code`.
  */
-import { accessSync, constants as fsConstants, existsSync, readFileSync, realpathSync, statSync } from 'node:fs'
+import {
+  accessSync,
+  constants as fsConstants,
+  existsSync,
+  readFileSync,
+  realpathSync,
+  statSync,
+} from 'node:fs'
 import { basename } from 'node:path'
 import pkcs11js from 'pkcs11js'
 import { AgentError, type ErrorCode } from '../lib/errors.js'
@@ -61,59 +68,336 @@ const RETRY = 'Try again; the agent reopens its sessions by itself'
  * `translate` (e.g. CKR_FUNCTION_CANCELED during a sign is a missed touch).
  */
 const CKR_TABLE: ReadonlyMap<number, Translation> = new Map<number, Translation>([
-  [k.CKR_PIN_INCORRECT, { code: 'PIN_INCORRECT', message: 'the PIN is incorrect', remedy: 'Enter the correct PIN; the agent never retries a wrong PIN by itself' }],
-  [k.CKR_PIN_LOCKED, { code: 'PIN_LOCKED', message: 'the PIN is locked (too many wrong attempts)', remedy: 'Unlock it with the PUK / SO PIN using the device vendor tool, then try again' }],
-  [k.CKR_PIN_INVALID, { code: 'PIN_INVALID', message: 'the token rejected the PIN format', remedy: 'Check the PIN characters' }],
-  [k.CKR_PIN_LEN_RANGE, { code: 'PIN_INVALID', message: 'the PIN has a length the token does not accept', remedy: 'Check the PIN length' }],
-  [k.CKR_PIN_EXPIRED, { code: 'PIN_INVALID', message: 'the PIN has expired', remedy: 'Change the PIN with the device vendor tool' }],
-  [k.CKR_PIN_TOO_WEAK, { code: 'PIN_INVALID', message: 'the token considers the PIN too weak', remedy: 'Choose a stronger PIN' }],
-  [k.CKR_USER_NOT_LOGGED_IN, { code: 'PIN_REQUIRED', message: 'the token requires a PIN login first', remedy: 'Provide the PIN (unlock the agent) and retry' }],
-  [k.CKR_USER_PIN_NOT_INITIALIZED, { code: 'PIN_REQUIRED', message: 'the token has no user PIN set', remedy: 'Initialise the user PIN with the device vendor tool' }],
-  [k.CKR_USER_ANOTHER_ALREADY_LOGGED_IN, { code: 'DEVICE_ERROR', message: 'another user type (SO) is logged in to the token', remedy: 'Log the SO out (or release the token in other programs) and retry' }],
-  [k.CKR_USER_TYPE_INVALID, { code: 'INTERNAL', message: 'the token rejected the login user type', remedy: 'Report this with the module name' }],
-  [k.CKR_DEVICE_REMOVED, { code: 'DEVICE_REMOVED', message: 'the token was removed during the operation', remedy: REINSERT }],
+  [
+    k.CKR_PIN_INCORRECT,
+    {
+      code: 'PIN_INCORRECT',
+      message: 'the PIN is incorrect',
+      remedy: 'Enter the correct PIN; the agent never retries a wrong PIN by itself',
+    },
+  ],
+  [
+    k.CKR_PIN_LOCKED,
+    {
+      code: 'PIN_LOCKED',
+      message: 'the PIN is locked (too many wrong attempts)',
+      remedy: 'Unlock it with the PUK / SO PIN using the device vendor tool, then try again',
+    },
+  ],
+  [
+    k.CKR_PIN_INVALID,
+    { code: 'PIN_INVALID', message: 'the token rejected the PIN format', remedy: 'Check the PIN characters' },
+  ],
+  [
+    k.CKR_PIN_LEN_RANGE,
+    {
+      code: 'PIN_INVALID',
+      message: 'the PIN has a length the token does not accept',
+      remedy: 'Check the PIN length',
+    },
+  ],
+  [
+    k.CKR_PIN_EXPIRED,
+    {
+      code: 'PIN_INVALID',
+      message: 'the PIN has expired',
+      remedy: 'Change the PIN with the device vendor tool',
+    },
+  ],
+  [
+    k.CKR_PIN_TOO_WEAK,
+    { code: 'PIN_INVALID', message: 'the token considers the PIN too weak', remedy: 'Choose a stronger PIN' },
+  ],
+  [
+    k.CKR_USER_NOT_LOGGED_IN,
+    {
+      code: 'PIN_REQUIRED',
+      message: 'the token requires a PIN login first',
+      remedy: 'Provide the PIN (unlock the agent) and retry',
+    },
+  ],
+  [
+    k.CKR_USER_PIN_NOT_INITIALIZED,
+    {
+      code: 'PIN_REQUIRED',
+      message: 'the token has no user PIN set',
+      remedy: 'Initialise the user PIN with the device vendor tool',
+    },
+  ],
+  [
+    k.CKR_USER_ANOTHER_ALREADY_LOGGED_IN,
+    {
+      code: 'DEVICE_ERROR',
+      message: 'another user type (SO) is logged in to the token',
+      remedy: 'Log the SO out (or release the token in other programs) and retry',
+    },
+  ],
+  [
+    k.CKR_USER_TYPE_INVALID,
+    {
+      code: 'INTERNAL',
+      message: 'the token rejected the login user type',
+      remedy: 'Report this with the module name',
+    },
+  ],
+  [
+    k.CKR_DEVICE_REMOVED,
+    { code: 'DEVICE_REMOVED', message: 'the token was removed during the operation', remedy: REINSERT },
+  ],
   [k.CKR_TOKEN_NOT_PRESENT, { code: 'TOKEN_ABSENT', message: 'the token is not present', remedy: REINSERT }],
   [k.CKR_SLOT_ID_INVALID, { code: 'TOKEN_ABSENT', message: 'the token slot disappeared', remedy: REINSERT }],
-  [k.CKR_TOKEN_NOT_RECOGNIZED, { code: 'DEVICE_ERROR', message: 'the module does not recognise the inserted token', remedy: 'Check that the configured module matches the device' }],
-  [k.CKR_SESSION_HANDLE_INVALID, { code: 'SESSION_LOST', message: 'the PKCS#11 session became invalid', remedy: RETRY }],
+  [
+    k.CKR_TOKEN_NOT_RECOGNIZED,
+    {
+      code: 'DEVICE_ERROR',
+      message: 'the module does not recognise the inserted token',
+      remedy: 'Check that the configured module matches the device',
+    },
+  ],
+  [
+    k.CKR_SESSION_HANDLE_INVALID,
+    { code: 'SESSION_LOST', message: 'the PKCS#11 session became invalid', remedy: RETRY },
+  ],
   [k.CKR_SESSION_CLOSED, { code: 'SESSION_LOST', message: 'the PKCS#11 session was closed', remedy: RETRY }],
-  [k.CKR_SESSION_COUNT, { code: 'DEVICE_ERROR', message: 'the token has no free sessions', remedy: 'Close other programs using the token, then retry' }],
-  [k.CKR_DEVICE_ERROR, { code: 'DEVICE_ERROR', message: 'the device reported an error', remedy: 'Reinsert the token; if it persists run `cargo-pkcs11-agent doctor`' }],
-  [k.CKR_DEVICE_MEMORY, { code: 'DEVICE_ERROR', message: 'the device ran out of memory', remedy: 'Free space on the token (delete unused objects)' }],
-  [k.CKR_GENERAL_ERROR, { code: 'DEVICE_ERROR', message: 'the PKCS#11 module reported a general error', remedy: 'Run `cargo-pkcs11-agent doctor`; check the module configuration' }],
-  [k.CKR_HOST_MEMORY, { code: 'DEVICE_ERROR', message: 'the PKCS#11 module ran out of host memory', remedy: 'Restart the agent' }],
-  [k.CKR_CRYPTOKI_NOT_INITIALIZED, { code: 'MODULE_LOAD_FAILED', message: 'the PKCS#11 module is not initialised (another component finalised it)', remedy: 'Restart the agent' }],
-  [k.CKR_MECHANISM_INVALID, { code: 'MECHANISM_UNSUPPORTED', message: 'the token does not support the mechanism (ECDSA P-384 needed)', remedy: 'Use a token that supports CKM_ECDSA on P-384' }],
-  [k.CKR_MECHANISM_PARAM_INVALID, { code: 'MECHANISM_UNSUPPORTED', message: 'the token rejected the mechanism parameters', remedy: 'Use a token that supports CKM_ECDSA on P-384' }],
-  [CKR_CURVE_NOT_SUPPORTED, { code: 'MECHANISM_UNSUPPORTED', message: 'the token does not support the P-384 curve', remedy: 'Use a token that supports NIST P-384 (secp384r1)' }],
-  [k.CKR_DOMAIN_PARAMS_INVALID, { code: 'MECHANISM_UNSUPPORTED', message: 'the token rejected the P-384 domain parameters', remedy: 'Use a token that supports NIST P-384 (secp384r1)' }],
-  [k.CKR_KEY_TYPE_INCONSISTENT, { code: 'KEY_INVALID', message: 'the key is not an EC key usable with ECDSA', remedy: 'Select a P-384 EC key' }],
-  [k.CKR_KEY_FUNCTION_NOT_PERMITTED, { code: 'KEY_INVALID', message: 'the key is not allowed to sign (CKA_SIGN is false)', remedy: 'Select or generate a key with signing allowed' }],
+  [
+    k.CKR_SESSION_COUNT,
+    {
+      code: 'DEVICE_ERROR',
+      message: 'the token has no free sessions',
+      remedy: 'Close other programs using the token, then retry',
+    },
+  ],
+  [
+    k.CKR_DEVICE_ERROR,
+    {
+      code: 'DEVICE_ERROR',
+      message: 'the device reported an error',
+      remedy: 'Reinsert the token; if it persists run `cargo-pkcs11-agent doctor`',
+    },
+  ],
+  [
+    k.CKR_DEVICE_MEMORY,
+    {
+      code: 'DEVICE_ERROR',
+      message: 'the device ran out of memory',
+      remedy: 'Free space on the token (delete unused objects)',
+    },
+  ],
+  [
+    k.CKR_GENERAL_ERROR,
+    {
+      code: 'DEVICE_ERROR',
+      message: 'the PKCS#11 module reported a general error',
+      remedy: 'Run `cargo-pkcs11-agent doctor`; check the module configuration',
+    },
+  ],
+  [
+    k.CKR_HOST_MEMORY,
+    {
+      code: 'DEVICE_ERROR',
+      message: 'the PKCS#11 module ran out of host memory',
+      remedy: 'Restart the agent',
+    },
+  ],
+  [
+    k.CKR_CRYPTOKI_NOT_INITIALIZED,
+    {
+      code: 'MODULE_LOAD_FAILED',
+      message: 'the PKCS#11 module is not initialised (another component finalised it)',
+      remedy: 'Restart the agent',
+    },
+  ],
+  [
+    k.CKR_MECHANISM_INVALID,
+    {
+      code: 'MECHANISM_UNSUPPORTED',
+      message: 'the token does not support the mechanism (ECDSA P-384 needed)',
+      remedy: 'Use a token that supports CKM_ECDSA on P-384',
+    },
+  ],
+  [
+    k.CKR_MECHANISM_PARAM_INVALID,
+    {
+      code: 'MECHANISM_UNSUPPORTED',
+      message: 'the token rejected the mechanism parameters',
+      remedy: 'Use a token that supports CKM_ECDSA on P-384',
+    },
+  ],
+  [
+    CKR_CURVE_NOT_SUPPORTED,
+    {
+      code: 'MECHANISM_UNSUPPORTED',
+      message: 'the token does not support the P-384 curve',
+      remedy: 'Use a token that supports NIST P-384 (secp384r1)',
+    },
+  ],
+  [
+    k.CKR_DOMAIN_PARAMS_INVALID,
+    {
+      code: 'MECHANISM_UNSUPPORTED',
+      message: 'the token rejected the P-384 domain parameters',
+      remedy: 'Use a token that supports NIST P-384 (secp384r1)',
+    },
+  ],
+  [
+    k.CKR_KEY_TYPE_INCONSISTENT,
+    {
+      code: 'KEY_INVALID',
+      message: 'the key is not an EC key usable with ECDSA',
+      remedy: 'Select a P-384 EC key',
+    },
+  ],
+  [
+    k.CKR_KEY_FUNCTION_NOT_PERMITTED,
+    {
+      code: 'KEY_INVALID',
+      message: 'the key is not allowed to sign (CKA_SIGN is false)',
+      remedy: 'Select or generate a key with signing allowed',
+    },
+  ],
   // A stale object handle (the token logged out, or the key was replaced): the sessions are fine.
-  [k.CKR_KEY_HANDLE_INVALID, { code: 'KEY_NOT_FOUND', message: 'the key object is no longer valid', remedy: 'Check the key still exists with `cargo-pkcs11-agent list --login`, then retry' }],
-  [k.CKR_OBJECT_HANDLE_INVALID, { code: 'KEY_NOT_FOUND', message: 'the key object is no longer valid', remedy: 'Check the key still exists with `cargo-pkcs11-agent list --login`, then retry' }],
-  [k.CKR_ATTRIBUTE_SENSITIVE, { code: 'OPERATION_UNSUPPORTED', message: 'the token refuses to reveal a sensitive attribute', remedy: 'This is expected for private key material; nothing to do' }],
-  [k.CKR_ATTRIBUTE_TYPE_INVALID, { code: 'OPERATION_UNSUPPORTED', message: 'the object has no such attribute', remedy: 'Nothing to do' }],
-  [k.CKR_TEMPLATE_INCONSISTENT, { code: 'MECHANISM_UNSUPPORTED', message: 'the token rejected the key template', remedy: 'The token cannot create a non-extractable P-384 signing key; see native-config/devices.md' }],
-  [k.CKR_TEMPLATE_INCOMPLETE, { code: 'MECHANISM_UNSUPPORTED', message: 'the token wants more attributes for the key', remedy: 'See native-config/devices.md for this device' }],
-  [k.CKR_ATTRIBUTE_VALUE_INVALID, { code: 'MECHANISM_UNSUPPORTED', message: 'the token rejected a key attribute value', remedy: 'See native-config/devices.md for this device' }],
-  [k.CKR_ATTRIBUTE_READ_ONLY, { code: 'MECHANISM_UNSUPPORTED', message: 'the token does not let the agent set a key attribute', remedy: 'See native-config/devices.md for this device' }],
-  [k.CKR_TOKEN_WRITE_PROTECTED, { code: 'OPERATION_UNSUPPORTED', message: 'the token is write-protected', remedy: 'Generate the key with the device vendor tool instead' }],
-  [k.CKR_FUNCTION_NOT_SUPPORTED, { code: 'OPERATION_UNSUPPORTED', message: 'the PKCS#11 module does not implement this function', remedy: 'See native-config/devices.md for this device' }],
-  [k.CKR_FUNCTION_CANCELED, { code: 'TIMEOUT', message: 'the token cancelled the operation', remedy: 'Try again' }],
-  [k.CKR_FUNCTION_REJECTED, { code: 'DENIED', message: 'the operation was rejected on the device', remedy: 'Approve the operation on the device, or cancel' }],
-  [CKR_ACTION_PROHIBITED, { code: 'OPERATION_UNSUPPORTED', message: 'the token prohibits this action', remedy: 'See native-config/devices.md for this device' }],
-  [k.CKR_OPERATION_ACTIVE, { code: 'INTERNAL', message: 'a PKCS#11 operation was already active on the session', remedy: 'Report this; the agent uses one operation per session' }],
-  [k.CKR_OPERATION_NOT_INITIALIZED, { code: 'INTERNAL', message: 'the PKCS#11 sign operation was not initialised', remedy: 'Report this' }],
-  [k.CKR_DATA_LEN_RANGE, { code: 'INTERNAL', message: 'the token rejected the digest length', remedy: 'Report this with the module name' }],
-  [k.CKR_BUFFER_TOO_SMALL, { code: 'SIGNATURE_MALFORMED', message: 'the device signature did not fit the buffer', remedy: 'Report this with the module name' }],
-  [k.CKR_ARGUMENTS_BAD, { code: 'INTERNAL', message: 'the PKCS#11 module rejected the call arguments', remedy: 'Report this with the module name' }],
+  [
+    k.CKR_KEY_HANDLE_INVALID,
+    {
+      code: 'KEY_NOT_FOUND',
+      message: 'the key object is no longer valid',
+      remedy: 'Check the key still exists with `cargo-pkcs11-agent list --login`, then retry',
+    },
+  ],
+  [
+    k.CKR_OBJECT_HANDLE_INVALID,
+    {
+      code: 'KEY_NOT_FOUND',
+      message: 'the key object is no longer valid',
+      remedy: 'Check the key still exists with `cargo-pkcs11-agent list --login`, then retry',
+    },
+  ],
+  [
+    k.CKR_ATTRIBUTE_SENSITIVE,
+    {
+      code: 'OPERATION_UNSUPPORTED',
+      message: 'the token refuses to reveal a sensitive attribute',
+      remedy: 'This is expected for private key material; nothing to do',
+    },
+  ],
+  [
+    k.CKR_ATTRIBUTE_TYPE_INVALID,
+    { code: 'OPERATION_UNSUPPORTED', message: 'the object has no such attribute', remedy: 'Nothing to do' },
+  ],
+  [
+    k.CKR_TEMPLATE_INCONSISTENT,
+    {
+      code: 'MECHANISM_UNSUPPORTED',
+      message: 'the token rejected the key template',
+      remedy: 'The token cannot create a non-extractable P-384 signing key; see native-config/devices.md',
+    },
+  ],
+  [
+    k.CKR_TEMPLATE_INCOMPLETE,
+    {
+      code: 'MECHANISM_UNSUPPORTED',
+      message: 'the token wants more attributes for the key',
+      remedy: 'See native-config/devices.md for this device',
+    },
+  ],
+  [
+    k.CKR_ATTRIBUTE_VALUE_INVALID,
+    {
+      code: 'MECHANISM_UNSUPPORTED',
+      message: 'the token rejected a key attribute value',
+      remedy: 'See native-config/devices.md for this device',
+    },
+  ],
+  [
+    k.CKR_ATTRIBUTE_READ_ONLY,
+    {
+      code: 'MECHANISM_UNSUPPORTED',
+      message: 'the token does not let the agent set a key attribute',
+      remedy: 'See native-config/devices.md for this device',
+    },
+  ],
+  [
+    k.CKR_TOKEN_WRITE_PROTECTED,
+    {
+      code: 'OPERATION_UNSUPPORTED',
+      message: 'the token is write-protected',
+      remedy: 'Generate the key with the device vendor tool instead',
+    },
+  ],
+  [
+    k.CKR_FUNCTION_NOT_SUPPORTED,
+    {
+      code: 'OPERATION_UNSUPPORTED',
+      message: 'the PKCS#11 module does not implement this function',
+      remedy: 'See native-config/devices.md for this device',
+    },
+  ],
+  [
+    k.CKR_FUNCTION_CANCELED,
+    { code: 'TIMEOUT', message: 'the token cancelled the operation', remedy: 'Try again' },
+  ],
+  [
+    k.CKR_FUNCTION_REJECTED,
+    {
+      code: 'DENIED',
+      message: 'the operation was rejected on the device',
+      remedy: 'Approve the operation on the device, or cancel',
+    },
+  ],
+  [
+    CKR_ACTION_PROHIBITED,
+    {
+      code: 'OPERATION_UNSUPPORTED',
+      message: 'the token prohibits this action',
+      remedy: 'See native-config/devices.md for this device',
+    },
+  ],
+  [
+    k.CKR_OPERATION_ACTIVE,
+    {
+      code: 'INTERNAL',
+      message: 'a PKCS#11 operation was already active on the session',
+      remedy: 'Report this; the agent uses one operation per session',
+    },
+  ],
+  [
+    k.CKR_OPERATION_NOT_INITIALIZED,
+    { code: 'INTERNAL', message: 'the PKCS#11 sign operation was not initialised', remedy: 'Report this' },
+  ],
+  [
+    k.CKR_DATA_LEN_RANGE,
+    {
+      code: 'INTERNAL',
+      message: 'the token rejected the digest length',
+      remedy: 'Report this with the module name',
+    },
+  ],
+  [
+    k.CKR_BUFFER_TOO_SMALL,
+    {
+      code: 'SIGNATURE_MALFORMED',
+      message: 'the device signature did not fit the buffer',
+      remedy: 'Report this with the module name',
+    },
+  ],
+  [
+    k.CKR_ARGUMENTS_BAD,
+    {
+      code: 'INTERNAL',
+      message: 'the PKCS#11 module rejected the call arguments',
+      remedy: 'Report this with the module name',
+    },
+  ],
 ])
 
 /** Operation-specific meanings that override the table (device quirks and context). */
 function contextual(rv: number, op: Operation): Translation | undefined {
   if (op === 'sign' && (rv === k.CKR_FUNCTION_CANCELED || rv === k.CKR_FUNCTION_REJECTED)) {
-    return { code: 'TOUCH_TIMEOUT', message: 'the device did not receive a touch (signature cancelled)', remedy: 'Touch the device when it blinks, then try again' }
+    return {
+      code: 'TOUCH_TIMEOUT',
+      message: 'the device did not receive a touch (signature cancelled)',
+      remedy: 'Touch the device when it blinks, then try again',
+    }
   }
   // ykcs11 2.2 turns the card's SW 6982 at GENERAL AUTHENTICATE (the YubiKey's touch timer ran out)
   // into CKR_USER_NOT_LOGGED_IN. At C_Sign the device layer has just checked the login (and done the
@@ -122,14 +406,24 @@ function contextual(rv: number, op: Operation): Translation | undefined {
     return {
       code: 'TOUCH_TIMEOUT',
       message: 'the device refused the signature: no touch was received in time',
-      remedy: 'Touch the device when it blinks, then try again (if it has no touch policy, unlock the agent again)',
+      remedy:
+        'Touch the device when it blinks, then try again (if it has no touch policy, unlock the agent again)',
     }
   }
   if ((op === 'login' || op === 'context-login') && rv === k.CKR_FUNCTION_CANCELED) {
-    return { code: 'PIN_ENTRY_FAILED', message: 'PIN entry on the device was cancelled', remedy: 'Enter the PIN on the device PIN pad, then try again' }
+    return {
+      code: 'PIN_ENTRY_FAILED',
+      message: 'PIN entry on the device was cancelled',
+      remedy: 'Enter the PIN on the device PIN pad, then try again',
+    }
   }
   if (op === 'initialize' && rv === k.CKR_GENERAL_ERROR) {
-    return { code: 'MODULE_LOAD_FAILED', message: 'the PKCS#11 module failed to initialise', remedy: 'Check the module configuration (for SoftHSM: SOFTHSM2_CONF and its tokendir; for tpm2: the TCTI); run `cargo-pkcs11-agent doctor`' }
+    return {
+      code: 'MODULE_LOAD_FAILED',
+      message: 'the PKCS#11 module failed to initialise',
+      remedy:
+        'Check the module configuration (for SoftHSM: SOFTHSM2_CONF and its tokendir; for tpm2: the TCTI); run `cargo-pkcs11-agent doctor`',
+    }
   }
   return undefined
 }
@@ -190,7 +484,9 @@ function checkSoftHsmConfig(path: string): void {
   } catch (cause) {
     throw new AgentError('MODULE_LOAD_FAILED', `SoftHSM cannot start: ${source} cannot be read`, {
       cause,
-      remedy: fromEnv ? 'Point SOFTHSM2_CONF at an existing softhsm2.conf' : 'Create it or set SOFTHSM2_CONF to your softhsm2.conf',
+      remedy: fromEnv
+        ? 'Point SOFTHSM2_CONF at an existing softhsm2.conf'
+        : 'Create it or set SOFTHSM2_CONF to your softhsm2.conf',
       data: { config: conf },
     })
   }
@@ -206,11 +502,15 @@ function checkSoftHsmConfig(path: string): void {
     if (!statSync(tokendir).isDirectory()) throw new Error('not a directory')
     accessSync(tokendir, fsConstants.R_OK | fsConstants.W_OK | fsConstants.X_OK)
   } catch (cause) {
-    throw new AgentError('MODULE_LOAD_FAILED', `SoftHSM cannot start: token directory ${tokendir} (from ${conf}) is missing or not writable`, {
-      cause,
-      remedy: `Create ${tokendir} (mode 0700, owned by you) or fix directories.tokendir`,
-      data: { config: conf, tokendir },
-    })
+    throw new AgentError(
+      'MODULE_LOAD_FAILED',
+      `SoftHSM cannot start: token directory ${tokendir} (from ${conf}) is missing or not writable`,
+      {
+        cause,
+        remedy: `Create ${tokendir} (mode 0700, owned by you) or fix directories.tokendir`,
+        data: { config: conf, tokendir },
+      },
+    )
   }
 }
 
@@ -279,7 +579,8 @@ export class Pkcs11Module {
   static load(path: string): Pkcs11Module {
     if (!existsSync(path)) {
       throw new AgentError('MODULE_LOAD_FAILED', `PKCS#11 module ${path} does not exist`, {
-        remedy: 'Install the module package or fix `module` in the config (known names: see native-config/modules.json)',
+        remedy:
+          'Install the module package or fix `module` in the config (known names: see native-config/modules.json)',
         data: { module: path },
       })
     }
@@ -291,11 +592,15 @@ export class Pkcs11Module {
     try {
       p11.load(real)
     } catch (cause) {
-      throw new AgentError('MODULE_LOAD_FAILED', `PKCS#11 module ${path} cannot be loaded: ${cause instanceof Error ? cause.message : String(cause)}`, {
-        cause,
-        remedy: 'Check that the file is a PKCS#11 library for this platform and architecture',
-        data: { module: path },
-      })
+      throw new AgentError(
+        'MODULE_LOAD_FAILED',
+        `PKCS#11 module ${path} cannot be loaded: ${cause instanceof Error ? cause.message : String(cause)}`,
+        {
+          cause,
+          remedy: 'Check that the file is a PKCS#11 library for this platform and architecture',
+          data: { module: path },
+        },
+      )
     }
     try {
       p11.C_Initialize({ flags: k.CKF_OS_LOCKING_OK })
@@ -422,7 +727,10 @@ export class Pkcs11Module {
       return v === undefined || v.length === 0 ? fallback : v[0] !== 0
     }
     const keyType = one(k.CKA_KEY_TYPE)
-    const isEc = keyType !== undefined && keyType.length > 0 && keyType.readUIntLE(0, Math.min(keyType.length, 6)) === k.CKK_EC
+    const isEc =
+      keyType !== undefined &&
+      keyType.length > 0 &&
+      keyType.readUIntLE(0, Math.min(keyType.length, 6)) === k.CKK_EC
     const priv = cls === 'private'
     return {
       label: (one(k.CKA_LABEL) ?? Buffer.alloc(0)).toString('utf8'),
@@ -442,7 +750,10 @@ export class Pkcs11Module {
   readValue(session: Handle, object: Handle, where: string): Buffer {
     return call('attributes', where, () => {
       const [attr] = this.#p11.C_GetAttributeValue(session, object, [{ type: k.CKA_VALUE }])
-      if (!(attr?.value instanceof Buffer)) throw new AgentError('OPERATION_UNSUPPORTED', `${where}: CKA_VALUE not returned`, { remedy: 'Nothing to do' })
+      if (!(attr?.value instanceof Buffer))
+        throw new AgentError('OPERATION_UNSUPPORTED', `${where}: CKA_VALUE not returned`, {
+          remedy: 'Nothing to do',
+        })
       return attr.value
     })
   }
@@ -454,7 +765,12 @@ export class Pkcs11Module {
    * tpm2-pkcs11 1.9 fails the generation (CKR_GENERAL_ERROR, "User specified and TPM specified
    * attr mismatch") when they are set to false, because the TPM key it creates has both bits.
    */
-  generateP384(session: Handle, label: string, id: Buffer, where: string): { publicKey: Handle; privateKey: Handle } {
+  generateP384(
+    session: Handle,
+    label: string,
+    id: Buffer,
+    where: string,
+  ): { publicKey: Handle; privateKey: Handle } {
     const publicTemplate: pkcs11js.Template = [
       { type: k.CKA_CLASS, value: k.CKO_PUBLIC_KEY },
       { type: k.CKA_KEY_TYPE, value: k.CKK_EC },
@@ -481,7 +797,12 @@ export class Pkcs11Module {
       { type: k.CKA_ID, value: id },
     ]
     return call('generate', where, () =>
-      this.#p11.C_GenerateKeyPair(session, { mechanism: k.CKM_EC_KEY_PAIR_GEN }, publicTemplate, privateTemplate),
+      this.#p11.C_GenerateKeyPair(
+        session,
+        { mechanism: k.CKM_EC_KEY_PAIR_GEN },
+        publicTemplate,
+        privateTemplate,
+      ),
     )
   }
 

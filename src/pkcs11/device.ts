@@ -31,7 +31,12 @@ export async function listTokens(moduleNameOrPath: string): Promise<TokenIdentit
     try {
       const info = mod.tokenInfo(slot)
       if (!info.tokenInitialized) continue
-      found.push({ label: info.label, serial: info.serial, manufacturer: info.manufacturer, model: info.model })
+      found.push({
+        label: info.label,
+        serial: info.serial,
+        manufacturer: info.manufacturer,
+        model: info.model,
+      })
     } catch {
       // A token removed between the two calls is simply not listed.
     }
@@ -95,7 +100,12 @@ export interface DeviceOptions {
 }
 
 /** Failures after which the sessions are useless and the token must be looked up again. */
-const RECONNECT_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['DEVICE_REMOVED', 'TOKEN_ABSENT', 'SESSION_LOST', 'DEVICE_ERROR'])
+const RECONNECT_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'DEVICE_REMOVED',
+  'TOKEN_ABSENT',
+  'SESSION_LOST',
+  'DEVICE_ERROR',
+])
 
 interface PooledSession {
   handle: Handle
@@ -130,7 +140,9 @@ function hex(bytes: Uint8Array): string {
 function parseHexId(id: string): Buffer {
   const clean = id.replace(/[:\s]/g, '').toLowerCase()
   if (clean.length === 0 || clean.length % 2 !== 0 || !/^[0-9a-f]+$/.test(clean)) {
-    throw new AgentError('USAGE', `key id '${id}' is not hex`, { remedy: 'Give the CKA_ID as hex digits, e.g. 01 or 0a1b' })
+    throw new AgentError('USAGE', `key id '${id}' is not hex`, {
+      remedy: 'Give the CKA_ID as hex digits, e.g. 01 or 0a1b',
+    })
   }
   return Buffer.from(clean, 'hex')
 }
@@ -163,7 +175,12 @@ export class Device {
   describe(): string {
     const label = this.#seen?.label ?? this.#selector.label
     const serial = this.#seen?.serial ?? this.#selector.serial
-    const name = label !== undefined && label !== '' ? `token '${label}'` : this.#selector.model !== undefined ? `${this.#selector.model} token` : 'token'
+    const name =
+      label !== undefined && label !== ''
+        ? `token '${label}'`
+        : this.#selector.model !== undefined
+          ? `${this.#selector.model} token`
+          : 'token'
     const serialText = serial !== undefined && serial !== '' ? ` (serial ${serial})` : ''
     return `${name}${serialText} via ${basename(this.#resolvedPath())}`
   }
@@ -253,8 +270,12 @@ export class Device {
     )
   }
 
-  async generateKey(key: { label: string; id?: string }, options: { force?: boolean } = {}): Promise<DeviceKey> {
-    if (key.label.trim() === '') throw new AgentError('USAGE', 'a key label is required', { remedy: 'Pass --label NAME' })
+  async generateKey(
+    key: { label: string; id?: string },
+    options: { force?: boolean } = {},
+  ): Promise<DeviceKey> {
+    if (key.label.trim() === '')
+      throw new AgentError('USAGE', 'a key label is required', { remedy: 'Pass --label NAME' })
     const id = key.id === undefined ? randomBytes(8) : parseHexId(key.id)
     return this.#request('required', (_session, work) => {
       const mod = this.#mod()
@@ -264,13 +285,22 @@ export class Device {
       try {
         const existing = new Map<string, Handle>()
         for (const cls of ['private', 'public'] as const) {
-          for (const h of [...mod.findKeys(rw, { cls, label: key.label }, where), ...mod.findKeys(rw, { cls, id }, where)]) existing.set(hex(h), h)
+          for (const h of [
+            ...mod.findKeys(rw, { cls, label: key.label }, where),
+            ...mod.findKeys(rw, { cls, id }, where),
+          ])
+            existing.set(hex(h), h)
         }
         if (existing.size > 0 && options.force !== true) {
-          throw new AgentError('KEY_EXISTS', `${where} already has a key labelled '${key.label}' or with id ${hex(id)}`, {
-            remedy: 'Choose another label/id, or pass --force to destroy the old key (registries that know its public key will then reject your tokens)',
-            data: { label: key.label, id: hex(id) },
-          })
+          throw new AgentError(
+            'KEY_EXISTS',
+            `${where} already has a key labelled '${key.label}' or with id ${hex(id)}`,
+            {
+              remedy:
+                'Choose another label/id, or pass --force to destroy the old key (registries that know its public key will then reject your tokens)',
+              data: { label: key.label, id: hex(id) },
+            },
+          )
         }
         work.committed = true
         this.#keyCache.clear()
@@ -305,7 +335,10 @@ export class Device {
    * session. A failure that means the token went away drops every session; if the device had not
    * yet started anything a retry would repeat, the request is tried once more on fresh sessions.
    */
-  async #request<T>(login: LoginNeed, fn: (session: PooledSession, work: Work) => T | Promise<T>): Promise<T> {
+  async #request<T>(
+    login: LoginNeed,
+    fn: (session: PooledSession, work: Work) => T | Promise<T>,
+  ): Promise<T> {
     for (let attempt = 0; ; attempt += 1) {
       const session = await this.#acquire()
       const work: Work = { committed: false, operationStarted: false }
@@ -351,9 +384,13 @@ export class Device {
         return session
       }
       if (this.#waiters.length >= LIMITS.maxPendingSigns) {
-        throw new AgentError('AGENT_BUSY', `${this.describe()}: ${this.#waiters.length} requests are already waiting for the device`, {
-          remedy: 'Wait for pending signatures (touches) to finish, then retry',
-        })
+        throw new AgentError(
+          'AGENT_BUSY',
+          `${this.describe()}: ${this.#waiters.length} requests are already waiting for the device`,
+          {
+            remedy: 'Wait for pending signatures (touches) to finish, then retry',
+          },
+        )
       }
       await new Promise<void>((resolve) => this.#waiters.push(resolve))
     }
@@ -364,11 +401,19 @@ export class Device {
     session.busy = false
     if (!healthy || session.generation !== this.#generation) {
       this.#sessions = this.#sessions.filter((s) => s !== session)
-      if (session.generation === this.#generation && this.#slot !== undefined && !this.#sessions.some((s) => s.generation === this.#generation)) {
+      if (
+        session.generation === this.#generation &&
+        this.#slot !== undefined &&
+        !this.#sessions.some((s) => s.generation === this.#generation)
+      ) {
         // Closing the application's last session logs the token out (PKCS#11 §5.6): open the
         // replacement first so one failed signature does not cost the user a PIN entry.
         try {
-          this.#sessions.push({ handle: this.#mod().openSession(this.#slot, false), generation: this.#generation, busy: false })
+          this.#sessions.push({
+            handle: this.#mod().openSession(this.#slot, false),
+            generation: this.#generation,
+            busy: false,
+          })
         } catch {
           // The device is going away; the next request reconnects.
         }
@@ -384,7 +429,10 @@ export class Device {
     if (this.#slot !== undefined) {
       try {
         const info = mod.tokenInfo(this.#slot)
-        if (this.#seen === undefined || (info.label === this.#seen.label && info.serial === this.#seen.serial)) {
+        if (
+          this.#seen === undefined ||
+          (info.label === this.#seen.label && info.serial === this.#seen.serial)
+        ) {
           return { slot: this.#slot, info }
         }
         // Another token now sits in that slot (slot ids are reused by some modules).
@@ -413,7 +461,12 @@ export class Device {
       if (want.manufacturer !== undefined && info.manufacturer !== want.manufacturer) continue
       if (want.model !== undefined && info.model !== want.model) continue
       this.#slot = slot
-      this.#seen = { label: info.label, serial: info.serial, manufacturer: info.manufacturer, model: info.model }
+      this.#seen = {
+        label: info.label,
+        serial: info.serial,
+        manufacturer: info.manufacturer,
+        model: info.model,
+      }
       if (this.#lost) {
         this.#lost = false
         this.#onEvent({ type: 'reconnected', token: this.describe() })
@@ -483,16 +536,22 @@ export class Device {
     if (pin === undefined) {
       if (need === 'optional') return
       throw new AgentError('PIN_REQUIRED', `${this.describe()} needs its PIN`, {
-        remedy: info.protectedAuthPath ? 'Unlock the agent (the PIN is entered on the device)' : 'Unlock the agent with the PIN, then retry',
+        remedy: info.protectedAuthPath
+          ? 'Unlock the agent (the PIN is entered on the device)'
+          : 'Unlock the agent with the PIN, then retry',
         data: { token: this.describe() },
       })
     }
     if (this.#rejectedPins.has(pin)) {
       if (need === 'optional') return
-      throw new AgentError('PIN_INCORRECT', `${this.describe()}: the held PIN was already rejected; it is not tried again`, {
-        remedy: 'Enter the correct PIN',
-        data: { token: this.describe() },
-      })
+      throw new AgentError(
+        'PIN_INCORRECT',
+        `${this.describe()}: the held PIN was already rejected; it is not tried again`,
+        {
+          remedy: 'Enter the correct PIN',
+          data: { token: this.describe() },
+        },
+      )
     }
     this.#loginOnce(session, pin)
   }
@@ -514,17 +573,27 @@ export class Device {
       }
       if (err.code === 'PIN_LOCKED') left = 'locked'
       const text =
-        left === 'locked' ? 'the PIN is now locked' : left === 'final' ? 'one try left before the PIN locks' : left === 'low' ? 'few tries left' : undefined
-      throw new AgentError(left === 'locked' ? 'PIN_LOCKED' : err.code, text === undefined ? err.message : `${err.message} (${text})`, {
-        cause: err,
-        remedy:
-          left === 'locked'
-            ? 'Unlock the PIN with the PUK / SO PIN using the device vendor tool'
-            : left === 'final'
-              ? 'The next wrong PIN locks the token: check the PIN carefully before trying again'
-              : (err.remedy ?? 'Enter the correct PIN'),
-        data: { ...err.data, ...(left === undefined ? {} : { triesLeft: left }), token: this.describe() },
-      })
+        left === 'locked'
+          ? 'the PIN is now locked'
+          : left === 'final'
+            ? 'one try left before the PIN locks'
+            : left === 'low'
+              ? 'few tries left'
+              : undefined
+      throw new AgentError(
+        left === 'locked' ? 'PIN_LOCKED' : err.code,
+        text === undefined ? err.message : `${err.message} (${text})`,
+        {
+          cause: err,
+          remedy:
+            left === 'locked'
+              ? 'Unlock the PIN with the PUK / SO PIN using the device vendor tool'
+              : left === 'final'
+                ? 'The next wrong PIN locks the token: check the PIN carefully before trying again'
+                : (err.remedy ?? 'Enter the correct PIN'),
+          data: { ...err.data, ...(left === undefined ? {} : { triesLeft: left }), token: this.describe() },
+        },
+      )
     }
   }
 
@@ -563,7 +632,9 @@ export class Device {
   #collectKeys(session: PooledSession): KeyEntry[] {
     const mod = this.#mod()
     const where = this.describe()
-    const pubs = mod.findKeys(session.handle, { cls: 'public' }, where).map((h) => mod.keyAttributes(session.handle, h, 'public', where))
+    const pubs = mod
+      .findKeys(session.handle, { cls: 'public' }, where)
+      .map((h) => mod.keyAttributes(session.handle, h, 'public', where))
     const used = new Set<KeyAttributes>()
     const entries: KeyEntry[] = []
     for (const h of mod.findKeys(session.handle, { cls: 'private' }, where)) {
@@ -585,11 +656,22 @@ export class Device {
 
   #pick(entries: KeyEntry[], selector: KeySelector): KeyEntry {
     if (selector.label === undefined && selector.id === undefined) {
-      throw new AgentError('USAGE', 'a key needs a label or an id', { remedy: 'Configure `key_label` or `key_id` for this key' })
+      throw new AgentError('USAGE', 'a key needs a label or an id', {
+        remedy: 'Configure `key_label` or `key_id` for this key',
+      })
     }
     const id = selector.id === undefined ? undefined : hex(parseHexId(selector.id))
-    const matches = entries.filter((e) => (selector.label === undefined || e.key.label === selector.label) && (id === undefined || e.key.id === id))
-    const wanted = [selector.label === undefined ? '' : `label '${selector.label}'`, id === undefined ? '' : `id ${id}`].filter((s) => s !== '').join(', ')
+    const matches = entries.filter(
+      (e) =>
+        (selector.label === undefined || e.key.label === selector.label) &&
+        (id === undefined || e.key.id === id),
+    )
+    const wanted = [
+      selector.label === undefined ? '' : `label '${selector.label}'`,
+      id === undefined ? '' : `id ${id}`,
+    ]
+      .filter((s) => s !== '')
+      .join(', ')
     if (matches.length === 0) {
       const available = entries.map((e) => `'${e.key.label}' (id ${e.key.id})`).join(', ')
       throw new AgentError('KEY_NOT_FOUND', `${this.describe()} has no P-384 key with ${wanted}`, {
@@ -601,9 +683,13 @@ export class Device {
       })
     }
     if (matches.length > 1) {
-      throw new AgentError('CONFIG_INVALID', `${this.describe()} has ${matches.length} P-384 keys with ${wanted}`, {
-        remedy: `Select the key by id as well: ${matches.map((e) => e.key.id).join(', ')}`,
-      })
+      throw new AgentError(
+        'CONFIG_INVALID',
+        `${this.describe()} has ${matches.length} P-384 keys with ${wanted}`,
+        {
+          remedy: `Select the key by id as well: ${matches.map((e) => e.key.id).join(', ')}`,
+        },
+      )
     }
     return matches[0] as KeyEntry
   }
@@ -612,24 +698,37 @@ export class Device {
   // Signing
 
   /** The private key object for signing, looked up once per session generation. */
-  #privateKey(session: PooledSession, key: { id: string; label: string }): { handle: Handle; alwaysAuthenticate: boolean; cached: boolean } {
+  #privateKey(
+    session: PooledSession,
+    key: { id: string; label: string },
+  ): { handle: Handle; alwaysAuthenticate: boolean; cached: boolean } {
     const cacheKey = `${key.id}/${key.label}`
     const cached = this.#keyCache.get(cacheKey)
     if (cached !== undefined && cached.generation === this.#generation) return { ...cached, cached: true }
     const mod = this.#mod()
     const where = this.describe()
-    const query = key.id === '' ? { cls: 'private' as const, label: key.label } : { cls: 'private' as const, id: Buffer.from(key.id, 'hex') }
+    const query =
+      key.id === ''
+        ? { cls: 'private' as const, label: key.label }
+        : { cls: 'private' as const, id: Buffer.from(key.id, 'hex') }
     let handles = mod.findKeys(session.handle, query, where)
     // Same CKA_ID on several private objects (possible on SoftHSM): the label decides.
-    if (handles.length > 1 && key.id !== '') handles = handles.filter((h) => mod.keyAttributes(session.handle, h, 'private', where).label === key.label)
+    if (handles.length > 1 && key.id !== '')
+      handles = handles.filter(
+        (h) => mod.keyAttributes(session.handle, h, 'private', where).label === key.label,
+      )
     const [handle] = handles
     if (handle === undefined || handles.length > 1) {
-      throw new AgentError('KEY_NOT_FOUND', `${where}: the private key '${key.label}' (id ${key.id === '' ? 'none' : key.id}) is ${handle === undefined ? 'not visible' : 'ambiguous'}`, {
-        remedy:
-          handle === undefined
-            ? 'Log in to the token (unlock the agent) and retry; check the key still exists with `cargo-pkcs11-agent list --login`'
-            : 'Give each key a distinct CKA_ID',
-      })
+      throw new AgentError(
+        'KEY_NOT_FOUND',
+        `${where}: the private key '${key.label}' (id ${key.id === '' ? 'none' : key.id}) is ${handle === undefined ? 'not visible' : 'ambiguous'}`,
+        {
+          remedy:
+            handle === undefined
+              ? 'Log in to the token (unlock the agent) and retry; check the key still exists with `cargo-pkcs11-agent list --login`'
+              : 'Give each key a distinct CKA_ID',
+        },
+      )
     }
     const attrs = mod.keyAttributes(session.handle, handle, 'private', where)
     const entry = { handle, alwaysAuthenticate: attrs.alwaysAuthenticate, generation: this.#generation }
@@ -658,9 +757,13 @@ export class Device {
         // C_SignInit, before each C_Sign, with the PIN the owner holds.
         const pin = this.#cachedPin()
         if (pin === undefined) {
-          throw new AgentError('PIN_REQUIRED', `${where}: key '${key.label}' needs the PIN for every signature`, {
-            remedy: 'Unlock the agent with the PIN, then retry',
-          })
+          throw new AgentError(
+            'PIN_REQUIRED',
+            `${where}: key '${key.label}' needs the PIN for every signature`,
+            {
+              remedy: 'Unlock the agent with the PIN, then retry',
+            },
+          )
         }
         this.#loginOnce(session, pin, true)
       }
@@ -673,11 +776,15 @@ export class Device {
         // session was logged in (and a context login just succeeded): the touch is what was missing.
         const err = toAgentError(error)
         if (err.code !== 'PIN_REQUIRED') throw err
-        throw new AgentError('TOUCH_TIMEOUT', `${where}: the device refused the signature although the PIN was accepted; the touch did not come in time`, {
-          cause: err,
-          remedy: 'Touch the key when it blinks (a YubiKey waits about 15 s), then try again',
-          data: { ...err.data, token: where },
-        })
+        throw new AgentError(
+          'TOUCH_TIMEOUT',
+          `${where}: the device refused the signature although the PIN was accepted; the touch did not come in time`,
+          {
+            cause: err,
+            remedy: 'Touch the key when it blinks (a YubiKey waits about 15 s), then try again',
+            data: { ...err.data, token: where },
+          },
+        )
       }
     })
   }

@@ -56,13 +56,17 @@ export function resolveModulePath(nameOrPath: string): string {
   const candidates = entry[platformKey()] ?? []
   const found = candidates.find((p) => existsSync(p))
   if (found === undefined) {
-    throw new AgentError('MODULE_LOAD_FAILED', `PKCS#11 module '${nameOrPath}' is not installed here (${platformKey()})`, {
-      remedy:
-        candidates.length > 0
-          ? `Install it (looked in ${candidates.join(', ')}) or configure its absolute path`
-          : 'Configure the module by absolute path',
-      data: { module: nameOrPath, platform: platformKey() },
-    })
+    throw new AgentError(
+      'MODULE_LOAD_FAILED',
+      `PKCS#11 module '${nameOrPath}' is not installed here (${platformKey()})`,
+      {
+        remedy:
+          candidates.length > 0
+            ? `Install it (looked in ${candidates.join(', ')}) or configure its absolute path`
+            : 'Configure the module by absolute path',
+        data: { module: nameOrPath, platform: platformKey() },
+      },
+    )
   }
   return found
 }

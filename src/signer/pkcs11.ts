@@ -33,9 +33,14 @@ export class Pkcs11Signer implements Signer {
     const raw = await this.#device.signDigest(digest)
     const signature = normalizeSignature(raw)
     if (!verifySignature(this.publicKey, message, signature)) {
-      throw new AgentError('SELF_CHECK_FAILED', `${this.description}: the device signature does not verify with the key's public point`, {
-        remedy: 'The token may hold a different key under this label/id than when the agent started; run `cargo-pkcs11-agent pubkey` and compare with the registry',
-      })
+      throw new AgentError(
+        'SELF_CHECK_FAILED',
+        `${this.description}: the device signature does not verify with the key's public point`,
+        {
+          remedy:
+            'The token may hold a different key under this label/id than when the agent started; run `cargo-pkcs11-agent pubkey` and compare with the registry',
+        },
+      )
     }
     return signature
   }

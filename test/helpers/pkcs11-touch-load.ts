@@ -26,8 +26,14 @@ interface Input {
 const input = JSON.parse(process.env['LOAD_INPUT'] ?? '{}') as Input
 const pin = Pin.fromString(input.pin)
 
-const touchDevice = new Device({ module: input.faultyModule, label: input.touchLabel }, { cachedPin: () => pin })
-const otherDevice = new Device({ module: input.softhsmModule, label: input.otherLabel }, { cachedPin: () => pin })
+const touchDevice = new Device(
+  { module: input.faultyModule, label: input.touchLabel },
+  { cachedPin: () => pin },
+)
+const otherDevice = new Device(
+  { module: input.softhsmModule, label: input.otherLabel },
+  { cachedPin: () => pin },
+)
 await touchDevice.login(pin)
 await otherDevice.login(pin)
 const touchSigner = await touchDevice.signer({ label: 'gen' })

@@ -46,7 +46,8 @@ C3aFgIjnNk3JXAr2ZqNkXpI9MWJlsTM1koYdT7piOFarE6vp0ZK6VQg=
 -----END PRIVATE KEY-----
 `,
   /** SEC1 compressed point, hex (49 bytes). */
-  publicKeyHex: '026fa6a9390ab371ef58de59348fca8fdbda85d91d5944ea90b39af4a1ebf9d1eadf2fbfac3fb680f6b898079f6e821167',
+  publicKeyHex:
+    '026fa6a9390ab371ef58de59348fca8fdbda85d91d5944ea90b39af4a1ebf9d1eadf2fbfac3fb680f6b898079f6e821167',
   k3Public: 'k3.public.Am-mqTkKs3HvWN5ZNI_Kj9vahdkdWUTqkLOa9KHr-dHq3y-_rD-2gPa4mAefboIRZw',
 })
 
@@ -74,7 +75,11 @@ export interface SoftHsmToken extends SoftHsmStore, TokenSpec {
   knownKey: typeof KNOWN_KEY
 }
 
-async function pkcs11Tool(store: SoftHsmStore, args: string[], secrets: Record<string, string> = {}): Promise<string> {
+async function pkcs11Tool(
+  store: SoftHsmStore,
+  args: string[],
+  secrets: Record<string, string> = {},
+): Promise<string> {
   try {
     const { stdout } = await run('pkcs11-tool', ['--module', store.module, ...args], {
       env: { ...store.env, ...secrets },
@@ -82,7 +87,9 @@ async function pkcs11Tool(store: SoftHsmStore, args: string[], secrets: Record<s
     return stdout
   } catch (error) {
     const e = error as { stderr?: string; message: string }
-    throw new Error(`pkcs11-tool ${args.filter((a) => !a.startsWith('env:')).join(' ')} failed: ${e.stderr ?? e.message}`)
+    throw new Error(
+      `pkcs11-tool ${args.filter((a) => !a.startsWith('env:')).join(' ')} failed: ${e.stderr ?? e.message}`,
+    )
   }
 }
 
@@ -110,10 +117,33 @@ export async function addToken(store: SoftHsmStore, spec: TokenSpec): Promise<vo
   const slots = await pkcs11Tool(store, ['--list-slots'])
   const free = /Slot \d+ \((0x[0-9a-f]+)\):[^\n]*\n\s+token state:\s+uninitialized/i.exec(slots)
   if (free === null) throw new Error(`no uninitialised SoftHSM slot:\n${slots}`)
-  await pkcs11Tool(store, ['--slot', free[1] as string, '--init-token', '--label', spec.label, '--so-pin', 'env:SOFTHSM_TEST_SO_PIN'], secrets)
   await pkcs11Tool(
     store,
-    ['--token-label', spec.label, '--login', '--login-type', 'so', '--so-pin', 'env:SOFTHSM_TEST_SO_PIN', '--init-pin', '--pin', 'env:SOFTHSM_TEST_PIN'],
+    [
+      '--slot',
+      free[1] as string,
+      '--init-token',
+      '--label',
+      spec.label,
+      '--so-pin',
+      'env:SOFTHSM_TEST_SO_PIN',
+    ],
+    secrets,
+  )
+  await pkcs11Tool(
+    store,
+    [
+      '--token-label',
+      spec.label,
+      '--login',
+      '--login-type',
+      'so',
+      '--so-pin',
+      'env:SOFTHSM_TEST_SO_PIN',
+      '--init-pin',
+      '--pin',
+      'env:SOFTHSM_TEST_PIN',
+    ],
     secrets,
   )
 }
@@ -164,8 +194,27 @@ export async function importKey(
     await run('openssl', ['pkey', '-in', pem, '-pubout', '-outform', 'DER', '-out', pub])
     const login = ['--token-label', spec.label, '--login', '--pin', 'env:SOFTHSM_TEST_PIN']
     const secrets = { SOFTHSM_TEST_PIN: spec.pin }
-    await pkcs11Tool(store, [...login, '--write-object', der, '--type', 'privkey', '--label', key.label, '--id', key.id, '--usage-sign'], secrets)
-    await pkcs11Tool(store, [...login, '--write-object', pub, '--type', 'pubkey', '--label', key.label, '--id', key.id], secrets)
+    await pkcs11Tool(
+      store,
+      [
+        ...login,
+        '--write-object',
+        der,
+        '--type',
+        'privkey',
+        '--label',
+        key.label,
+        '--id',
+        key.id,
+        '--usage-sign',
+      ],
+      secrets,
+    )
+    await pkcs11Tool(
+      store,
+      [...login, '--write-object', pub, '--type', 'pubkey', '--label', key.label, '--id', key.id],
+      secrets,
+    )
   } finally {
     await rm(work, { recursive: true, force: true })
   }
@@ -178,7 +227,11 @@ export async function importKey(
 export async function createSoftHsmToken(
   spec: Partial<TokenSpec> & { store?: SoftHsmStore; keys?: boolean } = {},
 ): Promise<SoftHsmToken> {
-  const full: TokenSpec = { label: spec.label ?? 'cargo', pin: spec.pin ?? '123456', soPin: spec.soPin ?? '12345678' }
+  const full: TokenSpec = {
+    label: spec.label ?? 'cargo',
+    pin: spec.pin ?? '123456',
+    soPin: spec.soPin ?? '12345678',
+  }
   const store = spec.store ?? (await createSoftHsmStore())
   try {
     await addToken(store, full)

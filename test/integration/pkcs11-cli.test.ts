@@ -26,7 +26,11 @@ describe('device CLI commands on SoftHSM', () => {
   function cli(args: string[], extraEnv: NodeJS.ProcessEnv = {}): Promise<Run> {
     return new Promise((resolve, reject) => {
       // detached: a new session without a controlling terminal, so nothing can prompt on /dev/tty.
-      const child = spawn(process.execPath, [BIN, ...args], { env: { ...token.env, ...extraEnv }, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
+      const child = spawn(process.execPath, [BIN, ...args], {
+        env: { ...token.env, ...extraEnv },
+        detached: true,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      })
       let stdout = ''
       let stderr = ''
       child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
@@ -45,7 +49,14 @@ describe('device CLI commands on SoftHSM', () => {
     configPath = join(token.dir, 'config.toml')
     await writeFile(
       configPath,
-      ['[tokens.ci]', 'module = "softhsm"', 'label = "cli"', 'pin-source = "env"', 'pin-env = "CLI_TEST_PIN"', ''].join('\n'),
+      [
+        '[tokens.ci]',
+        'module = "softhsm"',
+        'label = "cli"',
+        'pin-source = "env"',
+        'pin-env = "CLI_TEST_PIN"',
+        '',
+      ].join('\n'),
     )
   })
 
@@ -57,13 +68,26 @@ describe('device CLI commands on SoftHSM', () => {
     const r = await cli(['pubkey', '--module', 'softhsm', '--token-label', 'cli', '--label', KNOWN_KEY.label])
     assert.equal(r.code, 0, r.stderr)
     assert.equal(r.stdout.trim(), KNOWN_KEY.k3Public)
-    const hex = await cli(['pubkey', '--module', 'softhsm', '--token-label', 'cli', '--id', KNOWN_KEY.id, '--format', 'hex'])
+    const hex = await cli([
+      'pubkey',
+      '--module',
+      'softhsm',
+      '--token-label',
+      'cli',
+      '--id',
+      KNOWN_KEY.id,
+      '--format',
+      'hex',
+    ])
     assert.equal(hex.stdout.trim(), KNOWN_KEY.publicKeyHex)
   })
 
   it('keygen makes a key on the device, refuses to overwrite it without --force, replaces it with --force', async () => {
     const env = { CLI_TEST_PIN: '246810' }
-    const first = await cli(['keygen', '--config', configPath, '--label', 'publish', '--id', '10', '--json'], env)
+    const first = await cli(
+      ['keygen', '--config', configPath, '--label', 'publish', '--id', '10', '--json'],
+      env,
+    )
     assert.equal(first.code, 0, first.stderr)
     const made = JSON.parse(first.stdout) as { k3Public: string; id: string; label: string }
     assert.equal(made.id, '10')
@@ -76,14 +100,19 @@ describe('device CLI commands on SoftHSM', () => {
     const still = await cli(['pubkey', '--config', configPath, '--label', 'publish'])
     assert.equal(still.stdout.trim(), made.k3Public, 'the refused keygen changed nothing')
 
-    const forced = await cli(['keygen', '--config', configPath, '--label', 'publish', '--id', '10', '--force', '--json'], env)
+    const forced = await cli(
+      ['keygen', '--config', configPath, '--label', 'publish', '--id', '10', '--force', '--json'],
+      env,
+    )
     assert.equal(forced.code, 0, forced.stderr)
     const replaced = JSON.parse(forced.stdout) as { k3Public: string }
     assert.notEqual(replaced.k3Public, made.k3Public)
   })
 
   it('keygen without a PIN source or terminal fails with PIN_REQUIRED, not a hang', async () => {
-    const r = await cli(['keygen', '--module', 'softhsm', '--token-label', 'cli', '--label', 'nopin'], { CLI_TEST_PIN: '' })
+    const r = await cli(['keygen', '--module', 'softhsm', '--token-label', 'cli', '--label', 'nopin'], {
+      CLI_TEST_PIN: '',
+    })
     assert.equal(r.code, 1)
     assert.match(r.stderr, /needs the PIN and there is no terminal/)
     assert.equal(r.stderr.includes('246810'), false)
@@ -92,7 +121,10 @@ describe('device CLI commands on SoftHSM', () => {
   it('list shows every key with its k3.public; --login also shows keys with only a private object', async () => {
     const r = await cli(['list', '--module', 'softhsm', '--json'])
     assert.equal(r.code, 0, r.stderr)
-    const tokens = JSON.parse(r.stdout) as Array<{ token: string; keys: Array<{ label: string; k3Public: string; extractable: boolean }> }>
+    const tokens = JSON.parse(r.stdout) as Array<{
+      token: string
+      keys: Array<{ label: string; k3Public: string; extractable: boolean }>
+    }>
     assert.equal(tokens.length, 1)
     const labels = (tokens[0]?.keys ?? []).map((k) => k.label).sort()
     assert.deepEqual(labels, ['gen', 'known', 'publish'])
@@ -103,11 +135,16 @@ describe('device CLI commands on SoftHSM', () => {
   })
 
   it('SoftHSM config problems are named (SoftHSM itself only says CKR_GENERAL_ERROR)', async () => {
-    const missingConf = await cli(['list', '--module', 'softhsm'], { SOFTHSM2_CONF: join(token.dir, 'nope.conf') })
+    const missingConf = await cli(['list', '--module', 'softhsm'], {
+      SOFTHSM2_CONF: join(token.dir, 'nope.conf'),
+    })
     assert.equal(missingConf.code, 1)
     assert.match(missingConf.stderr, /SOFTHSM2_CONF \(.*nope\.conf\) cannot be read/)
     const badDir = join(token.dir, 'bad.conf')
-    await writeFile(badDir, `directories.tokendir = ${join(token.dir, 'no-such-dir')}\nobjectstore.backend = file\n`)
+    await writeFile(
+      badDir,
+      `directories.tokendir = ${join(token.dir, 'no-such-dir')}\nobjectstore.backend = file\n`,
+    )
     const missingDir = await cli(['list', '--module', 'softhsm'], { SOFTHSM2_CONF: badDir })
     assert.equal(missingDir.code, 1)
     assert.match(missingDir.stderr, /token directory .*no-such-dir .* is missing or not writable/)

@@ -15,7 +15,14 @@ import { Pin } from '../../src/lib/secret.js'
 import { isHighS, verifySignature } from '../../src/keys/signature.js'
 import { Device, type DeviceEvent } from '../../src/pkcs11/device.js'
 import { LIMITS } from '../../src/lib/limits.js'
-import { createSoftHsmStore, createSoftHsmToken, generateKey, repoRoot, SOFTHSM_MODULE, type SoftHsmStore } from '../helpers/softhsm.js'
+import {
+  createSoftHsmStore,
+  createSoftHsmToken,
+  generateKey,
+  repoRoot,
+  SOFTHSM_MODULE,
+  type SoftHsmStore,
+} from '../helpers/softhsm.js'
 
 const run = promisify(execFile)
 const FAULTY_DIR = join(repoRoot(), 'test', 'fixtures', 'faulty-pkcs11')
@@ -117,7 +124,10 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
   it('removal during a sign is a typed error; after reinsertion the same Device signs again', async () => {
     const events: DeviceEvent[] = []
     const pin = Pin.fromString('123456')
-    const device = new Device({ module: FAULTY, label: 'touch' }, { cachedPin: () => pin, onEvent: (e) => events.push(e) })
+    const device = new Device(
+      { module: FAULTY, label: 'touch' },
+      { cachedPin: () => pin, onEvent: (e) => events.push(e) },
+    )
     await device.login(pin)
     const signer = await device.signer({ label: 'gen' })
     const ok = await signer.sign(Buffer.from('before'))
@@ -281,9 +291,13 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
     const signer = await device.signer({ label: 'gen' })
     writeFileSync(control, 'sign_delay_ms=300\n')
     const total = LIMITS.sessionsPerToken + LIMITS.maxPendingSigns + 1
-    const results = await Promise.allSettled(Array.from({ length: total }, (_, i) => signer.sign(Buffer.from(`queued ${i}`))))
+    const results = await Promise.allSettled(
+      Array.from({ length: total }, (_, i) => signer.sign(Buffer.from(`queued ${i}`))),
+    )
     writeFileSync(control, '')
-    const busy = results.filter((r) => r.status === 'rejected' && r.reason instanceof AgentError && r.reason.code === 'AGENT_BUSY')
+    const busy = results.filter(
+      (r) => r.status === 'rejected' && r.reason instanceof AgentError && r.reason.code === 'AGENT_BUSY',
+    )
     const done = results.filter((r) => r.status === 'fulfilled')
     assert.equal(busy.length, 1)
     assert.equal(done.length, total - 1)
@@ -291,7 +305,9 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
     await device.release()
   })
 
-  async function load(threads: string | undefined): Promise<{ maxLoopDelayMs: number; ninthMs: number; touchMs: number[]; allVerified: boolean }> {
+  async function load(
+    threads: string | undefined,
+  ): Promise<{ maxLoopDelayMs: number; ninthMs: number; touchMs: number[]; allVerified: boolean }> {
     const env: NodeJS.ProcessEnv = {
       ...process.env,
       LOAD_INPUT: JSON.stringify({
@@ -308,7 +324,12 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
     if (threads !== undefined) env['UV_THREADPOOL_SIZE'] = threads
     const script = join(repoRoot(), 'dist', 'test', 'helpers', 'pkcs11-touch-load.js')
     const { stdout } = await run(process.execPath, [script], { env, timeout: 60_000 })
-    return JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as { maxLoopDelayMs: number; ninthMs: number; touchMs: number[]; allVerified: boolean }
+    return JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as {
+      maxLoopDelayMs: number
+      ninthMs: number
+      touchMs: number[]
+      allVerified: boolean
+    }
   }
 
   it('8 signs waiting 2 s for a touch keep the event loop responsive; a 9th on another token is served at once', async (t) => {
@@ -316,7 +337,10 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
     t.diagnostic(`UV_THREADPOOL_SIZE=24: ${JSON.stringify(result)}`)
     assert.equal(result.allVerified, true)
     assert.equal(result.touchMs.length, 8)
-    assert.ok(Math.min(...result.touchMs) >= 1900, `touch signs waited for the touch: ${result.touchMs.join(', ')}`)
+    assert.ok(
+      Math.min(...result.touchMs) >= 1900,
+      `touch signs waited for the touch: ${result.touchMs.join(', ')}`,
+    )
     assert.ok(result.maxLoopDelayMs < 50, `event loop max delay ${result.maxLoopDelayMs} ms`)
     assert.ok(result.ninthMs < 1000, `the 9th sign finished at ${result.ninthMs} ms`)
     assert.ok(result.ninthMs < Math.min(...result.touchMs), 'the 9th finished before every touch sign')

@@ -23,7 +23,12 @@ import { createSoftHsmToken, KNOWN_KEY, GENERATED_KEY, type SoftHsmToken } from 
 function spki(pk49: Uint8Array): ReturnType<typeof createPublicKey> {
   const point = Buffer.from(decompressPoint(pk49))
   return createPublicKey({
-    key: { kty: 'EC', crv: 'P-384', x: point.subarray(1, 49).toString('base64url'), y: point.subarray(49).toString('base64url') },
+    key: {
+      kty: 'EC',
+      crv: 'P-384',
+      x: point.subarray(1, 49).toString('base64url'),
+      y: point.subarray(49).toString('base64url'),
+    },
     format: 'jwk',
   })
 }
@@ -49,7 +54,10 @@ describe('PKCS#11 device on SoftHSM', () => {
   before(async () => {
     token = await createSoftHsmToken({ label: 'cargo', pin: '123456', soPin: '12345678' })
     process.env['SOFTHSM2_CONF'] = token.confPath
-    device = new Device({ module: 'softhsm', label: 'cargo' }, { cachedPin: () => pin, onEvent: (e) => events.push(e) })
+    device = new Device(
+      { module: 'softhsm', label: 'cargo' },
+      { cachedPin: () => pin, onEvent: (e) => events.push(e) },
+    )
   })
 
   after(async () => {
@@ -60,7 +68,10 @@ describe('PKCS#11 device on SoftHSM', () => {
   it('resolves the known module name from native-config/modules.json', () => {
     assert.equal(resolveModulePath('softhsm'), '/usr/lib/softhsm/libsofthsm2.so')
     assert.equal(resolveModulePath('/opt/x/libfoo.so'), '/opt/x/libfoo.so')
-    assert.throws(() => resolveModulePath('nosuchdevice'), (e: unknown) => e instanceof AgentError && e.code === 'CONFIG_INVALID')
+    assert.throws(
+      () => resolveModulePath('nosuchdevice'),
+      (e: unknown) => e instanceof AgentError && e.code === 'CONFIG_INVALID',
+    )
   })
 
   it('reports status and needs a login before private keys are usable', async () => {
@@ -101,7 +112,10 @@ describe('PKCS#11 device on SoftHSM', () => {
         assert.equal(sig.length, 96)
         assert.equal(isHighS(sig), false)
         assert.equal(verifySignature(signer.publicKey, message, sig), true)
-        assert.equal(cryptoVerify('sha384', message, { key: spki(signer.publicKey), dsaEncoding: 'ieee-p1363' }, sig), true)
+        assert.equal(
+          cryptoVerify('sha384', message, { key: spki(signer.publicKey), dsaEncoding: 'ieee-p1363' }, sig),
+          true,
+        )
         const other = Buffer.from(message)
         other[0] = (other[0] ?? 0) ^ 1
         assert.equal(verifySignature(signer.publicKey, other, sig), false)
@@ -113,7 +127,13 @@ describe('PKCS#11 device on SoftHSM', () => {
     const signer = await device.signer({ label: KNOWN_KEY.label })
     const indexUrl = 'sparse+http://127.0.0.1:1/index/'
     const cksum = 'ab'.repeat(32)
-    const built = await buildToken(signer, { indexUrl, operation: 'publish', name: 'foo', vers: '1.2.3', cksum })
+    const built = await buildToken(signer, {
+      indexUrl,
+      operation: 'publish',
+      name: 'foo',
+      vers: '1.2.3',
+      cksum,
+    })
     const verified = await verifyToken(built.token, {
       publicKey: KNOWN_KEY.k3Public,
       url: indexUrl,
@@ -130,7 +150,14 @@ describe('PKCS#11 device on SoftHSM', () => {
     const key = spki(Buffer.from(KNOWN_KEY.publicKeyHex, 'hex'))
     assert.equal(cryptoVerify('sha384', pae, { key, dsaEncoding: 'ieee-p1363' }, parsed.signature), true)
     const tampered = await rejects(
-      verifyToken(built.token, { publicKey: KNOWN_KEY.k3Public, url: indexUrl, operation: 'publish', name: 'foo', vers: '1.2.4', cksum }),
+      verifyToken(built.token, {
+        publicKey: KNOWN_KEY.k3Public,
+        url: indexUrl,
+        operation: 'publish',
+        name: 'foo',
+        vers: '1.2.4',
+        cksum,
+      }),
       'VERS_MISMATCH',
     )
     assert.ok(tampered)
@@ -218,7 +245,7 @@ describe('PKCS#11 device on SoftHSM', () => {
     pin = held
   })
 
-  it('a key replaced behind the signer\'s back (keygen --force elsewhere) is caught by the self-check', async () => {
+  it("a key replaced behind the signer's back (keygen --force elsewhere) is caught by the self-check", async () => {
     const signer = await device.signer({ label: 'fresh' })
     await signer.sign(Buffer.from('old key'))
     const other = new Device({ module: 'softhsm', label: 'cargo' })
@@ -240,14 +267,22 @@ describe('PKCS#11 device on SoftHSM', () => {
     const serial = (await device.status()).serial ?? ''
     const bySerial = new Device({ module: '/usr/lib/softhsm/libsofthsm2.so', serial })
     assert.equal((await bySerial.status()).label, 'cargo')
-    const byModel = new Device({ module: 'softhsm', manufacturer: 'SoftHSM project', model: 'SoftHSM v2', label: 'cargo' })
+    const byModel = new Device({
+      module: 'softhsm',
+      manufacturer: 'SoftHSM project',
+      model: 'SoftHSM v2',
+      label: 'cargo',
+    })
     assert.equal((await byModel.status()).serial, serial)
     const wrongModel = new Device({ module: 'softhsm', model: 'YubiKey YK5', label: 'cargo' })
     assert.equal((await wrongModel.status()).present, false)
     const wrongSerial = new Device({ module: 'softhsm', label: 'cargo', serial: '0000' })
     assert.equal((await wrongSerial.status()).present, false)
     // A second load of the same library (also via another path to the same file) is the same instance.
-    assert.equal(Pkcs11Module.load('/usr/lib/softhsm/libsofthsm2.so'), Pkcs11Module.load('/usr/lib/softhsm/../softhsm/libsofthsm2.so'))
+    assert.equal(
+      Pkcs11Module.load('/usr/lib/softhsm/libsofthsm2.so'),
+      Pkcs11Module.load('/usr/lib/softhsm/../softhsm/libsofthsm2.so'),
+    )
     await bySerial.release()
     await byModel.release()
   })

@@ -49,8 +49,14 @@ if (!(await relaunchWithThreadpoolSize())) {
   it('an ESM entry without the variable is relaunched once with a pool of LIMITS.uvThreadpoolSize', async () => {
     const env = { ...process.env }
     delete env['UV_THREADPOOL_SIZE']
-    const result = await run(process.execPath, [script], { env }).catch((e: { code: number; stdout: string }) => e)
-    assert.equal('code' in result ? result.code : 0, 7, 'the exit status of the relaunched child is passed on')
+    const result = await run(process.execPath, [script], { env }).catch(
+      (e: { code: number; stdout: string }) => e,
+    )
+    assert.equal(
+      'code' in result ? result.code : 0,
+      7,
+      'the exit status of the relaunched child is passed on',
+    )
     const lines = result.stdout.trim().split('\n')
     assert.equal(lines.length, 1, 'only the relaunched child did the work')
     const child = JSON.parse(lines[0] ?? '{}') as { atStart: boolean; env: string; threads: number }
@@ -60,9 +66,9 @@ if (!(await relaunchWithThreadpoolSize())) {
   })
 
   it('with the variable inherited, nothing is relaunched (and setting it late would not have helped)', async () => {
-    const inherited = await run(process.execPath, [script], { env: { ...process.env, UV_THREADPOOL_SIZE: String(LIMITS.uvThreadpoolSize) } }).catch(
-      (e: { stdout: string }) => e,
-    )
+    const inherited = await run(process.execPath, [script], {
+      env: { ...process.env, UV_THREADPOOL_SIZE: String(LIMITS.uvThreadpoolSize) },
+    }).catch((e: { stdout: string }) => e)
     const child = JSON.parse(inherited.stdout.trim()) as { atStart: boolean; threads: number }
     assert.equal(child.atStart, true)
     // Control: an ESM process that only sets the variable itself keeps libuv's default pool of 4.
