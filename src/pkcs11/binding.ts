@@ -417,6 +417,15 @@ function contextual(rv: number, op: Operation): Translation | undefined {
       remedy: 'Enter the PIN on the device PIN pad, then try again',
     }
   }
+  if (op === 'slots' && rv === k.CKR_DEVICE_ERROR) {
+    // ykcs11 (and OpenSC) answer C_GetSlotList with CKR_DEVICE_ERROR when pcscd is not running.
+    return {
+      code: 'DEVICE_ERROR',
+      message: 'the PKCS#11 module cannot list its readers',
+      remedy:
+        'For smart cards and YubiKeys: check that pcscd is running (systemctl status pcscd.socket), then retry',
+    }
+  }
   if (op === 'initialize' && rv === k.CKR_GENERAL_ERROR) {
     return {
       code: 'MODULE_LOAD_FAILED',

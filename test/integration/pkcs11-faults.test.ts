@@ -214,6 +214,42 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
     await device.release()
   })
 
+  it('protected authentication path: status says so, login(null) is one C_Login without a PIN from the host', async () => {
+    writeFileSync(control, 'token_flags_or=0x100\npinpad_pin=123456\n')
+    const device = new Device({ module: FAULTY, label: 'pins' })
+    try {
+      await device.logout()
+      const status = await device.status()
+      assert.equal(status.protectedAuthPath, true)
+      assert.equal(await device.needsLogin(), true)
+      const signer = await device.signer({ label: 'gen' })
+      const err = await rejection(signer.sign(Buffer.from('no login yet')))
+      assert.equal(err.code, 'PIN_REQUIRED')
+      assert.match(err.remedy ?? '', /entered on the device/)
+      const logins = counts(countsFile).get('C_Login') ?? 0
+      await device.login(null)
+      assert.equal((counts(countsFile).get('C_Login') ?? 0) - logins, 1)
+      const sig = await signer.sign(Buffer.from('pin pad'))
+      assert.equal(verifySignature(signer.publicKey, Buffer.from('pin pad'), sig), true)
+    } finally {
+      writeFileSync(control, '')
+      await device.release()
+    }
+  })
+
+  it('a module that cannot list its readers (ykcs11 without pcscd) is reported as absent, and names pcscd', async () => {
+    writeFileSync(control, 'fail.C_GetSlotList=0x30\n')
+    const device = new Device({ module: FAULTY, label: 'pins' })
+    try {
+      assert.equal((await device.status()).present, false)
+      const err = await rejection(device.listKeys())
+      assert.equal(err.code, 'DEVICE_ERROR')
+      assert.match(err.remedy ?? '', /pcscd/)
+    } finally {
+      writeFileSync(control, '')
+    }
+  })
+
   it('a session lost before the device started signing is reopened transparently', async () => {
     const pin = Pin.fromString('123456')
     const device = new Device({ module: FAULTY, label: 'touch' }, { cachedPin: () => pin })
