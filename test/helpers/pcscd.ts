@@ -1,6 +1,7 @@
-import { spawn, type ChildProcess } from 'node:child_process'
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -22,6 +23,11 @@ import { join } from 'node:path'
  * 4 s). In the private namespace the card port is invisible outside, the packaged port 35963
  * cannot collide, and the loopback routes get `quickack 1`, which removes the delay. The virtual
  * card must run in the same namespace: start it through `inNetwork()`.
+ *
+ * Where namespaces are not allowed (a container without CAP_SYS_ADMIN and no user namespaces, or
+ * VPIV_NO_NAMESPACES=1), pcscd runs unconfined on the system socket /run/pcscd/pcscd.comm (so no
+ * other pcscd may be running, and only one such fixture per machine at a time), vpcd's ports are a
+ * free pair on all interfaces, and every APDU pays the 40 ms described above.
  */
 
 export interface Pcscd {
@@ -50,7 +56,8 @@ export interface PcscdOptions {
 const PCSCD = '/usr/sbin/pcscd'
 const VPCD_DRIVER = '/usr/lib/pcsc/drivers/serial/libifdvpcd.so'
 /** vpcd's packaged port (0x8C7B); free by construction in the private network namespace. */
-const CARD_PORT = 35963
+const NAMESPACED_CARD_PORT = 35963
+const SYSTEM_SOCKET = '/run/pcscd/pcscd.comm'
 const START_TIMEOUT_MS = 10_000
 const STOP_TIMEOUT_MS = 5_000
 
@@ -70,6 +77,52 @@ kill "$pid" 2>/dev/null
 wait "$pid"
 `
 
+// Fallback without namespaces: same supervision, no isolation.
+const PLAIN_SCRIPT = `
+"$3" --foreground --config "$2" $4 </dev/null &
+pid=$!
+cat >/dev/null
+kill "$pid" 2>/dev/null
+wait "$pid"
+`
+
+let namespacesChecked: boolean | undefined
+
+/** Whether this machine lets us create mount and network namespaces (and configure loopback in one). */
+function namespacesAvailable(unshare: readonly string[]): boolean {
+  if (process.env['VPIV_NO_NAMESPACES'] === '1') return false
+  namespacesChecked ??=
+    spawnSync('unshare', [...unshare, '--', 'sh', '-c', 'ip link set lo up'], {
+      stdio: 'ignore',
+      timeout: 10_000,
+    }).status === 0
+  return namespacesChecked
+}
+
+async function portIsFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer()
+    server.once('error', () => resolve(false))
+    server.listen({ port, host: '0.0.0.0', exclusive: true }, () => server.close(() => resolve(true)))
+  })
+}
+
+/** A port P with P and P + 1 free on all interfaces (vpcd opens both). */
+async function freePortPair(): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt += 1) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const server = createServer()
+      server.once('error', reject)
+      server.listen({ port: 0, host: '0.0.0.0', exclusive: true }, () => {
+        const address = server.address()
+        server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0))
+      })
+    })
+    if (port > 0 && port < 65535 && (await portIsFree(port + 1))) return port
+  }
+  throw new Error('no free pair of TCP ports for vpcd')
+}
+
 export async function startPcscd(options: PcscdOptions): Promise<Pcscd> {
   for (const path of [PCSCD, VPCD_DRIVER]) {
     if (!existsSync(path))
@@ -80,13 +133,23 @@ export async function startPcscd(options: PcscdOptions): Promise<Pcscd> {
   const confDir = join(dir, 'reader.conf.d')
   await mkdir(runDir)
   await mkdir(confDir)
+  const root = process.getuid?.() === 0
+  const unshare = root ? ['--mount', '--net'] : ['--user', '--map-root-user', '--mount', '--net']
+  const isolated = namespacesAvailable(unshare)
+  if (!isolated && existsSync(SYSTEM_SOCKET)) {
+    await rm(dir, { recursive: true, force: true })
+    throw new Error(
+      `cannot create a private pcscd (namespaces unavailable) while ${SYSTEM_SOCKET} exists: stop the system pcscd`,
+    )
+  }
+  const cardPort = isolated ? NAMESPACED_CARD_PORT : await freePortPair()
   await writeFile(
     join(confDir, 'vpcd'),
     [
       `FRIENDLYNAME "${options.friendlyName}"`,
-      `DEVICENAME   /dev/null:${CARD_PORT}`,
+      `DEVICENAME   /dev/null:${cardPort}`,
       `LIBPATH      ${VPCD_DRIVER}`,
-      `CHANNELID    ${CARD_PORT}`,
+      `CHANNELID    ${cardPort}`,
       '',
     ].join('\n'),
   )
@@ -95,26 +158,24 @@ export async function startPcscd(options: PcscdOptions): Promise<Pcscd> {
   // reads no pipe, and a debug-level pcscd would block on a full pipe and never answer.
   const logPath = join(dir, 'pcscd.log')
   const logFd = openSync(logPath, 'w')
-  const root = process.getuid?.() === 0
-  const unshare = root ? ['--mount', '--net'] : ['--user', '--map-root-user', '--mount', '--net']
-  const child: ChildProcess = spawn(
-    'unshare',
-    [
-      ...unshare,
-      '--propagation',
-      'private',
-      '--',
-      'sh',
-      '-c',
-      NAMESPACE_SCRIPT,
-      'pcscd-ns',
-      runDir,
-      confDir,
-      PCSCD,
-      options.debug === true ? '--apdu --debug' : '--info',
-    ],
-    { stdio: ['pipe', logFd, logFd] },
-  )
+  const scriptArgs = [runDir, confDir, PCSCD, options.debug === true ? '--apdu --debug' : '--info']
+  const child: ChildProcess = isolated
+    ? spawn(
+        'unshare',
+        [
+          ...unshare,
+          '--propagation',
+          'private',
+          '--',
+          'sh',
+          '-c',
+          NAMESPACE_SCRIPT,
+          'pcscd-ns',
+          ...scriptArgs,
+        ],
+        { stdio: ['pipe', logFd, logFd] },
+      )
+    : spawn('sh', ['-c', PLAIN_SCRIPT, 'pcscd-plain', ...scriptArgs], { stdio: ['pipe', logFd, logFd] })
   closeSync(logFd)
   const log = (): string => {
     try {
@@ -129,7 +190,7 @@ export async function startPcscd(options: PcscdOptions): Promise<Pcscd> {
     running = false
   })
 
-  const socketPath = join(runDir, 'pcscd', 'pcscd.comm')
+  const socketPath = isolated ? join(runDir, 'pcscd', 'pcscd.comm') : SYSTEM_SOCKET
   const stop = async (): Promise<void> => {
     if (running) {
       child.stdin?.end()
@@ -152,15 +213,18 @@ export async function startPcscd(options: PcscdOptions): Promise<Pcscd> {
 
   // `unshare` execs the shell in the new namespaces, so the child's pid names them.
   const target = String(child.pid)
-  const inNetwork = (argv: readonly string[]): [string, string[]] => [
-    'nsenter',
-    [...(root ? [] : ['--user', '--preserve-credentials']), '--target', target, '--net', '--', ...argv],
-  ]
+  const inNetwork = (argv: readonly string[]): [string, string[]] =>
+    isolated
+      ? [
+          'nsenter',
+          [...(root ? [] : ['--user', '--preserve-credentials']), '--target', target, '--net', '--', ...argv],
+        ]
+      : [argv[0] ?? '', argv.slice(1)]
 
   return {
     socketPath,
     env: { PCSCLITE_CSOCK_NAME: socketPath },
-    cardPort: CARD_PORT,
+    cardPort,
     readerName: `${options.friendlyName} 00 00`,
     inNetwork,
     log,
