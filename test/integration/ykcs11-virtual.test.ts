@@ -158,8 +158,18 @@ describe('ykcs11 on a virtual YubiKey (vpcd + PIV emulator)', () => {
     const delayMs = 1500
     await yk.control.setTouchDelay(delayMs)
     try {
+      const before = await yk.control.counters()
       const started = performance.now()
-      const built = await buildToken(signer9c, PUBLISH)
+      let settled = false
+      const pending = buildToken(signer9c, PUBLISH).finally(() => {
+        settled = true
+      })
+      // While the card waits for the touch, this process keeps serving its event loop: it can
+      // still talk to the card's control channel and see the signature request sitting there.
+      while ((await yk.control.counters()).sign === before.sign)
+        await new Promise((resolve) => setTimeout(resolve, 20))
+      assert.equal(settled, false, 'the card holds the request while the event loop keeps running')
+      const built = await pending
       // A lower bound only: the card cannot have answered before its touch delay ran out.
       assert.ok(performance.now() - started >= delayMs, 'the signature waited for the touch')
       await verifyToken(built.token, { ...PUBLISH, url: INDEX_URL, publicKey: signer9c.publicKey })
