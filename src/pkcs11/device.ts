@@ -276,32 +276,40 @@ export class Device {
   ): Promise<DeviceKey> {
     if (key.label.trim() === '')
       throw new AgentError('USAGE', 'a key label is required', { remedy: 'Pass --label NAME' })
-    const id = key.id === undefined ? randomBytes(8) : parseHexId(key.id)
+    const givenId = key.id === undefined ? undefined : parseHexId(key.id)
     return this.#request('required', (_session, work) => {
       const mod = this.#mod()
       const where = this.describe()
       // Keygen writes token objects: its own read-write session, not one of the signing pool's.
       const rw = mod.openSession(this.#requireSlot(), true)
       try {
+        const byLabel = (['private', 'public'] as const).flatMap((cls) =>
+          mod.findKeys(rw, { cls, label: key.label }, where),
+        )
+        const byId =
+          givenId === undefined
+            ? []
+            : (['private', 'public'] as const).flatMap((cls) => mod.findKeys(rw, { cls, id: givenId }, where))
         const existing = new Map<string, Handle>()
-        for (const cls of ['private', 'public'] as const) {
-          for (const h of [
-            ...mod.findKeys(rw, { cls, label: key.label }, where),
-            ...mod.findKeys(rw, { cls, id }, where),
-          ])
-            existing.set(hex(h), h)
-        }
+        for (const h of [...byLabel, ...byId]) existing.set(hex(h), h)
         if (existing.size > 0 && options.force !== true) {
-          throw new AgentError(
-            'KEY_EXISTS',
-            `${where} already has a key labelled '${key.label}' or with id ${hex(id)}`,
-            {
-              remedy:
-                'Choose another label/id, or pass --force to destroy the old key (registries that know its public key will then reject your tokens)',
-              data: { label: key.label, id: hex(id) },
-            },
-          )
+          const what = [
+            byLabel.length > 0 ? `a key labelled '${key.label}'` : '',
+            byId.length > 0 && givenId !== undefined ? `a key with id ${hex(givenId)}` : '',
+          ]
+            .filter((t) => t !== '')
+            .join(' and ')
+          throw new AgentError('KEY_EXISTS', `${where} already has ${what}`, {
+            remedy:
+              'Choose another label/id, or pass --force to destroy the old key (registries that know its public key will then reject your tokens)',
+            data: { label: key.label, ...(givenId === undefined ? {} : { id: hex(givenId) }) },
+          })
         }
+        // Replacing a key without a new id keeps its CKA_ID (on PIV tokens the id is the slot).
+        const previousId = byLabel
+          .map((h) => mod.keyAttributes(rw, h, 'private', where).id)
+          .find((b) => b.length > 0)
+        const id = givenId ?? previousId ?? randomBytes(8)
         work.committed = true
         this.#keyCache.clear()
         const pair = mod.generateP384(rw, key.label, id, where)

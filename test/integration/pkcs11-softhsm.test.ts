@@ -205,8 +205,10 @@ describe('PKCS#11 device on SoftHSM', () => {
 
   it('keygen refuses to overwrite a label or id without force, replaces with force', async () => {
     const before = await device.findKey({ label: 'fresh' })
-    await rejects(device.generateKey({ label: 'fresh' }), 'KEY_EXISTS')
-    await rejects(device.generateKey({ label: 'other', id: '0a0b' }), 'KEY_EXISTS')
+    const byLabel = await rejects(device.generateKey({ label: 'fresh' }), 'KEY_EXISTS')
+    assert.match(byLabel.message, /already has a key labelled 'fresh'$/)
+    const byId = await rejects(device.generateKey({ label: 'other', id: '0a0b' }), 'KEY_EXISTS')
+    assert.match(byId.message, /already has a key with id 0a0b$/)
     const unchanged = await device.findKey({ label: 'fresh' })
     assert.deepEqual(unchanged.publicKey, before.publicKey)
     const replaced = await device.generateKey({ label: 'fresh', id: '0a0b' }, { force: true })
@@ -214,6 +216,10 @@ describe('PKCS#11 device on SoftHSM', () => {
     const keys = (await device.listKeys()).filter((k) => k.label === 'fresh')
     assert.equal(keys.length, 1, 'the old pair is destroyed')
     assert.deepEqual(keys[0]?.publicKey, replaced.publicKey)
+    // Replaced by label alone: the key keeps its CKA_ID (on PIV tokens the id names the slot).
+    const again = await device.generateKey({ label: 'fresh' }, { force: true })
+    assert.equal(again.id, '0a0b')
+    assert.notDeepEqual(again.publicKey, replaced.publicKey)
   })
 
   it('release closes every session; the next sign reopens and logs in again with the held PIN', async () => {
