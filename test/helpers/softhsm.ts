@@ -96,17 +96,22 @@ async function pkcs11Tool(
 /** An empty private token store (no token yet). */
 export async function createSoftHsmStore(): Promise<SoftHsmStore> {
   const dir = await mkdtemp(join(tmpdir(), 'softhsm-'))
-  const tokendir = join(dir, 'tokens')
-  await mkdir(tokendir, { mode: 0o700 })
-  const template = await readFile(join(repoRoot(), 'softhsm', 'softhsm2.conf.template'), 'utf8')
-  const confPath = join(dir, 'softhsm2.conf')
-  await writeFile(confPath, template.replaceAll('@TOKENDIR@', tokendir), { mode: 0o600 })
-  return {
-    dir,
-    confPath,
-    module: SOFTHSM_MODULE,
-    env: { ...process.env, SOFTHSM2_CONF: confPath },
-    cleanup: () => rm(dir, { recursive: true, force: true }),
+  try {
+    const tokendir = join(dir, 'tokens')
+    await mkdir(tokendir, { mode: 0o700 })
+    const template = await readFile(join(repoRoot(), 'softhsm', 'softhsm2.conf.template'), 'utf8')
+    const confPath = join(dir, 'softhsm2.conf')
+    await writeFile(confPath, template.replaceAll('@TOKENDIR@', tokendir), { mode: 0o600 })
+    return {
+      dir,
+      confPath,
+      module: SOFTHSM_MODULE,
+      env: { ...process.env, SOFTHSM2_CONF: confPath },
+      cleanup: () => rm(dir, { recursive: true, force: true }),
+    }
+  } catch (error) {
+    await rm(dir, { recursive: true, force: true })
+    throw error
   }
 }
 
