@@ -776,30 +776,8 @@ export class Device {
         this.#loginOnce(session, pin, true)
       }
       work.committed = true
-      try {
-        return new Uint8Array(await mod.signAsync(session.handle, Buffer.from(digest), where))
-      } catch (error) {
-        // A YubiKey whose touch timer runs out answers SW 6982 ("security status not satisfied"),
-        // which ykcs11 2.2 reports from C_Sign as CKR_USER_NOT_LOGGED_IN, like a missing PIN. After
-        // a context login that just succeeded, the touch is what was missing. Without one, 6982 can
-        // also mean a PIN-policy-"always" key that ykcs11 does not flag CKA_ALWAYS_AUTHENTICATE
-        // (2.2 flags only slot 9C), so the message names both.
-        const err = toAgentError(error)
-        if (err.code !== 'PIN_REQUIRED') throw err
-        throw new AgentError(
-          'TOUCH_TIMEOUT',
-          entry.alwaysAuthenticate
-            ? `${where}: the device refused the signature although the PIN was accepted; the touch did not come in time`
-            : `${where}: the device refused the signature although logged in; the touch did not come in time, or the key needs the PIN right before every use`,
-          {
-            cause: err,
-            remedy: entry.alwaysAuthenticate
-              ? 'Touch the key when it blinks (a YubiKey waits about 15 s), then try again'
-              : 'Touch the key when it blinks (a YubiKey waits about 15 s), then try again; if no touch was asked, the key has PIN policy "always": move it to slot 9C or regenerate it with PIN policy "once"',
-            data: { ...err.data, token: where },
-          },
-        )
-      }
+      // A missed YubiKey touch (ykcs11: CKR_USER_NOT_LOGGED_IN from C_Sign) is TOUCH_TIMEOUT in binding.ts.
+      return new Uint8Array(await mod.signAsync(session.handle, Buffer.from(digest), where))
     })
   }
 }

@@ -56,7 +56,7 @@ export interface CardCounters {
   readonly verify: number
   /** VERIFY without data (the tries-left query, free). */
   readonly verifyStatus: number
-  /** GENERAL AUTHENTICATE signature requests that reached a key. */
+  /** GENERAL AUTHENTICATE signature requests for a key the card holds (refused ones included). */
   readonly sign: number
   readonly apdus: number
 }
