@@ -220,6 +220,24 @@ describe('verifying registry over HTTP', () => {
         await token({ operation: 'yank', name: 'hwtok-alpha', vers: '0.1.0' }, stranger),
         /^KEY_ID_MISMATCH: /,
       ],
+      [
+        'a subject this registry never issued',
+        'DELETE',
+        await token({ operation: 'yank', name: 'hwtok-alpha', vers: '0.1.0', subject: 'someone' }),
+        /^SUBJECT_MISMATCH: /,
+      ],
+      [
+        'stale iat',
+        'DELETE',
+        (
+          await buildToken(
+            signer,
+            { indexUrl: registry.indexUrl, operation: 'yank', name: 'hwtok-alpha', vers: '0.1.0' },
+            new Date(Date.now() - 10 * 60_000),
+          )
+        ).token,
+        /^IAT_STALE: /,
+      ],
       ['not a token', 'DELETE', 'Bearer abc', /^TOKEN_(MALFORMED|WRONG_PURPOSE): /],
     ]
     for (const [what, method, auth, pattern] of cases) {
@@ -299,6 +317,37 @@ describe('verifying registry over HTTP', () => {
       registry.records().map((r) => JSON.parse(JSON.stringify(r)) as unknown),
     )
     assert.doesNotMatch(readFileSync(registry.logPath, 'utf8'), /v3\.public\.[A-Za-z0-9_-]{40}/)
+  })
+
+  test('a registry that issued a subject accepts exactly that sub', async () => {
+    const other = await startRegistry({
+      stateDir: join(dir, 'with-subject'),
+      keys: [k3Public(signer.publicKey)],
+      subject: 'team-ci',
+    })
+    try {
+      const get = async (subject?: string): Promise<number> => {
+        const t = await buildToken(signer, {
+          indexUrl: other.indexUrl,
+          operation: 'read',
+          ...(subject === undefined ? {} : { subject }),
+        })
+        return (await fetch(`${other.url}/index/config.json`, { headers: { authorization: t.token } })).status
+      }
+      assert.equal(await get('team-ci'), 200)
+      assert.equal(await get('team-cd'), 401)
+      assert.equal(await get(), 401)
+      assert.deepEqual(
+        other.records().map((r) => [r.auth, r.code, r.claims?.['sub']]),
+        [
+          ['accepted', undefined, 'team-ci'],
+          ['rejected', 'SUBJECT_MISMATCH', undefined],
+          ['rejected', 'SUBJECT_MISMATCH', undefined],
+        ],
+      )
+    } finally {
+      await other.stop()
+    }
   })
 
   test('state survives a restart on the same state dir', async () => {
