@@ -319,6 +319,35 @@ describe('verifying registry over HTTP', () => {
     assert.doesNotMatch(readFileSync(registry.logPath, 'utf8'), /v3\.public\.[A-Za-z0-9_-]{40}/)
   })
 
+  test('malformed publish bodies and unknown routes are refused before any token check', async () => {
+    const publishToken = await token({
+      operation: 'publish',
+      name: 'x',
+      vers: '9.9.9',
+      cksum: sha256(Buffer.from('x')),
+    })
+    const good = publishBody(meta('x', '9.9.9'), Buffer.from('x'))
+    const bodies: [string, Buffer][] = [
+      ['empty', Buffer.alloc(0)],
+      ['json length past the end', Buffer.from([0xff, 0xff, 0, 0, 0x7b])],
+      ['crate length wrong', Buffer.concat([good.subarray(0, good.length - 1)])],
+      ['metadata not JSON', publishBody({}, Buffer.from('x')).fill(0x20, 4, 6)],
+    ]
+    for (const [what, body] of bodies) {
+      const r = await call('PUT', '/api/v1/crates/new', publishToken, body)
+      assert.equal(r.status, 400, what)
+      assert.match(detail(r.text), /^PUBLISH_BODY_INVALID: /, what)
+      assert.equal(registry.records().at(-1)?.auth, 'unchecked', what)
+    }
+    const r = await call('POST', '/api/v1/crates/x/9.9.9/yank', publishToken)
+    assert.equal(r.status, 404)
+    assert.equal(registry.records().at(-1)?.auth, 'unchecked')
+    assert.deepEqual(
+      registry.index('x').map((l) => l.vers),
+      ['1.0.0'],
+    )
+  })
+
   test('a registry that issued a subject accepts exactly that sub', async () => {
     const other = await startRegistry({
       stateDir: join(dir, 'with-subject'),
