@@ -42,7 +42,24 @@ async function startRig(
   binding: Omit<RegistryFixture, 'index'>,
 ): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), prefix))
+  // Whatever started before a failure is stopped here: `after` only sees a complete rig.
+  const started: (() => Promise<void>)[] = [async () => rmSync(dir, { recursive: true, force: true })]
+  try {
+    return await assemble(dir, card, binding, started)
+  } catch (error) {
+    for (const stop of started.reverse()) await stop().catch(() => {})
+    throw error
+  }
+}
+
+async function assemble(
+  dir: string,
+  card: Omit<VirtualYubiKeyOptions, 'pin' | 'serial'>,
+  binding: Omit<RegistryFixture, 'index'>,
+  started: (() => Promise<void>)[],
+): Promise<Rig> {
   const yk = await startVirtualYubiKey({ pin: PIN, serial: SERIAL, ...card })
+  started.push(() => yk.stop())
   await yk.waitForToken()
   const keys = [yk.publicKeys['9a'], yk.publicKeys['9c']]
     .filter((k) => k !== undefined)
@@ -53,6 +70,7 @@ async function startRig(
     strictLowS: true,
     maxAgeSeconds: 120,
   })
+  started.push(() => registry.stop())
   const agent = await startAgent({
     tokens: { yubikey: { module: yk.module, serial: String(SERIAL), kind: 'yubikey', pinSource: 'env' } },
     registries: { local: { index: registry.indexUrl, tokenMaxAgeSeconds: 120, ...binding } },
