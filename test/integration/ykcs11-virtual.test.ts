@@ -264,4 +264,20 @@ describe('ykcs11 on a virtual YubiKey (vpcd + PIV emulator)', () => {
     const built = await buildToken(signer9c, PUBLISH)
     await verifyToken(built.token, { ...PUBLISH, url: INDEX_URL, publicKey: signer9c.publicKey })
   })
+
+  it('a Device that starts while the key is unplugged says TOKEN_ABSENT with the serial, and signs once it is inserted', async () => {
+    await yk.control.remove()
+    const late = new Device({ module: yk.module, serial: String(SERIAL) }, { cachedPin: () => pin })
+    try {
+      assert.equal((await late.status()).present, false)
+      const err = await rejectsWith(late.signer({ id: '02' }), ['TOKEN_ABSENT'])
+      assert.match(err.remedy ?? '', new RegExp(`serial ${SERIAL}`))
+      await yk.control.insert()
+      const signer = await late.signer({ id: '02' })
+      const built = await buildToken(signer, PUBLISH)
+      await verifyToken(built.token, { ...PUBLISH, url: INDEX_URL, publicKey: signer.publicKey })
+    } finally {
+      await late.release()
+    }
+  })
 })
