@@ -319,7 +319,7 @@ describe('verifying registry over HTTP', () => {
     assert.doesNotMatch(readFileSync(registry.logPath, 'utf8'), /v3\.public\.[A-Za-z0-9_-]{40}/)
   })
 
-  test('malformed publish bodies and unknown routes are refused before any token check', async () => {
+  test('malformed bodies and unknown routes are refused before any token check; invalid names and versions never become files', async () => {
     const publishToken = await token({
       operation: 'publish',
       name: 'x',
@@ -338,6 +338,21 @@ describe('verifying registry over HTTP', () => {
       assert.equal(r.status, 400, what)
       assert.match(detail(r.text), /^PUBLISH_BODY_INVALID: /, what)
       assert.equal(registry.records().at(-1)?.auth, 'unchecked', what)
+    }
+    // Names and versions become file names in the registry's state: only valid ones get that far.
+    for (const [name, vers, code] of [
+      ['../../escape', '1.0.0', 'NAME_INVALID'],
+      ['fine', '1.0.0/../../x', 'VERSION_INVALID'],
+    ]) {
+      const crate = Buffer.from('c')
+      const bad = await call(
+        'PUT',
+        '/api/v1/crates/new',
+        await token({ operation: 'publish', name: name!, vers: vers!, cksum: sha256(crate) }),
+        publishBody(meta(name!, vers!), crate),
+      )
+      assert.equal(bad.status, 400, `${name} ${vers}`)
+      assert.match(detail(bad.text), new RegExp(`^${code}: `))
     }
     const r = await call('POST', '/api/v1/crates/x/9.9.9/yank', publishToken)
     assert.equal(r.status, 404)
