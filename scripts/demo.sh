@@ -35,7 +35,6 @@ die() {
 }
 
 stop_demo() {
-  local stopped=0
   for name in agent registry; do
     local pidfile=$STATE/$name.pid
     [ -f "$pidfile" ] || continue
@@ -47,7 +46,6 @@ stop_demo() {
       for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
       kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
       note "stopped $name (pid $pid)"
-      stopped=1
     fi
     rm -f "$pidfile"
   done
