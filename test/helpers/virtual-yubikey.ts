@@ -72,6 +72,11 @@ export interface VirtualYubiKeyControl {
   /** Puts the card back and waits until ykcs11 lists the token again. */
   insert(): Promise<void>
   counters(): Promise<CardCounters>
+  /**
+   * Resolves when the next touch-policy signature starts waiting for its touch (a real key would
+   * blink now). Call it before triggering the signature.
+   */
+  touchRequested(): Promise<{ slot: string }>
   state(): Promise<{ connected: boolean; power: string; pinTriesLeft: number }>
 }
 
@@ -176,10 +181,12 @@ export async function startVirtualYubiKey(options: VirtualYubiKeyOptions): Promi
   })
 
   const pending = new Map<number, (result: unknown) => void>()
+  let lastTouchSlot = ''
   const waiters: Array<{ event: string; resolve: () => void }> = []
   if (child.stdout === null || child.stdin === null) throw new Error('emulator pipes missing')
   createInterface({ input: child.stdout }).on('line', (line) => {
-    const message = JSON.parse(line) as { id?: number; result?: unknown; event?: string }
+    const message = JSON.parse(line) as { id?: number; result?: unknown; event?: string; slot?: string }
+    if (message.event === 'touch') lastTouchSlot = message.slot ?? ''
     if (message.id !== undefined) {
       pending.get(message.id)?.(message.result)
       pending.delete(message.id)
@@ -289,6 +296,10 @@ export async function startVirtualYubiKey(options: VirtualYubiKeyOptions): Promi
       await waitForToken()
     },
     counters: async () => (await request('counters')) as CardCounters,
+    touchRequested: async () => {
+      await nextEvent('touch')
+      return { slot: lastTouchSlot }
+    },
     state: async () =>
       (await request('state')) as { connected: boolean; power: string; pinTriesLeft: number },
   }

@@ -158,16 +158,15 @@ describe('ykcs11 on a virtual YubiKey (vpcd + PIV emulator)', () => {
     const delayMs = 1500
     await yk.control.setTouchDelay(delayMs)
     try {
-      const before = await yk.control.counters()
       const started = performance.now()
       let settled = false
+      const touched = yk.control.touchRequested()
       const pending = buildToken(signer9c, PUBLISH).finally(() => {
         settled = true
       })
-      // While the card waits for the touch, this process keeps serving its event loop: it can
-      // still talk to the card's control channel and see the signature request sitting there.
-      while ((await yk.control.counters()).sign === before.sign)
-        await new Promise((resolve) => setTimeout(resolve, 20))
+      // While the card waits for the touch, this process keeps serving its event loop: it still
+      // hears from the card's control channel that the key is blinking.
+      assert.deepEqual(await touched, { slot: '9c' })
       assert.equal(settled, false, 'the card holds the request while the event loop keeps running')
       const built = await pending
       // A lower bound only: the card cannot have answered before its touch delay ran out.
@@ -247,15 +246,14 @@ describe('ykcs11 on a virtual YubiKey (vpcd + PIV emulator)', () => {
 
   it('fails with a typed error when the key is pulled while waiting for the touch, then works after reinsertion', async () => {
     await yk.control.setTouchDelay(5_000)
-    const before = await yk.control.counters()
+    const touched = yk.control.touchRequested()
     const pending = signer9c.sign(Buffer.from('pulled mid-touch'))
     const settled = pending.then(
       () => undefined,
       () => undefined,
     ) // handled below; keeps the rejection from counting as unhandled meanwhile
-    // Pull only once the card holds the GENERAL AUTHENTICATE (deterministic, no fixed sleep).
-    while ((await yk.control.counters()).sign === before.sign)
-      await new Promise((resolve) => setTimeout(resolve, 20))
+    // Pull only once the card waits for the touch (deterministic, no fixed sleep).
+    await touched
     await yk.control.remove()
     await settled
     await rejectsWith(pending, ['DEVICE_REMOVED', 'TOKEN_ABSENT', 'DEVICE_ERROR'])
