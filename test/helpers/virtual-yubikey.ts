@@ -180,7 +180,12 @@ export async function startVirtualYubiKey(options: VirtualYubiKeyOptions): Promi
     running = false
   })
 
-  const pending = new Map<number, (result: unknown) => void>()
+  const pending = new Map<number, { resolve: (result: unknown) => void; reject: (error: Error) => void }>()
+  void exited.then(() => {
+    for (const { reject } of pending.values())
+      reject(new Error(`virtual YubiKey emulator exited: ${trace().slice(-2000)}`))
+    pending.clear()
+  })
   let lastTouchSlot = ''
   const waiters: Array<{ event: string; resolve: () => void }> = []
   if (child.stdout === null || child.stdin === null) throw new Error('emulator pipes missing')
@@ -188,7 +193,7 @@ export async function startVirtualYubiKey(options: VirtualYubiKeyOptions): Promi
     const message = JSON.parse(line) as { id?: number; result?: unknown; event?: string; slot?: string }
     if (message.event === 'touch') lastTouchSlot = message.slot ?? ''
     if (message.id !== undefined) {
-      pending.get(message.id)?.(message.result)
+      pending.get(message.id)?.resolve(message.result)
       pending.delete(message.id)
       return
     }
@@ -204,8 +209,8 @@ export async function startVirtualYubiKey(options: VirtualYubiKeyOptions): Promi
   const request = async (op: Op, fields: Record<string, unknown> = {}): Promise<unknown> => {
     if (!running) throw new Error(`virtual YubiKey emulator is not running: ${trace().slice(-2000)}`)
     const id = nextId++
-    return new Promise((resolve) => {
-      pending.set(id, resolve)
+    return new Promise((resolve, reject) => {
+      pending.set(id, { resolve, reject })
       stdin.write(`${JSON.stringify({ id, op, ...fields })}\n`)
     })
   }
