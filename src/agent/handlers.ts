@@ -87,8 +87,15 @@ async function sign(agent: AgentState, params: Record<string, unknown>, context:
     },
     audit: agent.audit,
   }
-  const token = await agent.policy.run(policyRequest)
+  let token: string
+  try {
+    token = await agent.policy.run(policyRequest)
+  } catch (error) {
+    agent.log(`${intent.operation} for ${binding.registry.name}: ${error instanceof AgentError ? error.code : 'failed'}`)
+    throw error
+  }
   const { iatSeconds, kip } = signed as Signed
+  agent.log(`${intent.operation}${intent.name === undefined ? '' : ` ${intent.name}`}${intent.vers === undefined ? '' : ` ${intent.vers}`} for ${binding.registry.name}: signed with ${kip}`)
   return { token, kip, iat: iatSeconds, ...cacheControl(intent.operation, iatSeconds, binding.registry) }
 }
 

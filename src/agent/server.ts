@@ -36,6 +36,8 @@ export interface ServerOptions {
   readonly handler: Handler
   readonly log: (line: string) => void
   readonly requestTimeoutMs?: number
+  /** Default LIMITS.maxConnections. */
+  readonly maxConnections?: number
 }
 
 interface OpenQuery {
@@ -201,13 +203,13 @@ export class AgentServer {
   readonly #options: ServerOptions
   readonly #server: Server
   readonly #connections = new Set<Connection>()
+  readonly #refused = new Set<Socket>()
   #closing = false
   #idleWaiters: (() => void)[] = []
 
   constructor(options: ServerOptions) {
     this.#options = options
     this.#server = createServer({ allowHalfOpen: false }, (socket) => this.#accept(socket))
-    this.#server.maxConnections = LIMITS.maxConnections
   }
 
   get socketPath(): string {
@@ -221,6 +223,20 @@ export class AgentServer {
   #accept(socket: Socket): void {
     if (this.#closing) {
       socket.destroy()
+      return
+    }
+    if (this.#connections.size >= (this.#options.maxConnections ?? LIMITS.maxConnections)) {
+      // Told, not just dropped: the shim turns this into a cargo error that says what to do.
+      const busy = new AgentError('AGENT_BUSY', `The agent already serves ${this.#connections.size} connections`, {
+        remedy: 'Retry when the running cargo commands have finished; if this persists, look for a program flooding the agent socket',
+      })
+      this.#refused.add(socket)
+      socket.on('error', () => socket.destroy())
+      socket.on('close', () => this.#refused.delete(socket))
+      socket.end(encodeFrame({ v: 1, type: 'response', id: null, error: busy.toWire() }))
+      // Read (and drop) what the client sends so its EOF is seen and the socket closes.
+      socket.resume()
+      setTimeout(() => socket.destroy(), LIMITS.requestReadTimeoutMs).unref()
       return
     }
     const connection = new Connection(socket, this.#options, () => this.#checkIdle(connection, socket))
@@ -260,6 +276,7 @@ export class AgentServer {
       })
     }
     for (const connection of this.#connections) connection.destroy()
+    for (const socket of this.#refused) socket.destroy()
     await closed
   }
 }

@@ -67,8 +67,28 @@ function cacheOf(result: Record<string, unknown>): CacheControl {
   return { cache: 'never' }
 }
 
-async function perform(request: CargoRequest, line: string, env: NodeJS.ProcessEnv): Promise<string> {
-  const socketPath = resolveSocketPath(undefined, undefined, env).path
+/**
+ * Provider arguments from cargo's config (`credential-provider = ["cargo-credential-pkcs11",
+ * "--socket=/path", "--no-autostart"]`) arrive in the request's `args` (spec §1.1): the way to
+ * configure the shim without it reading the agent's TOML.
+ */
+export function shimOptions(args: readonly string[], env: NodeJS.ProcessEnv): { socket: string; env: NodeJS.ProcessEnv } {
+  let socket: string | undefined
+  let noAutostart = false
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i] as string
+    if (arg === '--no-autostart') noAutostart = true
+    else if (arg.startsWith('--socket=')) socket = arg.slice('--socket='.length)
+    else if (arg === '--socket' && args[i + 1] !== undefined) socket = args[++i]
+  }
+  return {
+    socket: resolveSocketPath(socket, undefined, env).path,
+    env: noAutostart ? { ...env, CARGO_PKCS11_AGENT_NO_AUTOSTART: '1' } : env,
+  }
+}
+
+async function perform(request: CargoRequest, line: string, baseEnv: NodeJS.ProcessEnv): Promise<string> {
+  const { socket: socketPath, env } = shimOptions(request.args, baseEnv)
   let connection: AgentConnection
   if (request.kind === 'logout') {
     // No agent means no cached PIN: logging out is already done, do not start one for it.

@@ -203,6 +203,27 @@ describe('server and client over a real socket', () => {
     }
   })
 
+  test('connections over the limit are told AGENT_BUSY', async () => {
+    const busySocket = join(dir, 'busy', 'agent.sock')
+    const small = new AgentServer({ socketPath: busySocket, handler, log: () => {}, maxConnections: 2 })
+    await small.listen()
+    const held = [await AgentConnection.connect(busySocket), await AgentConnection.connect(busySocket)]
+    try {
+      assert.deepEqual(await held[0]?.request('ping'), { pong: true })
+      const third = await AgentConnection.connect(busySocket)
+      await assert.rejects(third.request('ping'), (e: unknown) => e instanceof AgentError && e.code === 'AGENT_BUSY')
+      third.close()
+      held.pop()?.close()
+      await new Promise((r) => setTimeout(r, 50))
+      const fourth = await AgentConnection.connect(busySocket)
+      assert.deepEqual(await fourth.request('ping'), { pong: true })
+      fourth.close()
+    } finally {
+      for (const c of held) c.close()
+      await small.close(100)
+    }
+  })
+
   test('fuzz: random bytes and mangled frames never crash the server', async () => {
     const valid = '{"v":1,"type":"request","id":1,"method":"ping","params":{"a":[1,2,{"b":null}]}}'
     for (let round = 0; round < 40; round++) {

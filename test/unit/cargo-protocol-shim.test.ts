@@ -95,6 +95,16 @@ describe('shim alone: cargo protocol v1 edge cases', () => {
     assert.equal(r.status, 0)
   })
 
+  test('provider args from cargo config: --socket=PATH and --no-autostart', async () => {
+    const other = join(dir, 'elsewhere', 'agent.sock')
+    const withoutEnv = { ...env }
+    delete withoutEnv['CARGO_PKCS11_AGENT_NO_AUTOSTART']
+    const r = await runShim(SHIM, `{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"read","args":["--socket=${other}","--no-autostart"]}\n`, { env: withoutEnv, timeoutMs: 15_000 })
+    const e = errOf(JSON.parse(String(r.lines[1])) as Record<string, unknown>)
+    assert.ok(String(e['message']).includes(other), String(e['message']))
+    assert.match(String(e['message']), /autostart is disabled/)
+  })
+
   test('logout with no agent running succeeds without starting one (nothing is cached)', async () => {
     const r = await exchange(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"logout"}\n`)
     assert.deepEqual(r.response, { Ok: { kind: 'logout' } })
