@@ -167,6 +167,9 @@ export async function runShim(argv: readonly string[], env: NodeJS.ProcessEnv = 
     respond(await perform(request, input.line, env))
   } catch (error) {
     const e = toAgentError(error)
+    // url-not-supported makes cargo try its next provider and, if none is left, print only "no
+    // credential providers could handle the request": say here which URL and what to bind.
+    if (e.code === 'REGISTRY_NOT_CONFIGURED') say(e.describe())
     respond(cargoErrorFor(e, request.kind))
   }
   return 0

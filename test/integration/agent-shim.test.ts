@@ -106,6 +106,9 @@ describe('agent + shim on SoftHSM', () => {
     const r = await agent.runShim(cargoGet('sparse+http://127.0.0.1:1/index/', 'read'))
     assert.equal(r.status, 0)
     assert.deepEqual(JSON.parse(String(r.lines[1])), { Err: { kind: 'url-not-supported' } })
+    // cargo itself would only say "no credential providers could handle the request".
+    assert.ok(r.stderr.includes('sparse+http://127.0.0.1:1/index/'), r.stderr)
+    assert.match(r.stderr, /\[registries\.NAME\] table with index = "sparse\+http:\/\/127\.0\.0\.1:1\/index\/"/)
     // Exact match only: the same URL without the sparse+ prefix is a different registry.
     const bare = await agent.runShim(cargoGet(INDEX.replace('sparse+', ''), 'read'))
     assert.deepEqual(JSON.parse(String(bare.lines[1])), { Err: { kind: 'url-not-supported' } })
