@@ -96,7 +96,7 @@ async function sign(agent: AgentState, params: Record<string, unknown>, context:
   }
   const { iatSeconds, kip } = signed as Signed
   agent.log(`${intent.operation}${intent.name === undefined ? '' : ` ${intent.name}`}${intent.vers === undefined ? '' : ` ${intent.vers}`} for ${binding.registry.name}: signed with ${kip}`)
-  return { token, kip, iat: iatSeconds, ...cacheControl(intent.operation, iatSeconds, binding.registry) }
+  return { token, kip, iat: iatSeconds, key: (signer as Signer).description, ...cacheControl(intent.operation, iatSeconds, binding.registry) }
 }
 
 function contextPrompter(agent: AgentState, params: Record<string, unknown>, context: RequestContext): SocketPrompter {

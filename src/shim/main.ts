@@ -108,6 +108,11 @@ async function perform(request: CargoRequest, line: string, baseEnv: NodeJS.Proc
       case 'get': {
         const result = await connection.request('sign', params, options)
         if (typeof result['token'] !== 'string') throw new AgentError('PROTOCOL_ERROR', 'The agent answered without a token', { remedy: 'Use the shim and the agent from the same release' })
+        if (request.operation !== 'read') {
+          // Mutations are rare and matter: say what was signed, with which key. Reads stay quiet.
+          const what = [request.operation, request.name, request.vers].filter((v) => v !== undefined).join(' ')
+          say(`signed ${what} for ${request.registry.name ?? request.registry.indexUrl} with ${String(result['key'] ?? 'the device key')} (${String(result['kip'] ?? '')})`)
+        }
         return okGet(result['token'], cacheOf(result))
       }
       case 'login': {
