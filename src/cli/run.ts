@@ -105,8 +105,10 @@ export async function run(argv: readonly string[]): Promise<number> {
     return 0
   }
   // The pool size must be fixed before libuv starts its pool; under ESM only the parent can do that
-  // (src/lib/threadpool.ts). A parent that did not costs one relaunch.
-  if (!ensureThreadpoolSize() && (await relaunchWithThreadpoolSize())) return (process.exitCode as number | undefined) ?? 0
+  // (src/lib/threadpool.ts). A parent that did not costs one relaunch. (relaunch first: it checks the
+  // variable itself, and ensureThreadpoolSize() would set it in this process and hide the need.)
+  if (await relaunchWithThreadpoolSize()) return (process.exitCode as number | undefined) ?? 0
+  ensureThreadpoolSize()
   const configPath = resolveConfigPath(args.config)
   const config = loadConfig(configPath.path)
   const socketPath = resolveSocketPath(args.socket, config.agent.socket).path
