@@ -105,20 +105,14 @@ describe('cargo fails cleanly when the agent cannot sign', () => {
 
   // cargo prints only "no credential providers could handle the request" for url-not-supported; the
   // cause and the fix can only reach the user on the provider's stderr (inherited, spec §1.1).
-  test(
-    'registry not bound: the provider declines, and stderr names the registry and the config fix',
-    {
-      todo: 'the shim answers url-not-supported without printing the agent REGISTRY_NOT_CONFIGURED message/remedy (src/shim/main.ts)',
-    },
-    async (t) => {
-      const { result, registry } = await publishWith(t, () => ({
-        registries: { elsewhere: { index: 'sparse+http://registry.example/index/' } },
-      }))
-      assert.match(result.stderr, /no credential providers could handle the request/)
-      assert.ok(result.stderr.includes(registry.indexUrl), 'names the index URL')
-      assert.match(result.stderr, /\[registries\./, 'says how to bind it')
-    },
-  )
+  test('registry not bound: the provider declines, and stderr names the registry and the config fix', async (t) => {
+    const { result, registry } = await publishWith(t, () => ({
+      registries: { elsewhere: { index: 'sparse+http://registry.example/index/' } },
+    }))
+    assert.match(result.stderr, /no credential providers could handle the request/)
+    assert.ok(result.stderr.includes(registry.indexUrl), 'names the index URL')
+    assert.match(result.stderr, /\[registries\./, 'says how to bind it')
+  })
 
   test('wrong PIN: says the PIN is incorrect, never shows it', async (t) => {
     const wrong = '987654'
