@@ -1,6 +1,6 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, openSync, readFileSync } from 'node:fs'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto'
@@ -33,6 +33,11 @@ export interface VirtualKeyOptions {
   readonly privateKey?: string | KeyObject
   readonly pinPolicy?: 'never' | 'once' | 'always'
   readonly touchPolicy?: 'never' | 'always'
+  /**
+   * Store a self-signed certificate for the key in the slot (as `ykman piv keys generate` +
+   * `certificates generate` leave it). OpenSC finds PIV keys only through certificates.
+   */
+  readonly certificate?: boolean
 }
 
 export interface VirtualYubiKeyOptions {
@@ -106,7 +111,7 @@ function compressedPoint(publicKey: KeyObject): Uint8Array {
   return new Uint8Array(Buffer.concat([Buffer.from([2 + ((y[y.length - 1] ?? 0) & 1)]), x]))
 }
 
-function resolveKey(options: VirtualKeyOptions): { d: string; publicKey: KeyObject } {
+function resolveKey(options: VirtualKeyOptions): { d: string; publicKey: KeyObject; privateKey: KeyObject } {
   const privateKey =
     options.privateKey === undefined
       ? generateKeyPairSync('ec', { namedCurve: 'P-384' }).privateKey
@@ -116,7 +121,47 @@ function resolveKey(options: VirtualKeyOptions): { d: string; publicKey: KeyObje
   const jwk = privateKey.export({ format: 'jwk' })
   if (jwk.crv !== 'P-384' || jwk.d === undefined)
     throw new Error('virtual YubiKey keys must be P-384 private keys')
-  return { d: Buffer.from(jwk.d, 'base64url').toString('hex'), publicKey: createPublicKey(privateKey) }
+  return {
+    d: Buffer.from(jwk.d, 'base64url').toString('hex'),
+    publicKey: createPublicKey(privateKey),
+    privateKey,
+  }
+}
+
+/**
+ * A self-signed X.509 certificate (DER, base64) for a test key, made by `openssl req -x509`: the key
+ * sits in a 0600 file in a private temp dir for the duration of that one command.
+ */
+async function selfSignedCertificate(privateKey: KeyObject, slot: PivSlot): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'vpiv-cert-'))
+  try {
+    const keyPath = join(dir, 'key.pem')
+    await writeFile(keyPath, privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 })
+    const der = await new Promise<Buffer>((resolve, reject) => {
+      execFile(
+        'openssl',
+        [
+          'req',
+          '-new',
+          '-x509',
+          '-key',
+          keyPath,
+          '-subj',
+          `/CN=vpiv slot ${slot}`,
+          '-days',
+          '30',
+          '-outform',
+          'DER',
+        ],
+        { encoding: 'buffer', timeout: 10_000 },
+        (error, stdout, stderr) =>
+          error === null ? resolve(stdout) : reject(new Error(`openssl req failed: ${stderr.toString()}`)),
+      )
+    })
+    return der.toString('base64')
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
 }
 
 async function listTokens(env: Readonly<Record<string, string>>): Promise<string> {
@@ -131,7 +176,7 @@ async function listTokens(env: Readonly<Record<string, string>>): Promise<string
 }
 
 export async function startVirtualYubiKey(options: VirtualYubiKeyOptions): Promise<VirtualYubiKey> {
-  const slotDefaults: Record<PivSlot, Required<Omit<VirtualKeyOptions, 'privateKey'>>> = {
+  const slotDefaults: Record<PivSlot, Required<Omit<VirtualKeyOptions, 'privateKey' | 'certificate'>>> = {
     '9c': { pinPolicy: 'always', touchPolicy: 'always' },
     '9a': { pinPolicy: 'once', touchPolicy: 'never' },
   }
@@ -141,11 +186,12 @@ export async function startVirtualYubiKey(options: VirtualYubiKeyOptions): Promi
   for (const slot of ['9c', '9a'] as const) {
     const wanted = options.keys?.[slot] ?? {}
     if (wanted === false) continue
-    const { d, publicKey } = resolveKey(wanted)
+    const { d, publicKey, privateKey } = resolveKey(wanted)
     keys[slot] = {
       d,
       pinPolicy: wanted.pinPolicy ?? slotDefaults[slot].pinPolicy,
       touchPolicy: wanted.touchPolicy ?? slotDefaults[slot].touchPolicy,
+      ...(wanted.certificate === true ? { certificate: await selfSignedCertificate(privateKey, slot) } : {}),
     }
     publicKeys[slot] = compressedPoint(publicKey)
     publicKeyObjects[slot] = publicKey
