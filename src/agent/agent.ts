@@ -4,7 +4,7 @@
  */
 import { loadConfig } from '../config/load.js'
 import type { Config } from '../config/schema.js'
-import { AgentError, toAgentError } from '../lib/errors.js'
+import { toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import type { AuditLog } from '../audit/log.js'
 import type { Policy } from '../policy/policy.js'
@@ -126,8 +126,4 @@ export class Agent implements AgentState {
       process.once('SIGINT', () => stop('SIGINT'))
     })
   }
-}
-
-export function agentFailure(error: unknown): AgentError {
-  return toAgentError(error)
 }

@@ -88,8 +88,4 @@ export class Devices {
     this.#devices.clear()
     this.#config = config
   }
-
-  opened(name: string): Device | undefined {
-    return this.#devices.get(name)
-  }
 }

@@ -14,7 +14,7 @@ import { AgentConnection } from '../agent/client.js'
 import { probeSocket } from '../agent/socket.js'
 import { loadConfig } from '../config/load.js'
 import { agentLogPath, resolveConfigPath, resolveSocketPath } from '../config/paths.js'
-import { AgentError, toAgentError } from '../lib/errors.js'
+import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { ensureThreadpoolSize, relaunchWithThreadpoolSize, withThreadpoolSize } from '../lib/threadpool.js'
 
@@ -116,10 +116,4 @@ export async function run(argv: readonly string[]): Promise<number> {
   await agent.start()
   await agent.runUntilSignalled()
   return 0
-}
-
-export function reportFailure(error: unknown): number {
-  const e = toAgentError(error)
-  process.stderr.write(`cargo-pkcs11-agent: ${e.describe()}\n`)
-  return e.code === 'USAGE' ? 2 : 1
 }
