@@ -7,7 +7,7 @@
  * decision) and the registry's record (one per request); they are cross-linked by token fingerprint.
  */
 import assert from 'node:assert/strict'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -198,10 +198,41 @@ describe('cargo -> shim -> agent (SoftHSM) -> verifying registry', () => {
     assert.ok(downloads.every((r) => r.operation === 'read' && r.auth === 'accepted' && r.status === 200))
   })
 
+  test('two cargo publish at once: both verified, four signatures, each publish token for its own version', async () => {
+    const fromAudit = readAudit(agent.auditLog).length
+    const versions = ['0.2.0', '0.3.0']
+    const dirs = versions.map((v) => {
+      const dir = join(cargo.dir, `alpha-${v}`)
+      cpSync(cargo.crate('hwtok-alpha'), dir, { recursive: true })
+      const manifest = join(dir, 'Cargo.toml')
+      writeFileSync(manifest, readFileSync(manifest, 'utf8').replace(/^version = .*$/m, `version = "${v}"`))
+      return dir
+    })
+    const results = await Promise.all(
+      dirs.map((dir) => cargo.cargo(['publish', '--registry', 'local', '--no-verify'], { cwd: dir })),
+    )
+    for (const r of results) assert.equal(r.code, 0, show(r) + agent.log())
+    const audit = signed(readAudit(agent.auditLog).slice(fromAudit))
+    assert.deepEqual(audit.map((a) => a['operation']).sort(), ['publish', 'publish', 'read', 'read'])
+    const publishes = registry
+      .authenticated()
+      .filter((r) => r.operation === 'publish' && r.crate?.name === 'hwtok-alpha')
+    assert.deepEqual(publishes.map((r) => r.claims?.['vers']).sort(), ['0.1.0', ...versions])
+    assert.ok(publishes.every((r) => r.auth === 'accepted'))
+    // Index order is arrival order, which two parallel uploads do not fix.
+    assert.deepEqual(
+      registry
+        .index('hwtok-alpha')
+        .map((l) => l.vers)
+        .sort(),
+      ['0.1.0', ...versions],
+    )
+  })
+
   test('no mutation token was ever presented twice; every registry-seen token is in the audit log', () => {
     const mutations = registry.authenticated().filter((r) => r.operation !== 'read')
-    // alpha, beta publishes + yank + unyank + 3 owners.
-    assert.equal(mutations.length, 7)
+    // alpha ×3, beta publishes + yank + unyank + 3 owners.
+    assert.equal(mutations.length, 9)
     assert.ok(mutations.every((r) => r.auth === 'accepted'))
     assert.equal(new Set(mutations.map((r) => r.tokenSha256)).size, mutations.length)
     const issued = new Set(signed(readAudit(agent.auditLog)).map((a) => a['token']))
