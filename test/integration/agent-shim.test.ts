@@ -217,6 +217,27 @@ describe('agent robustness', () => {
     }
   })
 
+  test('keygen over the socket generates on the device and refuses to overwrite without force', async () => {
+    const agent = await startAgent({ registries: { local: { index: INDEX, readKey: { label: 'sock-gen' } } } })
+    try {
+      const c = await AgentConnection.connect(agent.socket)
+      try {
+        const made = await c.request('keygen', { token: 'softhsm', label: 'sock-gen' })
+        assert.match(String(made['k3Public']), /^k3\.public\./)
+        await assert.rejects(c.request('keygen', { token: 'softhsm', label: 'sock-gen' }), (e: unknown) => (e as { code?: string }).code === 'KEY_EXISTS')
+        const ok = okOf((await agent.runShim(cargoGet(INDEX, 'read'))).lines[1])
+        await verifyToken(String(ok['token']), { publicKey: String(made['k3Public']), url: INDEX, operation: 'read' })
+        const again = await c.request('keygen', { token: 'softhsm', label: 'sock-gen', force: true })
+        assert.notEqual(again['k3Public'], made['k3Public'])
+        await assert.rejects(c.request('keygen', { token: 'nope', label: 'x' }), (e: unknown) => (e as { code?: string }).code === 'CONFIG_INVALID')
+      } finally {
+        c.close()
+      }
+    } finally {
+      await agent.stop()
+    }
+  })
+
   test('release-after-idle-seconds closes the sessions once the agent is idle', async () => {
     const agent = await startAgent({ registries: { local: { index: INDEX, readKey: known } }, agent: { 'release-after-idle-seconds': 1 } })
     try {
