@@ -76,7 +76,9 @@ export class Agent implements AgentState {
     const seconds = this.config.agent.releaseAfterIdleSeconds
     if (seconds === undefined) return
     this.#idleTimer = setTimeout(() => {
-      void this.devices.releaseAll().then((n) => n > 0 && this.log(`released ${n} device(s) after ${seconds} s idle`))
+      void this.devices
+        .releaseAll()
+        .then((n) => n > 0 && this.log(`released ${n} device(s) after ${seconds} s idle`))
     }, seconds * 1000)
     this.#idleTimer.unref()
   }

@@ -37,12 +37,24 @@ interface Pending {
 
 export function unreachable(socketPath: string, cause: unknown): AgentError {
   const code = (cause as NodeJS.ErrnoException | undefined)?.code
-  const why = code === 'ENOENT' ? 'no socket there' : code === 'ECONNREFUSED' ? 'nothing is listening (stale socket)' : code === 'EACCES' ? 'permission denied' : String(code ?? cause)
-  return new AgentError('AGENT_UNREACHABLE', `The cargo-pkcs11-agent is not reachable at ${socketPath} (${why})`, {
-    cause,
-    remedy: 'Start it with `cargo-pkcs11-agent run`, or set CARGO_PKCS11_AGENT_SOCK to the socket of the running agent',
-    data: { socket: socketPath },
-  })
+  const why =
+    code === 'ENOENT'
+      ? 'no socket there'
+      : code === 'ECONNREFUSED'
+        ? 'nothing is listening (stale socket)'
+        : code === 'EACCES'
+          ? 'permission denied'
+          : String(code ?? cause)
+  return new AgentError(
+    'AGENT_UNREACHABLE',
+    `The cargo-pkcs11-agent is not reachable at ${socketPath} (${why})`,
+    {
+      cause,
+      remedy:
+        'Start it with `cargo-pkcs11-agent run`, or set CARGO_PKCS11_AGENT_SOCK to the socket of the running agent',
+      data: { socket: socketPath },
+    },
+  )
 }
 
 export class AgentConnection {
@@ -59,7 +71,11 @@ export class AgentConnection {
     socket.on('data', (chunk: Buffer) => {
       for (const frame of decoder.push(chunk)) {
         if (frame.kind === 'oversize') {
-          this.#fail(new AgentError('PROTOCOL_ERROR', `The agent sent a ${frame.bytes}-byte frame, over the limit`, { remedy: 'Use the shim and the agent from the same release' }))
+          this.#fail(
+            new AgentError('PROTOCOL_ERROR', `The agent sent a ${frame.bytes}-byte frame, over the limit`, {
+              remedy: 'Use the shim and the agent from the same release',
+            }),
+          )
           return
         }
         this.#dispatch(frame.text)
@@ -67,14 +83,24 @@ export class AgentConnection {
     })
     socket.on('error', (error) => this.#fail(unreachable(socketPath, error)))
     socket.on('close', () =>
-      this.#fail(new AgentError('AGENT_UNREACHABLE', `The agent at ${socketPath} closed the connection before answering`, {
-        remedy: 'Look at the agent log (`cargo-pkcs11-agent status`); it may have been stopped or restarted',
-        data: { socket: socketPath },
-      })),
+      this.#fail(
+        new AgentError(
+          'AGENT_UNREACHABLE',
+          `The agent at ${socketPath} closed the connection before answering`,
+          {
+            remedy:
+              'Look at the agent log (`cargo-pkcs11-agent status`); it may have been stopped or restarted',
+            data: { socket: socketPath },
+          },
+        ),
+      ),
     )
   }
 
-  static connect(socketPath: string, timeoutMs: number = LIMITS.requestReadTimeoutMs): Promise<AgentConnection> {
+  static connect(
+    socketPath: string,
+    timeoutMs: number = LIMITS.requestReadTimeoutMs,
+  ): Promise<AgentConnection> {
     return new Promise((resolve, reject) => {
       const socket = createConnection({ path: socketPath })
       const timer = setTimeout(() => {
@@ -93,16 +119,26 @@ export class AgentConnection {
     })
   }
 
-  request(method: Method, params: Record<string, unknown> = {}, options: RequestOptions = {}): Promise<Record<string, unknown>> {
+  request(
+    method: Method,
+    params: Record<string, unknown> = {},
+    options: RequestOptions = {},
+  ): Promise<Record<string, unknown>> {
     if (this.#closed !== undefined) return Promise.reject(this.#closed)
     const id = this.#nextId++
     return new Promise((resolve, reject) => {
       const timeoutMs = options.timeoutMs ?? LIMITS.requestTimeoutMs + 5_000
       const timer = setTimeout(() => {
         this.#pending.delete(id)
-        reject(new AgentError('TIMEOUT', `The agent did not answer the ${method} request within ${Math.round(timeoutMs / 1000)} s`, {
-          remedy: 'Check `cargo-pkcs11-agent status` and the agent log',
-        }))
+        reject(
+          new AgentError(
+            'TIMEOUT',
+            `The agent did not answer the ${method} request within ${Math.round(timeoutMs / 1000)} s`,
+            {
+              remedy: 'Check `cargo-pkcs11-agent status` and the agent log',
+            },
+          ),
+        )
       }, timeoutMs)
       this.#pending.set(id, { resolve, reject, options, timer })
       this.#socket.write(encodeFrame({ v: 1, type: 'request', id, method, params }))
@@ -145,13 +181,24 @@ export class AgentConnection {
     const ask = pending?.options.onQuery
     const answer: Promise<QueryAnswer> =
       ask === undefined
-        ? Promise.resolve({ error: { code: 'PIN_ENTRY_FAILED', message: 'this client cannot answer questions' } })
+        ? Promise.resolve({
+            error: { code: 'PIN_ENTRY_FAILED', message: 'this client cannot answer questions' },
+          })
         : ask(message).catch((error: unknown) => ({
-            error: error instanceof AgentError ? error.toWire() : { code: 'PIN_ENTRY_FAILED', message: String(error) },
+            error:
+              error instanceof AgentError
+                ? error.toWire()
+                : { code: 'PIN_ENTRY_FAILED', message: String(error) },
           }))
     void answer.then((a) => {
       if (this.#closed !== undefined) return
-      const frame: { v: 1; type: 'answer'; qid: number; result?: Record<string, unknown>; error?: WireError } = { v: 1, type: 'answer', qid: message.qid }
+      const frame: {
+        v: 1
+        type: 'answer'
+        qid: number
+        result?: Record<string, unknown>
+        error?: WireError
+      } = { v: 1, type: 'answer', qid: message.qid }
       if (a.result !== undefined) frame.result = a.result
       if (a.error !== undefined) frame.error = a.error
       this.#socket.write(encodeFrame(frame))
@@ -171,7 +218,12 @@ export class AgentConnection {
 }
 
 /** One request on a fresh connection (the CLI's `status`, `lock`, `release`). */
-export async function callAgent(socketPath: string, method: Method, params: Record<string, unknown> = {}, options: RequestOptions = {}): Promise<Record<string, unknown>> {
+export async function callAgent(
+  socketPath: string,
+  method: Method,
+  params: Record<string, unknown> = {},
+  options: RequestOptions = {},
+): Promise<Record<string, unknown>> {
   const connection = await AgentConnection.connect(socketPath)
   try {
     return await connection.request(method, params, options)

@@ -16,7 +16,10 @@ export function selector(ref: KeyRef): KeySelector {
 }
 
 export function describeKey(token: TokenConfig, ref: KeyRef): string {
-  const parts = [ref.label === undefined ? undefined : `label "${ref.label}"`, ref.id === undefined ? undefined : `id ${ref.id}`].filter((p) => p !== undefined)
+  const parts = [
+    ref.label === undefined ? undefined : `label "${ref.label}"`,
+    ref.id === undefined ? undefined : `id ${ref.id}`,
+  ].filter((p) => p !== undefined)
   return `key ${parts.join(' ')} on token "${token.name}"`
 }
 
@@ -26,7 +29,11 @@ export class Devices {
   readonly #onEvent: (token: TokenConfig, event: DeviceEvent) => void
   #config: Config
 
-  constructor(config: Config, cachedPin: (token: TokenConfig) => Pin | undefined, onEvent: (token: TokenConfig, event: DeviceEvent) => void = () => {}) {
+  constructor(
+    config: Config,
+    cachedPin: (token: TokenConfig) => Pin | undefined,
+    onEvent: (token: TokenConfig, event: DeviceEvent) => void = () => {},
+  ) {
     this.#config = config
     this.#cachedPin = cachedPin
     this.#onEvent = onEvent
@@ -44,12 +51,21 @@ export class Devices {
       } catch (error) {
         throw toAgentError(error, 'MODULE_LOAD_FAILED')
       }
-      const selectorFields: { module: string; label?: string; serial?: string; manufacturer?: string; model?: string } = { module: token.module }
+      const selectorFields: {
+        module: string
+        label?: string
+        serial?: string
+        manufacturer?: string
+        model?: string
+      } = { module: token.module }
       if (token.label !== undefined) selectorFields.label = token.label
       if (token.serial !== undefined) selectorFields.serial = token.serial
       if (token.manufacturer !== undefined) selectorFields.manufacturer = token.manufacturer
       if (token.model !== undefined) selectorFields.model = token.model
-      device = new Device(selectorFields, { cachedPin: () => this.#cachedPin(token), onEvent: (event) => this.#onEvent(token, event) })
+      device = new Device(selectorFields, {
+        cachedPin: () => this.#cachedPin(token),
+        onEvent: (event) => this.#onEvent(token, event),
+      })
       this.#devices.set(token.name, device)
     }
     return device
@@ -59,7 +75,9 @@ export class Devices {
   byName(name: string): { token: TokenConfig; device: Device } {
     const token = this.#config.tokens[name]
     if (token === undefined) {
-      throw new AgentError('CONFIG_INVALID', `No token named "${name}" is configured`, { remedy: `Add [tokens.${name}] to ${this.#config.path ?? 'the agent config'}` })
+      throw new AgentError('CONFIG_INVALID', `No token named "${name}" is configured`, {
+        remedy: `Add [tokens.${name}] to ${this.#config.path ?? 'the agent config'}`,
+      })
     }
     return { token, device: this.get(token) }
   }

@@ -32,7 +32,12 @@ export interface AgentState {
 
 type Result = Record<string, unknown>
 
-export async function handle(agent: AgentState, method: Method, params: Record<string, unknown>, context: RequestContext): Promise<Result> {
+export async function handle(
+  agent: AgentState,
+  method: Method,
+  params: Record<string, unknown>,
+  context: RequestContext,
+): Promise<Result> {
   switch (method) {
     case 'ping':
       return { pong: true, v: PROTOCOL_VERSION, pid: process.pid }
@@ -56,7 +61,11 @@ export async function handle(agent: AgentState, method: Method, params: Record<s
 }
 
 /** The pipeline: parse → bind → policy (rate limit, confirmation, PIN, touch notice, audit) → sign → respond. */
-async function sign(agent: AgentState, params: Record<string, unknown>, context: RequestContext): Promise<Result> {
+async function sign(
+  agent: AgentState,
+  params: Record<string, unknown>,
+  context: RequestContext,
+): Promise<Result> {
   const request = parseRequest(params)
   const intent = intentOf(request)
   const { config } = agent
@@ -70,7 +79,8 @@ async function sign(agent: AgentState, params: Record<string, unknown>, context:
   try {
     signer = await agent.devices.signer(binding.token, binding.keyRef)
   } catch (error) {
-    if (!(error instanceof AgentError) || error.code !== 'KEY_NOT_FOUND' || !(await device.needsLogin())) throw error
+    if (!(error instanceof AgentError) || error.code !== 'KEY_NOT_FOUND' || !(await device.needsLogin()))
+      throw error
   }
   let signed: Signed | undefined
   const policyRequest: Parameters<Policy['run']>[0] = {
@@ -91,15 +101,29 @@ async function sign(agent: AgentState, params: Record<string, unknown>, context:
   try {
     token = await agent.policy.run(policyRequest)
   } catch (error) {
-    agent.log(`${intent.operation} for ${binding.registry.name}: ${error instanceof AgentError ? error.code : 'failed'}`)
+    agent.log(
+      `${intent.operation} for ${binding.registry.name}: ${error instanceof AgentError ? error.code : 'failed'}`,
+    )
     throw error
   }
   const { iatSeconds, kip } = signed as Signed
-  agent.log(`${intent.operation}${intent.name === undefined ? '' : ` ${intent.name}`}${intent.vers === undefined ? '' : ` ${intent.vers}`} for ${binding.registry.name}: signed with ${kip}`)
-  return { token, kip, iat: iatSeconds, key: (signer as Signer).description, ...cacheControl(intent.operation, iatSeconds, binding.registry) }
+  agent.log(
+    `${intent.operation}${intent.name === undefined ? '' : ` ${intent.name}`}${intent.vers === undefined ? '' : ` ${intent.vers}`} for ${binding.registry.name}: signed with ${kip}`,
+  )
+  return {
+    token,
+    kip,
+    iat: iatSeconds,
+    key: (signer as Signer).description,
+    ...cacheControl(intent.operation, iatSeconds, binding.registry),
+  }
 }
 
-function contextPrompter(agent: AgentState, params: Record<string, unknown>, context: RequestContext): SocketPrompter {
+function contextPrompter(
+  agent: AgentState,
+  params: Record<string, unknown>,
+  context: RequestContext,
+): SocketPrompter {
   return new SocketPrompter(context, params['interactive'] === true && !agent.config.agent.headless)
 }
 
@@ -110,8 +134,19 @@ function adminIntent(params: Record<string, unknown>, indexUrl: string, registry
   return intent
 }
 
-async function loginToken(agent: AgentState, token: TokenConfig, params: Record<string, unknown>, context: RequestContext, intent: Intent): Promise<void> {
-  await agent.policy.ensureLoggedIn(agent.devices.get(token), tokenPolicy(token), contextPrompter(agent, params, context), intent)
+async function loginToken(
+  agent: AgentState,
+  token: TokenConfig,
+  params: Record<string, unknown>,
+  context: RequestContext,
+  intent: Intent,
+): Promise<void> {
+  await agent.policy.ensureLoggedIn(
+    agent.devices.get(token),
+    tokenPolicy(token),
+    contextPrompter(agent, params, context),
+    intent,
+  )
 }
 
 interface KeyInfo {
@@ -122,12 +157,24 @@ interface KeyInfo {
   k3Pid: string
 }
 
-async function keyInfo(agent: AgentState, ref: KeyRef, params: Record<string, unknown>, context: RequestContext, intent: Intent): Promise<KeyInfo> {
+async function keyInfo(
+  agent: AgentState,
+  ref: KeyRef,
+  params: Record<string, unknown>,
+  context: RequestContext,
+  intent: Intent,
+): Promise<KeyInfo> {
   const { token, device } = agent.devices.byName(ref.token)
   // Private objects (and on some tokens the public ones) are hidden until login.
   await loginToken(agent, token, params, context, intent)
   const key = await device.findKey(selector(ref))
-  return { token: token.name, label: key.label, id: key.id, k3Public: k3Public(key.publicKey), k3Pid: k3Pid(key.publicKey) }
+  return {
+    token: token.name,
+    label: key.label,
+    id: key.id,
+    k3Public: k3Public(key.publicKey),
+    k3Pid: k3Pid(key.publicKey),
+  }
 }
 
 function stringParam(params: Record<string, unknown>, key: string): string | undefined {
@@ -136,19 +183,30 @@ function stringParam(params: Record<string, unknown>, key: string): string | und
 }
 
 /** The keys a registry operator registers: k3.public and k3.pid of the read and mutation keys. */
-async function pubkey(agent: AgentState, params: Record<string, unknown>, context: RequestContext): Promise<Result> {
+async function pubkey(
+  agent: AgentState,
+  params: Record<string, unknown>,
+  context: RequestContext,
+): Promise<Result> {
   const indexUrl = stringParam(params, 'indexUrl')
   const name = stringParam(params, 'registry')
-  const registries = Object.values(agent.config.registries).filter((r) => (indexUrl === undefined || r.index === indexUrl) && (name === undefined || r.name === name))
+  const registries = Object.values(agent.config.registries).filter(
+    (r) => (indexUrl === undefined || r.index === indexUrl) && (name === undefined || r.name === name),
+  )
   if (registries.length === 0) {
     if (indexUrl !== undefined) registryBinding(agent.config, indexUrl)
-    throw new AgentError('REGISTRY_NOT_CONFIGURED', `No registry ${name ?? ''} is configured`, { remedy: 'Add a [registries.NAME] table to the agent config' })
+    throw new AgentError('REGISTRY_NOT_CONFIGURED', `No registry ${name ?? ''} is configured`, {
+      remedy: 'Add a [registries.NAME] table to the agent config',
+    })
   }
   const out = []
   for (const registry of registries) {
     const intent = adminIntent(params, registry.index, registry.name)
     const read = await keyInfo(agent, registry.readKey, params, context, intent)
-    const mutation = registry.mutationKey === registry.readKey ? read : await keyInfo(agent, registry.mutationKey, params, context, intent)
+    const mutation =
+      registry.mutationKey === registry.readKey
+        ? read
+        : await keyInfo(agent, registry.mutationKey, params, context, intent)
     out.push({ registry: registry.name, index: registry.index, readKey: read, mutationKey: mutation })
   }
   return { registries: out }
@@ -159,17 +217,27 @@ async function pubkey(agent: AgentState, params: Record<string, unknown>, contex
  * consent (`generate-on-login = true` or `cargo login -- --generate`): generating replaces nothing,
  * but a key the registry does not know is useless until registered.
  */
-async function login(agent: AgentState, params: Record<string, unknown>, context: RequestContext): Promise<Result> {
+async function login(
+  agent: AgentState,
+  params: Record<string, unknown>,
+  context: RequestContext,
+): Promise<Result> {
   const request = parseRequest(params)
-  if (request.cargo.kind !== 'login') throw new AgentError('REQUEST_INVALID', 'login expects a cargo login request', { remedy: 'Send the login line cargo wrote' })
+  if (request.cargo.kind !== 'login')
+    throw new AgentError('REQUEST_INVALID', 'login expects a cargo login request', {
+      remedy: 'Send the login line cargo wrote',
+    })
   const registry = registryBinding(agent.config, request.cargo.registry.indexUrl)
   const consent = registry.generateOnLogin || request.cargo.args.includes('--generate')
   const generated: string[] = []
   const keys: KeyInfo[] = []
-  const refs = registry.mutationKey === registry.readKey ? [registry.readKey] : [registry.readKey, registry.mutationKey]
+  const refs =
+    registry.mutationKey === registry.readKey ? [registry.readKey] : [registry.readKey, registry.mutationKey]
   for (const ref of refs) {
     try {
-      keys.push(await keyInfo(agent, ref, params, context, adminIntent(params, registry.index, registry.name)))
+      keys.push(
+        await keyInfo(agent, ref, params, context, adminIntent(params, registry.index, registry.name)),
+      )
     } catch (error) {
       if (!(error instanceof AgentError) || error.code !== 'KEY_NOT_FOUND') throw error
       const { token, device } = agent.devices.byName(ref.token)
@@ -178,7 +246,12 @@ async function login(agent: AgentState, params: Record<string, unknown>, context
           remedy: `Generate it on the device with \`cargo login --registry ${registry.name} -- --generate\` (or set generate-on-login = true), or with \`cargo-pkcs11-agent setup\``,
         })
       }
-      if (ref.label === undefined) throw new AgentError('CONFIG_INVALID', `The key for ${registry.name} has no label to generate it with`, { remedy: 'Add label = "…" to the key reference' })
+      if (ref.label === undefined)
+        throw new AgentError(
+          'CONFIG_INVALID',
+          `The key for ${registry.name} has no label to generate it with`,
+          { remedy: 'Add label = "…" to the key reference' },
+        )
       const gen: { label: string; id?: string } = { label: ref.label }
       if (ref.id !== undefined) gen.id = ref.id
       // Device closes a session after any failed request (KEY_NOT_FOUND included), and closing the
@@ -186,8 +259,16 @@ async function login(agent: AgentState, params: Record<string, unknown>, context
       await loginToken(agent, token, params, context, adminIntent(params, registry.index, registry.name))
       const key = await device.generateKey(gen)
       generated.push(`${token.name}/${key.label}`)
-      agent.log(`generated key ${key.label} (id ${key.id}) on token ${token.name} for cargo login on ${registry.name}`)
-      keys.push({ token: token.name, label: key.label, id: key.id, k3Public: k3Public(key.publicKey), k3Pid: k3Pid(key.publicKey) })
+      agent.log(
+        `generated key ${key.label} (id ${key.id}) on token ${token.name} for cargo login on ${registry.name}`,
+      )
+      keys.push({
+        token: token.name,
+        label: key.label,
+        id: key.id,
+        k3Public: k3Public(key.publicKey),
+        k3Pid: k3Pid(key.publicKey),
+      })
     }
   }
   return { registry: registry.name, keys, generated }
@@ -210,28 +291,47 @@ async function lock(agent: AgentState): Promise<Result> {
   return { forgotten, released }
 }
 
-async function keygen(agent: AgentState, params: Record<string, unknown>, context: RequestContext): Promise<Result> {
+async function keygen(
+  agent: AgentState,
+  params: Record<string, unknown>,
+  context: RequestContext,
+): Promise<Result> {
   const tokenName = stringParam(params, 'token')
   const label = stringParam(params, 'label')
-  if (tokenName === undefined || label === undefined) throw new AgentError('USAGE', 'keygen needs `token` and `label`', { remedy: 'Pass the token name from the config and a key label' })
+  if (tokenName === undefined || label === undefined)
+    throw new AgentError('USAGE', 'keygen needs `token` and `label`', {
+      remedy: 'Pass the token name from the config and a key label',
+    })
   const { token, device } = agent.devices.byName(tokenName)
   await loginToken(agent, token, params, context, adminIntent(params, `token ${token.name}`))
   const gen: { label: string; id?: string } = { label }
   const id = stringParam(params, 'id')
   if (id !== undefined) gen.id = id
   const key = await device.generateKey(gen, { force: params['force'] === true })
-  return { token: token.name, label: key.label, id: key.id, k3Public: k3Public(key.publicKey), k3Pid: k3Pid(key.publicKey) }
+  return {
+    token: token.name,
+    label: key.label,
+    id: key.id,
+    k3Public: k3Public(key.publicKey),
+    k3Pid: k3Pid(key.publicKey),
+  }
 }
 
 async function status(agent: AgentState): Promise<Result> {
   const cached = new Set(agent.policy.pinCache.tokenIds())
   const tokens = []
   for (const token of Object.values(agent.config.tokens)) {
-    const entry: Record<string, unknown> = { name: token.name, module: token.module, pinSource: token.pinSource, pinCached: cached.has(token.name) }
+    const entry: Record<string, unknown> = {
+      name: token.name,
+      module: token.module,
+      pinSource: token.pinSource,
+      pinCached: cached.has(token.name),
+    }
     try {
       entry['status'] = await agent.devices.get(token).status()
     } catch (error) {
-      entry['error'] = error instanceof AgentError ? error.toWire() : { code: 'INTERNAL', message: String(error) }
+      entry['error'] =
+        error instanceof AgentError ? error.toWire() : { code: 'INTERNAL', message: String(error) }
     }
     tokens.push(entry)
   }
@@ -245,5 +345,12 @@ async function status(agent: AgentState): Promise<Result> {
     mutationsLastHour: agent.policy.limiter.count(r.index),
     mutationsPerHour: r.mutationsPerHour,
   }))
-  return { pid: process.pid, socket: agent.socketPath, config: agent.configPath ?? null, headless: agent.config.agent.headless, tokens, registries }
+  return {
+    pid: process.pid,
+    socket: agent.socketPath,
+    config: agent.configPath ?? null,
+    headless: agent.config.agent.headless,
+    tokens,
+    registries,
+  }
 }

@@ -31,12 +31,20 @@ export class SocketPrompter implements Prompter {
 
   async askPin(request: PinPrompt): Promise<Pin> {
     if (!this.interactive) throw noTerminal()
-    const data: Record<string, unknown> = { tokenDescription: request.tokenDescription, reason: request.reason, prompt: `PIN for ${request.tokenDescription}: ` }
+    const data: Record<string, unknown> = {
+      tokenDescription: request.tokenDescription,
+      reason: request.reason,
+      prompt: `PIN for ${request.tokenDescription}: `,
+    }
     if (request.triesLeft !== undefined) data['triesLeft'] = request.triesLeft
     const answer = await this.#context.ask('pin', data)
     const pin = answer['pin']
-    if (typeof pin !== 'string' || pin === '') throw new AgentError('PIN_ENTRY_FAILED', 'No PIN was entered', { remedy: 'Type the PIN when asked, or configure pin-source = "env"/"file" for unattended use' })
-    if (Buffer.byteLength(pin, 'utf8') > LIMITS.pinMaxBytes) throw new AgentError('PIN_INVALID', 'The PIN entered is too long', { remedy: 'Type the token PIN' })
+    if (typeof pin !== 'string' || pin === '')
+      throw new AgentError('PIN_ENTRY_FAILED', 'No PIN was entered', {
+        remedy: 'Type the PIN when asked, or configure pin-source = "env"/"file" for unattended use',
+      })
+    if (Buffer.byteLength(pin, 'utf8') > LIMITS.pinMaxBytes)
+      throw new AgentError('PIN_INVALID', 'The PIN entered is too long', { remedy: 'Type the token PIN' })
     return Pin.fromString(pin)
   }
 
@@ -60,7 +68,12 @@ function intentData(intent: Intent): Record<string, unknown> {
 }
 
 function noTerminal(): AgentError {
-  return new AgentError('PIN_REQUIRED', 'A PIN or confirmation is needed but the request came without a terminal', {
-    remedy: 'Run cargo from a terminal, or for unattended use set pin-source = "env" or "file" for the token (and confirm = "touch" or "none" for the registry)',
-  })
+  return new AgentError(
+    'PIN_REQUIRED',
+    'A PIN or confirmation is needed but the request came without a terminal',
+    {
+      remedy:
+        'Run cargo from a terminal, or for unattended use set pin-source = "env" or "file" for the token (and confirm = "touch" or "none" for the registry)',
+    },
+  )
 }

@@ -12,7 +12,17 @@ import { LIMITS } from '../lib/limits.js'
 
 export const PROTOCOL_VERSION = 1
 
-export const METHODS = ['ping', 'status', 'lock', 'release', 'pubkey', 'sign', 'login', 'logout', 'keygen'] as const
+export const METHODS = [
+  'ping',
+  'status',
+  'lock',
+  'release',
+  'pubkey',
+  'sign',
+  'login',
+  'logout',
+  'keygen',
+] as const
 export type Method = (typeof METHODS)[number]
 
 export function isMethod(value: unknown): value is Method {
@@ -75,14 +85,19 @@ export type AgentMessage = ResponseMessage | EventMessage | QueryMessage
 export function encodeFrame(message: ClientMessage | AgentMessage): Buffer {
   const frame = Buffer.from(JSON.stringify(message) + '\n', 'utf8')
   if (frame.length > LIMITS.socketFrameMaxBytes) {
-    throw new AgentError('PROTOCOL_ERROR', `A ${frame.length}-byte message exceeds the ${LIMITS.socketFrameMaxBytes}-byte frame limit`, {
-      remedy: 'This is a bug in the sender; report it',
-    })
+    throw new AgentError(
+      'PROTOCOL_ERROR',
+      `A ${frame.length}-byte message exceeds the ${LIMITS.socketFrameMaxBytes}-byte frame limit`,
+      {
+        remedy: 'This is a bug in the sender; report it',
+      },
+    )
   }
   return frame
 }
 
-export type Frame = { readonly kind: 'line'; readonly text: string } | { readonly kind: 'oversize'; readonly bytes: number }
+export type Frame =
+  { readonly kind: 'line'; readonly text: string } | { readonly kind: 'oversize'; readonly bytes: number }
 
 /**
  * Splits a byte stream into lines, never holding more than `maxBytes` of one line. An oversize line
@@ -156,31 +171,44 @@ export function parseClientMessage(text: string): ClientMessage {
   try {
     value = JSON.parse(text)
   } catch {
-    throw protocolError('The agent received a frame that is not JSON', 'Send one compact JSON object per line (docs/agent-protocol.md)')
+    throw protocolError(
+      'The agent received a frame that is not JSON',
+      'Send one compact JSON object per line (docs/agent-protocol.md)',
+    )
   }
-  if (!isRecord(value)) throw protocolError('The agent received a frame that is not a JSON object', 'Send one JSON object per line')
+  if (!isRecord(value))
+    throw protocolError(
+      'The agent received a frame that is not a JSON object',
+      'Send one JSON object per line',
+    )
   const id = value['id']
   const idData = typeof id === 'number' && Number.isSafeInteger(id) ? { id } : undefined
   const fail = (message: string, remedy: string): AgentError =>
     new AgentError('PROTOCOL_ERROR', message, idData === undefined ? { remedy } : { remedy, data: idData })
   if (value['v'] !== PROTOCOL_VERSION) {
-    throw fail(`Protocol version ${JSON.stringify(value['v'])} is not supported (this agent speaks v${PROTOCOL_VERSION})`, 'Use a client of the same release as the agent, or restart the agent after upgrading')
+    throw fail(
+      `Protocol version ${JSON.stringify(value['v'])} is not supported (this agent speaks v${PROTOCOL_VERSION})`,
+      'Use a client of the same release as the agent, or restart the agent after upgrading',
+    )
   }
   const type = value['type']
   if (type === 'request') {
-    if (idData === undefined) throw fail('A request needs an integer `id`', 'Number requests 1, 2, 3, ... per connection')
+    if (idData === undefined)
+      throw fail('A request needs an integer `id`', 'Number requests 1, 2, 3, ... per connection')
     if (!isMethod(value['method'])) {
       throw fail(`Unknown method ${JSON.stringify(value['method'])}`, `Use one of: ${METHODS.join(', ')}`)
     }
     const params = value['params']
-    if (params !== undefined && !isRecord(params)) throw fail('`params` must be a JSON object', 'Send `params` as an object or leave it out')
+    if (params !== undefined && !isRecord(params))
+      throw fail('`params` must be a JSON object', 'Send `params` as an object or leave it out')
     const message: RequestMessage = { v: 1, type: 'request', id: idData.id, method: value['method'] }
     if (params !== undefined) message.params = params
     return message
   }
   if (type === 'answer') {
     const qid = value['qid']
-    if (typeof qid !== 'number' || !Number.isSafeInteger(qid)) throw fail('An answer needs the integer `qid` of its query', 'Copy `qid` from the query')
+    if (typeof qid !== 'number' || !Number.isSafeInteger(qid))
+      throw fail('An answer needs the integer `qid` of its query', 'Copy `qid` from the query')
     const message: AnswerMessage = { v: 1, type: 'answer', qid }
     if (isRecord(value['result'])) message.result = value['result']
     const error = value['error']
@@ -190,7 +218,10 @@ export function parseClientMessage(text: string): ClientMessage {
     }
     return message
   }
-  throw fail(`Unknown message type ${JSON.stringify(type)}`, 'Clients send `request` and `answer` messages only')
+  throw fail(
+    `Unknown message type ${JSON.stringify(type)}`,
+    'Clients send `request` and `answer` messages only',
+  )
 }
 
 /** Validates one agent frame on the client side. Unknown types are returned as `undefined` (ignored). */
@@ -199,10 +230,16 @@ export function parseAgentMessage(text: string): AgentMessage | undefined {
   try {
     value = JSON.parse(text)
   } catch {
-    throw protocolError('The agent sent a frame that is not JSON', 'Check that the socket belongs to cargo-pkcs11-agent')
+    throw protocolError(
+      'The agent sent a frame that is not JSON',
+      'Check that the socket belongs to cargo-pkcs11-agent',
+    )
   }
   if (!isRecord(value) || value['v'] !== PROTOCOL_VERSION) {
-    throw protocolError('The agent sent a message this client does not understand', 'Use the shim and the agent from the same release')
+    throw protocolError(
+      'The agent sent a message this client does not understand',
+      'Use the shim and the agent from the same release',
+    )
   }
   const type = value['type']
   const id = value['id']
@@ -214,7 +251,10 @@ export function parseAgentMessage(text: string): AgentMessage | undefined {
     if (isRecord(error)) {
       message.error = {
         code: typeof error['code'] === 'string' ? error['code'] : 'INTERNAL',
-        message: typeof error['message'] === 'string' ? error['message'] : 'The agent reported an error without a message',
+        message:
+          typeof error['message'] === 'string'
+            ? error['message']
+            : 'The agent reported an error without a message',
       }
       if (typeof error['remedy'] === 'string') message.error.remedy = error['remedy']
       if (isRecord(error['data'])) {
@@ -231,7 +271,11 @@ export function parseAgentMessage(text: string): AgentMessage | undefined {
   if (type === 'event' && typeof value['event'] === 'string') {
     return { v: 1, type, id, event: value['event'] as EventName, data }
   }
-  if (type === 'query' && typeof value['qid'] === 'number' && (value['query'] === 'pin' || value['query'] === 'confirm')) {
+  if (
+    type === 'query' &&
+    typeof value['qid'] === 'number' &&
+    (value['query'] === 'pin' || value['query'] === 'confirm')
+  ) {
     return { v: 1, type, id, qid: value['qid'], query: value['query'], data }
   }
   return undefined

@@ -29,7 +29,11 @@ export interface RequestContext {
   ask(query: QueryName, data: Record<string, unknown>): Promise<Record<string, unknown>>
 }
 
-export type Handler = (method: Method, params: Record<string, unknown>, context: RequestContext) => Promise<Record<string, unknown>>
+export type Handler = (
+  method: Method,
+  params: Record<string, unknown>,
+  context: RequestContext,
+) => Promise<Record<string, unknown>>
 
 export interface ServerOptions {
   readonly socketPath: string
@@ -69,9 +73,13 @@ class Connection {
             v: 1,
             type: 'response',
             id: null,
-            error: new AgentError('PROTOCOL_ERROR', `A ${frame.bytes}-byte frame exceeds the ${LIMITS.socketFrameMaxBytes}-byte limit; it was discarded`, {
-              remedy: 'Keep each message under the frame limit (docs/agent-protocol.md)',
-            }).toWire(),
+            error: new AgentError(
+              'PROTOCOL_ERROR',
+              `A ${frame.bytes}-byte frame exceeds the ${LIMITS.socketFrameMaxBytes}-byte limit; it was discarded`,
+              {
+                remedy: 'Keep each message under the frame limit (docs/agent-protocol.md)',
+              },
+            ).toWire(),
           })
           continue
         }
@@ -82,7 +90,9 @@ class Connection {
     socket.on('close', () => {
       this.#closed = true
       if (this.#readTimer !== undefined) clearTimeout(this.#readTimer)
-      const gone = new AgentError('AGENT_UNREACHABLE', 'The client disconnected', { remedy: 'Retry the request' })
+      const gone = new AgentError('AGENT_UNREACHABLE', 'The client disconnected', {
+        remedy: 'Retry the request',
+      })
       for (const query of this.#queries.values()) query.reject(gone)
       this.#queries.clear()
       for (const controller of this.#inflight.values()) controller.abort(gone)
@@ -110,7 +120,9 @@ class Connection {
     } catch (error) {
       // A result too large for a frame is a bug on our side: report it as such on the same id.
       if (message.type === 'response') {
-        this.#socket.write(encodeFrame({ v: 1, type: 'response', id: message.id, error: toAgentError(error).toWire() }))
+        this.#socket.write(
+          encodeFrame({ v: 1, type: 'response', id: message.id, error: toAgentError(error).toWire() }),
+        )
       }
     }
   }
@@ -126,7 +138,12 @@ class Connection {
     } catch (error) {
       const agentError = toAgentError(error, 'PROTOCOL_ERROR')
       const id = agentError.data['id']
-      this.#send({ v: 1, type: 'response', id: typeof id === 'number' ? id : null, error: agentError.toWire() })
+      this.#send({
+        v: 1,
+        type: 'response',
+        id: typeof id === 'number' ? id : null,
+        error: agentError.toWire(),
+      })
       return
     }
     if (message.type === 'answer') {
@@ -142,7 +159,11 @@ class Connection {
         v: 1,
         type: 'response',
         id: message.id,
-        error: new AgentError('PROTOCOL_ERROR', `Request id ${message.id} is already in use on this connection`, { remedy: 'Use a new id for every request' }).toWire(),
+        error: new AgentError(
+          'PROTOCOL_ERROR',
+          `Request id ${message.id} is already in use on this connection`,
+          { remedy: 'Use a new id for every request' },
+        ).toWire(),
       })
       return
     }
@@ -156,15 +177,22 @@ class Connection {
     let timer: NodeJS.Timeout | undefined
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
-        const error = new AgentError('TIMEOUT', `The ${request.method} request did not finish within ${Math.round(timeoutMs / 1000)} s`, {
-          remedy: 'Answer prompts and touch the device sooner, or check the device with `cargo-pkcs11-agent status`',
-        })
+        const error = new AgentError(
+          'TIMEOUT',
+          `The ${request.method} request did not finish within ${Math.round(timeoutMs / 1000)} s`,
+          {
+            remedy:
+              'Answer prompts and touch the device sooner, or check the device with `cargo-pkcs11-agent status`',
+          },
+        )
         controller.abort(error)
         reject(error)
       }, timeoutMs)
     })
     const aborted = new Promise<never>((_, reject) => {
-      controller.signal.addEventListener('abort', () => reject(toAgentError(controller.signal.reason)), { once: true })
+      controller.signal.addEventListener('abort', () => reject(toAgentError(controller.signal.reason)), {
+        once: true,
+      })
     })
     const context: RequestContext = {
       id: request.id,
@@ -176,9 +204,13 @@ class Connection {
         const qid = this.#nextQid++
         return new Promise((resolve, reject) => {
           this.#queries.set(qid, { resolve, reject })
-          controller.signal.addEventListener('abort', () => {
-            if (this.#queries.delete(qid)) reject(toAgentError(controller.signal.reason))
-          }, { once: true })
+          controller.signal.addEventListener(
+            'abort',
+            () => {
+              if (this.#queries.delete(qid)) reject(toAgentError(controller.signal.reason))
+            },
+            { once: true },
+          )
           this.#send({ v: 1, type: 'query', id: request.id, qid, query, data })
         })
       },
@@ -189,7 +221,10 @@ class Connection {
       this.#send({ v: 1, type: 'response', id: request.id, result })
     } catch (error) {
       const agentError = toAgentError(error)
-      if (agentError.code === 'INTERNAL') this.#options.log(`request ${request.method}#${request.id} failed: ${agentError.stack ?? agentError.message}`)
+      if (agentError.code === 'INTERNAL')
+        this.#options.log(
+          `request ${request.method}#${request.id} failed: ${agentError.stack ?? agentError.message}`,
+        )
       this.#send({ v: 1, type: 'response', id: request.id, error: agentError.toWire() })
     } finally {
       if (timer !== undefined) clearTimeout(timer)
@@ -227,9 +262,14 @@ export class AgentServer {
     }
     if (this.#connections.size >= (this.#options.maxConnections ?? LIMITS.maxConnections)) {
       // Told, not just dropped: the shim turns this into a cargo error that says what to do.
-      const busy = new AgentError('AGENT_BUSY', `The agent already serves ${this.#connections.size} connections`, {
-        remedy: 'Retry when the running cargo commands have finished; if this persists, look for a program flooding the agent socket',
-      })
+      const busy = new AgentError(
+        'AGENT_BUSY',
+        `The agent already serves ${this.#connections.size} connections`,
+        {
+          remedy:
+            'Retry when the running cargo commands have finished; if this persists, look for a program flooding the agent socket',
+        },
+      )
       this.#refused.add(socket)
       socket.on('error', () => socket.destroy())
       socket.on('close', () => this.#refused.delete(socket))

@@ -22,22 +22,35 @@ export function prepareSocketDir(socketPath: string): void {
   try {
     mkdirSync(dir, { recursive: true, mode: LIMITS.socketDirMode })
   } catch (error) {
-    throw new AgentError('CONFIG_INVALID', `Cannot create the socket directory ${dir} (${(error as NodeJS.ErrnoException).code ?? String(error)})`, {
-      cause: error,
-      remedy: 'Choose a socket path in a directory you own (--socket, CARGO_PKCS11_AGENT_SOCK or [agent] socket)',
-    })
+    throw new AgentError(
+      'CONFIG_INVALID',
+      `Cannot create the socket directory ${dir} (${(error as NodeJS.ErrnoException).code ?? String(error)})`,
+      {
+        cause: error,
+        remedy:
+          'Choose a socket path in a directory you own (--socket, CARGO_PKCS11_AGENT_SOCK or [agent] socket)',
+      },
+    )
   }
   const stat = lstatSync(dir)
   const me = uid()
   if (!stat.isDirectory()) {
-    throw new AgentError('CONFIG_INVALID', `The socket directory ${dir} is not a directory (a symlink or file is there)`, {
-      remedy: `Remove ${dir} or choose another socket path`,
-    })
+    throw new AgentError(
+      'CONFIG_INVALID',
+      `The socket directory ${dir} is not a directory (a symlink or file is there)`,
+      {
+        remedy: `Remove ${dir} or choose another socket path`,
+      },
+    )
   }
   if (me !== undefined && stat.uid !== me) {
-    throw new AgentError('CONFIG_INVALID', `The socket directory ${dir} belongs to uid ${stat.uid}, not to you (uid ${me})`, {
-      remedy: `Another user may be trying to intercept your signing requests: do not use ${dir}; choose another socket path`,
-    })
+    throw new AgentError(
+      'CONFIG_INVALID',
+      `The socket directory ${dir} belongs to uid ${stat.uid}, not to you (uid ${me})`,
+      {
+        remedy: `Another user may be trying to intercept your signing requests: do not use ${dir}; choose another socket path`,
+      },
+    )
   }
   if ((stat.mode & 0o777) !== LIMITS.socketDirMode) {
     // Our own directory with loose permissions (e.g. created by hand): tighten rather than refuse.
@@ -78,7 +91,9 @@ export async function listenUnix(server: Server, socketPath: string): Promise<vo
   try {
     const stat = lstatSync(socketPath)
     if (!stat.isSocket()) {
-      throw new AgentError('CONFIG_INVALID', `${socketPath} exists and is not a socket`, { remedy: `Remove ${socketPath} or choose another socket path` })
+      throw new AgentError('CONFIG_INVALID', `${socketPath} exists and is not a socket`, {
+        remedy: `Remove ${socketPath} or choose another socket path`,
+      })
     }
   } catch (error) {
     if (error instanceof AgentError) throw error
@@ -100,8 +115,20 @@ export async function listenUnix(server: Server, socketPath: string): Promise<vo
       const onError = (error: NodeJS.ErrnoException): void => {
         server.off('listening', onListening)
         if (error.code === 'EADDRINUSE') {
-          reject(new AgentError('AGENT_ALREADY_RUNNING', `Another agent took ${socketPath} while this one was starting`, { remedy: 'Use the running agent', data: { socket: socketPath } }))
-        } else reject(new AgentError('INTERNAL', `Cannot listen on ${socketPath}: ${error.message}`, { cause: error, remedy: 'Choose another socket path' }))
+          reject(
+            new AgentError(
+              'AGENT_ALREADY_RUNNING',
+              `Another agent took ${socketPath} while this one was starting`,
+              { remedy: 'Use the running agent', data: { socket: socketPath } },
+            ),
+          )
+        } else
+          reject(
+            new AgentError('INTERNAL', `Cannot listen on ${socketPath}: ${error.message}`, {
+              cause: error,
+              remedy: 'Choose another socket path',
+            }),
+          )
       }
       const onListening = (): void => {
         server.off('error', onError)

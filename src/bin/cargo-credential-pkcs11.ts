@@ -6,7 +6,9 @@ import { runShim } from '../shim/main.js'
 runShim(process.argv.slice(2)).then(
   (status) => process.exit(status),
   (error: unknown) => {
-    process.stderr.write(`cargo-credential-pkcs11: ${error instanceof Error ? error.message : String(error)}\n`)
+    process.stderr.write(
+      `cargo-credential-pkcs11: ${error instanceof Error ? error.message : String(error)}\n`,
+    )
     process.exit(1)
   },
 )

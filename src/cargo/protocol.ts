@@ -49,12 +49,16 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 
 function invalid(message: string): AgentError {
   return new AgentError('REQUEST_INVALID', message, {
-    remedy: 'cargo sent something this provider cannot read; update cargo-credential-pkcs11 or report the request line',
+    remedy:
+      'cargo sent something this provider cannot read; update cargo-credential-pkcs11 or report the request line',
   })
 }
 
 function unsupported(message: string): AgentError {
-  return new AgentError('OPERATION_UNSUPPORTED', message, { remedy: 'Use a cargo operation this provider supports (read, publish, yank, unyank, owners, login, logout)' })
+  return new AgentError('OPERATION_UNSUPPORTED', message, {
+    remedy:
+      'Use a cargo operation this provider supports (read, publish, yank, unyank, owners, login, logout)',
+  })
 }
 
 function optionalString(value: Record<string, unknown>, key: string): string | undefined {
@@ -79,11 +83,15 @@ export function parseCargoRequest(line: string): CargoRequest {
     throw invalid('The request from cargo is not valid JSON')
   }
   if (!isRecord(value)) throw invalid('The request from cargo is not a JSON object')
-  if (value['v'] !== 1) throw invalid(`The request asks for protocol version ${JSON.stringify(value['v'])}; this provider speaks version 1`)
+  if (value['v'] !== 1)
+    throw invalid(
+      `The request asks for protocol version ${JSON.stringify(value['v'])}; this provider speaks version 1`,
+    )
   const registry = value['registry']
   if (!isRecord(registry)) throw invalid('The request has no `registry` object')
   const indexUrl = registry['index-url']
-  if (typeof indexUrl !== 'string' || indexUrl === '') throw invalid('The request\'s registry has no `index-url`')
+  if (typeof indexUrl !== 'string' || indexUrl === '')
+    throw invalid("The request's registry has no `index-url`")
   const reg: { indexUrl: string; name?: string; headers?: string[] } = { indexUrl }
   const regName = optionalString(registry, 'name')
   if (regName !== undefined) reg.name = regName
@@ -91,7 +99,7 @@ export function parseCargoRequest(line: string): CargoRequest {
   if (Array.isArray(headers)) reg.headers = headers.filter((h): h is string => typeof h === 'string')
   const rawArgs = value['args']
   if (rawArgs !== undefined && (!Array.isArray(rawArgs) || rawArgs.some((a) => typeof a !== 'string'))) {
-    throw invalid('The request\'s `args` is not a list of strings')
+    throw invalid("The request's `args` is not a list of strings")
   }
   const args = (rawArgs ?? []) as string[]
   const kind = value['kind']
@@ -100,26 +108,40 @@ export function parseCargoRequest(line: string): CargoRequest {
     case 'get': {
       const operation = value['operation']
       if (typeof operation !== 'string') throw invalid('A `get` request has no `operation`')
-      if (!(CARGO_OPERATIONS as readonly string[]).includes(operation)) throw unsupported(`cargo asked for the unknown operation \`${operation}\``)
+      if (!(CARGO_OPERATIONS as readonly string[]).includes(operation))
+        throw unsupported(`cargo asked for the unknown operation \`${operation}\``)
       const op = operation as CargoOperation
       const name = optionalString(value, 'name')
       const vers = optionalString(value, 'vers')
       const cksum = optionalString(value, 'cksum')
       // Which fields each operation carries: spec §1.4 table (lib.rs `Operation`).
-      if (op !== 'read' && (name === undefined || name === '')) throw invalid(`A \`${op}\` request has no crate \`name\``)
-      if ((op === 'publish' || op === 'yank' || op === 'unyank') && (vers === undefined || vers === '')) throw invalid(`A \`${op}\` request has no \`vers\``)
+      if (op !== 'read' && (name === undefined || name === ''))
+        throw invalid(`A \`${op}\` request has no crate \`name\``)
+      if ((op === 'publish' || op === 'yank' || op === 'unyank') && (vers === undefined || vers === ''))
+        throw invalid(`A \`${op}\` request has no \`vers\``)
       if (op === 'publish') {
         if (cksum === undefined) throw invalid('A `publish` request has no `cksum`')
-        if (!CKSUM.test(cksum)) throw invalid('The `publish` request\'s `cksum` is not a lowercase hex SHA-256')
+        if (!CKSUM.test(cksum))
+          throw invalid("The `publish` request's `cksum` is not a lowercase hex SHA-256")
       }
-      const get: { -readonly [K in keyof CargoGet]: CargoGet[K] } = { kind: 'get', registry: reg, args, operation: op }
+      const get: { -readonly [K in keyof CargoGet]: CargoGet[K] } = {
+        kind: 'get',
+        registry: reg,
+        args,
+        operation: op,
+      }
       if (op !== 'read' && name !== undefined) get.name = name
       if ((op === 'publish' || op === 'yank' || op === 'unyank') && vers !== undefined) get.vers = vers
       if (op === 'publish' && cksum !== undefined) get.cksum = cksum
       return get
     }
     case 'login': {
-      const login: { -readonly [K in keyof CargoLogin]: CargoLogin[K] } = { kind: 'login', registry: reg, args, hasToken: typeof value['token'] === 'string' }
+      const login: { -readonly [K in keyof CargoLogin]: CargoLogin[K] } = {
+        kind: 'login',
+        registry: reg,
+        args,
+        hasToken: typeof value['token'] === 'string',
+      }
       const loginUrl = optionalString(value, 'login-url')
       if (loginUrl !== undefined) login.loginUrl = loginUrl
       return login
@@ -131,7 +153,8 @@ export function parseCargoRequest(line: string): CargoRequest {
   }
 }
 
-export type CacheControl = { cache: 'never' } | { cache: 'session' } | { cache: 'expires'; expiration: number }
+export type CacheControl =
+  { cache: 'never' } | { cache: 'session' } | { cache: 'expires'; expiration: number }
 
 export type CargoErrorKind = 'url-not-supported' | 'not-found' | 'operation-not-supported' | 'other'
 
@@ -155,7 +178,11 @@ export function err(kind: Exclude<CargoErrorKind, 'other'>): string {
 }
 
 export function errOther(message: string, causedBy: readonly string[] = []): string {
-  return JSON.stringify(causedBy.length === 0 ? { Err: { kind: 'other', message } } : { Err: { kind: 'other', message, 'caused-by': causedBy } })
+  return JSON.stringify(
+    causedBy.length === 0
+      ? { Err: { kind: 'other', message } }
+      : { Err: { kind: 'other', message, 'caused-by': causedBy } },
+  )
 }
 
 /**

@@ -5,6 +5,8 @@ import { socketArgs } from './status.js'
 export async function lock(argv: readonly string[]): Promise<number> {
   const { socket } = socketArgs(argv)
   const result = await callAgent(socket, 'lock')
-  process.stdout.write(`forgot ${String(result['forgotten'])} PIN(s), closed the sessions of ${String(result['released'])} token(s)\n`)
+  process.stdout.write(
+    `forgot ${String(result['forgotten'])} PIN(s), closed the sessions of ${String(result['released'])} token(s)\n`,
+  )
   return 0
 }

@@ -5,6 +5,8 @@ import { socketArgs } from './status.js'
 export async function release(argv: readonly string[]): Promise<number> {
   const { socket } = socketArgs(argv)
   const result = await callAgent(socket, 'release')
-  process.stdout.write(`closed the sessions of ${String(result['released'])} token(s); cached PINs are kept (use \`lock\` to forget them)\n`)
+  process.stdout.write(
+    `closed the sessions of ${String(result['released'])} token(s); cached PINs are kept (use \`lock\` to forget them)\n`,
+  )
   return 0
 }

@@ -24,7 +24,11 @@ function usage(message: string): AgentError {
   return new AgentError('USAGE', message, { remedy: `Usage: ${RUN_USAGE}` })
 }
 
-export function parseRunArgs(argv: readonly string[]): { config?: string; socket?: string; foreground: boolean } {
+export function parseRunArgs(argv: readonly string[]): {
+  config?: string
+  socket?: string
+  foreground: boolean
+} {
   let parsed
   try {
     parsed = parseArgs({
@@ -36,14 +40,21 @@ export function parseRunArgs(argv: readonly string[]): { config?: string; socket
   } catch (error) {
     throw usage(error instanceof Error ? error.message : String(error))
   }
-  const out: { config?: string; socket?: string; foreground: boolean } = { foreground: parsed.values.foreground === true }
+  const out: { config?: string; socket?: string; foreground: boolean } = {
+    foreground: parsed.values.foreground === true,
+  }
   if (parsed.values.config !== undefined) out.config = parsed.values.config
   if (parsed.values.socket !== undefined) out.socket = parsed.values.socket
   return out
 }
 
 /** Polls the socket until the agent answers a ping (used after starting one in the background). */
-export async function waitForAgent(socketPath: string, timeoutMs: number = LIMITS.agentStartWaitMs, isDead: () => boolean = () => false, pid?: number): Promise<void> {
+export async function waitForAgent(
+  socketPath: string,
+  timeoutMs: number = LIMITS.agentStartWaitMs,
+  isDead: () => boolean = () => false,
+  pid?: number,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs
   let last: unknown
   while (Date.now() < deadline && !isDead()) {
@@ -61,15 +72,22 @@ export async function waitForAgent(socketPath: string, timeoutMs: number = LIMIT
       await new Promise((r) => setTimeout(r, 25))
     }
   }
-  throw new AgentError('AGENT_UNREACHABLE', `The agent did not start listening on ${socketPath} within ${timeoutMs} ms`, {
-    cause: last,
-    remedy: `Look at its log, ${agentLogPath()}, or start it with \`cargo-pkcs11-agent run --foreground\` to see why`,
-    data: { socket: socketPath },
-  })
+  throw new AgentError(
+    'AGENT_UNREACHABLE',
+    `The agent did not start listening on ${socketPath} within ${timeoutMs} ms`,
+    {
+      cause: last,
+      remedy: `Look at its log, ${agentLogPath()}, or start it with \`cargo-pkcs11-agent run --foreground\` to see why`,
+      data: { socket: socketPath },
+    },
+  )
 }
 
 /** Starts `run --foreground` detached, stdio into the agent log. Returns the child's pid. */
-export function spawnDetachedAgent(args: readonly string[], env: NodeJS.ProcessEnv = process.env): { pid: number; exited: () => boolean; logPath: string } {
+export function spawnDetachedAgent(
+  args: readonly string[],
+  env: NodeJS.ProcessEnv = process.env,
+): { pid: number; exited: () => boolean; logPath: string } {
   const logPath = agentLogPath(env)
   mkdirSync(dirname(logPath), { recursive: true, mode: 0o700 })
   const log = openSync(logPath, 'a', 0o600)
@@ -101,7 +119,9 @@ export async function run(argv: readonly string[]): Promise<number> {
     const forward = ['--config', configPath.path, '--socket', socketPath]
     const child = spawnDetachedAgent(forward)
     await waitForAgent(socketPath, LIMITS.agentStartWaitMs, child.exited, child.pid)
-    process.stderr.write(`cargo-pkcs11-agent: started (pid ${child.pid}) on ${socketPath}; log: ${child.logPath}\n`)
+    process.stderr.write(
+      `cargo-pkcs11-agent: started (pid ${child.pid}) on ${socketPath}; log: ${child.logPath}\n`,
+    )
     return 0
   }
   // The pool size must be fixed before libuv starts its pool; under ESM only the parent can do that

@@ -17,7 +17,13 @@ import { parse, stringify } from 'smol-toml'
 
 import { parseConfig } from '../config/load.js'
 import { dataDir, resolveConfigPath } from '../config/paths.js'
-import { checkIndexUrl, PIN_SOURCES, TOKEN_KINDS, validateConfig, type TokenConfig } from '../config/schema.js'
+import {
+  checkIndexUrl,
+  PIN_SOURCES,
+  TOKEN_KINDS,
+  validateConfig,
+  type TokenConfig,
+} from '../config/schema.js'
 import { k3Pid, k3Public } from '../keys/paserk.js'
 import { AgentError } from '../lib/errors.js'
 import { readPinFile } from '../lib/pin-file.js'
@@ -47,19 +53,35 @@ function readToml(path: string, what: string): Table {
   try {
     return parse(readFileSync(path, 'utf8')) as Table
   } catch (error) {
-    throw new AgentError('CONFIG_INVALID', `${what} ${path} is not valid TOML`, { cause: error, remedy: 'Fix it by hand first; setup does not overwrite a file it cannot read' })
+    throw new AgentError('CONFIG_INVALID', `${what} ${path} is not valid TOML`, {
+      cause: error,
+      remedy: 'Fix it by hand first; setup does not overwrite a file it cannot read',
+    })
   }
 }
 
 /** Order-insensitive comparison of TOML values (smol-toml tables may have a null prototype). */
 function canonical(value: unknown): string {
   return JSON.stringify(value, (_key, v: unknown) =>
-    isTable(v) ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, v[k]])) : v,
+    isTable(v)
+      ? Object.fromEntries(
+          Object.keys(v)
+            .sort()
+            .map((k) => [k, v[k]]),
+        )
+      : v,
   )
 }
 
 /** Puts `value` at doc[section][name]; a different existing value needs --force. */
-function place(doc: Table, section: string, name: string, value: Table, force: boolean, file: string): 'added' | 'unchanged' | 'replaced' {
+function place(
+  doc: Table,
+  section: string,
+  name: string,
+  value: Table,
+  force: boolean,
+  file: string,
+): 'added' | 'unchanged' | 'replaced' {
   const tables = isTable(doc[section]) ? (doc[section] as Table) : {}
   doc[section] = tables
   const existing = tables[name]
@@ -94,7 +116,10 @@ async function ensureDefaultSoftHsm(log: (line: string) => void): Promise<Defaul
   if (existsSync(confPath) && existsSync(pinFile)) return { confPath, pinFile, label }
   const tokens = join(base, 'tokens')
   mkdirSync(tokens, { recursive: true, mode: 0o700 })
-  writePrivate(confPath, `# Private SoftHSM store created by cargo-pkcs11-agent setup.\ndirectories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`)
+  writePrivate(
+    confPath,
+    `# Private SoftHSM store created by cargo-pkcs11-agent setup.\ndirectories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`,
+  )
   const digits = (n: number): string => Array.from({ length: n }, () => String(randomInt(10))).join('')
   const pin = digits(8)
   const soPin = digits(16)
@@ -104,13 +129,39 @@ async function ensureDefaultSoftHsm(log: (line: string) => void): Promise<Defaul
   // PINs reach pkcs11-tool as env:VAR, never in argv.
   const env = { ...process.env, SOFTHSM2_CONF: confPath, SETUP_SO_PIN: soPin, SETUP_PIN: pin }
   try {
-    await run('pkcs11-tool', ['--module', module, '--init-token', '--label', label, '--so-pin', 'env:SETUP_SO_PIN'], { env })
-    await run('pkcs11-tool', ['--module', module, '--token-label', label, '--login', '--login-type', 'so', '--so-pin', 'env:SETUP_SO_PIN', '--init-pin', '--pin', 'env:SETUP_PIN'], { env })
+    await run(
+      'pkcs11-tool',
+      ['--module', module, '--init-token', '--label', label, '--so-pin', 'env:SETUP_SO_PIN'],
+      { env },
+    )
+    await run(
+      'pkcs11-tool',
+      [
+        '--module',
+        module,
+        '--token-label',
+        label,
+        '--login',
+        '--login-type',
+        'so',
+        '--so-pin',
+        'env:SETUP_SO_PIN',
+        '--init-pin',
+        '--pin',
+        'env:SETUP_PIN',
+      ],
+      { env },
+    )
   } catch (error) {
-    throw new AgentError('DEVICE_ERROR', `Creating the SoftHSM token in ${base} failed: ${(error as { stderr?: string }).stderr ?? String(error)}`, {
-      cause: error,
-      remedy: 'Install softhsm2 and opensc (scripts/setup.sh), remove the half-made store, and run setup again',
-    })
+    throw new AgentError(
+      'DEVICE_ERROR',
+      `Creating the SoftHSM token in ${base} failed: ${(error as { stderr?: string }).stderr ?? String(error)}`,
+      {
+        cause: error,
+        remedy:
+          'Install softhsm2 and opensc (scripts/setup.sh), remove the half-made store, and run setup again',
+      },
+    )
   }
   log(`created a SoftHSM token '${label}' in ${base} (PIN in ${pinFile}, mode 0600)`)
   return { confPath, pinFile, label }
@@ -122,14 +173,22 @@ async function pinFor(token: TokenConfig): Promise<Pin | null> {
       return null
     case 'env': {
       const value = process.env[token.pinEnv ?? '']
-      if (value === undefined || value === '') throw new AgentError('PIN_REQUIRED', `The PIN variable ${token.pinEnv ?? ''} is not set`, { remedy: `Export ${token.pinEnv ?? 'it'} with the token PIN and run setup again` })
+      if (value === undefined || value === '')
+        throw new AgentError('PIN_REQUIRED', `The PIN variable ${token.pinEnv ?? ''} is not set`, {
+          remedy: `Export ${token.pinEnv ?? 'it'} with the token PIN and run setup again`,
+        })
       return Pin.fromString(value)
     }
     case 'file':
       return await readPinFile(token.pinFile ?? '')
     case 'tty':
     case 'pinentry':
-      if (!hasTerminal()) throw new AgentError('PIN_REQUIRED', `Setup needs the PIN of token ${token.name} and there is no terminal`, { remedy: 'Run setup in a terminal, or pass --pin-source env --pin-env VAR' })
+      if (!hasTerminal())
+        throw new AgentError(
+          'PIN_REQUIRED',
+          `Setup needs the PIN of token ${token.name} and there is no terminal`,
+          { remedy: 'Run setup in a terminal, or pass --pin-source env --pin-env VAR' },
+        )
       return Pin.fromString(await askPinOnTty(`PIN for token ${token.name}: `))
   }
 }
@@ -162,32 +221,40 @@ export async function setup(argv: readonly string[]): Promise<number> {
   } catch (error) {
     throw usage(error instanceof Error ? error.message : String(error))
   }
-  const str = (key: string): string | undefined => (typeof values[key] === 'string' ? (values[key] as string) : undefined)
+  const str = (key: string): string | undefined =>
+    typeof values[key] === 'string' ? (values[key] as string) : undefined
   const force = values['force'] === true
   const say = (line: string): void => {
     process.stderr.write(`cargo-pkcs11-agent setup: ${line}\n`)
   }
   const configPath = resolveConfigPath(str('config')).path
   const doc = readToml(configPath, 'The agent config')
-  const existing = existsSync(configPath) ? parseConfig(readFileSync(configPath, 'utf8'), configPath) : validateConfig({}, configPath)
+  const existing = existsSync(configPath)
+    ? parseConfig(readFileSync(configPath, 'utf8'), configPath)
+    : validateConfig({}, configPath)
 
   // 1. The token.
   let tokenName: string
   let tokenTable: Table | undefined
   const module = str('module')
   if (module !== undefined) {
-    if (str('token-label') === undefined && str('serial') === undefined) throw usage('--module needs --token-label or --serial (slot ids are not stable)')
+    if (str('token-label') === undefined && str('serial') === undefined)
+      throw usage('--module needs --token-label or --serial (slot ids are not stable)')
     tokenName = str('token') ?? str('kind') ?? 'device'
     tokenTable = { module }
     if (str('token-label') !== undefined) tokenTable['label'] = str('token-label')
     if (str('serial') !== undefined) tokenTable['serial'] = str('serial')
     const kind = str('kind')
     if (kind !== undefined) {
-      if (!(TOKEN_KINDS as readonly string[]).includes(kind)) throw usage(`--kind must be one of ${TOKEN_KINDS.join(', ')}`)
+      if (!(TOKEN_KINDS as readonly string[]).includes(kind))
+        throw usage(`--kind must be one of ${TOKEN_KINDS.join(', ')}`)
       tokenTable['kind'] = kind
     }
-    const source = str('pin-source') ?? (str('pin-env') !== undefined ? 'env' : str('pin-file') !== undefined ? 'file' : 'tty')
-    if (!(PIN_SOURCES as readonly string[]).includes(source)) throw usage(`--pin-source must be one of ${PIN_SOURCES.join(', ')}`)
+    const source =
+      str('pin-source') ??
+      (str('pin-env') !== undefined ? 'env' : str('pin-file') !== undefined ? 'file' : 'tty')
+    if (!(PIN_SOURCES as readonly string[]).includes(source))
+      throw usage(`--pin-source must be one of ${PIN_SOURCES.join(', ')}`)
     tokenTable['pin-source'] = source
     if (str('pin-env') !== undefined) tokenTable['pin-env'] = str('pin-env')
     if (str('pin-file') !== undefined) tokenTable['pin-file'] = str('pin-file')
@@ -196,7 +263,9 @@ export async function setup(argv: readonly string[]): Promise<number> {
     const wanted = str('token') ?? (names.length === 1 ? names[0] : undefined)
     if (wanted !== undefined) {
       if (existing.tokens[wanted] === undefined) {
-        throw new AgentError('CONFIG_INVALID', `No token named '${wanted}' in ${configPath}`, { remedy: `Configured tokens: ${names.join(', ') || 'none'}; or describe a new one with --module` })
+        throw new AgentError('CONFIG_INVALID', `No token named '${wanted}' in ${configPath}`, {
+          remedy: `Configured tokens: ${names.join(', ') || 'none'}; or describe a new one with --module`,
+        })
       }
       tokenName = wanted
     } else if (names.length > 1) {
@@ -205,8 +274,17 @@ export async function setup(argv: readonly string[]): Promise<number> {
       // No hardware configured: a private SoftHSM store (keys in software, for trying things out and CI).
       const soft = await ensureDefaultSoftHsm(say)
       tokenName = 'softhsm'
-      tokenTable = { module: 'softhsm', label: soft.label, kind: 'softhsm', 'pin-source': 'file', 'pin-file': soft.pinFile, 'module-env': { SOFTHSM2_CONF: soft.confPath } }
-      say('no hardware token is configured: using a SoftHSM token (the key is software-protected; use --module for a YubiKey, TPM or HSM)')
+      tokenTable = {
+        module: 'softhsm',
+        label: soft.label,
+        kind: 'softhsm',
+        'pin-source': 'file',
+        'pin-file': soft.pinFile,
+        'module-env': { SOFTHSM2_CONF: soft.confPath },
+      }
+      say(
+        'no hardware token is configured: using a SoftHSM token (the key is software-protected; use --module for a YubiKey, TPM or HSM)',
+      )
     }
   }
   if (tokenTable !== undefined) place(doc, 'tokens', tokenName, tokenTable, force, configPath)
@@ -216,7 +294,8 @@ export async function setup(argv: readonly string[]): Promise<number> {
   const index = str('index')
   const keyLabel = str('label') ?? 'cargo'
   const keyId = str('id')
-  if ((registryName === undefined) !== (index === undefined)) throw usage('--registry and --index go together')
+  if ((registryName === undefined) !== (index === undefined))
+    throw usage('--registry and --index go together')
   if (index !== undefined) {
     const problem = checkIndexUrl(index)
     if (problem !== undefined) throw usage(`--index: ${problem}`)
@@ -225,7 +304,9 @@ export async function setup(argv: readonly string[]): Promise<number> {
     const ref: Table = { token: tokenName, label: keyLabel }
     if (keyId !== undefined) ref['id'] = keyId.toLowerCase()
     const previous = isTable(doc['registries']) ? (doc['registries'] as Table)[registryName] : undefined
-    const table: Table = isTable(previous) ? { ...previous, index, 'read-key': ref } : { index, 'read-key': ref }
+    const table: Table = isTable(previous)
+      ? { ...previous, index, 'read-key': ref }
+      : { index, 'read-key': ref }
     place(doc, 'registries', registryName, table, force, configPath)
   }
   // Validate the whole result before touching the device or writing anything.
@@ -256,7 +337,10 @@ export async function setup(argv: readonly string[]): Promise<number> {
       key = found
       action = 'reused'
     } else {
-      key = await device.generateKey(keyId === undefined ? { label: keyLabel } : { label: keyLabel, id: keyId }, { force })
+      key = await device.generateKey(
+        keyId === undefined ? { label: keyLabel } : { label: keyLabel, id: keyId },
+        { force },
+      )
       action = found === undefined ? 'generated' : 'regenerated (the old key was destroyed)'
     }
   } finally {
@@ -281,7 +365,20 @@ export async function setup(argv: readonly string[]): Promise<number> {
     const cargoConfig = join(cargoHome, 'config.toml')
     if (values['write-cargo-config'] === true) {
       const cargoDoc = readToml(cargoConfig, 'The cargo config')
-      const outcome = place(cargoDoc, 'registries', registryName, { ...((isTable(cargoDoc['registries']) ? ((cargoDoc['registries'] as Table)[registryName] as Table | undefined) : undefined) ?? {}), index, 'credential-provider': [shim] }, force, cargoConfig)
+      const outcome = place(
+        cargoDoc,
+        'registries',
+        registryName,
+        {
+          ...((isTable(cargoDoc['registries'])
+            ? ((cargoDoc['registries'] as Table)[registryName] as Table | undefined)
+            : undefined) ?? {}),
+          index,
+          'credential-provider': [shim],
+        },
+        force,
+        cargoConfig,
+      )
       if (outcome !== 'unchanged') {
         mkdirSync(dirname(cargoConfig), { recursive: true })
         writeFileSync(cargoConfig, stringify(cargoDoc) + '\n')
@@ -290,9 +387,13 @@ export async function setup(argv: readonly string[]): Promise<number> {
     } else {
       out.push(`cargo config: add to ${cargoConfig} (or pass --write-cargo-config):`, stringify(snippet))
     }
-    out.push(`then: cargo login --registry ${registryName}   (shows the same key), cargo publish --registry ${registryName}`)
+    out.push(
+      `then: cargo login --registry ${registryName}   (shows the same key), cargo publish --registry ${registryName}`,
+    )
   } else {
-    out.push('bind a registry with: cargo-pkcs11-agent setup --registry NAME --index "sparse+https://registry.example/index/"')
+    out.push(
+      'bind a registry with: cargo-pkcs11-agent setup --registry NAME --index "sparse+https://registry.example/index/"',
+    )
   }
   process.stdout.write(out.join('\n') + '\n')
   return 0

@@ -5,12 +5,22 @@ import { callAgent } from '../agent/client.js'
 import { resolveSocketPath } from '../config/paths.js'
 import { AgentError } from '../lib/errors.js'
 
-export function socketArgs(argv: readonly string[], extra: Record<string, { type: 'boolean' }> = {}): { socket: string; flags: Record<string, boolean> } {
+export function socketArgs(
+  argv: readonly string[],
+  extra: Record<string, { type: 'boolean' }> = {},
+): { socket: string; flags: Record<string, boolean> } {
   let parsed
   try {
-    parsed = parseArgs({ args: [...argv], options: { socket: { type: 'string' }, ...extra }, strict: true, allowPositionals: false })
+    parsed = parseArgs({
+      args: [...argv],
+      options: { socket: { type: 'string' }, ...extra },
+      strict: true,
+      allowPositionals: false,
+    })
   } catch (error) {
-    throw new AgentError('USAGE', error instanceof Error ? error.message : String(error), { remedy: 'See `cargo-pkcs11-agent help`' })
+    throw new AgentError('USAGE', error instanceof Error ? error.message : String(error), {
+      remedy: 'See `cargo-pkcs11-agent help`',
+    })
   }
   const flags: Record<string, boolean> = {}
   for (const key of Object.keys(extra)) flags[key] = (parsed.values as Record<string, unknown>)[key] === true
@@ -28,14 +38,31 @@ export async function status(argv: readonly string[]): Promise<number> {
     process.stdout.write(JSON.stringify(result, null, 2) + '\n')
     return 0
   }
-  const lines = [`agent pid ${String(result['pid'])}`, `socket   ${socket}`, `config   ${String(result['config'] ?? '(none)')}`, `headless ${yes(result['headless'])}`, 'tokens:']
+  const lines = [
+    `agent pid ${String(result['pid'])}`,
+    `socket   ${socket}`,
+    `config   ${String(result['config'] ?? '(none)')}`,
+    `headless ${yes(result['headless'])}`,
+    'tokens:',
+  ]
   for (const t of (result['tokens'] as Record<string, unknown>[] | undefined) ?? []) {
     const s = t['status'] as Record<string, unknown> | undefined
     const err = t['error'] as { message?: string } | undefined
-    const flagsText = s === undefined ? '' : [s['pinCountLow'] === true ? 'PIN count low' : '', s['pinFinalTry'] === true ? 'FINAL PIN try' : '', s['pinLocked'] === true ? 'PIN LOCKED' : ''].filter((x) => x !== '').join(', ')
+    const flagsText =
+      s === undefined
+        ? ''
+        : [
+            s['pinCountLow'] === true ? 'PIN count low' : '',
+            s['pinFinalTry'] === true ? 'FINAL PIN try' : '',
+            s['pinLocked'] === true ? 'PIN LOCKED' : '',
+          ]
+            .filter((x) => x !== '')
+            .join(', ')
     lines.push(
       `  ${String(t['name'])}: module ${String(t['module'])}, ` +
-        (s === undefined ? `unavailable (${err?.message ?? 'unknown'})` : `present ${yes(s['present'])}, logged in ${yes(s['loggedIn'])}, sessions ${String(s['sessionsOpen'])}`) +
+        (s === undefined
+          ? `unavailable (${err?.message ?? 'unknown'})`
+          : `present ${yes(s['present'])}, logged in ${yes(s['loggedIn'])}, sessions ${String(s['sessionsOpen'])}`) +
         `, PIN cached ${yes(t['pinCached'])}, PIN source ${String(t['pinSource'])}${flagsText === '' ? '' : `, ${flagsText}`}`,
     )
   }
@@ -43,8 +70,11 @@ export async function status(argv: readonly string[]): Promise<number> {
   for (const r of (result['registries'] as Record<string, unknown>[] | undefined) ?? []) {
     const read = r['readKey'] as { token: string; label?: string; id?: string }
     const mut = r['mutationKey'] as { token: string; label?: string; id?: string }
-    const key = (k: { token: string; label?: string; id?: string }): string => `${k.token}/${k.label ?? ''}${k.id === undefined ? '' : `#${k.id}`}`
-    lines.push(`  ${String(r['name'])}: ${String(r['index'])} read ${key(read)}, mutations ${key(mut)}, confirm ${String(r['confirm'])}, ${String(r['mutationsLastHour'])}/${String(r['mutationsPerHour'])} mutations this hour`)
+    const key = (k: { token: string; label?: string; id?: string }): string =>
+      `${k.token}/${k.label ?? ''}${k.id === undefined ? '' : `#${k.id}`}`
+    lines.push(
+      `  ${String(r['name'])}: ${String(r['index'])} read ${key(read)}, mutations ${key(mut)}, confirm ${String(r['confirm'])}, ${String(r['mutationsLastHour'])}/${String(r['mutationsPerHour'])} mutations this hour`,
+    )
   }
   process.stdout.write(lines.join('\n') + '\n')
   return 0

@@ -32,11 +32,16 @@ export function loadConfig(path: string, env: Env = process.env): Config {
     if (code === 'ENOENT') {
       throw new AgentError('CONFIG_MISSING', `No configuration at ${path}`, {
         cause: error,
-        remedy: 'Run `cargo-pkcs11-agent setup` to create one, or pass --config / set CARGO_PKCS11_AGENT_CONFIG',
+        remedy:
+          'Run `cargo-pkcs11-agent setup` to create one, or pass --config / set CARGO_PKCS11_AGENT_CONFIG',
         data: { path },
       })
     }
-    throw new AgentError('CONFIG_INVALID', `Cannot read the configuration at ${path} (${code ?? String(error)})`, { cause: error, remedy: 'Check the file permissions', data: { path } })
+    throw new AgentError(
+      'CONFIG_INVALID',
+      `Cannot read the configuration at ${path} (${code ?? String(error)})`,
+      { cause: error, remedy: 'Check the file permissions', data: { path } },
+    )
   }
   return parseConfig(text, path, env)
 }

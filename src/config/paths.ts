@@ -67,7 +67,11 @@ export function resolveConfigPath(flag: string | undefined, env: Env = process.e
  * The shim does not read the config file (start-up budget), so a socket moved in the config must also
  * be exported as `$CARGO_PKCS11_AGENT_SOCK` for the shim.
  */
-export function resolveSocketPath(flag: string | undefined, configured: string | undefined, env: Env = process.env): Resolved {
+export function resolveSocketPath(
+  flag: string | undefined,
+  configured: string | undefined,
+  env: Env = process.env,
+): Resolved {
   if (flag !== undefined) return { path: flag, source: 'flag' }
   const fromEnv = nonEmpty(env['CARGO_PKCS11_AGENT_SOCK'])
   if (fromEnv !== undefined) return { path: fromEnv, source: 'env' }

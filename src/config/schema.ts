@@ -77,10 +77,41 @@ export interface Config {
 
 type Env = Readonly<Record<string, string | undefined>>
 
-const AGENT_KEYS = ['socket', 'headless', 'audit-log', 'touch-notice-after-ms', 'pin-cache-idle-seconds', 'pin-cache-max-seconds', 'release-after-idle-seconds', 'notify'] as const
-const TOKEN_KEYS = ['module', 'label', 'serial', 'manufacturer', 'model', 'pin-source', 'pin-env', 'pin-file', 'pinentry-program', 'confirm-final-try', 'kind', 'module-env'] as const
+const AGENT_KEYS = [
+  'socket',
+  'headless',
+  'audit-log',
+  'touch-notice-after-ms',
+  'pin-cache-idle-seconds',
+  'pin-cache-max-seconds',
+  'release-after-idle-seconds',
+  'notify',
+] as const
+const TOKEN_KEYS = [
+  'module',
+  'label',
+  'serial',
+  'manufacturer',
+  'model',
+  'pin-source',
+  'pin-env',
+  'pin-file',
+  'pinentry-program',
+  'confirm-final-try',
+  'kind',
+  'module-env',
+] as const
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
-const REGISTRY_KEYS = ['index', 'read-key', 'mutation-key', 'subject', 'token-max-age-seconds', 'confirm', 'mutations-per-hour', 'generate-on-login'] as const
+const REGISTRY_KEYS = [
+  'index',
+  'read-key',
+  'mutation-key',
+  'subject',
+  'token-max-age-seconds',
+  'confirm',
+  'mutations-per-hour',
+  'generate-on-login',
+] as const
 const KEY_REF_KEYS = ['token', 'label', 'id'] as const
 const TOP_KEYS = ['agent', 'tokens', 'registries'] as const
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]*$/
@@ -124,11 +155,19 @@ class Issues {
   }
 }
 
-function checkKeys(table: Record<string, unknown>, allowed: readonly string[], where: string, issues: Issues): void {
+function checkKeys(
+  table: Record<string, unknown>,
+  allowed: readonly string[],
+  where: string,
+  issues: Issues,
+): void {
   for (const key of Object.keys(table)) {
     if (allowed.includes(key)) continue
     const hint = closest(key, allowed)
-    issues.add(where === '' ? key : `${where}.${key}`, `unknown key${hint === undefined ? `; allowed keys: ${allowed.join(', ')}` : `; did you mean \`${hint}\`?`}`)
+    issues.add(
+      where === '' ? key : `${where}.${key}`,
+      `unknown key${hint === undefined ? `; allowed keys: ${allowed.join(', ')}` : `; did you mean \`${hint}\`?`}`,
+    )
   }
 }
 
@@ -142,7 +181,12 @@ function str(table: Record<string, unknown>, key: string, where: string, issues:
   return value
 }
 
-function bool(table: Record<string, unknown>, key: string, where: string, issues: Issues): boolean | undefined {
+function bool(
+  table: Record<string, unknown>,
+  key: string,
+  where: string,
+  issues: Issues,
+): boolean | undefined {
   const value = table[key]
   if (value === undefined) return undefined
   if (typeof value !== 'boolean') {
@@ -152,7 +196,14 @@ function bool(table: Record<string, unknown>, key: string, where: string, issues
   return value
 }
 
-function int(table: Record<string, unknown>, key: string, where: string, issues: Issues, min: number, max: number): number | undefined {
+function int(
+  table: Record<string, unknown>,
+  key: string,
+  where: string,
+  issues: Issues,
+  min: number,
+  max: number,
+): number | undefined {
   const value = table[key]
   if (value === undefined) return undefined
   const n = typeof value === 'bigint' ? Number(value) : value
@@ -163,12 +214,21 @@ function int(table: Record<string, unknown>, key: string, where: string, issues:
   return n
 }
 
-function oneOf<T extends string>(table: Record<string, unknown>, key: string, where: string, issues: Issues, allowed: readonly T[]): T | undefined {
+function oneOf<T extends string>(
+  table: Record<string, unknown>,
+  key: string,
+  where: string,
+  issues: Issues,
+  allowed: readonly T[],
+): T | undefined {
   const value = str(table, key, where, issues)
   if (value === undefined) return undefined
   if (!(allowed as readonly string[]).includes(value)) {
     const hint = closest(value, allowed)
-    issues.add(`${where}.${key}`, `"${value}" is not one of ${allowed.map((a) => `"${a}"`).join(', ')}${hint === undefined ? '' : `; did you mean "${hint}"?`}`)
+    issues.add(
+      `${where}.${key}`,
+      `"${value}" is not one of ${allowed.map((a) => `"${a}"`).join(', ')}${hint === undefined ? '' : `; did you mean "${hint}"?`}`,
+    )
     return undefined
   }
   return value as T
@@ -188,7 +248,8 @@ export function checkIndexUrl(index: string): string | undefined {
     return `"${index}" is not a URL; write it exactly as cargo sends it, e.g. "sparse+https://registry.example/index/"`
   }
   if (index.startsWith('sparse+')) {
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') return `a sparse index must be sparse+http:// or sparse+https://, not ${url.protocol}`
+    if (url.protocol !== 'http:' && url.protocol !== 'https:')
+      return `a sparse index must be sparse+http:// or sparse+https://, not ${url.protocol}`
     // cargo requires sparse index URLs to end in "/" and sends them so; without it nothing would match.
     if (!bare.endsWith('/')) return `a sparse index URL ends with "/" (cargo sends "${index}/")`
   } else if (!['http:', 'https:', 'file:', 'ssh:', 'git:'].includes(url.protocol)) {
@@ -198,7 +259,12 @@ export function checkIndexUrl(index: string): string | undefined {
 }
 
 /** `module-env`: variables are process-wide, so two tokens may not want different values for one. */
-function moduleEnv(value: unknown, where: string, issues: Issues, seen: Map<string, string>): Record<string, string> {
+function moduleEnv(
+  value: unknown,
+  where: string,
+  issues: Issues,
+  seen: Map<string, string>,
+): Record<string, string> {
   if (value === undefined) return {}
   if (!isTable(value)) {
     issues.add(where, 'must be an inline table like { SOFTHSM2_CONF = "/path/softhsm2.conf" }')
@@ -208,7 +274,8 @@ function moduleEnv(value: unknown, where: string, issues: Issues, seen: Map<stri
   for (const [name, v] of Object.entries(value)) {
     if (!ENV_NAME.test(name)) issues.add(`${where}.${name}`, 'is not an environment variable name')
     else if (typeof v !== 'string') issues.add(`${where}.${name}`, 'must be a string')
-    else if (seen.has(name) && seen.get(name) !== v) issues.add(`${where}.${name}`, `conflicts with another token's ${name}; the agent has one environment`)
+    else if (seen.has(name) && seen.get(name) !== v)
+      issues.add(`${where}.${name}`, `conflicts with another token's ${name}; the agent has one environment`)
     else {
       seen.set(name, v)
       out[name] = v
@@ -217,7 +284,12 @@ function moduleEnv(value: unknown, where: string, issues: Issues, seen: Map<stri
   return out
 }
 
-function keyRef(value: unknown, where: string, issues: Issues, tokens: Record<string, unknown>): KeyRef | undefined {
+function keyRef(
+  value: unknown,
+  where: string,
+  issues: Issues,
+  tokens: Record<string, unknown>,
+): KeyRef | undefined {
   if (!isTable(value)) {
     issues.add(where, 'must be an inline table like { token = "NAME", label = "cargo" }')
     return undefined
@@ -232,10 +304,15 @@ function keyRef(value: unknown, where: string, issues: Issues, tokens: Record<st
   }
   if (!Object.hasOwn(tokens, token)) {
     const hint = closest(token, Object.keys(tokens))
-    issues.add(`${where}.token`, `"${token}" is not defined; add a [tokens.${token}] table${hint === undefined ? '' : ` or did you mean "${hint}"?`}`)
+    issues.add(
+      `${where}.token`,
+      `"${token}" is not defined; add a [tokens.${token}] table${hint === undefined ? '' : ` or did you mean "${hint}"?`}`,
+    )
   }
-  if (id !== undefined && !/^([0-9a-fA-F]{2})+$/.test(id)) issues.add(`${where}.id`, 'must be hex bytes, e.g. "01"')
-  if (label === undefined && id === undefined) issues.add(where, 'needs `label` or `id` to find the key on the token')
+  if (id !== undefined && !/^([0-9a-fA-F]{2})+$/.test(id))
+    issues.add(`${where}.id`, 'must be hex bytes, e.g. "01"')
+  if (label === undefined && id === undefined)
+    issues.add(where, 'needs `label` or `id` to find the key on the token')
   const ref: { token: string; label?: string; id?: string } = { token }
   if (label !== undefined) ref.label = label
   if (id !== undefined) ref.id = id.toLowerCase()
@@ -246,7 +323,10 @@ function keyRef(value: unknown, where: string, issues: Issues, tokens: Record<st
 export function validateConfig(doc: unknown, path: string | undefined, env: Env = process.env): Config {
   const issues = new Issues()
   const file = path ?? 'config'
-  if (!isTable(doc)) throw new AgentError('CONFIG_INVALID', `${file} is not a TOML table`, { remedy: 'See docs/configuration.md for a full example' })
+  if (!isTable(doc))
+    throw new AgentError('CONFIG_INVALID', `${file} is not a TOML table`, {
+      remedy: 'See docs/configuration.md for a full example',
+    })
   checkKeys(doc, TOP_KEYS, '', issues)
 
   const agentTable = doc['agent'] ?? {}
@@ -265,13 +345,17 @@ export function validateConfig(doc: unknown, path: string | undefined, env: Env 
     if (socket !== undefined) agent.socket = socket
     agent.headless = bool(agentTable, 'headless', 'agent', issues) ?? agent.headless
     agent.auditLog = str(agentTable, 'audit-log', 'agent', issues) ?? agent.auditLog
-    agent.touchNoticeAfterMs = int(agentTable, 'touch-notice-after-ms', 'agent', issues, 0, 60_000) ?? agent.touchNoticeAfterMs
-    agent.pinCacheIdleSeconds = int(agentTable, 'pin-cache-idle-seconds', 'agent', issues, 0, 86_400 * 7) ?? agent.pinCacheIdleSeconds
-    agent.pinCacheMaxSeconds = int(agentTable, 'pin-cache-max-seconds', 'agent', issues, 0, 86_400 * 7) ?? agent.pinCacheMaxSeconds
+    agent.touchNoticeAfterMs =
+      int(agentTable, 'touch-notice-after-ms', 'agent', issues, 0, 60_000) ?? agent.touchNoticeAfterMs
+    agent.pinCacheIdleSeconds =
+      int(agentTable, 'pin-cache-idle-seconds', 'agent', issues, 0, 86_400 * 7) ?? agent.pinCacheIdleSeconds
+    agent.pinCacheMaxSeconds =
+      int(agentTable, 'pin-cache-max-seconds', 'agent', issues, 0, 86_400 * 7) ?? agent.pinCacheMaxSeconds
     const release = int(agentTable, 'release-after-idle-seconds', 'agent', issues, 1, 86_400 * 7)
     if (release !== undefined) agent.releaseAfterIdleSeconds = release
     agent.notify = bool(agentTable, 'notify', 'agent', issues) ?? agent.notify
-    if (agent.pinCacheIdleSeconds > agent.pinCacheMaxSeconds) issues.add('agent.pin-cache-idle-seconds', 'must not exceed pin-cache-max-seconds')
+    if (agent.pinCacheIdleSeconds > agent.pinCacheMaxSeconds)
+      issues.add('agent.pin-cache-idle-seconds', 'must not exceed pin-cache-max-seconds')
   }
 
   const tokensTable = doc['tokens'] ?? {}
@@ -288,8 +372,13 @@ export function validateConfig(doc: unknown, path: string | undefined, env: Env 
     }
     checkKeys(value, TOKEN_KEYS, where, issues)
     const module = str(value, 'module', where, issues)
-    if (module === undefined && value['module'] === undefined) issues.add(`${where}.module`, 'missing; give a PKCS#11 library path or one of softhsm, ykcs11, tpm2, opensc')
-    if (module !== undefined && module.includes('/') && !module.startsWith('/')) issues.add(`${where}.module`, 'a module path must be absolute')
+    if (module === undefined && value['module'] === undefined)
+      issues.add(
+        `${where}.module`,
+        'missing; give a PKCS#11 library path or one of softhsm, ykcs11, tpm2, opensc',
+      )
+    if (module !== undefined && module.includes('/') && !module.startsWith('/'))
+      issues.add(`${where}.module`, 'a module path must be absolute')
     const pinSource = oneOf(value, 'pin-source', where, issues, PIN_SOURCES) ?? 'tty'
     const token: { -readonly [K in keyof TokenConfig]: TokenConfig[K] } = {
       name,
@@ -298,15 +387,32 @@ export function validateConfig(doc: unknown, path: string | undefined, env: Env 
       confirmFinalTry: bool(value, 'confirm-final-try', where, issues) ?? true,
       moduleEnv: Object.freeze(moduleEnv(value['module-env'], `${where}.module-env`, issues, seenModuleEnv)),
     }
-    for (const [key, prop] of [['label', 'label'], ['serial', 'serial'], ['manufacturer', 'manufacturer'], ['model', 'model'], ['pin-env', 'pinEnv'], ['pin-file', 'pinFile'], ['pinentry-program', 'pinentryProgram']] as const) {
+    for (const [key, prop] of [
+      ['label', 'label'],
+      ['serial', 'serial'],
+      ['manufacturer', 'manufacturer'],
+      ['model', 'model'],
+      ['pin-env', 'pinEnv'],
+      ['pin-file', 'pinFile'],
+      ['pinentry-program', 'pinentryProgram'],
+    ] as const) {
       const v = str(value, key, where, issues)
       if (v !== undefined) token[prop] = v
     }
     const kind = oneOf(value, 'kind', where, issues, TOKEN_KINDS)
     if (kind !== undefined) token.kind = kind
-    if (pinSource === 'env' && token.pinEnv === undefined) issues.add(`${where}.pin-env`, 'missing; pin-source = "env" needs the variable name, e.g. pin-env = "TOKEN_PIN"')
-    if (pinSource === 'file' && token.pinFile === undefined) issues.add(`${where}.pin-file`, 'missing; pin-source = "file" needs a path to a file readable only by you')
-    if (token.pinFile !== undefined && !token.pinFile.startsWith('/')) issues.add(`${where}.pin-file`, 'must be an absolute path')
+    if (pinSource === 'env' && token.pinEnv === undefined)
+      issues.add(
+        `${where}.pin-env`,
+        'missing; pin-source = "env" needs the variable name, e.g. pin-env = "TOKEN_PIN"',
+      )
+    if (pinSource === 'file' && token.pinFile === undefined)
+      issues.add(
+        `${where}.pin-file`,
+        'missing; pin-source = "file" needs a path to a file readable only by you',
+      )
+    if (token.pinFile !== undefined && !token.pinFile.startsWith('/'))
+      issues.add(`${where}.pin-file`, 'must be an absolute path')
     tokens[name] = Object.freeze(token)
   }
 
@@ -323,22 +429,36 @@ export function validateConfig(doc: unknown, path: string | undefined, env: Env 
     checkKeys(value, REGISTRY_KEYS, where, issues)
     const index = str(value, 'index', where, issues)
     if (index === undefined) {
-      if (value['index'] === undefined) issues.add(`${where}.index`, 'missing; the index URL exactly as cargo sends it, e.g. "sparse+https://registry.example/index/"')
+      if (value['index'] === undefined)
+        issues.add(
+          `${where}.index`,
+          'missing; the index URL exactly as cargo sends it, e.g. "sparse+https://registry.example/index/"',
+        )
     } else {
       const problem = checkIndexUrl(index)
       if (problem !== undefined) issues.add(`${where}.index`, problem)
       const other = seenIndex.get(index)
-      if (other !== undefined) issues.add(`${where}.index`, `the same index is already bound by [registries.${other}]`)
+      if (other !== undefined)
+        issues.add(`${where}.index`, `the same index is already bound by [registries.${other}]`)
       seenIndex.set(index, name)
     }
-    const readKey = value['read-key'] === undefined ? (issues.add(`${where}.read-key`, 'missing; e.g. read-key = { token = "yubikey", label = "cargo" }'), undefined) : keyRef(value['read-key'], `${where}.read-key`, issues, tokenDocs)
-    const mutationKey = value['mutation-key'] === undefined ? readKey : keyRef(value['mutation-key'], `${where}.mutation-key`, issues, tokenDocs)
+    const readKey =
+      value['read-key'] === undefined
+        ? (issues.add(`${where}.read-key`, 'missing; e.g. read-key = { token = "yubikey", label = "cargo" }'),
+          undefined)
+        : keyRef(value['read-key'], `${where}.read-key`, issues, tokenDocs)
+    const mutationKey =
+      value['mutation-key'] === undefined
+        ? readKey
+        : keyRef(value['mutation-key'], `${where}.mutation-key`, issues, tokenDocs)
     const registry: { -readonly [K in keyof RegistryConfig]: RegistryConfig[K] } = {
       name,
       index: index ?? '',
       readKey: readKey ?? { token: '' },
       mutationKey: mutationKey ?? readKey ?? { token: '' },
-      tokenMaxAgeSeconds: int(value, 'token-max-age-seconds', where, issues, 1, LIMITS.maxTokenMaxAgeSeconds) ?? LIMITS.defaultTokenMaxAgeSeconds,
+      tokenMaxAgeSeconds:
+        int(value, 'token-max-age-seconds', where, issues, 1, LIMITS.maxTokenMaxAgeSeconds) ??
+        LIMITS.defaultTokenMaxAgeSeconds,
       confirm: oneOf(value, 'confirm', where, issues, CONFIRM_MODES) ?? 'prompt',
       mutationsPerHour: int(value, 'mutations-per-hour', where, issues, 0, 100_000) ?? 30,
       generateOnLogin: bool(value, 'generate-on-login', where, issues) ?? false,
@@ -350,12 +470,21 @@ export function validateConfig(doc: unknown, path: string | undefined, env: Env 
 
   if (issues.list.length > 0) {
     const many = issues.list.length > 1
-    throw new AgentError('CONFIG_INVALID', `${file} has ${many ? `${issues.list.length} problems` : 'a problem'}:\n  ${issues.list.join('\n  ')}`, {
-      remedy: 'Fix the keys named above; docs/configuration.md lists every key with an example',
-      data: { path: file, problems: issues.list.length },
-    })
+    throw new AgentError(
+      'CONFIG_INVALID',
+      `${file} has ${many ? `${issues.list.length} problems` : 'a problem'}:\n  ${issues.list.join('\n  ')}`,
+      {
+        remedy: 'Fix the keys named above; docs/configuration.md lists every key with an example',
+        data: { path: file, problems: issues.list.length },
+      },
+    )
   }
-  const config: { path?: string; agent: AgentSettings; tokens: Readonly<Record<string, TokenConfig>>; registries: Readonly<Record<string, RegistryConfig>> } = {
+  const config: {
+    path?: string
+    agent: AgentSettings
+    tokens: Readonly<Record<string, TokenConfig>>
+    registries: Readonly<Record<string, RegistryConfig>>
+  } = {
     agent: Object.freeze(agent),
     tokens: Object.freeze(tokens),
     registries: Object.freeze(registries),

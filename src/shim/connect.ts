@@ -25,7 +25,10 @@ async function startAgent(socketPath: string, env: NodeJS.ProcessEnv): Promise<s
   const log = openSync(logPath, 'a', 0o600)
   const bin = fileURLToPath(new URL('../bin/cargo-pkcs11-agent.js', import.meta.url))
   // The pool size must come from the parent's environment (src/lib/threadpool.ts).
-  const childEnv = { ...env, UV_THREADPOOL_SIZE: String(Math.max(LIMITS.uvThreadpoolSize, Number(env['UV_THREADPOOL_SIZE'] ?? 0))) }
+  const childEnv = {
+    ...env,
+    UV_THREADPOOL_SIZE: String(Math.max(LIMITS.uvThreadpoolSize, Number(env['UV_THREADPOOL_SIZE'] ?? 0))),
+  }
   const child = spawn(process.execPath, [bin, 'run', '--foreground', '--socket', socketPath], {
     detached: true,
     stdio: ['ignore', log, log],
@@ -36,18 +39,28 @@ async function startAgent(socketPath: string, env: NodeJS.ProcessEnv): Promise<s
   return logPath
 }
 
-export async function connectOrStart(socketPath: string, env: NodeJS.ProcessEnv, onNotice: (text: string) => void): Promise<AgentConnection> {
+export async function connectOrStart(
+  socketPath: string,
+  env: NodeJS.ProcessEnv,
+  onNotice: (text: string) => void,
+): Promise<AgentConnection> {
   try {
     return await AgentConnection.connect(socketPath)
   } catch (error) {
-    const code = error instanceof AgentError ? (error.cause as NodeJS.ErrnoException | undefined)?.code : undefined
+    const code =
+      error instanceof AgentError ? (error.cause as NodeJS.ErrnoException | undefined)?.code : undefined
     if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw error
     if (autostartDisabled(env)) {
-      throw new AgentError('AGENT_UNREACHABLE', `The cargo-pkcs11-agent is not running (no agent at ${socketPath}) and autostart is disabled`, {
-        cause: error,
-        remedy: 'Start it with `cargo-pkcs11-agent run`, or unset CARGO_PKCS11_AGENT_NO_AUTOSTART so the provider starts it',
-        data: { socket: socketPath },
-      })
+      throw new AgentError(
+        'AGENT_UNREACHABLE',
+        `The cargo-pkcs11-agent is not running (no agent at ${socketPath}) and autostart is disabled`,
+        {
+          cause: error,
+          remedy:
+            'Start it with `cargo-pkcs11-agent run`, or unset CARGO_PKCS11_AGENT_NO_AUTOSTART so the provider starts it',
+          data: { socket: socketPath },
+        },
+      )
     }
   }
   onNotice(`starting cargo-pkcs11-agent on ${socketPath}`)
@@ -63,9 +76,13 @@ export async function connectOrStart(socketPath: string, env: NodeJS.ProcessEnv,
     }
   }
   const base = unreachable(socketPath, (last as AgentError | undefined)?.cause ?? last)
-  throw new AgentError('AGENT_UNREACHABLE', `The cargo-pkcs11-agent did not start on ${socketPath} within ${LIMITS.agentStartWaitMs} ms`, {
-    cause: base,
-    remedy: `See its log ${logPath}, or run \`cargo-pkcs11-agent run --foreground\` to see why it does not start`,
-    data: { socket: socketPath },
-  })
+  throw new AgentError(
+    'AGENT_UNREACHABLE',
+    `The cargo-pkcs11-agent did not start on ${socketPath} within ${LIMITS.agentStartWaitMs} ms`,
+    {
+      cause: base,
+      remedy: `See its log ${logPath}, or run \`cargo-pkcs11-agent run --foreground\` to see why it does not start`,
+      data: { socket: socketPath },
+    },
+  )
 }

@@ -33,7 +33,11 @@ export function requesterContext(): RequesterContext {
   try {
     // NUL-separated argv of the parent; unreadable on non-Linux or under hidepid, which is fine.
     const raw = readFileSync(`/proc/${process.ppid}/cmdline`)
-    const command = raw.toString('utf8').split('\0').filter((a) => a !== '').join(' ')
+    const command = raw
+      .toString('utf8')
+      .split('\0')
+      .filter((a) => a !== '')
+      .join(' ')
     if (command !== '') context.command = command.slice(0, LIMITS.auditFieldMaxChars)
   } catch {
     // best effort

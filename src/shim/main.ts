@@ -62,7 +62,8 @@ async function onQuery(query: QueryMessage): Promise<QueryAnswer> {
 }
 
 function cacheOf(result: Record<string, unknown>): CacheControl {
-  if (result['cache'] === 'expires' && typeof result['expiration'] === 'number') return { cache: 'expires', expiration: result['expiration'] }
+  if (result['cache'] === 'expires' && typeof result['expiration'] === 'number')
+    return { cache: 'expires', expiration: result['expiration'] }
   if (result['cache'] === 'session') return { cache: 'session' }
   return { cache: 'never' }
 }
@@ -72,7 +73,10 @@ function cacheOf(result: Record<string, unknown>): CacheControl {
  * "--socket=/path", "--no-autostart"]`) arrive in the request's `args` (spec §1.1): the way to
  * configure the shim without it reading the agent's TOML.
  */
-export function shimOptions(args: readonly string[], env: NodeJS.ProcessEnv): { socket: string; env: NodeJS.ProcessEnv } {
+export function shimOptions(
+  args: readonly string[],
+  env: NodeJS.ProcessEnv,
+): { socket: string; env: NodeJS.ProcessEnv } {
   let socket: string | undefined
   let noAutostart = false
   for (let i = 0; i < args.length; i++) {
@@ -107,11 +111,18 @@ async function perform(request: CargoRequest, line: string, baseEnv: NodeJS.Proc
     switch (request.kind) {
       case 'get': {
         const result = await connection.request('sign', params, options)
-        if (typeof result['token'] !== 'string') throw new AgentError('PROTOCOL_ERROR', 'The agent answered without a token', { remedy: 'Use the shim and the agent from the same release' })
+        if (typeof result['token'] !== 'string')
+          throw new AgentError('PROTOCOL_ERROR', 'The agent answered without a token', {
+            remedy: 'Use the shim and the agent from the same release',
+          })
         if (request.operation !== 'read') {
           // Mutations are rare and matter: say what was signed, with which key. Reads stay quiet.
-          const what = [request.operation, request.name, request.vers].filter((v) => v !== undefined).join(' ')
-          say(`signed ${what} for ${request.registry.name ?? request.registry.indexUrl} with ${String(result['key'] ?? 'the device key')} (${String(result['kip'] ?? '')})`)
+          const what = [request.operation, request.name, request.vers]
+            .filter((v) => v !== undefined)
+            .join(' ')
+          say(
+            `signed ${what} for ${request.registry.name ?? request.registry.indexUrl} with ${String(result['key'] ?? 'the device key')} (${String(result['kip'] ?? '')})`,
+          )
         }
         return okGet(result['token'], cacheOf(result))
       }
@@ -121,7 +132,9 @@ async function perform(request: CargoRequest, line: string, baseEnv: NodeJS.Proc
         const generated = new Set((result['generated'] as string[] | undefined) ?? [])
         for (const key of (result['keys'] as Record<string, string>[] | undefined) ?? []) {
           const fresh = generated.has(`${key['token']}/${key['label']}`)
-          say(`${fresh ? 'generated' : 'using'} key "${key['label']}" (id ${key['id']}) on token "${key['token']}" for ${registry}`)
+          say(
+            `${fresh ? 'generated' : 'using'} key "${key['label']}" (id ${key['id']}) on token "${key['token']}" for ${registry}`,
+          )
           // stderr, as cargo:paseto prints its public key: the registry needs these to accept tokens.
           process.stderr.write(`${key['k3Public']}\n${key['k3Pid']}\n`)
         }
@@ -140,7 +153,10 @@ async function perform(request: CargoRequest, line: string, baseEnv: NodeJS.Proc
 }
 
 /** Runs the provider. Resolves to the exit status. */
-export async function runShim(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+export async function runShim(
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<number> {
   if (!argv.includes('--cargo-plugin')) {
     process.stderr.write(
       `${NAME} is a cargo credential provider; cargo starts it. Configure it in .cargo/config.toml:\n` +
@@ -152,11 +168,23 @@ export async function runShim(argv: readonly string[], env: NodeJS.ProcessEnv = 
   respond(HELLO)
   const input = await readRequestLine()
   if (input.kind === 'too-large') {
-    respond(errOther(`The request from cargo is larger than ${LIMITS.cargoLineMaxBytes} bytes`, ['cargo requests are small JSON lines; this is not one', `${NAME} error code REQUEST_INVALID`]))
+    respond(
+      errOther(`The request from cargo is larger than ${LIMITS.cargoLineMaxBytes} bytes`, [
+        'cargo requests are small JSON lines; this is not one',
+        `${NAME} error code REQUEST_INVALID`,
+      ]),
+    )
     return 0
   }
   if (input.kind === 'eof') {
-    respond(errOther(input.partialBytes > 0 ? 'stdin closed in the middle of the request line' : 'stdin closed before cargo sent a request', [`${NAME} expects one JSON request line after the hello (cargo credential protocol v1)`]))
+    respond(
+      errOther(
+        input.partialBytes > 0
+          ? 'stdin closed in the middle of the request line'
+          : 'stdin closed before cargo sent a request',
+        [`${NAME} expects one JSON request line after the hello (cargo credential protocol v1)`],
+      ),
+    )
     return 1
   }
   let request: CargoRequest

@@ -26,7 +26,8 @@ export class Notices {
       this.say(text)
       return
     }
-    const line = (): string => `${this.#name}: ${text} (${Math.max(0, Math.round((deadline - Date.now()) / 1000))} s left)`
+    const line = (): string =>
+      `${this.#name}: ${text} (${Math.max(0, Math.round((deadline - Date.now()) / 1000))} s left)`
     this.stop()
     if (process.stderr.isTTY !== true) {
       this.say(line())

@@ -2,11 +2,12 @@
 import { LIMITS } from '../lib/limits.js'
 
 export type LineResult =
-  | { kind: 'line'; line: string }
-  | { kind: 'too-large' }
-  | { kind: 'eof'; partialBytes: number }
+  { kind: 'line'; line: string } | { kind: 'too-large' } | { kind: 'eof'; partialBytes: number }
 
-export function readRequestLine(input: NodeJS.ReadableStream = process.stdin, maxBytes: number = LIMITS.cargoLineMaxBytes): Promise<LineResult> {
+export function readRequestLine(
+  input: NodeJS.ReadableStream = process.stdin,
+  maxBytes: number = LIMITS.cargoLineMaxBytes,
+): Promise<LineResult> {
   return new Promise((resolve) => {
     const parts: Buffer[] = []
     let length = 0
@@ -30,7 +31,8 @@ export function readRequestLine(input: NodeJS.ReadableStream = process.stdin, ma
       }
       parts.push(take)
       length += take.length
-      if (newline !== -1) finish({ kind: 'line', line: Buffer.concat(parts, length).toString('utf8').replace(/\r$/, '') })
+      if (newline !== -1)
+        finish({ kind: 'line', line: Buffer.concat(parts, length).toString('utf8').replace(/\r$/, '') })
     }
     const onEnd = (): void => finish({ kind: 'eof', partialBytes: length })
     input.on('data', onData)

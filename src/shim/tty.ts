@@ -57,7 +57,11 @@ function readRaw(prompt: string, options: { echo: boolean; single: boolean }): P
     input.on('data', (chunk: Buffer) => {
       for (const byte of chunk) {
         if (byte === 0x03 || (byte === 0x04 && typed.length === 0) || byte === 0x1b) {
-          done(new AgentError('PIN_ENTRY_FAILED', 'Entry cancelled on the terminal', { remedy: 'Run the cargo command again' }))
+          done(
+            new AgentError('PIN_ENTRY_FAILED', 'Entry cancelled on the terminal', {
+              remedy: 'Run the cargo command again',
+            }),
+          )
           return
         }
         if (byte === 0x0d || byte === 0x0a) {

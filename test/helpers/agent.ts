@@ -97,7 +97,10 @@ export interface AgentFixture {
   /** Sends SIGTERM and waits for the exit. Resolves to the exit code. */
   stopAgent(signal?: NodeJS.Signals): Promise<number | null>
   /** Runs the shim once with `input` on stdin (a request object is serialised as one line). */
-  runShim(input: string | object, options?: { env?: NodeJS.ProcessEnv; args?: string[]; timeoutMs?: number; closeStdin?: boolean }): Promise<ShimResult>
+  runShim(
+    input: string | object,
+    options?: { env?: NodeJS.ProcessEnv; args?: string[]; timeoutMs?: number; closeStdin?: boolean },
+  ): Promise<ShimResult>
   /** Stops the agent and removes every temp file (and the SoftHSM store it created). */
   stop(): Promise<void>
 }
@@ -111,7 +114,11 @@ function kebabRegistry(r: RegistryFixture, defaultToken: string): Record<string,
     if (k?.id !== undefined) out['id'] = k.id
     return out
   }
-  const t: Record<string, unknown> = { index: r.index, 'read-key': ref(r.readKey), confirm: r.confirm ?? 'none' }
+  const t: Record<string, unknown> = {
+    index: r.index,
+    'read-key': ref(r.readKey),
+    confirm: r.confirm ?? 'none',
+  }
   if (r.mutationKey !== undefined) t['mutation-key'] = ref(r.mutationKey)
   if (r.subject !== undefined) t['subject'] = r.subject
   if (r.tokenMaxAgeSeconds !== undefined) t['token-max-age-seconds'] = r.tokenMaxAgeSeconds
@@ -145,7 +152,11 @@ export async function startAgent(options: StartAgentOptions = {}): Promise<Agent
     agent: { 'audit-log': auditLog, notify: false, ...(options.agent ?? {}) },
     tokens: Object.fromEntries(
       Object.entries(tokens).map(([name, t]) => {
-        const table: Record<string, unknown> = { module: t.module ?? softhsm.module, 'pin-source': t.pinSource ?? 'env', kind: t.kind ?? 'softhsm' }
+        const table: Record<string, unknown> = {
+          module: t.module ?? softhsm.module,
+          'pin-source': t.pinSource ?? 'env',
+          kind: t.kind ?? 'softhsm',
+        }
         if (t.serial !== undefined) table['serial'] = t.serial
         else table['label'] = t.label ?? softhsm.label
         if ((t.pinSource ?? 'env') === 'env') table['pin-env'] = t.pinEnv ?? TEST_PIN_ENV
@@ -154,7 +165,9 @@ export async function startAgent(options: StartAgentOptions = {}): Promise<Agent
         return [name, table]
       }),
     ),
-    registries: Object.fromEntries(Object.entries(options.registries ?? {}).map(([name, r]) => [name, kebabRegistry(r, defaultToken)])),
+    registries: Object.fromEntries(
+      Object.entries(options.registries ?? {}).map(([name, r]) => [name, kebabRegistry(r, defaultToken)]),
+    ),
   }
   await mkdir(join(dir, 'config'), { recursive: true, mode: 0o700 })
   await writeFile(configPath, stringify(doc) + '\n', { mode: 0o600 })
@@ -201,10 +214,14 @@ export async function startAgent(options: StartAgentOptions = {}): Promise<Agent
     process: undefined,
     log: () => stderr,
     async spawnAgent(extraArgs = []) {
-      const child = spawn(process.execPath, [agentPath, 'run', '--foreground', '--config', configPath, '--socket', socket, ...extraArgs], {
-        env: agentEnv,
-        stdio: ['ignore', 'pipe', 'pipe'],
-      })
+      const child = spawn(
+        process.execPath,
+        [agentPath, 'run', '--foreground', '--config', configPath, '--socket', socket, ...extraArgs],
+        {
+          env: agentEnv,
+          stdio: ['ignore', 'pipe', 'pipe'],
+        },
+      )
       child.stdout.setEncoding('utf8').on('data', (d: string) => (stderr += d))
       child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d))
       fixture.process = child
@@ -212,7 +229,8 @@ export async function startAgent(options: StartAgentOptions = {}): Promise<Agent
     },
     async stopAgent(signal = 'SIGTERM') {
       const child = fixture.process
-      if (child === undefined || child.exitCode !== null || child.signalCode !== null) return child?.exitCode ?? null
+      if (child === undefined || child.exitCode !== null || child.signalCode !== null)
+        return child?.exitCode ?? null
       const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
       child.kill(signal)
       const timer = setTimeout(() => child.kill('SIGKILL'), LIMITS.shutdownGraceMs + 5_000)
@@ -240,10 +258,16 @@ export async function startAgent(options: StartAgentOptions = {}): Promise<Agent
 }
 
 /** Resolves once the agent answers a ping; rejects with its output if it exits first. */
-export async function waitForSocket(socket: string, child: ChildProcess, output: () => string, timeoutMs = 15_000): Promise<void> {
+export async function waitForSocket(
+  socket: string,
+  child: ChildProcess,
+  output: () => string,
+  timeoutMs = 15_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (Date.now() < deadline) {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`agent exited (${child.exitCode ?? child.signalCode}) before listening:\n${output()}`)
+    if (child.exitCode !== null || child.signalCode !== null)
+      throw new Error(`agent exited (${child.exitCode ?? child.signalCode}) before listening:\n${output()}`)
     if (existsSync(socket)) {
       try {
         const c = await AgentConnection.connect(socket, 1_000)
@@ -280,12 +304,19 @@ export function runShim(
     child.stdin.on('error', () => {}) // the shim may exit before reading a huge line
     const timer = setTimeout(() => {
       child.kill('SIGKILL')
-      reject(new Error(`shim did not exit within ${options.timeoutMs ?? 30_000} ms; stdout=${stdout} stderr=${stderr}`))
+      reject(
+        new Error(
+          `shim did not exit within ${options.timeoutMs ?? 30_000} ms; stdout=${stdout} stderr=${stderr}`,
+        ),
+      )
     }, options.timeoutMs ?? 30_000)
     child.on('exit', (status, signal) => {
       clearTimeout(timer)
-      child.stdout.once('end', () => resolve({ status, signal, stdout, stderr, lines: stdout.split('\n').filter((l) => l !== '') }))
-      if (child.stdout.readableEnded) resolve({ status, signal, stdout, stderr, lines: stdout.split('\n').filter((l) => l !== '') })
+      child.stdout.once('end', () =>
+        resolve({ status, signal, stdout, stderr, lines: stdout.split('\n').filter((l) => l !== '') }),
+      )
+      if (child.stdout.readableEnded)
+        resolve({ status, signal, stdout, stderr, lines: stdout.split('\n').filter((l) => l !== '') })
     })
     const text = typeof input === 'string' ? input : JSON.stringify(input) + '\n'
     if (text !== '') child.stdin.write(text)
@@ -294,7 +325,11 @@ export function runShim(
 }
 
 /** cargo's request line for `operation` on `index` (spec §1.4), as an object for `runShim`. */
-export function cargoGet(index: string, operation: 'read' | 'publish' | 'yank' | 'unyank' | 'owners', fields: { name?: string; vers?: string; cksum?: string; registryName?: string } = {}): object {
+export function cargoGet(
+  index: string,
+  operation: 'read' | 'publish' | 'yank' | 'unyank' | 'owners',
+  fields: { name?: string; vers?: string; cksum?: string; registryName?: string } = {},
+): object {
   const registry: Record<string, string> = { 'index-url': index }
   if (fields.registryName !== undefined) registry['name'] = fields.registryName
   const request: Record<string, unknown> = { v: 1, registry, kind: 'get', operation }

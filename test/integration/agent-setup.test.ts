@@ -19,7 +19,10 @@ import { cargoGet, distPath, runShim, waitForSocket } from '../helpers/agent.js'
 const AGENT = distPath('src', 'bin', 'cargo-pkcs11-agent.js')
 const INDEX = 'sparse+http://127.0.0.1:38650/index/'
 
-function runCli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function runCli(
+  args: string[],
+  env: NodeJS.ProcessEnv,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [AGENT, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] })
     let stdout = ''
@@ -80,20 +83,32 @@ describe('setup', () => {
     assert.equal(config.tokens['softhsm']?.pinSource, 'file')
     assert.equal((await stat(configPath)).mode & 0o777, 0o600)
     assert.equal((await stat(String(config.tokens['softhsm']?.pinFile))).mode & 0o777, 0o600)
-    const cargo = parse(await readFile(join(dir, 'cargo-home', 'config.toml'), 'utf8')) as { registries: Record<string, { index: string; 'credential-provider': string[] }> }
+    const cargo = parse(await readFile(join(dir, 'cargo-home', 'config.toml'), 'utf8')) as {
+      registries: Record<string, { index: string; 'credential-provider': string[] }>
+    }
     assert.equal(cargo.registries['local']?.index, INDEX)
-    assert.deepEqual(cargo.registries['local']?.['credential-provider'], [distPath('src', 'bin', 'cargo-credential-pkcs11.js')])
-    assert.ok(!r.stdout.includes(await readFile(String(config.tokens['softhsm']?.pinFile), 'utf8')), 'the PIN is never printed')
+    assert.deepEqual(cargo.registries['local']?.['credential-provider'], [
+      distPath('src', 'bin', 'cargo-credential-pkcs11.js'),
+    ])
+    assert.ok(
+      !r.stdout.includes(await readFile(String(config.tokens['softhsm']?.pinFile), 'utf8')),
+      'the PIN is never printed',
+    )
   })
 
   test('an agent started from that config (no SOFTHSM2_CONF exported) signs with the printed key', async () => {
-    const child = spawn(process.execPath, [AGENT, 'run', '--foreground'], { env: { ...env, UV_THREADPOOL_SIZE: '24' }, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(process.execPath, [AGENT, 'run', '--foreground'], {
+      env: { ...env, UV_THREADPOOL_SIZE: '24' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
     agent = child
     let output = ''
     child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d))
     child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d))
     await waitForSocket(String(env['CARGO_PKCS11_AGENT_SOCK']), child, () => output)
-    const r = await runShim(distPath('src', 'bin', 'cargo-credential-pkcs11.js'), cargoGet(INDEX, 'read'), { env: { ...env, CARGO_PKCS11_AGENT_NO_AUTOSTART: '1' } })
+    const r = await runShim(distPath('src', 'bin', 'cargo-credential-pkcs11.js'), cargoGet(INDEX, 'read'), {
+      env: { ...env, CARGO_PKCS11_AGENT_NO_AUTOSTART: '1' },
+    })
     const ok = JSON.parse(String(r.lines[1])) as { Ok?: { token: string } }
     assert.ok(ok.Ok !== undefined, `${r.stdout} ${r.stderr} ${output}`)
     await verifyToken(ok.Ok.token, { publicKey: k3, url: INDEX, operation: 'read' })
@@ -111,7 +126,10 @@ describe('setup', () => {
   })
 
   test('changing a binding or replacing the key needs --force', async () => {
-    const moved = await runCli(['setup', '--registry', 'local', '--index', 'sparse+http://127.0.0.1:38651/index/'], env)
+    const moved = await runCli(
+      ['setup', '--registry', 'local', '--index', 'sparse+http://127.0.0.1:38651/index/'],
+      env,
+    )
     assert.equal(moved.code, 1)
     assert.match(moved.stderr, /already has a different \[registries\.local\]\. Pass --force/)
     const forced = await runCli(['setup', '--registry', 'local', '--index', INDEX, '--force'], env)
@@ -124,7 +142,10 @@ describe('setup', () => {
     const r = await runCli(['setup', '--registry', 'x'], env)
     assert.equal(r.code, 2)
     assert.match(r.stderr, /--registry and --index go together/)
-    const bad = await runCli(['setup', '--registry', 'x', '--index', 'sparse+https://registry.example/index'], env)
+    const bad = await runCli(
+      ['setup', '--registry', 'x', '--index', 'sparse+https://registry.example/index'],
+      env,
+    )
     assert.equal(bad.code, 2)
     assert.match(bad.stderr, /ends with "\/"/)
   })

@@ -59,33 +59,90 @@ describe('agent + shim on SoftHSM', () => {
     assert.equal(ok['operation_independent'], false)
     assert.equal(ok['cache'], 'expires')
     assert.equal(r.stderr, '', 'reads are silent')
-    const verified = await verifyToken(String(ok['token']), { publicKey: KNOWN_KEY.k3Public, url: INDEX, operation: 'read', maxAgeSeconds: 120, strictLowS: true })
+    const verified = await verifyToken(String(ok['token']), {
+      publicKey: KNOWN_KEY.k3Public,
+      url: INDEX,
+      operation: 'read',
+      maxAgeSeconds: 120,
+      strictLowS: true,
+    })
     const iat = Math.floor(verified.iat.getTime() / 1000)
     assert.ok(iat >= before - 1 && iat <= Math.floor(Date.now() / 1000) + 1)
     assert.equal(ok['expiration'], iat + 120 + 60 - LIMITS.readTokenCacheSafetySeconds)
     // The same token must not pass as a publish token.
-    await assert.rejects(verifyToken(String(ok['token']), { publicKey: KNOWN_KEY.k3Public, url: INDEX, operation: 'publish', name: 'foo', vers: '1.0.0', cksum: CKSUM }))
+    await assert.rejects(
+      verifyToken(String(ok['token']), {
+        publicKey: KNOWN_KEY.k3Public,
+        url: INDEX,
+        operation: 'publish',
+        name: 'foo',
+        vers: '1.0.0',
+        cksum: CKSUM,
+      }),
+    )
   })
 
   test('get publish: a token that verifies for publish with name, vers and cksum; never cached', async () => {
-    const r = await agent.runShim(cargoGet(INDEX, 'publish', { name: 'foo', vers: '1.2.3', cksum: CKSUM, registryName: 'local' }))
+    const r = await agent.runShim(
+      cargoGet(INDEX, 'publish', { name: 'foo', vers: '1.2.3', cksum: CKSUM, registryName: 'local' }),
+    )
     assert.equal(r.status, 0, r.stderr)
     const ok = okOf(r.lines[1])
-    assert.match(r.stderr, /signed publish foo 1\.2\.3 for local with [^\n]*key 'known' \(id 02\) \(k3\.pid\./)
+    assert.match(
+      r.stderr,
+      /signed publish foo 1\.2\.3 for local with [^\n]*key 'known' \(id 02\) \(k3\.pid\./,
+    )
     assert.equal(ok['cache'], 'never')
     assert.equal(ok['expiration'], undefined)
-    const verified = await verifyToken(String(ok['token']), { publicKey: KNOWN_KEY.k3Public, url: INDEX, operation: 'publish', name: 'foo', vers: '1.2.3', cksum: CKSUM, strictLowS: true })
+    const verified = await verifyToken(String(ok['token']), {
+      publicKey: KNOWN_KEY.k3Public,
+      url: INDEX,
+      operation: 'publish',
+      name: 'foo',
+      vers: '1.2.3',
+      cksum: CKSUM,
+      strictLowS: true,
+    })
     assert.equal(verified.claims['mutation'], 'publish')
     // Bound to this crate version: another version or checksum is rejected.
-    await assert.rejects(verifyToken(String(ok['token']), { publicKey: KNOWN_KEY.k3Public, url: INDEX, operation: 'publish', name: 'foo', vers: '1.2.4', cksum: CKSUM }))
-    await assert.rejects(verifyToken(String(ok['token']), { publicKey: KNOWN_KEY.k3Public, url: OTHER, operation: 'publish', name: 'foo', vers: '1.2.3', cksum: CKSUM }))
+    await assert.rejects(
+      verifyToken(String(ok['token']), {
+        publicKey: KNOWN_KEY.k3Public,
+        url: INDEX,
+        operation: 'publish',
+        name: 'foo',
+        vers: '1.2.4',
+        cksum: CKSUM,
+      }),
+    )
+    await assert.rejects(
+      verifyToken(String(ok['token']), {
+        publicKey: KNOWN_KEY.k3Public,
+        url: OTHER,
+        operation: 'publish',
+        name: 'foo',
+        vers: '1.2.3',
+        cksum: CKSUM,
+      }),
+    )
   })
 
   test('yank and owners verify for their operation', async () => {
     const yank = okOf((await agent.runShim(cargoGet(INDEX, 'yank', { name: 'foo', vers: '1.2.3' }))).lines[1])
-    await verifyToken(String(yank['token']), { publicKey: KNOWN_KEY.k3Public, url: INDEX, operation: 'yank', name: 'foo', vers: '1.2.3' })
+    await verifyToken(String(yank['token']), {
+      publicKey: KNOWN_KEY.k3Public,
+      url: INDEX,
+      operation: 'yank',
+      name: 'foo',
+      vers: '1.2.3',
+    })
     const owners = okOf((await agent.runShim(cargoGet(INDEX, 'owners', { name: 'foo' }))).lines[1])
-    await verifyToken(String(owners['token']), { publicKey: KNOWN_KEY.k3Public, url: INDEX, operation: 'owners', name: 'foo' })
+    await verifyToken(String(owners['token']), {
+      publicKey: KNOWN_KEY.k3Public,
+      url: INDEX,
+      operation: 'owners',
+      name: 'foo',
+    })
   })
 
   test('every signature has an audit line with the request and the key id', () => {
@@ -110,7 +167,10 @@ describe('agent + shim on SoftHSM', () => {
     assert.deepEqual(JSON.parse(String(r.lines[1])), { Err: { kind: 'url-not-supported' } })
     // cargo itself would only say "no credential providers could handle the request".
     assert.ok(r.stderr.includes('sparse+http://127.0.0.1:1/index/'), r.stderr)
-    assert.match(r.stderr, /\[registries\.NAME\] table with index = "sparse\+http:\/\/127\.0\.0\.1:1\/index\/"/)
+    assert.match(
+      r.stderr,
+      /\[registries\.NAME\] table with index = "sparse\+http:\/\/127\.0\.0\.1:1\/index\/"/,
+    )
     // Exact match only: the same URL without the sparse+ prefix is a different registry.
     const bare = await agent.runShim(cargoGet(INDEX.replace('sparse+', ''), 'read'))
     assert.deepEqual(JSON.parse(String(bare.lines[1])), { Err: { kind: 'url-not-supported' } })
@@ -122,7 +182,12 @@ describe('agent + shim on SoftHSM', () => {
   })
 
   test('cargo login shows k3.public and k3.pid of the bound key on stderr', async () => {
-    const r = await agent.runShim({ v: 1, registry: { 'index-url': INDEX, name: 'local' }, kind: 'login', token: 'ignored' })
+    const r = await agent.runShim({
+      v: 1,
+      registry: { 'index-url': INDEX, name: 'local' },
+      kind: 'login',
+      token: 'ignored',
+    })
     assert.deepEqual(JSON.parse(String(r.lines[1])), { Ok: { kind: 'login' } })
     assert.ok(r.stderr.includes(KNOWN_KEY.k3Public), r.stderr)
     assert.match(r.stderr, /k3\.pid\.[A-Za-z0-9_-]{44}/)
@@ -134,7 +199,12 @@ describe('agent + shim on SoftHSM', () => {
     const e = errOf(refused.lines[1])
     assert.equal(e['kind'], 'other')
     assert.match(JSON.stringify(e['caused-by']), /--generate/)
-    const generated = await agent.runShim({ v: 1, registry: { 'index-url': OTHER }, kind: 'login', args: ['--generate'] })
+    const generated = await agent.runShim({
+      v: 1,
+      registry: { 'index-url': OTHER },
+      kind: 'login',
+      args: ['--generate'],
+    })
     assert.deepEqual(JSON.parse(String(generated.lines[1])), { Ok: { kind: 'login' } }, generated.stderr)
     const k3 = /k3\.public\.[A-Za-z0-9_-]{66}/.exec(generated.stderr)?.[0]
     assert.ok(k3 !== undefined, generated.stderr)
@@ -147,7 +217,11 @@ describe('agent + shim on SoftHSM', () => {
     const r = await agent.runShim({ v: 1, registry: { 'index-url': INDEX }, kind: 'logout' })
     assert.deepEqual(JSON.parse(String(r.lines[1])), { Ok: { kind: 'logout' } })
     const again = okOf((await agent.runShim(cargoGet(INDEX, 'read'))).lines[1])
-    await verifyToken(String(again['token']), { publicKey: KNOWN_KEY.k3Public, url: INDEX, operation: 'read' })
+    await verifyToken(String(again['token']), {
+      publicKey: KNOWN_KEY.k3Public,
+      url: INDEX,
+      operation: 'read',
+    })
   })
 
   test('status, lock and release over the socket', async () => {
@@ -159,20 +233,34 @@ describe('agent + shim on SoftHSM', () => {
       assert.equal(tokens[0]?.name, 'softhsm')
       assert.equal(tokens[0]?.status?.present, true)
       assert.equal(tokens[0]?.status?.loggedIn, true)
-      assert.deepEqual((status['registries'] as { name: string }[]).map((r) => r.name).sort(), ['local', 'nokey'])
+      assert.deepEqual((status['registries'] as { name: string }[]).map((r) => r.name).sort(), [
+        'local',
+        'nokey',
+      ])
       const locked = await c.request('lock')
       assert.equal(typeof locked['forgotten'], 'number')
       const after = await c.request('status')
-      assert.equal((after['tokens'] as { status?: { loggedIn: boolean } }[])[0]?.status?.loggedIn, false, 'lock logs the token out')
+      assert.equal(
+        (after['tokens'] as { status?: { loggedIn: boolean } }[])[0]?.status?.loggedIn,
+        false,
+        'lock logs the token out',
+      )
       assert.deepEqual(Object.keys(await c.request('release')), ['released'])
       const pub = await c.request('pubkey', { registry: 'local' })
-      assert.equal(((pub['registries'] as { readKey: { k3Public: string } }[])[0])?.readKey.k3Public, KNOWN_KEY.k3Public)
+      assert.equal(
+        (pub['registries'] as { readKey: { k3Public: string } }[])[0]?.readKey.k3Public,
+        KNOWN_KEY.k3Public,
+      )
     } finally {
       c.close()
     }
     // Signing works again after lock/release (env PIN source logs in again).
     const again = okOf((await agent.runShim(cargoGet(INDEX, 'read'))).lines[1])
-    await verifyToken(String(again['token']), { publicKey: KNOWN_KEY.k3Public, url: INDEX, operation: 'read' })
+    await verifyToken(String(again['token']), {
+      publicKey: KNOWN_KEY.k3Public,
+      url: INDEX,
+      operation: 'read',
+    })
   })
 })
 
@@ -188,21 +276,44 @@ describe('agent robustness', () => {
         'x'.repeat(1000),
         '{"v":1',
         '{"v":1,"registry":{"index-url":7},"kind":"get","operation":"read"}',
-        JSON.stringify({ v: 1, registry: { 'index-url': INDEX }, kind: 'get', operation: 'publish', name: 'a' }),
+        JSON.stringify({
+          v: 1,
+          registry: { 'index-url': INDEX },
+          kind: 'get',
+          operation: 'publish',
+          name: 'a',
+        }),
         JSON.stringify({ v: 1, registry: { 'index-url': INDEX }, kind: 'logout' }),
-        JSON.stringify({ v: 1, registry: { 'index-url': INDEX, name: { nested: [1, 2] } }, kind: 'get', operation: 'read' }),
+        JSON.stringify({
+          v: 1,
+          registry: { 'index-url': INDEX, name: { nested: [1, 2] } },
+          kind: 'get',
+          operation: 'read',
+        }),
       ]
       const requesters: unknown[] = [undefined, 'me', { pid: -1, ppid: 'x', command: 5, tty: null }, [1, 2]]
       let errors = 0
       for (const method of ['sign', 'login', 'logout', 'pubkey', 'keygen'] as const) {
         for (const [i, cargo] of junk.entries()) {
-          const params = { cargo, requester: requesters[i % requesters.length], interactive: i % 2 === 0, token: cargo, label: cargo, registry: cargo, indexUrl: cargo }
+          const params = {
+            cargo,
+            requester: requesters[i % requesters.length],
+            interactive: i % 2 === 0,
+            token: cargo,
+            label: cargo,
+            registry: cargo,
+            indexUrl: cargo,
+          }
           try {
             await c.request(method, params as Record<string, unknown>)
           } catch (error) {
             errors += 1
             assert.ok(error instanceof Error)
-            assert.notEqual((error as { code?: string }).code, 'AGENT_UNREACHABLE', `${method} #${i} dropped the connection`)
+            assert.notEqual(
+              (error as { code?: string }).code,
+              'AGENT_UNREACHABLE',
+              `${method} #${i} dropped the connection`,
+            )
           }
         }
       }
@@ -218,18 +329,30 @@ describe('agent robustness', () => {
   })
 
   test('keygen over the socket generates on the device and refuses to overwrite without force', async () => {
-    const agent = await startAgent({ registries: { local: { index: INDEX, readKey: { label: 'sock-gen' } } } })
+    const agent = await startAgent({
+      registries: { local: { index: INDEX, readKey: { label: 'sock-gen' } } },
+    })
     try {
       const c = await AgentConnection.connect(agent.socket)
       try {
         const made = await c.request('keygen', { token: 'softhsm', label: 'sock-gen' })
         assert.match(String(made['k3Public']), /^k3\.public\./)
-        await assert.rejects(c.request('keygen', { token: 'softhsm', label: 'sock-gen' }), (e: unknown) => (e as { code?: string }).code === 'KEY_EXISTS')
+        await assert.rejects(
+          c.request('keygen', { token: 'softhsm', label: 'sock-gen' }),
+          (e: unknown) => (e as { code?: string }).code === 'KEY_EXISTS',
+        )
         const ok = okOf((await agent.runShim(cargoGet(INDEX, 'read'))).lines[1])
-        await verifyToken(String(ok['token']), { publicKey: String(made['k3Public']), url: INDEX, operation: 'read' })
+        await verifyToken(String(ok['token']), {
+          publicKey: String(made['k3Public']),
+          url: INDEX,
+          operation: 'read',
+        })
         const again = await c.request('keygen', { token: 'softhsm', label: 'sock-gen', force: true })
         assert.notEqual(again['k3Public'], made['k3Public'])
-        await assert.rejects(c.request('keygen', { token: 'nope', label: 'x' }), (e: unknown) => (e as { code?: string }).code === 'CONFIG_INVALID')
+        await assert.rejects(
+          c.request('keygen', { token: 'nope', label: 'x' }),
+          (e: unknown) => (e as { code?: string }).code === 'CONFIG_INVALID',
+        )
       } finally {
         c.close()
       }
@@ -239,7 +362,10 @@ describe('agent robustness', () => {
   })
 
   test('release-after-idle-seconds closes the sessions once the agent is idle', async () => {
-    const agent = await startAgent({ registries: { local: { index: INDEX, readKey: known } }, agent: { 'release-after-idle-seconds': 1 } })
+    const agent = await startAgent({
+      registries: { local: { index: INDEX, readKey: known } },
+      agent: { 'release-after-idle-seconds': 1 },
+    })
     try {
       okOf((await agent.runShim(cargoGet(INDEX, 'read'))).lines[1])
       let open = -1
@@ -250,7 +376,7 @@ describe('agent robustness', () => {
       const c = await AgentConnection.connect(agent.socket)
       try {
         const status = await c.request('status')
-        open = ((status['tokens'] as { status?: { sessionsOpen: number } }[])[0]?.status?.sessionsOpen ?? -1)
+        open = (status['tokens'] as { status?: { sessionsOpen: number } }[])[0]?.status?.sessionsOpen ?? -1
       } finally {
         c.close()
       }
@@ -265,7 +391,10 @@ describe('agent robustness', () => {
 
 describe('agent + shim failures on SoftHSM', () => {
   test('wrong PIN (env source): Err other with the PIN_INCORRECT message, never retried', async () => {
-    const agent = await startAgent({ registries: { local: { index: INDEX, readKey: known } }, env: { CARGO_PKCS11_TEST_PIN: '999999' } })
+    const agent = await startAgent({
+      registries: { local: { index: INDEX, readKey: known } },
+      env: { CARGO_PKCS11_TEST_PIN: '999999' },
+    })
     try {
       const r = await agent.runShim(cargoGet(INDEX, 'read'))
       assert.equal(r.status, 0)
@@ -282,7 +411,10 @@ describe('agent + shim failures on SoftHSM', () => {
   })
 
   test('token absent: a clear Err naming the token', async () => {
-    const agent = await startAgent({ registries: { local: { index: INDEX, readKey: known } }, tokens: { softhsm: { label: 'not-plugged-in' } } })
+    const agent = await startAgent({
+      registries: { local: { index: INDEX, readKey: known } },
+      tokens: { softhsm: { label: 'not-plugged-in' } },
+    })
     try {
       const r = await agent.runShim(cargoGet(INDEX, 'read'))
       const e = errOf(r.lines[1])
@@ -295,7 +427,9 @@ describe('agent + shim failures on SoftHSM', () => {
   })
 
   test('confirm = "prompt" without a terminal: refused with a remedy, nothing signed', async () => {
-    const agent = await startAgent({ registries: { local: { index: INDEX, readKey: known, confirm: 'prompt' } } })
+    const agent = await startAgent({
+      registries: { local: { index: INDEX, readKey: known, confirm: 'prompt' } },
+    })
     try {
       const read = okOf((await agent.runShim(cargoGet(INDEX, 'read'))).lines[1])
       assert.ok(String(read['token']).startsWith('v3.public.'), 'reads are never confirmed')
@@ -304,7 +438,10 @@ describe('agent + shim failures on SoftHSM', () => {
       assert.equal(e['kind'], 'other')
       // No terminal: the policy falls back to pinentry, which has no display or tty here either.
       assert.match(JSON.stringify(e['caused-by']), /error code (POLICY_DENIED|PIN_ENTRY_FAILED)/)
-      assert.ok(Array.isArray(e['caused-by']) && String(e['caused-by'][0]).length > 10, 'a remedy comes first')
+      assert.ok(
+        Array.isArray(e['caused-by']) && String(e['caused-by'][0]).length > 10,
+        'a remedy comes first',
+      )
       const publishes = readAudit(agent.auditLog).filter((l) => l['operation'] === 'publish')
       assert.equal(publishes.length, 1)
       assert.notEqual(publishes[0]?.['result'], 'signed', 'nothing was signed')
@@ -314,7 +451,11 @@ describe('agent + shim failures on SoftHSM', () => {
   })
 
   test('headless agent with a tty PIN source: PIN_REQUIRED with a remedy', async () => {
-    const agent = await startAgent({ registries: { local: { index: INDEX, readKey: known } }, tokens: { softhsm: { pinSource: 'tty' } }, agent: { headless: true } })
+    const agent = await startAgent({
+      registries: { local: { index: INDEX, readKey: known } },
+      tokens: { softhsm: { pinSource: 'tty' } },
+      agent: { headless: true },
+    })
     try {
       const e = errOf((await agent.runShim(cargoGet(INDEX, 'read'))).lines[1])
       assert.match(JSON.stringify(e['caused-by']), /PIN_REQUIRED/)
@@ -325,7 +466,9 @@ describe('agent + shim failures on SoftHSM', () => {
   })
 
   test('mutations-per-hour is enforced per registry', async () => {
-    const agent = await startAgent({ registries: { local: { index: INDEX, readKey: known, mutationsPerHour: 1 } } })
+    const agent = await startAgent({
+      registries: { local: { index: INDEX, readKey: known, mutationsPerHour: 1 } },
+    })
     try {
       okOf((await agent.runShim(cargoGet(INDEX, 'yank', { name: 'foo', vers: '1.0.0' }))).lines[1])
       const e = errOf((await agent.runShim(cargoGet(INDEX, 'yank', { name: 'foo', vers: '1.0.1' }))).lines[1])

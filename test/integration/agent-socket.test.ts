@@ -18,12 +18,28 @@ const INDEX = 'sparse+http://127.0.0.1:38600/index/'
 const LATER = 'sparse+http://127.0.0.1:38601/index/'
 const known = { label: KNOWN_KEY.label, id: KNOWN_KEY.id }
 
-function runToExit(agent: AgentFixture, args: string[] = []): Promise<{ code: number | null; output: string }> {
+function runToExit(
+  agent: AgentFixture,
+  args: string[] = [],
+): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [agent.agentPath, 'run', '--foreground', '--config', agent.configPath, '--socket', agent.socket, ...args], {
-      env: agent.agentEnv,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
+    const child = spawn(
+      process.execPath,
+      [
+        agent.agentPath,
+        'run',
+        '--foreground',
+        '--config',
+        agent.configPath,
+        '--socket',
+        agent.socket,
+        ...args,
+      ],
+      {
+        env: agent.agentEnv,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    )
     let output = ''
     child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d))
     child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d))
@@ -82,22 +98,30 @@ describe('agent socket and lifecycle', () => {
   })
 
   test('SIGTERM lets an in-flight request finish, refuses new connections, and removes the socket', async () => {
-    const agent = await startAgent({ registries: { local: { index: INDEX, readKey: known, confirm: 'prompt' } } })
+    const agent = await startAgent({
+      registries: { local: { index: INDEX, readKey: known, confirm: 'prompt' } },
+    })
     fixtures.push(agent)
     const c = await AgentConnection.connect(agent.socket)
     let asked!: () => void
     const wasAsked = new Promise<void>((r) => (asked = r))
     let release!: () => void
     const answerNow = new Promise<void>((r) => (release = r))
-    const line = JSON.stringify(cargoGet(INDEX, 'publish', { name: 'foo', vers: '1.0.0', cksum: 'a'.repeat(64) }))
-    const inFlight = c.request('sign', { cargo: line, requester: {}, interactive: true }, {
-      onQuery: async (q) => {
-        assert.equal(q.query, 'confirm')
-        asked()
-        await answerNow
-        return { result: { confirmed: true } }
+    const line = JSON.stringify(
+      cargoGet(INDEX, 'publish', { name: 'foo', vers: '1.0.0', cksum: 'a'.repeat(64) }),
+    )
+    const inFlight = c.request(
+      'sign',
+      { cargo: line, requester: {}, interactive: true },
+      {
+        onQuery: async (q) => {
+          assert.equal(q.query, 'confirm')
+          asked()
+          await answerNow
+          return { result: { confirmed: true } }
+        },
       },
-    })
+    )
     await wasAsked
     const exited = new Promise<number | null>((r) => agent.process?.once('exit', (code) => r(code)))
     agent.process?.kill('SIGTERM')
@@ -108,7 +132,14 @@ describe('agent socket and lifecycle', () => {
     release()
     const result = await inFlight
     c.close()
-    await verifyToken(String(result['token']), { publicKey: KNOWN_KEY.k3Public, url: INDEX, operation: 'publish', name: 'foo', vers: '1.0.0', cksum: 'a'.repeat(64) })
+    await verifyToken(String(result['token']), {
+      publicKey: KNOWN_KEY.k3Public,
+      url: INDEX,
+      operation: 'publish',
+      name: 'foo',
+      vers: '1.0.0',
+      cksum: 'a'.repeat(64),
+    })
     assert.equal(await exited, 0)
     assert.match(agent.log(), /SIGTERM: shutting down/)
   })
@@ -116,32 +147,48 @@ describe('agent socket and lifecycle', () => {
   test('SIGHUP reloads the configuration (a newly bound registry signs)', async () => {
     const agent = await startAgent({ registries: { local: { index: INDEX, readKey: known } } })
     fixtures.push(agent)
-    assert.deepEqual(JSON.parse(String((await agent.runShim(cargoGet(LATER, 'read'))).lines[1])), { Err: { kind: 'url-not-supported' } })
+    assert.deepEqual(JSON.parse(String((await agent.runShim(cargoGet(LATER, 'read'))).lines[1])), {
+      Err: { kind: 'url-not-supported' },
+    })
     const text = readFileSync(agent.configPath, 'utf8')
-    writeFileSync(agent.configPath, `${text}\n[registries.later]\nindex = "${LATER}"\nread-key = { token = "softhsm", label = "known" }\n`)
+    writeFileSync(
+      agent.configPath,
+      `${text}\n[registries.later]\nindex = "${LATER}"\nread-key = { token = "softhsm", label = "known" }\n`,
+    )
     agent.process?.kill('SIGHUP')
-    for (let i = 0; i < 100 && !agent.log().includes('configuration reloaded'); i++) await new Promise((r) => setTimeout(r, 20))
-    const ok = JSON.parse(String((await agent.runShim(cargoGet(LATER, 'read'))).lines[1])) as { Ok: { token: string } }
+    for (let i = 0; i < 100 && !agent.log().includes('configuration reloaded'); i++)
+      await new Promise((r) => setTimeout(r, 20))
+    const ok = JSON.parse(String((await agent.runShim(cargoGet(LATER, 'read'))).lines[1])) as {
+      Ok: { token: string }
+    }
     await verifyToken(ok.Ok.token, { publicKey: KNOWN_KEY.k3Public, url: LATER, operation: 'read' })
     // A broken config on reload keeps the previous one (and says so) rather than dropping every binding.
     writeFileSync(agent.configPath, 'this is = = not toml')
     agent.process?.kill('SIGHUP')
-    for (let i = 0; i < 100 && !agent.log().includes('reload failed'); i++) await new Promise((r) => setTimeout(r, 20))
+    for (let i = 0; i < 100 && !agent.log().includes('reload failed'); i++)
+      await new Promise((r) => setTimeout(r, 20))
     assert.match(agent.log(), /reload failed, keeping the previous configuration/)
     assert.ok('Ok' in (JSON.parse(String((await agent.runShim(cargoGet(LATER, 'read'))).lines[1])) as object))
   })
 
-  test('a socket directory owned by another user is refused', { skip: process.getuid?.() !== 0 ? 'needs root to chown' : false }, async () => {
-    const agent = await startAgent({ registries: { local: { index: INDEX, readKey: known } }, start: false })
-    fixtures.push(agent)
-    const dir = dirname(agent.socket)
-    mkdirSync(dir, { recursive: true, mode: 0o700 })
-    chownSync(dir, 65534, 65534)
-    const r = await runToExit(agent)
-    assert.notEqual(r.code, 0)
-    assert.match(r.output, /belongs to uid 65534, not to you/)
-    chownSync(dir, 0, 0)
-  })
+  test(
+    'a socket directory owned by another user is refused',
+    { skip: process.getuid?.() !== 0 ? 'needs root to chown' : false },
+    async () => {
+      const agent = await startAgent({
+        registries: { local: { index: INDEX, readKey: known } },
+        start: false,
+      })
+      fixtures.push(agent)
+      const dir = dirname(agent.socket)
+      mkdirSync(dir, { recursive: true, mode: 0o700 })
+      chownSync(dir, 65534, 65534)
+      const r = await runToExit(agent)
+      assert.notEqual(r.code, 0)
+      assert.match(r.output, /belongs to uid 65534, not to you/)
+      chownSync(dir, 0, 0)
+    },
+  )
 
   test('a loose socket directory of our own is tightened to 0700', async () => {
     const agent = await startAgent({ registries: { local: { index: INDEX, readKey: known } }, start: false })
@@ -159,7 +206,10 @@ describe('agent socket and lifecycle', () => {
     fixtures.push(agent)
     const cli = (args: string[]): Promise<{ code: number | null; out: string }> =>
       new Promise((resolve) => {
-        const child = spawn(process.execPath, [agent.agentPath, ...args], { env: agent.agentEnv, stdio: ['ignore', 'pipe', 'pipe'] })
+        const child = spawn(process.execPath, [agent.agentPath, ...args], {
+          env: agent.agentEnv,
+          stdio: ['ignore', 'pipe', 'pipe'],
+        })
         let out = ''
         child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d))
         child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d))
@@ -178,7 +228,10 @@ describe('agent socket and lifecycle', () => {
       assert.match(status.out, new RegExp(`agent pid ${pid}`))
       assert.match(status.out, /local: sparse\+http:\/\/127\.0\.0\.1:38600\/index\//)
       assert.match((await cli(['lock', '--socket', agent.socket])).out, /forgot \d+ PIN\(s\)/)
-      assert.match((await cli(['release', '--socket', agent.socket])).out, /closed the sessions of \d+ token\(s\)/)
+      assert.match(
+        (await cli(['release', '--socket', agent.socket])).out,
+        /closed the sessions of \d+ token\(s\)/,
+      )
     } finally {
       process.kill(pid, 'SIGTERM')
       for (let i = 0; i < 200 && existsSync(agent.socket); i++) await new Promise((r) => setTimeout(r, 25))
@@ -198,7 +251,10 @@ describe('agent socket and lifecycle', () => {
     const pid = (await ping(agent.socket))['pid'] as number
     assert.notEqual(pid, child.pid, 'the listening process is the relaunched child')
     const environ = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0')
-    assert.ok(environ.includes(`UV_THREADPOOL_SIZE=${LIMITS.uvThreadpoolSize}`), 'the pool size reached the agent')
+    assert.ok(
+      environ.includes(`UV_THREADPOOL_SIZE=${LIMITS.uvThreadpoolSize}`),
+      'the pool size reached the agent',
+    )
     // SIGTERM to the process we started reaches the agent: it stops and removes its socket.
     assert.equal(await agent.stopAgent('SIGTERM'), 0)
     assert.equal(existsSync(agent.socket), false)
@@ -220,10 +276,12 @@ describe('agent socket and lifecycle', () => {
       // Its log goes to the state dir, not to cargo's terminal.
       assert.ok(existsSync(`${env['XDG_STATE_HOME']}/cargo-pkcs11-agent/agent.log`))
     } finally {
-      if (pid === undefined) pid = (await ping(agent.socket).catch(() => ({ pid: undefined })))['pid'] as number | undefined
+      if (pid === undefined)
+        pid = (await ping(agent.socket).catch(() => ({ pid: undefined })))['pid'] as number | undefined
       if (pid !== undefined) {
         process.kill(pid, 'SIGTERM')
-        for (let i = 0; i < 200 && existsSync(agent.socket); i++) await new Promise((res) => setTimeout(res, 25))
+        for (let i = 0; i < 200 && existsSync(agent.socket); i++)
+          await new Promise((res) => setTimeout(res, 25))
       }
     }
     assert.equal(existsSync(agent.socket), false, 'the autostarted agent removed its socket on SIGTERM')

@@ -24,13 +24,20 @@ function quote(s: string): string {
  * Runs the shim on a pty. `answers` are typed in order, each after its prompt (a regex) appeared on
  * the terminal. Resolves to the protocol output (stdout file) and everything the terminal showed.
  */
-async function onTerminal(agent: AgentFixture, request: object, answers: { after: RegExp; type: string }[]): Promise<{ lines: string[]; screen: string }> {
+async function onTerminal(
+  agent: AgentFixture,
+  request: object,
+  answers: { after: RegExp; type: string }[],
+): Promise<{ lines: string[]; screen: string }> {
   const work = await mkdtemp(join(agent.dir, 'tty-'))
   const requestFile = join(work, 'request.json')
   const outFile = join(work, 'out.txt')
   await writeFile(requestFile, JSON.stringify(request) + '\n')
   const command = `${quote(process.execPath)} ${quote(agent.shimPath)} --cargo-plugin < ${quote(requestFile)} > ${quote(outFile)}`
-  const child = spawn('script', ['-q', '-f', '-e', '-c', command, '/dev/null'], { env: agent.env, stdio: ['pipe', 'pipe', 'pipe'] })
+  const child = spawn('script', ['-q', '-f', '-e', '-c', command, '/dev/null'], {
+    env: agent.env,
+    stdio: ['pipe', 'pipe', 'pipe'],
+  })
   let screen = ''
   const pending = [...answers]
   let timer: NodeJS.Timeout | undefined
@@ -54,7 +61,7 @@ async function onTerminal(agent: AgentFixture, request: object, answers: { after
   await exited
   clearTimeout(timer)
   child.stdin.destroy()
-  if (process.env["SHOW_SCREEN"]) console.log(screen)
+  if (process.env['SHOW_SCREEN']) console.log(screen)
   const lines = (await readFile(outFile, 'utf8')).split('\n').filter((l) => l !== '')
   return { lines, screen }
 }
@@ -63,7 +70,9 @@ describe('PIN and confirmation on the terminal', () => {
   let agent: AgentFixture
   before(async () => {
     agent = await startAgent({
-      registries: { local: { index: INDEX, readKey: { label: KNOWN_KEY.label, id: KNOWN_KEY.id }, confirm: 'prompt' } },
+      registries: {
+        local: { index: INDEX, readKey: { label: KNOWN_KEY.label, id: KNOWN_KEY.id }, confirm: 'prompt' },
+      },
       tokens: { softhsm: { pinSource: 'tty' } },
     })
   })
@@ -72,7 +81,9 @@ describe('PIN and confirmation on the terminal', () => {
   })
 
   test('the PIN is typed on /dev/tty without echo, then cached by the agent', async () => {
-    const { lines, screen } = await onTerminal(agent, cargoGet(INDEX, 'read'), [{ after: /PIN for [^\n]*: $/m, type: `${agent.softhsm.pin}\r` }])
+    const { lines, screen } = await onTerminal(agent, cargoGet(INDEX, 'read'), [
+      { after: /PIN for [^\n]*: $/m, type: `${agent.softhsm.pin}\r` },
+    ])
     assert.equal(lines[0], '{"v":[1]}')
     const ok = JSON.parse(String(lines[1])) as { Ok?: { token: string } }
     assert.ok(ok.Ok !== undefined, `${lines.join('\n')}\n${screen}`)
@@ -86,21 +97,42 @@ describe('PIN and confirmation on the terminal', () => {
   })
 
   test('a mutation shows what is signed and waits for yes; "n" refuses', async () => {
-    const refused = await onTerminal(agent, cargoGet(INDEX, 'publish', { name: 'foo', vers: '2.0.0', cksum: CKSUM, registryName: 'local' }), [{ after: /\[y\/N\] $/m, type: 'n' }])
-    assert.match(refused.screen, /publish foo 2\.0\.0 \(cksum bbbbbbbb…\) to local \(sparse\+http:\/\/127\.0\.0\.1:38700\/index\/\)/)
-    const err = (JSON.parse(String(refused.lines[1])) as { Err?: { kind: string; 'caused-by': string[] } }).Err
+    const refused = await onTerminal(
+      agent,
+      cargoGet(INDEX, 'publish', { name: 'foo', vers: '2.0.0', cksum: CKSUM, registryName: 'local' }),
+      [{ after: /\[y\/N\] $/m, type: 'n' }],
+    )
+    assert.match(
+      refused.screen,
+      /publish foo 2\.0\.0 \(cksum bbbbbbbb…\) to local \(sparse\+http:\/\/127\.0\.0\.1:38700\/index\/\)/,
+    )
+    const err = (JSON.parse(String(refused.lines[1])) as { Err?: { kind: string; 'caused-by': string[] } })
+      .Err
     assert.equal(err?.kind, 'other')
     assert.match(JSON.stringify(err), /DENIED/)
-    const approved = await onTerminal(agent, cargoGet(INDEX, 'publish', { name: 'foo', vers: '2.0.0', cksum: CKSUM, registryName: 'local' }), [{ after: /\[y\/N\] $/m, type: 'y' }])
+    const approved = await onTerminal(
+      agent,
+      cargoGet(INDEX, 'publish', { name: 'foo', vers: '2.0.0', cksum: CKSUM, registryName: 'local' }),
+      [{ after: /\[y\/N\] $/m, type: 'y' }],
+    )
     const ok = JSON.parse(String(approved.lines[1])) as { Ok?: { token: string } }
     assert.ok(ok.Ok !== undefined, approved.screen)
-    await verifyToken(ok.Ok.token, { publicKey: KNOWN_KEY.k3Public, url: INDEX, operation: 'publish', name: 'foo', vers: '2.0.0', cksum: CKSUM })
+    await verifyToken(ok.Ok.token, {
+      publicKey: KNOWN_KEY.k3Public,
+      url: INDEX,
+      operation: 'publish',
+      name: 'foo',
+      vers: '2.0.0',
+      cksum: CKSUM,
+    })
   })
 
   test('Ctrl-C at the PIN prompt cancels cleanly', async () => {
     const c = await import('../../src/agent/client.js')
     await c.callAgent(agent.socket, 'lock')
-    const { lines, screen } = await onTerminal(agent, cargoGet(INDEX, 'read'), [{ after: /PIN for [^\n]*: $/m, type: '\u0003' }])
+    const { lines, screen } = await onTerminal(agent, cargoGet(INDEX, 'read'), [
+      { after: /PIN for [^\n]*: $/m, type: '\u0003' },
+    ])
     const err = (JSON.parse(String(lines[1])) as { Err?: { kind: string; message: string } }).Err
     assert.equal(err?.kind, 'other', screen)
     assert.match(JSON.stringify(err), /PIN_ENTRY_FAILED|cancelled/)

@@ -20,7 +20,11 @@ describe('framing', () => {
   test('LineDecoder splits lines across chunks and keeps UTF-8 intact', () => {
     const d = new LineDecoder(64)
     const bytes = Buffer.from('{"a":"é"}\n{"b":1}\n{"c"', 'utf8')
-    const frames = [...d.push(bytes.subarray(0, 7)), ...d.push(bytes.subarray(7, 15)), ...d.push(bytes.subarray(15))]
+    const frames = [
+      ...d.push(bytes.subarray(0, 7)),
+      ...d.push(bytes.subarray(7, 15)),
+      ...d.push(bytes.subarray(15)),
+    ]
     assert.deepEqual(frames, [
       { kind: 'line', text: '{"a":"é"}' },
       { kind: 'line', text: '{"b":1}' },
@@ -30,7 +34,11 @@ describe('framing', () => {
 
   test('an oversize line is reported once, skipped to its newline, and the next line is intact', () => {
     const d = new LineDecoder(16)
-    const frames = [...d.push(Buffer.from('x'.repeat(10))), ...d.push(Buffer.from('y'.repeat(100))), ...d.push(Buffer.from('z\n{"ok":1}\n'))]
+    const frames = [
+      ...d.push(Buffer.from('x'.repeat(10))),
+      ...d.push(Buffer.from('y'.repeat(100))),
+      ...d.push(Buffer.from('z\n{"ok":1}\n')),
+    ]
     assert.deepEqual(frames, [
       { kind: 'oversize', bytes: 112 },
       { kind: 'line', text: '{"ok":1}' },
@@ -52,7 +60,10 @@ describe('framing', () => {
     assert.deepEqual(code('{"v":1,"type":"shout","id":5}'), ['PROTOCOL_ERROR', 5])
     assert.deepEqual(code('{"v":1,"type":"request","id":6,"method":"format-disk"}'), ['PROTOCOL_ERROR', 6])
     assert.deepEqual(code('{"v":1,"type":"request","method":"ping"}'), ['PROTOCOL_ERROR', undefined])
-    assert.deepEqual(code('{"v":1,"type":"request","id":7,"method":"ping","params":[1]}'), ['PROTOCOL_ERROR', 7])
+    assert.deepEqual(code('{"v":1,"type":"request","id":7,"method":"ping","params":[1]}'), [
+      'PROTOCOL_ERROR',
+      7,
+    ])
     assert.deepEqual(code('{"v":1,"type":"request","id":8,"method":"ping"}'), ['ok', undefined])
   })
 })
@@ -83,7 +94,12 @@ describe('server and client over a real socket', () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'agent-proto-'))
     socket = join(dir, 'run', 'agent.sock')
-    server = new AgentServer({ socketPath: socket, handler, log: (l) => logs.push(l), requestTimeoutMs: 1_000 })
+    server = new AgentServer({
+      socketPath: socket,
+      handler,
+      log: (l) => logs.push(l),
+      requestTimeoutMs: 1_000,
+    })
     await server.listen()
   })
   after(async () => {
@@ -123,9 +139,15 @@ describe('server and client over a real socket', () => {
     const c = await AgentConnection.connect(socket)
     try {
       assert.deepEqual(await c.request('ping'), { pong: true })
-      await assert.rejects(c.request('lock'), (e: unknown) => e instanceof AgentError && e.code === 'DENIED' && e.remedy === 'ask nicely')
+      await assert.rejects(
+        c.request('lock'),
+        (e: unknown) => e instanceof AgentError && e.code === 'DENIED' && e.remedy === 'ask nicely',
+      )
       // A bug in a handler is INTERNAL with a remedy, and is logged; the connection stays usable.
-      await assert.rejects(c.request('release'), (e: unknown) => e instanceof AgentError && e.code === 'INTERNAL' && e.message === 'a bug')
+      await assert.rejects(
+        c.request('release'),
+        (e: unknown) => e instanceof AgentError && e.code === 'INTERNAL' && e.message === 'a bug',
+      )
       assert.ok(logs.some((l) => l.includes('a bug')))
       assert.deepEqual(await c.request('ping'), { pong: true })
     } finally {
@@ -152,7 +174,9 @@ describe('server and client over a real socket', () => {
   test('a frame over the size limit is discarded with PROTOCOL_ERROR and the connection survives', async () => {
     const { sock, next } = await raw()
     try {
-      sock.write(`{"v":1,"type":"request","id":1,"method":"ping","params":{"pad":"${'x'.repeat(LIMITS.socketFrameMaxBytes)}"}}\n`)
+      sock.write(
+        `{"v":1,"type":"request","id":1,"method":"ping","params":{"pad":"${'x'.repeat(LIMITS.socketFrameMaxBytes)}"}}\n`,
+      )
       const error = await next()
       assert.equal(error['id'], null)
       assert.equal((error['error'] as { code: string }).code, 'PROTOCOL_ERROR')
@@ -166,7 +190,9 @@ describe('server and client over a real socket', () => {
   test('a reused request id is refused', async () => {
     const { sock, next } = await raw()
     try {
-      sock.write('{"v":1,"type":"request","id":9,"method":"status","params":{"slow":true}}\n{"v":1,"type":"request","id":9,"method":"ping"}\n')
+      sock.write(
+        '{"v":1,"type":"request","id":9,"method":"status","params":{"slow":true}}\n{"v":1,"type":"request","id":9,"method":"ping"}\n',
+      )
       const first = await next()
       assert.equal(first['id'], 9)
       assert.match((first['error'] as { message: string }).message, /already in use/)
@@ -180,14 +206,22 @@ describe('server and client over a real socket', () => {
     const c = await AgentConnection.connect(socket)
     const events: unknown[] = []
     try {
-      const result = await c.request('sign', {}, {
-        onEvent: (e) => events.push(e.data),
-        onQuery: async (q) => (q.query === 'pin' ? { result: { pin: '4321' } } : { result: { confirmed: true } }),
-      })
+      const result = await c.request(
+        'sign',
+        {},
+        {
+          onEvent: (e) => events.push(e.data),
+          onQuery: async (q) =>
+            q.query === 'pin' ? { result: { pin: '4321' } } : { result: { confirmed: true } },
+        },
+      )
       assert.deepEqual(result, { gotPin: '4321', confirmed: true })
       assert.deepEqual(events, [{ text: 'working' }])
       // A client that cannot answer: the query fails and so does the request, with the client's code.
-      await assert.rejects(c.request('sign'), (e: unknown) => e instanceof AgentError && e.code === 'PIN_ENTRY_FAILED')
+      await assert.rejects(
+        c.request('sign'),
+        (e: unknown) => e instanceof AgentError && e.code === 'PIN_ENTRY_FAILED',
+      )
     } finally {
       c.close()
     }
@@ -196,7 +230,10 @@ describe('server and client over a real socket', () => {
   test('a request that does not finish in time ends with TIMEOUT', async () => {
     const c = await AgentConnection.connect(socket)
     try {
-      await assert.rejects(c.request('status', { hang: true }), (e: unknown) => e instanceof AgentError && e.code === 'TIMEOUT')
+      await assert.rejects(
+        c.request('status', { hang: true }),
+        (e: unknown) => e instanceof AgentError && e.code === 'TIMEOUT',
+      )
       assert.deepEqual(await c.request('ping'), { pong: true })
     } finally {
       c.close()
@@ -211,7 +248,10 @@ describe('server and client over a real socket', () => {
     try {
       assert.deepEqual(await held[0]?.request('ping'), { pong: true })
       const third = await AgentConnection.connect(busySocket)
-      await assert.rejects(third.request('ping'), (e: unknown) => e instanceof AgentError && e.code === 'AGENT_BUSY')
+      await assert.rejects(
+        third.request('ping'),
+        (e: unknown) => e instanceof AgentError && e.code === 'AGENT_BUSY',
+      )
       third.close()
       held.pop()?.close()
       await new Promise((r) => setTimeout(r, 50))
@@ -229,8 +269,15 @@ describe('server and client over a real socket', () => {
     for (let round = 0; round < 40; round++) {
       const { sock } = await raw()
       const mangled = Buffer.from(valid)
-      for (let i = 0; i < 1 + (round % 6); i++) mangled[Math.floor(Math.random() * mangled.length)] = Math.floor(Math.random() * 256)
-      const garbage = Buffer.concat([randomBytes(round * 37), Buffer.from('\n'), mangled, Buffer.from('\n'), Buffer.from(`{"v":1,"type":"answer","qid":${round}}\n{"v":1}\nnull\n[]\n"x"\n`)])
+      for (let i = 0; i < 1 + (round % 6); i++)
+        mangled[Math.floor(Math.random() * mangled.length)] = Math.floor(Math.random() * 256)
+      const garbage = Buffer.concat([
+        randomBytes(round * 37),
+        Buffer.from('\n'),
+        mangled,
+        Buffer.from('\n'),
+        Buffer.from(`{"v":1,"type":"answer","qid":${round}}\n{"v":1}\nnull\n[]\n"x"\n`),
+      ])
       await new Promise<void>((resolve) => sock.write(garbage, () => resolve()))
       if (round % 2 === 0) sock.destroy()
       else sock.end()

@@ -19,13 +19,27 @@ let env: NodeJS.ProcessEnv
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'shim-proto-'))
   // No agent listens here and none may be started: every request that passes parsing fails to connect.
-  env = { ...process.env, CARGO_PKCS11_AGENT_SOCK: join(dir, 'none', 'agent.sock'), CARGO_PKCS11_AGENT_NO_AUTOSTART: '1', XDG_STATE_HOME: join(dir, 'state') }
+  env = {
+    ...process.env,
+    CARGO_PKCS11_AGENT_SOCK: join(dir, 'none', 'agent.sock'),
+    CARGO_PKCS11_AGENT_NO_AUTOSTART: '1',
+    XDG_STATE_HOME: join(dir, 'state'),
+  }
 })
 after(async () => {
   await rm(dir, { recursive: true, force: true })
 })
 
-async function exchange(input: string, options: { closeStdin?: boolean } = {}): Promise<{ status: number | null; hello: string | undefined; response: Record<string, unknown> | undefined; lines: string[]; stderr: string }> {
+async function exchange(
+  input: string,
+  options: { closeStdin?: boolean } = {},
+): Promise<{
+  status: number | null
+  hello: string | undefined
+  response: Record<string, unknown> | undefined
+  lines: string[]
+  stderr: string
+}> {
   const r = await runShim(SHIM, input, { env, timeoutMs: 15_000, ...options })
   const response = r.lines[1] === undefined ? undefined : (JSON.parse(r.lines[1]) as Record<string, unknown>)
   return { status: r.status, hello: r.lines[0], response, lines: r.lines, stderr: r.stderr }
@@ -53,17 +67,27 @@ describe('shim alone: cargo protocol v1 edge cases', () => {
     const kind = await exchange(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"frobnicate"}\n`)
     assert.deepEqual(kind.response, { Err: { kind: 'operation-not-supported' } })
     assert.equal(kind.status, 0)
-    const op = await exchange(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"delete-everything"}\n`)
+    const op = await exchange(
+      `{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"delete-everything"}\n`,
+    )
     assert.deepEqual(op.response, { Err: { kind: 'operation-not-supported' } })
   })
 
   test('missing fields: Err other naming the field', async () => {
-    const noCksum = errOf((await exchange(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"publish","name":"foo","vers":"1.0.0"}\n`)).response)
+    const noCksum = errOf(
+      (
+        await exchange(
+          `{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"publish","name":"foo","vers":"1.0.0"}\n`,
+        )
+      ).response,
+    )
     assert.equal(noCksum['kind'], 'other')
     assert.match(String(noCksum['message']), /`publish` request has no `cksum`/)
     const noRegistry = errOf((await exchange('{"v":1,"kind":"get","operation":"read"}\n')).response)
     assert.match(String(noRegistry['message']), /no `registry`/)
-    const noOp = errOf((await exchange(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get"}\n`)).response)
+    const noOp = errOf(
+      (await exchange(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get"}\n`)).response,
+    )
     assert.match(String(noOp['message']), /no `operation`/)
   })
 
@@ -99,7 +123,11 @@ describe('shim alone: cargo protocol v1 edge cases', () => {
     const other = join(dir, 'elsewhere', 'agent.sock')
     const withoutEnv = { ...env }
     delete withoutEnv['CARGO_PKCS11_AGENT_NO_AUTOSTART']
-    const r = await runShim(SHIM, `{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"read","args":["--socket=${other}","--no-autostart"]}\n`, { env: withoutEnv, timeoutMs: 15_000 })
+    const r = await runShim(
+      SHIM,
+      `{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"read","args":["--socket=${other}","--no-autostart"]}\n`,
+      { env: withoutEnv, timeoutMs: 15_000 },
+    )
     const e = errOf(JSON.parse(String(r.lines[1])) as Record<string, unknown>)
     assert.ok(String(e['message']).includes(other), String(e['message']))
     assert.match(String(e['message']), /autostart is disabled/)

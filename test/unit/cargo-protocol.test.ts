@@ -30,20 +30,35 @@ describe('cargo request parsing (spec §1.4)', () => {
     assert.equal(read.registry.name, 'extreg')
     assert.deepEqual(read.args, ['--from-config', 'two words'])
     assert.deepEqual(read.registry.headers, ['WWW-Authenticate: Cargo login_url="http://127.0.0.1:38572/me"'])
-    const publish = parseCargoRequest(`{"v":1,"registry":{"index-url":"${INDEX}","name":"extreg"},"kind":"get","operation":"publish","name":"foo-ext","vers":"0.1.0","cksum":"${CKSUM}"}`)
+    const publish = parseCargoRequest(
+      `{"v":1,"registry":{"index-url":"${INDEX}","name":"extreg"},"kind":"get","operation":"publish","name":"foo-ext","vers":"0.1.0","cksum":"${CKSUM}"}`,
+    )
     assert.deepEqual(
-      { kind: publish.kind, op: publish.kind === 'get' && publish.operation, name: publish.kind === 'get' && publish.name, vers: publish.kind === 'get' && publish.vers, cksum: publish.kind === 'get' && publish.cksum },
+      {
+        kind: publish.kind,
+        op: publish.kind === 'get' && publish.operation,
+        name: publish.kind === 'get' && publish.name,
+        vers: publish.kind === 'get' && publish.vers,
+        cksum: publish.kind === 'get' && publish.cksum,
+      },
       { kind: 'get', op: 'publish', name: 'foo-ext', vers: '0.1.0', cksum: CKSUM },
     )
-    const login = parseCargoRequest(`{"v":1,"registry":{"index-url":"${INDEX}","name":"extreg"},"kind":"login","token":"k3.secret.xyz","login-url":"http://127.0.0.1:38572/me","args":["--generate"]}`)
+    const login = parseCargoRequest(
+      `{"v":1,"registry":{"index-url":"${INDEX}","name":"extreg"},"kind":"login","token":"k3.secret.xyz","login-url":"http://127.0.0.1:38572/me","args":["--generate"]}`,
+    )
     assert.equal(login.kind, 'login')
     assert.equal(login.kind === 'login' && login.hasToken, true)
     assert.equal(login.kind === 'login' && login.loginUrl, 'http://127.0.0.1:38572/me')
-    assert.equal(parseCargoRequest(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"logout"}`).kind, 'logout')
+    assert.equal(
+      parseCargoRequest(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"logout"}`).kind,
+      'logout',
+    )
   })
 
   test('owners carries name only; a stray vers on owners is dropped, not signed', () => {
-    const owners = parseCargoRequest(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"owners","name":"foo","vers":"1.0.0"}`)
+    const owners = parseCargoRequest(
+      `{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"owners","name":"foo","vers":"1.0.0"}`,
+    )
     assert.ok(owners.kind === 'get')
     assert.equal(owners.name, 'foo')
     assert.equal(owners.vers, undefined)
@@ -52,49 +67,110 @@ describe('cargo request parsing (spec §1.4)', () => {
   test('malformed input is REQUEST_INVALID, unknown kinds and operations OPERATION_UNSUPPORTED', () => {
     assert.equal(codeOf('not json'), 'REQUEST_INVALID')
     assert.equal(codeOf('[1,2]'), 'REQUEST_INVALID')
-    assert.equal(codeOf('{"v":2,"registry":{"index-url":"x"},"kind":"get","operation":"read"}'), 'REQUEST_INVALID')
+    assert.equal(
+      codeOf('{"v":2,"registry":{"index-url":"x"},"kind":"get","operation":"read"}'),
+      'REQUEST_INVALID',
+    )
     assert.equal(codeOf('{"v":1,"kind":"get","operation":"read"}'), 'REQUEST_INVALID')
     assert.equal(codeOf(`{"v":1,"registry":{"index-url":"${INDEX}"},"operation":"read"}`), 'REQUEST_INVALID')
     assert.equal(codeOf(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get"}`), 'REQUEST_INVALID')
-    assert.equal(codeOf(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"publish","name":"foo","vers":"1.0.0"}`), 'REQUEST_INVALID')
-    assert.equal(codeOf(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"publish","name":"foo","vers":"1.0.0","cksum":"ABC"}`), 'REQUEST_INVALID')
-    assert.equal(codeOf(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"yank","name":"foo"}`), 'REQUEST_INVALID')
-    assert.equal(codeOf(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"owners"}`), 'REQUEST_INVALID')
-    assert.equal(codeOf(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"read","args":[1]}`), 'REQUEST_INVALID')
-    assert.equal(codeOf(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"read","name":7}`), 'REQUEST_INVALID')
-    assert.equal(codeOf(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"cache-clear"}`), 'OPERATION_UNSUPPORTED')
-    assert.equal(codeOf(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"delete"}`), 'OPERATION_UNSUPPORTED')
+    assert.equal(
+      codeOf(
+        `{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"publish","name":"foo","vers":"1.0.0"}`,
+      ),
+      'REQUEST_INVALID',
+    )
+    assert.equal(
+      codeOf(
+        `{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"publish","name":"foo","vers":"1.0.0","cksum":"ABC"}`,
+      ),
+      'REQUEST_INVALID',
+    )
+    assert.equal(
+      codeOf(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"yank","name":"foo"}`),
+      'REQUEST_INVALID',
+    )
+    assert.equal(
+      codeOf(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"owners"}`),
+      'REQUEST_INVALID',
+    )
+    assert.equal(
+      codeOf(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"read","args":[1]}`),
+      'REQUEST_INVALID',
+    )
+    assert.equal(
+      codeOf(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"read","name":7}`),
+      'REQUEST_INVALID',
+    )
+    assert.equal(
+      codeOf(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"cache-clear"}`),
+      'OPERATION_UNSUPPORTED',
+    )
+    assert.equal(
+      codeOf(`{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"delete"}`),
+      'OPERATION_UNSUPPORTED',
+    )
   })
 })
 
 describe('cargo responses (spec §1.5)', () => {
   test('hello and get responses are the exact serde shapes', () => {
     assert.equal(HELLO, '{"v":[1]}')
-    assert.equal(okGet('v3.public.x', { cache: 'never' }), '{"Ok":{"kind":"get","token":"v3.public.x","cache":"never","operation_independent":false}}')
+    assert.equal(
+      okGet('v3.public.x', { cache: 'never' }),
+      '{"Ok":{"kind":"get","token":"v3.public.x","cache":"never","operation_independent":false}}',
+    )
     assert.equal(
       okGet('t', { cache: 'expires', expiration: 1700000000 }),
       '{"Ok":{"kind":"get","token":"t","cache":"expires","expiration":1700000000,"operation_independent":false}}',
     )
-    assert.equal(errOther('boom', ['fix it']), '{"Err":{"kind":"other","message":"boom","caused-by":["fix it"]}}')
+    assert.equal(
+      errOther('boom', ['fix it']),
+      '{"Err":{"kind":"other","message":"boom","caused-by":["fix it"]}}',
+    )
   })
 
   test('agent errors map to the cargo kinds that make cargo do the right thing', () => {
-    const e = (code: 'REGISTRY_NOT_CONFIGURED' | 'KEY_NOT_FOUND' | 'OPERATION_UNSUPPORTED' | 'PIN_INCORRECT'): AgentError => new AgentError(code, `m ${code}`, { remedy: 'do this' })
+    const e = (
+      code: 'REGISTRY_NOT_CONFIGURED' | 'KEY_NOT_FOUND' | 'OPERATION_UNSUPPORTED' | 'PIN_INCORRECT',
+    ): AgentError => new AgentError(code, `m ${code}`, { remedy: 'do this' })
     assert.equal(cargoErrorFor(e('REGISTRY_NOT_CONFIGURED'), 'get'), '{"Err":{"kind":"url-not-supported"}}')
     assert.equal(cargoErrorFor(e('KEY_NOT_FOUND'), 'get'), '{"Err":{"kind":"not-found"}}')
     // For login, "not-found" would make cargo say "no token found"; the remedy matters more there.
-    assert.deepEqual(JSON.parse(cargoErrorFor(e('KEY_NOT_FOUND'), 'login')), { Err: { kind: 'other', message: 'm KEY_NOT_FOUND', 'caused-by': ['do this', 'cargo-pkcs11-agent error code KEY_NOT_FOUND'] } })
-    assert.equal(cargoErrorFor(e('OPERATION_UNSUPPORTED'), 'get'), '{"Err":{"kind":"operation-not-supported"}}')
-    assert.deepEqual(JSON.parse(cargoErrorFor(e('PIN_INCORRECT'), 'get')), { Err: { kind: 'other', message: 'm PIN_INCORRECT', 'caused-by': ['do this', 'cargo-pkcs11-agent error code PIN_INCORRECT'] } })
+    assert.deepEqual(JSON.parse(cargoErrorFor(e('KEY_NOT_FOUND'), 'login')), {
+      Err: {
+        kind: 'other',
+        message: 'm KEY_NOT_FOUND',
+        'caused-by': ['do this', 'cargo-pkcs11-agent error code KEY_NOT_FOUND'],
+      },
+    })
+    assert.equal(
+      cargoErrorFor(e('OPERATION_UNSUPPORTED'), 'get'),
+      '{"Err":{"kind":"operation-not-supported"}}',
+    )
+    assert.deepEqual(JSON.parse(cargoErrorFor(e('PIN_INCORRECT'), 'get')), {
+      Err: {
+        kind: 'other',
+        message: 'm PIN_INCORRECT',
+        'caused-by': ['do this', 'cargo-pkcs11-agent error code PIN_INCORRECT'],
+      },
+    })
   })
 })
 
 describe('read-token cache expiry', () => {
   test('reads expire at iat + max age + 60 s − margin; mutations are never cached', () => {
     const iat = 1_800_000_000
-    assert.deepEqual(cacheControl('read', iat, { tokenMaxAgeSeconds: 60 }), { cache: 'expires', expiration: iat + 60 + 60 - LIMITS.readTokenCacheSafetySeconds })
-    assert.deepEqual(cacheControl('read', iat, { tokenMaxAgeSeconds: 900 }), { cache: 'expires', expiration: iat + 900 + 60 - LIMITS.readTokenCacheSafetySeconds })
-    for (const op of ['publish', 'yank', 'unyank', 'owners']) assert.deepEqual(cacheControl(op, iat, { tokenMaxAgeSeconds: 900 }), { cache: 'never' })
+    assert.deepEqual(cacheControl('read', iat, { tokenMaxAgeSeconds: 60 }), {
+      cache: 'expires',
+      expiration: iat + 60 + 60 - LIMITS.readTokenCacheSafetySeconds,
+    })
+    assert.deepEqual(cacheControl('read', iat, { tokenMaxAgeSeconds: 900 }), {
+      cache: 'expires',
+      expiration: iat + 900 + 60 - LIMITS.readTokenCacheSafetySeconds,
+    })
+    for (const op of ['publish', 'yank', 'unyank', 'owners'])
+      assert.deepEqual(cacheControl(op, iat, { tokenMaxAgeSeconds: 900 }), { cache: 'never' })
   })
 
   test('cargo reuses a cached read token only while it is still inside the registry window', () => {
@@ -109,6 +185,8 @@ describe('read-token cache expiry', () => {
   })
 
   test('a window shorter than the safety margin is not cached at all', () => {
-    assert.deepEqual(cacheControl('read', 1000, { tokenMaxAgeSeconds: LIMITS.readTokenCacheSafetySeconds }), { cache: 'never' })
+    assert.deepEqual(cacheControl('read', 1000, { tokenMaxAgeSeconds: LIMITS.readTokenCacheSafetySeconds }), {
+      cache: 'never',
+    })
   })
 })

@@ -71,7 +71,12 @@ describe('configuration', () => {
     assert.equal(ci.generateOnLogin, false)
     assert.equal(config.tokens['ci']?.pinEnv, 'CI_TOKEN_PIN')
     assert.equal(config.tokens['yubikey']?.confirmFinalTry, true)
-    assert.ok(Object.isFrozen(config) && Object.isFrozen(config.registries) && Object.isFrozen(my) && Object.isFrozen(config.agent))
+    assert.ok(
+      Object.isFrozen(config) &&
+        Object.isFrozen(config.registries) &&
+        Object.isFrozen(my) &&
+        Object.isFrozen(config.agent),
+    )
   })
 
   test('headless defaults to true under CI=true', () => {
@@ -82,23 +87,62 @@ describe('configuration', () => {
   test('an unknown key is rejected with a "did you mean" hint', () => {
     const message = problems(GOOD.replace('touch-notice-after-ms', 'touch-notice-after'))
     assert.match(message, /agent\.touch-notice-after: unknown key; did you mean `touch-notice-after-ms`\?/)
-    assert.match(problems(GOOD.replace('pin-source = "tty"', 'pin_source = "tty"')), /tokens\.yubikey\.pin_source: unknown key; did you mean `pin-source`\?/)
-    assert.match(problems(`${GOOD}\n[registry]\nx = 1\n`), /registry: unknown key; did you mean `registries`\?/)
-    assert.match(problems(GOOD.replace('id = "0A"', 'ids = "0A"')), /mutation-key\.ids: unknown key; did you mean `id`\?/)
+    assert.match(
+      problems(GOOD.replace('pin-source = "tty"', 'pin_source = "tty"')),
+      /tokens\.yubikey\.pin_source: unknown key; did you mean `pin-source`\?/,
+    )
+    assert.match(
+      problems(`${GOOD}\n[registry]\nx = 1\n`),
+      /registry: unknown key; did you mean `registries`\?/,
+    )
+    assert.match(
+      problems(GOOD.replace('id = "0A"', 'ids = "0A"')),
+      /mutation-key\.ids: unknown key; did you mean `id`\?/,
+    )
   })
 
   test('bad index URLs name the key and the fix', () => {
-    assert.match(problems(GOOD.replace('sparse+https://registry.example/index/', 'registry.example/index')), /registries\.my-registry\.index: "registry\.example\/index" is not a URL; write it exactly as cargo sends it/)
-    assert.match(problems(GOOD.replace('sparse+https://registry.example/index/', 'sparse+https://registry.example/index')), /registries\.my-registry\.index: a sparse index URL ends with "\/"/)
-    assert.match(problems(GOOD.replace('sparse+https://registry.example/index/', 'sparse+ftp://registry.example/index/')), /must be sparse\+http:\/\/ or sparse\+https:\/\//)
-    assert.match(problems(GOOD.replace('sparse+https://registry.example/index/', 'sparse+http://127.0.0.1:8080/index/')), /registries\.ci\.index: the same index is already bound by \[registries\.my-registry\]/)
+    assert.match(
+      problems(GOOD.replace('sparse+https://registry.example/index/', 'registry.example/index')),
+      /registries\.my-registry\.index: "registry\.example\/index" is not a URL; write it exactly as cargo sends it/,
+    )
+    assert.match(
+      problems(
+        GOOD.replace('sparse+https://registry.example/index/', 'sparse+https://registry.example/index'),
+      ),
+      /registries\.my-registry\.index: a sparse index URL ends with "\/"/,
+    )
+    assert.match(
+      problems(
+        GOOD.replace('sparse+https://registry.example/index/', 'sparse+ftp://registry.example/index/'),
+      ),
+      /must be sparse\+http:\/\/ or sparse\+https:\/\//,
+    )
+    assert.match(
+      problems(GOOD.replace('sparse+https://registry.example/index/', 'sparse+http://127.0.0.1:8080/index/')),
+      /registries\.ci\.index: the same index is already bound by \[registries\.my-registry\]/,
+    )
   })
 
   test('a key reference to an undefined token says which table to add', () => {
-    const message = problems(GOOD.replace('read-key = { token = "yubikey", label = "cargo-read" }', 'read-key = { token = "yubkey", label = "cargo-read" }'))
-    assert.match(message, /registries\.my-registry\.read-key\.token: "yubkey" is not defined; add a \[tokens\.yubkey\] table or did you mean "yubikey"\?/)
-    assert.match(problems(GOOD.replace('read-key = { token = "ci", id = "01" }', '')), /registries\.ci\.read-key: missing/)
-    assert.match(problems(GOOD.replace('read-key = { token = "ci", id = "01" }', 'read-key = { token = "ci" }')), /registries\.ci\.read-key: needs `label` or `id`/)
+    const message = problems(
+      GOOD.replace(
+        'read-key = { token = "yubikey", label = "cargo-read" }',
+        'read-key = { token = "yubkey", label = "cargo-read" }',
+      ),
+    )
+    assert.match(
+      message,
+      /registries\.my-registry\.read-key\.token: "yubkey" is not defined; add a \[tokens\.yubkey\] table or did you mean "yubikey"\?/,
+    )
+    assert.match(
+      problems(GOOD.replace('read-key = { token = "ci", id = "01" }', '')),
+      /registries\.ci\.read-key: missing/,
+    )
+    assert.match(
+      problems(GOOD.replace('read-key = { token = "ci", id = "01" }', 'read-key = { token = "ci" }')),
+      /registries\.ci\.read-key: needs `label` or `id`/,
+    )
   })
 
   test('wrong types and values name the key and the allowed values; all problems are listed at once', () => {
@@ -108,25 +152,51 @@ describe('configuration', () => {
         .replace('headless = false', 'headless = "no"'),
     )
     assert.match(message, /has 3 problems/)
-    assert.match(message, /registries\.my-registry\.confirm: "tuch" is not one of "touch", "prompt", "none"; did you mean "touch"\?/)
+    assert.match(
+      message,
+      /registries\.my-registry\.confirm: "tuch" is not one of "touch", "prompt", "none"; did you mean "touch"\?/,
+    )
     assert.match(message, /token-max-age-seconds: must be a whole number from 1 to 900/)
     assert.match(message, /agent\.headless: must be true or false/)
   })
 
   test('PIN sources need their companion keys', () => {
-    assert.match(problems(GOOD.replace('pin-env = "CI_TOKEN_PIN"', '')), /tokens\.ci\.pin-env: missing; pin-source = "env" needs the variable name/)
-    assert.match(problems(GOOD.replace('pin-source = "env"\npin-env = "CI_TOKEN_PIN"', 'pin-source = "file"')), /tokens\.ci\.pin-file: missing/)
-    assert.match(problems(GOOD.replace('pin-source = "tty"', 'pin-source = "keyboard"')), /tokens\.yubikey\.pin-source: "keyboard" is not one of/)
-    assert.match(problems(GOOD.replace('module = "ykcs11"', 'module = "lib/ykcs11.so"')), /tokens\.yubikey\.module: a module path must be absolute/)
+    assert.match(
+      problems(GOOD.replace('pin-env = "CI_TOKEN_PIN"', '')),
+      /tokens\.ci\.pin-env: missing; pin-source = "env" needs the variable name/,
+    )
+    assert.match(
+      problems(GOOD.replace('pin-source = "env"\npin-env = "CI_TOKEN_PIN"', 'pin-source = "file"')),
+      /tokens\.ci\.pin-file: missing/,
+    )
+    assert.match(
+      problems(GOOD.replace('pin-source = "tty"', 'pin-source = "keyboard"')),
+      /tokens\.yubikey\.pin-source: "keyboard" is not one of/,
+    )
+    assert.match(
+      problems(GOOD.replace('module = "ykcs11"', 'module = "lib/ykcs11.so"')),
+      /tokens\.yubikey\.module: a module path must be absolute/,
+    )
   })
 
   test('module-env: variables for the PKCS#11 module, one value per variable across tokens', () => {
-    const withEnv = GOOD.replace('label = "ci"', 'label = "ci"\nmodule-env = { SOFTHSM2_CONF = "/a/softhsm2.conf" }')
-    assert.deepEqual(parseConfig(withEnv, 'c', ENV).tokens['ci']?.moduleEnv, { SOFTHSM2_CONF: '/a/softhsm2.conf' })
+    const withEnv = GOOD.replace(
+      'label = "ci"',
+      'label = "ci"\nmodule-env = { SOFTHSM2_CONF = "/a/softhsm2.conf" }',
+    )
+    assert.deepEqual(parseConfig(withEnv, 'c', ENV).tokens['ci']?.moduleEnv, {
+      SOFTHSM2_CONF: '/a/softhsm2.conf',
+    })
     assert.deepEqual(parseConfig(GOOD, 'c', ENV).tokens['ci']?.moduleEnv, {})
-    const clash = withEnv.replace('serial = "12345678"', 'serial = "12345678"\nmodule-env = { SOFTHSM2_CONF = "/b/softhsm2.conf" }')
+    const clash = withEnv.replace(
+      'serial = "12345678"',
+      'serial = "12345678"\nmodule-env = { SOFTHSM2_CONF = "/b/softhsm2.conf" }',
+    )
     assert.match(problems(clash), /module-env\.SOFTHSM2_CONF: conflicts with another token's SOFTHSM2_CONF/)
-    assert.match(problems(withEnv.replace('SOFTHSM2_CONF = "/a/softhsm2.conf"', '"BAD-NAME" = "x"')), /is not an environment variable name/)
+    assert.match(
+      problems(withEnv.replace('SOFTHSM2_CONF = "/a/softhsm2.conf"', '"BAD-NAME" = "x"')),
+      /is not an environment variable name/,
+    )
   })
 
   test('TOML syntax errors give the line', () => {

@@ -9,8 +9,22 @@ import type { PinSource, RegistryPolicy, TokenPolicy } from '../../policy/config
 import { Policy } from '../../policy/policy.js'
 
 export function tokenDescription(token: TokenConfig): string {
-  const kind = token.kind === 'yubikey' ? 'your YubiKey' : token.kind === 'tpm' ? 'the TPM' : token.kind === 'softhsm' ? 'SoftHSM token' : token.kind === 'hsm' ? 'the HSM' : 'token'
-  const which = token.serial !== undefined ? ` (serial ${token.serial})` : token.label !== undefined ? ` '${token.label}'` : ` "${token.name}"`
+  const kind =
+    token.kind === 'yubikey'
+      ? 'your YubiKey'
+      : token.kind === 'tpm'
+        ? 'the TPM'
+        : token.kind === 'softhsm'
+          ? 'SoftHSM token'
+          : token.kind === 'hsm'
+            ? 'the HSM'
+            : 'token'
+  const which =
+    token.serial !== undefined
+      ? ` (serial ${token.serial})`
+      : token.label !== undefined
+        ? ` '${token.label}'`
+        : ` "${token.name}"`
   return `${kind}${which}`
 }
 
@@ -21,7 +35,9 @@ function pinSource(token: TokenConfig): PinSource {
     case 'file':
       return { kind: 'file', path: token.pinFile ?? '' }
     case 'pinentry':
-      return token.pinentryProgram === undefined ? { kind: 'pinentry' } : { kind: 'pinentry', program: token.pinentryProgram }
+      return token.pinentryProgram === undefined
+        ? { kind: 'pinentry' }
+        : { kind: 'pinentry', program: token.pinentryProgram }
     case 'tty':
       return { kind: 'tty' }
     case 'none':
@@ -31,7 +47,12 @@ function pinSource(token: TokenConfig): PinSource {
 
 /** The PIN cache key is the config name: a token renamed in the config is a new token. */
 export function tokenPolicy(token: TokenConfig): TokenPolicy {
-  return Object.freeze({ id: token.name, description: tokenDescription(token), pin: pinSource(token), confirmFinalTry: token.confirmFinalTry })
+  return Object.freeze({
+    id: token.name,
+    description: tokenDescription(token),
+    pin: pinSource(token),
+    confirmFinalTry: token.confirmFinalTry,
+  })
 }
 
 export function registryPolicy(registry: RegistryConfig): RegistryPolicy {
@@ -43,7 +64,11 @@ export function pinEnvVariables(config: Config): string[] {
 }
 
 /** One Policy per loaded config (a reload starts with an empty PIN cache anyway). */
-export function createPolicy(config: Config, log: (line: string) => void, env: NodeJS.ProcessEnv = process.env): Policy {
+export function createPolicy(
+  config: Config,
+  log: (line: string) => void,
+  env: NodeJS.ProcessEnv = process.env,
+): Policy {
   const policy = new Policy(
     {
       headless: config.agent.headless,

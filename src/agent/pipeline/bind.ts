@@ -2,7 +2,13 @@
  * Stage 2: registry binding. The agent signs only for index URLs bound in its config, compared byte
  * for byte (RFC 3231: the footer `url` is what the registry checks; a near-miss must not sign).
  */
-import { registryFor, type Config, type KeyRef, type RegistryConfig, type TokenConfig } from '../../config/schema.js'
+import {
+  registryFor,
+  type Config,
+  type KeyRef,
+  type RegistryConfig,
+  type TokenConfig,
+} from '../../config/schema.js'
 import { AgentError } from '../../lib/errors.js'
 
 export interface Binding {
@@ -14,10 +20,14 @@ export interface Binding {
 export function registryBinding(config: Config, indexUrl: string): RegistryConfig {
   const registry = registryFor(config, indexUrl)
   if (registry === undefined) {
-    throw new AgentError('REGISTRY_NOT_CONFIGURED', `The agent has no key bound to the registry ${indexUrl}`, {
-      remedy: `Add a [registries.NAME] table with index = "${indexUrl}" to ${config.path ?? 'the agent config'} and reload the agent (SIGHUP)`,
-      data: { indexUrl },
-    })
+    throw new AgentError(
+      'REGISTRY_NOT_CONFIGURED',
+      `The agent has no key bound to the registry ${indexUrl}`,
+      {
+        remedy: `Add a [registries.NAME] table with index = "${indexUrl}" to ${config.path ?? 'the agent config'} and reload the agent (SIGHUP)`,
+        data: { indexUrl },
+      },
+    )
   }
   return registry
 }
@@ -29,7 +39,11 @@ export function bind(config: Config, indexUrl: string, mutation: boolean): Bindi
   const token = config.tokens[keyRef.token]
   if (token === undefined) {
     // validateConfig rejects this; kept so a hand-built Config cannot sign with an undefined token.
-    throw new AgentError('CONFIG_INVALID', `Registry ${registry.name} names the undefined token ${keyRef.token}`, { remedy: `Add [tokens.${keyRef.token}]` })
+    throw new AgentError(
+      'CONFIG_INVALID',
+      `Registry ${registry.name} names the undefined token ${keyRef.token}`,
+      { remedy: `Add [tokens.${keyRef.token}]` },
+    )
   }
   return { registry, keyRef, token }
 }

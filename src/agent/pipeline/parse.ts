@@ -18,7 +18,9 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 }
 
 function invalid(message: string): AgentError {
-  return new AgentError('REQUEST_INVALID', message, { remedy: 'Send `cargo` as the request line cargo wrote (docs/agent-protocol.md)' })
+  return new AgentError('REQUEST_INVALID', message, {
+    remedy: 'Send `cargo` as the request line cargo wrote (docs/agent-protocol.md)',
+  })
 }
 
 /** Best effort, never trusted for anything but display and the audit log. */
@@ -36,7 +38,8 @@ export function parseRequester(value: unknown): Requester {
 
 export function parseRequest(params: Record<string, unknown>): ParsedRequest {
   const line = params['cargo']
-  if (typeof line !== 'string') throw invalid('The request has no `cargo` string (the request line cargo sent)')
+  if (typeof line !== 'string')
+    throw invalid('The request has no `cargo` string (the request line cargo sent)')
   return {
     cargo: parseCargoRequest(line),
     requester: parseRequester(params['requester']),
@@ -47,7 +50,11 @@ export function parseRequest(params: Record<string, unknown>): ParsedRequest {
 export function intentOf(request: ParsedRequest): Intent {
   const { cargo } = request
   if (cargo.kind !== 'get') throw invalid(`A ${cargo.kind} request is not a signing request`)
-  const intent: Intent = { indexUrl: cargo.registry.indexUrl, operation: cargo.operation, requester: request.requester }
+  const intent: Intent = {
+    indexUrl: cargo.registry.indexUrl,
+    operation: cargo.operation,
+    requester: request.requester,
+  }
   if (cargo.registry.name !== undefined) intent.registryName = cargo.registry.name
   if (cargo.name !== undefined) intent.name = cargo.name
   if (cargo.vers !== undefined) intent.vers = cargo.vers

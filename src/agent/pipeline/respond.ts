@@ -12,9 +12,17 @@ import { LIMITS } from '../../lib/limits.js'
  * `readTokenCacheSafetySeconds` inside the registry's window. `session` (cargo:paseto's choice) would
  * let a read token go stale during a long `cargo publish` and the post-upload index polling fail.
  */
-export function cacheControl(operation: string, iatSeconds: number, registry: Pick<RegistryConfig, 'tokenMaxAgeSeconds'>): CacheControl {
+export function cacheControl(
+  operation: string,
+  iatSeconds: number,
+  registry: Pick<RegistryConfig, 'tokenMaxAgeSeconds'>,
+): CacheControl {
   if (operation !== 'read') return { cache: 'never' }
-  const expiration = iatSeconds + registry.tokenMaxAgeSeconds + LIMITS.cargoCacheReuseMarginSeconds - LIMITS.readTokenCacheSafetySeconds
+  const expiration =
+    iatSeconds +
+    registry.tokenMaxAgeSeconds +
+    LIMITS.cargoCacheReuseMarginSeconds -
+    LIMITS.readTokenCacheSafetySeconds
   // A window shorter than the safety margin leaves nothing to reuse: do not cache at all.
   if (expiration <= iatSeconds + LIMITS.cargoCacheReuseMarginSeconds) return { cache: 'never' }
   return { cache: 'expires', expiration }

@@ -13,8 +13,20 @@ export interface Signed {
   readonly kip: string
 }
 
-export async function signIntent(intent: Intent, binding: Binding, signer: Signer, now: Date = new Date()): Promise<Signed> {
-  const options: { indexUrl: string; operation: Intent['operation']; name?: string; vers?: string; cksum?: string; subject?: string } = {
+export async function signIntent(
+  intent: Intent,
+  binding: Binding,
+  signer: Signer,
+  now: Date = new Date(),
+): Promise<Signed> {
+  const options: {
+    indexUrl: string
+    operation: Intent['operation']
+    name?: string
+    vers?: string
+    cksum?: string
+    subject?: string
+  } = {
     indexUrl: intent.indexUrl,
     operation: intent.operation,
   }
