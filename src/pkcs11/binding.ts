@@ -562,6 +562,14 @@ export interface KeyAttributes {
 // DER of OID 1.3.132.0.34 (secp384r1), the named-curve form of CKA_EC_PARAMS (X9.62 ECParameters).
 const P384_OID_DER = Buffer.from('06052b81040022', 'hex')
 
+/**
+ * CK_TOKEN_INFO strings are fixed-width and blank padded (PKCS#11 v2.40 §3.2), but tpm2-pkcs11 pads
+ * with NUL bytes ("SW   TPM\0\0…"), which `trim()` keeps: strip both.
+ */
+function blankPadded(text: string): string {
+  return text.replace(/[\s\0]+$/u, '').replace(/^\s+/u, '')
+}
+
 /** A loaded, initialised PKCS#11 library. One instance per real path, shared by all Devices. */
 export class Pkcs11Module {
   static readonly #registry = new Map<string, Pkcs11Module>()
@@ -637,10 +645,10 @@ export class Pkcs11Module {
     const info = call('token-info', this.name, () => this.#p11.C_GetTokenInfo(slot))
     const f = info.flags
     return {
-      label: info.label.trim(),
-      serial: info.serialNumber.trim(),
-      manufacturer: info.manufacturerID.trim(),
-      model: info.model.trim(),
+      label: blankPadded(info.label),
+      serial: blankPadded(info.serialNumber),
+      manufacturer: blankPadded(info.manufacturerID),
+      model: blankPadded(info.model),
       loginRequired: (f & k.CKF_LOGIN_REQUIRED) !== 0,
       protectedAuthPath: (f & k.CKF_PROTECTED_AUTHENTICATION_PATH) !== 0,
       pinCountLow: (f & k.CKF_USER_PIN_COUNT_LOW) !== 0,

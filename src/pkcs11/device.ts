@@ -590,7 +590,8 @@ export class Device {
               : undefined
       throw new AgentError(
         left === 'locked' ? 'PIN_LOCKED' : err.code,
-        text === undefined ? err.message : `${err.message} (${text})`,
+        // A CKR_PIN_LOCKED message already says so; add the tries-left text only where it is news.
+        text === undefined || err.code === 'PIN_LOCKED' ? err.message : `${err.message} (${text})`,
         {
           cause: err,
           remedy:
