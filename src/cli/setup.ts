@@ -193,6 +193,21 @@ async function pinFor(token: TokenConfig): Promise<Pin | null> {
   }
 }
 
+/** The shim as this package installs it (package.json `bin`): the path cargo's config should name. */
+function installedShimPath(): string {
+  const root = fileURLToPath(new URL('../../../', import.meta.url))
+  try {
+    const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as {
+      bin?: Record<string, string>
+    }
+    const bin = pkg.bin?.['cargo-credential-pkcs11']
+    if (bin !== undefined) return join(root, bin)
+  } catch {
+    // fall back to the sibling entry
+  }
+  return fileURLToPath(new URL('../bin/cargo-credential-pkcs11.js', import.meta.url))
+}
+
 export async function setup(argv: readonly string[]): Promise<number> {
   let values: Record<string, string | boolean | undefined>
   try {
@@ -351,7 +366,7 @@ export async function setup(argv: readonly string[]): Promise<number> {
   // 4. Write the agent config (validated above).
   writePrivate(configPath, `# cargo-pkcs11-agent configuration (docs/configuration.md)\n${stringify(doc)}\n`)
 
-  const shim = fileURLToPath(new URL('../bin/cargo-credential-pkcs11.js', import.meta.url))
+  const shim = installedShimPath()
   const out: string[] = [
     `key '${key.label}' (id ${key.id}) on token ${tokenName}: ${action}`,
     'register this public key with the registry:',

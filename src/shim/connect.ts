@@ -14,16 +14,20 @@ export function autostartDisabled(env: NodeJS.ProcessEnv): boolean {
 
 async function startAgent(socketPath: string, env: NodeJS.ProcessEnv): Promise<string> {
   // Loaded only on this path: the common case (agent running) never pays for child_process.
-  const [{ spawn }, { mkdirSync, openSync, closeSync }, { dirname }, { fileURLToPath }] = await Promise.all([
-    import('node:child_process'),
-    import('node:fs'),
-    import('node:path'),
-    import('node:url'),
-  ])
+  const [{ spawn }, { mkdirSync, openSync, closeSync, existsSync, realpathSync }, { dirname, join }] =
+    await Promise.all([import('node:child_process'), import('node:fs'), import('node:path')])
   const logPath = agentLogPath(env)
   mkdirSync(dirname(logPath), { recursive: true, mode: 0o700 })
   const log = openSync(logPath, 'a', 0o600)
-  const bin = fileURLToPath(new URL('../bin/cargo-pkcs11-agent.js', import.meta.url))
+  // The agent's entry sits next to this shim's (dist/src/bin/), or — when the shim runs from its
+  // CommonJS build (dist/cjs/src/bin/, tsconfig.shim.json) — in the ESM build three levels up.
+  // Found from argv[1] rather than import.meta so the same source compiles to both formats.
+  const here = dirname(realpathSync(process.argv[1] ?? '.'))
+  const candidates = [
+    join(here, 'cargo-pkcs11-agent.js'),
+    join(here, '..', '..', '..', 'src', 'bin', 'cargo-pkcs11-agent.js'),
+  ]
+  const bin = candidates.find((c) => existsSync(c)) ?? (candidates[0] as string)
   // The pool size must come from the parent's environment (src/lib/threadpool.ts).
   const childEnv = {
     ...env,

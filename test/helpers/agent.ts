@@ -131,6 +131,24 @@ export function distPath(...parts: string[]): string {
   return join(repoRoot(), 'dist', ...parts)
 }
 
+/**
+ * The shim cargo runs: what package.json installs as `cargo-credential-pkcs11` (the ESM build in
+ * dist/src/bin, or the CommonJS build in dist/cjs when the package ships that), overridable with
+ * CARGO_PKCS11_TEST_SHIM to test the other build.
+ */
+export function shimBinPath(): string {
+  const override = process.env['CARGO_PKCS11_TEST_SHIM']
+  return override !== undefined && override !== '' ? override : packageShimPath()
+}
+
+/** The `cargo-credential-pkcs11` entry of package.json's `bin`, absolute. */
+export function packageShimPath(): string {
+  const pkg = JSON.parse(readFileSync(join(repoRoot(), 'package.json'), 'utf8')) as {
+    bin?: Record<string, string>
+  }
+  return join(repoRoot(), pkg.bin?.['cargo-credential-pkcs11'] ?? 'dist/src/bin/cargo-credential-pkcs11.js')
+}
+
 export async function startAgent(options: StartAgentOptions = {}): Promise<AgentFixture> {
   const dir = await mkdtemp(join(tmpdir(), 'agent-test-'))
   const ownSoftHsm = options.softhsm === undefined
@@ -197,7 +215,7 @@ export async function startAgent(options: StartAgentOptions = {}): Promise<Agent
     CARGO_PKCS11_AGENT_CONFIG: configPath,
     CARGO_PKCS11_AGENT_NO_AUTOSTART: '1',
   }
-  const shimPath = distPath('src', 'bin', 'cargo-credential-pkcs11.js')
+  const shimPath = shimBinPath()
   const agentPath = distPath('src', 'bin', 'cargo-pkcs11-agent.js')
   let stderr = ''
   const fixture: AgentFixture = {

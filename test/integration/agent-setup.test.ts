@@ -14,7 +14,7 @@ import { parse } from 'smol-toml'
 
 import { parseConfig } from '../../src/config/load.js'
 import { verifyToken } from '../../src/verify/verify.js'
-import { cargoGet, distPath, runShim, waitForSocket } from '../helpers/agent.js'
+import { cargoGet, distPath, packageShimPath, runShim, shimBinPath, waitForSocket } from '../helpers/agent.js'
 
 const AGENT = distPath('src', 'bin', 'cargo-pkcs11-agent.js')
 const INDEX = 'sparse+http://127.0.0.1:38650/index/'
@@ -87,9 +87,7 @@ describe('setup', () => {
       registries: Record<string, { index: string; 'credential-provider': string[] }>
     }
     assert.equal(cargo.registries['local']?.index, INDEX)
-    assert.deepEqual(cargo.registries['local']?.['credential-provider'], [
-      distPath('src', 'bin', 'cargo-credential-pkcs11.js'),
-    ])
+    assert.deepEqual(cargo.registries['local']?.['credential-provider'], [packageShimPath()])
     assert.ok(
       !r.stdout.includes(await readFile(String(config.tokens['softhsm']?.pinFile), 'utf8')),
       'the PIN is never printed',
@@ -106,7 +104,7 @@ describe('setup', () => {
     child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d))
     child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d))
     await waitForSocket(String(env['CARGO_PKCS11_AGENT_SOCK']), child, () => output)
-    const r = await runShim(distPath('src', 'bin', 'cargo-credential-pkcs11.js'), cargoGet(INDEX, 'read'), {
+    const r = await runShim(shimBinPath(), cargoGet(INDEX, 'read'), {
       env: { ...env, CARGO_PKCS11_AGENT_NO_AUTOSTART: '1' },
     })
     const ok = JSON.parse(String(r.lines[1])) as { Ok?: { token: string } }

@@ -9,9 +9,9 @@ import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
 import { LIMITS } from '../../src/lib/limits.js'
-import { distPath, runShim } from '../helpers/agent.js'
+import { runShim, shimBinPath } from '../helpers/agent.js'
 
-const SHIM = distPath('src', 'bin', 'cargo-credential-pkcs11.js')
+const SHIM = shimBinPath()
 const INDEX = 'sparse+http://127.0.0.1:9/index/'
 let dir: string
 let env: NodeJS.ProcessEnv
