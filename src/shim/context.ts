@@ -1,6 +1,5 @@
 /** Who is asking: the shim's parent (normally cargo), for the intent shown to the human and the audit log. */
-import { readFileSync, readlinkSync } from 'node:fs'
-import { isatty } from 'node:tty'
+import { closeSync, openSync, readFileSync, readlinkSync } from 'node:fs'
 
 import { LIMITS } from '../lib/limits.js'
 
@@ -42,14 +41,27 @@ export function requesterContext(): RequesterContext {
   } catch {
     // best effort
   }
+  // The terminal name, from the first standard stream that is one (readlink avoids loading node:tty).
   for (const fd of [2, 0, 1]) {
-    if (!isatty(fd)) continue
     try {
-      context.tty = readlinkSync(`/proc/self/fd/${fd}`)
-      break
+      const target = readlinkSync(`/proc/self/fd/${fd}`)
+      if (target.startsWith('/dev/pts/') || target.startsWith('/dev/tty')) {
+        context.tty = target
+        break
+      }
     } catch {
       // best effort
     }
   }
   return context
+}
+
+/** Whether this process has a controlling terminal to ask on (cargo gives the shim none on stdio). */
+export function hasTerminal(): boolean {
+  try {
+    closeSync(openSync('/dev/tty', 'r+'))
+    return true
+  } catch {
+    return false
+  }
 }

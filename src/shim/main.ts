@@ -24,10 +24,9 @@ import { resolveSocketPath } from '../config/paths.js'
 import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { connectOrStart } from './connect.js'
-import { requesterContext } from './context.js'
+import { hasTerminal, requesterContext } from './context.js'
 import { Notices } from './notices.js'
-import { readRequestLine } from './stdin.js'
-import { askPinOnTty, confirmOnTty, hasTerminal } from './tty.js'
+import { readRequestLineFast } from './stdin.js'
 
 const NAME = 'cargo-credential-pkcs11'
 const notices = new Notices(NAME)
@@ -52,9 +51,12 @@ async function onQuery(query: QueryMessage): Promise<QueryAnswer> {
       if (reason !== '') say(`PIN needed to ${reason}`)
       if (query.data['triesLeft'] === 'final') say('WARNING: final PIN try; a wrong PIN locks the token')
       const prompt = typeof query.data['prompt'] === 'string' ? query.data['prompt'] : 'PIN: '
+      // Loaded only when a question comes: node:tty is not needed on the common path.
+      const { askPinOnTty } = await import('./tty.js')
       return { result: { pin: await askPinOnTty(prompt) } }
     }
     const text = typeof query.data['text'] === 'string' ? query.data['text'] : 'Sign this request?'
+    const { confirmOnTty } = await import('./tty.js')
     return { result: { confirmed: await confirmOnTty(text) } }
   } catch (error) {
     return { error: toAgentError(error, 'PIN_ENTRY_FAILED').toWire() }
@@ -166,7 +168,7 @@ export async function runShim(
   }
   // Hello first: cargo sends nothing until it has read it (spec §1.3).
   respond(HELLO)
-  const input = await readRequestLine()
+  const input = await readRequestLineFast()
   if (input.kind === 'too-large') {
     respond(
       errOther(`The request from cargo is larger than ${LIMITS.cargoLineMaxBytes} bytes`, [

@@ -3,7 +3,7 @@
  * (spec §1.1), so the PIN prompt opens /dev/tty itself, as cargo's own helper crate does
  * (`credential/cargo-credential/src/stdio.rs`); raw mode, nothing echoed.
  */
-import { closeSync, openSync, writeSync } from 'node:fs'
+import { openSync, writeSync } from 'node:fs'
 import { ReadStream } from 'node:tty'
 
 import { AgentError } from '../lib/errors.js'
@@ -16,14 +16,7 @@ function noTty(cause?: unknown): AgentError {
   })
 }
 
-export function hasTerminal(): boolean {
-  try {
-    closeSync(openSync('/dev/tty', 'r+'))
-    return true
-  } catch {
-    return false
-  }
-}
+export { hasTerminal } from './context.js'
 
 /** Reads keys in raw mode until Enter. `echo` = false prints nothing for typed characters. */
 function readRaw(prompt: string, options: { echo: boolean; single: boolean }): Promise<Buffer> {
