@@ -96,6 +96,23 @@ describe('PIN and confirmation on the terminal', () => {
     assert.doesNotMatch(second.screen, /PIN for/)
   })
 
+  test('cargo logout and SIGHUP forget the cached PIN: the next request asks again', async () => {
+    const pinAnswer = [{ after: /PIN for [^\n]*: $/m, type: `${agent.softhsm.pin}\r` }]
+    // Cached from the previous test: no prompt.
+    assert.doesNotMatch((await onTerminal(agent, cargoGet(INDEX, 'read'), [])).screen, /PIN for/)
+    const out = await agent.runShim({ v: 1, registry: { 'index-url': INDEX }, kind: 'logout' })
+    assert.deepEqual(JSON.parse(String(out.lines[1])), { Ok: { kind: 'logout' } })
+    const afterLogout = await onTerminal(agent, cargoGet(INDEX, 'read'), pinAnswer)
+    assert.match(afterLogout.screen, /PIN for/)
+    assert.ok('Ok' in (JSON.parse(String(afterLogout.lines[1])) as object))
+    agent.process?.kill('SIGHUP')
+    for (let i = 0; i < 100 && !agent.log().includes('configuration reloaded'); i++)
+      await new Promise((r) => setTimeout(r, 20))
+    const afterHup = await onTerminal(agent, cargoGet(INDEX, 'read'), pinAnswer)
+    assert.match(afterHup.screen, /PIN for/)
+    assert.ok('Ok' in (JSON.parse(String(afterHup.lines[1])) as object), afterHup.screen)
+  })
+
   test('a mutation shows what is signed and waits for yes; "n" refuses', async () => {
     const refused = await onTerminal(
       agent,
