@@ -16,8 +16,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 STATE=${DEMO_STATE_DIR:-$ROOT/.state/demo}
-AGENT_BIN=$ROOT/dist/src/bin/cargo-pkcs11-agent.js
-SHIM_BIN=$ROOT/dist/src/bin/cargo-credential-pkcs11.js
+# The programs package.json installs (the shim may ship as an ESM or a CommonJS build).
+bin_of() { node -e 'console.log(require(process.argv[1]).bin[process.argv[2]])' "$ROOT/package.json" "$1"; }
+AGENT_BIN=$ROOT/$(bin_of cargo-pkcs11-agent)
+SHIM_BIN=$ROOT/$(bin_of cargo-credential-pkcs11)
 REGISTRY_MAIN=$ROOT/dist/test/fixtures/registry/main.js
 # RFC 3231 recommends up to 15 minutes; 2 minutes keeps the demo honest about short-lived tokens.
 TOKEN_MAX_AGE=120
