@@ -10,6 +10,8 @@
  * or all four, with the audit line for every outcome, through `policy.run(request)`.
  * Pure decisions and process I/O only (pinentry, notify-send): no files, no sockets (layering rule).
  */
+import { createHmac, randomBytes } from 'node:crypto'
+
 import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { Pin } from '../lib/secret.js'
@@ -93,6 +95,9 @@ export class Policy {
   readonly #env: NodeJS.ProcessEnv
   readonly #notifier: DesktopNotifier
   readonly #logins = new Map<string, Promise<void>>()
+  /** Per token: fingerprint of the env/file PIN the token rejected (see #nonInteractivePin). */
+  readonly #rejected = new Map<string, Buffer>()
+  readonly #fingerprintKey = randomBytes(32)
 
   constructor(config: Partial<PolicyConfig>, deps: PolicyDeps) {
     this.config = policyConfig(config)
@@ -201,11 +206,20 @@ export class Policy {
       )
     }
     const interactive = isInteractiveSource(token.pin)
-    let cached = interactive ? this.pinCache.get(token.id) : undefined
+    let cached = this.pinCache.get(token.id)
     if (!(await device.needsLogin())) {
+      if (!interactive) {
+        // An env/file PIN costs nobody a prompt to read again. Keep it cached while the token is
+        // logged in: keys with CKA_ALWAYS_AUTHENTICATE (YubiKey PIV slot 9C) need it for the
+        // context-specific login before every signature, and a reinserted token for its re-login.
+        if (cached === undefined && token.pin.kind !== 'none') {
+          this.pinCache.set(token.id, await this.#nonInteractivePin(token, prompter, intent, status))
+        }
+        return
+      }
       // The device stays logged in after the PIN cache entry ended; log out so the PIN lifetimes mean
       // what they say (PKCS#11: login state belongs to the application, not to a session).
-      if (!interactive || cached !== undefined || device.logout === undefined) return
+      if (cached !== undefined || device.logout === undefined) return
       await device.logout()
       this.#log('logged-out-expired-pin', { token: token.id })
     }
@@ -231,15 +245,43 @@ export class Policy {
       await this.#login(device, token, cached)
       return
     }
-    const pin = await this.#obtainPin(token, prompter, intent, status)
+    const pin = interactive
+      ? await this.#obtainPin(token, prompter, intent, status)
+      : await this.#nonInteractivePin(token, prompter, intent, status)
     try {
       await this.#login(device, token, pin)
     } catch (error) {
+      if (!interactive && toAgentError(error).code === 'PIN_INCORRECT') {
+        this.#rejected.set(token.id, this.#fingerprint(pin))
+      }
       pin.wipe()
       throw error
     }
-    if (interactive) this.pinCache.set(token.id, pin)
-    else pin.wipe()
+    this.pinCache.set(token.id, pin)
+  }
+
+  /**
+   * A PIN from `pin-env` / `pin-file`. Unlike a human, such a source hands out the same wrong PIN on
+   * every request, and each try costs one of the token's few PIN tries: a value the token rejected is
+   * refused here until it changes (or `lock` / SIGHUP), so a bad CI secret cannot lock the token.
+   */
+  async #nonInteractivePin(token: TokenPolicy, prompter: Prompter, intent: Intent, status: PolicyDeviceStatus): Promise<Pin> {
+    const pin = await this.#obtainPin(token, prompter, intent, status)
+    const rejected = this.#rejected.get(token.id)
+    if (rejected !== undefined && rejected.equals(this.#fingerprint(pin))) {
+      pin.wipe()
+      throw new AgentError(
+        'PIN_INCORRECT',
+        `${token.description} already rejected the PIN from its ${token.pin.kind === 'env' ? 'environment variable' : 'PIN file'}; it is not tried again, so the token's remaining tries are kept`,
+        { remedy: 'Fix the PIN secret, then run `cargo-pkcs11-agent lock` (or restart the agent) to let it be tried' },
+      )
+    }
+    return pin
+  }
+
+  /** HMAC with a per-process random key: comparable, but not a guessable hash of a short PIN. */
+  #fingerprint(pin: Pin): Buffer {
+    return createHmac('sha256', this.#fingerprintKey).update(pin.expose()).digest()
   }
 
   /** Wraps a device signature with the touch notice and the touch deadline from the config. */
@@ -339,11 +381,13 @@ export class Policy {
 
   /** `cargo-pkcs11-agent lock`: forget every PIN. The agent also logs its sessions out. */
   lock(): number {
+    this.#rejected.clear()
     return this.pinCache.clear('lock')
   }
 
   /** SIGHUP: forget every PIN (the agent also releases the devices). */
   onSighup(): number {
+    this.#rejected.clear()
     return this.pinCache.clear('sighup')
   }
 

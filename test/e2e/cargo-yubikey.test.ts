@@ -4,8 +4,9 @@
  * what is being approved (design: "show what is being approved before any touch").
  *
  * ykcs11 2.2 marks slot 9C (digital signature) CKA_ALWAYS_AUTHENTICATE whatever its PIN policy, so
- * 9C needs a context-specific login per signature. The design's layout (reads on 9A without touch,
- * mutations on 9C with touch) is the TODO suite below; the passing suite signs everything with 9A.
+ * 9C needs a context-specific login per signature, with the PIN the agent holds (from pin-env here).
+ * The first suite signs everything with 9A; the second uses the design's layout: reads on 9A without
+ * touch, mutations on 9C with touch.
  */
 import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -175,11 +176,6 @@ describe('virtual YubiKey, design layout: reads on 9A (no touch), mutations on 9
 
   test(
     'publish: read by 9A silently, publish by 9C after a touch',
-    {
-      todo:
-        'the policy wipes env/file PINs after C_Login (src/policy/policy.ts: cached only when interactive), so the ' +
-        'context-specific login 9C needs for every signature has no PIN: PIN_REQUIRED "Unlock the agent with the PIN"',
-    },
     async () => {
       const { yk, registry, agent, cargo } = rig
       const r = await cargo.cargo(['publish', '--registry', 'local', '--no-verify'], {

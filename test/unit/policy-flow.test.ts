@@ -211,17 +211,38 @@ test('missing env PIN and a terminal-less tty source are PIN_REQUIRED without pr
   assert.deepEqual(device.logins, [])
 })
 
-test('env and file PINs are used for the login and not cached', async () => {
+test('an env PIN is used for the login and held for context-specific logins (YubiKey 9C)', async () => {
   const device = new FakePivDevice()
   const p = make({}, { PIV_PIN: '123456' })
-  await p.ensureLoggedIn(
-    device,
-    { ...tty, pin: { kind: 'env', variable: 'PIV_PIN' } },
-    new RecordingPrompter(false),
-    readIntent(),
-  )
+  const token = { ...tty, pin: { kind: 'env' as const, variable: 'PIV_PIN' } }
+  await p.ensureLoggedIn(device, token, new RecordingPrompter(false), readIntent())
   assert.deepEqual(device.logins, ['123456'])
-  assert.equal(p.pinCache.size, 0)
+  assert.equal(p.cachedPin(token.id)?.expose().toString(), '123456')
+  // Cache expired (lock) while the device stays logged in: the PIN is read again, without a login.
+  p.pinCache.clear('lock')
+  await p.ensureLoggedIn(device, token, new RecordingPrompter(false), readIntent())
+  assert.deepEqual(device.logins, ['123456'])
+  assert.equal(p.cachedPin(token.id)?.expose().toString(), '123456')
+})
+
+test('a wrong env PIN is tried once, then refused without a login until lock', async () => {
+  const device = new FakePivDevice()
+  const env: NodeJS.ProcessEnv = { PIV_PIN: '000000' }
+  const p = make({}, env)
+  const token = { ...tty, pin: { kind: 'env' as const, variable: 'PIV_PIN' } }
+  await assert.rejects(p.ensureLoggedIn(device, token, new RecordingPrompter(false), readIntent()), { code: 'PIN_INCORRECT' })
+  await assert.rejects(p.ensureLoggedIn(device, token, new RecordingPrompter(false), readIntent()), (error: AgentError) => {
+    assert.equal(error.code, 'PIN_INCORRECT')
+    assert.match(error.message, /not tried again/)
+    assert.doesNotMatch(error.message + String(error.remedy), /000000/)
+    return true
+  })
+  assert.deepEqual(device.logins, ['000000'])
+  assert.equal(device.tries, 2)
+  // A fixed secret is tried after `lock` (or a changed value at once).
+  env['PIV_PIN'] = '123456'
+  await p.ensureLoggedIn(device, token, new RecordingPrompter(false), readIntent())
+  assert.deepEqual(device.logins, ['000000', '123456'])
 })
 
 test('mutations: rate limited per registry before anyone is asked; a refusal gives its slot back; reads are not limited', async () => {
