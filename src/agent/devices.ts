@@ -7,6 +7,7 @@ import { AgentError, toAgentError } from '../lib/errors.js'
 import type { Pin } from '../lib/secret.js'
 import type { Signer } from '../signer/signer.js'
 import { Device, resolveModulePath, type DeviceEvent, type KeySelector } from '../pkcs11/device.js'
+import { applyModuleEnvironment } from '../pkcs11/modules.js'
 
 export function selector(ref: KeyRef): KeySelector {
   const s: KeySelector = {}
@@ -42,9 +43,7 @@ export class Devices {
   get(token: TokenConfig): Device {
     let device = this.#devices.get(token.name)
     if (device === undefined) {
-      // Module configuration (SOFTHSM2_CONF, ...) is read from the C environment at C_Initialize;
-      // Node's process.env setter calls setenv(3), so this must happen before the first Device call.
-      for (const [name, value] of Object.entries(token.moduleEnv)) process.env[name] = value
+      applyModuleEnvironment(token.moduleEnv)
       // Device resolves known module names itself; resolving here surfaces a bad name before any session.
       try {
         resolveModulePath(token.module)

@@ -13,6 +13,7 @@ import { AgentError } from '../lib/errors.js'
 import { readPinFile } from '../lib/pin-file.js'
 import { Pin } from '../lib/secret.js'
 import type { TokenSelector } from '../pkcs11/device.js'
+import { applyModuleEnvironment } from '../pkcs11/modules.js'
 import { askPinOnTty, hasTerminal } from '../shim/tty.js'
 
 export const TARGET_USAGE =
@@ -103,6 +104,7 @@ export function parseTargetCommand(
       remedy: `Configured tokens: ${names.join(', ') || 'none'}`,
     })
   }
+  applyModuleEnvironment(token.moduleEnv)
   const selector: TokenSelector = {
     module: token.module,
     label: token.label,

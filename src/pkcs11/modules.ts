@@ -70,3 +70,12 @@ export function resolveModulePath(nameOrPath: string): string {
   }
   return found
 }
+
+/**
+ * Sets a token's `module-env` (SOFTHSM2_CONF, TPM2_PKCS11_TCTI, ...). Modules read their environment
+ * at C_Initialize and Node's process.env setter calls setenv(3), so this must run before the first
+ * Device call for that module in this process.
+ */
+export function applyModuleEnvironment(variables: Readonly<Record<string, string>>): void {
+  for (const [name, value] of Object.entries(variables)) process.env[name] = value
+}
