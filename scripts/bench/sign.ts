@@ -32,7 +32,9 @@ const INDEX = 'sparse+http://127.0.0.1:9/index/'
 function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b)
   const mid = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
+  return sorted.length % 2 === 1
+    ? (sorted[mid] as number)
+    : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
 }
 
 function percentile(values: readonly number[], p: number): number {
@@ -40,7 +42,12 @@ function percentile(values: readonly number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number
 }
 
-function runProcess(command: string, args: readonly string[], input: string, env: NodeJS.ProcessEnv): Promise<void> {
+function runProcess(
+  command: string,
+  args: readonly string[],
+  input: string,
+  env: NodeJS.ProcessEnv,
+): Promise<void> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { env, stdio: ['pipe', 'pipe', 'ignore'] })
     let out = ''
@@ -62,7 +69,7 @@ async function main(): Promise<void> {
   const rounds = Number(values.rounds ?? 15)
   const perRound = Number(values['per-round'] ?? 10)
 
-  const fixture = await startAgent({ registries: { bench: { index: INDEX, confirm: 'none'} } })
+  const fixture = await startAgent({ registries: { bench: { index: INDEX, confirm: 'none' } } })
   try {
     // The benchmark process loads the same SoftHSM store as the agent (both sign with key 'gen').
     Object.assign(process.env, fixture.agentEnv)
@@ -94,17 +101,31 @@ async function main(): Promise<void> {
       },
       signer: () => signer.sign(message),
       token: () => buildToken(signer, { indexUrl: INDEX, operation: 'read' }),
-      agent: () => connection.request('sign', { cargo: request('read'), requester: { pid: process.pid }, interactive: false }),
-      shim: () => runProcess(process.execPath, [fixture.shimPath, '--cargo-plugin'], request('read') + '\n', shimEnv),
+      agent: () =>
+        connection.request('sign', {
+          cargo: request('read'),
+          requester: { pid: process.pid },
+          interactive: false,
+        }),
+      shim: () =>
+        runProcess(process.execPath, [fixture.shimPath, '--cargo-plugin'], request('read') + '\n', shimEnv),
       spawn: () => runProcess(process.execPath, ['-e', '0'], '', shimEnv),
     }
     const variants = Object.keys(run) as Variant[]
-    const samples: Record<Variant, number[]> = { device: [], signer: [], token: [], agent: [], shim: [], spawn: [] }
+    const samples: Record<Variant, number[]> = {
+      device: [],
+      signer: [],
+      token: [],
+      agent: [],
+      shim: [],
+      spawn: [],
+    }
 
     for (const variant of variants) await run[variant]() // warm-up: JIT, sessions, login
     for (let round = 0; round < rounds; round += 1) {
       for (const variant of variants) {
-        const count = variant === 'shim' || variant === 'spawn' ? Math.max(1, Math.floor(perRound / 5)) : perRound
+        const count =
+          variant === 'shim' || variant === 'spawn' ? Math.max(1, Math.floor(perRound / 5)) : perRound
         for (let i = 0; i < count; i += 1) {
           const start = process.hrtime.bigint()
           await run[variant]()
@@ -132,9 +153,14 @@ async function main(): Promise<void> {
         `${r.variant.padEnd(8)}  ${String(r.n).padEnd(5)} ${r.medianMs.toFixed(3).padStart(9)}  ${r.p90Ms.toFixed(3).padStart(8)}  ${r.ratioToDevice.toFixed(2).padStart(8)}\n`,
       )
     }
-    process.stdout.write(`shim request (start + agent round trip) / bare node start: ${shimOverNode.toFixed(2)}×\n`)
-    process.stdout.write(`key ${key.label}: agent overhead over the device = ${(median(samples.agent) - base).toFixed(3)} ms per signature\n`)
-    if (values.json !== undefined) writeFileSync(values.json, JSON.stringify({ rows, shimOverNode }, null, 2) + '\n')
+    process.stdout.write(
+      `shim request (start + agent round trip) / bare node start: ${shimOverNode.toFixed(2)}×\n`,
+    )
+    process.stdout.write(
+      `key ${key.label}: agent overhead over the device = ${(median(samples.agent) - base).toFixed(3)} ms per signature\n`,
+    )
+    if (values.json !== undefined)
+      writeFileSync(values.json, JSON.stringify({ rows, shimOverNode }, null, 2) + '\n')
     await device.release()
   } finally {
     await fixture.stop()
@@ -144,7 +170,9 @@ async function main(): Promise<void> {
 main().then(
   () => process.exit(0),
   (error: unknown) => {
-    process.stderr.write(`bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`)
+    process.stderr.write(
+      `bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    )
     process.exit(1)
   },
 )

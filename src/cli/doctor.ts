@@ -16,6 +16,7 @@ import { loadConfig } from '../config/load.js'
 import { resolveConfigPath, resolveSocketPath } from '../config/paths.js'
 import type { Config, TokenConfig } from '../config/schema.js'
 import { AgentError, toAgentError } from '../lib/errors.js'
+import { applyModuleEnvironment } from '../pkcs11/modules.js'
 
 export const DOCTOR_USAGE = 'cargo-pkcs11-agent doctor [--config FILE] [--socket PATH] [--json]'
 
@@ -51,7 +52,12 @@ function checkConfig(path: string): { config?: Config; findings: Finding[] } {
   if (!existsSync(path)) {
     return {
       findings: [
-        finding('fail', 'config', `no configuration at ${path}`, 'Run `cargo-pkcs11-agent setup` to create one (see docs/configuration.md)'),
+        finding(
+          'fail',
+          'config',
+          `no configuration at ${path}`,
+          'Run `cargo-pkcs11-agent setup` to create one (see docs/configuration.md)',
+        ),
       ],
     }
   }
@@ -59,9 +65,22 @@ function checkConfig(path: string): { config?: Config; findings: Finding[] } {
     const config = loadConfig(path)
     const tokens = Object.keys(config.tokens).length
     const registries = Object.keys(config.registries).length
-    const findings = [finding('ok', 'config', `${path}: ${tokens} token(s), ${registries} registr${registries === 1 ? 'y' : 'ies'}`)]
+    const findings = [
+      finding(
+        'ok',
+        'config',
+        `${path}: ${tokens} token(s), ${registries} registr${registries === 1 ? 'y' : 'ies'}`,
+      ),
+    ]
     if (registries === 0) {
-      findings.push(finding('warn', 'config', 'no registry is bound, so the agent signs nothing', 'Add a [registries.NAME] table'))
+      findings.push(
+        finding(
+          'warn',
+          'config',
+          'no registry is bound, so the agent signs nothing',
+          'Add a [registries.NAME] table',
+        ),
+      )
     }
     return { config, findings }
   } catch (error) {
@@ -76,23 +95,51 @@ function checkModuleEnvironment(token: TokenConfig, modulePath: string): Finding
   if (modulePath.includes('softhsm')) {
     const conf = process.env['SOFTHSM2_CONF'] ?? '/etc/softhsm/softhsm2.conf'
     if (!existsSync(conf)) {
-      findings.push(finding('fail', check, `SoftHSM configuration ${conf} does not exist`, 'Set SOFTHSM2_CONF to your softhsm2.conf, or run `cargo-pkcs11-agent setup`'))
+      findings.push(
+        finding(
+          'fail',
+          check,
+          `SoftHSM configuration ${conf} does not exist`,
+          'Set SOFTHSM2_CONF to your softhsm2.conf, or run `cargo-pkcs11-agent setup`',
+        ),
+      )
     } else {
       const dir = /^\s*directories\.tokendir\s*=\s*(.+?)\s*$/m.exec(readFileSync(conf, 'utf8'))?.[1]
       if (dir !== undefined && !existsSync(dir)) {
-        findings.push(finding('fail', check, `SoftHSM token directory ${dir} (from ${conf}) does not exist`, `Create it (mkdir -p ${dir}) or fix directories.tokendir`))
+        findings.push(
+          finding(
+            'fail',
+            check,
+            `SoftHSM token directory ${dir} (from ${conf}) does not exist`,
+            `Create it (mkdir -p ${dir}) or fix directories.tokendir`,
+          ),
+        )
       }
     }
   }
   if (modulePath.includes('ykcs11') || modulePath.includes('opensc')) {
     const socket = process.env['PCSCLITE_CSOCK_NAME'] ?? '/run/pcscd/pcscd.comm'
     if (!existsSync(socket)) {
-      findings.push(finding('fail', check, `the PC/SC daemon is not running (no ${socket})`, 'Start it: `systemctl start pcscd.socket` (Debian package pcscd)'))
+      findings.push(
+        finding(
+          'fail',
+          check,
+          `the PC/SC daemon is not running (no ${socket})`,
+          'Start it: `systemctl start pcscd.socket` (Debian package pcscd)',
+        ),
+      )
     }
   }
   if (modulePath.includes('tpm2')) {
     if (process.env['TPM2_PKCS11_TCTI'] === undefined && !existsSync('/dev/tpmrm0')) {
-      findings.push(finding('fail', check, 'no TPM: /dev/tpmrm0 is missing and TPM2_PKCS11_TCTI is not set', 'Enable the TPM in firmware, or point TPM2_PKCS11_TCTI at a TPM (e.g. swtpm)'))
+      findings.push(
+        finding(
+          'fail',
+          check,
+          'no TPM: /dev/tpmrm0 is missing and TPM2_PKCS11_TCTI is not set',
+          'Enable the TPM in firmware, or point TPM2_PKCS11_TCTI at a TPM (e.g. swtpm)',
+        ),
+      )
     }
   }
   return findings
@@ -111,10 +158,18 @@ async function checkTokens(config: Config): Promise<Finding[]> {
       findings.push(fromError(check, error))
       continue
     }
+    // The agent sets the token's module-env before loading its module; check what it will see.
+    applyModuleEnvironment(token.moduleEnv)
     const environment = checkModuleEnvironment(token, modulePath)
     findings.push(...environment)
     if (environment.some((f) => f.level === 'fail')) continue
-    const selector: { module: string; label?: string; serial?: string; manufacturer?: string; model?: string } = { module: token.module }
+    const selector: {
+      module: string
+      label?: string
+      serial?: string
+      manufacturer?: string
+      model?: string
+    } = { module: token.module }
     if (token.label !== undefined) selector.label = token.label
     if (token.serial !== undefined) selector.serial = token.serial
     if (token.manufacturer !== undefined) selector.manufacturer = token.manufacturer
@@ -123,18 +178,42 @@ async function checkTokens(config: Config): Promise<Finding[]> {
     try {
       const status = await device.status()
       if (!status.present) {
-        findings.push(finding('fail', check, `${device.describe()} is not present`, 'Insert the token, or check its label/serial in the config (`cargo-pkcs11-agent list`)'))
+        findings.push(
+          finding(
+            'fail',
+            check,
+            `${device.describe()} is not present`,
+            'Insert the token, or check its label/serial in the config (`cargo-pkcs11-agent list`)',
+          ),
+        )
         continue
       }
       if (status.pinLocked) {
-        findings.push(finding('fail', check, `${device.describe()}: the user PIN is locked`, 'Unblock it with the SO PIN / PUK (e.g. `ykman piv access unblock-pin`)'))
+        findings.push(
+          finding(
+            'fail',
+            check,
+            `${device.describe()}: the user PIN is locked`,
+            'Unblock it with the SO PIN / PUK (e.g. `ykman piv access unblock-pin`)',
+          ),
+        )
       } else if (status.pinFinalTry || status.pinCountLow) {
-        findings.push(finding('warn', check, `${device.describe()}: ${status.pinFinalTry ? 'one PIN try left' : 'PIN tries are running low'}`, 'Enter the PIN carefully; the agent never retries a wrong PIN'))
+        findings.push(
+          finding(
+            'warn',
+            check,
+            `${device.describe()}: ${status.pinFinalTry ? 'one PIN try left' : 'PIN tries are running low'}`,
+            'Enter the PIN carefully; the agent never retries a wrong PIN',
+          ),
+        )
       } else {
         findings.push(finding('ok', check, `${device.describe()} present`))
       }
       for (const [name, registry] of Object.entries(config.registries)) {
-        for (const [role, ref] of [['read', registry.readKey], ['mutation', registry.mutationKey]] as const) {
+        for (const [role, ref] of [
+          ['read', registry.readKey],
+          ['mutation', registry.mutationKey],
+        ] as const) {
           if (ref.token !== token.name) continue
           const keySelector: { label?: string; id?: string } = {}
           if (ref.label !== undefined) keySelector.label = ref.label
@@ -144,8 +223,14 @@ async function checkTokens(config: Config): Promise<Finding[]> {
             const { k3Pid } = await import('../keys/paserk.js')
             const exportable = key.extractable || !key.sensitive
             findings.push(
-              finding(exportable ? 'warn' : 'ok', `registry ${name}`, `${role} key '${key.label}' ${k3Pid(key.publicKey)}${exportable ? ' is EXTRACTABLE or not sensitive' : ''}`,
-                exportable ? 'Generate a new key on the device with `cargo-pkcs11-agent keygen` (keys made there are non-extractable)' : undefined),
+              finding(
+                exportable ? 'warn' : 'ok',
+                `registry ${name}`,
+                `${role} key '${key.label}' ${k3Pid(key.publicKey)}${exportable ? ' is EXTRACTABLE or not sensitive' : ''}`,
+                exportable
+                  ? 'Generate a new key on the device with `cargo-pkcs11-agent keygen` (keys made there are non-extractable)'
+                  : undefined,
+              ),
             )
           } catch (error) {
             findings.push(fromError(`registry ${name}`, error))
@@ -168,7 +253,12 @@ async function checkAgent(socket: string): Promise<Finding> {
   } catch (error) {
     const e = toAgentError(error)
     const mode = existsSync(socket) ? ` (socket mode ${(statSync(socket).mode & 0o777).toString(8)})` : ''
-    return finding('warn', 'agent', `not reachable on ${socket}${mode}: ${e.message}`, 'It starts on demand from the shim; or run `cargo-pkcs11-agent run` / `install-service`')
+    return finding(
+      'warn',
+      'agent',
+      `not reachable on ${socket}${mode}: ${e.message}`,
+      'It starts on demand from the shim; or run `cargo-pkcs11-agent run` / `install-service`',
+    )
   }
 }
 
@@ -180,12 +270,30 @@ function parseVersion(text: string): [number, number] | undefined {
 function checkCargo(config: Config | undefined): Finding[] {
   const result = spawnSync('cargo', ['--version'], { encoding: 'utf8', timeout: 10_000 })
   if (result.status !== 0) {
-    return [finding('warn', 'cargo', 'cargo is not on PATH', 'Install Rust with rustup (cargo ≥ 1.74 is needed for credential providers)')]
+    return [
+      finding(
+        'warn',
+        'cargo',
+        'cargo is not on PATH',
+        'Install Rust with rustup (cargo ≥ 1.74 is needed for credential providers)',
+      ),
+    ]
   }
   const version = parseVersion(result.stdout)
   const findings: Finding[] = []
-  if (version === undefined || version[0] < MIN_CARGO[0] || (version[0] === MIN_CARGO[0] && version[1] < MIN_CARGO[1])) {
-    findings.push(finding('fail', 'cargo', `${result.stdout.trim()} is older than 1.74 and has no credential providers`, 'Update with `rustup update stable`'))
+  if (
+    version === undefined ||
+    version[0] < MIN_CARGO[0] ||
+    (version[0] === MIN_CARGO[0] && version[1] < MIN_CARGO[1])
+  ) {
+    findings.push(
+      finding(
+        'fail',
+        'cargo',
+        `${result.stdout.trim()} is older than 1.74 and has no credential providers`,
+        'Update with `rustup update stable`',
+      ),
+    )
   } else {
     findings.push(finding('ok', 'cargo', result.stdout.trim()))
   }
@@ -198,9 +306,17 @@ function checkCargo(config: Config | undefined): Finding[] {
       const bound = text.includes(registry.index) && text.includes('cargo-credential-pkcs11')
       findings.push(
         bound
-          ? finding('ok', `registry ${name}`, `${cargoConfig} uses cargo-credential-pkcs11 for ${registry.index}`)
-          : finding('warn', `registry ${name}`, `${cargoConfig} does not bind ${registry.index} to cargo-credential-pkcs11`,
-              `Add to ${cargoConfig}: [registries.${name}] index = "${registry.index}" credential-provider = ["cargo-credential-pkcs11"]`),
+          ? finding(
+              'ok',
+              `registry ${name}`,
+              `${cargoConfig} uses cargo-credential-pkcs11 for ${registry.index}`,
+            )
+          : finding(
+              'warn',
+              `registry ${name}`,
+              `${cargoConfig} does not bind ${registry.index} to cargo-credential-pkcs11`,
+              `Add to ${cargoConfig}: [registries.${name}] index = "${registry.index}" credential-provider = ["cargo-credential-pkcs11"]`,
+            ),
       )
     }
   }
@@ -217,7 +333,9 @@ export async function doctor(argv: readonly string[]): Promise<number> {
       allowPositionals: false,
     }).values
   } catch (error) {
-    throw new AgentError('USAGE', error instanceof Error ? error.message : String(error), { remedy: `Usage: ${DOCTOR_USAGE}` })
+    throw new AgentError('USAGE', error instanceof Error ? error.message : String(error), {
+      remedy: `Usage: ${DOCTOR_USAGE}`,
+    })
   }
   const configPath = resolveConfigPath(values.config).path
   const findings: Finding[] = [checkNode()]

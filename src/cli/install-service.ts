@@ -16,7 +16,8 @@ import { agentLogPath, configHome, resolveConfigPath } from '../config/paths.js'
 import { AgentError } from '../lib/errors.js'
 import { packageFile, packageRoot } from '../lib/package-files.js'
 
-export const INSTALL_SERVICE_USAGE = 'cargo-pkcs11-agent install-service [--config FILE] [--dry-run] [--no-start] [--force]'
+export const INSTALL_SERVICE_USAGE =
+  'cargo-pkcs11-agent install-service [--config FILE] [--dry-run] [--no-start] [--force]'
 
 interface ServicePlan {
   readonly template: string
@@ -47,16 +48,22 @@ function plan(platform: NodeJS.Platform): ServicePlan {
       manager: 'launchd',
     }
   }
-  throw new AgentError('OPERATION_UNSUPPORTED', `install-service does not know how to install a service on ${platform}`, {
-    remedy: 'Start `cargo-pkcs11-agent run` from your session start-up instead; the shim also starts it on demand',
-  })
+  throw new AgentError(
+    'OPERATION_UNSUPPORTED',
+    `install-service does not know how to install a service on ${platform}`,
+    {
+      remedy:
+        'Start `cargo-pkcs11-agent run` from your session start-up instead; the shim also starts it on demand',
+    },
+  )
 }
 
 /** Fills the template's @PLACEHOLDERS@; every value is an absolute path we control. */
 export function renderService(template: string, values: Readonly<Record<string, string>>): string {
   return template.replace(/@([A-Z]+)@/g, (whole, name: string) => {
     const value = values[name]
-    if (value === undefined) throw new AgentError('INTERNAL', `service template placeholder ${whole} has no value`)
+    if (value === undefined)
+      throw new AgentError('INTERNAL', `service template placeholder ${whole} has no value`)
     return value
   })
 }
@@ -93,7 +100,11 @@ export async function installService(argv: readonly string[]): Promise<number> {
     process.stdout.write(rendered)
     return 0
   }
-  if (existsSync(target.target) && readFileSync(target.target, 'utf8') !== rendered && values.force !== true) {
+  if (
+    existsSync(target.target) &&
+    readFileSync(target.target, 'utf8') !== rendered &&
+    values.force !== true
+  ) {
     throw new AgentError('USAGE', `${target.target} already exists with different contents`, {
       remedy: 'Compare it with `install-service --dry-run`, then re-run with --force to replace it',
     })
@@ -109,11 +120,15 @@ export async function installService(argv: readonly string[]): Promise<number> {
     const [program, ...args] = command as [string, ...string[]]
     const result = spawnSync(program, args, { stdio: ['ignore', 'inherit', 'inherit'], timeout: 15_000 })
     if (result.status !== 0) {
-      throw new AgentError('INTERNAL', `\`${command.join(' ')}\` failed (${result.error?.message ?? `exit ${String(result.status)}`})`, {
-        remedy:
-          'The unit file is installed; start it yourself once a user session manager is available ' +
-          '(e.g. `loginctl enable-linger $USER`, then the same command), or run `cargo-pkcs11-agent run`',
-      })
+      throw new AgentError(
+        'INTERNAL',
+        `\`${command.join(' ')}\` failed (${result.error?.message ?? `exit ${String(result.status)}`})`,
+        {
+          remedy:
+            'The unit file is installed; start it yourself once a user session manager is available ' +
+            '(e.g. `loginctl enable-linger $USER`, then the same command), or run `cargo-pkcs11-agent run`',
+        },
+      )
     }
   }
   process.stderr.write('The agent service is enabled and running.\n')
