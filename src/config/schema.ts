@@ -4,6 +4,7 @@
  */
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
+import { DEFAULT_REGISTRY_POLICY } from '../policy/config.js'
 import { defaultAuditLogPath } from './paths.js'
 
 export const PIN_SOURCES = ['pinentry', 'tty', 'env', 'file', 'none'] as const
@@ -333,9 +334,9 @@ export function validateConfig(doc: unknown, path: string | undefined, env: Env 
   const agent: { -readonly [K in keyof AgentSettings]: AgentSettings[K] } = {
     headless: env['CI'] === 'true',
     auditLog: defaultAuditLogPath(env),
-    touchNoticeAfterMs: 1000,
-    pinCacheIdleSeconds: 900,
-    pinCacheMaxSeconds: 28_800,
+    touchNoticeAfterMs: LIMITS.touchNoticeDelayMs,
+    pinCacheIdleSeconds: LIMITS.pinCacheIdleSeconds,
+    pinCacheMaxSeconds: LIMITS.pinCacheMaxSeconds,
     notify: true,
   }
   if (!isTable(agentTable)) issues.add('agent', 'must be a table ([agent])')
@@ -459,8 +460,9 @@ export function validateConfig(doc: unknown, path: string | undefined, env: Env 
       tokenMaxAgeSeconds:
         int(value, 'token-max-age-seconds', where, issues, 1, LIMITS.maxTokenMaxAgeSeconds) ??
         LIMITS.defaultTokenMaxAgeSeconds,
-      confirm: oneOf(value, 'confirm', where, issues, CONFIRM_MODES) ?? 'prompt',
-      mutationsPerHour: int(value, 'mutations-per-hour', where, issues, 0, 100_000) ?? 30,
+      confirm: oneOf(value, 'confirm', where, issues, CONFIRM_MODES) ?? DEFAULT_REGISTRY_POLICY.confirm,
+      mutationsPerHour:
+        int(value, 'mutations-per-hour', where, issues, 0, 100_000) ?? LIMITS.defaultMutationsPerHour,
       generateOnLogin: bool(value, 'generate-on-login', where, issues) ?? false,
     }
     const subject = str(value, 'subject', where, issues)

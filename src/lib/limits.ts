@@ -27,7 +27,8 @@ export const LIMITS = Object.freeze({
   agentStartWaitMs: 5_000,
   /** Graceful shutdown: how long in-flight requests may still finish after SIGTERM. */
   shutdownGraceMs: 10_000,
-  /** RFC 3231 recommends registries accept tokens up to 15 minutes old; cargo's test registry 60 s. */
+  /** Default `token-max-age-seconds` and the verifier's default window. RFC 3231 recommends registries
+   * accept tokens up to 15 minutes old (the maximum); cargo's test registry accepts 60 s. */
   defaultTokenMaxAgeSeconds: 60,
   maxTokenMaxAgeSeconds: 15 * 60,
   /** Accepted clock difference between the signer's and the registry's clocks (iat in the future). */
@@ -53,17 +54,21 @@ export const LIMITS = Object.freeze({
   pinentryTimeoutMs: 60_000,
   /** A desktop notifier (notify-send, osascript) that hangs is killed after this; it never fails a request. */
   desktopNotifyTimeoutMs: 2_000,
-  /** Signature not back after this long: announce the pending touch (comparable agents use 0.2-5 s;
-   * SoftHSM and TPM sign in < 10 ms, so a wait this long means the device waits for a human). */
-  touchNoticeDelayMs: 500,
+  /** Default `touch-notice-after-ms`: signature not back after this long, announce the pending touch
+   * (comparable agents use 0.2-5 s; SoftHSM and TPM sign in < 10 ms and a YubiKey without touch in
+   * ~0.2 s, so a wait this long means the device waits for a human). */
+  touchNoticeDelayMs: 1_000,
   /** Give up waiting for a touch after this long (YubiKey itself times out after 15 s). */
   touchTimeoutMs: 30_000,
-  /** PIN cache defaults (gpg-agent: default-cache-ttl 600 s, max-cache-ttl 7200 s). */
-  pinCacheIdleSeconds: 600,
-  pinCacheMaxSeconds: 7_200,
+  /** Default `pin-cache-idle-seconds` / `pin-cache-max-seconds`: a typed PIN is forgotten after
+   * 15 min unused and 8 h (a working day) after it was typed, so a session of publishes asks once.
+   * gpg-agent's defaults (600 s / 7200 s) suit a key used for every commit; a cargo key sits idle longer. */
+  pinCacheIdleSeconds: 900,
+  pinCacheMaxSeconds: 28_800,
   /** How often expired PINs are wiped from memory even when no request comes in. */
   pinCacheSweepMs: 10_000,
-  /** Default sliding-window limit on mutations (publish/yank/unyank/owners) per registry per hour. */
+  /** Default `mutations-per-hour`: sliding-window limit on mutations (publish/yank/unyank/owners) per
+   * registry. A release train publishes a few crates; 30 an hour stops a runaway script early. */
   defaultMutationsPerHour: 30,
   /** Longest token we build or verify. cargo sends it as an HTTP header value, and servers commonly
    * cap a header at 8 KiB; a real token is ~600 characters (publish, with footer). Verifying checks the

@@ -4,6 +4,7 @@ import { describe, test } from 'node:test'
 import { parseConfig } from '../../src/config/load.js'
 import { closest } from '../../src/config/schema.js'
 import { AgentError } from '../../src/lib/errors.js'
+import { DEFAULT_POLICY_CONFIG, DEFAULT_REGISTRY_POLICY } from '../../src/policy/config.js'
 
 const ENV = { HOME: '/home/u', XDG_STATE_HOME: '/state' }
 
@@ -208,6 +209,30 @@ describe('configuration', () => {
       assert.equal(error.code, 'CONFIG_INVALID')
       assert.match(error.message, /config\.toml is not valid TOML at line 2/)
     }
+  })
+
+  test('defaults are the documented ones, and the policy has the same', () => {
+    const config = parseConfig(
+      '[tokens.t]\nmodule = "softhsm"\nlabel = "t"\n[registries.r]\nindex = "sparse+http://127.0.0.1:8080/index/"\nread-key = { token = "t", label = "k" }\n',
+      'config.toml',
+      ENV,
+    )
+    // docs/configuration.md: 1000 ms, 900 s, 28800 s, 30 per hour, 60 s, confirm "prompt".
+    assert.equal(config.agent.touchNoticeAfterMs, 1_000)
+    assert.equal(config.agent.pinCacheIdleSeconds, 900)
+    assert.equal(config.agent.pinCacheMaxSeconds, 28_800)
+    const r = config.registries['r']
+    assert.ok(r !== undefined)
+    assert.equal(r.mutationsPerHour, 30)
+    assert.equal(r.tokenMaxAgeSeconds, 60)
+    assert.equal(r.confirm, 'prompt')
+    assert.equal(DEFAULT_POLICY_CONFIG.touchNoticeDelayMs, config.agent.touchNoticeAfterMs)
+    assert.equal(DEFAULT_POLICY_CONFIG.pinCacheIdleSeconds, config.agent.pinCacheIdleSeconds)
+    assert.equal(DEFAULT_POLICY_CONFIG.pinCacheMaxSeconds, config.agent.pinCacheMaxSeconds)
+    assert.deepEqual(
+      { ...DEFAULT_REGISTRY_POLICY },
+      { confirm: r.confirm, mutationsPerHour: r.mutationsPerHour },
+    )
   })
 
   test('closest() hints only near misses', () => {
