@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs'
 
 import { AgentError, toAgentError } from '../lib/errors.js'
-import { closest } from './suggest.js'
+import { closest } from '../lib/suggest.js'
 
 /** A command receives the arguments after its name and resolves to the process exit code. */
 export type Command = (argv: readonly string[]) => Promise<number>

@@ -12,7 +12,7 @@ import { LIMITS } from '../lib/limits.js'
 import { parseK3Public } from '../keys/paserk.js'
 import { OPERATIONS, isOperation } from '../token/operation.js'
 import { verifyToken, type VerifyOptions } from '../verify/verify.js'
-import { closest } from './suggest.js'
+import { closest } from '../lib/suggest.js'
 
 export const VERIFY_USAGE =
   'cargo-pkcs11-agent verify TOKEN|- --public-key k3.public.… --url URL [--operation read|publish|yank|unyank|owners] [--name N] [--vers V] [--cksum C] [--subject S] [--max-age SECONDS] [--no-time-check] [--strict-low-s] [--json]'

@@ -4,6 +4,7 @@
  */
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
+import { closest } from '../lib/suggest.js'
 import { DEFAULT_REGISTRY_POLICY } from '../policy/config.js'
 import { defaultAuditLogPath } from './paths.js'
 
@@ -117,32 +118,14 @@ const KEY_REF_KEYS = ['token', 'label', 'id'] as const
 const TOP_KEYS = ['agent', 'tokens', 'registries'] as const
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]*$/
 
-function distance(a: string, b: string): number {
-  const row = Array.from({ length: b.length + 1 }, (_, i) => i)
-  for (let i = 1; i <= a.length; i++) {
-    let diagonal = row[0] as number
-    row[0] = i
-    for (let j = 1; j <= b.length; j++) {
-      const above = row[j] as number
-      row[j] = Math.min(above + 1, (row[j - 1] as number) + 1, diagonal + (a[i - 1] === b[j - 1] ? 0 : 1))
-      diagonal = above
-    }
-  }
-  return row[b.length] as number
-}
-
-/** "did you mean" for a mistyped key: the closest allowed key within a third of its length. */
-export function closest(key: string, allowed: readonly string[]): string | undefined {
-  let best: string | undefined
-  let bestDistance = Infinity
-  for (const candidate of allowed) {
-    const d = distance(key.toLowerCase().replaceAll('_', '-'), candidate)
-    if (d < bestDistance) {
-      best = candidate
-      bestDistance = d
-    }
-  }
-  return best !== undefined && bestDistance <= Math.max(2, Math.ceil(best.length / 3)) ? best : undefined
+/**
+ * "did you mean" for a mistyped key or value: TOML keys are kebab-case, so `pin_source` and
+ * `Pin-Source` count as near misses; long keys may be a third of their length off.
+ */
+export function closestKey(key: string, allowed: readonly string[]): string | undefined {
+  return closest(key.toLowerCase().replaceAll('_', '-'), allowed, (candidate) =>
+    Math.max(2, Math.ceil(candidate.length / 3)),
+  )
 }
 
 function isTable(value: unknown): value is Record<string, unknown> {
@@ -164,7 +147,7 @@ function checkKeys(
 ): void {
   for (const key of Object.keys(table)) {
     if (allowed.includes(key)) continue
-    const hint = closest(key, allowed)
+    const hint = closestKey(key, allowed)
     issues.add(
       where === '' ? key : `${where}.${key}`,
       `unknown key${hint === undefined ? `; allowed keys: ${allowed.join(', ')}` : `; did you mean \`${hint}\`?`}`,
@@ -225,7 +208,7 @@ function oneOf<T extends string>(
   const value = str(table, key, where, issues)
   if (value === undefined) return undefined
   if (!(allowed as readonly string[]).includes(value)) {
-    const hint = closest(value, allowed)
+    const hint = closestKey(value, allowed)
     issues.add(
       `${where}.${key}`,
       `"${value}" is not one of ${allowed.map((a) => `"${a}"`).join(', ')}${hint === undefined ? '' : `; did you mean "${hint}"?`}`,
@@ -304,7 +287,7 @@ function keyRef(
     return undefined
   }
   if (!Object.hasOwn(tokens, token)) {
-    const hint = closest(token, Object.keys(tokens))
+    const hint = closestKey(token, Object.keys(tokens))
     issues.add(
       `${where}.token`,
       `"${token}" is not defined; add a [tokens.${token}] table${hint === undefined ? '' : ` or did you mean "${hint}"?`}`,

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { describe, test } from 'node:test'
 
 import { parseConfig } from '../../src/config/load.js'
-import { closest } from '../../src/config/schema.js'
+import { closestKey } from '../../src/config/schema.js'
 import { AgentError } from '../../src/lib/errors.js'
 import { DEFAULT_POLICY_CONFIG, DEFAULT_REGISTRY_POLICY } from '../../src/policy/config.js'
 
@@ -235,8 +235,8 @@ describe('configuration', () => {
     )
   })
 
-  test('closest() hints only near misses', () => {
-    assert.equal(closest('index-ur', ['index', 'index-url']), 'index-url')
-    assert.equal(closest('completely-different', ['index', 'subject']), undefined)
+  test('closestKey() hints only near misses', () => {
+    assert.equal(closestKey('index-ur', ['index', 'index-url']), 'index-url')
+    assert.equal(closestKey('completely-different', ['index', 'subject']), undefined)
   })
 })
