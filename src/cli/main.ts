@@ -7,6 +7,7 @@
 import { readFileSync } from 'node:fs'
 
 import { AgentError, toAgentError } from '../lib/errors.js'
+import { packageFile } from '../lib/package-files.js'
 import { closest } from '../lib/suggest.js'
 
 /** A command receives the arguments after its name and resolves to the process exit code. */
@@ -108,8 +109,7 @@ function helpText(): string {
 }
 
 function version(): string {
-  // dist/src/cli/main.js -> the package root.
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as {
+  const pkg = JSON.parse(readFileSync(packageFile('package.json'), 'utf8')) as {
     version?: string
   }
   return pkg.version ?? 'unknown'

@@ -8,16 +8,17 @@ import { AgentError } from './errors.js'
  * Finds a data file shipped at the package root (`native-config/…`, `softhsm/…`). The compiled code
  * runs from `dist/src/<dir>/`, the sources from `src/<dir>/`, so walk up instead of hard-coding a depth.
  */
-export function packageFile(relative: string): string {
+export function packageFile(
+  relative: string,
+  remedy = 'Reinstall cargo-pkcs11-agent (the package ships native-config/ and softhsm/ beside dist/)',
+): string {
   let dir = dirname(fileURLToPath(import.meta.url))
   for (let i = 0; i < 5; i += 1) {
     const candidate = join(dir, relative)
     if (existsSync(candidate)) return candidate
     dir = dirname(dir)
   }
-  throw new AgentError('INTERNAL', `${relative} is missing from the installation`, {
-    remedy: 'Reinstall cargo-pkcs11-agent (the package ships native-config/ and softhsm/ beside dist/)',
-  })
+  throw new AgentError('INTERNAL', `${relative} is missing from the installation`, { remedy })
 }
 
 /** The package root directory (where package.json sits). */

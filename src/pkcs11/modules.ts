@@ -1,29 +1,24 @@
 import { existsSync, readFileSync } from 'node:fs'
-import { dirname, isAbsolute, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { isAbsolute } from 'node:path'
 import { AgentError } from '../lib/errors.js'
+import { packageFile } from '../lib/package-files.js'
 
 /** Known module names → candidate paths per `${platform}-${arch}` (native-config/modules.json). */
 export type ModuleTable = Readonly<Record<string, Readonly<Record<string, readonly string[]>>>>
 
 let cached: ModuleTable | undefined
 
-/** native-config/ sits at the package root: two levels above src/pkcs11, three above dist/src/pkcs11. */
-function tablePath(): string {
-  let dir = dirname(fileURLToPath(import.meta.url))
-  for (let i = 0; i < 5; i += 1) {
-    const candidate = join(dir, 'native-config', 'modules.json')
-    if (existsSync(candidate)) return candidate
-    dir = dirname(dir)
-  }
-  throw new AgentError('INTERNAL', 'native-config/modules.json is missing from the installation', {
-    remedy: 'Reinstall cargo-pkcs11-agent, or configure the module by absolute path',
-  })
-}
-
 export function knownModules(): ModuleTable {
   if (cached === undefined) {
-    const raw = JSON.parse(readFileSync(tablePath(), 'utf8')) as Record<string, unknown>
+    const raw = JSON.parse(
+      readFileSync(
+        packageFile(
+          'native-config/modules.json',
+          'Reinstall cargo-pkcs11-agent, or configure the module by absolute path',
+        ),
+        'utf8',
+      ),
+    ) as Record<string, unknown>
     const table: Record<string, Record<string, string[]>> = {}
     for (const [name, value] of Object.entries(raw)) {
       if (name.startsWith('$') || typeof value !== 'object' || value === null) continue
