@@ -15,6 +15,7 @@ import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
 import { k3Pid, k3Public } from '../../src/keys/paserk.js'
+import { LIMITS } from '../../src/lib/limits.js'
 import { readAudit, startAgent, type AgentFixture, type RegistryFixture } from '../helpers/agent.js'
 import {
   startVirtualYubiKey,
@@ -27,7 +28,7 @@ import { createCargoSandbox, show, type CargoSandbox } from './lib/cargo.js'
 const PIN = '654321'
 const SERIAL = 31415926
 /** Longer than LIMITS.touchNoticeDelayMs, so the agent announces the pending touch. */
-const TOUCH_MS = 1_500
+const TOUCH_MS = LIMITS.touchNoticeDelayMs + 1_000
 
 interface Rig {
   dir: string
@@ -174,24 +175,21 @@ describe('virtual YubiKey, design layout: reads on 9A (no touch), mutations on 9
 
   after(() => stopRig(rig))
 
-  test(
-    'publish: read by 9A silently, publish by 9C after a touch',
-    async () => {
-      const { yk, registry, agent, cargo } = rig
-      const r = await cargo.cargo(['publish', '--registry', 'local', '--no-verify'], {
-        cwd: cargo.crate('hwtok-alpha'),
-      })
-      assert.equal(r.code, 0, show(r) + agent.log())
-      const checked = registry.authenticated()
-      assert.ok(
-        checked.filter((x) => x.operation === 'read').every((x) => x.kip === k3Pid(yk.publicKeys['9a']!)),
-      )
-      const publish = checked.filter((x) => x.operation === 'publish')
-      assert.equal(publish.length, 1)
-      assert.equal(publish[0]!.auth, 'accepted')
-      assert.equal(publish[0]!.kip, k3Pid(yk.publicKeys['9c']!))
-      assert.match(r.stderr, /Touch .*publish hwtok-alpha 0\.1\.0/)
-      assert.doesNotMatch(r.stderr, /Touch .*\bread\b/)
-    },
-  )
+  test('publish: read by 9A silently, publish by 9C after a touch', async () => {
+    const { yk, registry, agent, cargo } = rig
+    const r = await cargo.cargo(['publish', '--registry', 'local', '--no-verify'], {
+      cwd: cargo.crate('hwtok-alpha'),
+    })
+    assert.equal(r.code, 0, show(r) + agent.log())
+    const checked = registry.authenticated()
+    assert.ok(
+      checked.filter((x) => x.operation === 'read').every((x) => x.kip === k3Pid(yk.publicKeys['9a']!)),
+    )
+    const publish = checked.filter((x) => x.operation === 'publish')
+    assert.equal(publish.length, 1)
+    assert.equal(publish[0]!.auth, 'accepted')
+    assert.equal(publish[0]!.kip, k3Pid(yk.publicKeys['9c']!))
+    assert.match(r.stderr, /Touch .*publish hwtok-alpha 0\.1\.0/)
+    assert.doesNotMatch(r.stderr, /Touch .*\bread\b/)
+  })
 })
