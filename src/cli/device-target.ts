@@ -4,8 +4,6 @@
  * or a config exists (`setup`, CI provisioning). A token comes either from the config
  * (`--token NAME`, or the only configured token) or from flags (`--module M --token-label L`).
  */
-import { parseArgs } from 'node:util'
-
 import { loadConfig } from '../config/load.js'
 import { resolveConfigPath } from '../config/paths.js'
 import type { TokenConfig } from '../config/schema.js'
@@ -15,9 +13,7 @@ import { Pin } from '../lib/secret.js'
 import type { TokenSelector } from '../pkcs11/device.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
 import { askPinOnTty, hasTerminal } from '../shim/tty.js'
-
-export const TARGET_USAGE =
-  '[--config FILE] [--token NAME | --module NAME|PATH [--token-label L] [--serial S]] [--pin-env VAR | --pin-file FILE]'
+import { parseCommandArgs, usageError, type OptionSpecs } from './args.js'
 
 const TARGET_OPTIONS = {
   config: { type: 'string' },
@@ -28,8 +24,6 @@ const TARGET_OPTIONS = {
   'pin-env': { type: 'string' },
   'pin-file': { type: 'string' },
 } as const
-
-type OptionSpec = Record<string, { type: 'string' | 'boolean' }>
 
 export interface Target {
   selector: TokenSelector
@@ -44,39 +38,28 @@ export interface ParsedCommand {
   values: Record<string, string | boolean | undefined>
 }
 
-function usage(message: string, usageText: string): AgentError {
-  return new AgentError('USAGE', message, { remedy: `Usage: cargo-pkcs11-agent ${usageText}` })
-}
-
 export function parseTargetCommand(
   argv: readonly string[],
-  extra: OptionSpec,
+  extra: OptionSpecs,
   usageText: string,
   options: { anyToken?: boolean } = {},
 ): ParsedCommand {
-  let values: Record<string, string | boolean | undefined>
-  try {
-    values = parseArgs({
-      args: [...argv],
-      options: { ...TARGET_OPTIONS, ...extra },
-      strict: true,
-      allowPositionals: false,
-    }).values as Record<string, string | boolean | undefined>
-  } catch (error) {
-    throw usage(error instanceof Error ? error.message : String(error), usageText)
-  }
+  const values = parseCommandArgs(argv, { ...TARGET_OPTIONS, ...extra }, usageText).values as Record<
+    string,
+    string | boolean | undefined
+  >
   const str = (key: string): string | undefined =>
     typeof values[key] === 'string' ? (values[key] as string) : undefined
   const module = str('module')
   if (module !== undefined) {
-    if (str('token') !== undefined) throw usage('--token and --module exclude each other', usageText)
+    if (str('token') !== undefined) throw usageError('--token and --module exclude each other', usageText)
     const selector: TokenSelector = { module }
     const label = str('token-label')
     const serial = str('serial')
     if (label !== undefined) selector.label = label
     if (serial !== undefined) selector.serial = serial
     if (label === undefined && serial === undefined && options.anyToken !== true)
-      throw usage('--module needs --token-label or --serial (slot ids are not stable)', usageText)
+      throw usageError('--module needs --token-label or --serial (slot ids are not stable)', usageText)
     return {
       target: {
         selector,
@@ -91,7 +74,7 @@ export function parseTargetCommand(
   const names = Object.keys(config.tokens)
   const wanted = str('token') ?? (names.length === 1 ? names[0] : undefined)
   if (wanted === undefined) {
-    throw usage(
+    throw usageError(
       names.length === 0
         ? 'the config names no token'
         : `several tokens are configured (${names.join(', ')}): choose one with --token`,

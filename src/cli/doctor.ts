@@ -9,16 +9,14 @@ import { spawnSync } from 'node:child_process'
 import { existsSync, readFileSync, statSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { join } from 'node:path'
-import { parseArgs } from 'node:util'
 
 import { callAgent } from '../agent/client.js'
 import { loadConfig } from '../config/load.js'
 import { resolveConfigPath, resolveSocketPath } from '../config/paths.js'
 import type { Config, TokenConfig } from '../config/schema.js'
-import { AgentError, toAgentError } from '../lib/errors.js'
+import { toAgentError } from '../lib/errors.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
-
-export const DOCTOR_USAGE = 'cargo-pkcs11-agent doctor [--config FILE] [--socket PATH] [--json]'
+import { parseCommandArgs, USAGE } from './args.js'
 
 type Level = 'ok' | 'warn' | 'fail'
 
@@ -324,19 +322,11 @@ function checkCargo(config: Config | undefined): Finding[] {
 }
 
 export async function doctor(argv: readonly string[]): Promise<number> {
-  let values
-  try {
-    values = parseArgs({
-      args: [...argv],
-      options: { config: { type: 'string' }, socket: { type: 'string' }, json: { type: 'boolean' } },
-      strict: true,
-      allowPositionals: false,
-    }).values
-  } catch (error) {
-    throw new AgentError('USAGE', error instanceof Error ? error.message : String(error), {
-      remedy: `Usage: ${DOCTOR_USAGE}`,
-    })
-  }
+  const { values } = parseCommandArgs(
+    argv,
+    { config: { type: 'string' }, socket: { type: 'string' }, json: { type: 'boolean' } },
+    USAGE.doctor,
+  )
   const configPath = resolveConfigPath(values.config).path
   const findings: Finding[] = [checkNode()]
   const { config, findings: configFindings } = checkConfig(configPath)

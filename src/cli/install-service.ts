@@ -10,14 +10,11 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { parseArgs } from 'node:util'
 
 import { agentLogPath, configHome, resolveConfigPath } from '../config/paths.js'
 import { AgentError } from '../lib/errors.js'
 import { packageFile, packageRoot } from '../lib/package-files.js'
-
-export const INSTALL_SERVICE_USAGE =
-  'cargo-pkcs11-agent install-service [--config FILE] [--dry-run] [--no-start] [--force]'
+import { parseCommandArgs, USAGE } from './args.js'
 
 interface ServicePlan {
   readonly template: string
@@ -69,24 +66,16 @@ export function renderService(template: string, values: Readonly<Record<string, 
 }
 
 export async function installService(argv: readonly string[]): Promise<number> {
-  let values
-  try {
-    values = parseArgs({
-      args: [...argv],
-      options: {
-        config: { type: 'string' },
-        'dry-run': { type: 'boolean' },
-        'no-start': { type: 'boolean' },
-        force: { type: 'boolean' },
-      },
-      strict: true,
-      allowPositionals: false,
-    }).values
-  } catch (error) {
-    throw new AgentError('USAGE', error instanceof Error ? error.message : String(error), {
-      remedy: `Usage: ${INSTALL_SERVICE_USAGE}`,
-    })
-  }
+  const { values } = parseCommandArgs(
+    argv,
+    {
+      config: { type: 'string' },
+      'dry-run': { type: 'boolean' },
+      'no-start': { type: 'boolean' },
+      force: { type: 'boolean' },
+    },
+    USAGE['install-service'],
+  )
   const target = plan(process.platform)
   const agentBin = fileURLToPath(new URL('../bin/cargo-pkcs11-agent.js', import.meta.url))
   const rendered = renderService(readFileSync(packageFile(target.template), 'utf8'), {

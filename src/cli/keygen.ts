@@ -4,12 +4,10 @@
  * `k3.public` to register. An existing key with that label or id is kept unless `--force`
  * (destroying a registered key locks its owner out of the registry until the new key is registered).
  */
-import { AgentError } from '../lib/errors.js'
 import { k3Pid, k3Public } from '../keys/paserk.js'
 import { Device } from '../pkcs11/device.js'
-import { TARGET_USAGE, obtainPin, parseTargetCommand } from './device-target.js'
-
-export const KEYGEN_USAGE = `keygen ${TARGET_USAGE} --label K [--id HEX] [--force] [--json]`
+import { USAGE, usageError } from './args.js'
+import { obtainPin, parseTargetCommand } from './device-target.js'
 
 export async function keygen(argv: readonly string[]): Promise<number> {
   const { target, values } = parseTargetCommand(
@@ -20,14 +18,11 @@ export async function keygen(argv: readonly string[]): Promise<number> {
       force: { type: 'boolean' },
       json: { type: 'boolean' },
     },
-    KEYGEN_USAGE,
+    USAGE.keygen,
   )
   const label = typeof values['label'] === 'string' ? values['label'] : undefined
   const id = typeof values['id'] === 'string' ? values['id'] : undefined
-  if (label === undefined)
-    throw new AgentError('USAGE', 'keygen needs --label', {
-      remedy: `Usage: cargo-pkcs11-agent ${KEYGEN_USAGE}`,
-    })
+  if (label === undefined) throw usageError('keygen needs --label', USAGE.keygen)
   const device = new Device(target.selector)
   try {
     if (await device.needsLogin()) {

@@ -5,9 +5,8 @@
  */
 import { k3Pid, k3Public } from '../keys/paserk.js'
 import { Device, listTokens, type DeviceKey, type TokenSelector } from '../pkcs11/device.js'
-import { TARGET_USAGE, obtainPin, parseTargetCommand } from './device-target.js'
-
-export const LIST_USAGE = `list ${TARGET_USAGE} [--login] [--json]`
+import { USAGE } from './args.js'
+import { obtainPin, parseTargetCommand } from './device-target.js'
 
 interface KeyView {
   label: string
@@ -35,7 +34,7 @@ export async function list(argv: readonly string[]): Promise<number> {
   const { target, values } = parseTargetCommand(
     argv,
     { login: { type: 'boolean' }, json: { type: 'boolean' } },
-    LIST_USAGE,
+    USAGE.list,
     { anyToken: true },
   )
   const selectors: TokenSelector[] =

@@ -1,9 +1,10 @@
 /** `cargo-pkcs11-agent lock [--socket PATH]`: forget every cached PIN and log the tokens out. */
 import { callAgent } from '../agent/client.js'
+import { USAGE } from './args.js'
 import { socketArgs } from './status.js'
 
 export async function lock(argv: readonly string[]): Promise<number> {
-  const { socket } = socketArgs(argv)
+  const { socket } = socketArgs(argv, USAGE.lock)
   const result = await callAgent(socket, 'lock')
   process.stdout.write(
     `forgot ${String(result['forgotten'])} PIN(s), closed the sessions of ${String(result['released'])} token(s)\n`,

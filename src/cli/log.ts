@@ -4,13 +4,13 @@
  * through untouched (for jq). Text that came from other processes is made terminal-safe.
  */
 import { open, stat } from 'node:fs/promises'
-import { parseArgs } from 'node:util'
 
 import type { AuditEntry } from '../audit/entry.js'
 import { loadConfig } from '../config/load.js'
 import { defaultAuditLogPath, resolveConfigPath } from '../config/paths.js'
 import { AgentError } from '../lib/errors.js'
 import { displaySafe } from '../policy/intent.js'
+import { parseCommandArgs, USAGE, usageError } from './args.js'
 
 export interface LogIo {
   readonly write: (text: string) => void
@@ -25,9 +25,7 @@ const DEFAULT_LINES = 20
 const TAIL_CHUNK = 64 * 1024
 
 function usage(message: string): AgentError {
-  return new AgentError('USAGE', message, {
-    remedy: 'Usage: cargo-pkcs11-agent log [--follow] [--json] [-n N] [--file PATH] [--config FILE]',
-  })
+  return usageError(message, USAGE.log)
 }
 
 /** The audit log path: --file, else the config's `audit-log`, else the XDG default. */
@@ -167,23 +165,17 @@ async function follow(path: string, from: number, json: boolean, io: LogIo): Pro
 }
 
 export async function runLog(argv: readonly string[], io: LogIo): Promise<number> {
-  let parsed
-  try {
-    parsed = parseArgs({
-      args: [...argv],
-      options: {
-        follow: { type: 'boolean', short: 'f' },
-        json: { type: 'boolean' },
-        lines: { type: 'string', short: 'n' },
-        file: { type: 'string' },
-        config: { type: 'string' },
-      },
-      strict: true,
-      allowPositionals: false,
-    })
-  } catch (error) {
-    throw usage(error instanceof Error ? error.message : String(error))
-  }
+  const parsed = parseCommandArgs(
+    argv,
+    {
+      follow: { type: 'boolean', short: 'f' },
+      json: { type: 'boolean' },
+      lines: { type: 'string', short: 'n' },
+      file: { type: 'string' },
+      config: { type: 'string' },
+    },
+    USAGE.log,
+  )
   const v = parsed.values
   const n = v.lines === undefined ? DEFAULT_LINES : Number(v.lines)
   if (!Number.isSafeInteger(n) || n < 0)

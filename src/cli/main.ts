@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs'
 import { AgentError, toAgentError } from '../lib/errors.js'
 import { packageFile } from '../lib/package-files.js'
 import { closest } from '../lib/suggest.js'
+import { BIN, USAGE } from './args.js'
 
 /** A command receives the arguments after its name and resolves to the process exit code. */
 export type Command = (argv: readonly string[]) => Promise<number>
@@ -25,72 +26,66 @@ interface CommandEntry {
  */
 export const COMMANDS: Readonly<Record<string, CommandEntry>> = Object.freeze({
   run: {
-    usage: 'run [--config FILE] [--socket PATH] [--foreground]',
+    usage: USAGE.run,
     summary: 'start the agent (detached unless --foreground)',
     load: async () => (await import('./run.js')).run,
   },
   status: {
-    usage: 'status [--socket PATH] [--json]',
+    usage: USAGE.status,
     summary: 'what the running agent holds: tokens, sessions, cached PINs',
     load: async () => (await import('./status.js')).status,
   },
   lock: {
-    usage: 'lock [--socket PATH]',
+    usage: USAGE.lock,
     summary: 'forget every cached PIN and log the tokens out',
     load: async () => (await import('./lock.js')).lock,
   },
   release: {
-    usage: 'release [--socket PATH]',
+    usage: USAGE.release,
     summary: 'close the device sessions so other programs can use the device',
     load: async () => (await import('./release.js')).release,
   },
   log: {
-    usage: 'log [--follow] [--json] [-n N] [--file PATH] [--config FILE]',
+    usage: USAGE.log,
     summary: 'show the audit log: one line per signing decision',
     load: async () => (await import('./log.js')).log,
   },
   keygen: {
-    usage:
-      'keygen [--token NAME | --module M --token-label L] --label K [--id HEX] [--force] [--pin-env VAR | --pin-file F] [--json]',
+    usage: USAGE.keygen,
     summary: 'generate a P-384 key on the device (refuses to overwrite without --force)',
     load: async () => (await import('./keygen.js')).keygen,
   },
   list: {
-    usage: 'list [--token NAME | --module M [--token-label L]] [--login] [--json]',
+    usage: USAGE.list,
     summary: 'the P-384 keys on a token (or every token of a module) with their k3.public',
     load: async () => (await import('./list.js')).list,
   },
   pubkey: {
-    usage:
-      'pubkey [--token NAME | --module M --token-label L] (--label K | --id HEX) [--format k3|pid|hex|json]',
+    usage: USAGE.pubkey,
     summary: 'print the k3.public of a device key, to register with the registry',
     load: async () => (await import('./pubkey.js')).pubkey,
   },
   setup: {
-    usage:
-      'setup [--config FILE] [--token NAME | --module M (--token-label L | --serial S)] [--label K] [--registry NAME --index URL] [--write-cargo-config] [--force]',
+    usage: USAGE.setup,
     summary: 'first run: find a token (or make a SoftHSM one), generate or reuse the key, write the configs',
     load: async () => (await import('./setup.js')).setup,
   },
   doctor: {
-    usage: 'doctor [--config FILE] [--socket PATH] [--json]',
+    usage: USAGE.doctor,
     summary: 'explain what is wrong, one check per line, with the fix',
     load: async () => (await import('./doctor.js')).doctor,
   },
   'install-service': {
-    usage: 'install-service [--config FILE] [--dry-run] [--no-start] [--force]',
+    usage: USAGE['install-service'],
     summary: 'install and start the agent as a systemd user unit / launchd agent',
     load: async () => (await import('./install-service.js')).installService,
   },
   verify: {
-    usage:
-      'verify TOKEN|- --public-key k3.public.… --url URL [--operation read|publish|yank|unyank|owners] [--name N] [--vers V] [--cksum C] [--subject S] [--max-age SECONDS] [--no-time-check] [--strict-low-s] [--json]',
+    usage: USAGE.verify,
     summary: 'check a token as a registry must (exit 0 valid, 1 invalid, 2 usage)',
     load: async () => (await import('./verify.js')).verify,
   },
 })
-
-const BIN = 'cargo-pkcs11-agent'
 
 function helpText(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((name) => name.length))

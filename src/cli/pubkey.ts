@@ -6,9 +6,8 @@
 import { AgentError } from '../lib/errors.js'
 import { k3Pid, k3Public } from '../keys/paserk.js'
 import { Device } from '../pkcs11/device.js'
-import { TARGET_USAGE, parseTargetCommand } from './device-target.js'
-
-export const PUBKEY_USAGE = `pubkey ${TARGET_USAGE} (--label K | --id HEX) [--format k3|pid|hex|json]`
+import { USAGE, usageError } from './args.js'
+import { parseTargetCommand } from './device-target.js'
 
 const FORMATS = ['k3', 'pid', 'hex', 'json'] as const
 
@@ -16,15 +15,13 @@ export async function pubkey(argv: readonly string[]): Promise<number> {
   const { target, values } = parseTargetCommand(
     argv,
     { label: { type: 'string' }, id: { type: 'string' }, format: { type: 'string' } },
-    PUBKEY_USAGE,
+    USAGE.pubkey,
   )
   const label = typeof values['label'] === 'string' ? values['label'] : undefined
   const id = typeof values['id'] === 'string' ? values['id'] : undefined
   const format = typeof values['format'] === 'string' ? values['format'] : 'k3'
   if (label === undefined && id === undefined) {
-    throw new AgentError('USAGE', 'pubkey needs --label or --id', {
-      remedy: `Usage: cargo-pkcs11-agent ${PUBKEY_USAGE}`,
-    })
+    throw usageError('pubkey needs --label or --id', USAGE.pubkey)
   }
   if (!(FORMATS as readonly string[]).includes(format)) {
     throw new AgentError('USAGE', `unknown --format '${format}'`, {

@@ -7,7 +7,6 @@ import { spawn } from 'node:child_process'
 import { mkdirSync, openSync, closeSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { parseArgs } from 'node:util'
 
 import { Agent } from '../agent/agent.js'
 import { AgentConnection } from '../agent/client.js'
@@ -17,29 +16,18 @@ import { agentLogPath, resolveConfigPath, resolveSocketPath } from '../config/pa
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { ensureThreadpoolSize, relaunchWithThreadpoolSize, withThreadpoolSize } from '../lib/threadpool.js'
-
-export const RUN_USAGE = 'cargo-pkcs11-agent run [--config FILE] [--socket PATH] [--foreground]'
-
-function usage(message: string): AgentError {
-  return new AgentError('USAGE', message, { remedy: `Usage: ${RUN_USAGE}` })
-}
+import { parseCommandArgs, USAGE } from './args.js'
 
 export function parseRunArgs(argv: readonly string[]): {
   config?: string
   socket?: string
   foreground: boolean
 } {
-  let parsed
-  try {
-    parsed = parseArgs({
-      args: [...argv],
-      options: { config: { type: 'string' }, socket: { type: 'string' }, foreground: { type: 'boolean' } },
-      strict: true,
-      allowPositionals: false,
-    })
-  } catch (error) {
-    throw usage(error instanceof Error ? error.message : String(error))
-  }
+  const parsed = parseCommandArgs(
+    argv,
+    { config: { type: 'string' }, socket: { type: 'string' }, foreground: { type: 'boolean' } },
+    USAGE.run,
+  )
   const out: { config?: string; socket?: string; foreground: boolean } = {
     foreground: parsed.values.foreground === true,
   }

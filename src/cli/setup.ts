@@ -11,7 +11,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { parseArgs, promisify } from 'node:util'
+import { promisify } from 'node:util'
 
 import { parse, stringify } from 'smol-toml'
 
@@ -30,17 +30,9 @@ import { readPinFile } from '../lib/pin-file.js'
 import { Pin } from '../lib/secret.js'
 import { Device, resolveModulePath, type DeviceKey, type TokenSelector } from '../pkcs11/device.js'
 import { askPinOnTty, hasTerminal } from '../shim/tty.js'
-
-export const SETUP_USAGE =
-  'setup [--config FILE] [--token NAME] [--module M (--token-label L | --serial S)] [--kind yubikey|tpm|hsm|softhsm] ' +
-  '[--pin-source tty|pinentry|env|file|none] [--pin-env VAR] [--pin-file FILE] [--label cargo] [--id HEX] ' +
-  '[--registry NAME --index URL] [--write-cargo-config] [--force]'
+import { parseCommandArgs, USAGE, usageError } from './args.js'
 
 const run = promisify(execFile)
-
-function usage(message: string): AgentError {
-  return new AgentError('USAGE', message, { remedy: `Usage: cargo-pkcs11-agent ${SETUP_USAGE}` })
-}
 
 type Table = Record<string, unknown>
 
@@ -209,33 +201,27 @@ function installedShimPath(): string {
 }
 
 export async function setup(argv: readonly string[]): Promise<number> {
-  let values: Record<string, string | boolean | undefined>
-  try {
-    values = parseArgs({
-      args: [...argv],
-      options: {
-        config: { type: 'string' },
-        token: { type: 'string' },
-        module: { type: 'string' },
-        'token-label': { type: 'string' },
-        serial: { type: 'string' },
-        kind: { type: 'string' },
-        'pin-source': { type: 'string' },
-        'pin-env': { type: 'string' },
-        'pin-file': { type: 'string' },
-        label: { type: 'string' },
-        id: { type: 'string' },
-        registry: { type: 'string' },
-        index: { type: 'string' },
-        'write-cargo-config': { type: 'boolean' },
-        force: { type: 'boolean' },
-      },
-      strict: true,
-      allowPositionals: false,
-    }).values as Record<string, string | boolean | undefined>
-  } catch (error) {
-    throw usage(error instanceof Error ? error.message : String(error))
-  }
+  const values = parseCommandArgs(
+    argv,
+    {
+      config: { type: 'string' },
+      token: { type: 'string' },
+      module: { type: 'string' },
+      'token-label': { type: 'string' },
+      serial: { type: 'string' },
+      kind: { type: 'string' },
+      'pin-source': { type: 'string' },
+      'pin-env': { type: 'string' },
+      'pin-file': { type: 'string' },
+      label: { type: 'string' },
+      id: { type: 'string' },
+      registry: { type: 'string' },
+      index: { type: 'string' },
+      'write-cargo-config': { type: 'boolean' },
+      force: { type: 'boolean' },
+    },
+    USAGE.setup,
+  ).values as Record<string, string | boolean | undefined>
   const str = (key: string): string | undefined =>
     typeof values[key] === 'string' ? (values[key] as string) : undefined
   const force = values['force'] === true
@@ -254,7 +240,7 @@ export async function setup(argv: readonly string[]): Promise<number> {
   const module = str('module')
   if (module !== undefined) {
     if (str('token-label') === undefined && str('serial') === undefined)
-      throw usage('--module needs --token-label or --serial (slot ids are not stable)')
+      throw usageError('--module needs --token-label or --serial (slot ids are not stable)', USAGE.setup)
     tokenName = str('token') ?? str('kind') ?? 'device'
     tokenTable = { module }
     if (str('token-label') !== undefined) tokenTable['label'] = str('token-label')
@@ -262,14 +248,14 @@ export async function setup(argv: readonly string[]): Promise<number> {
     const kind = str('kind')
     if (kind !== undefined) {
       if (!(TOKEN_KINDS as readonly string[]).includes(kind))
-        throw usage(`--kind must be one of ${TOKEN_KINDS.join(', ')}`)
+        throw usageError(`--kind must be one of ${TOKEN_KINDS.join(', ')}`, USAGE.setup)
       tokenTable['kind'] = kind
     }
     const source =
       str('pin-source') ??
       (str('pin-env') !== undefined ? 'env' : str('pin-file') !== undefined ? 'file' : 'tty')
     if (!(PIN_SOURCES as readonly string[]).includes(source))
-      throw usage(`--pin-source must be one of ${PIN_SOURCES.join(', ')}`)
+      throw usageError(`--pin-source must be one of ${PIN_SOURCES.join(', ')}`, USAGE.setup)
     tokenTable['pin-source'] = source
     if (str('pin-env') !== undefined) tokenTable['pin-env'] = str('pin-env')
     if (str('pin-file') !== undefined) tokenTable['pin-file'] = str('pin-file')
@@ -284,7 +270,10 @@ export async function setup(argv: readonly string[]): Promise<number> {
       }
       tokenName = wanted
     } else if (names.length > 1) {
-      throw usage(`several tokens are configured (${names.join(', ')}): choose one with --token`)
+      throw usageError(
+        `several tokens are configured (${names.join(', ')}): choose one with --token`,
+        USAGE.setup,
+      )
     } else {
       // No hardware configured: a private SoftHSM store (keys in software, for trying things out and CI).
       const soft = await ensureDefaultSoftHsm(say)
@@ -310,10 +299,10 @@ export async function setup(argv: readonly string[]): Promise<number> {
   const keyLabel = str('label') ?? 'cargo'
   const keyId = str('id')
   if ((registryName === undefined) !== (index === undefined))
-    throw usage('--registry and --index go together')
+    throw usageError('--registry and --index go together', USAGE.setup)
   if (index !== undefined) {
     const problem = checkIndexUrl(index)
-    if (problem !== undefined) throw usage(`--index: ${problem}`)
+    if (problem !== undefined) throw usageError(`--index: ${problem}`, USAGE.setup)
   }
   if (registryName !== undefined && index !== undefined) {
     const ref: Table = { token: tokenName, label: keyLabel }

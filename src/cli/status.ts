@@ -1,30 +1,18 @@
 /** `cargo-pkcs11-agent status [--socket PATH] [--json]`: what the running agent holds. */
-import { parseArgs } from 'node:util'
-
 import { callAgent } from '../agent/client.js'
 import { resolveSocketPath } from '../config/paths.js'
-import { AgentError } from '../lib/errors.js'
+import { parseCommandArgs, USAGE } from './args.js'
 
+/** `--socket PATH` plus the command's boolean flags, for commands that only talk to the agent. */
 export function socketArgs(
   argv: readonly string[],
+  usage: string,
   extra: Record<string, { type: 'boolean' }> = {},
 ): { socket: string; flags: Record<string, boolean> } {
-  let parsed
-  try {
-    parsed = parseArgs({
-      args: [...argv],
-      options: { socket: { type: 'string' }, ...extra },
-      strict: true,
-      allowPositionals: false,
-    })
-  } catch (error) {
-    throw new AgentError('USAGE', error instanceof Error ? error.message : String(error), {
-      remedy: 'See `cargo-pkcs11-agent help`',
-    })
-  }
+  const { values } = parseCommandArgs(argv, { socket: { type: 'string' }, ...extra }, usage)
   const flags: Record<string, boolean> = {}
-  for (const key of Object.keys(extra)) flags[key] = (parsed.values as Record<string, unknown>)[key] === true
-  return { socket: resolveSocketPath(parsed.values.socket as string | undefined, undefined).path, flags }
+  for (const key of Object.keys(extra)) flags[key] = (values as Record<string, unknown>)[key] === true
+  return { socket: resolveSocketPath(values.socket as string | undefined, undefined).path, flags }
 }
 
 function yes(value: unknown): string {
@@ -32,7 +20,7 @@ function yes(value: unknown): string {
 }
 
 export async function status(argv: readonly string[]): Promise<number> {
-  const { socket, flags } = socketArgs(argv, { json: { type: 'boolean' } })
+  const { socket, flags } = socketArgs(argv, USAGE.status, { json: { type: 'boolean' } })
   const result = await callAgent(socket, 'status')
   if (flags['json'] === true) {
     process.stdout.write(JSON.stringify(result, null, 2) + '\n')

@@ -5,17 +5,12 @@
  * (reason code and message printed), 2 usage error. Prefer `-` (token on stdin): argv is visible
  * to every user on the machine, and a token is a credential until its `iat` window closes.
  */
-import { parseArgs } from 'node:util'
-
 import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { parseK3Public } from '../keys/paserk.js'
 import { OPERATIONS, isOperation } from '../token/operation.js'
 import { verifyToken, type VerifyOptions } from '../verify/verify.js'
-import { closest } from '../lib/suggest.js'
-
-export const VERIFY_USAGE =
-  'cargo-pkcs11-agent verify TOKEN|- --public-key k3.public.… --url URL [--operation read|publish|yank|unyank|owners] [--name N] [--vers V] [--cksum C] [--subject S] [--max-age SECONDS] [--no-time-check] [--strict-low-s] [--json]'
+import { parseCommandArgs, USAGE, usageError } from './args.js'
 
 const OPTIONS = {
   'public-key': { type: 'string' },
@@ -32,7 +27,7 @@ const OPTIONS = {
 } as const
 
 function usage(message: string): AgentError {
-  return new AgentError('USAGE', message, { remedy: `usage: ${VERIFY_USAGE}` })
+  return usageError(message, USAGE.verify)
 }
 
 interface VerifyArgs {
@@ -43,17 +38,7 @@ interface VerifyArgs {
 
 /** Parse, then validate: a typed, frozen request before anything reads stdin or verifies. */
 export function parseVerifyArgs(argv: readonly string[]): Omit<VerifyArgs, 'token'> & { tokenArg: string } {
-  let parsed
-  try {
-    parsed = parseArgs({ args: [...argv], options: OPTIONS, strict: true, allowPositionals: true })
-  } catch (error) {
-    const message = error instanceof Error ? error.message : String(error)
-    const unknown = /'(--?[^']+)'/.exec(message)?.[1]
-    const hint = unknown === undefined ? undefined : suggestOption(unknown)
-    throw usage(
-      `${message.split('. ')[0] ?? message}${hint === undefined ? '' : ` (did you mean --${hint}?)`}`,
-    )
-  }
+  const parsed = parseCommandArgs(argv, OPTIONS, USAGE.verify, { positionals: true })
   const v = parsed.values
   if (parsed.positionals.length !== 1) {
     throw usage(
@@ -96,10 +81,6 @@ export function parseVerifyArgs(argv: readonly string[]): Omit<VerifyArgs, 'toke
     json: v.json === true,
     options: Object.freeze(options),
   })
-}
-
-function suggestOption(given: string): string | undefined {
-  return closest(given.replace(/^-+/, '').split('=')[0] ?? '', Object.keys(OPTIONS))
 }
 
 async function readStdin(): Promise<string> {

@@ -1,0 +1,85 @@
+/**
+ * How every command takes its arguments: one usage line per command (shown by `help <command>`,
+ * `<command> --help` and every usage error) and one strict parser. Parse, then validate, then act:
+ * a command sees typed values or exits 2 with its usage line as the remedy.
+ */
+import { parseArgs } from 'node:util'
+
+import { AgentError } from '../lib/errors.js'
+import { closest } from '../lib/suggest.js'
+
+export const BIN = 'cargo-pkcs11-agent'
+
+/** How keygen, list and pubkey name a token: from the config, or by module and token flags. */
+export const TARGET_USAGE =
+  '[--config FILE] [--token NAME | --module NAME|PATH [--token-label L] [--serial S]] [--pin-env VAR | --pin-file FILE]'
+
+/** Usage lines after the program name. Kept apart from the commands so `help` loads none of them. */
+export const USAGE = Object.freeze({
+  run: 'run [--config FILE] [--socket PATH] [--foreground]',
+  status: 'status [--socket PATH] [--json]',
+  lock: 'lock [--socket PATH]',
+  release: 'release [--socket PATH]',
+  log: 'log [--follow] [--json] [-n N] [--file PATH] [--config FILE]',
+  keygen: `keygen ${TARGET_USAGE} --label K [--id HEX] [--force] [--json]`,
+  list: `list ${TARGET_USAGE} [--login] [--json]`,
+  pubkey: `pubkey ${TARGET_USAGE} (--label K | --id HEX) [--format k3|pid|hex|json]`,
+  setup:
+    'setup [--config FILE] [--token NAME] [--module M (--token-label L | --serial S)] [--kind yubikey|tpm|hsm|softhsm] ' +
+    '[--pin-source tty|pinentry|env|file|none] [--pin-env VAR] [--pin-file FILE] [--label cargo] [--id HEX] ' +
+    '[--registry NAME --index URL] [--write-cargo-config] [--force]',
+  doctor: 'doctor [--config FILE] [--socket PATH] [--json]',
+  'install-service': 'install-service [--config FILE] [--dry-run] [--no-start] [--force]',
+  verify:
+    'verify TOKEN|- --public-key k3.public.… --url URL [--operation read|publish|yank|unyank|owners] [--name N] [--vers V] [--cksum C] [--subject S] [--max-age SECONDS] [--no-time-check] [--strict-low-s] [--json]',
+} as const)
+
+/** A USAGE error (exit status 2) whose remedy is the command's usage line. */
+export function usageError(message: string, usage: string): AgentError {
+  return new AgentError('USAGE', message, { remedy: `Usage: ${BIN} ${usage}` })
+}
+
+export type OptionSpecs = Record<string, { readonly type: 'string' | 'boolean'; readonly short?: string }>
+
+interface StrictConfig<O extends OptionSpecs> {
+  args: string[]
+  options: O
+  strict: true
+  allowPositionals: boolean
+}
+
+export type ParsedCommandArgs<O extends OptionSpecs> = ReturnType<typeof parseArgs<StrictConfig<O>>>
+
+/**
+ * Strict `node:util` parseArgs: an unknown option, a missing value or (unless `positionals`) a stray
+ * argument is a usage error; a mistyped long option gets a "did you mean" hint.
+ */
+export function parseCommandArgs<const O extends OptionSpecs>(
+  argv: readonly string[],
+  options: O,
+  usage: string,
+  { positionals = false }: { positionals?: boolean } = {},
+): ParsedCommandArgs<O> {
+  try {
+    return parseArgs<StrictConfig<O>>({
+      args: [...argv],
+      options,
+      strict: true,
+      allowPositionals: positionals,
+    })
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error)
+    if ((error as NodeJS.ErrnoException).code !== 'ERR_PARSE_ARGS_UNKNOWN_OPTION')
+      throw usageError(message, usage)
+    // Node appends advice about "--" for positional arguments; the hint is more to the point.
+    const unknown = /'(--?[^']+)'/.exec(message)?.[1]
+    const hint =
+      unknown === undefined
+        ? undefined
+        : closest(unknown.replace(/^-+/, '').split('=')[0] ?? '', Object.keys(options))
+    throw usageError(
+      `${message.split('. ')[0] ?? message}${hint === undefined ? '' : ` (did you mean --${hint}?)`}`,
+      usage,
+    )
+  }
+}
