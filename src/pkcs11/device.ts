@@ -163,6 +163,25 @@ export class Device {
   /** Private key handles by CKA_ID/label, valid for this session generation (token object handles
    * hold across the application's sessions, PKCS#11 v2.40 §2.4; a reconnect may renumber them). */
   #keyCache = new Map<string, { handle: Handle; alwaysAuthenticate: boolean; generation: number }>()
+  /**
+   * The token's key list (public points and attributes) for this session generation. Reading it costs
+   * a C_FindObjects plus several C_GetAttributeValue per key — about 3 ms on SoftHSM, most of an agent
+   * request — and it only changes with keygen, login state, reconnection or another program.
+   */
+  #keyList: { entries: KeyEntry[]; generation: number } | undefined
+
+  #forgetKeys(): void {
+    this.#keyCache.clear()
+    this.#keyList = undefined
+  }
+
+  #keys(session: PooledSession): KeyEntry[] {
+    if (this.#keyList !== undefined && this.#keyList.generation === this.#generation)
+      return this.#keyList.entries
+    const entries = this.#collectKeys(session)
+    this.#keyList = { entries, generation: this.#generation }
+    return entries
+  }
   /** PINs the token rejected: never sent again automatically. */
   readonly #rejectedPins = new WeakSet<Pin>()
 
@@ -238,7 +257,7 @@ export class Device {
 
   async login(pin: Pin | null): Promise<void> {
     await this.#request('none', (session) => {
-      this.#keyCache.clear()
+      this.#forgetKeys()
       this.#loginOnce(session, pin)
     })
   }
@@ -246,28 +265,55 @@ export class Device {
   async logout(): Promise<void> {
     await this.#request('none', (session) => {
       // Private object handles die with the login on some modules (SoftHSM: CKR_KEY_HANDLE_INVALID).
-      this.#keyCache.clear()
+      this.#forgetKeys()
       this.#mod().logout(session.handle, this.describe())
     })
   }
 
   async listKeys(): Promise<DeviceKey[]> {
-    return this.#request('optional', (session) => this.#collectKeys(session).map((e) => e.key))
+    return this.#request('optional', (session) => {
+      this.#keyList = undefined
+      return this.#keys(session).map((e) => e.key)
+    })
   }
 
   async findKey(key: KeySelector): Promise<DeviceKey> {
-    return this.#request('optional', (session) => this.#pick(this.#collectKeys(session), key).key)
+    return this.#request('optional', (session) => {
+      const fromCache = this.#keyList?.generation === this.#generation
+      try {
+        return this.#pick(this.#keys(session), key).key
+      } catch (error) {
+        // Not in the cached list: another program may have made the key since; read the token again.
+        if (!fromCache) throw error
+        this.#keyList = undefined
+        return this.#pick(this.#keys(session), key).key
+      }
+    })
   }
 
   async signer(key: KeySelector): Promise<Signer> {
     const found = await this.findKey(key)
-    return new Pkcs11Signer(
+    const signer = new Pkcs11Signer(
       {
         description: `${this.describe()} key '${found.label}' (id ${found.id})`,
         signDigest: async (digest) => await this.#signDigest({ id: found.id, label: found.label }, digest),
       },
       found,
     )
+    return {
+      publicKey: signer.publicKey,
+      description: signer.description,
+      sign: async (message) => {
+        try {
+          return await signer.sign(message)
+        } catch (error) {
+          // The key was replaced behind our back (its public half no longer matches): the next
+          // findKey must read the token again instead of trusting the cached list.
+          if (error instanceof AgentError && error.code === 'SELF_CHECK_FAILED') this.#forgetKeys()
+          throw error
+        }
+      },
+    }
   }
 
   async generateKey(
@@ -311,7 +357,7 @@ export class Device {
           .find((b) => b.length > 0)
         const id = givenId ?? previousId ?? randomBytes(8)
         work.committed = true
-        this.#keyCache.clear()
+        this.#forgetKeys()
         const pair = mod.generateP384(rw, key.label, id, where)
         // Old objects go only after the new pair exists, so a failed generation destroys nothing.
         for (const h of existing.values()) mod.destroy(rw, h, where)
@@ -501,7 +547,7 @@ export class Device {
   /** Idle sessions close now; busy ones (a sign waiting for a touch) close when they come back. */
   #dropSessions(): void {
     this.#generation += 1
-    this.#keyCache.clear()
+    this.#forgetKeys()
     for (const s of this.#sessions.filter((x) => !x.busy)) this.#module?.closeSession(s.handle)
     this.#sessions = this.#sessions.filter((s) => s.busy)
     for (const wake of this.#waiters.splice(0)) wake()
@@ -756,7 +802,7 @@ export class Device {
       } catch (error) {
         // A cached handle can go stale (logout, key replaced by another program): look it up again.
         if (!(error instanceof AgentError && error.code === 'KEY_NOT_FOUND' && entry.cached)) throw error
-        this.#keyCache.clear()
+        this.#forgetKeys()
         entry = this.#privateKey(session, key)
         mod.signInit(session.handle, entry.handle, where)
       }
