@@ -16,7 +16,7 @@ printf '%s\n' '{"v":1,"registry":{"index-url":"sparse+http://127.0.0.1:9/index/"
 export CARGO_PKCS11_AGENT_NO_AUTOSTART=1 CARGO_PKCS11_AGENT_SOCK="$out/none.sock"
 hyperfine --warmup 5 --runs "${BENCH_RUNS:-40}" --export-json "$out/startup.json" \
   -n 'node -e 0' "node -e 0 < $req" \
-  -n 'node + import(ws)' "node --input-type=module -e \"await import('ws')\" < $req" \
+  -n 'node + require(ws)' "node -e \"require('ws')\" < $req" \
   -n 'shim (one request)' "node dist/cjs/src/bin/cargo-credential-pkcs11.js --cargo-plugin < $req"
 node -e '
   const r = require("./'"$out"'/startup.json").results
