@@ -7,6 +7,7 @@ import { AgentError } from '../lib/errors.js'
 import { k3Pid, k3Public } from '../keys/paserk.js'
 import type { AuditSink } from '../audit/entry.js'
 import type { Intent } from '../policy/intent.js'
+import type { DeviceKey } from '../pkcs11/device.js'
 import type { Policy } from '../policy/policy.js'
 import type { Signer } from '../signer/signer.js'
 import type { Devices } from './devices.js'
@@ -31,11 +32,14 @@ export interface AgentState {
 }
 
 type Result = Record<string, unknown>
+type Params = Record<string, unknown>
+/** A socket method that may ask the requesting terminal (PIN, confirmation) through `context`. */
+type Handler = (agent: AgentState, params: Params, context: RequestContext) => Promise<Result>
 
 export async function handle(
   agent: AgentState,
   method: Method,
-  params: Record<string, unknown>,
+  params: Params,
   context: RequestContext,
 ): Promise<Result> {
   switch (method) {
@@ -61,16 +65,11 @@ export async function handle(
 }
 
 /** The pipeline: parse → bind → policy (rate limit, confirmation, PIN, touch notice, audit) → sign → respond. */
-async function sign(
-  agent: AgentState,
-  params: Record<string, unknown>,
-  context: RequestContext,
-): Promise<Result> {
+const sign: Handler = async (agent, params, context) => {
   const request = parseRequest(params)
   const intent = intentOf(request)
-  const { config } = agent
-  const binding = bind(config, intent.indexUrl, intent.operation !== 'read')
-  const prompter = new SocketPrompter(context, request.interactive && !config.agent.headless)
+  const binding = bind(agent.config, intent.indexUrl, intent.operation !== 'read')
+  const prompter = contextPrompter(agent, request.interactive, context)
   const device = agent.devices.get(binding.token)
   // Looking the key up before policy means a registry with no key yet answers KEY_NOT_FOUND (cargo:
   // not-found, so `cargo login` proceeds) without asking for a PIN. Tokens that hide even public
@@ -119,16 +118,13 @@ async function sign(
   }
 }
 
-function contextPrompter(
-  agent: AgentState,
-  params: Record<string, unknown>,
-  context: RequestContext,
-): SocketPrompter {
-  return new SocketPrompter(context, params['interactive'] === true && !agent.config.agent.headless)
+/** The shim's terminal answers only when the client declared itself interactive and the agent is not headless. */
+function contextPrompter(agent: AgentState, interactive: unknown, context: RequestContext): SocketPrompter {
+  return new SocketPrompter(context, interactive === true && !agent.config.agent.headless)
 }
 
 /** Non-signing requests (login, pubkey, keygen) log in through the same policy, described as this intent. */
-function adminIntent(params: Record<string, unknown>, indexUrl: string, registryName?: string): Intent {
+function adminIntent(params: Params, indexUrl: string, registryName?: string): Intent {
   const intent: Intent = { indexUrl, operation: 'read', requester: parseRequester(params['requester']) }
   if (registryName !== undefined) intent.registryName = registryName
   return intent
@@ -137,14 +133,14 @@ function adminIntent(params: Record<string, unknown>, indexUrl: string, registry
 async function loginToken(
   agent: AgentState,
   token: TokenConfig,
-  params: Record<string, unknown>,
+  params: Params,
   context: RequestContext,
   intent: Intent,
 ): Promise<void> {
   await agent.policy.ensureLoggedIn(
     agent.devices.get(token),
     tokenPolicy(token),
-    contextPrompter(agent, params, context),
+    contextPrompter(agent, params['interactive'], context),
     intent,
   )
 }
@@ -157,17 +153,8 @@ interface KeyInfo {
   k3Pid: string
 }
 
-async function keyInfo(
-  agent: AgentState,
-  ref: KeyRef,
-  params: Record<string, unknown>,
-  context: RequestContext,
-  intent: Intent,
-): Promise<KeyInfo> {
-  const { token, device } = agent.devices.byName(ref.token)
-  // Private objects (and on some tokens the public ones) are hidden until login.
-  await loginToken(agent, token, params, context, intent)
-  const key = await device.findKey(selector(ref))
+/** What a registry operator registers for a device key (RFC 3231 key registration: k3.public, k3.pid). */
+function keyInfoOf(token: TokenConfig, key: Pick<DeviceKey, 'label' | 'id' | 'publicKey'>): KeyInfo {
   return {
     token: token.name,
     label: key.label,
@@ -177,17 +164,31 @@ async function keyInfo(
   }
 }
 
-function stringParam(params: Record<string, unknown>, key: string): string | undefined {
+/** Key generation parameters: the label, and CKA_ID only when one was given (else the device picks it). */
+function keySpec(label: string, id: string | undefined): { label: string; id?: string } {
+  return id === undefined ? { label } : { label, id }
+}
+
+async function keyInfo(
+  agent: AgentState,
+  ref: KeyRef,
+  params: Params,
+  context: RequestContext,
+  intent: Intent,
+): Promise<KeyInfo> {
+  const { token, device } = agent.devices.byName(ref.token)
+  // Private objects (and on some tokens the public ones) are hidden until login.
+  await loginToken(agent, token, params, context, intent)
+  return keyInfoOf(token, await device.findKey(selector(ref)))
+}
+
+function stringParam(params: Params, key: string): string | undefined {
   const value = params[key]
   return typeof value === 'string' && value !== '' ? value : undefined
 }
 
 /** The keys a registry operator registers: k3.public and k3.pid of the read and mutation keys. */
-async function pubkey(
-  agent: AgentState,
-  params: Record<string, unknown>,
-  context: RequestContext,
-): Promise<Result> {
+const pubkey: Handler = async (agent, params, context) => {
   const indexUrl = stringParam(params, 'indexUrl')
   const name = stringParam(params, 'registry')
   const registries = Object.values(agent.config.registries).filter(
@@ -217,11 +218,7 @@ async function pubkey(
  * consent (`generate-on-login = true` or `cargo login -- --generate`): generating replaces nothing,
  * but a key the registry does not know is useless until registered.
  */
-async function login(
-  agent: AgentState,
-  params: Record<string, unknown>,
-  context: RequestContext,
-): Promise<Result> {
+const login: Handler = async (agent, params, context) => {
   const request = parseRequest(params)
   if (request.cargo.kind !== 'login')
     throw new AgentError('REQUEST_INVALID', 'login expects a cargo login request', {
@@ -252,30 +249,22 @@ async function login(
           `The key for ${registry.name} has no label to generate it with`,
           { remedy: 'Add label = "…" to the key reference' },
         )
-      const gen: { label: string; id?: string } = { label: ref.label }
-      if (ref.id !== undefined) gen.id = ref.id
       // Device closes a session after any failed request (KEY_NOT_FOUND included), and closing the
       // last session ends the login (PKCS#11 v2.40 §5.6): log in again before writing the key.
       await loginToken(agent, token, params, context, adminIntent(params, registry.index, registry.name))
-      const key = await device.generateKey(gen)
+      const key = await device.generateKey(keySpec(ref.label, ref.id))
       generated.push(`${token.name}/${key.label}`)
       agent.log(
         `generated key ${key.label} (id ${key.id}) on token ${token.name} for cargo login on ${registry.name}`,
       )
-      keys.push({
-        token: token.name,
-        label: key.label,
-        id: key.id,
-        k3Public: k3Public(key.publicKey),
-        k3Pid: k3Pid(key.publicKey),
-      })
+      keys.push(keyInfoOf(token, key))
     }
   }
   return { registry: registry.name, keys, generated }
 }
 
 /** `cargo logout`: forget the cached PINs of the registry's tokens; no key is touched. */
-function logout(agent: AgentState, params: Record<string, unknown>): Result {
+function logout(agent: AgentState, params: Params): Result {
   const request = parseRequest(params)
   const registry = registryBinding(agent.config, request.cargo.registry.indexUrl)
   const tokens = new Set([registry.readKey.token, registry.mutationKey.token])
@@ -291,11 +280,7 @@ async function lock(agent: AgentState): Promise<Result> {
   return { forgotten, released }
 }
 
-async function keygen(
-  agent: AgentState,
-  params: Record<string, unknown>,
-  context: RequestContext,
-): Promise<Result> {
+const keygen: Handler = async (agent, params, context) => {
   const tokenName = stringParam(params, 'token')
   const label = stringParam(params, 'label')
   if (tokenName === undefined || label === undefined)
@@ -304,17 +289,10 @@ async function keygen(
     })
   const { token, device } = agent.devices.byName(tokenName)
   await loginToken(agent, token, params, context, adminIntent(params, `token ${token.name}`))
-  const gen: { label: string; id?: string } = { label }
-  const id = stringParam(params, 'id')
-  if (id !== undefined) gen.id = id
-  const key = await device.generateKey(gen, { force: params['force'] === true })
-  return {
-    token: token.name,
-    label: key.label,
-    id: key.id,
-    k3Public: k3Public(key.publicKey),
-    k3Pid: k3Pid(key.publicKey),
-  }
+  const key = await device.generateKey(keySpec(label, stringParam(params, 'id')), {
+    force: params['force'] === true,
+  })
+  return { ...keyInfoOf(token, key) }
 }
 
 async function status(agent: AgentState): Promise<Result> {
