@@ -14,7 +14,6 @@ import { after, before, test } from 'node:test'
 
 import { parseAuditLines, AuditLog } from '../../src/audit/log.js'
 import { AgentError } from '../../src/lib/errors.js'
-import { readPinFile } from '../../src/lib/pin-file.js'
 import { Device } from '../../src/pkcs11/device.js'
 import {
   registryPolicy,
@@ -24,15 +23,13 @@ import {
 } from '../../src/policy/config.js'
 import type { Intent } from '../../src/policy/intent.js'
 import { Policy } from '../../src/policy/policy.js'
-import { buildToken } from '../../src/token/build.js'
-import { verifyToken } from '../../src/verify/verify.js'
 import {
-  PINENTRY_PROGRAM,
   RecordingPrompter,
   ScriptedPinentry,
   publishIntent,
   readIntent,
 } from '../fixtures/pinentry/harness.js'
+import { buildIntentToken, scriptedPolicy, verifyIntentToken } from '../helpers/policy.js'
 import { createSoftHsmToken, repoRoot, SOFTHSM_MODULE, type SoftHsmToken } from '../helpers/softhsm.js'
 
 const run = promisify(execFile)
@@ -91,10 +88,7 @@ after(async () => {
 
 function policy(overrides: Partial<PolicyConfig> = {}, env: NodeJS.ProcessEnv = pinentry.env()): Policy {
   current?.close()
-  current = new Policy(
-    { pinentryProgram: PINENTRY_PROGRAM, desktopNotifications: false, confirmVia: 'pinentry', ...overrides },
-    { env, readPinFile },
-  )
+  current = scriptedPolicy(overrides, { env })
   return current
 }
 
@@ -118,21 +112,8 @@ async function request(
     device,
     audit,
     sign: async () => {
-      const built = await buildToken(signer, {
-        indexUrl: intent.indexUrl,
-        operation: intent.operation,
-        name: intent.name,
-        vers: intent.vers,
-        cksum: intent.cksum,
-      })
-      await verifyToken(built.token, {
-        publicKey: signer.publicKey,
-        url: intent.indexUrl,
-        operation: intent.operation,
-        name: intent.name,
-        vers: intent.vers,
-        cksum: intent.cksum,
-      })
+      const built = await buildIntentToken(signer, intent)
+      await verifyIntentToken(built.token, signer.publicKey, intent)
       return { token: built.token, kip: built.kip }
     },
   })

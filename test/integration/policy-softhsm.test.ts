@@ -11,7 +11,6 @@ import { after, before, test } from 'node:test'
 
 import { parseAuditLines, AuditLog } from '../../src/audit/log.js'
 import { AgentError } from '../../src/lib/errors.js'
-import { readPinFile } from '../../src/lib/pin-file.js'
 import type { Pin } from '../../src/lib/secret.js'
 import { Device } from '../../src/pkcs11/device.js'
 import {
@@ -23,15 +22,13 @@ import {
 import { describeIntent, type Intent, type Prompter } from '../../src/policy/intent.js'
 import { Policy, type PolicyDevice } from '../../src/policy/policy.js'
 import type { Signer } from '../../src/signer/signer.js'
-import { buildToken } from '../../src/token/build.js'
-import { verifyToken } from '../../src/verify/verify.js'
 import {
-  PINENTRY_PROGRAM,
   RecordingPrompter,
   ScriptedPinentry,
   publishIntent,
   readIntent,
 } from '../fixtures/pinentry/harness.js'
+import { buildIntentToken, scriptedPolicy, verifyIntentToken } from '../helpers/policy.js'
 import { createSoftHsmToken, type SoftHsmToken } from '../helpers/softhsm.js'
 
 const PIN = '246810'
@@ -89,19 +86,11 @@ function policy(
   env: NodeJS.ProcessEnv = pinentry.env(),
   secretEnvVariables: string[] = [],
 ): Policy {
-  current = new Policy(
-    {
-      pinCacheIdleSeconds: 60,
-      pinCacheMaxSeconds: 600,
-      pinentryProgram: PINENTRY_PROGRAM,
-      desktopNotifications: false,
-      confirmVia: 'pinentry',
-      ...overrides,
-    },
+  current = scriptedPolicy(
+    { pinCacheIdleSeconds: 60, pinCacheMaxSeconds: 600, ...overrides },
     {
       clock: () => now,
       env,
-      readPinFile,
       secretEnvVariables,
       log: (event, data) => logEvents.push(JSON.stringify({ event, data })),
     },
@@ -136,28 +125,13 @@ async function request(
     audit,
     sign: async () => {
       signs += 1
-      const built = await buildToken(await getSigner(), {
-        indexUrl: intent.indexUrl,
-        operation: intent.operation,
-        name: intent.name,
-        vers: intent.vers,
-        cksum: intent.cksum,
-      })
-      return built.token
+      return (await buildIntentToken(await getSigner(), intent)).token
     },
   })
 }
 
 async function verifies(token: string, intent: Intent): Promise<void> {
-  const s = await getSigner()
-  await verifyToken(token, {
-    publicKey: s.publicKey,
-    url: intent.indexUrl,
-    operation: intent.operation,
-    name: intent.name,
-    vers: intent.vers,
-    cksum: intent.cksum,
-  })
+  await verifyIntentToken(token, (await getSigner()).publicKey, intent)
 }
 
 function lastAudit() {

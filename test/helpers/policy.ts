@@ -1,0 +1,50 @@
+/**
+ * The policy stage on a real device (test/integration/policy-*.test.ts): a Policy whose prompts
+ * all go to the scripted pinentry, and tokens built for, and verified against, one Intent.
+ */
+import { readPinFile } from '../../src/lib/pin-file.js'
+import type { PolicyConfig } from '../../src/policy/config.js'
+import type { Intent } from '../../src/policy/intent.js'
+import { Policy, type PolicyDeps } from '../../src/policy/policy.js'
+import type { Signer } from '../../src/signer/signer.js'
+import { buildToken, type BuiltToken } from '../../src/token/build.js'
+import { verifyToken, type VerifiedToken } from '../../src/verify/verify.js'
+import { PINENTRY_PROGRAM } from '../fixtures/pinentry/harness.js'
+
+/**
+ * PINs and confirmations through the scripted pinentry, PIN files read as the agent reads them, no
+ * desktop notifications from a test run.
+ */
+export function scriptedPolicy(overrides: Partial<PolicyConfig>, deps: Partial<PolicyDeps> = {}): Policy {
+  return new Policy(
+    { pinentryProgram: PINENTRY_PROGRAM, desktopNotifications: false, confirmVia: 'pinentry', ...overrides },
+    { readPinFile, ...deps },
+  )
+}
+
+/** A real token for what the intent asks (the device signs it). */
+export async function buildIntentToken(signer: Signer, intent: Intent): Promise<BuiltToken> {
+  return await buildToken(signer, {
+    indexUrl: intent.indexUrl,
+    operation: intent.operation,
+    name: intent.name,
+    vers: intent.vers,
+    cksum: intent.cksum,
+  })
+}
+
+/** Verifies as a registry would: signature, and claims bound to exactly this intent. */
+export async function verifyIntentToken(
+  token: string,
+  publicKey: Uint8Array,
+  intent: Intent,
+): Promise<VerifiedToken> {
+  return await verifyToken(token, {
+    publicKey,
+    url: intent.indexUrl,
+    operation: intent.operation,
+    name: intent.name,
+    vers: intent.vers,
+    cksum: intent.cksum,
+  })
+}
