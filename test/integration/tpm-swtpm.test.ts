@@ -4,7 +4,7 @@
  * node:crypto, and the key cannot leave the TPM.
  */
 import assert from 'node:assert/strict'
-import { createPublicKey, verify as cryptoVerify, type KeyObject } from 'node:crypto'
+import { createPublicKey, type KeyObject } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
 
 import { Pin } from '../../src/lib/secret.js'
@@ -12,6 +12,7 @@ import { Device } from '../../src/pkcs11/device.js'
 import type { Signer } from '../../src/signer/signer.js'
 import { buildToken } from '../../src/token/build.js'
 import { verifyToken } from '../../src/verify/verify.js'
+import { verifyWithNodeCrypto } from '../helpers/node-crypto-verify.js'
 import { startSoftwareTpm, type SoftwareTpm } from '../helpers/swtpm.js'
 
 const PIN = '246810'
@@ -19,33 +20,6 @@ const SO_PIN = '13579135'
 const LABEL = 'cargo-ci'
 const KEY = { label: 'cargo', id: '01' }
 const INDEX_URL = 'sparse+http://127.0.0.1:8000/index/'
-
-/** PASETO PAE (common.md §PAE): LE64 count, then LE64 length + bytes per piece. */
-function pae(pieces: Uint8Array[]): Buffer {
-  const le64 = (n: number): Buffer => {
-    const b = Buffer.alloc(8)
-    b.writeBigUInt64LE(BigInt(n))
-    return b
-  }
-  return Buffer.concat([le64(pieces.length), ...pieces.flatMap((p) => [le64(p.length), Buffer.from(p)])])
-}
-
-/** Checks a v3.public token with node:crypto alone: PAE(pk, h, m, f, "") signed r||s over SHA-384. */
-function verifyWithNodeCrypto(token: string, publicKey49: Uint8Array, key: KeyObject): boolean {
-  const [version, purpose, body, footer] = token.split('.')
-  assert.equal(`${version}.${purpose}.`, 'v3.public.')
-  const raw = Buffer.from(body ?? '', 'base64url')
-  const message = raw.subarray(0, raw.length - 96)
-  const signature = raw.subarray(raw.length - 96)
-  const signed = pae([
-    publicKey49,
-    Buffer.from('v3.public.'),
-    message,
-    Buffer.from(footer ?? '', 'base64url'),
-    Buffer.alloc(0),
-  ])
-  return cryptoVerify('sha384', signed, { key, dsaEncoding: 'ieee-p1363' }, signature)
-}
 
 /** The public key as pkcs11-tool (OpenSC, not our code) reads it: `EC_POINT: 0461 04 X Y`. */
 function publicKeyFromPkcs11Tool(listing: string, label: string): KeyObject {

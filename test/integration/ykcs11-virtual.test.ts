@@ -6,7 +6,7 @@
  * errors, after which the same Device keeps working.
  */
 import assert from 'node:assert/strict'
-import { verify as cryptoVerify, type KeyObject } from 'node:crypto'
+import type { KeyObject } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
 
 import { AgentError, type ErrorCode } from '../../src/lib/errors.js'
@@ -15,6 +15,7 @@ import { Device, type DeviceEvent } from '../../src/pkcs11/device.js'
 import type { Signer } from '../../src/signer/signer.js'
 import { buildToken } from '../../src/token/build.js'
 import { verifyToken } from '../../src/verify/verify.js'
+import { verifyWithNodeCrypto } from '../helpers/node-crypto-verify.js'
 import { startVirtualYubiKey, type VirtualYubiKey } from '../helpers/virtual-yubikey.js'
 
 const PIN = '123456'
@@ -27,33 +28,6 @@ const PUBLISH = {
   vers: '1.2.3',
   cksum: 'a'.repeat(64),
 } as const
-
-/** PASETO PAE (Version3.md, common.md §PAE): LE64 count, then LE64 length + bytes per piece. */
-function pae(pieces: Uint8Array[]): Buffer {
-  const le64 = (n: number): Buffer => {
-    const b = Buffer.alloc(8)
-    b.writeBigUInt64LE(BigInt(n))
-    return b
-  }
-  return Buffer.concat([le64(pieces.length), ...pieces.flatMap((p) => [le64(p.length), Buffer.from(p)])])
-}
-
-/** Checks a v3.public token with node:crypto alone: PAE(pk, h, m, f, "") signed r||s over SHA-384. */
-function verifyWithNodeCrypto(token: string, publicKey49: Uint8Array, key: KeyObject): boolean {
-  const [version, purpose, body, footer] = token.split('.')
-  assert.equal(`${version}.${purpose}.`, 'v3.public.')
-  const raw = Buffer.from(body ?? '', 'base64url')
-  const message = raw.subarray(0, raw.length - 96)
-  const signature = raw.subarray(raw.length - 96)
-  const signed = pae([
-    publicKey49,
-    Buffer.from('v3.public.'),
-    message,
-    Buffer.from(footer ?? '', 'base64url'),
-    Buffer.alloc(0),
-  ])
-  return cryptoVerify('sha384', signed, { key, dsaEncoding: 'ieee-p1363' }, signature)
-}
 
 async function rejectsWith(promise: Promise<unknown>, codes: readonly ErrorCode[]): Promise<AgentError> {
   try {
