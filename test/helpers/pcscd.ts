@@ -1,9 +1,10 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { closeSync, existsSync, openSync, readFileSync } from 'node:fs'
+import { closeSync, existsSync, openSync } from 'node:fs'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+
+import { freePortPair, readLog, watchChild } from './daemon.js'
 
 /**
  * A private pcscd with one vsmartcard "vpcd" virtual reader, for tests.
@@ -59,7 +60,6 @@ const VPCD_DRIVER = '/usr/lib/pcsc/drivers/serial/libifdvpcd.so'
 const NAMESPACED_CARD_PORT = 35963
 const SYSTEM_SOCKET = '/run/pcscd/pcscd.comm'
 const START_TIMEOUT_MS = 10_000
-const STOP_TIMEOUT_MS = 5_000
 
 // Runs inside the new namespaces. pcscd stops when our stdin closes (stop(), or the test process
 // died), so a crashed test cannot leave a daemon behind.
@@ -99,30 +99,6 @@ function namespacesAvailable(unshare: readonly string[]): boolean {
   return namespacesChecked
 }
 
-async function portIsFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = createServer()
-    server.once('error', () => resolve(false))
-    server.listen({ port, host: '0.0.0.0', exclusive: true }, () => server.close(() => resolve(true)))
-  })
-}
-
-/** A port P with P and P + 1 free on all interfaces (vpcd opens both). */
-async function freePortPair(): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt += 1) {
-    const port = await new Promise<number>((resolve, reject) => {
-      const server = createServer()
-      server.once('error', reject)
-      server.listen({ port: 0, host: '0.0.0.0', exclusive: true }, () => {
-        const address = server.address()
-        server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0))
-      })
-    })
-    if (port > 0 && port < 65535 && (await portIsFree(port + 1))) return port
-  }
-  throw new Error('no free pair of TCP ports for vpcd')
-}
-
 export async function startPcscd(options: PcscdOptions): Promise<Pcscd> {
   for (const path of [PCSCD, VPCD_DRIVER]) {
     if (!existsSync(path))
@@ -142,7 +118,7 @@ export async function startPcscd(options: PcscdOptions): Promise<Pcscd> {
       `cannot create a private pcscd (namespaces unavailable) while ${SYSTEM_SOCKET} exists: stop the system pcscd`,
     )
   }
-  const cardPort = isolated ? NAMESPACED_CARD_PORT : await freePortPair()
+  const cardPort = isolated ? NAMESPACED_CARD_PORT : await freePortPair('0.0.0.0', 'vpcd')
   await writeFile(
     join(confDir, 'vpcd'),
     [
@@ -177,36 +153,22 @@ export async function startPcscd(options: PcscdOptions): Promise<Pcscd> {
       )
     : spawn('sh', ['-c', PLAIN_SCRIPT, 'pcscd-plain', ...scriptArgs], { stdio: ['pipe', logFd, logFd] })
   closeSync(logFd)
-  const log = (): string => {
-    try {
-      return readFileSync(logPath, 'utf8')
-    } catch {
-      return ''
-    }
-  }
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
-  let running = true
-  void exited.then(() => {
-    running = false
-  })
+  const log = (): string => readLog(logPath)
+  const watched = watchChild(child)
 
   const socketPath = isolated ? join(runDir, 'pcscd', 'pcscd.comm') : SYSTEM_SOCKET
   const stop = async (): Promise<void> => {
-    if (running) {
-      child.stdin?.end()
-      const timer = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS)
-      await exited
-      clearTimeout(timer)
-    }
+    await watched.stop()
     await rm(dir, { recursive: true, force: true })
   }
 
   const deadline = Date.now() + START_TIMEOUT_MS
   while (!(existsSync(socketPath) && log().includes('daemon ready'))) {
-    if (!running || Date.now() > deadline) {
+    if (!watched.running() || Date.now() > deadline) {
+      const why = watched.running() ? 'timeout' : 'exited'
       const tail = log().slice(-2000)
       await stop()
-      throw new Error(`pcscd did not start (${running ? 'timeout' : 'exited'}): ${tail}`)
+      throw new Error(`pcscd did not start (${why}): ${tail}`)
     }
     await new Promise((resolve) => setTimeout(resolve, 25))
   }

@@ -1,9 +1,11 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
-import { closeSync, existsSync, openSync, readFileSync } from 'node:fs'
+import { closeSync, existsSync, openSync } from 'node:fs'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
-import { connect, createServer } from 'node:net'
+import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+
+import { freePortPair, readLog, watchChild } from './daemon.js'
 
 /**
  * A software TPM 2.0 (swtpm, libtpms) with a tpm2-pkcs11 token on it, for tests.
@@ -21,7 +23,6 @@ import { join } from 'node:path'
 export const TPM2_MODULE = '/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so'
 const SWTPM = '/usr/bin/swtpm'
 const START_TIMEOUT_MS = 10_000
-const STOP_TIMEOUT_MS = 5_000
 
 export interface SoftwareTpmOptions {
   readonly label: string
@@ -56,34 +57,6 @@ kill "$pid" 2>/dev/null
 wait "$pid"
 `
 
-async function freeLoopbackPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen({ port: 0, host: '127.0.0.1', exclusive: true }, () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
-}
-
-async function portIsFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = createServer()
-    server.once('error', () => resolve(false))
-    server.listen({ port, host: '127.0.0.1', exclusive: true }, () => server.close(() => resolve(true)))
-  })
-}
-
-async function freeLoopbackPortPair(): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt += 1) {
-    const port = await freeLoopbackPort()
-    if (port > 0 && port < 65535 && (await portIsFree(port + 1))) return port
-  }
-  throw new Error('no free pair of loopback TCP ports for swtpm')
-}
-
 async function accepts(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = connect({ host: '127.0.0.1', port })
@@ -106,7 +79,7 @@ export async function startSoftwareTpm(options: SoftwareTpmOptions): Promise<Sof
   await mkdir(stateDir)
   await mkdir(storeDir)
   // The TSS "swtpm" TCTI always finds the control channel at the command port + 1.
-  const port = await freeLoopbackPortPair()
+  const port = await freePortPair('127.0.0.1', 'swtpm')
   const ctrlPort = port + 1
 
   const logPath = join(dir, 'swtpm.log')
@@ -135,25 +108,10 @@ export async function startSoftwareTpm(options: SoftwareTpmOptions): Promise<Sof
     { stdio: ['pipe', logFd, logFd] },
   )
   closeSync(logFd)
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
-  let running = true
-  void exited.then(() => {
-    running = false
-  })
-  const log = (): string => {
-    try {
-      return readFileSync(logPath, 'utf8')
-    } catch {
-      return ''
-    }
-  }
+  const watched = watchChild(child)
+  const log = (): string => readLog(logPath)
   const stop = async (): Promise<void> => {
-    if (running) {
-      child.stdin?.end()
-      const timer = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS)
-      await exited
-      clearTimeout(timer)
-    }
+    await watched.stop()
     await rm(dir, { recursive: true, force: true })
   }
 
@@ -188,8 +146,10 @@ export async function startSoftwareTpm(options: SoftwareTpmOptions): Promise<Sof
   try {
     const deadline = Date.now() + START_TIMEOUT_MS
     while (!(await accepts(ctrlPort))) {
-      if (!running || Date.now() > deadline) {
-        throw new Error(`swtpm did not start (${running ? 'timeout' : 'exited'}): ${log().slice(-2000)}`)
+      if (!watched.running() || Date.now() > deadline) {
+        throw new Error(
+          `swtpm did not start (${watched.running() ? 'timeout' : 'exited'}): ${log().slice(-2000)}`,
+        )
       }
       await new Promise((resolve) => setTimeout(resolve, 25))
     }

@@ -1,5 +1,5 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
-import { closeSync, openSync, readFileSync } from 'node:fs'
+import { closeSync, openSync } from 'node:fs'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -8,6 +8,7 @@ import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 
 import type { ControlRequest, StartMessage } from '../fixtures/vpiv/main.js'
+import { readLog, watchChild } from './daemon.js'
 import { startPcscd, type Pcscd } from './pcscd.js'
 
 /**
@@ -24,7 +25,6 @@ export const YKCS11_MODULE = '/usr/lib/x86_64-linux-gnu/libykcs11.so'
 const READER_NAME = 'Yubico YubiKey OTP+FIDO+CCID'
 const EMULATOR = fileURLToPath(new URL('../fixtures/vpiv/main.js', import.meta.url))
 const READY_TIMEOUT_MS = 20_000
-const STOP_TIMEOUT_MS = 5_000
 
 export type PivSlot = '9a' | '9c'
 
@@ -213,21 +213,11 @@ export async function startVirtualYubiKey(options: VirtualYubiKeyOptions): Promi
     stdio: ['pipe', 'pipe', traceFd],
   })
   closeSync(traceFd)
-  const trace = (): string => {
-    try {
-      return readFileSync(tracePath, 'utf8')
-    } catch {
-      return ''
-    }
-  }
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
-  let running = true
-  void exited.then(() => {
-    running = false
-  })
+  const trace = (): string => readLog(tracePath)
+  const watched = watchChild(child)
 
   const pending = new Map<number, { resolve: (result: unknown) => void; reject: (error: Error) => void }>()
-  void exited.then(() => {
+  void watched.exited.then(() => {
     for (const { reject } of pending.values())
       reject(new Error(`virtual YubiKey emulator exited: ${trace().slice(-2000)}`))
     pending.clear()
@@ -253,7 +243,8 @@ export async function startVirtualYubiKey(options: VirtualYubiKeyOptions): Promi
   let nextId = 1
   type Op = ControlRequest extends infer R ? (R extends { op: infer O } ? O : never) : never
   const request = async (op: Op, fields: Record<string, unknown> = {}): Promise<unknown> => {
-    if (!running) throw new Error(`virtual YubiKey emulator is not running: ${trace().slice(-2000)}`)
+    if (!watched.running())
+      throw new Error(`virtual YubiKey emulator is not running: ${trace().slice(-2000)}`)
     const id = nextId++
     return new Promise((resolve, reject) => {
       pending.set(id, { resolve, reject })
@@ -295,12 +286,7 @@ export async function startVirtualYubiKey(options: VirtualYubiKeyOptions): Promi
   }
 
   const stop = async (): Promise<void> => {
-    if (running) {
-      stdin.end()
-      const timer = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS)
-      await exited
-      clearTimeout(timer)
-    }
+    await watched.stop()
     await pcscd.stop()
     await rm(logDir, { recursive: true, force: true })
   }
