@@ -6,8 +6,24 @@ import type { Config, KeyRef, TokenConfig } from '../config/schema.js'
 import { AgentError, toAgentError } from '../lib/errors.js'
 import type { Pin } from '../lib/secret.js'
 import type { Signer } from '../signer/signer.js'
-import { Device, resolveModulePath, type DeviceEvent, type KeySelector } from '../pkcs11/device.js'
+import {
+  Device,
+  resolveModulePath,
+  type DeviceEvent,
+  type KeySelector,
+  type TokenSelector,
+} from '../pkcs11/device.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
+
+/** The token of its module a config entry names: label, serial, manufacturer/model (never a slot id). */
+export function tokenSelector(token: TokenConfig): TokenSelector {
+  const s: TokenSelector = { module: token.module }
+  if (token.label !== undefined) s.label = token.label
+  if (token.serial !== undefined) s.serial = token.serial
+  if (token.manufacturer !== undefined) s.manufacturer = token.manufacturer
+  if (token.model !== undefined) s.model = token.model
+  return s
+}
 
 export function selector(ref: KeyRef): KeySelector {
   const s: KeySelector = {}
@@ -50,18 +66,7 @@ export class Devices {
       } catch (error) {
         throw toAgentError(error, 'MODULE_LOAD_FAILED')
       }
-      const selectorFields: {
-        module: string
-        label?: string
-        serial?: string
-        manufacturer?: string
-        model?: string
-      } = { module: token.module }
-      if (token.label !== undefined) selectorFields.label = token.label
-      if (token.serial !== undefined) selectorFields.serial = token.serial
-      if (token.manufacturer !== undefined) selectorFields.manufacturer = token.manufacturer
-      if (token.model !== undefined) selectorFields.model = token.model
-      device = new Device(selectorFields, {
+      device = new Device(tokenSelector(token), {
         cachedPin: () => this.#cachedPin(token),
         onEvent: (event) => this.#onEvent(token, event),
       })

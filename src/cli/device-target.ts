@@ -4,6 +4,7 @@
  * or a config exists (`setup`, CI provisioning). A token comes either from the config
  * (`--token NAME`, or the only configured token) or from flags (`--module M --token-label L`).
  */
+import { tokenSelector } from '../agent/devices.js'
 import { loadConfig } from '../config/load.js'
 import { resolveConfigPath } from '../config/paths.js'
 import type { TokenConfig } from '../config/schema.js'
@@ -88,16 +89,9 @@ export function parseTargetCommand(
     })
   }
   applyModuleEnvironment(token.moduleEnv)
-  const selector: TokenSelector = {
-    module: token.module,
-    label: token.label,
-    serial: token.serial,
-    manufacturer: token.manufacturer,
-    model: token.model,
-  }
   return {
     target: {
-      selector,
+      selector: tokenSelector(token),
       name: token.name,
       pinEnv: str('pin-env') ?? (token.pinSource === 'env' ? token.pinEnv : undefined),
       pinFile: str('pin-file') ?? (token.pinSource === 'file' ? token.pinFile : undefined),

@@ -146,6 +146,7 @@ function checkModuleEnvironment(token: TokenConfig, modulePath: string): Finding
 async function checkTokens(config: Config): Promise<Finding[]> {
   // Loaded only here: the device layer pulls in the native pkcs11js binding.
   const { Device, resolveModulePath } = await import('../pkcs11/device.js')
+  const { tokenSelector } = await import('../agent/devices.js')
   const findings: Finding[] = []
   for (const token of Object.values(config.tokens)) {
     const check = `token ${token.name}`
@@ -161,18 +162,7 @@ async function checkTokens(config: Config): Promise<Finding[]> {
     const environment = checkModuleEnvironment(token, modulePath)
     findings.push(...environment)
     if (environment.some((f) => f.level === 'fail')) continue
-    const selector: {
-      module: string
-      label?: string
-      serial?: string
-      manufacturer?: string
-      model?: string
-    } = { module: token.module }
-    if (token.label !== undefined) selector.label = token.label
-    if (token.serial !== undefined) selector.serial = token.serial
-    if (token.manufacturer !== undefined) selector.manufacturer = token.manufacturer
-    if (token.model !== undefined) selector.model = token.model
-    const device = new Device(selector)
+    const device = new Device(tokenSelector(token))
     try {
       const status = await device.status()
       if (!status.present) {

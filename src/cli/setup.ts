@@ -28,7 +28,9 @@ import { k3Pid, k3Public } from '../keys/paserk.js'
 import { AgentError } from '../lib/errors.js'
 import { readPinFile } from '../lib/pin-file.js'
 import { Pin } from '../lib/secret.js'
-import { Device, resolveModulePath, type DeviceKey, type TokenSelector } from '../pkcs11/device.js'
+import { tokenSelector } from '../agent/devices.js'
+import { Device, resolveModulePath, type DeviceKey } from '../pkcs11/device.js'
+import { applyModuleEnvironment } from '../pkcs11/modules.js'
 import { askPinOnTty, hasTerminal } from '../shim/tty.js'
 import { parseCommandArgs, USAGE, usageError } from './args.js'
 
@@ -318,14 +320,9 @@ export async function setup(argv: readonly string[]): Promise<number> {
   const token = config.tokens[tokenName] as TokenConfig
 
   // 3. The key, on the device.
-  for (const [name, value] of Object.entries(token.moduleEnv)) process.env[name] = value
-  const selector: TokenSelector = { module: token.module }
-  if (token.label !== undefined) selector.label = token.label
-  if (token.serial !== undefined) selector.serial = token.serial
-  if (token.manufacturer !== undefined) selector.manufacturer = token.manufacturer
-  if (token.model !== undefined) selector.model = token.model
+  applyModuleEnvironment(token.moduleEnv)
   const pin = await pinFor(token)
-  const device = new Device(selector, { cachedPin: () => pin ?? undefined })
+  const device = new Device(tokenSelector(token), { cachedPin: () => pin ?? undefined })
   let key: DeviceKey
   let action: string
   try {
