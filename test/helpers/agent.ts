@@ -342,6 +342,40 @@ export function runShim(
   })
 }
 
+export interface CliResult {
+  /** Exit status; null when the run was killed at its timeout. */
+  code: number | null
+  stdout: string
+  stderr: string
+}
+
+/**
+ * Runs `cargo-pkcs11-agent ARGS` (the built entry) as its own process. `detached` starts it in a new
+ * session without a controlling terminal, so nothing can prompt on /dev/tty.
+ */
+export function runAgentCli(
+  args: readonly string[],
+  options: { env?: NodeJS.ProcessEnv; detached?: boolean; timeoutMs?: number } = {},
+): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [distPath('src', 'bin', 'cargo-pkcs11-agent.js'), ...args], {
+      env: options.env ?? process.env,
+      detached: options.detached === true,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d))
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d))
+    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 60_000)
+    child.on('error', reject)
+    child.on('close', (code) => {
+      clearTimeout(timer)
+      resolve({ code, stdout, stderr })
+    })
+  })
+}
+
 /** cargo's request line for `operation` on `index` (spec §1.4), as an object for `runShim`. */
 export function cargoGet(
   index: string,

@@ -14,28 +14,19 @@ import { parse } from 'smol-toml'
 
 import { parseConfig } from '../../src/config/load.js'
 import { verifyToken } from '../../src/verify/verify.js'
-import { cargoGet, distPath, packageShimPath, runShim, shimBinPath, waitForSocket } from '../helpers/agent.js'
+import {
+  cargoGet,
+  distPath,
+  packageShimPath,
+  runAgentCli,
+  runShim,
+  shimBinPath,
+  waitForSocket,
+} from '../helpers/agent.js'
 
 const AGENT = distPath('src', 'bin', 'cargo-pkcs11-agent.js')
-const INDEX = 'sparse+http://127.0.0.1:38650/index/'
 
-function runCli(
-  args: string[],
-  env: NodeJS.ProcessEnv,
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [AGENT, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d))
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d))
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000)
-    child.on('exit', (code) => {
-      clearTimeout(timer)
-      resolve({ code, stdout, stderr })
-    })
-  })
-}
+const INDEX = 'sparse+http://127.0.0.1:38650/index/'
 
 describe('setup', () => {
   let dir: string
@@ -70,7 +61,9 @@ describe('setup', () => {
   let k3: string
 
   test('first run: SoftHSM token, key generated, configs written, key printed', async () => {
-    const r = await runCli(['setup', '--registry', 'local', '--index', INDEX, '--write-cargo-config'], env)
+    const r = await runAgentCli(['setup', '--registry', 'local', '--index', INDEX, '--write-cargo-config'], {
+      env: env,
+    })
     assert.equal(r.code, 0, r.stderr)
     assert.match(r.stdout, /on token softhsm: generated/)
     assert.match(r.stderr, /created a SoftHSM token/)
@@ -116,7 +109,9 @@ describe('setup', () => {
   })
 
   test('second run reuses the key and changes nothing', async () => {
-    const r = await runCli(['setup', '--registry', 'local', '--index', INDEX, '--write-cargo-config'], env)
+    const r = await runAgentCli(['setup', '--registry', 'local', '--index', INDEX, '--write-cargo-config'], {
+      env: env,
+    })
     assert.equal(r.code, 0, r.stderr)
     assert.match(r.stdout, /: reused/)
     assert.ok(r.stdout.includes(k3))
@@ -124,25 +119,27 @@ describe('setup', () => {
   })
 
   test('changing a binding or replacing the key needs --force', async () => {
-    const moved = await runCli(
+    const moved = await runAgentCli(
       ['setup', '--registry', 'local', '--index', 'sparse+http://127.0.0.1:38651/index/'],
-      env,
+      { env },
     )
     assert.equal(moved.code, 1)
     assert.match(moved.stderr, /already has a different \[registries\.local\]\. Pass --force/)
-    const forced = await runCli(['setup', '--registry', 'local', '--index', INDEX, '--force'], env)
+    const forced = await runAgentCli(['setup', '--registry', 'local', '--index', INDEX, '--force'], {
+      env: env,
+    })
     assert.equal(forced.code, 0, forced.stderr)
     assert.match(forced.stdout, /regenerated/)
     assert.ok(!forced.stdout.includes(k3), 'a new key')
   })
 
   test('bad arguments are usage errors', async () => {
-    const r = await runCli(['setup', '--registry', 'x'], env)
+    const r = await runAgentCli(['setup', '--registry', 'x'], { env })
     assert.equal(r.code, 2)
     assert.match(r.stderr, /--registry and --index go together/)
-    const bad = await runCli(
+    const bad = await runAgentCli(
       ['setup', '--registry', 'x', '--index', 'sparse+https://registry.example/index'],
-      env,
+      { env },
     )
     assert.equal(bad.code, 2)
     assert.match(bad.stderr, /ends with "\/"/)

@@ -5,35 +5,16 @@
  * unit without --force. (Starting a systemd user manager is not possible here: --no-start.)
  */
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
 import { k3Pid } from '../../src/keys/paserk.js'
-import { distPath, startAgent, type AgentFixture } from '../helpers/agent.js'
+import { distPath, runAgentCli, startAgent, type AgentFixture } from '../helpers/agent.js'
 import { KNOWN_KEY } from '../helpers/softhsm.js'
 
 const AGENT = distPath('src', 'bin', 'cargo-pkcs11-agent.js')
-
-function cli(
-  args: string[],
-  env: NodeJS.ProcessEnv,
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [AGENT, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d))
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d))
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000)
-    child.on('exit', (code) => {
-      clearTimeout(timer)
-      resolve({ code, stdout, stderr })
-    })
-  })
-}
 
 describe('doctor', () => {
   let fixture: AgentFixture
@@ -60,16 +41,18 @@ describe('doctor', () => {
       CARGO_PKCS11_AGENT_SOCK: join(dir, 'none.sock'),
     }
     delete env['CARGO_PKCS11_AGENT_CONFIG']
-    const r = await cli(['doctor'], env)
+    const r = await runAgentCli(['doctor'], { env })
     assert.equal(r.code, 1, r.stdout + r.stderr)
     assert.match(r.stdout, new RegExp(`fail  config: no configuration at ${join(dir, 'empty')}`))
     assert.match(r.stdout, /→ Run `cargo-pkcs11-agent setup`/)
   })
 
   test('a working agent on SoftHSM: token present, the bound key by its k3.pid, agent running', async () => {
-    const r = await cli(['doctor', '--config', fixture.configPath, '--json'], {
-      ...fixture.agentEnv,
-      ...fixture.env,
+    const r = await runAgentCli(['doctor', '--config', fixture.configPath, '--json'], {
+      env: {
+        ...fixture.agentEnv,
+        ...fixture.env,
+      },
     })
     const findings = JSON.parse(r.stdout) as { level: string; check: string; detail: string }[]
     const failed = findings.filter((f) => f.level === 'fail')
@@ -103,9 +86,11 @@ describe('doctor', () => {
         `module-env = { SOFTHSM2_CONF = "${conf}" }`,
       ].join('\n') + '\n',
     )
-    const r = await cli(['doctor', '--config', config], {
-      ...process.env,
-      CARGO_PKCS11_AGENT_SOCK: join(dir, 'none.sock'),
+    const r = await runAgentCli(['doctor', '--config', config], {
+      env: {
+        ...process.env,
+        CARGO_PKCS11_AGENT_SOCK: join(dir, 'none.sock'),
+      },
     })
     assert.equal(r.code, 1, r.stdout + r.stderr)
     assert.match(
@@ -127,9 +112,11 @@ describe('install-service', () => {
 
   test('--dry-run renders the hardened unit for this node, this agent and the config', async () => {
     const config = join(dir, 'agent.toml')
-    const r = await cli(['install-service', '--dry-run', '--config', config], {
-      ...process.env,
-      XDG_CONFIG_HOME: join(dir, 'xdg'),
+    const r = await runAgentCli(['install-service', '--dry-run', '--config', config], {
+      env: {
+        ...process.env,
+        XDG_CONFIG_HOME: join(dir, 'xdg'),
+      },
     })
     assert.equal(r.code, 0, r.stderr)
     assert.ok(
@@ -150,19 +137,19 @@ describe('install-service', () => {
   test('installs the unit, re-installs it unchanged, refuses to replace an edited one without --force', async () => {
     const env = { ...process.env, XDG_CONFIG_HOME: join(dir, 'xdg') }
     const unit = join(dir, 'xdg', 'systemd', 'user', 'cargo-pkcs11-agent.service')
-    assert.equal((await cli(['install-service', '--no-start'], env)).code, 0)
+    assert.equal((await runAgentCli(['install-service', '--no-start'], { env })).code, 0)
     const first = await readFile(unit, 'utf8')
     assert.match(first, /^ExecStart=/m)
-    assert.equal((await cli(['install-service', '--no-start'], env)).code, 0)
+    assert.equal((await runAgentCli(['install-service', '--no-start'], { env })).code, 0)
     await writeFile(unit, first + '# local edit\n')
-    const refused = await cli(['install-service', '--no-start'], env)
+    const refused = await runAgentCli(['install-service', '--no-start'], { env })
     assert.equal(refused.code, 2, refused.stderr)
     assert.match(
       refused.stderr,
       /already exists with different contents\. Compare it with `install-service --dry-run`/,
     )
     assert.match(await readFile(unit, 'utf8'), /# local edit/)
-    assert.equal((await cli(['install-service', '--no-start', '--force'], env)).code, 0)
+    assert.equal((await runAgentCli(['install-service', '--no-start', '--force'], { env })).code, 0)
     assert.equal(await readFile(unit, 'utf8'), first)
   })
 })

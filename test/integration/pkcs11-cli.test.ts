@@ -3,46 +3,21 @@
  * token given by flags and by a config file, and the PIN from an environment variable.
  */
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 
 import { parseK3Public } from '../../src/keys/paserk.js'
-import { createSoftHsmToken, KNOWN_KEY, repoRoot, type SoftHsmToken } from '../helpers/softhsm.js'
-
-const BIN = join(repoRoot(), 'dist', 'src', 'bin', 'cargo-pkcs11-agent.js')
-
-interface Run {
-  code: number
-  stdout: string
-  stderr: string
-}
+import { runAgentCli, type CliResult } from '../helpers/agent.js'
+import { createSoftHsmToken, KNOWN_KEY, type SoftHsmToken } from '../helpers/softhsm.js'
 
 describe('device CLI commands on SoftHSM', () => {
   let token: SoftHsmToken
   let configPath: string
 
-  function cli(args: string[], extraEnv: NodeJS.ProcessEnv = {}): Promise<Run> {
-    return new Promise((resolve, reject) => {
-      // detached: a new session without a controlling terminal, so nothing can prompt on /dev/tty.
-      const child = spawn(process.execPath, [BIN, ...args], {
-        env: { ...token.env, ...extraEnv },
-        detached: true,
-        stdio: ['ignore', 'pipe', 'pipe'],
-      })
-      let stdout = ''
-      let stderr = ''
-      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
-      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-      const timer = setTimeout(() => child.kill('SIGKILL'), 30_000)
-      child.on('error', reject)
-      child.on('close', (code) => {
-        clearTimeout(timer)
-        resolve({ code: code ?? 1, stdout, stderr })
-      })
-    })
-  }
+  // detached: a new session without a controlling terminal, so nothing can prompt on /dev/tty.
+  const cli = (args: string[], extraEnv: NodeJS.ProcessEnv = {}): Promise<CliResult> =>
+    runAgentCli(args, { env: { ...token.env, ...extraEnv }, detached: true, timeoutMs: 30_000 })
 
   before(async () => {
     token = await createSoftHsmToken({ label: 'cli', pin: '246810' })
