@@ -1,10 +1,10 @@
 /**
  * A second, independent check of a v3.public token: PASETO's PAE and ECDSA P-384 with node:crypto
  * alone, none of the project's token or verify code, so a bug shared by our signer and our verifier
- * cannot make a device test pass.
+ * cannot make a device test pass. Public keys come from raw points through JWK, not src/keys.
  */
 import assert from 'node:assert/strict'
-import { verify as cryptoVerify, type KeyObject } from 'node:crypto'
+import { createPublicKey, verify as cryptoVerify, type KeyObject } from 'node:crypto'
 
 /** PASETO PAE (Version3.md, common.md §PAE): LE64 count, then LE64 length + bytes per piece. */
 function pae(pieces: Uint8Array[]): Buffer {
@@ -31,4 +31,19 @@ export function verifyWithNodeCrypto(token: string, publicKey49: Uint8Array, key
     Buffer.alloc(0),
   ])
   return cryptoVerify('sha384', signed, { key, dsaEncoding: 'ieee-p1363' }, signature)
+}
+
+/** A P-384 public key from its uncompressed SEC1 point (04 || X || Y), through JWK. */
+export function p384PublicKey(uncompressed: Uint8Array): KeyObject {
+  const point = Buffer.from(uncompressed)
+  assert.equal(point.length, 97, 'an uncompressed P-384 point is 97 bytes')
+  return createPublicKey({
+    key: {
+      kty: 'EC',
+      crv: 'P-384',
+      x: point.subarray(1, 49).toString('base64url'),
+      y: point.subarray(49).toString('base64url'),
+    },
+    format: 'jwk',
+  })
 }

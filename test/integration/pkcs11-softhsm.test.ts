@@ -4,7 +4,7 @@
  * login behaviour, release and reopen.
  */
 import assert from 'node:assert/strict'
-import { createPublicKey, verify as cryptoVerify } from 'node:crypto'
+import { verify as cryptoVerify, type KeyObject } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
 
 import { AgentError } from '../../src/lib/errors.js'
@@ -18,19 +18,11 @@ import { v3PublicPae } from '../../src/token/pae.js'
 import { parseV3PublicToken } from '../../src/verify/paseto.js'
 import { verifyToken } from '../../src/verify/verify.js'
 import { Device, resolveModulePath, type DeviceEvent } from '../../src/pkcs11/device.js'
+import { p384PublicKey } from '../helpers/node-crypto-verify.js'
 import { createSoftHsmToken, KNOWN_KEY, GENERATED_KEY, type SoftHsmToken } from '../helpers/softhsm.js'
 
-function spki(pk49: Uint8Array): ReturnType<typeof createPublicKey> {
-  const point = Buffer.from(decompressPoint(pk49))
-  return createPublicKey({
-    key: {
-      kty: 'EC',
-      crv: 'P-384',
-      x: point.subarray(1, 49).toString('base64url'),
-      y: point.subarray(49).toString('base64url'),
-    },
-    format: 'jwk',
-  })
+function spki(pk49: Uint8Array): KeyObject {
+  return p384PublicKey(decompressPoint(pk49))
 }
 
 async function rejects(promise: Promise<unknown>, code: string): Promise<AgentError> {

@@ -4,7 +4,7 @@
  * node:crypto, and the key cannot leave the TPM.
  */
 import assert from 'node:assert/strict'
-import { createPublicKey, type KeyObject } from 'node:crypto'
+import type { KeyObject } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
 
 import { Pin } from '../../src/lib/secret.js'
@@ -12,7 +12,7 @@ import { Device } from '../../src/pkcs11/device.js'
 import type { Signer } from '../../src/signer/signer.js'
 import { buildToken } from '../../src/token/build.js'
 import { verifyToken } from '../../src/verify/verify.js'
-import { verifyWithNodeCrypto } from '../helpers/node-crypto-verify.js'
+import { p384PublicKey, verifyWithNodeCrypto } from '../helpers/node-crypto-verify.js'
 import { startSoftwareTpm, type SoftwareTpm } from '../helpers/swtpm.js'
 
 const PIN = '246810'
@@ -34,16 +34,7 @@ function publicKeyFromPkcs11Tool(listing: string, label: string): KeyObject {
     '046104',
     'DER OCTET STRING around an uncompressed P-384 point',
   )
-  const point = der.subarray(2) // 04 || X || Y
-  return createPublicKey({
-    key: {
-      kty: 'EC',
-      crv: 'P-384',
-      x: point.subarray(1, 49).toString('base64url'),
-      y: point.subarray(49).toString('base64url'),
-    },
-    format: 'jwk',
-  })
+  return p384PublicKey(der.subarray(2)) // 04 || X || Y
 }
 
 describe('tpm2-pkcs11 on swtpm', () => {
