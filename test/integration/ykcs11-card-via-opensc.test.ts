@@ -8,11 +8,11 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 
-import { AgentError, type ErrorCode } from '../../src/lib/errors.js'
 import { Pin } from '../../src/lib/secret.js'
 import { Device } from '../../src/pkcs11/device.js'
 import { buildToken } from '../../src/token/build.js'
 import { verifyToken } from '../../src/verify/verify.js'
+import { rejectsWithCode } from '../helpers/errors.js'
 import { startVirtualYubiKey, type VirtualYubiKey } from '../helpers/virtual-yubikey.js'
 
 const PIN = '445566'
@@ -24,18 +24,6 @@ const PUBLISH = {
   vers: '2.0.0',
   cksum: 'c'.repeat(64),
 } as const
-
-async function rejectsWith(promise: Promise<unknown>, code: ErrorCode): Promise<AgentError> {
-  try {
-    await promise
-  } catch (error) {
-    assert.ok(error instanceof AgentError, `expected an AgentError, got ${String(error)}`)
-    assert.equal(error.code, code, error.describe())
-    assert.ok(error.remedy !== undefined && error.remedy.length > 0)
-    return error
-  }
-  assert.fail(`expected ${code}`)
-}
 
 describe('virtual YubiKey through OpenSC (opensc-pkcs11.so)', () => {
   let yk: VirtualYubiKey
@@ -98,7 +86,7 @@ describe('virtual YubiKey through OpenSC (opensc-pkcs11.so)', () => {
   it('reports a missed touch as TOUCH_TIMEOUT', async () => {
     await yk.control.missTouch(true)
     try {
-      const err = await rejectsWith(
+      const err = await rejectsWithCode(
         (await device.signer({ id: '02' })).sign(Buffer.from('no touch')),
         'TOUCH_TIMEOUT',
       )
@@ -111,7 +99,7 @@ describe('virtual YubiKey through OpenSC (opensc-pkcs11.so)', () => {
   it('reports removal as DEVICE_REMOVED and signs again after reinsertion', async () => {
     const signer = await device.signer({ id: '02' })
     await yk.control.remove()
-    const err = await rejectsWith(signer.sign(Buffer.from('unplugged')), 'DEVICE_REMOVED')
+    const err = await rejectsWithCode(signer.sign(Buffer.from('unplugged')), 'DEVICE_REMOVED')
     assert.equal(err.data['rv'], '0x00000032')
     await yk.control.insert()
     const built = await buildToken(signer, PUBLISH)

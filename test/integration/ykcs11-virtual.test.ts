@@ -9,13 +9,13 @@ import assert from 'node:assert/strict'
 import type { KeyObject } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
 
-import { AgentError, type ErrorCode } from '../../src/lib/errors.js'
 import { Pin } from '../../src/lib/secret.js'
 import { Device, type DeviceEvent } from '../../src/pkcs11/device.js'
 import type { Signer } from '../../src/signer/signer.js'
 import { buildToken } from '../../src/token/build.js'
 import { verifyToken } from '../../src/verify/verify.js'
 import { verifyWithNodeCrypto } from '../helpers/node-crypto-verify.js'
+import { rejectsWithCode } from '../helpers/errors.js'
 import { startVirtualYubiKey, type VirtualYubiKey } from '../helpers/virtual-yubikey.js'
 
 const PIN = '123456'
@@ -28,21 +28,6 @@ const PUBLISH = {
   vers: '1.2.3',
   cksum: 'a'.repeat(64),
 } as const
-
-async function rejectsWith(promise: Promise<unknown>, codes: readonly ErrorCode[]): Promise<AgentError> {
-  try {
-    await promise
-  } catch (error) {
-    assert.ok(error instanceof AgentError, `expected an AgentError, got ${String(error)}`)
-    assert.ok(
-      codes.includes(error.code),
-      `expected ${codes.join(' or ')}, got ${error.code}: ${error.describe()}`,
-    )
-    assert.ok(error.remedy !== undefined && error.remedy.length > 0, 'every error carries a remedy')
-    return error
-  }
-  assert.fail(`expected ${codes.join(' or ')}, but it succeeded`)
-}
 
 describe('ykcs11 on a virtual YubiKey (vpcd + PIV emulator)', () => {
   let yk: VirtualYubiKey
@@ -157,7 +142,7 @@ describe('ykcs11 on a virtual YubiKey (vpcd + PIV emulator)', () => {
     try {
       // The card answers SW 6982 (what a YubiKey says when the touch timer runs out); ykcs11 2.2
       // turns that into CKR_USER_NOT_LOGGED_IN, the same value as "PIN not verified".
-      await rejectsWith(signer9c.sign(Buffer.from('missed touch')), ['TOUCH_TIMEOUT'])
+      await rejectsWithCode(signer9c.sign(Buffer.from('missed touch')), 'TOUCH_TIMEOUT')
     } finally {
       await yk.control.missTouch(false)
       await yk.control.setTouchDelay(0)
@@ -170,14 +155,14 @@ describe('ykcs11 on a virtual YubiKey (vpcd + PIV emulator)', () => {
     await device.release() // ykcs11 logs out when its last session closes
     pin = Pin.fromString('999999')
     const before = await yk.control.counters()
-    const err = await rejectsWith(device.login(pin), ['PIN_INCORRECT'])
+    const err = await rejectsWithCode(device.login(pin), 'PIN_INCORRECT')
     assert.ok(
       err.data['triesLeft'] !== undefined,
       `tries left in the error data: ${JSON.stringify(err.data)}`,
     )
     assert.equal((await yk.control.state()).pinTriesLeft, 2)
     // A signature with the same (rejected) cached PIN must not spend another try.
-    await rejectsWith(signer9c.sign(Buffer.from('with the rejected PIN')), ['PIN_INCORRECT'])
+    await rejectsWithCode(signer9c.sign(Buffer.from('with the rejected PIN')), 'PIN_INCORRECT')
     const afterWrong = await yk.control.counters()
     assert.equal(afterWrong.verify - before.verify, 1, 'exactly one VERIFY with a PIN reached the card')
     assert.equal(afterWrong.sign, before.sign, 'no signature was attempted')
@@ -192,7 +177,7 @@ describe('ykcs11 on a virtual YubiKey (vpcd + PIV emulator)', () => {
     await device.release()
     await yk.control.setPinTries(1)
     pin = Pin.fromString('111111')
-    await rejectsWith(device.login(pin), ['PIN_LOCKED'])
+    await rejectsWithCode(device.login(pin), 'PIN_LOCKED')
     assert.equal((await yk.control.state()).pinTriesLeft, 0)
     assert.equal((await device.status()).pinLocked, true)
     // Unblock as the PUK would, so later tests have a usable card.
@@ -203,11 +188,12 @@ describe('ykcs11 on a virtual YubiKey (vpcd + PIV emulator)', () => {
   it('fails with a typed error when the key is pulled before a signature, then works after reinsertion', async () => {
     await yk.control.remove()
     events.length = 0
-    await rejectsWith(signer9c.sign(Buffer.from('unplugged')), [
+    await rejectsWithCode(
+      signer9c.sign(Buffer.from('unplugged')),
       'DEVICE_REMOVED',
       'TOKEN_ABSENT',
       'DEVICE_ERROR',
-    ])
+    )
     assert.ok(
       events.some((e) => e.type === 'removed'),
       `a removal event was emitted: ${JSON.stringify(events)}`,
@@ -230,7 +216,7 @@ describe('ykcs11 on a virtual YubiKey (vpcd + PIV emulator)', () => {
     await touched
     await yk.control.remove()
     await settled
-    await rejectsWith(pending, ['DEVICE_REMOVED', 'TOKEN_ABSENT', 'DEVICE_ERROR'])
+    await rejectsWithCode(pending, 'DEVICE_REMOVED', 'TOKEN_ABSENT', 'DEVICE_ERROR')
     await yk.control.setTouchDelay(0)
     await yk.control.insert()
     const built = await buildToken(signer9c, PUBLISH)
@@ -242,7 +228,7 @@ describe('ykcs11 on a virtual YubiKey (vpcd + PIV emulator)', () => {
     const late = new Device({ module: yk.module, serial: String(SERIAL) }, { cachedPin: () => pin })
     try {
       assert.equal((await late.status()).present, false)
-      const err = await rejectsWith(late.signer({ id: '02' }), ['TOKEN_ABSENT'])
+      const err = await rejectsWithCode(late.signer({ id: '02' }), 'TOKEN_ABSENT')
       assert.match(err.remedy ?? '', new RegExp(`serial ${SERIAL}`))
       await yk.control.insert()
       const signer = await late.signer({ id: '02' })
