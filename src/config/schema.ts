@@ -330,12 +330,22 @@ export function validateConfig(doc: unknown, path: string | undefined, env: Env 
     agent.headless = bool(agentTable, 'headless', 'agent', issues) ?? agent.headless
     agent.auditLog = str(agentTable, 'audit-log', 'agent', issues) ?? agent.auditLog
     agent.touchNoticeAfterMs =
-      int(agentTable, 'touch-notice-after-ms', 'agent', issues, 0, 60_000) ?? agent.touchNoticeAfterMs
+      int(agentTable, 'touch-notice-after-ms', 'agent', issues, 0, LIMITS.touchNoticeMaxMs) ??
+      agent.touchNoticeAfterMs
     agent.pinCacheIdleSeconds =
-      int(agentTable, 'pin-cache-idle-seconds', 'agent', issues, 0, 86_400 * 7) ?? agent.pinCacheIdleSeconds
+      int(agentTable, 'pin-cache-idle-seconds', 'agent', issues, 0, LIMITS.configLifetimeMaxSeconds) ??
+      agent.pinCacheIdleSeconds
     agent.pinCacheMaxSeconds =
-      int(agentTable, 'pin-cache-max-seconds', 'agent', issues, 0, 86_400 * 7) ?? agent.pinCacheMaxSeconds
-    const release = int(agentTable, 'release-after-idle-seconds', 'agent', issues, 1, 86_400 * 7)
+      int(agentTable, 'pin-cache-max-seconds', 'agent', issues, 0, LIMITS.configLifetimeMaxSeconds) ??
+      agent.pinCacheMaxSeconds
+    const release = int(
+      agentTable,
+      'release-after-idle-seconds',
+      'agent',
+      issues,
+      1,
+      LIMITS.configLifetimeMaxSeconds,
+    )
     if (release !== undefined) agent.releaseAfterIdleSeconds = release
     agent.notify = bool(agentTable, 'notify', 'agent', issues) ?? agent.notify
     if (agent.pinCacheIdleSeconds > agent.pinCacheMaxSeconds)
@@ -445,7 +455,8 @@ export function validateConfig(doc: unknown, path: string | undefined, env: Env 
         LIMITS.defaultTokenMaxAgeSeconds,
       confirm: oneOf(value, 'confirm', where, issues, CONFIRM_MODES) ?? DEFAULT_REGISTRY_POLICY.confirm,
       mutationsPerHour:
-        int(value, 'mutations-per-hour', where, issues, 0, 100_000) ?? LIMITS.defaultMutationsPerHour,
+        int(value, 'mutations-per-hour', where, issues, 0, LIMITS.maxMutationsPerHour) ??
+        LIMITS.defaultMutationsPerHour,
       generateOnLogin: bool(value, 'generate-on-login', where, issues) ?? false,
     }
     const subject = str(value, 'subject', where, issues)

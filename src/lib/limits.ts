@@ -58,6 +58,8 @@ export const LIMITS = Object.freeze({
    * (comparable agents use 0.2-5 s; SoftHSM and TPM sign in < 10 ms and a YubiKey without touch in
    * ~0.2 s, so a wait this long means the device waits for a human). */
   touchNoticeDelayMs: 1_000,
+  /** Largest `touch-notice-after-ms` the config accepts. */
+  touchNoticeMaxMs: 60_000,
   /** Give up waiting for a touch after this long (YubiKey itself times out after 15 s). */
   touchTimeoutMs: 30_000,
   /** Default `pin-cache-idle-seconds` / `pin-cache-max-seconds`: a typed PIN is forgotten after
@@ -65,11 +67,16 @@ export const LIMITS = Object.freeze({
    * gpg-agent's defaults (600 s / 7200 s) suit a key used for every commit; a cargo key sits idle longer. */
   pinCacheIdleSeconds: 900,
   pinCacheMaxSeconds: 28_800,
+  /** Largest `pin-cache-*-seconds` and `release-after-idle-seconds`: a week; longer means "never"
+   * under another name, and a PIN held that long outlives any session it was typed for. */
+  configLifetimeMaxSeconds: 7 * 86_400,
   /** How often expired PINs are wiped from memory even when no request comes in. */
   pinCacheSweepMs: 10_000,
   /** Default `mutations-per-hour`: sliding-window limit on mutations (publish/yank/unyank/owners) per
    * registry. A release train publishes a few crates; 30 an hour stops a runaway script early. */
   defaultMutationsPerHour: 30,
+  /** Largest `mutations-per-hour`: far above any release train, still a bound. */
+  maxMutationsPerHour: 100_000,
   /** Longest token we build or verify. cargo sends it as an HTTP header value, and servers commonly
    * cap a header at 8 KiB; a real token is ~600 characters (publish, with footer). Verifying checks the
    * length before decoding anything. */

@@ -161,6 +161,32 @@ describe('configuration', () => {
     assert.match(message, /agent\.headless: must be true or false/)
   })
 
+  test('numeric ranges are the documented ones (docs/configuration.md)', () => {
+    const message = problems(
+      GOOD.replace(
+        'touch-notice-after-ms = 800',
+        'touch-notice-after-ms = 60001\npin-cache-max-seconds = 604801',
+      ).replace('token-max-age-seconds = 300', 'token-max-age-seconds = 300\nmutations-per-hour = 100001'),
+    )
+    assert.match(message, /has 3 problems/)
+    assert.match(message, /agent\.touch-notice-after-ms: must be a whole number from 0 to 60000/)
+    assert.match(message, /agent\.pin-cache-max-seconds: must be a whole number from 0 to 604800/)
+    assert.match(
+      message,
+      /registries\.my-registry\.mutations-per-hour: must be a whole number from 0 to 100000/,
+    )
+    const edges = parseConfig(
+      GOOD.replace(
+        'touch-notice-after-ms = 800',
+        'touch-notice-after-ms = 60000\npin-cache-max-seconds = 604800',
+      ),
+      'config.toml',
+      ENV,
+    )
+    assert.equal(edges.agent.touchNoticeAfterMs, 60_000)
+    assert.equal(edges.agent.pinCacheMaxSeconds, 604_800)
+  })
+
   test('PIN sources need their companion keys', () => {
     assert.match(
       problems(GOOD.replace('pin-env = "CI_TOKEN_PIN"', '')),
