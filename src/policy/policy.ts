@@ -265,7 +265,12 @@ export class Policy {
    * every request, and each try costs one of the token's few PIN tries: a value the token rejected is
    * refused here until it changes (or `lock` / SIGHUP), so a bad CI secret cannot lock the token.
    */
-  async #nonInteractivePin(token: TokenPolicy, prompter: Prompter, intent: Intent, status: PolicyDeviceStatus): Promise<Pin> {
+  async #nonInteractivePin(
+    token: TokenPolicy,
+    prompter: Prompter,
+    intent: Intent,
+    status: PolicyDeviceStatus,
+  ): Promise<Pin> {
     const pin = await this.#obtainPin(token, prompter, intent, status)
     const rejected = this.#rejected.get(token.id)
     if (rejected !== undefined && rejected.equals(this.#fingerprint(pin))) {
@@ -273,7 +278,10 @@ export class Policy {
       throw new AgentError(
         'PIN_INCORRECT',
         `${token.description} already rejected the PIN from its ${token.pin.kind === 'env' ? 'environment variable' : 'PIN file'}; it is not tried again, so the token's remaining tries are kept`,
-        { remedy: 'Fix the PIN secret, then run `cargo-pkcs11-agent lock` (or restart the agent) to let it be tried' },
+        {
+          remedy:
+            'Fix the PIN secret, then run `cargo-pkcs11-agent lock` (or restart the agent) to let it be tried',
+        },
       )
     }
     return pin

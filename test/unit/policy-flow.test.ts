@@ -230,13 +230,18 @@ test('a wrong env PIN is tried once, then refused without a login until lock', a
   const env: NodeJS.ProcessEnv = { PIV_PIN: '000000' }
   const p = make({}, env)
   const token = { ...tty, pin: { kind: 'env' as const, variable: 'PIV_PIN' } }
-  await assert.rejects(p.ensureLoggedIn(device, token, new RecordingPrompter(false), readIntent()), { code: 'PIN_INCORRECT' })
-  await assert.rejects(p.ensureLoggedIn(device, token, new RecordingPrompter(false), readIntent()), (error: AgentError) => {
-    assert.equal(error.code, 'PIN_INCORRECT')
-    assert.match(error.message, /not tried again/)
-    assert.doesNotMatch(error.message + String(error.remedy), /000000/)
-    return true
+  await assert.rejects(p.ensureLoggedIn(device, token, new RecordingPrompter(false), readIntent()), {
+    code: 'PIN_INCORRECT',
   })
+  await assert.rejects(
+    p.ensureLoggedIn(device, token, new RecordingPrompter(false), readIntent()),
+    (error: AgentError) => {
+      assert.equal(error.code, 'PIN_INCORRECT')
+      assert.match(error.message, /not tried again/)
+      assert.doesNotMatch(error.message + String(error.remedy), /000000/)
+      return true
+    },
+  )
   assert.deepEqual(device.logins, ['000000'])
   assert.equal(device.tries, 2)
   // A fixed secret is tried after `lock` (or a changed value at once).
