@@ -15,7 +15,7 @@ import { after, before, describe, test } from 'node:test'
 import { k3Pid } from '../../src/keys/paserk.js'
 import { readAudit, startAgent, type AgentFixture } from '../helpers/agent.js'
 import { startRegistry, type Registry, type RequestRecord } from '../fixtures/registry/server.js'
-import { createCargoSandbox, show, type CargoResult, type CargoSandbox } from './lib/cargo.js'
+import { cargoThroughAgent, show, type CargoResult, type CargoSandbox } from './lib/cargo.js'
 import { tokenK3Public } from './lib/pubkey.js'
 
 type Audit = Record<string, unknown>
@@ -52,12 +52,7 @@ describe('cargo -> shim -> agent (SoftHSM) -> verifying registry', () => {
     agent = await startAgent({ registries: { local: { index: registry.indexUrl, tokenMaxAgeSeconds: 120 } } })
     k3public = await tokenK3Public({ ...agent.softhsm, keyLabel: agent.softhsm.generatedKey.label })
     registry.addKey(k3public)
-    cargo = createCargoSandbox({
-      dir: join(dir, 'cargo'),
-      indexUrl: registry.indexUrl,
-      credentialProvider: agent.shimPath,
-      env: agent.env,
-    })
+    cargo = cargoThroughAgent(dir, registry, agent)
   })
 
   after(async () => {

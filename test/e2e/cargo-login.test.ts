@@ -14,7 +14,7 @@ import { k3Pid } from '../../src/keys/paserk.js'
 import { startAgent, type AgentFixture } from '../helpers/agent.js'
 import { createSoftHsmToken, type SoftHsmToken } from '../helpers/softhsm.js'
 import { startRegistry, type Registry } from '../fixtures/registry/server.js'
-import { createCargoSandbox, show, type CargoSandbox } from './lib/cargo.js'
+import { cargoThroughAgent, show, type CargoSandbox } from './lib/cargo.js'
 import { tokenK3Public } from './lib/pubkey.js'
 
 describe('cargo login on an empty token, then registration, then publish', () => {
@@ -33,12 +33,7 @@ describe('cargo login on an empty token, then registration, then publish', () =>
       softhsm,
       registries: { local: { index: registry.indexUrl, readKey: { label: 'cargo' } } },
     })
-    cargo = createCargoSandbox({
-      dir: join(dir, 'cargo'),
-      indexUrl: registry.indexUrl,
-      credentialProvider: agent.shimPath,
-      env: agent.env,
-    })
+    cargo = cargoThroughAgent(dir, registry, agent)
   })
 
   after(async () => {

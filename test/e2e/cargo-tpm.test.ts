@@ -13,7 +13,7 @@ import { k3Pid } from '../../src/keys/paserk.js'
 import { readAudit, startAgent, type AgentFixture } from '../helpers/agent.js'
 import { startSoftwareTpm, type SoftwareTpm } from '../helpers/swtpm.js'
 import { startRegistry, type Registry } from '../fixtures/registry/server.js'
-import { createCargoSandbox, show, type CargoSandbox } from './lib/cargo.js'
+import { cargoThroughAgent, show, type CargoSandbox } from './lib/cargo.js'
 import { tokenK3Public } from './lib/pubkey.js'
 
 const LABEL = 'cargo-tpm'
@@ -54,12 +54,7 @@ describe('cargo -> shim -> agent (headless) -> tpm2-pkcs11 on swtpm -> verifying
       },
       env: { ...tpm.env, CARGO_PKCS11_TEST_PIN: PIN, CI: 'true' },
     })
-    cargo = createCargoSandbox({
-      dir: join(dir, 'cargo'),
-      indexUrl: registry.indexUrl,
-      credentialProvider: agent.shimPath,
-      env: agent.env,
-    })
+    cargo = cargoThroughAgent(dir, registry, agent)
   })
 
   after(async () => {

@@ -23,7 +23,7 @@ import {
   type VirtualYubiKeyOptions,
 } from '../helpers/virtual-yubikey.js'
 import { startRegistry, type Registry } from '../fixtures/registry/server.js'
-import { createCargoSandbox, show, type CargoSandbox } from './lib/cargo.js'
+import { cargoThroughAgent, show, type CargoSandbox } from './lib/cargo.js'
 
 const PIN = '654321'
 const SERIAL = 31415926
@@ -78,12 +78,7 @@ async function assemble(
     registries: { local: { index: registry.indexUrl, tokenMaxAgeSeconds: 120, ...binding } },
     env: { ...yk.env, CARGO_PKCS11_TEST_PIN: PIN },
   })
-  const cargo = createCargoSandbox({
-    dir: join(dir, 'cargo'),
-    indexUrl: registry.indexUrl,
-    credentialProvider: agent.shimPath,
-    env: agent.env,
-  })
+  const cargo = cargoThroughAgent(dir, registry, agent)
   return { dir, yk, registry, agent, cargo }
 }
 

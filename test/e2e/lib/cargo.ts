@@ -45,6 +45,20 @@ export interface SandboxOptions {
 
 const toml = (value: string): string => JSON.stringify(value)
 
+/** The usual e2e wiring: cargo in `<dir>/cargo`, the registry's index, the agent fixture's shim and env. */
+export function cargoThroughAgent(
+  dir: string,
+  registry: { readonly indexUrl: string },
+  agent: { readonly shimPath: string; readonly env: NodeJS.ProcessEnv },
+): CargoSandbox {
+  return createCargoSandbox({
+    dir: join(dir, 'cargo'),
+    indexUrl: registry.indexUrl,
+    credentialProvider: agent.shimPath,
+    env: agent.env,
+  })
+}
+
 export function createCargoSandbox(options: SandboxOptions): CargoSandbox {
   const dir = options.dir ?? mkdtempSync(join(tmpdir(), 'hwtok-cargo-'))
   const cargoHome = join(dir, 'cargo-home')
