@@ -58,8 +58,9 @@ export const LIMITS = Object.freeze({
    * (comparable agents use 0.2-5 s; SoftHSM and TPM sign in < 10 ms and a YubiKey without touch in
    * ~0.2 s, so a wait this long means the device waits for a human). */
   touchNoticeDelayMs: 1_000,
-  /** Largest `touch-notice-after-ms` the config accepts. */
-  touchNoticeMaxMs: 60_000,
+  /** Largest `touch-notice-after-ms` the config accepts: a notice must come before the touch timeout
+   * below, or the user learns about the touch only from its failure. */
+  touchNoticeMaxMs: 20_000,
   /** Give up waiting for a touch after this long (YubiKey itself times out after 15 s). */
   touchTimeoutMs: 30_000,
   /** Default `pin-cache-idle-seconds` / `pin-cache-max-seconds`: a typed PIN is forgotten after

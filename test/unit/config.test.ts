@@ -165,11 +165,11 @@ describe('configuration', () => {
     const message = problems(
       GOOD.replace(
         'touch-notice-after-ms = 800',
-        'touch-notice-after-ms = 60001\npin-cache-max-seconds = 604801',
+        'touch-notice-after-ms = 20001\npin-cache-max-seconds = 604801',
       ).replace('token-max-age-seconds = 300', 'token-max-age-seconds = 300\nmutations-per-hour = 100001'),
     )
     assert.match(message, /has 3 problems/)
-    assert.match(message, /agent\.touch-notice-after-ms: must be a whole number from 0 to 60000/)
+    assert.match(message, /agent\.touch-notice-after-ms: must be a whole number from 0 to 20000/)
     assert.match(message, /agent\.pin-cache-max-seconds: must be a whole number from 0 to 604800/)
     assert.match(
       message,
@@ -178,12 +178,12 @@ describe('configuration', () => {
     const edges = parseConfig(
       GOOD.replace(
         'touch-notice-after-ms = 800',
-        'touch-notice-after-ms = 60000\npin-cache-max-seconds = 604800',
+        'touch-notice-after-ms = 20000\npin-cache-max-seconds = 604800',
       ),
       'config.toml',
       ENV,
     )
-    assert.equal(edges.agent.touchNoticeAfterMs, 60_000)
+    assert.equal(edges.agent.touchNoticeAfterMs, 20_000)
     assert.equal(edges.agent.pinCacheMaxSeconds, 604_800)
   })
 
