@@ -60,7 +60,10 @@ export function renderService(template: string, values: Readonly<Record<string, 
   return template.replace(/@([A-Z]+)@/g, (whole, name: string) => {
     const value = values[name]
     if (value === undefined)
-      throw new AgentError('INTERNAL', `service template placeholder ${whole} has no value`)
+      throw new AgentError('INTERNAL', `service template placeholder ${whole} has no value`, {
+        remedy:
+          'The installed native-config/service template does not match this version; reinstall cargo-pkcs11-agent',
+      })
     return value
   })
 }

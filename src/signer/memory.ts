@@ -47,7 +47,10 @@ export class MemorySigner implements Signer {
     const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'secp384r1' })
     const d = privateKey.export({ format: 'jwk' }).d
     if (d === undefined)
-      throw new AgentError('INTERNAL', 'node:crypto generated an EC key without a private scalar')
+      throw new AgentError('INTERNAL', 'node:crypto generated an EC key without a private scalar', {
+        remedy:
+          'The Node.js OpenSSL build cannot export P-384 keys; use Node.js 20 or newer from the usual builds',
+      })
     const scalar = new Uint8Array(48)
     const raw = Buffer.from(d, 'base64url')
     scalar.set(raw, 48 - raw.length)
