@@ -9,8 +9,8 @@ export type { VerifiedV3Public, V3PublicVerifyOptions } from './verify/paseto.js
 
 export { buildToken, validateTokenRequest } from './token/build.js'
 export type { TokenRequest, BuiltToken } from './token/build.js'
-export { OPERATIONS, isOperation } from './token/operation.js'
-export type { Operation } from './token/operation.js'
+export { OPERATIONS, isOperation } from './cargo/operation.js'
+export type { Operation } from './cargo/operation.js'
 export { formatIat, parseIat } from './token/iat.js'
 export { v3PublicPae } from './token/pae.js'
 

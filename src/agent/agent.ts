@@ -6,12 +6,12 @@ import { loadConfig } from '../config/load.js'
 import type { Config } from '../config/schema.js'
 import { toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
-import type { AuditLog } from '../audit/log.js'
 import type { Policy } from '../policy/policy.js'
 import { Devices } from './devices.js'
-import { auditSink } from './pipeline/audit.js'
-import { createPolicy } from './pipeline/authorize.js'
-import { handle, type AgentState } from './handlers.js'
+import { AuditLog } from '../audit/log.js'
+import { createPolicy } from './policy-config.js'
+import { handle } from './handlers.js'
+import type { AgentState } from './state.js'
 import { AgentServer } from './server.js'
 
 export interface AgentOptions {
@@ -40,7 +40,7 @@ export class Agent implements AgentState {
     this.configPath = options.configPath
     this.log = options.log ?? ((line) => process.stderr.write(`cargo-pkcs11-agent: ${line}\n`))
     this.policy = createPolicy(this.config, this.log)
-    this.audit = auditSink(this.config.agent.auditLog)
+    this.audit = new AuditLog(this.config.agent.auditLog)
     this.devices = new Devices(
       this.config,
       (token) => this.policy.cachedPin(token.name),
@@ -98,7 +98,7 @@ export class Agent implements AgentState {
     this.policy.close()
     this.config = next
     this.policy = createPolicy(next, this.log)
-    this.audit = auditSink(next.agent.auditLog)
+    this.audit = new AuditLog(next.agent.auditLog)
     this.log(`configuration reloaded from ${this.configPath ?? '(memory)'}; PINs forgotten, devices released`)
   }
 

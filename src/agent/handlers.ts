@@ -2,34 +2,20 @@
  * What each socket method does. `sign` runs the pipeline, one stage per file under pipeline/:
  * parse → bind → authorize → sign → audit → respond.
  */
-import type { Config, KeyRef, TokenConfig } from '../config/schema.js'
+import type { KeyRef, TokenConfig } from '../config/schema.js'
 import { AgentError } from '../lib/errors.js'
 import { k3Pid, k3Public } from '../keys/paserk.js'
-import type { AuditSink } from '../audit/entry.js'
-import type { Intent } from '../policy/intent.js'
+import type { Intent } from '../cargo/intent.js'
 import type { DeviceKey } from '../pkcs11/device.js'
-import type { Policy } from '../policy/policy.js'
-import type { Signer } from '../signer/signer.js'
-import type { Devices } from './devices.js'
+import type { AgentState } from './state.js'
 import { describeKey, selector } from './devices.js'
-import { registryPolicy, tokenPolicy } from './pipeline/authorize.js'
-import { bind, registryBinding } from './pipeline/bind.js'
-import { intentOf, parseRequest, parseRequester } from './pipeline/parse.js'
-import { cacheControl } from './pipeline/respond.js'
-import { signIntent, type Signed } from './pipeline/sign.js'
+import { tokenPolicy } from './policy-config.js'
+import { registryBinding } from './pipeline/bind.js'
+import { parseCargoLine, parseRequester } from './pipeline/parse.js'
+import { signPipeline } from './pipeline/run.js'
 import { SocketPrompter } from './prompter.js'
 import { PROTOCOL_VERSION, type Method } from './protocol.js'
 import type { RequestContext } from './server.js'
-
-export interface AgentState {
-  readonly config: Config
-  readonly socketPath: string
-  readonly configPath: string | undefined
-  readonly devices: Devices
-  readonly policy: Policy
-  readonly audit: AuditSink
-  readonly log: (line: string) => void
-}
 
 type Result = Record<string, unknown>
 type Params = Record<string, unknown>
@@ -64,59 +50,10 @@ export async function handle(
   }
 }
 
-/** The pipeline: parse → bind → policy (rate limit, confirmation, PIN, touch notice, audit) → sign → respond. */
-const sign: Handler = async (agent, params, context) => {
-  const request = parseRequest(params)
-  const intent = intentOf(request)
-  const binding = bind(agent.config, intent.indexUrl, intent.operation !== 'read')
-  const prompter = contextPrompter(agent, request.interactive, context)
-  const device = agent.devices.get(binding.token)
-  // Looking the key up before policy means a registry with no key yet answers KEY_NOT_FOUND (cargo:
-  // not-found, so `cargo login` proceeds) without asking for a PIN. Tokens that hide even public
-  // objects until login are looked up again after it.
-  let signer: Signer | undefined
-  try {
-    signer = await agent.devices.signer(binding.token, binding.keyRef)
-  } catch (error) {
-    if (!(error instanceof AgentError) || error.code !== 'KEY_NOT_FOUND' || !(await device.needsLogin()))
-      throw error
-  }
-  let signed: Signed | undefined
-  const policyRequest: Parameters<Policy['run']>[0] = {
-    intent,
-    prompter,
-    registry: registryPolicy(binding.registry),
-    token: tokenPolicy(binding.token),
-    device,
-    ...(signer === undefined ? {} : { kip: k3Pid(signer.publicKey) }),
-    sign: async () => {
-      signer ??= await agent.devices.signer(binding.token, binding.keyRef)
-      signed = await signIntent(intent, binding, signer)
-      return signed.token
-    },
-    audit: agent.audit,
-  }
-  let token: string
-  try {
-    token = await agent.policy.run(policyRequest)
-  } catch (error) {
-    agent.log(
-      `${intent.operation} for ${binding.registry.name}: ${error instanceof AgentError ? error.code : 'failed'}`,
-    )
-    throw error
-  }
-  const { iatSeconds, kip } = signed as Signed
-  agent.log(
-    `${intent.operation}${intent.name === undefined ? '' : ` ${intent.name}`}${intent.vers === undefined ? '' : ` ${intent.vers}`} for ${binding.registry.name}: signed with ${kip}`,
-  )
-  return {
-    token,
-    kip,
-    iat: iatSeconds,
-    key: (signer as Signer).description,
-    ...cacheControl(intent.operation, iatSeconds, binding.registry),
-  }
-}
+const sign: Handler = async (agent, params, context) =>
+  await signPipeline(agent, params, {
+    prompter: (interactive) => contextPrompter(agent, interactive, context),
+  })
 
 /** The shim's terminal answers only when the client declared itself interactive and the agent is not headless. */
 function contextPrompter(agent: AgentState, interactive: unknown, context: RequestContext): SocketPrompter {
@@ -125,7 +62,12 @@ function contextPrompter(agent: AgentState, interactive: unknown, context: Reque
 
 /** Non-signing requests (login, pubkey, keygen) log in through the same policy, described as this intent. */
 function adminIntent(params: Params, indexUrl: string, registryName?: string): Intent {
-  const intent: Intent = { indexUrl, operation: 'read', requester: parseRequester(params['requester']) }
+  const intent: Intent = {
+    indexUrl,
+    operation: 'read',
+    crate: {},
+    requester: parseRequester(params['requester']),
+  }
   if (registryName !== undefined) intent.registryName = registryName
   return intent
 }
@@ -219,13 +161,13 @@ const pubkey: Handler = async (agent, params, context) => {
  * but a key the registry does not know is useless until registered.
  */
 const login: Handler = async (agent, params, context) => {
-  const request = parseRequest(params)
-  if (request.cargo.kind !== 'login')
+  const cargo = parseCargoLine(params)
+  if (cargo.kind !== 'login')
     throw new AgentError('REQUEST_INVALID', 'login expects a cargo login request', {
       remedy: 'Send the login line cargo wrote',
     })
-  const registry = registryBinding(agent.config, request.cargo.registry.indexUrl)
-  const consent = registry.generateOnLogin || request.cargo.args.includes('--generate')
+  const registry = registryBinding(agent.config, cargo.registry.indexUrl)
+  const consent = registry.generateOnLogin || cargo.args.includes('--generate')
   const generated: string[] = []
   const keys: KeyInfo[] = []
   const refs =
@@ -265,8 +207,8 @@ const login: Handler = async (agent, params, context) => {
 
 /** `cargo logout`: forget the cached PINs of the registry's tokens; no key is touched. */
 function logout(agent: AgentState, params: Params): Result {
-  const request = parseRequest(params)
-  const registry = registryBinding(agent.config, request.cargo.registry.indexUrl)
+  const cargo = parseCargoLine(params)
+  const registry = registryBinding(agent.config, cargo.registry.indexUrl)
   const tokens = new Set([registry.readKey.token, registry.mutationKey.token])
   let forgotten = 0
   for (const token of tokens) if (agent.policy.pinCache.forget(token, 'lock')) forgotten += 1

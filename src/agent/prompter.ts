@@ -6,7 +6,8 @@
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { Pin } from '../lib/secret.js'
-import type { Intent, Notice, PinPrompt, Prompter } from '../policy/intent.js'
+import type { Notice, PinPrompt, Prompter } from '../policy/intent.js'
+import type { Intent } from '../cargo/intent.js'
 import type { EventName } from './protocol.js'
 import type { RequestContext } from './server.js'
 

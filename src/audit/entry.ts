@@ -5,12 +5,12 @@
  */
 import { createHash } from 'node:crypto'
 import { LIMITS } from '../lib/limits.js'
-import type { Intent } from '../policy/intent.js'
+import type { Approval, Intent } from '../cargo/intent.js'
 
 export type AuditResult = 'signed' | 'denied' | 'failed'
 
-/** How the mutation was approved: by a device touch, a yes on a terminal or in pinentry, or not at all. */
-export type AuditApproval = 'not-required' | 'touch' | 'terminal' | 'pinentry' | 'none'
+/** How the mutation was approved (src/cargo/intent.ts). */
+export type AuditApproval = Approval
 
 export interface AuditEntry {
   readonly v: 1
@@ -80,9 +80,10 @@ export function auditEntry(intent: Intent, outcome: AuditOutcome, now: Date = ne
     requester,
     result: outcome.result,
   }
-  if (intent.name !== undefined) entry.crate = cut(intent.name)
-  if (intent.vers !== undefined) entry.vers = cut(intent.vers)
-  if (intent.cksum !== undefined) entry.cksum = cut(intent.cksum.slice(0, AUDIT_CKSUM_CHARS))
+  const { name, vers, cksum } = intent.crate
+  if (name !== undefined) entry.crate = cut(name)
+  if (vers !== undefined) entry.vers = cut(vers)
+  if (cksum !== undefined) entry.cksum = cut(cksum.slice(0, AUDIT_CKSUM_CHARS))
   if (outcome.kip !== undefined) entry.kip = outcome.kip
   if (outcome.code !== undefined) entry.code = outcome.code
   if (outcome.reason !== undefined) entry.reason = cut(outcome.reason)

@@ -3,12 +3,10 @@
  * `credential/cargo-credential/src/lib.rs` define it (spec §1). Builtins only: the shim loads this.
  */
 import { AgentError, type ErrorCode } from '../lib/errors.js'
+import { crateFor, isOperation, OPERATIONS, type CrateRef, type Operation } from './operation.js'
 
 /** `{"v":[1]}`: the versions this provider speaks (spec §1.3). */
 export const HELLO = '{"v":[1]}'
-
-export const CARGO_OPERATIONS = ['read', 'publish', 'yank', 'unyank', 'owners'] as const
-export type CargoOperation = (typeof CARGO_OPERATIONS)[number]
 
 export interface CargoRegistry {
   readonly indexUrl: string
@@ -24,10 +22,9 @@ interface Common {
 
 export interface CargoGet extends Common {
   readonly kind: 'get'
-  readonly operation: CargoOperation
-  readonly name?: string
-  readonly vers?: string
-  readonly cksum?: string
+  readonly operation: Operation
+  /** Only the fields `operation` carries (OPERATION_FIELDS); empty for reads. */
+  readonly crate: CrateRef
 }
 
 export interface CargoLogin extends Common {
@@ -108,9 +105,11 @@ export function parseCargoRequest(line: string): CargoRequest {
     case 'get': {
       const operation = value['operation']
       if (typeof operation !== 'string') throw invalid('A `get` request has no `operation`')
-      if (!(CARGO_OPERATIONS as readonly string[]).includes(operation))
-        throw unsupported(`cargo asked for the unknown operation \`${operation}\``)
-      const op = operation as CargoOperation
+      if (!isOperation(operation))
+        throw unsupported(
+          `cargo asked for the unknown operation \`${operation}\` (this provider knows ${OPERATIONS.join(', ')})`,
+        )
+      const op = operation
       const name = optionalString(value, 'name')
       const vers = optionalString(value, 'vers')
       const cksum = optionalString(value, 'cksum')
@@ -124,16 +123,12 @@ export function parseCargoRequest(line: string): CargoRequest {
         if (!CKSUM.test(cksum))
           throw invalid("The `publish` request's `cksum` is not a lowercase hex SHA-256")
       }
-      const get: { -readonly [K in keyof CargoGet]: CargoGet[K] } = {
-        kind: 'get',
-        registry: reg,
-        args,
-        operation: op,
+      const crate: CrateRef = {
+        ...(name === undefined ? {} : { name }),
+        ...(vers === undefined ? {} : { vers }),
+        ...(cksum === undefined ? {} : { cksum }),
       }
-      if (op !== 'read' && name !== undefined) get.name = name
-      if ((op === 'publish' || op === 'yank' || op === 'unyank') && vers !== undefined) get.vers = vers
-      if (op === 'publish' && cksum !== undefined) get.cksum = cksum
-      return get
+      return { kind: 'get', registry: reg, args, operation: op, crate: crateFor(op, crate) }
     }
     case 'login': {
       const login: { -readonly [K in keyof CargoLogin]: CargoLogin[K] } = {

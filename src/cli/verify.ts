@@ -8,7 +8,7 @@
 import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { parseK3Public } from '../keys/paserk.js'
-import { OPERATIONS, isOperation } from '../token/operation.js'
+import { OPERATIONS, isOperation } from '../cargo/operation.js'
 import { verifyToken, type VerifyOptions } from '../verify/verify.js'
 import { parseCommandArgs, USAGE, usageError } from './args.js'
 
@@ -60,10 +60,12 @@ export function parseVerifyArgs(argv: readonly string[]): Omit<VerifyArgs, 'toke
   const operation = v.operation ?? 'read'
   if (!isOperation(operation))
     throw usage(`--operation must be one of ${OPERATIONS.join(', ')}; got '${operation}'`)
-  const options: VerifyOptions = { publicKey, url: v.url, operation }
-  if (v.name !== undefined) options.name = v.name
-  if (v.vers !== undefined) options.vers = v.vers
-  if (v.cksum !== undefined) options.cksum = v.cksum
+  const crate = {
+    ...(v.name === undefined ? {} : { name: v.name }),
+    ...(v.vers === undefined ? {} : { vers: v.vers }),
+    ...(v.cksum === undefined ? {} : { cksum: v.cksum }),
+  }
+  const options: VerifyOptions = { publicKey, url: v.url, operation, crate }
   if (v.subject !== undefined) options.subject = v.subject
   if (v['max-age'] !== undefined) {
     const seconds = /^\d+$/.test(v['max-age']) ? Number(v['max-age']) : Number.NaN

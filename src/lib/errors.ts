@@ -79,25 +79,49 @@ export function isErrorCode(value: unknown): value is ErrorCode {
   return typeof value === 'string' && ALL_CODES.has(value)
 }
 
+/**
+ * PIN tries left after a rejected login: a count where the device tells one (YubiKey PIV), else the
+ * token flags of PKCS#11 v2.40 section 3.2 (CK_TOKEN_INFO: CKF_USER_PIN_COUNT_LOW -> 'low',
+ * CKF_USER_PIN_FINAL_TRY -> 'final', CKF_USER_PIN_LOCKED -> 'locked').
+ */
+export type TriesLeft = number | 'low' | 'final' | 'locked'
+
+export function isTriesLeft(value: unknown): value is TriesLeft {
+  return (
+    (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) ||
+    value === 'low' ||
+    value === 'final' ||
+    value === 'locked'
+  )
+}
+
 export interface ErrorDetails {
   /** What the user should do next. Shown after the message. */
   readonly remedy?: string
   readonly cause?: unknown
   /** Structured context safe to log and to send over the socket (never secrets). */
   readonly data?: Readonly<Record<string, string | number | boolean>>
+  /** PIN_INCORRECT / PIN_LOCKED: what the device reported; also sent as `data.triesLeft`. */
+  readonly triesLeft?: TriesLeft | undefined
 }
 
 export class AgentError extends Error {
   readonly code: ErrorCode
   readonly remedy: string | undefined
   readonly data: Readonly<Record<string, string | number | boolean>>
+  readonly triesLeft: TriesLeft | undefined
 
   constructor(code: ErrorCode, message: string, details: ErrorDetails = {}) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause })
     this.name = 'AgentError'
     this.code = code
     this.remedy = details.remedy
-    this.data = Object.freeze({ ...(details.data ?? {}) })
+    const fromData = details.data?.['triesLeft']
+    this.triesLeft = details.triesLeft ?? (isTriesLeft(fromData) ? fromData : undefined)
+    this.data = Object.freeze({
+      ...(details.data ?? {}),
+      ...(this.triesLeft === undefined ? {} : { triesLeft: this.triesLeft }),
+    })
   }
 
   /** "message. remedy" — what a human reads. */

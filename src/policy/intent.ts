@@ -1,34 +1,11 @@
 /**
- * What a signing request is for, and the seam through which policy talks to the human of that one
- * request. The agent fills an `Intent` from cargo's request (forwarded by the shim with the
- * requesting process) and implements `Prompter` over the shim's socket; policy code only sees these
- * shapes. Design point 1 (design.md): every prompt and notice shows *what* is being approved.
+ * How policy shows a request to a human, and the seam through which it talks to the human of that
+ * one request. The agent fills an `Intent` (src/cargo/intent.ts) from cargo's request and implements
+ * `Prompter` over the shim's socket; policy code only sees these shapes. Design point 1 (design.md): every prompt and notice shows *what* is being approved.
  */
 import type { Pin } from '../lib/secret.js'
 import { LIMITS } from '../lib/limits.js'
-import type { Operation } from '../token/operation.js'
-
-/** The program that asked cargo to ask us (as the shim saw it). All fields are best effort. */
-export interface Requester {
-  pid?: number
-  ppid?: number
-  /** Command line of the requesting program (the shim's parent, usually `cargo publish`). */
-  command?: string
-  tty?: string
-}
-
-export interface Intent {
-  /** Registry name from cargo's config; absent for `--index` style URLs. */
-  registryName?: string
-  /** Index URL exactly as cargo sends it (`sparse+` prefix kept). */
-  indexUrl: string
-  operation: Operation
-  name?: string
-  vers?: string
-  /** Lowercase hex SHA-256 of the .crate (publish only). */
-  cksum?: string
-  requester: Requester
-}
+import type { Intent, Requester } from '../cargo/intent.js'
 
 /** How many hex digits of the checksum a human is shown (enough to compare with `sha256sum`). */
 export const CKSUM_PREFIX_CHARS = 8
@@ -72,11 +49,11 @@ export function describeRequester(requester: Requester): string {
  */
 export function describeIntent(intent: Intent): string {
   const registry = describeRegistry(intent)
-  const crate = [intent.name, intent.vers]
+  const crate = [intent.crate.name, intent.crate.vers]
     .filter((v): v is string => v !== undefined && v !== '')
     .map((v) => displaySafe(v))
     .join(' ')
-  const cksum = cksumPrefix(intent.cksum)
+  const cksum = cksumPrefix(intent.crate.cksum)
   const what = [intent.operation as string, crate, cksum === undefined ? '' : `(cksum ${cksum}…)`]
     .filter((s) => s !== '')
     .join(' ')

@@ -1,21 +1,18 @@
 /**
- * The policy stage of the pipeline (design.md): what must happen before the agent signs, and the
- * one call that runs a whole request through it.
+ * The policy stage's decisions, called in order by the agent's pipeline (src/agent/pipeline/run.ts):
  *
- *   const approval = await policy.beforeSign(intent, prompter, registry)     // rate limit + confirmation
- *   await policy.ensureLoggedIn(device, token, prompter, intent)             // cache → source → one C_Login
+ *   const approval = await policy.approve(intent, prompter, registry, token)  // rate limit + confirmation
+ *   await policy.ensureLoggedIn(device, token, prompter, intent)            // cache → source → one C_Login
  *   const token = await policy.withTouchNotice(sign(), { intent, prompter, tokenDescription })
- *   await audit.record(auditEntry(intent, { result: 'signed', token, kip, approval }))
  *
- * or all four, with the audit line for every outcome, through `policy.run(request)`.
- * Pure decisions and process I/O only (pinentry, notify-send): no files, no sockets (layering rule).
+ * Decisions and process I/O only (pinentry, notify-send): no files, no sockets, no audit log
+ * (test/unit/layering.test.ts).
  */
 import { createHmac, randomBytes } from 'node:crypto'
 
 import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { Pin } from '../lib/secret.js'
-import { auditEntry, type AuditApproval, type AuditSink } from '../audit/entry.js'
 import {
   isInteractiveSource,
   policyConfig,
@@ -23,7 +20,8 @@ import {
   type RegistryPolicy,
   type TokenPolicy,
 } from './config.js'
-import { describeIntent, describeRegistry, type Intent, type Notice, type Prompter } from './intent.js'
+import { describeIntent, describeRegistry, type Notice, type Prompter } from './intent.js'
+import type { Approval, Intent } from '../cargo/intent.js'
 import { desktopNotifier, silentNotifier, type DesktopNotifier } from './notify.js'
 import { PinCache, systemClock, type Clock } from './pin-cache.js'
 import { childEnvironment, pinentryConfirm, pinentryGetPin, type PinentryOptions } from './pinentry.js'
@@ -63,25 +61,6 @@ export interface PolicyDeps {
   /** Debug events (token ids, reasons, codes: never a PIN). */
   readonly log?: (event: string, data: Readonly<Record<string, string | number | boolean>>) => void
 }
-
-/** Everything `run` needs for one signing request. */
-export interface PolicyRequest {
-  readonly intent: Intent
-  readonly prompter: Prompter
-  readonly registry: RegistryPolicy
-  readonly token: TokenPolicy
-  readonly device: PolicyDevice
-  /** k3.pid of the key that will sign (recorded in the audit line). */
-  readonly kip?: string
-  /**
-   * Builds and signs the token (calls Signer.sign); may wait for a touch. May resolve to
-   * `{ token, kip }` when the key is only known after login (its k3.pid then goes into the audit line).
-   */
-  readonly sign: () => Promise<string | { token: string; kip: string }>
-  readonly audit: AuditSink
-}
-
-const DENIAL_CODES: ReadonlySet<string> = new Set(['DENIED', 'POLICY_DENIED', 'RATE_LIMITED'])
 
 const UNBLOCK_REMEDY =
   'Check and unblock the PIN with the PUK or SO PIN: `ykman piv info` / `ykman piv access unblock-pin` (YubiKey), ' +
@@ -127,22 +106,14 @@ export class Policy {
    * policy (the notice comes with the signature), `none` asks nothing. Throws RATE_LIMITED first, so
    * nobody is asked to approve a request that would be refused anyway. `token` (the signing token)
    * picks its `pinentry-program` for a pinentry CONFIRM.
+   * `release` gives the rate-limit slot back when the request ends without a released token.
    */
-  async beforeSign(
+  async approve(
     intent: Intent,
     prompter: Prompter,
     registry: RegistryPolicy,
     token?: TokenPolicy,
-  ): Promise<AuditApproval> {
-    return (await this.#beforeSign(intent, prompter, registry, token)).approval
-  }
-
-  async #beforeSign(
-    intent: Intent,
-    prompter: Prompter,
-    registry: RegistryPolicy,
-    token: TokenPolicy | undefined,
-  ): Promise<{ approval: AuditApproval; release: () => void }> {
+  ): Promise<{ approval: Approval; release: () => void }> {
     if (intent.operation === 'read') return { approval: 'not-required', release: () => undefined }
     const release = this.limiter.take(intent.indexUrl, registry.mutationsPerHour, describeRegistry(intent))
     try {
@@ -305,78 +276,6 @@ export class Policy {
       prompter: context.prompter,
       notifier: this.#notifier,
     })
-  }
-
-  /**
-   * The whole policy stage for one request, ending with the audit line. The token is returned only
-   * after its audit line is durable; if the line cannot be written the token is dropped (AUDIT_FAILED).
-   * Refusals are recorded as `denied`, every other failure as `failed`, and the error is rethrown.
-   */
-  async run(request: PolicyRequest): Promise<string> {
-    const { intent, prompter } = request
-    let approval: AuditApproval | undefined
-    let token: string
-    let kip = request.kip
-    // A mutation that ends without a released token (wrong PIN, no touch, audit failure) gives its
-    // rate-limit slot back: the limit counts mutations a registry could have received.
-    let releaseSlot = (): void => undefined
-    try {
-      const before = await this.#beforeSign(intent, prompter, request.registry, request.token)
-      approval = before.approval
-      releaseSlot = before.release
-      await this.ensureLoggedIn(request.device, request.token, prompter, intent)
-      const signed = await this.withTouchNotice(request.sign(), {
-        intent,
-        prompter,
-        tokenDescription: request.token.description,
-      })
-      if (typeof signed === 'string') token = signed
-      else {
-        token = signed.token
-        kip = signed.kip
-      }
-    } catch (error) {
-      releaseSlot()
-      const failure = toAgentError(error)
-      const outcome = {
-        result: DENIAL_CODES.has(failure.code) ? ('denied' as const) : ('failed' as const),
-        code: failure.code,
-        reason: failure.message,
-        ...(approval === undefined ? {} : { approval }),
-        ...(request.kip === undefined ? {} : { kip: request.kip }),
-      }
-      try {
-        await request.audit.record(auditEntry(intent, outcome))
-      } catch (auditError) {
-        this.#log('audit-failed', { code: toAgentError(auditError).code })
-      }
-      throw failure
-    }
-    try {
-      await request.audit.record(
-        auditEntry(intent, {
-          result: 'signed',
-          approval,
-          token,
-          ...(kip === undefined ? {} : { kip }),
-        }),
-      )
-    } catch (error) {
-      releaseSlot()
-      const failure = toAgentError(error, 'AUDIT_FAILED')
-      throw failure.code === 'AUDIT_FAILED'
-        ? failure
-        : new AgentError(
-            'AUDIT_FAILED',
-            `The audit line could not be written (${failure.message}), so the signed token was discarded`,
-            {
-              remedy:
-                'Check free space and permissions of the audit log directory (see `cargo-pkcs11-agent doctor`)',
-              cause: failure,
-            },
-          )
-    }
-    return token
   }
 
   /**

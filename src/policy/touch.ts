@@ -5,7 +5,8 @@
  * that never comes ends in TOUCH_TIMEOUT at the deadline.
  */
 import { AgentError } from '../lib/errors.js'
-import { describeIntent, type Intent, type Prompter } from './intent.js'
+import { describeIntent, type Prompter } from './intent.js'
+import type { Intent } from '../cargo/intent.js'
 import type { DesktopNotifier } from './notify.js'
 import type { Clock } from './pin-cache.js'
 import { systemClock } from './pin-cache.js'

@@ -119,7 +119,7 @@ async function perform(request: CargoRequest, line: string, baseEnv: NodeJS.Proc
           })
         if (request.operation !== 'read') {
           // Mutations are rare and matter: say what was signed, with which key. Reads stay quiet.
-          const what = [request.operation, request.name, request.vers]
+          const what = [request.operation, request.crate.name, request.crate.vers]
             .filter((v) => v !== undefined)
             .join(' ')
           say(

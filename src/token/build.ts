@@ -14,16 +14,15 @@ import { LIMITS } from '../lib/limits.js'
 import { k3Pid } from '../keys/paserk.js'
 import type { Signer } from '../signer/signer.js'
 import { formatIat } from './iat.js'
-import { OPERATION_FIELDS, isOperation, type Operation } from './operation.js'
+import { OPERATION_FIELDS, isOperation, type CrateRef, type Operation } from '../cargo/operation.js'
 import { v3PublicPae } from './pae.js'
 
 export interface TokenRequest {
   /** The registry's index URL exactly as cargo sends it (`sparse+https://…/index/` keeps `sparse+`). */
   indexUrl: string
   operation: Operation
-  name?: string | undefined
-  vers?: string | undefined
-  cksum?: string | undefined
+  /** The crate claims; exactly the fields OPERATION_FIELDS[operation] names (absent for reads). */
+  crate?: CrateRef | undefined
   /** The registry-issued subject (cargo's `secret-key-subject`), if any. */
   subject?: string | undefined
 }
@@ -76,18 +75,24 @@ export function validateTokenRequest(request: TokenRequest): Readonly<TokenReque
   checkText('indexUrl', request.indexUrl)
   if (!isOperation(request.operation)) throw invalid(`unknown operation ${JSON.stringify(request.operation)}`)
   const required = OPERATION_FIELDS[request.operation]
+  const crate = request.crate ?? {}
+  const copied: { -readonly [K in keyof CrateRef]: CrateRef[K] } = {}
   for (const field of ['name', 'vers', 'cksum'] as const) {
-    const value = request[field]
-    if (required.includes(field)) checkText(field, value)
-    else if (value !== undefined) throw invalid(`${field} must be absent for a ${request.operation} token`)
+    const value = crate[field]
+    if (required.includes(field)) {
+      checkText(field, value)
+      copied[field] = value
+    } else if (value !== undefined) throw invalid(`${field} must be absent for a ${request.operation} token`)
   }
-  if (request.cksum !== undefined && !CKSUM.test(request.cksum)) {
+  if (copied.cksum !== undefined && !CKSUM.test(copied.cksum)) {
     throw invalid('cksum must be the lowercase hex SHA-256 of the .crate file (64 characters)')
   }
   if (request.subject !== undefined) checkText('subject', request.subject)
-  const copy: TokenRequest = { indexUrl: request.indexUrl, operation: request.operation }
-  for (const field of ['name', 'vers', 'cksum', 'subject'] as const) {
-    if (request[field] !== undefined) copy[field] = request[field]
+  const copy: TokenRequest = {
+    indexUrl: request.indexUrl,
+    operation: request.operation,
+    crate: Object.freeze(copied),
+    ...(request.subject === undefined ? {} : { subject: request.subject }),
   }
   return Object.freeze(copy)
 }
@@ -97,9 +102,11 @@ export function tokenClaims(request: Readonly<TokenRequest>, iat: Date): Record<
   const claims: Record<string, string> = { iat: formatIat(iat) }
   if (request.subject !== undefined) claims['sub'] = request.subject
   if (request.operation !== 'read') claims['mutation'] = request.operation
-  if (request.name !== undefined) claims['name'] = request.name
-  if (request.vers !== undefined) claims['vers'] = request.vers
-  if (request.cksum !== undefined) claims['cksum'] = request.cksum
+  const crate = request.crate ?? {}
+  for (const field of ['name', 'vers', 'cksum'] as const) {
+    const value = crate[field]
+    if (value !== undefined) claims[field] = value
+  }
   return claims
 }
 

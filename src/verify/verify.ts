@@ -12,7 +12,7 @@ import { LIMITS } from '../lib/limits.js'
 import { k3Pid, parseK3Public } from '../keys/paserk.js'
 import { COMPRESSED_POINT_BYTES, publicKeyObject } from '../keys/point.js'
 import { parseIat } from '../token/iat.js'
-import { OPERATION_FIELDS, isOperation, type Operation } from '../token/operation.js'
+import { OPERATION_FIELDS, isOperation, type CrateRef, type Operation } from '../cargo/operation.js'
 import { parseV3PublicToken, verifyV3Public } from './paseto.js'
 
 export interface VerifyOptions {
@@ -22,9 +22,8 @@ export interface VerifyOptions {
   url: string
   /** What the HTTP request does: index/download -> read, PUT crates/new -> publish, ... */
   operation: Operation
-  name?: string | undefined
-  vers?: string | undefined
-  cksum?: string | undefined
+  /** What the request is about (from the URL or the publish body): the fields `operation` carries. */
+  crate?: CrateRef | undefined
   /** The subject the registry issued for this key; when absent, tokens must carry no `sub`. */
   subject?: string | undefined
   /** Oldest accepted `iat`, seconds (default LIMITS.defaultTokenMaxAgeSeconds, at most 15 min). */
@@ -119,7 +118,7 @@ function checkOptions(options: VerifyOptions): CheckedOptions {
   const fields = OPERATION_FIELDS[options.operation]
   const expected: CheckedOptions['expected'] = {}
   for (const field of ['name', 'vers', 'cksum'] as const) {
-    const value = options[field]
+    const value = options.crate?.[field]
     if (fields.includes(field)) {
       if (typeof value !== 'string' || value === '') {
         throw usage(`verifying a ${options.operation} token needs the expected ${field} from the request`)

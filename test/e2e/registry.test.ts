@@ -86,7 +86,7 @@ describe('verifying registry over HTTP', () => {
     call(
       'PUT',
       '/api/v1/crates/new',
-      await token({ operation: 'publish', name, vers, cksum: tokenCksum }),
+      await token({ operation: 'publish', crate: { name, vers, cksum: tokenCksum } }),
       publishBody(meta(name, vers), crate),
     )
 
@@ -189,26 +189,26 @@ describe('verifying registry over HTTP', () => {
       [
         'unyank token at yank',
         'DELETE',
-        await token({ operation: 'unyank', name: 'hwtok-alpha', vers: '0.1.0' }),
+        await token({ operation: 'unyank', crate: { name: 'hwtok-alpha', vers: '0.1.0' } }),
         /^MUTATION_MISMATCH: /,
       ],
       [
         'other crate',
         'DELETE',
-        await token({ operation: 'yank', name: 'hwtok-beta', vers: '0.1.0' }),
+        await token({ operation: 'yank', crate: { name: 'hwtok-beta', vers: '0.1.0' } }),
         /^NAME_MISMATCH: /,
       ],
       [
         'other version',
         'DELETE',
-        await token({ operation: 'yank', name: 'hwtok-alpha', vers: '0.1.1' }),
+        await token({ operation: 'yank', crate: { name: 'hwtok-alpha', vers: '0.1.1' } }),
         /^VERS_MISMATCH: /,
       ],
       [
         'other registry',
         'DELETE',
         await token(
-          { operation: 'yank', name: 'hwtok-alpha', vers: '0.1.0' },
+          { operation: 'yank', crate: { name: 'hwtok-alpha', vers: '0.1.0' } },
           signer,
           'sparse+http://registry.example/index/',
         ),
@@ -217,13 +217,13 @@ describe('verifying registry over HTTP', () => {
       [
         'unregistered key',
         'DELETE',
-        await token({ operation: 'yank', name: 'hwtok-alpha', vers: '0.1.0' }, stranger),
+        await token({ operation: 'yank', crate: { name: 'hwtok-alpha', vers: '0.1.0' } }, stranger),
         /^KEY_ID_MISMATCH: /,
       ],
       [
         'a subject this registry never issued',
         'DELETE',
-        await token({ operation: 'yank', name: 'hwtok-alpha', vers: '0.1.0', subject: 'someone' }),
+        await token({ operation: 'yank', crate: { name: 'hwtok-alpha', vers: '0.1.0' }, subject: 'someone' }),
         /^SUBJECT_MISMATCH: /,
       ],
       [
@@ -232,7 +232,7 @@ describe('verifying registry over HTTP', () => {
         (
           await buildToken(
             signer,
-            { indexUrl: registry.indexUrl, operation: 'yank', name: 'hwtok-alpha', vers: '0.1.0' },
+            { indexUrl: registry.indexUrl, operation: 'yank', crate: { name: 'hwtok-alpha', vers: '0.1.0' } },
             new Date(Date.now() - 10 * 60_000),
           )
         ).token,
@@ -253,7 +253,7 @@ describe('verifying registry over HTTP', () => {
     const r = await call(
       'GET',
       '/dl/hwtok-alpha/0.1.0',
-      await token({ operation: 'yank', name: 'hwtok-alpha', vers: '0.1.0' }),
+      await token({ operation: 'yank', crate: { name: 'hwtok-alpha', vers: '0.1.0' } }),
     )
     assert.equal(r.status, 401)
     assert.match(detail(r.text), /^(UNEXPECTED_CLAIM|MUTATION_MISMATCH): /)
@@ -266,7 +266,7 @@ describe('verifying registry over HTTP', () => {
   })
 
   test('yank, unyank: a mutation token is accepted once; a replay is refused', async () => {
-    const yank = await token({ operation: 'yank', name: 'hwtok-alpha', vers: '0.1.0' })
+    const yank = await token({ operation: 'yank', crate: { name: 'hwtok-alpha', vers: '0.1.0' } })
     const first = await call('DELETE', '/api/v1/crates/hwtok-alpha/0.1.0/yank', yank)
     assert.equal(first.status, 200, first.text)
     assert.deepEqual(JSON.parse(first.text), { ok: true })
@@ -277,7 +277,7 @@ describe('verifying registry over HTTP', () => {
     const unyank = await call(
       'PUT',
       '/api/v1/crates/hwtok-alpha/0.1.0/unyank',
-      await token({ operation: 'unyank', name: 'hwtok-alpha', vers: '0.1.0' }),
+      await token({ operation: 'unyank', crate: { name: 'hwtok-alpha', vers: '0.1.0' } }),
     )
     assert.equal(unyank.status, 200, unyank.text)
     assert.equal(registry.index('hwtok-alpha')[0]!.yanked, false)
@@ -288,7 +288,7 @@ describe('verifying registry over HTTP', () => {
   })
 
   test("owners: list, add, remove with cargo's JSON shapes", async () => {
-    const owners = (): Promise<string> => token({ operation: 'owners', name: 'hwtok-alpha' })
+    const owners = (): Promise<string> => token({ operation: 'owners', crate: { name: 'hwtok-alpha' } })
     const path = '/api/v1/crates/hwtok-alpha/owners'
     const list = await call('GET', path, await owners())
     assert.deepEqual(JSON.parse(list.text), { users: [{ id: 1, login: 'publisher', name: null }] })
@@ -305,7 +305,7 @@ describe('verifying registry over HTTP', () => {
     const vers = await call(
       'GET',
       path,
-      await token({ operation: 'yank', name: 'hwtok-alpha', vers: '0.1.0' }),
+      await token({ operation: 'yank', crate: { name: 'hwtok-alpha', vers: '0.1.0' } }),
     )
     assert.equal(vers.status, 401, 'a yank token is not an owners token')
   })
@@ -322,9 +322,7 @@ describe('verifying registry over HTTP', () => {
   test('malformed bodies and unknown routes are refused before any token check; invalid names and versions never become files', async () => {
     const publishToken = await token({
       operation: 'publish',
-      name: 'x',
-      vers: '9.9.9',
-      cksum: sha256(Buffer.from('x')),
+      crate: { name: 'x', vers: '9.9.9', cksum: sha256(Buffer.from('x')) },
     })
     const good = publishBody(meta('x', '9.9.9'), Buffer.from('x'))
     const bodies: [string, Buffer][] = [
@@ -348,7 +346,7 @@ describe('verifying registry over HTTP', () => {
       const bad = await call(
         'PUT',
         '/api/v1/crates/new',
-        await token({ operation: 'publish', name: name!, vers: vers!, cksum: sha256(crate) }),
+        await token({ operation: 'publish', crate: { name: name!, vers: vers!, cksum: sha256(crate) } }),
         publishBody(meta(name!, vers!), crate),
       )
       assert.equal(bad.status, 400, `${name} ${vers}`)

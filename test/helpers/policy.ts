@@ -4,7 +4,7 @@
  */
 import { readPinFile } from '../../src/lib/pin-file.js'
 import type { PolicyConfig } from '../../src/policy/config.js'
-import type { Intent } from '../../src/policy/intent.js'
+import type { Intent } from '../../src/cargo/intent.js'
 import { Policy, type PolicyDeps } from '../../src/policy/policy.js'
 import type { Signer } from '../../src/signer/signer.js'
 import { buildToken, type BuiltToken } from '../../src/token/build.js'
@@ -27,9 +27,7 @@ export async function buildIntentToken(signer: Signer, intent: Intent): Promise<
   return await buildToken(signer, {
     indexUrl: intent.indexUrl,
     operation: intent.operation,
-    name: intent.name,
-    vers: intent.vers,
-    cksum: intent.cksum,
+    crate: intent.crate,
   })
 }
 
@@ -43,8 +41,6 @@ export async function verifyIntentToken(
     publicKey,
     url: intent.indexUrl,
     operation: intent.operation,
-    name: intent.name,
-    vers: intent.vers,
-    cksum: intent.cksum,
+    crate: intent.crate,
   })
 }

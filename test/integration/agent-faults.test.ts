@@ -68,9 +68,7 @@ describe(
         publicKey: KNOWN_KEY.k3Public,
         url: INDEX,
         operation: 'publish',
-        name: 'foo',
-        vers: '1.0.0',
-        cksum: CKSUM,
+        crate: { name: 'foo', vers: '1.0.0', cksum: CKSUM },
       })
       assert.match(
         r.stderr,

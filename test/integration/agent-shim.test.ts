@@ -75,9 +75,7 @@ describe('agent + shim on SoftHSM', () => {
         publicKey: KNOWN_KEY.k3Public,
         url: INDEX,
         operation: 'publish',
-        name: 'foo',
-        vers: '1.0.0',
-        cksum: CKSUM,
+        crate: { name: 'foo', vers: '1.0.0', cksum: CKSUM },
       }),
     )
   })
@@ -98,9 +96,7 @@ describe('agent + shim on SoftHSM', () => {
       publicKey: KNOWN_KEY.k3Public,
       url: INDEX,
       operation: 'publish',
-      name: 'foo',
-      vers: '1.2.3',
-      cksum: CKSUM,
+      crate: { name: 'foo', vers: '1.2.3', cksum: CKSUM },
       strictLowS: true,
     })
     assert.equal(verified.claims['mutation'], 'publish')
@@ -110,9 +106,7 @@ describe('agent + shim on SoftHSM', () => {
         publicKey: KNOWN_KEY.k3Public,
         url: INDEX,
         operation: 'publish',
-        name: 'foo',
-        vers: '1.2.4',
-        cksum: CKSUM,
+        crate: { name: 'foo', vers: '1.2.4', cksum: CKSUM },
       }),
     )
     await assert.rejects(
@@ -120,9 +114,7 @@ describe('agent + shim on SoftHSM', () => {
         publicKey: KNOWN_KEY.k3Public,
         url: OTHER,
         operation: 'publish',
-        name: 'foo',
-        vers: '1.2.3',
-        cksum: CKSUM,
+        crate: { name: 'foo', vers: '1.2.3', cksum: CKSUM },
       }),
     )
   })
@@ -133,15 +125,14 @@ describe('agent + shim on SoftHSM', () => {
       publicKey: KNOWN_KEY.k3Public,
       url: INDEX,
       operation: 'yank',
-      name: 'foo',
-      vers: '1.2.3',
+      crate: { name: 'foo', vers: '1.2.3' },
     })
     const owners = okOf((await agent.runShim(cargoGet(INDEX, 'owners', { name: 'foo' }))).lines[1])
     await verifyToken(String(owners['token']), {
       publicKey: KNOWN_KEY.k3Public,
       url: INDEX,
       operation: 'owners',
-      name: 'foo',
+      crate: { name: 'foo' },
     })
   })
 

@@ -136,9 +136,7 @@ describe('agent socket and lifecycle', () => {
       publicKey: KNOWN_KEY.k3Public,
       url: INDEX,
       operation: 'publish',
-      name: 'foo',
-      vers: '1.0.0',
-      cksum: 'a'.repeat(64),
+      crate: { name: 'foo', vers: '1.0.0', cksum: 'a'.repeat(64) },
     })
     assert.equal(await exited, 0)
     assert.match(agent.log(), /SIGTERM: shutting down/)

@@ -138,9 +138,7 @@ describe('PIN and confirmation on the terminal', () => {
       publicKey: KNOWN_KEY.k3Public,
       url: INDEX,
       operation: 'publish',
-      name: 'foo',
-      vers: '2.0.0',
-      cksum: CKSUM,
+      crate: { name: 'foo', vers: '2.0.0', cksum: CKSUM },
     })
   })
 

@@ -122,17 +122,13 @@ describe('PKCS#11 device on SoftHSM', () => {
     const built = await buildToken(signer, {
       indexUrl,
       operation: 'publish',
-      name: 'foo',
-      vers: '1.2.3',
-      cksum,
+      crate: { name: 'foo', vers: '1.2.3', cksum },
     })
     const verified = await verifyToken(built.token, {
       publicKey: KNOWN_KEY.k3Public,
       url: indexUrl,
       operation: 'publish',
-      name: 'foo',
-      vers: '1.2.3',
-      cksum,
+      crate: { name: 'foo', vers: '1.2.3', cksum },
       strictLowS: true,
     })
     assert.equal(verified.claims['mutation'], 'publish')
@@ -146,9 +142,7 @@ describe('PKCS#11 device on SoftHSM', () => {
         publicKey: KNOWN_KEY.k3Public,
         url: indexUrl,
         operation: 'publish',
-        name: 'foo',
-        vers: '1.2.4',
-        cksum,
+        crate: { name: 'foo', vers: '1.2.4', cksum },
       }),
       'VERS_MISMATCH',
     )

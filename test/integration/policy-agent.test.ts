@@ -80,9 +80,7 @@ test('confirm = "prompt" with no terminal: pinentry CONFIRM shows the publish; y
     publicKey: KNOWN_KEY.k3Public,
     url: INDEX,
     operation: 'publish',
-    name: 'foo',
-    vers: '1.2.3',
-    cksum: CKSUM,
+    crate: { name: 'foo', vers: '1.2.3', cksum: CKSUM },
     strictLowS: true,
   })
   const confirmDesc = pinentry.commands('SETDESC').at(-1)?.arg ?? ''

@@ -4,6 +4,7 @@
  * C_GetTokenInfo, fails C_Login with a chosen CKR, delays C_Sign like a key waiting for a touch, and
  * counts every call. Policy runs against the real Device; prompts go to the scripted pinentry.
  */
+import { approveLoginSignAudit } from '../../src/agent/pipeline/run.js'
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -21,12 +22,13 @@ import {
   type RegistryPolicy,
   type TokenPolicy,
 } from '../../src/policy/config.js'
-import type { Intent } from '../../src/policy/intent.js'
+import type { Intent } from '../../src/cargo/intent.js'
 import { Policy } from '../../src/policy/policy.js'
 import {
   RecordingPrompter,
   ScriptedPinentry,
   publishIntent,
+  PUBLISH_CRATE,
   readIntent,
 } from '../fixtures/pinentry/harness.js'
 import { buildIntentToken, scriptedPolicy, verifyIntentToken } from '../helpers/policy.js'
@@ -104,19 +106,19 @@ async function request(
   prompter = new RecordingPrompter(false),
 ): Promise<string> {
   const signer = await device.signer({ label: 'gen' })
-  return p.run({
+  const signed = await approveLoginSignAudit(p, audit, {
     intent,
     prompter,
     registry,
     token: tok,
     device,
-    audit,
     sign: async () => {
       const built = await buildIntentToken(signer, intent)
       await verifyIntentToken(built.token, signer.publicKey, intent)
       return { token: built.token, kip: built.kip }
     },
   })
+  return signed.token
 }
 
 async function loggedOut(): Promise<void> {
@@ -239,7 +241,13 @@ test('a touch that never comes: TOUCH_TIMEOUT says so, nothing is released, the 
   faults(['sign_delay_ms=2500'])
   const prompter = new RecordingPrompter(false)
   await assert.rejects(
-    request(p, publishIntent({ vers: '3.0.0' }), registryPolicy({ confirm: 'touch' }), token(), prompter),
+    request(
+      p,
+      publishIntent({ crate: { ...PUBLISH_CRATE, vers: '3.0.0' } }),
+      registryPolicy({ confirm: 'touch' }),
+      token(),
+      prompter,
+    ),
     (e: unknown) => {
       assert.ok(e instanceof AgentError)
       assert.equal(e.code, 'TOUCH_TIMEOUT')

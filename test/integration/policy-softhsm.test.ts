@@ -3,6 +3,7 @@
  * real child process speaking Assuan, real signatures verified with src/verify, and the real
  * fsync'd audit log. The only wrapper is a pass-through that counts C_Login / C_Logout calls.
  */
+import { approveLoginSignAudit } from '../../src/agent/pipeline/run.js'
 import assert from 'node:assert/strict'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -19,13 +20,15 @@ import {
   type RegistryPolicy,
   type TokenPolicy,
 } from '../../src/policy/config.js'
-import { describeIntent, type Intent, type Prompter } from '../../src/policy/intent.js'
+import { describeIntent, type Prompter } from '../../src/policy/intent.js'
+import type { Intent } from '../../src/cargo/intent.js'
 import { Policy, type PolicyDevice } from '../../src/policy/policy.js'
 import type { Signer } from '../../src/signer/signer.js'
 import {
   RecordingPrompter,
   ScriptedPinentry,
   publishIntent,
+  PUBLISH_CRATE,
   readIntent,
 } from '../fixtures/pinentry/harness.js'
 import { buildIntentToken, scriptedPolicy, verifyIntentToken } from '../helpers/policy.js'
@@ -115,19 +118,19 @@ async function request(
   prompter: Prompter = new RecordingPrompter(false),
   token = tokenPolicy(),
 ): Promise<string> {
-  return p.run({
+  const signed = await approveLoginSignAudit(p, audit, {
     intent,
     prompter,
     registry,
     token,
     device: counted,
     kip: 'k3.pid.test',
-    audit,
     sign: async () => {
       signs += 1
-      return (await buildIntentToken(await getSigner(), intent)).token
+      return { token: (await buildIntentToken(await getSigner(), intent)).token }
     },
   })
+  return signed.token
 }
 
 async function verifies(token: string, intent: Intent): Promise<void> {
@@ -245,7 +248,9 @@ test('confirm = "prompt": deny is DENIED, nothing is signed, and the audit line 
   const p = shared.policy as Policy
   pinentry.script(['no'])
   const signsBefore = signs
-  await assert.rejects(request(p, publishIntent({ vers: '1.2.4' }), prompted), { code: 'DENIED' })
+  await assert.rejects(request(p, publishIntent({ crate: { ...PUBLISH_CRATE, vers: '1.2.4' } }), prompted), {
+    code: 'DENIED',
+  })
   assert.equal(signs, signsBefore)
   const line = lastAudit()
   assert.equal(line?.result, 'denied')
@@ -260,7 +265,8 @@ test('confirm on the requesting terminal (shim prompter): the question shows the
   prompter.answers = [true, false]
   prompter.pins = [PIN]
   const intent = publishIntent({ operation: 'yank' })
-  const { cksum: _c, ...yank } = intent
+  const { cksum: _c, ...yankCrate } = intent.crate
+  const yank = { ...intent, crate: yankCrate }
   await request(p, yank, prompted, prompter, tokenPolicy({ kind: 'tty' }))
   assert.equal(prompter.pinRequests.length, 1)
   assert.equal(prompter.pinRequests[0]?.reason, describeIntent(yank))
@@ -295,12 +301,12 @@ test('headless with pin-env works, and the PIN variable never reaches pinentry',
   pinentry.script(['yes'])
   const token = await request(
     p,
-    publishIntent({ vers: '2.0.0' }),
+    publishIntent({ crate: { ...PUBLISH_CRATE, vers: '2.0.0' } }),
     prompted,
     new RecordingPrompter(false),
     tokenPolicy({ kind: 'env', variable: 'CARGO_PKCS11_TEST_PIN' }),
   )
-  await verifies(token, publishIntent({ vers: '2.0.0' }))
+  await verifies(token, publishIntent({ crate: { ...PUBLISH_CRATE, vers: '2.0.0' } }))
   const start = pinentry
     .log()
     .filter((r) => r.event === 'start')

@@ -46,14 +46,12 @@ describe('Device.generateKey on tpm2-pkcs11 (swtpm)', () => {
     const built = await buildToken(signer, {
       indexUrl: INDEX_URL,
       operation: 'yank',
-      name: 'x',
-      vers: '1.0.0',
+      crate: { name: 'x', vers: '1.0.0' },
     })
     await verifyToken(built.token, {
       url: INDEX_URL,
       operation: 'yank',
-      name: 'x',
-      vers: '1.0.0',
+      crate: { name: 'x', vers: '1.0.0' },
       publicKey: key.publicKey,
       strictLowS: true,
     })

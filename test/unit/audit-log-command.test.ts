@@ -11,7 +11,7 @@ import { after, test } from 'node:test'
 import { auditEntry } from '../../src/audit/entry.js'
 import { AuditLog } from '../../src/audit/log.js'
 import { formatEntry, runLog } from '../../src/cli/log.js'
-import { publishIntent, readIntent } from '../fixtures/pinentry/harness.js'
+import { publishIntent, PUBLISH_CRATE, readIntent } from '../fixtures/pinentry/harness.js'
 
 const run = promisify(execFile)
 const dir = mkdtempSync(join(tmpdir(), 'audit-cli-'))
@@ -66,7 +66,10 @@ test('pretty lines show result, intent, requester, approval and key; -n picks th
 test('hostile text is shown terminal-safe', () => {
   const text = formatEntry(
     auditEntry(
-      publishIntent({ name: 'x\u001b]0;pwned\u0007', requester: { pid: 1, command: 'evil\rcargo publish' } }),
+      publishIntent({
+        crate: { ...PUBLISH_CRATE, name: 'x\u001b]0;pwned\u0007' },
+        requester: { pid: 1, command: 'evil\rcargo publish' },
+      }),
       { result: 'signed', token: 't' },
     ),
   )
@@ -82,9 +85,14 @@ test('--follow prints lines appended after it started, including one written in 
     pollMs: 20,
     signal: controller.signal,
   })
-  await audit.record(auditEntry(publishIntent({ vers: '9.9.9' }), { result: 'signed', token: 'x' }))
+  await audit.record(
+    auditEntry(publishIntent({ crate: { ...PUBLISH_CRATE, vers: '9.9.9' } }), {
+      result: 'signed',
+      token: 'x',
+    }),
+  )
   const line = JSON.stringify(
-    auditEntry(publishIntent({ vers: '9.9.10' }), {
+    auditEntry(publishIntent({ crate: { ...PUBLISH_CRATE, vers: '9.9.10' } }), {
       result: 'failed',
       code: 'TOUCH_TIMEOUT',
       reason: 'No touch',

@@ -7,7 +7,7 @@ import { after, test } from 'node:test'
 import { auditEntry, tokenFingerprint } from '../../src/audit/entry.js'
 import { AuditLog, parseAuditLines } from '../../src/audit/log.js'
 import { LIMITS } from '../../src/lib/limits.js'
-import { publishIntent, readIntent } from '../fixtures/pinentry/harness.js'
+import { publishIntent, PUBLISH_CRATE, readIntent } from '../fixtures/pinentry/harness.js'
 
 const root = mkdtempSync(join(tmpdir(), 'audit-'))
 after(() => rmSync(root, { recursive: true, force: true }))
@@ -53,7 +53,12 @@ test('concurrent records land whole and in call order', async () => {
   const log = new AuditLog(path)
   await Promise.all(
     Array.from({ length: 40 }, (_, i) =>
-      log.record(auditEntry(publishIntent({ vers: `1.0.${i}` }), { result: 'signed', token: `t${i}` })),
+      log.record(
+        auditEntry(publishIntent({ crate: { ...PUBLISH_CRATE, vers: `1.0.${i}` } }), {
+          result: 'signed',
+          token: `t${i}`,
+        }),
+      ),
     ),
   )
   const entries = parseAuditLines(readFileSync(path, 'utf8'))

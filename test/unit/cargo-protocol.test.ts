@@ -37,9 +37,9 @@ describe('cargo request parsing (spec §1.4)', () => {
       {
         kind: publish.kind,
         op: publish.kind === 'get' && publish.operation,
-        name: publish.kind === 'get' && publish.name,
-        vers: publish.kind === 'get' && publish.vers,
-        cksum: publish.kind === 'get' && publish.cksum,
+        name: publish.kind === 'get' && publish.crate.name,
+        vers: publish.kind === 'get' && publish.crate.vers,
+        cksum: publish.kind === 'get' && publish.crate.cksum,
       },
       { kind: 'get', op: 'publish', name: 'foo-ext', vers: '0.1.0', cksum: CKSUM },
     )
@@ -60,8 +60,8 @@ describe('cargo request parsing (spec §1.4)', () => {
       `{"v":1,"registry":{"index-url":"${INDEX}"},"kind":"get","operation":"owners","name":"foo","vers":"1.0.0"}`,
     )
     assert.ok(owners.kind === 'get')
-    assert.equal(owners.name, 'foo')
-    assert.equal(owners.vers, undefined)
+    assert.equal(owners.crate.name, 'foo')
+    assert.equal(owners.crate.vers, undefined)
   })
 
   test('malformed input is REQUEST_INVALID, unknown kinds and operations OPERATION_UNSUPPORTED', () => {
@@ -169,7 +169,7 @@ describe('read-token cache expiry', () => {
       cache: 'expires',
       expiration: iat + 900 + 60 - LIMITS.readTokenCacheSafetySeconds,
     })
-    for (const op of ['publish', 'yank', 'unyank', 'owners'])
+    for (const op of ['publish', 'yank', 'unyank', 'owners'] as const)
       assert.deepEqual(cacheControl(op, iat, { tokenMaxAgeSeconds: 900 }), { cache: 'never' })
   })
 

@@ -9,7 +9,7 @@ import { AgentError } from '../../src/lib/errors.js'
 import { k3Pid, parseK3Public } from '../../src/keys/paserk.js'
 import { MemorySigner } from '../../src/signer/memory.js'
 import { buildToken } from '../../src/token/build.js'
-import { OPERATIONS, type Operation } from '../../src/token/operation.js'
+import { OPERATIONS, type CrateRef, type Operation } from '../../src/cargo/operation.js'
 import { v3PublicPae } from '../../src/token/pae.js'
 import { parseV3PublicToken } from '../../src/verify/paseto.js'
 import { verifyToken, type VerifyOptions } from '../../src/verify/verify.js'
@@ -35,11 +35,18 @@ const publishCksum = payloadOf(vectors.find((v) => operationOf(v) === 'publish')
 /** Options a registry would pass for `operation`, with this token's crate/version and the capture's cksum. */
 function optionsFor(v: CargoVector, operation: Operation): VerifyOptions {
   const p = payloadOf(v)
-  const options: VerifyOptions = { publicKey: v['public-key'], url: urlOf(v), operation, checkTime: false }
-  if (operation !== 'read') options.name = p.name ?? 'sample-crate'
+  const crate: { -readonly [K in keyof CrateRef]: CrateRef[K] } = {}
+  if (operation !== 'read') crate.name = p.name ?? 'sample-crate'
   if (operation === 'publish' || operation === 'yank' || operation === 'unyank')
-    options.vers = p.vers ?? '0.1.0'
-  if (operation === 'publish') options.cksum = p.cksum ?? publishCksum
+    crate.vers = p.vers ?? '0.1.0'
+  if (operation === 'publish') crate.cksum = p.cksum ?? publishCksum
+  const options: VerifyOptions = {
+    publicKey: v['public-key'],
+    url: urlOf(v),
+    operation,
+    crate,
+    checkTime: false,
+  }
   if (p.sub !== undefined) options.subject = p.sub
   return options
 }
@@ -97,9 +104,11 @@ for (const v of vectors) {
     const built = await buildToken(signer, {
       indexUrl: urlOf(v),
       operation: operationOf(v),
-      name: p.name,
-      vers: p.vers,
-      cksum: p.cksum,
+      crate: {
+        ...(p.name === undefined ? {} : { name: p.name }),
+        ...(p.vers === undefined ? {} : { vers: p.vers }),
+        ...(p.cksum === undefined ? {} : { cksum: p.cksum }),
+      },
       subject: p.sub,
     })
     const ours = parseV3PublicToken(built.token)

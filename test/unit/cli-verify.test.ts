@@ -57,9 +57,7 @@ before(async () => {
     await buildToken(signer, {
       indexUrl: URL_,
       operation: 'publish',
-      name: 'foo',
-      vers: '1.0.0',
-      cksum: CKSUM,
+      crate: { name: 'foo', vers: '1.0.0', cksum: CKSUM },
     })
   ).token
 })

@@ -4,6 +4,7 @@
  * LOCKED and has no PIN pad, so those token states are simulated here the way a PIV card reports
  * them (3 tries; low at 2, final at 1, locked at 0).
  */
+import { approveLoginSignAudit } from '../../src/agent/pipeline/run.js'
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 
@@ -14,6 +15,29 @@ import { registryPolicy, type PolicyConfig, type TokenPolicy } from '../../src/p
 import type { DesktopNotifier } from '../../src/policy/notify.js'
 import { Policy, type PolicyDevice, type PolicyDeviceStatus } from '../../src/policy/policy.js'
 import { RecordingPrompter, publishIntent, readIntent } from '../fixtures/pinentry/harness.js'
+
+/** The agent's approve → login → sign → audit stages (src/agent/pipeline/run.ts) over this policy. */
+async function run(
+  p: Policy,
+  request: Omit<Parameters<typeof approveLoginSignAudit>[2], 'sign'> & {
+    audit: MemoryAudit
+    sign: () => Promise<string | { token: string; kip: string }>
+  },
+): Promise<string> {
+  const { audit, sign, ...stages } = request
+  const signed = await approveLoginSignAudit(p, audit, {
+    ...stages,
+    sign: async () => {
+      const result = await sign()
+      return typeof result === 'string' ? { token: result } : result
+    },
+  })
+  return signed.token
+}
+
+async function approval(p: Policy, ...args: Parameters<Policy['approve']>): Promise<string> {
+  return (await p.approve(...args)).approval
+}
 
 class FakePivDevice implements PolicyDevice {
   tries = 3
@@ -255,15 +279,16 @@ test('mutations: rate limited per registry before anyone is asked; a refusal giv
   const registry = registryPolicy({ confirm: 'prompt', mutationsPerHour: 2 })
   const prompter = new RecordingPrompter()
   prompter.answers = [true, false, true]
-  assert.equal(await p.beforeSign(publishIntent(), prompter, registry), 'terminal')
-  await assert.rejects(p.beforeSign(publishIntent(), prompter, registry), { code: 'DENIED' })
-  assert.equal(await p.beforeSign(publishIntent(), prompter, registry), 'terminal')
-  await assert.rejects(p.beforeSign(publishIntent(), prompter, registry), { code: 'RATE_LIMITED' })
+  assert.equal(await approval(p, publishIntent(), prompter, registry), 'terminal')
+  await assert.rejects(approval(p, publishIntent(), prompter, registry), { code: 'DENIED' })
+  assert.equal(await approval(p, publishIntent(), prompter, registry), 'terminal')
+  await assert.rejects(approval(p, publishIntent(), prompter, registry), { code: 'RATE_LIMITED' })
   assert.equal(prompter.confirmations.length, 3)
   for (let i = 0; i < 5; i++)
-    assert.equal(await p.beforeSign(readIntent(), prompter, registry), 'not-required')
+    assert.equal(await approval(p, readIntent(), prompter, registry), 'not-required')
   assert.equal(
-    await p.beforeSign(
+    await approval(
+      p,
       publishIntent({ indexUrl: 'sparse+http://127.0.0.1:9/index/' }),
       prompter,
       registryPolicy({ confirm: 'touch' }),
@@ -271,7 +296,8 @@ test('mutations: rate limited per registry before anyone is asked; a refusal giv
     'touch',
   )
   assert.equal(
-    await p.beforeSign(
+    await approval(
+      p,
       publishIntent({ indexUrl: 'sparse+http://127.0.0.1:9/index/' }),
       prompter,
       registryPolicy({ confirm: 'none' }),
@@ -293,7 +319,7 @@ function runRequest(
 ) {
   const device = new FakePivDevice()
   device.loggedIn = true
-  return p.run({
+  return run(p, {
     intent: publishIntent(),
     prompter,
     registry: registryPolicy({ confirm: 'touch' }),
@@ -358,7 +384,7 @@ test('a key found only after login: sign may return its k3.pid for the audit lin
   const audit = new MemoryAudit()
   const device = new FakePivDevice()
   device.loggedIn = true
-  const token = await make().run({
+  const token = await run(make(), {
     intent: readIntent(),
     prompter: new RecordingPrompter(),
     registry: registryPolicy(),
@@ -385,12 +411,12 @@ test('a mutation that ends without a released token gives its rate-limit slot ba
     device,
     audit: new MemoryAudit(),
   }
-  await assert.rejects(p.run({ ...base, sign: () => new Promise<string>(() => {}) }), {
+  await assert.rejects(run(p, { ...base, sign: () => new Promise<string>(() => {}) }), {
     code: 'TOUCH_TIMEOUT',
   })
   assert.equal(p.limiter.count(publishIntent().indexUrl), 0)
-  assert.equal(await p.run({ ...base, sign: async () => 'v3.public.ok' }), 'v3.public.ok')
-  await assert.rejects(p.run({ ...base, sign: async () => 'v3.public.again' }), { code: 'RATE_LIMITED' })
+  assert.equal(await run(p, { ...base, sign: async () => 'v3.public.ok' }), 'v3.public.ok')
+  await assert.rejects(run(p, { ...base, sign: async () => 'v3.public.again' }), { code: 'RATE_LIMITED' })
 })
 
 test('a token whose audit line cannot be written is not released (AUDIT_FAILED)', async () => {

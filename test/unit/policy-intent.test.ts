@@ -3,7 +3,7 @@ import { test } from 'node:test'
 
 import { LIMITS } from '../../src/lib/limits.js'
 import { describeIntent, displaySafe } from '../../src/policy/intent.js'
-import { publishIntent, readIntent } from '../fixtures/pinentry/harness.js'
+import { publishIntent, PUBLISH_CRATE, readIntent } from '../fixtures/pinentry/harness.js'
 
 test('a publish intent names operation, crate, version, checksum start, registry, URL and requester', () => {
   assert.equal(
@@ -18,7 +18,8 @@ test('reads, yanks and owners read naturally; a nameless registry shows its URL'
     'read from my-registry (sparse+http://127.0.0.1:8080/index/), requested by pid 4242 `cargo build`',
   )
   const { registryName: _unused, ...noName } = publishIntent({ operation: 'yank' })
-  const { cksum: _c, ...yank } = noName
+  const { cksum: _c, ...yankCrate } = noName.crate
+  const yank = { ...noName, crate: yankCrate }
   assert.equal(
     describeIntent(yank),
     'yank foo 1.2.3 on sparse+http://127.0.0.1:8080/index/, requested by pid 4242 `cargo publish`',
@@ -26,7 +27,7 @@ test('reads, yanks and owners read naturally; a nameless registry shows its URL'
   const owners = describeIntent({
     indexUrl: 'sparse+http://127.0.0.1:1/index/',
     operation: 'owners',
-    name: 'bar',
+    crate: { name: 'bar' },
     requester: {},
   })
   assert.equal(owners, 'owners bar on sparse+http://127.0.0.1:1/index/, requested by an unknown program')
@@ -34,7 +35,7 @@ test('reads, yanks and owners read naturally; a nameless registry shows its URL'
 
 test('control characters from another process cannot rewrite the prompt', () => {
   const hostile = publishIntent({
-    name: 'foo\u001b[2K\rpublish nice-crate',
+    crate: { ...PUBLISH_CRATE, name: 'foo\u001b[2K\rpublish nice-crate' },
     requester: { pid: 1, command: 'cargo\npublish\u202e' },
   })
   const text = describeIntent(hostile)

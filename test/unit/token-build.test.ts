@@ -60,30 +60,32 @@ const REQUESTS: Record<string, { request: TokenRequest; payload: string }> = {
     payload: '{"iat":"2026-11-25T16:07:59.219Z","sub":"team-abc"}',
   },
   publish: {
-    request: { indexUrl: URL, operation: 'publish', name: 'sample-crate', vers: '0.1.0', cksum: CKSUM },
+    request: {
+      indexUrl: URL,
+      operation: 'publish',
+      crate: { name: 'sample-crate', vers: '0.1.0', cksum: CKSUM },
+    },
     payload: `{"iat":"2026-11-25T16:07:59.219Z","mutation":"publish","name":"sample-crate","vers":"0.1.0","cksum":"${CKSUM}"}`,
   },
   'publish with sub': {
     request: {
       indexUrl: URL,
       operation: 'publish',
-      name: 'sample-crate',
-      vers: '0.1.0',
-      cksum: CKSUM,
+      crate: { name: 'sample-crate', vers: '0.1.0', cksum: CKSUM },
       subject: 's',
     },
     payload: `{"iat":"2026-11-25T16:07:59.219Z","sub":"s","mutation":"publish","name":"sample-crate","vers":"0.1.0","cksum":"${CKSUM}"}`,
   },
   yank: {
-    request: { indexUrl: URL, operation: 'yank', name: 'sample-crate', vers: '0.1.0' },
+    request: { indexUrl: URL, operation: 'yank', crate: { name: 'sample-crate', vers: '0.1.0' } },
     payload: '{"iat":"2026-11-25T16:07:59.219Z","mutation":"yank","name":"sample-crate","vers":"0.1.0"}',
   },
   unyank: {
-    request: { indexUrl: URL, operation: 'unyank', name: 'sample-crate', vers: '0.1.0' },
+    request: { indexUrl: URL, operation: 'unyank', crate: { name: 'sample-crate', vers: '0.1.0' } },
     payload: '{"iat":"2026-11-25T16:07:59.219Z","mutation":"unyank","name":"sample-crate","vers":"0.1.0"}',
   },
   'owners with sub': {
-    request: { indexUrl: URL, operation: 'owners', name: 'sample-crate', subject: 'team-abc' },
+    request: { indexUrl: URL, operation: 'owners', crate: { name: 'sample-crate' }, subject: 'team-abc' },
     payload: '{"iat":"2026-11-25T16:07:59.219Z","sub":"team-abc","mutation":"owners","name":"sample-crate"}',
   },
 }
@@ -119,11 +121,9 @@ test('token bytes are deterministic apart from the signature: exact payload and 
   }
 })
 
-function expectation(
-  request: TokenRequest,
-): Pick<TokenRequest, 'operation' | 'name' | 'vers' | 'cksum' | 'subject'> {
-  const { operation, name, vers, cksum, subject } = request
-  return { operation, name, vers, cksum, subject }
+function expectation(request: TokenRequest): Pick<TokenRequest, 'operation' | 'crate' | 'subject'> {
+  const { operation, crate, subject } = request
+  return { operation, crate, subject }
 }
 
 test("paseto's own v3.public verifier accepts our tokens and sees only our claims (no exp added)", async () => {
@@ -137,17 +137,24 @@ test("paseto's own v3.public verifier accepts our tokens and sees only our claim
 test('buildToken refuses requests cargo would never send, with REQUEST_INVALID', async () => {
   const signer = MemorySigner.generate()
   const bad: [string, TokenRequest][] = [
-    ['publish without cksum', { indexUrl: URL, operation: 'publish', name: 'a', vers: '1.0.0' }],
+    ['publish without cksum', { indexUrl: URL, operation: 'publish', crate: { name: 'a', vers: '1.0.0' } }],
     [
       'publish with upper-case cksum',
-      { indexUrl: URL, operation: 'publish', name: 'a', vers: '1.0.0', cksum: CKSUM.toUpperCase() },
+      {
+        indexUrl: URL,
+        operation: 'publish',
+        crate: { name: 'a', vers: '1.0.0', cksum: CKSUM.toUpperCase() },
+      },
     ],
-    ['yank without vers', { indexUrl: URL, operation: 'yank', name: 'a' }],
-    ['yank with cksum', { indexUrl: URL, operation: 'yank', name: 'a', vers: '1.0.0', cksum: CKSUM }],
-    ['owners with vers', { indexUrl: URL, operation: 'owners', name: 'a', vers: '1.0.0' }],
-    ['read with name', { indexUrl: URL, operation: 'read', name: 'a' }],
+    ['yank without vers', { indexUrl: URL, operation: 'yank', crate: { name: 'a' } }],
+    [
+      'yank with cksum',
+      { indexUrl: URL, operation: 'yank', crate: { name: 'a', vers: '1.0.0', cksum: CKSUM } },
+    ],
+    ['owners with vers', { indexUrl: URL, operation: 'owners', crate: { name: 'a', vers: '1.0.0' } }],
+    ['read with name', { indexUrl: URL, operation: 'read', crate: { name: 'a' } }],
     ['empty url', { indexUrl: '', operation: 'read' }],
-    ['newline in name', { indexUrl: URL, operation: 'owners', name: 'a\nb' }],
+    ['newline in name', { indexUrl: URL, operation: 'owners', crate: { name: 'a\nb' } }],
     ['empty subject', { indexUrl: URL, operation: 'read', subject: '' }],
     ['huge url', { indexUrl: `sparse+http://127.0.0.1/${'x'.repeat(5000)}/`, operation: 'read' }],
     ['unknown operation', { indexUrl: URL, operation: 'login' as TokenRequest['operation'] }],
@@ -177,9 +184,7 @@ test('a token longer than LIMITS.tokenMaxChars is refused before the signer is a
   const request: TokenRequest = {
     indexUrl: long,
     operation: 'publish',
-    name: long,
-    vers: long,
-    cksum: CKSUM,
+    crate: { name: long, vers: long, cksum: CKSUM },
     subject: long,
   }
   await assert.rejects(buildToken(counting, request), {
@@ -191,7 +196,7 @@ test('a token longer than LIMITS.tokenMaxChars is refused before the signer is a
   const fits = await buildToken(counting, {
     indexUrl: URL,
     operation: 'owners',
-    name: 'x'.repeat(2000),
+    crate: { name: 'x'.repeat(2000) },
     subject: 'y'.repeat(2000),
   })
   assert.equal(asked, 1)

@@ -10,7 +10,7 @@ import { publicKeyObject } from '../../src/keys/point.js'
 import { isHighS } from '../../src/keys/signature.js'
 import { MemorySigner } from '../../src/signer/memory.js'
 import { buildToken, type TokenRequest } from '../../src/token/build.js'
-import { OPERATIONS } from '../../src/token/operation.js'
+import { OPERATIONS, type CrateRef } from '../../src/cargo/operation.js'
 import { v3PublicPae } from '../../src/token/pae.js'
 import { parseV3PublicToken } from '../../src/verify/paseto.js'
 import { verifyToken } from '../../src/verify/verify.js'
@@ -35,10 +35,12 @@ function randomRequest(): TokenRequest {
     operation,
   }
   if (randomInt(2) === 1) request.subject = randomText(16)
-  if (operation !== 'read') request.name = randomText(32)
+  const crate: { -readonly [K in keyof CrateRef]: CrateRef[K] } = {}
+  if (operation !== 'read') crate.name = randomText(32)
   if (operation === 'publish' || operation === 'yank' || operation === 'unyank')
-    request.vers = `${randomInt(100)}.${randomInt(100)}.${randomInt(100)}${randomInt(3) === 0 ? `-${randomText(6)}` : ''}`
-  if (operation === 'publish') request.cksum = randomBytes(32).toString('hex')
+    crate.vers = `${randomInt(100)}.${randomInt(100)}.${randomInt(100)}${randomInt(3) === 0 ? `-${randomText(6)}` : ''}`
+  if (operation === 'publish') crate.cksum = randomBytes(32).toString('hex')
+  if (operation !== 'read') request.crate = crate
   return request
 }
 
@@ -60,9 +62,7 @@ test(`${COUNT} tokens from random claims verify with our verifier, paseto's v3 v
       publicKey: k3Public(signer.publicKey),
       url: request.indexUrl,
       operation: request.operation,
-      name: request.name,
-      vers: request.vers,
-      cksum: request.cksum,
+      crate: request.crate,
       subject: request.subject,
       strictLowS: true,
     })

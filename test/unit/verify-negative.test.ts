@@ -4,6 +4,7 @@ import { before, test } from 'node:test'
 import { PublicProtocol } from 'paseto'
 import { ImportSecretKeyFactory, SignFactory } from 'paseto/v3/public'
 
+import type { CrateRef } from '../../src/cargo/operation.js'
 import { AgentError, VERIFY_CODES, type VerifyCode } from '../../src/lib/errors.js'
 import { k3Pid, k3Public } from '../../src/keys/paserk.js'
 import { MemorySigner } from '../../src/signer/memory.js'
@@ -51,12 +52,16 @@ const footerOf = (signer: MemorySigner, url = URL): Record<string, string> => ({
 })
 const iat = (offsetSeconds: number): string => new Date(NOW.valueOf() + offsetSeconds * 1000).toISOString()
 
+/** Options for `operation` on crate foo 1.0.0; the fields of `extra.crate` replace the defaults one by one. */
 function base(operation: VerifyOptions['operation'], extra: Partial<VerifyOptions> = {}): VerifyOptions {
   const o: VerifyOptions = { publicKey: k3Public(alice.publicKey), url: URL, operation, now: NOW }
-  if (operation === 'publish') Object.assign(o, { name: 'foo', vers: '1.0.0', cksum: CKSUM })
-  if (operation === 'yank' || operation === 'unyank') Object.assign(o, { name: 'foo', vers: '1.0.0' })
-  if (operation === 'owners') Object.assign(o, { name: 'foo' })
-  return Object.assign(o, extra)
+  let crate: CrateRef | undefined
+  if (operation === 'publish') crate = { name: 'foo', vers: '1.0.0', cksum: CKSUM }
+  if (operation === 'yank' || operation === 'unyank') crate = { name: 'foo', vers: '1.0.0' }
+  if (operation === 'owners') crate = { name: 'foo' }
+  Object.assign(o, extra)
+  if (crate !== undefined || extra.crate !== undefined) o.crate = { ...crate, ...extra.crate }
+  return o
 }
 
 interface Case {
@@ -75,7 +80,7 @@ const publishToken = async (): Promise<string> =>
   (
     await buildToken(
       alice,
-      { indexUrl: URL, operation: 'publish', name: 'foo', vers: '1.0.0', cksum: CKSUM },
+      { indexUrl: URL, operation: 'publish', crate: { name: 'foo', vers: '1.0.0', cksum: CKSUM } },
       NOW,
     )
   ).token
@@ -131,19 +136,19 @@ const CASES: Case[] = [
   {
     name: 'publish token replayed for another crate',
     token: publishToken,
-    options: () => base('publish', { name: 'bar' }),
+    options: () => base('publish', { crate: { name: 'bar' } }),
     code: 'NAME_MISMATCH',
   },
   {
     name: 'publish token replayed for another version',
     token: publishToken,
-    options: () => base('publish', { vers: '1.0.1' }),
+    options: () => base('publish', { crate: { vers: '1.0.1' } }),
     code: 'VERS_MISMATCH',
   },
   {
     name: 'publish token replayed for another upload',
     token: publishToken,
-    options: () => base('publish', { cksum: CKSUM.replace('a9', 'b9') }),
+    options: () => base('publish', { crate: { cksum: CKSUM.replace('a9', 'b9') } }),
     code: 'CKSUM_MISMATCH',
   },
   {
@@ -434,12 +439,13 @@ test('verify options are validated before any token is looked at', async () => {
     { maxAgeSeconds: 901 },
     { maxAgeSeconds: 0 },
     { clockSkewSeconds: -1 },
-    { name: 'foo' },
+    { crate: { name: 'foo' } },
     { url: '' },
   ]
   for (const extra of usage)
     await assert.rejects(verifyToken(token, base('read', extra)), { code: 'USAGE' }, JSON.stringify(extra))
-  await assert.rejects(verifyToken(token, { ...base('publish'), cksum: undefined }), { code: 'USAGE' })
+  const { cksum: _c, ...noCksum } = base('publish').crate ?? {}
+  await assert.rejects(verifyToken(token, { ...base('publish'), crate: noCksum }), { code: 'USAGE' })
   await assert.rejects(verifyToken(token, base('read', { publicKey: 'k3.public.AAAA' })), {
     code: 'KEY_INVALID',
   })

@@ -1,5 +1,5 @@
 /**
- * Stage 2: registry binding. The agent signs only for index URLs bound in its config, compared byte
+ * Stage "bind": registry binding. The agent signs only for index URLs bound in its config, compared byte
  * for byte (RFC 3231: the footer `url` is what the registry checks; a near-miss must not sign).
  */
 import {
@@ -9,6 +9,7 @@ import {
   type RegistryConfig,
   type TokenConfig,
 } from '../../config/schema.js'
+import type { Intent } from '../../cargo/intent.js'
 import { AgentError } from '../../lib/errors.js'
 
 export interface Binding {
@@ -32,8 +33,9 @@ export function registryBinding(config: Config, indexUrl: string): RegistryConfi
   return registry
 }
 
-export function bind(config: Config, indexUrl: string, mutation: boolean): Binding {
-  const registry = registryBinding(config, indexUrl)
+export function bind(config: Config, intent: Pick<Intent, 'indexUrl' | 'operation'>): Binding {
+  const registry = registryBinding(config, intent.indexUrl)
+  const mutation = intent.operation !== 'read'
   // Reads and mutations may use different keys (design: reads silent, mutations need a touch).
   const keyRef = mutation ? registry.mutationKey : registry.readKey
   const token = config.tokens[keyRef.token]

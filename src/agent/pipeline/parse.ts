@@ -1,14 +1,13 @@
 /**
- * Stage 1: the shim's `sign` params → cargo's request (re-parsed here with the same parser the shim
- * uses, so the agent trusts nothing the client pre-digested) → an Intent for policy.
+ * Stage "parse": the shim's `sign` params → cargo's request (re-parsed here with the same parser the
+ * shim uses, so the agent trusts nothing the client pre-digested) → an Intent for policy.
  */
 import { parseCargoRequest, type CargoRequest } from '../../cargo/protocol.js'
 import { AgentError } from '../../lib/errors.js'
-import type { Intent, Requester } from '../../policy/intent.js'
+import type { Intent, Requester } from '../../cargo/intent.js'
 
-export interface ParsedRequest {
-  readonly cargo: CargoRequest
-  readonly requester: Requester
+export interface SignRequest {
+  readonly intent: Intent
   /** The client has a terminal on which it can ask for a PIN or a yes/no. */
   readonly interactive: boolean
 }
@@ -36,28 +35,24 @@ export function parseRequester(value: unknown): Requester {
   return requester
 }
 
-export function parseRequest(params: Record<string, unknown>): ParsedRequest {
+/** The request line cargo sent, re-parsed here so the agent trusts nothing the client pre-digested. */
+export function parseCargoLine(params: Record<string, unknown>): CargoRequest {
   const line = params['cargo']
   if (typeof line !== 'string')
     throw invalid('The request has no `cargo` string (the request line cargo sent)')
-  return {
-    cargo: parseCargoRequest(line),
-    requester: parseRequester(params['requester']),
-    interactive: params['interactive'] === true,
-  }
+  return parseCargoRequest(line)
 }
 
-export function intentOf(request: ParsedRequest): Intent {
-  const { cargo } = request
+/** Stage "parse": a `get` request → the Intent policy decides on. */
+export function parseSignRequest(params: Record<string, unknown>): SignRequest {
+  const cargo = parseCargoLine(params)
   if (cargo.kind !== 'get') throw invalid(`A ${cargo.kind} request is not a signing request`)
   const intent: Intent = {
     indexUrl: cargo.registry.indexUrl,
     operation: cargo.operation,
-    requester: request.requester,
+    crate: cargo.crate,
+    requester: parseRequester(params['requester']),
   }
   if (cargo.registry.name !== undefined) intent.registryName = cargo.registry.name
-  if (cargo.name !== undefined) intent.name = cargo.name
-  if (cargo.vers !== undefined) intent.vers = cargo.vers
-  if (cargo.cksum !== undefined) intent.cksum = cargo.cksum
-  return intent
+  return { intent, interactive: params['interactive'] === true }
 }

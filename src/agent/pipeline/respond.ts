@@ -1,9 +1,36 @@
 /**
- * Stage 6: the cache answer cargo gets with a token (spec §1.5, design "Token rules").
+ * Stage "respond": the answer to `sign`, with the cache rule cargo gets with the token
+ * (docs/cargo-protocol.md, "Caching").
  */
+import type { Operation } from '../../cargo/operation.js'
 import type { CacheControl } from '../../cargo/protocol.js'
 import type { RegistryConfig } from '../../config/schema.js'
 import { LIMITS } from '../../lib/limits.js'
+import type { Signed } from './sign.js'
+
+/** The `sign` method's result (docs/agent-protocol.md). */
+export type SignAnswer = {
+  readonly token: string
+  readonly kip: string
+  /** Seconds since the epoch, as in the token's `iat`. */
+  readonly iat: number
+  /** Which device key signed, for the shim's "signed … with …" line. */
+  readonly key: string
+} & CacheControl
+
+export function respond(
+  operation: Operation,
+  signed: Signed & { readonly key: string },
+  registry: Pick<RegistryConfig, 'tokenMaxAgeSeconds'>,
+): SignAnswer {
+  return {
+    token: signed.token,
+    kip: signed.kip,
+    iat: signed.iatSeconds,
+    key: signed.key,
+    ...cacheControl(operation, signed.iatSeconds, registry),
+  }
+}
 
 /**
  * Mutations: `never` (each is bound to one crate/version/cksum). Reads: `expires` at
@@ -13,7 +40,7 @@ import { LIMITS } from '../../lib/limits.js'
  * let a read token go stale during a long `cargo publish` and the post-upload index polling fail.
  */
 export function cacheControl(
-  operation: string,
+  operation: Operation,
   iatSeconds: number,
   registry: Pick<RegistryConfig, 'tokenMaxAgeSeconds'>,
 ): CacheControl {

@@ -1,8 +1,8 @@
 /**
- * Stage 4: build the RFC 3231 token with the device's signer (the touch notice around it is the
- * policy's, see authorize.ts).
+ * Stage "sign": build the RFC 3231 token with the device's signer (the touch notice around it is
+ * the policy's, see run.ts).
  */
-import type { Intent } from '../../policy/intent.js'
+import type { Intent } from '../../cargo/intent.js'
 import type { Signer } from '../../signer/signer.js'
 import { buildToken } from '../../token/build.js'
 import type { Binding } from './bind.js'
@@ -19,21 +19,12 @@ export async function signIntent(
   signer: Signer,
   now: Date = new Date(),
 ): Promise<Signed> {
-  const options: {
-    indexUrl: string
-    operation: Intent['operation']
-    name?: string
-    vers?: string
-    cksum?: string
-    subject?: string
-  } = {
+  const options = {
     indexUrl: intent.indexUrl,
     operation: intent.operation,
+    crate: intent.crate,
+    ...(binding.registry.subject === undefined ? {} : { subject: binding.registry.subject }),
   }
-  if (intent.name !== undefined) options.name = intent.name
-  if (intent.vers !== undefined) options.vers = intent.vers
-  if (intent.cksum !== undefined) options.cksum = intent.cksum
-  if (binding.registry.subject !== undefined) options.subject = binding.registry.subject
   const built = await buildToken(signer, options, now)
   return { token: built.token, iatSeconds: Math.floor(built.iat.getTime() / 1000), kip: built.kip }
 }

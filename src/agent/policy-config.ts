@@ -1,12 +1,11 @@
 /**
- * Stage 3: policy. The agent's config is mapped onto the policy module's shapes; `Policy.run`
- * (src/policy/policy.ts) then does rate limit → confirmation → PIN/login → touch notice → audit line
- * around the signing stage.
+ * The agent's config mapped onto the policy module's own shapes (policy never reads the config:
+ * test/unit/layering.test.ts), and the one Policy per loaded config.
  */
-import type { Config, RegistryConfig, TokenConfig } from '../../config/schema.js'
-import { readPinFile } from '../../lib/pin-file.js'
-import type { PinSource, RegistryPolicy, TokenPolicy } from '../../policy/config.js'
-import { Policy } from '../../policy/policy.js'
+import type { Config, RegistryConfig, TokenConfig } from '../config/schema.js'
+import { readPinFile } from '../lib/pin-file.js'
+import type { PinSource, RegistryPolicy, TokenPolicy } from '../policy/config.js'
+import { Policy } from '../policy/policy.js'
 
 export function tokenDescription(token: TokenConfig): string {
   const kind =

@@ -24,3 +24,26 @@ export const OPERATION_FIELDS: Readonly<Record<Operation, readonly ('name' | 've
     unyank: ['name', 'vers'],
     owners: ['name'],
   })
+
+/**
+ * The crate a request is about: the claims that bind a mutation token to one crate, version and
+ * .crate checksum (RFC 3231 "The message"). Parsed once from cargo's request line
+ * (`cargo/protocol.ts`) and passed as this one object to the intent, the token builder, the audit
+ * entry and the verifier; which fields an operation carries is `OPERATION_FIELDS`.
+ */
+export interface CrateRef {
+  readonly name?: string
+  readonly vers?: string
+  /** Lowercase hex SHA-256 of the .crate file (publish only). */
+  readonly cksum?: string
+}
+
+/** The fields of `crate` that `operation` carries, in claim order; the others are dropped. */
+export function crateFor(operation: Operation, crate: CrateRef): CrateRef {
+  const out: { -readonly [K in keyof CrateRef]: CrateRef[K] } = {}
+  for (const field of OPERATION_FIELDS[operation]) {
+    const value = crate[field]
+    if (value !== undefined) out[field] = value
+  }
+  return out
+}

@@ -1,0 +1,24 @@
+/**
+ * What every socket method sees of the running agent, and of the request it serves.
+ */
+import type { AuditSink } from '../audit/entry.js'
+import type { Config } from '../config/schema.js'
+import type { Policy } from '../policy/policy.js'
+import type { Prompter } from '../policy/intent.js'
+import type { Devices } from './devices.js'
+
+export interface AgentState {
+  readonly config: Config
+  readonly socketPath: string
+  readonly configPath: string | undefined
+  readonly devices: Devices
+  readonly policy: Policy
+  readonly audit: AuditSink
+  readonly log: (line: string) => void
+}
+
+/** The request's side of a method: the human behind the requesting client. */
+export interface MethodContext {
+  /** The requester's prompter; `interactive` is what the client declared about its terminal. */
+  prompter(interactive: boolean): Prompter
+}
