@@ -19,7 +19,7 @@ import { writeFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { createHash } from 'node:crypto'
 
-import { AgentConnection } from '../../src/agent/client.js'
+import { AgentConnection } from '../../src/protocol/client.js'
 import { Device, resolveModulePath } from '../../src/pkcs11/device.js'
 import { Pkcs11Module } from '../../src/pkcs11/binding.js'
 import { buildToken } from '../../src/token/build.js'
