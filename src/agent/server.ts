@@ -1,6 +1,6 @@
 /**
  * Connection handling for the agent socket: framing, limits, per-request timeouts, events and
- * queries. What a request *does* is the handler's business (handlers.ts).
+ * queries. What a request *does* is its method's business (src/agent/methods/).
  */
 import { createServer, type Server, type Socket } from 'node:net'
 
