@@ -7,8 +7,8 @@
       "target_name": "peercred",
       "sources": ["peercred.c"],
       "defines": ["NAPI_VERSION=8"],
-      "cflags": ["-Wall", "-Wextra", "-std=c11"],
-      "xcode_settings": { "OTHER_CFLAGS": ["-Wall", "-Wextra", "-std=c11"] }
+      "cflags": ["-Wall", "-Wextra"],
+      "xcode_settings": { "OTHER_CFLAGS": ["-Wall", "-Wextra"] }
     }
   ]
 }
