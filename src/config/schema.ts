@@ -304,14 +304,14 @@ const KEY_REF = table<KeyRef>(
       'the token the key is on',
       { required: 'missing; name a [tokens.NAME] table' },
     ),
-    label: row('label', TEXT, 'the key’s CKA_LABEL'),
+    label: row('label', TEXT, "the key's CKA_LABEL"),
     id: row(
       'id',
       text(
         (id) => (/^([0-9a-fA-F]{2})+$/.test(id) ? undefined : 'must be hex bytes, e.g. "01"'),
         (id) => id.toLowerCase(),
       ),
-      'the key’s CKA_ID in hex',
+      "the key's CKA_ID in hex",
     ),
   },
   'must be an inline table like { token = "NAME", label = "cargo" }',
@@ -368,7 +368,7 @@ export const TOKEN_ROWS: Rows<Omit<TokenConfig, 'name'>> = {
   manufacturer: row('manufacturer', TEXT, WHICH_TOKEN),
   model: row('model', TEXT, WHICH_TOKEN),
   pinSource: row('pin-source', oneOf(PIN_SOURCES), 'where the PIN comes from', { default: 'tty' }),
-  pinEnv: row('pin-env', TEXT, 'the agent’s environment variable holding the PIN'),
+  pinEnv: row('pin-env', TEXT, "the agent's environment variable holding the PIN"),
   pinFile: row('pin-file', ABSOLUTE, 'the file holding the PIN'),
   pinentryProgram: row('pinentry-program', TEXT, 'the pinentry program'),
   confirmFinalTry: row(
