@@ -136,7 +136,7 @@ export function closestKey(key: string, allowed: readonly string[]): string | un
   )
 }
 
-function isTable(value: unknown): value is Record<string, unknown> {
+export function isTable(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Date)
 }
 
