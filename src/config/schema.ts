@@ -195,24 +195,10 @@ function oneOf<T extends string>(choices: readonly T[]): Type<T> {
   }
 }
 
-function checkKeys(
-  table: Record<string, unknown>,
-  allowed: readonly string[],
-  where: string,
-  ctx: Context,
-): void {
-  for (const key of Object.keys(table)) {
-    if (allowed.includes(key)) continue
-    const hint = closestKey(key, allowed)
-    problem(
-      ctx,
-      where === '' ? key : `${where}.${key}`,
-      `unknown key${hint === undefined ? `; allowed keys: ${allowed.join(', ')}` : `; did you mean \`${hint}\`?`}`,
-    )
-  }
-}
-
-/** A table read row by row; `check` then looks at keys that depend on each other. */
+/**
+ * A table read row by row; an unknown key gets a "did you mean". `check` then looks at keys that
+ * depend on each other.
+ */
 function table<T>(
   rows: Rows<T>,
   notATable: string,
@@ -224,7 +210,15 @@ function table<T>(
     keys: list.map(([, row]) => ({ key: row.key, required: row.required !== undefined })),
     read(value, where, ctx) {
       if (!isTable(value)) return problem(ctx, where, notATable)
-      checkKeys(value, allowed, where, ctx)
+      for (const key of Object.keys(value)) {
+        if (allowed.includes(key)) continue
+        const hint = closestKey(key, allowed)
+        problem(
+          ctx,
+          where === '' ? key : `${where}.${key}`,
+          `unknown key${hint === undefined ? `; allowed keys: ${allowed.join(', ')}` : `; did you mean \`${hint}\`?`}`,
+        )
+      }
       const out: Record<string, unknown> = {}
       for (const [prop, row] of list) {
         const at = where === '' ? row.key : `${where}.${row.key}`
