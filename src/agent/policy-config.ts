@@ -4,7 +4,8 @@
  */
 import type { Config, RegistryConfig, TokenConfig } from '../config/schema.js'
 import { readPinFile } from '../lib/pin-file.js'
-import type { PinSource, RegistryPolicy, TokenPolicy } from '../policy/config.js'
+import type { RegistryPolicy, TokenPolicy } from '../policy/config.js'
+import type { PinSource } from '../policy/pin-source.js'
 import { Policy } from '../policy/policy.js'
 
 export function tokenDescription(token: TokenConfig): string {
@@ -27,7 +28,8 @@ export function tokenDescription(token: TokenConfig): string {
   return `${kind}${which}`
 }
 
-function pinSource(token: TokenConfig): PinSource {
+/** The token's `pin-source` as the PIN reader takes it (src/policy/pin-source.ts), for the agent and the CLI. */
+export function pinSource(token: TokenConfig): PinSource {
   switch (token.pinSource) {
     case 'env':
       return { kind: 'env', variable: token.pinEnv ?? '' }
@@ -73,8 +75,8 @@ export function createPolicy(
       headless: config.agent.headless,
       pinCacheIdleSeconds: config.agent.pinCacheIdleSeconds,
       pinCacheMaxSeconds: config.agent.pinCacheMaxSeconds,
-      touchNoticeDelayMs: config.agent.touchNoticeAfterMs,
-      desktopNotifications: config.agent.notify,
+      touchNoticeAfterMs: config.agent.touchNoticeAfterMs,
+      notify: config.agent.notify,
     },
     {
       env,

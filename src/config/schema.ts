@@ -5,7 +5,6 @@
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { closest } from '../lib/suggest.js'
-import { DEFAULT_REGISTRY_POLICY } from '../policy/config.js'
 import { defaultAuditLogPath } from './paths.js'
 
 export const PIN_SOURCES = ['pinentry', 'tty', 'env', 'file', 'none'] as const
@@ -317,7 +316,7 @@ export function validateConfig(doc: unknown, path: string | undefined, env: Env 
   const agent: { -readonly [K in keyof AgentSettings]: AgentSettings[K] } = {
     headless: env['CI'] === 'true',
     auditLog: defaultAuditLogPath(env),
-    touchNoticeAfterMs: LIMITS.touchNoticeDelayMs,
+    touchNoticeAfterMs: LIMITS.touchNoticeAfterMs,
     pinCacheIdleSeconds: LIMITS.pinCacheIdleSeconds,
     pinCacheMaxSeconds: LIMITS.pinCacheMaxSeconds,
     notify: true,
@@ -453,7 +452,7 @@ export function validateConfig(doc: unknown, path: string | undefined, env: Env 
       tokenMaxAgeSeconds:
         int(value, 'token-max-age-seconds', where, issues, 1, LIMITS.maxTokenMaxAgeSeconds) ??
         LIMITS.defaultTokenMaxAgeSeconds,
-      confirm: oneOf(value, 'confirm', where, issues, CONFIRM_MODES) ?? DEFAULT_REGISTRY_POLICY.confirm,
+      confirm: oneOf(value, 'confirm', where, issues, CONFIRM_MODES) ?? LIMITS.defaultConfirm,
       mutationsPerHour:
         int(value, 'mutations-per-hour', where, issues, 0, LIMITS.maxMutationsPerHour) ??
         LIMITS.defaultMutationsPerHour,

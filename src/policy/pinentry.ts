@@ -335,3 +335,25 @@ export function childEnvironment(
   for (const name of secretVariables) delete env[name]
   return env
 }
+
+/**
+ * Options for pinentry on behalf of a requester: its terminal (`OPTION ttyname`, only a /dev/ path,
+ * for curses pinentries), TERM and locale from `env`, which is already a `childEnvironment`.
+ */
+export function pinentryOptions(settings: {
+  readonly program: string
+  readonly timeoutMs: number
+  readonly env: NodeJS.ProcessEnv
+  readonly tty: string | undefined
+}): PinentryOptions {
+  const { env, tty } = settings
+  const lcCtype = env['LC_ALL'] ?? env['LC_CTYPE'] ?? env['LANG']
+  return {
+    program: settings.program,
+    timeoutMs: settings.timeoutMs,
+    env,
+    ...(tty !== undefined && tty.startsWith('/dev/') ? { ttyname: tty } : {}),
+    ...(env['TERM'] === undefined ? {} : { ttytype: env['TERM'] }),
+    ...(lcCtype === undefined ? {} : { lcCtype }),
+  }
+}

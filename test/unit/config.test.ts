@@ -4,7 +4,8 @@ import { describe, test } from 'node:test'
 import { parseConfig } from '../../src/config/load.js'
 import { closestKey } from '../../src/config/schema.js'
 import { AgentError } from '../../src/lib/errors.js'
-import { DEFAULT_POLICY_CONFIG, DEFAULT_REGISTRY_POLICY } from '../../src/policy/config.js'
+import { LIMITS } from '../../src/lib/limits.js'
+import { DEFAULT_POLICY_CONFIG } from '../../src/policy/config.js'
 
 const ENV = { HOME: '/home/u', XDG_STATE_HOME: '/state' }
 
@@ -252,11 +253,11 @@ describe('configuration', () => {
     assert.equal(r.mutationsPerHour, 30)
     assert.equal(r.tokenMaxAgeSeconds, 60)
     assert.equal(r.confirm, 'prompt')
-    assert.equal(DEFAULT_POLICY_CONFIG.touchNoticeDelayMs, config.agent.touchNoticeAfterMs)
+    assert.equal(DEFAULT_POLICY_CONFIG.touchNoticeAfterMs, config.agent.touchNoticeAfterMs)
     assert.equal(DEFAULT_POLICY_CONFIG.pinCacheIdleSeconds, config.agent.pinCacheIdleSeconds)
     assert.equal(DEFAULT_POLICY_CONFIG.pinCacheMaxSeconds, config.agent.pinCacheMaxSeconds)
     assert.deepEqual(
-      { ...DEFAULT_REGISTRY_POLICY },
+      { confirm: LIMITS.defaultConfirm, mutationsPerHour: LIMITS.defaultMutationsPerHour },
       { confirm: r.confirm, mutationsPerHour: r.mutationsPerHour },
     )
   })
