@@ -8,24 +8,21 @@ import type { RegistryPolicy, TokenPolicy } from '../policy/config.js'
 import type { PinSource } from '../policy/pin-source.js'
 import { Policy } from '../policy/policy.js'
 
+const KIND_TEXT: Readonly<Record<NonNullable<TokenConfig['kind']>, string>> = {
+  yubikey: 'your YubiKey',
+  tpm: 'the TPM',
+  softhsm: 'SoftHSM token',
+  hsm: 'the HSM',
+}
+
 export function tokenDescription(token: TokenConfig): string {
-  const kind =
-    token.kind === 'yubikey'
-      ? 'your YubiKey'
-      : token.kind === 'tpm'
-        ? 'the TPM'
-        : token.kind === 'softhsm'
-          ? 'SoftHSM token'
-          : token.kind === 'hsm'
-            ? 'the HSM'
-            : 'token'
   const which =
     token.serial !== undefined
       ? ` (serial ${token.serial})`
       : token.label !== undefined
         ? ` '${token.label}'`
         : ` "${token.name}"`
-  return `${kind}${which}`
+  return `${token.kind === undefined ? 'token' : KIND_TEXT[token.kind]}${which}`
 }
 
 /** The token's `pin-source` as the PIN reader takes it (src/policy/pin-source.ts), for the agent and the CLI. */

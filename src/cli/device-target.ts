@@ -16,7 +16,7 @@ import { Pin } from '../lib/secret.js'
 import type { TokenSelector } from '../pkcs11/device.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
 import { readPin, type PinSource } from '../policy/pin-source.js'
-import { childEnvironment, pinentryOptions } from '../policy/pinentry.js'
+import { childEnvironment } from '../policy/pinentry.js'
 import { askPinOnTty, hasTerminal } from '../shim/tty.js'
 import { parseCommandArgs, usageError, type OptionSpecs } from './args.js'
 
@@ -114,40 +114,36 @@ export function parseTargetCommand(
   }
 }
 
-/** The PIN for a direct device command on `target`; `null`: the token has a PIN pad. */
+/**
+ * The PIN for a direct device command, through the agent's own reader (src/policy/pin-source.ts),
+ * asking on this process's terminal or in pinentry; `null`: the token has a PIN pad.
+ */
 export async function obtainPin(
-  target: Target,
+  target: Pick<Target, 'pin' | 'secretEnvVariables'>,
   tokenDescription: string,
   reason: string,
 ): Promise<Pin | null> {
-  return await commandPin(target.pin, { tokenDescription, reason }, target.secretEnvVariables)
-}
-
-/**
- * A PIN for a CLI command, through the agent's own reader (src/policy/pin-source.ts), asking on this
- * process's terminal and in pinentry on it.
- */
-export async function commandPin(
-  source: PinSource,
-  prompt: { tokenDescription: string; reason: string },
-  secretEnvVariables: readonly string[],
-): Promise<Pin | null> {
+  const source = target.pin
   if (source.kind === 'none') return null
   const terminal = hasTerminal()
-  return await readPin(source, prompt, {
-    asker: 'command',
-    env: process.env,
-    readPinFile,
-    terminal: terminal
-      ? async (p) => Pin.fromString(await askPinOnTty(`PIN for ${p.tokenDescription}: `))
-      : { unavailable: 'there is no terminal' },
-    pinentry: pinentryOptions({
-      program: LIMITS.defaultPinentryProgram,
-      timeoutMs: LIMITS.pinentryTimeoutMs,
-      env: childEnvironment(process.env, secretEnvVariables),
-      // The child shares this controlling terminal, where a curses pinentry then asks.
-      tty: terminal ? '/dev/tty' : undefined,
-    }),
-    notify: (notice) => void process.stderr.write(`${notice.text}\n`),
-  })
+  return await readPin(
+    source,
+    { tokenDescription, reason },
+    {
+      asker: 'command',
+      env: process.env,
+      readPinFile,
+      terminal: terminal
+        ? async (p) => Pin.fromString(await askPinOnTty(`PIN for ${p.tokenDescription}: `))
+        : { unavailable: 'there is no terminal' },
+      pinentry: {
+        program: LIMITS.defaultPinentryProgram,
+        timeoutMs: LIMITS.pinentryTimeoutMs,
+        env: childEnvironment(process.env, target.secretEnvVariables),
+        // The child shares this controlling terminal, where a curses pinentry then asks.
+        ttyname: terminal ? '/dev/tty' : undefined,
+      },
+      notify: (notice) => void process.stderr.write(`${notice.text}\n`),
+    },
+  )
 }

@@ -32,7 +32,7 @@ import { pinSource, tokenDescription } from '../agent/policy-config.js'
 import { Device, resolveModulePath, type DeviceKey } from '../pkcs11/device.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
 import { parseCommandArgs, USAGE, usageError } from './args.js'
-import { commandPin } from './device-target.js'
+import { obtainPin } from './device-target.js'
 
 const run = promisify(execFile)
 
@@ -162,11 +162,11 @@ async function ensureDefaultSoftHsm(log: (line: string) => void): Promise<Defaul
 }
 
 async function pinFor(token: TokenConfig): Promise<Pin | null> {
-  return await commandPin(
-    pinSource(token),
-    { tokenDescription: tokenDescription(token), reason: 'set up its key for cargo' },
-    token.pinEnv === undefined ? [] : [token.pinEnv],
-  )
+  const target = {
+    pin: pinSource(token),
+    secretEnvVariables: token.pinEnv === undefined ? [] : [token.pinEnv],
+  }
+  return await obtainPin(target, tokenDescription(token), 'set up its key for cargo')
 }
 
 /** The shim as this package installs it (package.json `bin`): the path cargo's config should name. */

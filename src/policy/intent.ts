@@ -95,8 +95,6 @@ export type Notice =
   | { kind: 'pin-final-try'; text: string; tokenDescription: string }
   | { kind: 'info'; text: string }
 
-export type NoticeKind = Notice['kind']
-
 /**
  * The human of one request. The agent implements it over the shim's socket (the shim prints on
  * stderr and prompts on /dev/tty); tests implement it directly. `interactive` is false in headless

@@ -116,11 +116,17 @@ export function finalTryRefused(tokenDescription: string, why: string): AgentErr
   })
 }
 
-/** How to give a PIN with nobody there to type it: config keys for the agent, flags for a command. */
-const UNATTENDED: Readonly<Record<PinAsker, string>> = {
-  agent:
-    'For unattended use set pin-source = "env" with pin-env = "VAR", or pin-source = "file" with pin-file = "/path" (mode 0600), for this token in the agent config',
-  command: 'Run the command in a terminal, or pass --pin-env VAR or --pin-file FILE',
+/** Texts that name what the asker lets the user change: config keys (agent), flags (command). */
+const REMEDIES: Readonly<Record<PinAsker, { unattended: string; setVariable: (name: string) => string }>> = {
+  agent: {
+    unattended:
+      'For unattended use set pin-source = "env" with pin-env = "VAR", or pin-source = "file" with pin-file = "/path" (mode 0600), for this token in the agent config',
+    setVariable: (name) => `Set ${name} for the agent (in CI: from a secret), or use pin-source = "file"`,
+  },
+  command: {
+    unattended: 'Run the command in a terminal, or pass --pin-env VAR or --pin-file FILE',
+    setVariable: (name) => `Export ${name} with the token PIN and run the command again`,
+  },
 }
 
 /** A PIN only a human can give, and `why` nobody can be asked ("the agent runs headless"). */
@@ -128,22 +134,18 @@ export function pinRequired(tokenDescription: string, why: string, asker: PinAsk
   return new AgentError(
     'PIN_REQUIRED',
     `${tokenDescription} needs the PIN and ${why}, so nobody can be asked`,
-    { remedy: UNATTENDED[asker] },
+    {
+      remedy: REMEDIES[asker].unattended,
+    },
   )
 }
 
 export function pinVariableUnset(tokenDescription: string, variable: string, asker: PinAsker): AgentError {
-  return asker === 'agent'
-    ? new AgentError(
-        'PIN_REQUIRED',
-        `The PIN for ${tokenDescription} should come from the environment variable ${variable}, which is not set in the agent's environment`,
-        { remedy: `Set ${variable} for the agent (in CI: from a secret), or use pin-source = "file"` },
-      )
-    : new AgentError(
-        'PIN_REQUIRED',
-        `The PIN for ${tokenDescription} should come from the environment variable ${variable}, which is not set`,
-        { remedy: `Export ${variable} with the token PIN and run the command again` },
-      )
+  return new AgentError(
+    'PIN_REQUIRED',
+    `The PIN for ${tokenDescription} should come from the environment variable ${variable}, which is not set${asker === 'agent' ? " in the agent's environment" : ''}`,
+    { remedy: REMEDIES[asker].setVariable(variable) },
+  )
 }
 
 /** A PIN typed on a terminal that is empty or longer than any token accepts. */

@@ -34,8 +34,6 @@ export type PinSource =
   | { readonly kind: 'file'; readonly path: string }
   | { readonly kind: 'none' }
 
-export type PinSourceKind = PinSource['kind']
-
 /** Sources a human answers: only these are cached (env and file are re-read when needed). */
 export function isInteractiveSource(source: PinSource): boolean {
   return source.kind === 'pinentry' || source.kind === 'tty'

@@ -9,16 +9,16 @@
  * process I/O only (pinentry, notify-send): no files, no sockets, no audit log
  * (test/unit/layering.test.ts).
  */
-import type { Approval, Intent } from '../cargo/intent.js'
+import type { Intent } from '../cargo/intent.js'
 import type { Pin } from '../lib/secret.js'
-import { DEFAULT_POLICY_CONFIG, type PolicyConfig, type RegistryPolicy, type TokenPolicy } from './config.js'
+import { DEFAULT_POLICY_CONFIG, type PolicyConfig } from './config.js'
 import { Confirmer } from './confirm.js'
 import { tell, type Prompter } from './intent.js'
-import { Login, type PolicyDevice } from './login.js'
+import { Login } from './login.js'
 import { desktopNotifier, silentNotifier, type DesktopNotifier } from './notify.js'
 import { PinCache, systemClock, type Clock } from './pin-cache.js'
 import type { PinSources } from './pin-source.js'
-import { childEnvironment, pinentryOptions, type PinentryOptions } from './pinentry.js'
+import { childEnvironment, type PinentryOptions } from './pinentry.js'
 import { MutationRateLimiter } from './rate-limit.js'
 import { withTouchNotice as touchNotice } from './touch.js'
 
@@ -43,8 +43,11 @@ export class Policy {
   readonly #deps: PolicyDeps
   readonly #env: NodeJS.ProcessEnv
   readonly #notifier: DesktopNotifier
-  readonly #confirmer: Confirmer
   readonly #login: Login
+  /** Rate limit and confirmation (src/policy/confirm.ts). */
+  readonly approve: Confirmer['approve']
+  /** Cached PIN → the token's PIN source → at most one C_Login (src/policy/login.ts). */
+  readonly ensureLoggedIn: Login['ensureLoggedIn']
 
   /** `config` comes validated from the agent (src/agent/policy-config.ts); unset fields take the defaults. */
   constructor(config: Partial<PolicyConfig>, deps: PolicyDeps) {
@@ -66,7 +69,7 @@ export class Policy {
       (this.config.notify && !this.config.headless
         ? desktopNotifier({ env: this.#childEnv(), onFailure: (reason) => log('notify-failed', { reason }) })
         : silentNotifier)
-    this.#confirmer = new Confirmer({
+    const confirmer = new Confirmer({
       config: this.config,
       limiter: this.limiter,
       pinentry: (intent, program) => this.#pinentry(intent, program),
@@ -74,30 +77,12 @@ export class Policy {
     this.#login = new Login({
       headless: this.config.headless,
       pinCache: this.pinCache,
-      confirmer: this.#confirmer,
+      confirmer,
       pinSources: (prompter, intent) => this.#pinSources(prompter, intent),
       log,
     })
-  }
-
-  /** Rate limit and confirmation (src/policy/confirm.ts). */
-  approve(
-    intent: Intent,
-    prompter: Prompter,
-    registry: RegistryPolicy,
-    token?: TokenPolicy,
-  ): Promise<{ approval: Approval; release: () => void }> {
-    return this.#confirmer.approve(intent, prompter, registry, token)
-  }
-
-  /** Cached PIN → the token's PIN source → at most one C_Login (src/policy/login.ts). */
-  ensureLoggedIn(
-    device: PolicyDevice,
-    token: TokenPolicy,
-    prompter: Prompter,
-    intent: Intent,
-  ): Promise<void> {
-    return this.#login.ensureLoggedIn(device, token, prompter, intent)
+    this.approve = confirmer.approve.bind(confirmer)
+    this.ensureLoggedIn = this.#login.ensureLoggedIn.bind(this.#login)
   }
 
   /** Wraps a device signature with the touch notice and the touch deadline from the config. */
@@ -163,12 +148,12 @@ export class Policy {
   }
 
   #pinentry(intent: Intent, program: string | undefined): PinentryOptions {
-    return pinentryOptions({
+    return {
       program: program ?? this.config.pinentryProgram,
       timeoutMs: this.config.pinentryTimeoutMs,
       env: this.#childEnv(),
-      tty: intent.requester.tty,
-    })
+      ttyname: intent.requester.tty,
+    }
   }
 
   #childEnv(): NodeJS.ProcessEnv {
