@@ -17,16 +17,11 @@ import {
   pinLocked,
   promptTries,
   wrongPin,
-  type PinStatus,
+  type PolicyDeviceStatus,
 } from './pin-errors.js'
 import { isInteractiveSource, readPin, type PinSource, type PinSources } from './pin-source.js'
 
 type MaybePromise<T> = T | Promise<T>
-
-/** Token flags from C_GetTokenInfo (PKCS#11 v2.40 section 3.2, CK_TOKEN_INFO.flags). */
-export interface PolicyDeviceStatus extends PinStatus {
-  readonly protectedAuthPath?: boolean
-}
 
 /** What policy needs from a device (src/pkcs11/device.ts satisfies it structurally). */
 export interface PolicyDevice {

@@ -17,14 +17,15 @@ export const UNBLOCK_REMEDY =
 export type PinAsker = 'agent' | 'command'
 
 /** Token flags from C_GetTokenInfo (PKCS#11 v2.40 section 3.2, CK_TOKEN_INFO.flags). */
-export interface PinStatus {
+export interface PolicyDeviceStatus {
   readonly pinCountLow?: boolean
   readonly pinFinalTry?: boolean
   readonly pinLocked?: boolean
+  readonly protectedAuthPath?: boolean
 }
 
 /** What a PIN prompt warns about, from the token flags before the login. */
-export function promptTries(status: PinStatus): PinPrompt['triesLeft'] {
+export function promptTries(status: PolicyDeviceStatus): PinPrompt['triesLeft'] {
   return status.pinFinalTry === true ? 'final' : status.pinCountLow === true ? 'low' : undefined
 }
 
@@ -59,7 +60,7 @@ export function pinLocked(
 export function wrongPin(
   token: { readonly description: string; readonly pin: PinSource },
   failure: AgentError,
-  after: PinStatus | undefined,
+  after: PolicyDeviceStatus | undefined,
 ): AgentError {
   const reported = failure.triesLeft
   if (after?.pinLocked === true || reported === 'locked')
