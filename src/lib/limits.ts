@@ -57,7 +57,7 @@ export const LIMITS = Object.freeze({
   /** Default `touch-notice-after-ms`: signature not back after this long, announce the pending touch
    * (comparable agents use 0.2-5 s; SoftHSM and TPM sign in < 10 ms and a YubiKey without touch in
    * ~0.2 s, so a wait this long means the device waits for a human). */
-  touchNoticeDelayMs: 1_000,
+  touchNoticeAfterMs: 1_000,
   /** Largest `touch-notice-after-ms` the config accepts: a notice must come before the touch timeout
    * below, or the user learns about the touch only from its failure. */
   touchNoticeMaxMs: 20_000,
@@ -76,9 +76,12 @@ export const LIMITS = Object.freeze({
   /** Default `mutations-per-hour`: sliding-window limit on mutations (publish/yank/unyank/owners) per
    * registry. A release train publishes a few crates; 30 an hour stops a runaway script early. */
   defaultMutationsPerHour: 30,
-  /** Default `confirm` for mutations: a yes/no showing the intent. Never `none` (no human in the loop
-   * must be chosen explicitly), and not `touch`, which only a device with a touch policy enforces. */
+  /** Default `confirm` for mutations: a yes/no showing the intent. Never `none` by default: a script
+   * that reaches the agent socket must not publish in the user's name unasked (docs/policy.md). */
   defaultConfirm: 'prompt' as const,
+  /** Default `pinentry-program`: the name gpg-agent uses, found on PATH (a distribution links it to
+   * the pinentry flavour it installed: curses, gtk, qt). */
+  defaultPinentryProgram: 'pinentry',
   /** Largest `mutations-per-hour`: far above any release train, still a bound. */
   maxMutationsPerHour: 100_000,
   /** Longest token we build or verify. cargo sends it as an HTTP header value, and servers commonly

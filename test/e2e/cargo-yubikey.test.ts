@@ -27,8 +27,8 @@ import { cargoThroughAgent, show, type CargoSandbox } from './lib/cargo.js'
 
 const PIN = '654321'
 const SERIAL = 31415926
-/** Longer than LIMITS.touchNoticeDelayMs, so the agent announces the pending touch. */
-const TOUCH_MS = LIMITS.touchNoticeDelayMs + 1_000
+/** Longer than LIMITS.touchNoticeAfterMs, so the agent announces the pending touch. */
+const TOUCH_MS = LIMITS.touchNoticeAfterMs + 1_000
 
 interface Rig {
   dir: string
