@@ -7,12 +7,13 @@
  * No I/O: a registry passes the token and what it expects, and looks up the key itself (by the
  * footer's `kip`, which `inspectToken` reads without trusting it).
  */
-import { AgentError, type VerifyCode } from '../lib/errors.js'
+import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { k3Pid, parseK3Public } from '../keys/paserk.js'
 import { COMPRESSED_POINT_BYTES, publicKeyObject } from '../keys/point.js'
 import { parseIat } from '../token/iat.js'
 import { OPERATION_FIELDS, isOperation, type CrateRef, type Operation } from '../cargo/operation.js'
+import { fail } from './errors.js'
 import { parseV3PublicToken, verifyV3Public } from './paseto.js'
 
 export interface VerifyOptions {
@@ -62,10 +63,6 @@ function quote(value: unknown): string {
 
 const USAGE_REMEDY = 'Fix the verifier call; the options are described in docs/verifying-tokens.md'
 const usage = (message: string): AgentError => new AgentError('USAGE', message, { remedy: USAGE_REMEDY })
-
-function fail(code: VerifyCode, message: string, remedy: string): never {
-  throw new AgentError(code, message, { remedy })
-}
 
 interface CheckedOptions {
   publicKey: Uint8Array
@@ -198,6 +195,12 @@ function parseFooter(
 /**
  * Decodes footer and claims WITHOUT verifying anything, so a registry can find the key by `kip`
  * before calling verifyToken. Nothing returned here is authenticated.
+ *
+ * @example
+ * ```ts
+ * const { footer } = inspectToken(authorization)
+ * const publicKey = keysByKip.get(footer.kip) // the k3.public the user registered, stored by k3Pid
+ * ```
  */
 export function inspectToken(token: string): UntrustedTokenContents {
   const parsed = parseV3PublicToken(token)
@@ -352,7 +355,18 @@ function checkClaims(claims: Record<string, unknown>, o: CheckedOptions): Date {
 
 /**
  * Order follows cargo's check_authorized: framing, footer and key id, signature, then url and
- * claims — so every claim that is compared has been authenticated first.
+ * claims — so every claim that is compared has been authenticated first. A refused token throws a
+ * VerifyError (one code per reason); a bad call throws an AgentError `USAGE` or `KEY_INVALID`.
+ *
+ * @example
+ * ```ts
+ * const { iat } = await verifyToken(authorization, {
+ *   publicKey: 'k3.public.…',
+ *   url: 'sparse+https://registry.example/index/',
+ *   operation: 'publish',
+ *   crate: { name: 'foo', vers: '1.2.3', cksum: sha256HexOfTheUpload },
+ * })
+ * ```
  */
 export async function verifyToken(token: string, options: VerifyOptions): Promise<VerifiedToken> {
   const o = checkOptions(options)
