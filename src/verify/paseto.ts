@@ -31,14 +31,12 @@ export interface ParsedV3PublicToken {
 const FORMAT_REMEDY =
   'The Authorization header must be a PASETO v3.public token exactly as the credential provider produced it; check that nothing (a proxy, a shell) altered it'
 
+const malformed = (message: string): never => fail('TOKEN_MALFORMED', message, FORMAT_REMEDY)
+
 export function parseV3PublicToken(token: string): ParsedV3PublicToken {
-  if (typeof token !== 'string') fail('TOKEN_MALFORMED', 'the token is not a string', FORMAT_REMEDY)
+  if (typeof token !== 'string') malformed('the token is not a string')
   if (token.length > LIMITS.tokenMaxChars) {
-    fail(
-      'TOKEN_MALFORMED',
-      `the token is ${token.length} characters long, more than the ${LIMITS.tokenMaxChars} accepted`,
-      FORMAT_REMEDY,
-    )
+    malformed(`the token is ${token.length} characters long, more than the ${LIMITS.tokenMaxChars} accepted`)
   }
   if (!token.startsWith(V3_PUBLIC_HEADER)) {
     const header = /^(v\d+)\.(local|public)\./.exec(token)
@@ -56,18 +54,12 @@ export function parseV3PublicToken(token: string): ParsedV3PublicToken {
     )
   }
   const parts = token.split('.')
-  if (parts.length !== 3 && parts.length !== 4) {
-    fail(
-      'TOKEN_MALFORMED',
-      `the token has ${parts.length} dot-separated parts; v3.public has 3 or 4`,
-      FORMAT_REMEDY,
-    )
-  }
+  if (parts.length !== 3 && parts.length !== 4)
+    malformed(`the token has ${parts.length} dot-separated parts; v3.public has 3 or 4`)
   const encodedPayload = parts[2] ?? ''
   const encodedFooter = parts[3]
-  if (encodedPayload === '' || encodedFooter === '') {
-    fail('TOKEN_MALFORMED', 'the token has an empty payload or footer part', FORMAT_REMEDY)
-  }
+  if (encodedPayload === '' || encodedFooter === '')
+    malformed('the token has an empty payload or footer part')
   const encoding = (message: string): never => fail('TOKEN_ENCODING', message, FORMAT_REMEDY)
   const payload = decodeBase64url(encodedPayload, 'the token payload', encoding)
   const footer =
@@ -76,10 +68,8 @@ export function parseV3PublicToken(token: string): ParsedV3PublicToken {
       : decodeBase64url(encodedFooter, 'the token footer', encoding)
   // Version3.md §Verify: the last 96 bytes are the signature, the message before it must not be empty.
   if (payload.length <= SIGNATURE_BYTES) {
-    fail(
-      'TOKEN_MALFORMED',
+    malformed(
       `the token payload has ${payload.length} bytes, too short for a message and a 96-byte signature`,
-      FORMAT_REMEDY,
     )
   }
   return {
