@@ -74,7 +74,7 @@ export class Agent implements AgentState {
     this.log(`listening on ${this.socketPath} (pid ${process.pid})`)
   }
 
-  /** Releases sessions after `release-after-idle-seconds` without requests (design point 5). */
+  /** Releases sessions after `release-after-idle-seconds` without requests (docs/design.md §5, point 5). */
   #touchIdle(): void {
     if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer)
     const seconds = this.config.agent.releaseAfterIdleSeconds
@@ -87,7 +87,7 @@ export class Agent implements AgentState {
     this.#idleTimer.unref()
   }
 
-  /** SIGHUP: re-read the config; forget PINs and release devices either way (design point 3). */
+  /** SIGHUP: re-read the config; forget PINs and release devices either way (docs/design.md §5, point 3). */
   async reload(): Promise<void> {
     this.policy.onSighup()
     let next = this.config

@@ -1,6 +1,6 @@
 /**
  * The agent's listening socket: a per-user directory (0700, ours) holding a 0600 socket. Never a TCP
- * port (design: "socket that only its user can reach").
+ * port (docs/design.md §5, point 7; §4 rule 1).
  */
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs'
 import { createConnection, type Server } from 'node:net'

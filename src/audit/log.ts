@@ -1,6 +1,6 @@
 /**
  * The append-only audit log: one JSON line per signing decision. `record` resolves only after the
- * line is on disk (write + fsync), and the agent awaits it before it releases a token (design.md),
+ * line is on disk (write + fsync), and the agent awaits it before it releases a token (docs/design.md §2, step 6),
  * so a token a registry has seen always has its line. File 0600 in a 0700 directory, opened O_APPEND:
  * each line is one write(2), so concurrent agents (or a `log --follow`) never see torn lines.
  */

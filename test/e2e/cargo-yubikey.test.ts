@@ -1,7 +1,7 @@
 /**
  * End to end on a (virtual) YubiKey: the real cargo -> shim -> agent -> the REAL ykcs11 -> pcscd ->
  * the PIV card emulator (test/fixtures/vpiv). The touch notice must reach cargo's stderr and say
- * what is being approved (design: "show what is being approved before any touch").
+ * what is being approved (docs/design.md §5, point 1).
  *
  * ykcs11 2.2 marks slot 9C (digital signature) CKA_ALWAYS_AUTHENTICATE whatever its PIN policy, so
  * 9C needs a context-specific login per signature, with the PIN the agent holds (from pin-env here).
