@@ -2,7 +2,7 @@
  * `cargo-pkcs11-agent <command> …`: the management CLI and the agent share one binary.
  *
  * Each command module is imported only when that command runs, so `status` or `verify` never pay
- * for loading the PKCS#11 binding and the agent. Exit codes: 0 success, 1 failure, 2 usage error.
+ * for loading the PKCS#11 binding and the agent. Exit codes: EXIT_CODES below (docs/cli.md).
  */
 import { readFileSync } from 'node:fs'
 
@@ -29,6 +29,16 @@ export const COMMANDS: Readonly<Record<string, CommandEntry>> = Object.freeze({
     usage: USAGE.run,
     summary: 'start the agent (detached unless --foreground)',
     load: async () => (await import('./run.js')).run,
+  },
+  stop: {
+    usage: USAGE.stop,
+    summary: 'stop the running agent (it finishes requests in flight)',
+    load: async () => (await import('./stop.js')).stop,
+  },
+  reload: {
+    usage: USAGE.reload,
+    summary: 're-read the config (checked first), forget cached PINs, release the devices',
+    load: async () => (await import('./stop.js')).reload,
   },
   status: {
     usage: USAGE.status,
@@ -80,12 +90,39 @@ export const COMMANDS: Readonly<Record<string, CommandEntry>> = Object.freeze({
     summary: 'install and start the agent as a systemd user unit / launchd agent',
     load: async () => (await import('./install-service.js')).installService,
   },
+  'uninstall-service': {
+    usage: USAGE['uninstall-service'],
+    summary: 'stop and remove the service that install-service installed',
+    load: async () => (await import('./install-service.js')).uninstallService,
+  },
   verify: {
     usage: USAGE.verify,
     summary: 'check a token as a registry must (exit 0 valid, 1 invalid, 2 usage)',
     load: async () => (await import('./verify.js')).verify,
   },
+  completions: {
+    usage: USAGE.completions,
+    summary: 'print a shell completion script (bash, zsh or fish) for this command table',
+    load: async () => (await import('./completions.js')).completions,
+  },
+  man: {
+    usage: USAGE.man,
+    summary: 'print the manual page (roff), generated from this command table',
+    load: async () => (await import('./completions.js')).manPage,
+  },
 })
+
+/** Exit statuses of every command (also in the man page and docs/cli.md). */
+export const EXIT_CODES: readonly (readonly [number, string])[] = Object.freeze([
+  [0, 'success (doctor: no check failed; verify: the token is valid)'],
+  [1, 'failure: the message says what happened and what to do (doctor: a check failed; verify: invalid)'],
+  [2, 'usage error: unknown command or option, missing or bad argument'],
+])
+
+/** Commands whose output is data take `--json` (one JSON document on stdout). */
+export function takesJson(usage: string): boolean {
+  return /\[--json\b/.test(usage)
+}
 
 function helpText(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((name) => name.length))
@@ -97,6 +134,14 @@ function helpText(): string {
     'commands:',
     ...Object.entries(COMMANDS).map(([name, entry]) => `  ${name.padEnd(width)}  ${entry.summary}`),
     `  ${'help'.padEnd(width)}  this text, or \`help <command>\` for its options`,
+    '',
+    `--json on every command whose output is data: ${Object.entries(COMMANDS)
+      .filter(([, entry]) => takesJson(entry.usage))
+      .map(([name]) => name)
+      .join(', ')}.`,
+    '',
+    'exit status:',
+    ...EXIT_CODES.map(([code, meaning]) => `  ${code}  ${meaning}`),
     '',
     `${BIN} --version prints the version.`,
   ]
@@ -151,6 +196,21 @@ export async function main(argv: readonly string[]): Promise<number> {
     const command = await entry.load()
     return await command(rest)
   } catch (error) {
-    return reportError(error)
+    return reportError(nativeBindingError(error) ?? error)
   }
+}
+
+/**
+ * pkcs11js is a native addon: installed with scripts disabled (`npm install --ignore-scripts`, or an
+ * npm that asks before running install scripts) it has no build, and loading it fails with a bare
+ * "Cannot find module …/build/Release/pkcs11.node".
+ */
+export function nativeBindingError(error: unknown): AgentError | undefined {
+  if (error instanceof AgentError || !(error instanceof Error)) return undefined
+  if (!/pkcs11\.node|'pkcs11js'/.test(error.message)) return undefined
+  return new AgentError('MODULE_LOAD_FAILED', 'The native PKCS#11 binding (pkcs11js) is not built', {
+    cause: error,
+    remedy:
+      'Run `npm rebuild pkcs11js` in the directory cargo-pkcs11-agent is installed in (with `-g` for a global install); it needs a C++ compiler and the Node.js headers',
+  })
 }

@@ -23,14 +23,19 @@ interface StartedAgent {
 
 async function startAgent(socketPath: string, env: NodeJS.ProcessEnv): Promise<StartedAgent> {
   // Loaded only on this path: the common case (agent running) never pays for child_process.
-  const [{ spawn }, { closeSync, existsSync, realpathSync }, { dirname, join }, { constants }, { openAgentLog }] =
-    await Promise.all([
-      import('node:child_process'),
-      import('node:fs'),
-      import('node:path'),
-      import('node:os'),
-      import('../lib/agent-log.js'),
-    ])
+  const [
+    { spawn },
+    { closeSync, existsSync, realpathSync },
+    { dirname, join },
+    { constants },
+    { openAgentLog },
+  ] = await Promise.all([
+    import('node:child_process'),
+    import('node:fs'),
+    import('node:path'),
+    import('node:os'),
+    import('../lib/agent-log.js'),
+  ])
   const logPath = agentLogPath(env)
   const log = openAgentLog(logPath)
   // The agent's entry sits next to this shim's (dist/src/bin/), or — when the shim runs from its
