@@ -88,8 +88,8 @@ function noNewline(value: string): string {
 
 /**
  * One word of a systemd setting, double-quoted (systemd.syntax(7) "Quoting"): `\` and `"` escaped,
- * `%` doubled (systemd.unit(5) "Specifiers"); in command lines also `$` doubled, or systemd would
- * substitute an environment variable (systemd.service(5) "Command lines").
+ * `%` doubled (systemd.unit(5) "Specifiers"); in command-line arguments also `$` doubled, or systemd
+ * would substitute an environment variable (systemd.service(5) "Command lines").
  */
 export function systemdWord(value: string, options: { command?: boolean } = {}): string {
   let text = noNewline(value).replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/%/g, '%%')
@@ -143,9 +143,13 @@ export function renderServiceFor(platform: ServicePlatform, template: string, v:
     const writable = [...new Set([v.stateDir, v.dataDir, ...v.extraWritable])]
     return renderService(template, {
       DOCS: pathToFileURL(noNewline(v.docs)).href.replace(/%/g, '%%'),
-      EXECSTART: [v.node, v.agent, 'run', '--foreground', '--config', v.config]
-        .map((word) => systemdWord(word, { command: true }))
-        .join(' '),
+      // The program itself is taken literally; only its arguments undergo $VARIABLE substitution.
+      EXECSTART: [
+        systemdWord(v.node),
+        ...[v.agent, 'run', '--foreground', '--config', v.config].map((word) =>
+          systemdWord(word, { command: true }),
+        ),
+      ].join(' '),
       // `-`: a directory that does not exist yet is skipped instead of failing the start.
       READWRITE: writable.map((dir) => systemdWord(`-${dir}`)).join(' '),
       FAMILIES: v.network ? 'AF_UNIX AF_NETLINK AF_INET AF_INET6' : 'AF_UNIX AF_NETLINK',
