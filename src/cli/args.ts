@@ -34,7 +34,7 @@ export const USAGE = Object.freeze({
   'install-service': 'install-service [--config FILE] [--allow-network] [--dry-run] [--no-start] [--force]',
   'uninstall-service': 'uninstall-service [--dry-run] [--no-stop]',
   completions: 'completions bash|zsh|fish',
-  man: 'man',
+  man: 'man [--output FILE]',
   verify:
     'verify TOKEN|- --public-key k3.public.… --url URL [--operation read|publish|yank|unyank|owners] [--name N] [--vers V] [--cksum C] [--subject S] [--max-age SECONDS] [--no-time-check] [--strict-low-s] [--json]',
 } as const)

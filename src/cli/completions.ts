@@ -3,7 +3,8 @@
  * command table (src/cli/main.ts COMMANDS) and its usage lines (src/cli/args.ts USAGE), the same
  * source as `--help`, so a new command or option appears in all of them at once.
  */
-import { readFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { dirname } from 'node:path'
 
 import { packageFile } from '../lib/package-files.js'
 import { BIN, parseCommandArgs, USAGE, usageError } from './args.js'
@@ -183,7 +184,7 @@ function roff(text: string): string {
 }
 
 export async function manPage(argv: readonly string[]): Promise<number> {
-  parseCommandArgs(argv, {}, USAGE.man)
+  const { values } = parseCommandArgs(argv, { output: { type: 'string' } }, USAGE.man)
   const pkg = JSON.parse(readFileSync(packageFile('package.json'), 'utf8')) as { version?: string }
   const lines = [
     `.TH ${BIN.toUpperCase()} 1 "" "${BIN} ${pkg.version ?? ''}" "User Commands"`,
@@ -237,6 +238,12 @@ export async function manPage(argv: readonly string[]): Promise<number> {
     '.BR ssh\\-agent (1),',
     '.BR gpg\\-agent (1)',
   )
-  process.stdout.write(lines.join('\n') + '\n')
+  const page = lines.join('\n') + '\n'
+  // --output: how `npm pack` ships it (package.json "man"), so `man cargo-pkcs11-agent` works after install.
+  if (values.output === undefined) process.stdout.write(page)
+  else {
+    mkdirSync(dirname(values.output), { recursive: true })
+    writeFileSync(values.output, page)
+  }
   return 0
 }

@@ -21,7 +21,7 @@ import { toAgentError } from '../lib/errors.js'
 import { DEFAULT_POLICY_CONFIG } from '../policy/config.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
 import { parseCommandArgs, USAGE } from './args.js'
-import { nativeBindingError } from './native.js'
+import { nativeBindingError, nativeBindingMissing } from './native.js'
 
 type Level = 'ok' | 'warn' | 'fail'
 
@@ -230,6 +230,8 @@ function checkSettings(config: Config): Finding[] {
 
 async function checkTokens(config: Config): Promise<Finding[]> {
   // Loaded only here: the device layer pulls in the native pkcs11js binding.
+  const missing = nativeBindingMissing()
+  if (missing !== undefined) return [finding('fail', 'native binding', missing.message, missing.remedy)]
   let device: typeof import('../pkcs11/device.js')
   try {
     device = await import('../pkcs11/device.js')

@@ -10,7 +10,7 @@ import { AgentError, toAgentError } from '../lib/errors.js'
 import { packageFile } from '../lib/package-files.js'
 import { closest } from '../lib/suggest.js'
 import { BIN, USAGE } from './args.js'
-import { nativeBindingError } from './native.js'
+import { nativeBindingError, nativeBindingMissing } from './native.js'
 
 /** A command receives the arguments after its name and resolves to the process exit code. */
 export type Command = (argv: readonly string[]) => Promise<number>
@@ -19,6 +19,8 @@ interface CommandEntry {
   readonly usage: string
   readonly summary: string
   readonly load: () => Promise<Command>
+  /** Loads the PKCS#11 binding: checked for a missing native build first (src/cli/native.ts). */
+  readonly native?: true
 }
 
 /**
@@ -30,6 +32,7 @@ export const COMMANDS: Readonly<Record<string, CommandEntry>> = Object.freeze({
     usage: USAGE.run,
     summary: 'start the agent (detached unless --foreground)',
     load: async () => (await import('./run.js')).run,
+    native: true,
   },
   stop: {
     usage: USAGE.stop,
@@ -65,21 +68,25 @@ export const COMMANDS: Readonly<Record<string, CommandEntry>> = Object.freeze({
     usage: USAGE.keygen,
     summary: 'generate a P-384 key on the device (refuses to overwrite without --force)',
     load: async () => (await import('./keygen.js')).keygen,
+    native: true,
   },
   list: {
     usage: USAGE.list,
     summary: 'the P-384 keys on a token (or every token of a module) with their k3.public',
     load: async () => (await import('./list.js')).list,
+    native: true,
   },
   pubkey: {
     usage: USAGE.pubkey,
     summary: 'print the k3.public of a device key, to register with the registry',
     load: async () => (await import('./pubkey.js')).pubkey,
+    native: true,
   },
   setup: {
     usage: USAGE.setup,
     summary: 'first run: find a token (or make a SoftHSM one), generate or reuse the key, write the configs',
     load: async () => (await import('./setup.js')).setup,
+    native: true,
   },
   doctor: {
     usage: USAGE.doctor,
@@ -193,6 +200,10 @@ export async function main(argv: readonly string[]): Promise<number> {
     if (rest[0] === '--help' || rest[0] === '-h') {
       process.stdout.write(`usage: ${BIN} ${entry.usage}\n  ${entry.summary}\n`)
       return 0
+    }
+    if (entry.native === true) {
+      const missing = nativeBindingMissing()
+      if (missing !== undefined) throw missing
     }
     const command = await entry.load()
     return await command(rest)
