@@ -39,15 +39,17 @@ describe('npm pack → npm install -g --prefix → the installed commands', () =
     const clone = join(dir, 'clone')
     mkdirSync(clone)
     // The tracked and new files, as a fresh clone has them: no dist/, no build output.
-    const list = run('git', ['ls-files', '-co', '--exclude-standard', '-z'], { cwd: repoRoot() })
-    assert.equal(list.status, 0, list.stderr)
-    const copy = spawnSync('tar', ['-c', '--null', '-T', '-', '-f', '-'], {
-      cwd: repoRoot(),
-      input: list.stdout,
-    })
-    assert.equal(copy.status, 0, String(copy.stderr))
-    const extract = spawnSync('tar', ['-x', '-f', '-', '-C', clone], { input: copy.stdout })
-    assert.equal(extract.status, 0, String(extract.stderr))
+    const copy = run(
+      'bash',
+      [
+        '-c',
+        'set -o pipefail; git ls-files -co --exclude-standard -z | tar -c --null -T - -f - | tar -x -f - -C "$1"',
+        'copy',
+        clone,
+      ],
+      { cwd: repoRoot() },
+    )
+    assert.equal(copy.status, 0, copy.stderr)
     assert.equal(existsSync(join(clone, 'dist')), false)
     // The development dependencies the build needs (tsc), as `npm ci` would install them.
     symlinkSync(join(repoRoot(), 'node_modules'), join(clone, 'node_modules'))
