@@ -4,8 +4,7 @@
  * it answers on its socket.
  */
 import { spawn } from 'node:child_process'
-import { mkdirSync, openSync, closeSync } from 'node:fs'
-import { dirname } from 'node:path'
+import { closeSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 
 import { Agent } from '../agent/agent.js'
@@ -13,6 +12,7 @@ import { AgentConnection } from '../protocol/client.js'
 import { probeSocket } from '../agent/socket.js'
 import { loadConfig } from '../config/load.js'
 import { agentLogPath, resolveConfigPath, resolveSocketPath } from '../config/paths.js'
+import { agentLogWriter, openAgentLog } from '../lib/agent-log.js'
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { ensureThreadpoolSize, relaunchWithThreadpoolSize, withThreadpoolSize } from '../lib/threadpool.js'
@@ -77,8 +77,7 @@ export function spawnDetachedAgent(
   env: NodeJS.ProcessEnv = process.env,
 ): { pid: number; exited: () => boolean; logPath: string } {
   const logPath = agentLogPath(env)
-  mkdirSync(dirname(logPath), { recursive: true, mode: 0o700 })
-  const log = openSync(logPath, 'a', 0o600)
+  const log = openAgentLog(logPath).fd
   const bin = fileURLToPath(new URL('../bin/cargo-pkcs11-agent.js', import.meta.url))
   const child = spawn(process.execPath, [bin, 'run', '--foreground', ...args], {
     detached: true,
@@ -120,7 +119,8 @@ export async function run(argv: readonly string[]): Promise<number> {
   const configPath = resolveConfigPath(args.config)
   const config = loadConfig(configPath.path)
   const socketPath = resolveSocketPath(args.socket, config.agent.socket).path
-  const agent = new Agent({ config, socketPath, configPath: configPath.path })
+  const log = agentLogWriter(agentLogPath(), 'cargo-pkcs11-agent: ')
+  const agent = new Agent({ config, socketPath, configPath: configPath.path, log })
   await agent.start()
   await agent.runUntilSignalled()
   return 0

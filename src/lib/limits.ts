@@ -25,6 +25,14 @@ export const LIMITS = Object.freeze({
   sessionsPerToken: 16,
   /** How long the shim waits for an agent it started to begin listening. */
   agentStartWaitMs: 5_000,
+  /** An agent that exits while the shim waits for it left its reason in agent.log: the shim prints at
+   * most this many of its last lines (a config error with its did-you-mean is two or three lines). */
+  agentExitLogLines: 20,
+  /** agent.log is renamed to agent.log.1 (replacing the previous one) once it is this large, when an
+   * agent starts or writes a line: a few thousand start-up and reload lines, never unbounded. */
+  agentLogMaxBytes: 1024 * 1024,
+  /** `stop`: how long the agent's graceful shutdown may take (shutdownGraceMs plus closing devices). */
+  agentStopWaitMs: 15_000,
   /** Graceful shutdown: how long in-flight requests may still finish after SIGTERM. */
   shutdownGraceMs: 10_000,
   /** Default `token-max-age-seconds` and the verifier's default window. RFC 3231 recommends registries
