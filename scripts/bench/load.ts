@@ -22,7 +22,7 @@ import { writeFileSync } from 'node:fs'
 import { createHash } from 'node:crypto'
 import { parseArgs } from 'node:util'
 
-import { AgentConnection } from '../../src/agent/client.js'
+import { AgentConnection } from '../../src/protocol/client.js'
 import { AgentError } from '../../src/lib/errors.js'
 import { LIMITS } from '../../src/lib/limits.js'
 import { Pin } from '../../src/lib/secret.js'

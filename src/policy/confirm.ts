@@ -106,12 +106,28 @@ export class Confirmer {
     })
     // The pinentry the signing token's PIN comes from is the one the user set up for this device.
     const program = token?.pin.kind === 'pinentry' ? token.pin.program : undefined
-    const approved = await pinentryConfirm(this.#deps.pinentry(intent, program), {
-      title: 'cargo-pkcs11-agent',
-      description: text,
-      ok: okLabel,
-      cancel: 'Refuse',
-    })
+    let approved: boolean
+    try {
+      approved = await pinentryConfirm(this.#deps.pinentry(intent, program), {
+        title: 'cargo-pkcs11-agent',
+        description: text,
+        ok: okLabel,
+        cancel: 'Refuse',
+      })
+    } catch (error) {
+      // No PIN is involved here: a pinentry that cannot ask (no display, not installed) means there is
+      // no channel for the yes/no, and the fix is a confirmation mode, not a PIN source.
+      if (!(error instanceof AgentError) || error.code !== 'PIN_ENTRY_FAILED') throw error
+      throw new AgentError(
+        'POLICY_DENIED',
+        `Confirmation is required to ${describeIntent(intent)}, but ${prompter.interactive ? '' : 'the requesting program has no terminal and '}pinentry could not ask (${error.message})`,
+        {
+          cause: error,
+          remedy:
+            'Run cargo from a terminal; or set confirm = "touch" for this registry (a key with a touch policy); or run the agent in your desktop session so pinentry can ask (`cargo-pkcs11-agent install-service`); for CI set confirm = "none"',
+        },
+      )
+    }
     return { approved, via: 'pinentry' }
   }
 }

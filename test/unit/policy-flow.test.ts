@@ -459,3 +459,19 @@ test('a notice the prompter cannot deliver never fails the request', async () =>
   )
   assert.equal(token, 'tok')
 })
+
+test('no terminal and a pinentry that cannot ask: the refusal names a confirmation mode, not a PIN source', async () => {
+  const p = make({ pinentryProgram: '/nonexistent/pinentry' })
+  await assert.rejects(
+    p.approve(publishIntent(), new RecordingPrompter(false), registryPolicy({ confirm: 'prompt' })),
+    (e: unknown) => {
+      assert.ok(e instanceof AgentError)
+      assert.equal(e.code, 'POLICY_DENIED')
+      assert.match(e.message, /no terminal and pinentry could not ask/)
+      assert.match(e.remedy ?? '', /confirm = "touch"/)
+      assert.match(e.remedy ?? '', /confirm = "none"/)
+      assert.doesNotMatch(e.remedy ?? '', /PIN source/)
+      return true
+    },
+  )
+})
