@@ -2,7 +2,7 @@
  * The agent's listening socket: a per-user directory (0700, ours) holding a 0600 socket. Never a TCP
  * port (design: "socket that only its user can reach").
  */
-import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs'
+import { chmodSync, lstatSync, mkdirSync, unlinkSync, type Stats } from 'node:fs'
 import { createConnection, type Server } from 'node:net'
 import { dirname } from 'node:path'
 
@@ -145,7 +145,33 @@ export async function listenUnix(server: Server, socketPath: string): Promise<vo
   chmodSync(socketPath, LIMITS.socketFileMode)
 }
 
-export function removeSocket(socketPath: string): void {
+/** Which file a path names: a socket deleted and re-created at the same path has a new inode. */
+export interface SocketIdentity {
+  readonly dev: number
+  readonly ino: number
+}
+
+/** The identity of the socket at `socketPath` now, or undefined when nothing (or no socket) is there. */
+export function socketIdentity(socketPath: string): SocketIdentity | undefined {
+  let stat: Stats
+  try {
+    stat = lstatSync(socketPath)
+  } catch {
+    return undefined
+  }
+  return stat.isSocket() ? { dev: stat.dev, ino: stat.ino } : undefined
+}
+
+export function sameSocket(a: SocketIdentity | undefined, b: SocketIdentity | undefined): boolean {
+  return a !== undefined && b !== undefined && a.dev === b.dev && a.ino === b.ino
+}
+
+/**
+ * Removes the socket file, but only while it is still `ours`: an agent started after ours was cut
+ * off may already listen at the same path, and unlinking its socket would cut it off too.
+ */
+export function removeSocket(socketPath: string, ours?: SocketIdentity): void {
+  if (ours !== undefined && !sameSocket(ours, socketIdentity(socketPath))) return
   try {
     unlinkSync(socketPath)
   } catch {
