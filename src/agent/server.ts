@@ -90,6 +90,12 @@ class RefusalLog {
 
 let nextConnectionId = 1
 
+/** A new connection waiting for a slot; its timer retries eviction until connectionAdmitWaitMs. */
+interface Waiting {
+  readonly socket: Socket
+  timer: NodeJS.Timeout | undefined
+}
+
 class Connection {
   readonly id = nextConnectionId++
   readonly #socket: Socket
@@ -151,8 +157,9 @@ class Connection {
     return !this.busy && this.#inbox === undefined && this.#socket.writableLength === 0
   }
 
-  destroy(reason?: string): void {
-    if (reason !== undefined) this.#refusals.note('closed', `connection ${this.id}: ${reason}`)
+  /** Cuts the connection; with a reason, logged as a refusal of that kind. */
+  destroy(kind?: string, reason?: string): void {
+    if (kind !== undefined) this.#refusals.note(kind, `connection ${this.id}: ${reason ?? kind}`)
     this.#socket.destroy()
     this.#release()
   }
@@ -182,11 +189,11 @@ class Connection {
   #onTimer(): void {
     if (this.#gone) return
     if (!this.#sawFrame) {
-      this.destroy(`no complete frame within ${LIMITS.requestReadTimeoutMs} ms of connecting`)
+      this.destroy('slow', `no complete frame within ${LIMITS.requestReadTimeoutMs} ms of connecting`)
       return
     }
     if (this.#outputPaused) {
-      this.destroy(`answers unread for ${LIMITS.connectionIdleTimeoutMs} ms`)
+      this.destroy('unread', `answers unread for ${LIMITS.connectionIdleTimeoutMs} ms`)
       return
     }
     // Running requests are bounded by requestTimeoutMs; the idle clock starts when they are done.
@@ -194,7 +201,7 @@ class Connection {
       this.#timer.refresh()
       return
     }
-    this.destroy(`idle for ${LIMITS.connectionIdleTimeoutMs} ms`)
+    this.destroy('idle', `idle for ${LIMITS.connectionIdleTimeoutMs} ms`)
   }
 
   /**
@@ -410,8 +417,8 @@ export class AgentServer {
   readonly #refusals: RefusalLog
   readonly #connections = new Set<Connection>()
   readonly #refused = new Set<Socket>()
-  /** Accepted while at the cap: decided after this loop turn's EOFs have released their slots. */
-  #admitting: Socket[] = []
+  /** Accepted while every connection was busy, waiting (bounded) for a slot. */
+  #admitting: Waiting[] = []
   #identity: SocketIdentity | undefined
   #closing = false
   #idleWaiters: (() => void)[] = []
@@ -445,36 +452,61 @@ export class AgentServer {
       socket.destroy()
       return
     }
-    if (this.#connections.size < this.#max) {
+    if (this.#connections.size < this.#max || this.#evictIdle()) {
       this.#admit(socket)
       return
     }
-    // The kernel may hand us a client's new connection in the same loop turn as the EOF of its
-    // previous one; decide once those EOFs have been read, so reconnecting clients are not refused.
+    if (this.#admitting.length >= this.#max) {
+      this.#refuse(socket)
+      return
+    }
+    // Every connection is busy. Slots free up within milliseconds when clients merely reconnect
+    // (the kernel can hand us a client's new connection before the EOF of its previous one), so
+    // wait a moment for one before refusing.
     socket.pause()
-    this.#admitting.push(socket)
-    if (this.#admitting.length === 1) setImmediate(() => this.#admitWaiting())
+    const since = Date.now()
+    const waiting: Waiting = { socket, timer: undefined }
+    const retry = (): void => {
+      if (socket.destroyed) return
+      if (this.#connections.size < this.#max || this.#evictIdle()) {
+        this.#admitting = this.#admitting.filter((w) => w !== waiting)
+        this.#admit(socket)
+      } else if (Date.now() - since >= LIMITS.connectionAdmitWaitMs) {
+        this.#admitting = this.#admitting.filter((w) => w !== waiting)
+        this.#refuse(socket)
+      } else waiting.timer = setTimeout(retry, LIMITS.connectionEvictIdleMs)
+    }
+    waiting.timer = setTimeout(retry, LIMITS.connectionEvictIdleMs)
+    socket.once('close', () => {
+      clearTimeout(waiting.timer)
+      this.#admitting = this.#admitting.filter((w) => w !== waiting)
+    })
+    this.#admitting.push(waiting)
   }
 
-  #admitWaiting(): void {
-    const waiting = this.#admitting
-    this.#admitting = []
-    for (const socket of waiting) {
-      if (socket.destroyed) continue
-      if (this.#closing) socket.destroy()
-      else if (this.#connections.size < this.#max || this.#evictIdle()) this.#admit(socket)
-      else this.#refuse(socket)
+  /** A slot was released: the longest-waiting new connection takes it. */
+  #admitNext(): void {
+    while (!this.#closing && this.#connections.size < this.#max) {
+      const next = this.#admitting.shift()
+      if (next === undefined) return
+      clearTimeout(next.timer)
+      if (!next.socket.destroyed) this.#admit(next.socket)
     }
   }
 
   /** Closes the longest-idle connection to make room; false when every connection is busy. */
   #evictIdle(): boolean {
     let oldest: Connection | undefined
+    const now = Date.now()
     for (const connection of this.#connections)
-      if (connection.idle && (oldest === undefined || connection.lastActive < oldest.lastActive))
+      if (
+        connection.idle &&
+        now - connection.lastActive >= LIMITS.connectionEvictIdleMs &&
+        (oldest === undefined || connection.lastActive < oldest.lastActive)
+      )
         oldest = connection
     if (oldest === undefined) return false
-    oldest.destroy(`idle, closed to admit a new connection (${this.#connections.size} open)`)
+    oldest.destroy('evicted', `idle, closed to admit a new connection (${this.#connections.size} open)`)
     return true
   }
 
@@ -509,6 +541,7 @@ export class AgentServer {
       this.#refusals,
       () => {
         this.#connections.delete(connection)
+        this.#admitNext()
         this.#checkIdle()
       },
       () => {
@@ -537,7 +570,10 @@ export class AgentServer {
     this.#closing = true
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
     removeSocket(this.#options.socketPath, this.#identity)
-    for (const socket of this.#admitting) socket.destroy()
+    for (const { socket, timer } of this.#admitting) {
+      clearTimeout(timer)
+      socket.destroy()
+    }
     this.#admitting = []
     for (const connection of this.#connections) connection.endWhenIdle()
     if ([...this.#connections].some((c) => c.busy)) {

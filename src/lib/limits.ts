@@ -16,6 +16,12 @@ export const LIMITS = Object.freeze({
   maxConnections: 64,
   /** A client must send its request this soon after connecting (slowloris guard). */
   requestReadTimeoutMs: 5_000,
+  /** When every connection is busy, a new one waits this long for a slot before AGENT_BUSY: slots
+   * free up within milliseconds when clients only reconnect, as the shim does for every request. */
+  connectionAdmitWaitMs: 2_000,
+  /** A connection idle this long (or silent this long after connecting) may be closed to make room
+   * for a new one; an honest client sends its request, or its next one, well within it. */
+  connectionEvictIdleMs: 250,
   /** After its first frame, a connection with nothing in flight and no complete frame for this long
    * is closed (so is one whose answers stay unread this long). The shim holds a connection only for
    * one request; without this bound 64 idle connections would lock every other client out. */
