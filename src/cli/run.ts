@@ -15,7 +15,12 @@ import { agentLogPath, resolveConfigPath, resolveSocketPath } from '../config/pa
 import { agentLogWriter, openAgentLog } from '../lib/agent-log.js'
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
-import { ensureThreadpoolSize, relaunchWithThreadpoolSize, withThreadpoolSize } from '../lib/threadpool.js'
+import {
+  detachFromRelauncher,
+  ensureThreadpoolSize,
+  relaunchWithThreadpoolSize,
+  withThreadpoolSize,
+} from '../lib/threadpool.js'
 import { parseCommandArgs, USAGE } from './args.js'
 
 export function parseRunArgs(argv: readonly string[]): {
@@ -115,6 +120,7 @@ export async function run(argv: readonly string[]): Promise<number> {
   // (src/lib/threadpool.ts). A parent that did not costs one relaunch. (relaunch first: it checks the
   // variable itself, and ensureThreadpoolSize() would set it in this process and hide the need.)
   if (await relaunchWithThreadpoolSize()) return (process.exitCode as number | undefined) ?? 0
+  detachFromRelauncher()
   ensureThreadpoolSize()
   const configPath = resolveConfigPath(args.config)
   const config = loadConfig(configPath.path)

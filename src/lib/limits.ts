@@ -11,10 +11,41 @@ export const LIMITS = Object.freeze({
   /** Socket directory and socket file modes: only the owning user may connect. */
   socketDirMode: 0o700,
   socketFileMode: 0o600,
-  /** Simultaneous client connections the agent serves; more are refused with AGENT_BUSY. */
+  /** Simultaneous client connections the agent serves. At the cap a new one takes the place of the
+   * longest-idle connection; only when every connection is busy is it refused with AGENT_BUSY. */
   maxConnections: 64,
   /** A client must send its request this soon after connecting (slowloris guard). */
   requestReadTimeoutMs: 5_000,
+  /** When every connection is busy, a new one waits this long for a slot before AGENT_BUSY: slots
+   * free up within milliseconds when clients only reconnect, as the shim does for every request. */
+  connectionAdmitWaitMs: 2_000,
+  /** A connection idle this long (or silent this long after connecting) may be closed to make room
+   * for a new one; an honest client sends its request, or its next one, well within it. */
+  connectionEvictIdleMs: 250,
+  /** After its first frame, a connection with nothing in flight and no complete frame for this long
+   * is closed (so is one whose answers stay unread this long). The shim holds a connection only for
+   * one request; without this bound 64 idle connections would lock every other client out. */
+  connectionIdleTimeoutMs: 10_000,
+  /** Unsent output per connection above which the agent stops reading that connection until the
+   * client has read (socket 'drain'): four full frames. A client that writes tiny bad frames and
+   * never reads would otherwise make the agent queue an error answer per frame without end. */
+  socketOutputMaxBytes: 4 * 64 * 1024,
+  /** Requests one connection may have running at once: below maxPendingSigns, so a single
+   * connection cannot fill a device's wait queue and starve other clients. */
+  maxInflightPerConnection: 8,
+  /** Requests past that cap wait in a per-connection queue of this many requests and bytes (300
+   * pipelined signs, ~330 bytes each, fit); past it a request is answered AGENT_BUSY at once. */
+  maxQueuedRequestsPerConnection: 512,
+  maxQueuedRequestBytesPerConnection: 256 * 1024,
+  /** Refusals (bad frames, busy, idle closes) are logged at once, then summarised at most once per
+   * this interval per kind, so a flood cannot turn the agent log into a disk filler. */
+  refusalLogIntervalMs: 1_000,
+  /** How often the agent checks that its socket path still holds its own socket (inode). A deleted
+   * or replaced socket leaves the agent unreachable, and the next shim would start a second one. */
+  socketWatchIntervalMs: 2_000,
+  /** `run --foreground` relaunched for UV_THREADPOOL_SIZE: how long the parent waits for the child
+   * to report a signal it got itself (a signal to the process group reaches both) before relaying. */
+  signalRelayWaitMs: 300,
   /** Upper bound for one request inside the agent, including a touch or a human confirmation. */
   requestTimeoutMs: 120_000,
   /** Device signs that may wait at once (each holds a libuv worker thread; see UV_THREADPOOL_SIZE). */
