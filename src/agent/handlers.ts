@@ -6,9 +6,9 @@ import type { KeyRef, TokenConfig } from '../config/schema.js'
 import { AgentError } from '../lib/errors.js'
 import { k3Pid, k3Public } from '../keys/paserk.js'
 import type { Intent } from '../cargo/intent.js'
-import type { DeviceKey } from '../pkcs11/device.js'
+import type { DeviceKey } from '../pkcs11/key-catalogue.js'
 import type { AgentState } from './state.js'
-import { describeKey, selector } from './devices.js'
+import { describeKey } from './devices.js'
 import { tokenPolicy } from './policy-config.js'
 import { registryBinding } from './pipeline/bind.js'
 import { parseCargoLine, parseRequester } from './pipeline/parse.js'
@@ -121,7 +121,7 @@ async function keyInfo(
   const { token, device } = agent.devices.byName(ref.token)
   // Private objects (and on some tokens the public ones) are hidden until login.
   await loginToken(agent, token, params, context, intent)
-  return keyInfoOf(token, await device.findKey(selector(ref)))
+  return keyInfoOf(token, await device.findKey(ref))
 }
 
 function stringParam(params: Params, key: string): string | undefined {

@@ -4,15 +4,14 @@
  * or a config exists (`setup`, CI provisioning). A token comes either from the config
  * (`--token NAME`, or the only configured token) or from flags (`--module M --token-label L`).
  */
-import { tokenSelector } from '../agent/devices.js'
 import { loadConfig } from '../config/load.js'
 import { resolveConfigPath } from '../config/paths.js'
 import type { TokenConfig } from '../config/schema.js'
 import { AgentError } from '../lib/errors.js'
 import { readPinFile } from '../lib/pin-file.js'
 import { Pin } from '../lib/secret.js'
-import type { TokenSelector } from '../pkcs11/device.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
+import { tokenSelector, type TokenSelector } from '../pkcs11/selector.js'
 import { askPinOnTty, hasTerminal } from '../shim/tty.js'
 import { parseCommandArgs, usageError, type OptionSpecs } from './args.js'
 

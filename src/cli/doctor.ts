@@ -15,7 +15,7 @@ import { loadConfig } from '../config/load.js'
 import { resolveConfigPath, resolveSocketPath } from '../config/paths.js'
 import type { Config, TokenConfig } from '../config/schema.js'
 import { toAgentError } from '../lib/errors.js'
-import { applyModuleEnvironment } from '../pkcs11/modules.js'
+import { applyModuleEnvironment, resolveModulePath } from '../pkcs11/modules.js'
 import { parseCommandArgs, USAGE } from './args.js'
 
 type Level = 'ok' | 'warn' | 'fail'
@@ -145,8 +145,7 @@ function checkModuleEnvironment(token: TokenConfig, modulePath: string): Finding
 
 async function checkTokens(config: Config): Promise<Finding[]> {
   // Loaded only here: the device layer pulls in the native pkcs11js binding.
-  const { Device, resolveModulePath } = await import('../pkcs11/device.js')
-  const { tokenSelector } = await import('../agent/devices.js')
+  const { Device } = await import('../pkcs11/device.js')
   const findings: Finding[] = []
   for (const token of Object.values(config.tokens)) {
     const check = `token ${token.name}`
@@ -162,7 +161,7 @@ async function checkTokens(config: Config): Promise<Finding[]> {
     const environment = checkModuleEnvironment(token, modulePath)
     findings.push(...environment)
     if (environment.some((f) => f.level === 'fail')) continue
-    const device = new Device(tokenSelector(token))
+    const device = new Device(token)
     try {
       const status = await device.status()
       if (!status.present) {
@@ -203,11 +202,8 @@ async function checkTokens(config: Config): Promise<Finding[]> {
           ['mutation', registry.mutationKey],
         ] as const) {
           if (ref.token !== token.name) continue
-          const keySelector: { label?: string; id?: string } = {}
-          if (ref.label !== undefined) keySelector.label = ref.label
-          if (ref.id !== undefined) keySelector.id = ref.id
           try {
-            const key = await device.findKey(keySelector)
+            const key = await device.findKey(ref)
             const { k3Pid } = await import('../keys/paserk.js')
             const exportable = key.extractable || !key.sensitive
             findings.push(

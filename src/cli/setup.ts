@@ -28,9 +28,9 @@ import { k3Pid, k3Public } from '../keys/paserk.js'
 import { AgentError } from '../lib/errors.js'
 import { readPinFile } from '../lib/pin-file.js'
 import { Pin } from '../lib/secret.js'
-import { tokenSelector } from '../agent/devices.js'
-import { Device, resolveModulePath, type DeviceKey } from '../pkcs11/device.js'
-import { applyModuleEnvironment } from '../pkcs11/modules.js'
+import { Device } from '../pkcs11/device.js'
+import type { DeviceKey } from '../pkcs11/key-catalogue.js'
+import { applyModuleEnvironment, resolveModulePath } from '../pkcs11/modules.js'
 import { askPinOnTty, hasTerminal } from '../shim/tty.js'
 import { parseCommandArgs, USAGE, usageError } from './args.js'
 
@@ -322,7 +322,7 @@ export async function setup(argv: readonly string[]): Promise<number> {
   // 3. The key, on the device.
   applyModuleEnvironment(token.moduleEnv)
   const pin = await pinFor(token)
-  const device = new Device(tokenSelector(token), { cachedPin: () => pin ?? undefined })
+  const device = new Device(token, { cachedPin: () => pin ?? undefined })
   let key: DeviceKey
   let action: string
   try {

@@ -16,6 +16,7 @@ import { after, before, test } from 'node:test'
 import { parseAuditLines, AuditLog } from '../../src/audit/log.js'
 import { AgentError } from '../../src/lib/errors.js'
 import { Device } from '../../src/pkcs11/device.js'
+import { pkcs11Signer } from '../../src/signer/pkcs11.js'
 import {
   registryPolicy,
   type PolicyConfig,
@@ -105,7 +106,7 @@ async function request(
   tok: TokenPolicy = token(),
   prompter = new RecordingPrompter(false),
 ): Promise<string> {
-  const signer = await device.signer({ label: 'gen' })
+  const signer = await pkcs11Signer(device, { label: 'gen' })
   const signed = await approveLoginSignAudit(p, audit, {
     intent,
     prompter,

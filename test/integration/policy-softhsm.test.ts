@@ -14,6 +14,7 @@ import { parseAuditLines, AuditLog } from '../../src/audit/log.js'
 import { AgentError } from '../../src/lib/errors.js'
 import type { Pin } from '../../src/lib/secret.js'
 import { Device } from '../../src/pkcs11/device.js'
+import { pkcs11Signer } from '../../src/signer/pkcs11.js'
 import {
   registryPolicy,
   type PolicyConfig,
@@ -106,7 +107,7 @@ function tokenPolicy(pin: TokenPolicy['pin'] = { kind: 'pinentry' }): TokenPolic
 }
 
 async function getSigner(): Promise<Signer> {
-  signer ??= await device.signer({ label: 'gen' })
+  signer ??= await pkcs11Signer(device, { label: 'gen' })
   return signer
 }
 
