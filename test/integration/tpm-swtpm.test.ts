@@ -88,9 +88,7 @@ describe('tpm2-pkcs11 on swtpm', () => {
     const request = {
       indexUrl: INDEX_URL,
       operation: 'publish',
-      name: 'tpm-crate',
-      vers: '0.1.0',
-      cksum: 'b'.repeat(64),
+      crate: { name: 'tpm-crate', vers: '0.1.0', cksum: 'b'.repeat(64) },
     } as const
     const built = await buildToken(signer, request)
     const verified = await verifyToken(built.token, {

@@ -21,9 +21,7 @@ const INDEX_URL = 'sparse+http://127.0.0.1:8000/index/'
 const PUBLISH = {
   indexUrl: INDEX_URL,
   operation: 'publish',
-  name: 'opensc-crate',
-  vers: '2.0.0',
-  cksum: 'c'.repeat(64),
+  crate: { name: 'opensc-crate', vers: '2.0.0', cksum: 'c'.repeat(64) },
 } as const
 
 describe('virtual YubiKey through OpenSC (opensc-pkcs11.so)', () => {

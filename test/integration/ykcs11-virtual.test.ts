@@ -25,9 +25,7 @@ const INDEX_URL = 'sparse+http://127.0.0.1:8000/index/'
 const PUBLISH = {
   indexUrl: INDEX_URL,
   operation: 'publish',
-  name: 'demo-crate',
-  vers: '1.2.3',
-  cksum: 'a'.repeat(64),
+  crate: { name: 'demo-crate', vers: '1.2.3', cksum: 'a'.repeat(64) },
 } as const
 
 describe('ykcs11 on a virtual YubiKey (vpcd + PIV emulator)', () => {
