@@ -37,7 +37,7 @@ function errorValue(error: unknown): number | undefined {
 }
 
 /** Cryptoki failure → AgentError, through the one table in ckr.ts. `where` names the module/token. */
-export function translate(error: unknown, op: Operation, where: string): AgentError {
+function translate(error: unknown, op: Operation, where: string): AgentError {
   if (error instanceof AgentError) return error
   const rv = errorValue(error)
   if (rv !== undefined) return fromReturnValue(rv, op, where, error)
@@ -113,7 +113,6 @@ export interface TokenInfo {
   pinFinalTry: boolean
   pinLocked: boolean
   tokenInitialized: boolean
-  userPinInitialized: boolean
 }
 
 export type KeyClass = 'private' | 'public'
@@ -135,7 +134,6 @@ export interface KeyAttributes {
   alwaysAuthenticate: boolean
   extractable: boolean
   sensitive: boolean
-  canSign: boolean
 }
 
 // DER of OID 1.3.132.0.34 (secp384r1), the named-curve form of CKA_EC_PARAMS (X9.62 ECParameters).
@@ -234,7 +232,6 @@ export class Pkcs11Module {
       pinFinalTry: (f & k.CKF_USER_PIN_FINAL_TRY) !== 0,
       pinLocked: (f & k.CKF_USER_PIN_LOCKED) !== 0,
       tokenInitialized: (f & k.CKF_TOKEN_INITIALIZED) !== 0,
-      userPinInitialized: (f & k.CKF_USER_PIN_INITIALIZED) !== 0,
     }
   }
 
@@ -337,7 +334,6 @@ export class Pkcs11Module {
       alwaysAuthenticate: priv && bool(k.CKA_ALWAYS_AUTHENTICATE, false),
       extractable: priv && bool(k.CKA_EXTRACTABLE, false),
       sensitive: priv ? bool(k.CKA_SENSITIVE, false) : false,
-      canSign: priv ? bool(k.CKA_SIGN, false) : false,
     }
   }
 

@@ -13,15 +13,14 @@ import { CKR, fromReturnValue } from './ckr.js'
 import { KeyCatalogue, type DeviceKey, type OnSession } from './key-catalogue.js'
 import { generateKeyPair, keygenRequest } from './keygen.js'
 import { resolveModulePath } from './modules.js'
-import { tokenMatches, tokenSelector, type KeySelector, type TokenSelector } from './selector.js'
+import {
+  tokenMatches,
+  tokenSelector,
+  type KeySelector,
+  type TokenIdentity,
+  type TokenSelector,
+} from './selector.js'
 import { SessionPool, type PooledSession } from './session-pool.js'
-
-export interface TokenIdentity {
-  label: string
-  serial: string
-  manufacturer: string
-  model: string
-}
 
 /** Every token present on a module (for `list` and `setup`); selection then goes by label/serial. */
 export async function listTokens(moduleNameOrPath: string): Promise<TokenIdentity[]> {
@@ -38,18 +37,13 @@ export async function listTokens(moduleNameOrPath: string): Promise<TokenIdentit
   return found
 }
 
-export interface TokenStatus {
+/** CK_TOKEN_INFO's identity and PIN flags (absent token: all false), and the agent's own view. */
+export interface TokenStatus
+  extends
+    Partial<TokenIdentity>,
+    Pick<TokenInfo, 'loginRequired' | 'protectedAuthPath' | 'pinCountLow' | 'pinFinalTry' | 'pinLocked'> {
   present: boolean
-  label?: string
-  serial?: string
-  manufacturer?: string
-  model?: string
-  loginRequired: boolean
   loggedIn: boolean
-  protectedAuthPath: boolean
-  pinCountLow: boolean
-  pinFinalTry: boolean
-  pinLocked: boolean
   sessionsOpen: number
 }
 
@@ -153,29 +147,15 @@ export class Device {
       if (RECONNECT_CODES.has(err.code)) return absent
       throw err
     }
-    const any = this.#pool.any()
     let loggedIn = false
-    if (any !== undefined) {
-      try {
-        loggedIn = this.#mod().sessionLoggedIn(any.handle)
-      } catch {
-        loggedIn = false
-      }
+    try {
+      const any = this.#pool.any()
+      loggedIn = any !== undefined && this.#mod().sessionLoggedIn(any.handle)
+    } catch {
+      // That session died since: a request will notice and reconnect.
     }
-    return {
-      present: true,
-      label: info.label,
-      serial: info.serial,
-      manufacturer: info.manufacturer,
-      model: info.model,
-      loginRequired: info.loginRequired,
-      loggedIn,
-      protectedAuthPath: info.protectedAuthPath,
-      pinCountLow: info.pinCountLow,
-      pinFinalTry: info.pinFinalTry,
-      pinLocked: info.pinLocked,
-      sessionsOpen: this.#pool.size,
-    }
+    const { tokenInitialized: _initialized, ...shown } = info
+    return { present: true, ...shown, loggedIn, sessionsOpen: this.#pool.size }
   }
 
   async needsLogin(): Promise<boolean> {
@@ -363,12 +343,8 @@ export class Device {
       }
       if (!tokenMatches(info, want)) continue
       this.#slot = slot
-      this.#seen = {
-        label: info.label,
-        serial: info.serial,
-        manufacturer: info.manufacturer,
-        model: info.model,
-      }
+      const { label, serial, manufacturer, model } = info
+      this.#seen = { label, serial, manufacturer, model }
       if (this.#lost) {
         this.#lost = false
         this.#onEvent({ type: 'reconnected', token: this.describe() })
@@ -466,7 +442,12 @@ export class Device {
       // The last try just went: the token says CKR_PIN_INCORRECT but its flags say locked.
       const locked =
         left === 'locked' && err.code !== 'PIN_LOCKED'
-          ? fromReturnValue(CKR.PIN_LOCKED, contextSpecific ? 'context-login' : 'login', this.describe(), err)
+          ? fromReturnValue(
+              CKR.PIN_LOCKED.rv,
+              contextSpecific ? 'context-login' : 'login',
+              this.describe(),
+              err,
+            )
           : undefined
       const remedy = (locked ?? err).remedy
       throw new AgentError(locked?.code ?? err.code, err.message, {

@@ -15,6 +15,14 @@ export interface TokenSelector {
   model?: string | undefined
 }
 
+/** What a token says about itself in CK_TOKEN_INFO, blank padding removed. */
+export interface TokenIdentity {
+  label: string
+  serial: string
+  manufacturer: string
+  model: string
+}
+
 export interface KeySelector {
   label?: string | undefined
   /** CKA_ID as hex. */
@@ -32,10 +40,7 @@ export function tokenSelector(token: Readonly<TokenSelector>): TokenSelector {
 }
 
 /** Whether a token's CK_TOKEN_INFO fits the selector (an empty serial selects any). */
-export function tokenMatches(
-  info: { label: string; serial: string; manufacturer: string; model: string },
-  want: Omit<TokenSelector, 'module'>,
-): boolean {
+export function tokenMatches(info: TokenIdentity, want: Omit<TokenSelector, 'module'>): boolean {
   return (
     (want.label === undefined || info.label === want.label) &&
     (want.serial === undefined || want.serial === '' || info.serial === want.serial) &&
