@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks, each a ratio measured side by side in one run (shared, noisy machines: no lone times).
 #  1. start-up: the shim answering one request vs a bare `node -e 0`, and what importing `ws` would add;
-#  2. signature latency per layer vs the device's own C_Sign (scripts/bench/sign.ts).
+#  2. signature latency per layer vs the device's own C_Sign (scripts/bench/sign.ts);
+#  3. the cost of reading a connection's peer credentials vs one fstat (scripts/bench/peercred.ts).
 # Results go to stdout and .state/bench/*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,4 +26,5 @@ node -e '
 '
 unset CARGO_PKCS11_AGENT_NO_AUTOSTART CARGO_PKCS11_AGENT_SOCK
 
+node dist/scripts/bench/peercred.js --json "$out/peercred.json"
 node dist/scripts/bench/sign.js --json "$out/sign.json" "$@"

@@ -19,7 +19,7 @@ import { writeFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { createHash } from 'node:crypto'
 
-import { AgentConnection } from '../../src/agent/client.js'
+import { AgentConnection } from '../../src/protocol/client.js'
 import { Device } from '../../src/pkcs11/device.js'
 import { resolveModulePath } from '../../src/pkcs11/modules.js'
 import { pkcs11Signer } from '../../src/signer/pkcs11.js'

@@ -10,7 +10,8 @@ import type { Policy } from '../policy/policy.js'
 import { Devices } from './devices.js'
 import { AuditLog } from '../audit/log.js'
 import { createPolicy } from './policy-config.js'
-import { handle } from './handlers.js'
+import { METHOD_HANDLERS } from './methods/index.js'
+import { SocketPrompter } from './prompter.js'
 import type { AgentState } from './state.js'
 import { AgentServer } from './server.js'
 
@@ -60,7 +61,10 @@ export class Agent implements AgentState {
       handler: async (method, params, context) => {
         this.#touchIdle()
         try {
-          return await handle(this, method, params, context)
+          // The shim's terminal answers only when the client declared one and the agent is not headless.
+          const prompter = (interactive: boolean): SocketPrompter =>
+            new SocketPrompter(context, interactive && !this.config.agent.headless)
+          return await METHOD_HANDLERS[method](this, params, { prompter })
         } finally {
           this.#touchIdle()
         }

@@ -8,7 +8,7 @@ import { LIMITS } from '../lib/limits.js'
 import { Pin } from '../lib/secret.js'
 import type { Notice, PinPrompt, Prompter } from '../policy/intent.js'
 import type { Intent } from '../cargo/intent.js'
-import type { EventName } from './protocol.js'
+import type { EventName } from '../protocol/methods.js'
 import type { RequestContext } from './server.js'
 
 const EVENT_FOR: Record<Notice['kind'], EventName> = {
@@ -32,13 +32,12 @@ export class SocketPrompter implements Prompter {
 
   async askPin(request: PinPrompt): Promise<Pin> {
     if (!this.interactive) throw noTerminal()
-    const data: Record<string, unknown> = {
+    const answer = await this.#context.ask('pin', {
       tokenDescription: request.tokenDescription,
       reason: request.reason,
       prompt: `PIN for ${request.tokenDescription}: `,
-    }
-    if (request.triesLeft !== undefined) data['triesLeft'] = request.triesLeft
-    const answer = await this.#context.ask('pin', data)
+      ...(request.triesLeft === undefined ? {} : { triesLeft: request.triesLeft }),
+    })
     const pin = answer['pin']
     if (typeof pin !== 'string' || pin === '')
       throw new AgentError('PIN_ENTRY_FAILED', 'No PIN was entered', {

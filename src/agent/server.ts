@@ -1,6 +1,6 @@
 /**
  * Connection handling for the agent socket: framing, limits, per-request timeouts, events and
- * queries. What a request *does* is the handler's business (handlers.ts).
+ * queries. What a request *does* is its method's business (src/agent/methods/).
  */
 import { createServer, type Server, type Socket } from 'node:net'
 
@@ -11,11 +11,9 @@ import {
   LineDecoder,
   parseClientMessage,
   type AgentMessage,
-  type EventName,
-  type Method,
-  type QueryName,
   type RequestMessage,
-} from './protocol.js'
+} from '../protocol/frames.js'
+import type { EventName, Method, Queries, QueryName } from '../protocol/methods.js'
 import { listenUnix, removeSocket } from './socket.js'
 
 export interface RequestContext {
@@ -26,14 +24,15 @@ export interface RequestContext {
   /** Fire and forget: an event that cannot be delivered never fails the request. */
   emit(event: EventName, data: Record<string, unknown>): void
   /** Asks the client; rejects with the client's error, or with TIMEOUT / AGENT_UNREACHABLE. */
-  ask(query: QueryName, data: Record<string, unknown>): Promise<Record<string, unknown>>
+  ask<Q extends QueryName>(query: Q, data: Queries[Q]['data']): Promise<Record<string, unknown>>
 }
 
+/** Runs one request; the params are untrusted JSON, the result one of the method map's results. */
 export type Handler = (
   method: Method,
-  params: Record<string, unknown>,
+  params: Readonly<Record<string, unknown>>,
   context: RequestContext,
-) => Promise<Record<string, unknown>>
+) => Promise<object>
 
 export interface ServerOptions {
   readonly socketPath: string

@@ -1,5 +1,5 @@
 /** `cargo-pkcs11-agent lock [--socket PATH]`: forget every cached PIN and log the tokens out. */
-import { callAgent } from '../agent/client.js'
+import { callAgent } from '../protocol/client.js'
 import { USAGE } from './args.js'
 import { socketArgs } from './status.js'
 

@@ -1,5 +1,5 @@
 /** `cargo-pkcs11-agent release [--socket PATH]`: close all sessions so other programs can use the devices. */
-import { callAgent } from '../agent/client.js'
+import { callAgent } from '../protocol/client.js'
 import { USAGE } from './args.js'
 import { socketArgs } from './status.js'
 

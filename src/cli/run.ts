@@ -9,7 +9,7 @@ import { dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 import { Agent } from '../agent/agent.js'
-import { AgentConnection } from '../agent/client.js'
+import { AgentConnection } from '../protocol/client.js'
 import { probeSocket } from '../agent/socket.js'
 import { loadConfig } from '../config/load.js'
 import { agentLogPath, resolveConfigPath, resolveSocketPath } from '../config/paths.js'

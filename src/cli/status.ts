@@ -1,5 +1,5 @@
 /** `cargo-pkcs11-agent status [--socket PATH] [--json]`: what the running agent holds. */
-import { callAgent } from '../agent/client.js'
+import { callAgent } from '../protocol/client.js'
 import { resolveSocketPath } from '../config/paths.js'
 import { parseCommandArgs, USAGE } from './args.js'
 

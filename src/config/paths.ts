@@ -1,6 +1,6 @@
 /**
- * Where the agent's files live. Shared by the agent, the CLI and the shim, so it may import only
- * node builtins: the shim's start-up budget has no room for anything else (platform notes §4).
+ * Where the agent's files live. Shared by the agent, the CLI and the shim, so it may import only node
+ * builtins: the shim must start fast and has no room for anything else (docs/configuration.md, "Socket").
  */
 import { tmpdir, homedir } from 'node:os'
 import { join } from 'node:path'

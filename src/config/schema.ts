@@ -1,11 +1,12 @@
 /**
- * The agent configuration as a typed, frozen object (docs/configuration.md). Parse, then validate,
- * then act: nothing touches a token until `validateConfig` has accepted the whole file.
+ * The agent configuration as a typed, frozen object (docs/configuration.md). One row per TOML key
+ * below drives parsing, defaults and the "did you mean" hint for unknown keys; test/unit/config.test.ts
+ * checks that docs/configuration.md lists exactly these keys with these ranges and defaults.
+ * Parse, then validate, then act: nothing touches a token until `validateConfig` has accepted the file.
  */
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { closest } from '../lib/suggest.js'
-import { DEFAULT_REGISTRY_POLICY } from '../policy/config.js'
 import { defaultAuditLogPath } from './paths.js'
 
 export const PIN_SOURCES = ['pinentry', 'tty', 'env', 'file', 'none'] as const
@@ -63,7 +64,7 @@ export interface RegistryConfig {
   readonly mutationKey: KeyRef
   readonly subject?: string
   readonly tokenMaxAgeSeconds: number
-  /** For mutations; reads are never confirmed (design: reads silent). */
+  /** For mutations; reads are never confirmed (docs/configuration.md, `confirm`). */
   readonly confirm: ConfirmMode
   readonly mutationsPerHour: number
   readonly generateOnLogin: boolean
@@ -79,44 +80,51 @@ export interface Config {
 
 type Env = Readonly<Record<string, string | undefined>>
 
-const AGENT_KEYS = [
-  'socket',
-  'headless',
-  'audit-log',
-  'touch-notice-after-ms',
-  'pin-cache-idle-seconds',
-  'pin-cache-max-seconds',
-  'release-after-idle-seconds',
-  'notify',
-] as const
-const TOKEN_KEYS = [
-  'module',
-  'label',
-  'serial',
-  'manufacturer',
-  'model',
-  'pin-source',
-  'pin-env',
-  'pin-file',
-  'pinentry-program',
-  'confirm-final-try',
-  'kind',
-  'module-env',
-] as const
-const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
-const REGISTRY_KEYS = [
-  'index',
-  'read-key',
-  'mutation-key',
-  'subject',
-  'token-max-age-seconds',
-  'confirm',
-  'mutations-per-hour',
-  'generate-on-login',
-] as const
-const KEY_REF_KEYS = ['token', 'label', 'id'] as const
-const TOP_KEYS = ['agent', 'tokens', 'registries'] as const
-const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]*$/
+/** What validation carries from table to table. */
+interface Context {
+  readonly env: Env
+  /** Every problem found, as "where: what"; one CONFIG_INVALID lists them all. */
+  readonly issues: string[]
+  /** The names under [tokens], valid or not: key references are checked against these. */
+  readonly tokenNames: readonly string[]
+  /** `module-env` values so far: one agent process has one environment. */
+  readonly moduleEnv: Map<string, string>
+  /** Index URL → registry name: one index, one binding. */
+  readonly indexes: Map<string, string>
+}
+
+/** How one value is read; `undefined` means a problem was recorded at `where`. */
+export interface Type<T> {
+  /** What docs/configuration.md's type column must state: a range, the choices, an inline table's keys. */
+  readonly range?: readonly [number, number]
+  readonly choices?: readonly string[]
+  readonly keys?: readonly { readonly key: string; readonly required: boolean }[]
+  read(value: unknown, where: string, ctx: Context): T | undefined
+}
+
+export interface Row<T, Table = unknown> {
+  /** The TOML key (kebab-case). */
+  readonly key: string
+  readonly type: Type<T>
+  /** For an absent key; a function when it depends on the environment or on an earlier row. */
+  readonly default?: T | ((ctx: Context, earlier: Partial<Table>) => T | undefined)
+  /** The key must be present; the text says what to write. */
+  readonly required?: string
+  /** The start of the key's meaning in docs/configuration.md. */
+  readonly doc: string
+}
+
+/** One row per property of `T`, in the order the docs list them. */
+export type Rows<T> = { readonly [K in keyof T]-?: Row<Exclude<T[K], undefined>, T> }
+
+function row<T, Table>(
+  key: string,
+  type: Type<T>,
+  doc: string,
+  more: Pick<Row<T, Table>, 'default' | 'required'> = {},
+): Row<T, Table> {
+  return { key, type, doc, ...more }
+}
 
 /**
  * "did you mean" for a mistyped key or value: TOML keys are kebab-case, so `pin_source` and
@@ -128,99 +136,325 @@ export function closestKey(key: string, allowed: readonly string[]): string | un
   )
 }
 
-function isTable(value: unknown): value is Record<string, unknown> {
+export function isTable(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Date)
 }
 
-class Issues {
-  readonly list: string[] = []
-  add(where: string, problem: string): void {
-    this.list.push(`${where}: ${problem}`)
+function problem(ctx: Context, where: string, what: string): undefined {
+  ctx.issues.push(`${where}: ${what}`)
+  return undefined
+}
+
+/** A non-empty string; `check` names what else is wrong with it, if anything. */
+function text(
+  check: (value: string, ctx: Context) => string | undefined = () => undefined,
+  normalise = (value: string) => value,
+): Type<string> {
+  return {
+    read(value, where, ctx) {
+      if (typeof value !== 'string' || value === '') return problem(ctx, where, 'must be a non-empty string')
+      const wrong = check(value, ctx)
+      return wrong === undefined ? normalise(value) : problem(ctx, where, wrong)
+    },
   }
 }
 
-function checkKeys(
-  table: Record<string, unknown>,
-  allowed: readonly string[],
-  where: string,
-  issues: Issues,
-): void {
-  for (const key of Object.keys(table)) {
-    if (allowed.includes(key)) continue
-    const hint = closestKey(key, allowed)
-    issues.add(
-      where === '' ? key : `${where}.${key}`,
-      `unknown key${hint === undefined ? `; allowed keys: ${allowed.join(', ')}` : `; did you mean \`${hint}\`?`}`,
-    )
+const TEXT = text()
+const ABSOLUTE = text((path) => (path.startsWith('/') ? undefined : 'must be an absolute path'))
+
+const BOOL: Type<boolean> = {
+  read: (value, where, ctx) =>
+    typeof value === 'boolean' ? value : problem(ctx, where, 'must be true or false (no quotes)'),
+}
+
+function int(min: number, max: number): Type<number> {
+  return {
+    range: [min, max],
+    read(value, where, ctx) {
+      const n = typeof value === 'bigint' ? Number(value) : value
+      if (typeof n === 'number' && Number.isInteger(n) && n >= min && n <= max) return n
+      return problem(ctx, where, `must be a whole number from ${min} to ${max}`)
+    },
   }
 }
 
-function str(table: Record<string, unknown>, key: string, where: string, issues: Issues): string | undefined {
-  const value = table[key]
-  if (value === undefined) return undefined
-  if (typeof value !== 'string' || value === '') {
-    issues.add(`${where}.${key}`, 'must be a non-empty string')
-    return undefined
+function oneOf<T extends string>(choices: readonly T[]): Type<T> {
+  return {
+    choices,
+    read(value, where, ctx) {
+      const s = TEXT.read(value, where, ctx)
+      if (s === undefined) return undefined
+      if ((choices as readonly string[]).includes(s)) return s as T
+      const hint = closestKey(s, choices)
+      return problem(
+        ctx,
+        where,
+        `"${s}" is not one of ${choices.map((c) => `"${c}"`).join(', ')}${hint === undefined ? '' : `; did you mean "${hint}"?`}`,
+      )
+    },
   }
-  return value
-}
-
-function bool(
-  table: Record<string, unknown>,
-  key: string,
-  where: string,
-  issues: Issues,
-): boolean | undefined {
-  const value = table[key]
-  if (value === undefined) return undefined
-  if (typeof value !== 'boolean') {
-    issues.add(`${where}.${key}`, 'must be true or false (no quotes)')
-    return undefined
-  }
-  return value
-}
-
-function int(
-  table: Record<string, unknown>,
-  key: string,
-  where: string,
-  issues: Issues,
-  min: number,
-  max: number,
-): number | undefined {
-  const value = table[key]
-  if (value === undefined) return undefined
-  const n = typeof value === 'bigint' ? Number(value) : value
-  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
-    issues.add(`${where}.${key}`, `must be a whole number from ${min} to ${max}`)
-    return undefined
-  }
-  return n
-}
-
-function oneOf<T extends string>(
-  table: Record<string, unknown>,
-  key: string,
-  where: string,
-  issues: Issues,
-  allowed: readonly T[],
-): T | undefined {
-  const value = str(table, key, where, issues)
-  if (value === undefined) return undefined
-  if (!(allowed as readonly string[]).includes(value)) {
-    const hint = closestKey(value, allowed)
-    issues.add(
-      `${where}.${key}`,
-      `"${value}" is not one of ${allowed.map((a) => `"${a}"`).join(', ')}${hint === undefined ? '' : `; did you mean "${hint}"?`}`,
-    )
-    return undefined
-  }
-  return value as T
 }
 
 /**
- * Index URLs as cargo sends them (spec §1.4): `sparse+http(s)://…` for sparse registries, the plain
- * git URL otherwise. Compared byte for byte, so the check is about catching typos, not normalising.
+ * A table read row by row; an unknown key gets a "did you mean". `check` then looks at keys that
+ * depend on each other.
+ */
+function table<T>(
+  rows: Rows<T>,
+  notATable: string,
+  check?: (value: Partial<T>, where: string, ctx: Context) => void,
+): Type<T> {
+  const list = Object.entries(rows) as [string, Row<unknown, T> & { default?: unknown }][]
+  const allowed = list.map(([, row]) => row.key)
+  return {
+    keys: list.map(([, row]) => ({ key: row.key, required: row.required !== undefined })),
+    read(value, where, ctx) {
+      if (!isTable(value)) return problem(ctx, where, notATable)
+      for (const key of Object.keys(value)) {
+        if (allowed.includes(key)) continue
+        const hint = closestKey(key, allowed)
+        problem(
+          ctx,
+          where === '' ? key : `${where}.${key}`,
+          `unknown key${hint === undefined ? `; allowed keys: ${allowed.join(', ')}` : `; did you mean \`${hint}\`?`}`,
+        )
+      }
+      const out: Record<string, unknown> = {}
+      for (const [prop, row] of list) {
+        const at = where === '' ? row.key : `${where}.${row.key}`
+        const raw = value[row.key]
+        if (raw === undefined && row.required !== undefined) problem(ctx, at, row.required)
+        let v = raw === undefined ? undefined : row.type.read(raw, at, ctx)
+        if (v === undefined && typeof row.default === 'function')
+          v = (row.default as (ctx: Context, earlier: Partial<T>) => unknown)(ctx, out as Partial<T>)
+        else if (v === undefined) v = row.default
+        if (v !== undefined) out[prop] = v
+      }
+      check?.(out as Partial<T>, where, ctx)
+      return Object.freeze(out) as T
+    },
+  }
+}
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]*$/
+
+/** `[section.NAME]` tables; every value gets its `name`. */
+function named<T extends { readonly name: string }>(
+  section: string,
+  rows: Rows<Omit<T, 'name'>>,
+  options: { readonly badName?: string; readonly check?: (value: T, where: string, ctx: Context) => void },
+): Type<Readonly<Record<string, T>>> {
+  const one = table(rows, 'must be a table')
+  return {
+    read(value, where, ctx) {
+      if (!isTable(value)) return problem(ctx, where, `must be a table of [${section}.NAME] tables`)
+      const out: Record<string, T> = {}
+      for (const [name, v] of Object.entries(value)) {
+        const at = `${where}.${name}`
+        if (options.badName !== undefined && !NAME.test(name)) problem(ctx, at, options.badName)
+        const item = one.read(v, at, ctx)
+        if (item === undefined) continue
+        const full = Object.freeze({ name, ...item }) as unknown as T
+        options.check?.(full, at, ctx)
+        out[name] = full
+      }
+      return Object.freeze(out)
+    },
+  }
+}
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
+
+/** `module-env`: variables are process-wide, so two tokens may not want different values for one. */
+const MODULE_ENV: Type<Readonly<Record<string, string>>> = {
+  read(value, where, ctx) {
+    if (!isTable(value))
+      return problem(ctx, where, 'must be an inline table like { SOFTHSM2_CONF = "/path/softhsm2.conf" }')
+    const out: Record<string, string> = {}
+    for (const [name, v] of Object.entries(value)) {
+      const at = `${where}.${name}`
+      if (!ENV_NAME.test(name)) problem(ctx, at, 'is not an environment variable name')
+      else if (typeof v !== 'string') problem(ctx, at, 'must be a string')
+      else if (ctx.moduleEnv.has(name) && ctx.moduleEnv.get(name) !== v)
+        problem(ctx, at, `conflicts with another token's ${name}; the agent has one environment`)
+      else {
+        ctx.moduleEnv.set(name, v)
+        out[name] = v
+      }
+    }
+    return Object.freeze(out)
+  },
+}
+
+const KEY_REF = table<KeyRef>(
+  {
+    token: row(
+      'token',
+      text((token, ctx) => {
+        if (ctx.tokenNames.includes(token)) return undefined
+        const hint = closestKey(token, ctx.tokenNames)
+        return `"${token}" is not defined; add a [tokens.${token}] table${hint === undefined ? '' : ` or did you mean "${hint}"?`}`
+      }),
+      'the token the key is on',
+      { required: 'missing; name a [tokens.NAME] table' },
+    ),
+    label: row('label', TEXT, "the key's CKA_LABEL"),
+    id: row(
+      'id',
+      text(
+        (id) => (/^([0-9a-fA-F]{2})+$/.test(id) ? undefined : 'must be hex bytes, e.g. "01"'),
+        (id) => id.toLowerCase(),
+      ),
+      "the key's CKA_ID in hex",
+    ),
+  },
+  'must be an inline table like { token = "NAME", label = "cargo" }',
+  (ref, where, ctx) => {
+    if (ref.label === undefined && ref.id === undefined)
+      problem(ctx, where, 'needs `label` or `id` to find the key on the token')
+  },
+)
+
+const LIFETIME = int(0, LIMITS.configLifetimeMaxSeconds)
+
+export const AGENT_ROWS: Rows<AgentSettings> = {
+  socket: row('socket', TEXT, 'where the agent listens'),
+  headless: row('headless', BOOL, 'never prompt', { default: (ctx) => ctx.env['CI'] === 'true' }),
+  auditLog: row('audit-log', TEXT, "one fsync'd JSON line per signing decision", {
+    default: (ctx) => defaultAuditLogPath(ctx.env),
+  }),
+  touchNoticeAfterMs: row(
+    'touch-notice-after-ms',
+    int(0, LIMITS.touchNoticeMaxMs),
+    'delay before "Touch your YubiKey …" is shown',
+    { default: LIMITS.touchNoticeDelayMs },
+  ),
+  pinCacheIdleSeconds: row('pin-cache-idle-seconds', LIFETIME, 'a cached PIN ends after this long unused', {
+    default: LIMITS.pinCacheIdleSeconds,
+  }),
+  pinCacheMaxSeconds: row(
+    'pin-cache-max-seconds',
+    LIFETIME,
+    'a cached PIN ends this long after it was typed',
+    { default: LIMITS.pinCacheMaxSeconds },
+  ),
+  releaseAfterIdleSeconds: row(
+    'release-after-idle-seconds',
+    int(1, LIMITS.configLifetimeMaxSeconds),
+    'close all device sessions after this long without requests',
+  ),
+  notify: row('notify', BOOL, 'desktop notifications', { default: true }),
+}
+
+const WHICH_TOKEN = 'which token of that module'
+
+export const TOKEN_ROWS: Rows<Omit<TokenConfig, 'name'>> = {
+  module: row(
+    'module',
+    text((module) =>
+      module.includes('/') && !module.startsWith('/') ? 'a module path must be absolute' : undefined,
+    ),
+    'the PKCS#11 library',
+    { required: 'missing; give a PKCS#11 library path or one of softhsm, ykcs11, tpm2, opensc' },
+  ),
+  label: row('label', TEXT, WHICH_TOKEN),
+  serial: row('serial', TEXT, WHICH_TOKEN),
+  manufacturer: row('manufacturer', TEXT, WHICH_TOKEN),
+  model: row('model', TEXT, WHICH_TOKEN),
+  pinSource: row('pin-source', oneOf(PIN_SOURCES), 'where the PIN comes from', { default: 'tty' }),
+  pinEnv: row('pin-env', TEXT, "the agent's environment variable holding the PIN"),
+  pinFile: row('pin-file', ABSOLUTE, 'the file holding the PIN'),
+  pinentryProgram: row('pinentry-program', TEXT, 'the pinentry program'),
+  confirmFinalTry: row(
+    'confirm-final-try',
+    BOOL,
+    "at the token's final PIN try, use a PIN only after an explicit yes",
+    { default: true },
+  ),
+  kind: row('kind', oneOf(TOKEN_KINDS), 'the kind of device'),
+  moduleEnv: row('module-env', MODULE_ENV, 'environment the module reads at C_Initialize', {
+    default: Object.freeze({}),
+  }),
+}
+
+export const REGISTRY_ROWS: Rows<Omit<RegistryConfig, 'name'>> = {
+  index: row('index', text(checkIndexUrl), 'the index URL exactly as cargo sends it', {
+    required:
+      'missing; the index URL exactly as cargo sends it, e.g. "sparse+https://registry.example/index/"',
+  }),
+  readKey: row('read-key', KEY_REF, 'key for read tokens', {
+    required: 'missing; e.g. read-key = { token = "yubikey", label = "cargo" }',
+  }),
+  mutationKey: row('mutation-key', KEY_REF, 'key for publish / yank / unyank / owners', {
+    default: (_ctx, earlier) => earlier.readKey,
+  }),
+  subject: row('subject', TEXT, 'sub claim'),
+  tokenMaxAgeSeconds: row(
+    'token-max-age-seconds',
+    int(1, LIMITS.maxTokenMaxAgeSeconds),
+    'the iat window the registry accepts',
+    { default: LIMITS.defaultTokenMaxAgeSeconds },
+  ),
+  confirm: row('confirm', oneOf(CONFIRM_MODES), 'confirmation for mutations', {
+    default: LIMITS.defaultConfirm,
+  }),
+  mutationsPerHour: row(
+    'mutations-per-hour',
+    int(0, LIMITS.maxMutationsPerHour),
+    'sliding one-hour limit per registry',
+    { default: LIMITS.defaultMutationsPerHour },
+  ),
+  generateOnLogin: row('generate-on-login', BOOL, 'let cargo login generate a missing key on the device', {
+    default: false,
+  }),
+}
+
+const AGENT = table(AGENT_ROWS, 'must be a table ([agent])', (agent, _where, ctx) => {
+  if ((agent.pinCacheIdleSeconds ?? 0) > (agent.pinCacheMaxSeconds ?? 0))
+    problem(ctx, 'agent.pin-cache-idle-seconds', 'must not exceed pin-cache-max-seconds')
+})
+
+const TOKENS = named<TokenConfig>('tokens', TOKEN_ROWS, {
+  badName: 'token names use letters, digits, "-" and "_"',
+  check(token, where, ctx) {
+    if (token.pinSource === 'env' && token.pinEnv === undefined)
+      problem(
+        ctx,
+        `${where}.pin-env`,
+        'missing; pin-source = "env" needs the variable name, e.g. pin-env = "TOKEN_PIN"',
+      )
+    if (token.pinSource === 'file' && token.pinFile === undefined)
+      problem(
+        ctx,
+        `${where}.pin-file`,
+        'missing; pin-source = "file" needs a path to a file readable only by you',
+      )
+  },
+})
+
+const REGISTRIES = named<RegistryConfig>('registries', REGISTRY_ROWS, {
+  check(registry, where, ctx) {
+    if (registry.index === undefined) return
+    const other = ctx.indexes.get(registry.index)
+    if (other !== undefined)
+      problem(ctx, `${where}.index`, `the same index is already bound by [registries.${other}]`)
+    ctx.indexes.set(registry.index, registry.name)
+  },
+})
+
+const CONFIG = table<Omit<Config, 'path'>>(
+  {
+    agent: row('agent', AGENT, 'the agent process', { default: (ctx) => AGENT.read({}, 'agent', ctx) }),
+    tokens: row('tokens', TOKENS, 'PKCS#11 tokens by name', { default: Object.freeze({}) }),
+    registries: row('registries', REGISTRIES, 'registry bindings by name', { default: Object.freeze({}) }),
+  },
+  'is not a TOML table',
+)
+
+/**
+ * Index URLs as cargo sends them (docs/configuration.md, `index`): `sparse+http(s)://…` for sparse
+ * registries, the plain git URL otherwise. Compared byte for byte, so the check is about catching
+ * typos, not normalising.
  */
 export function checkIndexUrl(index: string): string | undefined {
   if (/\s/.test(index)) return 'must not contain spaces'
@@ -242,251 +476,35 @@ export function checkIndexUrl(index: string): string | undefined {
   return undefined
 }
 
-/** `module-env`: variables are process-wide, so two tokens may not want different values for one. */
-function moduleEnv(
-  value: unknown,
-  where: string,
-  issues: Issues,
-  seen: Map<string, string>,
-): Record<string, string> {
-  if (value === undefined) return {}
-  if (!isTable(value)) {
-    issues.add(where, 'must be an inline table like { SOFTHSM2_CONF = "/path/softhsm2.conf" }')
-    return {}
-  }
-  const out: Record<string, string> = {}
-  for (const [name, v] of Object.entries(value)) {
-    if (!ENV_NAME.test(name)) issues.add(`${where}.${name}`, 'is not an environment variable name')
-    else if (typeof v !== 'string') issues.add(`${where}.${name}`, 'must be a string')
-    else if (seen.has(name) && seen.get(name) !== v)
-      issues.add(`${where}.${name}`, `conflicts with another token's ${name}; the agent has one environment`)
-    else {
-      seen.set(name, v)
-      out[name] = v
-    }
-  }
-  return out
-}
-
-function keyRef(
-  value: unknown,
-  where: string,
-  issues: Issues,
-  tokens: Record<string, unknown>,
-): KeyRef | undefined {
-  if (!isTable(value)) {
-    issues.add(where, 'must be an inline table like { token = "NAME", label = "cargo" }')
-    return undefined
-  }
-  checkKeys(value, KEY_REF_KEYS, where, issues)
-  const token = str(value, 'token', where, issues)
-  const label = str(value, 'label', where, issues)
-  const id = str(value, 'id', where, issues)
-  if (token === undefined) {
-    if (value['token'] === undefined) issues.add(`${where}.token`, 'missing; name a [tokens.NAME] table')
-    return undefined
-  }
-  if (!Object.hasOwn(tokens, token)) {
-    const hint = closestKey(token, Object.keys(tokens))
-    issues.add(
-      `${where}.token`,
-      `"${token}" is not defined; add a [tokens.${token}] table${hint === undefined ? '' : ` or did you mean "${hint}"?`}`,
-    )
-  }
-  if (id !== undefined && !/^([0-9a-fA-F]{2})+$/.test(id))
-    issues.add(`${where}.id`, 'must be hex bytes, e.g. "01"')
-  if (label === undefined && id === undefined)
-    issues.add(where, 'needs `label` or `id` to find the key on the token')
-  const ref: { token: string; label?: string; id?: string } = { token }
-  if (label !== undefined) ref.label = label
-  if (id !== undefined) ref.id = id.toLowerCase()
-  return Object.freeze(ref)
-}
-
 /** Validates a parsed TOML document. Throws one CONFIG_INVALID listing every problem found. */
 export function validateConfig(doc: unknown, path: string | undefined, env: Env = process.env): Config {
-  const issues = new Issues()
   const file = path ?? 'config'
   if (!isTable(doc))
     throw new AgentError('CONFIG_INVALID', `${file} is not a TOML table`, {
       remedy: 'See docs/configuration.md for a full example',
     })
-  checkKeys(doc, TOP_KEYS, '', issues)
-
-  const agentTable = doc['agent'] ?? {}
-  const agent: { -readonly [K in keyof AgentSettings]: AgentSettings[K] } = {
-    headless: env['CI'] === 'true',
-    auditLog: defaultAuditLogPath(env),
-    touchNoticeAfterMs: LIMITS.touchNoticeDelayMs,
-    pinCacheIdleSeconds: LIMITS.pinCacheIdleSeconds,
-    pinCacheMaxSeconds: LIMITS.pinCacheMaxSeconds,
-    notify: true,
+  const tokens = doc['tokens']
+  const ctx: Context = {
+    env,
+    issues: [],
+    tokenNames: isTable(tokens) ? Object.keys(tokens) : [],
+    moduleEnv: new Map(),
+    indexes: new Map(),
   }
-  if (!isTable(agentTable)) issues.add('agent', 'must be a table ([agent])')
-  else {
-    checkKeys(agentTable, AGENT_KEYS, 'agent', issues)
-    const socket = str(agentTable, 'socket', 'agent', issues)
-    if (socket !== undefined) agent.socket = socket
-    agent.headless = bool(agentTable, 'headless', 'agent', issues) ?? agent.headless
-    agent.auditLog = str(agentTable, 'audit-log', 'agent', issues) ?? agent.auditLog
-    agent.touchNoticeAfterMs =
-      int(agentTable, 'touch-notice-after-ms', 'agent', issues, 0, LIMITS.touchNoticeMaxMs) ??
-      agent.touchNoticeAfterMs
-    agent.pinCacheIdleSeconds =
-      int(agentTable, 'pin-cache-idle-seconds', 'agent', issues, 0, LIMITS.configLifetimeMaxSeconds) ??
-      agent.pinCacheIdleSeconds
-    agent.pinCacheMaxSeconds =
-      int(agentTable, 'pin-cache-max-seconds', 'agent', issues, 0, LIMITS.configLifetimeMaxSeconds) ??
-      agent.pinCacheMaxSeconds
-    const release = int(
-      agentTable,
-      'release-after-idle-seconds',
-      'agent',
-      issues,
-      1,
-      LIMITS.configLifetimeMaxSeconds,
-    )
-    if (release !== undefined) agent.releaseAfterIdleSeconds = release
-    agent.notify = bool(agentTable, 'notify', 'agent', issues) ?? agent.notify
-    if (agent.pinCacheIdleSeconds > agent.pinCacheMaxSeconds)
-      issues.add('agent.pin-cache-idle-seconds', 'must not exceed pin-cache-max-seconds')
-  }
-
-  const tokensTable = doc['tokens'] ?? {}
-  const tokens: Record<string, TokenConfig> = {}
-  if (!isTable(tokensTable)) issues.add('tokens', 'must be a table of [tokens.NAME] tables')
-  const tokenDocs = isTable(tokensTable) ? tokensTable : {}
-  const seenModuleEnv = new Map<string, string>()
-  for (const [name, value] of Object.entries(tokenDocs)) {
-    const where = `tokens.${name}`
-    if (!NAME.test(name)) issues.add(where, 'token names use letters, digits, "-" and "_"')
-    if (!isTable(value)) {
-      issues.add(where, 'must be a table')
-      continue
-    }
-    checkKeys(value, TOKEN_KEYS, where, issues)
-    const module = str(value, 'module', where, issues)
-    if (module === undefined && value['module'] === undefined)
-      issues.add(
-        `${where}.module`,
-        'missing; give a PKCS#11 library path or one of softhsm, ykcs11, tpm2, opensc',
-      )
-    if (module !== undefined && module.includes('/') && !module.startsWith('/'))
-      issues.add(`${where}.module`, 'a module path must be absolute')
-    const pinSource = oneOf(value, 'pin-source', where, issues, PIN_SOURCES) ?? 'tty'
-    const token: { -readonly [K in keyof TokenConfig]: TokenConfig[K] } = {
-      name,
-      module: module ?? '',
-      pinSource,
-      confirmFinalTry: bool(value, 'confirm-final-try', where, issues) ?? true,
-      moduleEnv: Object.freeze(moduleEnv(value['module-env'], `${where}.module-env`, issues, seenModuleEnv)),
-    }
-    for (const [key, prop] of [
-      ['label', 'label'],
-      ['serial', 'serial'],
-      ['manufacturer', 'manufacturer'],
-      ['model', 'model'],
-      ['pin-env', 'pinEnv'],
-      ['pin-file', 'pinFile'],
-      ['pinentry-program', 'pinentryProgram'],
-    ] as const) {
-      const v = str(value, key, where, issues)
-      if (v !== undefined) token[prop] = v
-    }
-    const kind = oneOf(value, 'kind', where, issues, TOKEN_KINDS)
-    if (kind !== undefined) token.kind = kind
-    if (pinSource === 'env' && token.pinEnv === undefined)
-      issues.add(
-        `${where}.pin-env`,
-        'missing; pin-source = "env" needs the variable name, e.g. pin-env = "TOKEN_PIN"',
-      )
-    if (pinSource === 'file' && token.pinFile === undefined)
-      issues.add(
-        `${where}.pin-file`,
-        'missing; pin-source = "file" needs a path to a file readable only by you',
-      )
-    if (token.pinFile !== undefined && !token.pinFile.startsWith('/'))
-      issues.add(`${where}.pin-file`, 'must be an absolute path')
-    tokens[name] = Object.freeze(token)
-  }
-
-  const registriesTable = doc['registries'] ?? {}
-  const registries: Record<string, RegistryConfig> = {}
-  if (!isTable(registriesTable)) issues.add('registries', 'must be a table of [registries.NAME] tables')
-  const seenIndex = new Map<string, string>()
-  for (const [name, value] of Object.entries(isTable(registriesTable) ? registriesTable : {})) {
-    const where = `registries.${name}`
-    if (!isTable(value)) {
-      issues.add(where, 'must be a table')
-      continue
-    }
-    checkKeys(value, REGISTRY_KEYS, where, issues)
-    const index = str(value, 'index', where, issues)
-    if (index === undefined) {
-      if (value['index'] === undefined)
-        issues.add(
-          `${where}.index`,
-          'missing; the index URL exactly as cargo sends it, e.g. "sparse+https://registry.example/index/"',
-        )
-    } else {
-      const problem = checkIndexUrl(index)
-      if (problem !== undefined) issues.add(`${where}.index`, problem)
-      const other = seenIndex.get(index)
-      if (other !== undefined)
-        issues.add(`${where}.index`, `the same index is already bound by [registries.${other}]`)
-      seenIndex.set(index, name)
-    }
-    const readKey =
-      value['read-key'] === undefined
-        ? (issues.add(`${where}.read-key`, 'missing; e.g. read-key = { token = "yubikey", label = "cargo" }'),
-          undefined)
-        : keyRef(value['read-key'], `${where}.read-key`, issues, tokenDocs)
-    const mutationKey =
-      value['mutation-key'] === undefined
-        ? readKey
-        : keyRef(value['mutation-key'], `${where}.mutation-key`, issues, tokenDocs)
-    const registry: { -readonly [K in keyof RegistryConfig]: RegistryConfig[K] } = {
-      name,
-      index: index ?? '',
-      readKey: readKey ?? { token: '' },
-      mutationKey: mutationKey ?? readKey ?? { token: '' },
-      tokenMaxAgeSeconds:
-        int(value, 'token-max-age-seconds', where, issues, 1, LIMITS.maxTokenMaxAgeSeconds) ??
-        LIMITS.defaultTokenMaxAgeSeconds,
-      confirm: oneOf(value, 'confirm', where, issues, CONFIRM_MODES) ?? DEFAULT_REGISTRY_POLICY.confirm,
-      mutationsPerHour:
-        int(value, 'mutations-per-hour', where, issues, 0, LIMITS.maxMutationsPerHour) ??
-        LIMITS.defaultMutationsPerHour,
-      generateOnLogin: bool(value, 'generate-on-login', where, issues) ?? false,
-    }
-    const subject = str(value, 'subject', where, issues)
-    if (subject !== undefined) registry.subject = subject
-    registries[name] = Object.freeze(registry)
-  }
-
-  if (issues.list.length > 0) {
-    const many = issues.list.length > 1
+  const config = CONFIG.read(doc, '', ctx) as Omit<Config, 'path'>
+  const { issues } = ctx
+  if (issues.length > 0) {
+    const many = issues.length > 1
     throw new AgentError(
       'CONFIG_INVALID',
-      `${file} has ${many ? `${issues.list.length} problems` : 'a problem'}:\n  ${issues.list.join('\n  ')}`,
+      `${file} has ${many ? `${issues.length} problems` : 'a problem'}:\n  ${issues.join('\n  ')}`,
       {
         remedy: 'Fix the keys named above; docs/configuration.md lists every key with an example',
-        data: { path: file, problems: issues.list.length },
+        data: { path: file, problems: issues.length },
       },
     )
   }
-  const config: {
-    path?: string
-    agent: AgentSettings
-    tokens: Readonly<Record<string, TokenConfig>>
-    registries: Readonly<Record<string, RegistryConfig>>
-  } = {
-    agent: Object.freeze(agent),
-    tokens: Object.freeze(tokens),
-    registries: Object.freeze(registries),
-  }
-  if (path !== undefined) config.path = path
-  return Object.freeze(config)
+  return Object.freeze(path === undefined ? config : { path, ...config })
 }
 
 /** The registry a request's `index-url` is bound to: exact string match (RFC 3231 footer `url`). */

@@ -76,6 +76,9 @@ export const LIMITS = Object.freeze({
   /** Default `mutations-per-hour`: sliding-window limit on mutations (publish/yank/unyank/owners) per
    * registry. A release train publishes a few crates; 30 an hour stops a runaway script early. */
   defaultMutationsPerHour: 30,
+  /** Default `confirm` for mutations: a yes/no showing the intent. Never `none` (no human in the loop
+   * must be chosen explicitly), and not `touch`, which only a device with a touch policy enforces. */
+  defaultConfirm: 'prompt' as const,
   /** Largest `mutations-per-hour`: far above any release train, still a bound. */
   maxMutationsPerHour: 100_000,
   /** Longest token we build or verify. cargo sends it as an HTTP header value, and servers commonly

@@ -2,7 +2,7 @@
  * Finding the agent: connect, and when nothing listens start one in the background (unless
  * CARGO_PKCS11_AGENT_NO_AUTOSTART=1) and wait up to LIMITS.agentStartWaitMs for it.
  */
-import { AgentConnection, unreachable } from '../agent/client.js'
+import { AgentConnection, unreachable } from '../protocol/client.js'
 import { agentLogPath } from '../config/paths.js'
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'

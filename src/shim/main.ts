@@ -6,8 +6,9 @@
  */
 import { writeSync } from 'node:fs'
 
-import type { AgentConnection, QueryAnswer } from '../agent/client.js'
-import type { EventMessage, QueryMessage } from '../agent/protocol.js'
+import type { AgentConnection, QueryAnswer } from '../protocol/client.js'
+import type { EventMessage, QueryMessage } from '../protocol/frames.js'
+import type { SignResult } from '../protocol/methods.js'
 import {
   cargoErrorFor,
   err,
@@ -63,10 +64,11 @@ async function onQuery(query: QueryMessage): Promise<QueryAnswer> {
   }
 }
 
-function cacheOf(result: Record<string, unknown>): CacheControl {
-  if (result['cache'] === 'expires' && typeof result['expiration'] === 'number')
-    return { cache: 'expires', expiration: result['expiration'] }
-  if (result['cache'] === 'session') return { cache: 'session' }
+/** What reaches cargo is rebuilt from checked fields: anything unexpected means "do not cache". */
+function cacheOf(result: SignResult): CacheControl {
+  if (result.cache === 'expires' && Number.isSafeInteger(result.expiration))
+    return { cache: 'expires', expiration: result.expiration }
+  if (result.cache === 'session') return { cache: 'session' }
   return { cache: 'never' }
 }
 
@@ -82,7 +84,7 @@ export function shimOptions(
   let socket: string | undefined
   let noAutostart = false
   for (let i = 0; i < args.length; i++) {
-    const arg = args[i] as string
+    const arg = args[i] ?? ''
     if (arg === '--no-autostart') noAutostart = true
     else if (arg.startsWith('--socket=')) socket = arg.slice('--socket='.length)
     else if (arg === '--socket' && args[i + 1] !== undefined) socket = args[++i]
@@ -98,7 +100,7 @@ async function perform(request: CargoRequest, line: string, baseEnv: NodeJS.Proc
   let connection: AgentConnection
   if (request.kind === 'logout') {
     // No agent means no cached PIN: logging out is already done, do not start one for it.
-    const { AgentConnection } = await import('../agent/client.js')
+    const { AgentConnection } = await import('../protocol/client.js')
     try {
       connection = await AgentConnection.connect(socketPath)
     } catch {
@@ -113,7 +115,7 @@ async function perform(request: CargoRequest, line: string, baseEnv: NodeJS.Proc
     switch (request.kind) {
       case 'get': {
         const result = await connection.request('sign', params, options)
-        if (typeof result['token'] !== 'string')
+        if (typeof result.token !== 'string' || !result.token.startsWith('v3.public.'))
           throw new AgentError('PROTOCOL_ERROR', 'The agent answered without a token', {
             remedy: 'Use the shim and the agent from the same release',
           })
@@ -123,22 +125,21 @@ async function perform(request: CargoRequest, line: string, baseEnv: NodeJS.Proc
             .filter((v) => v !== undefined)
             .join(' ')
           say(
-            `signed ${what} for ${request.registry.name ?? request.registry.indexUrl} with ${String(result['key'] ?? 'the device key')} (${String(result['kip'] ?? '')})`,
+            `signed ${what} for ${request.registry.name ?? request.registry.indexUrl} with ${result.key} (${result.kip})`,
           )
         }
-        return okGet(result['token'], cacheOf(result))
+        return okGet(result.token, cacheOf(result))
       }
       case 'login': {
         const result = await connection.request('login', params, options)
-        const registry = String(result['registry'] ?? request.registry.name ?? request.registry.indexUrl)
-        const generated = new Set((result['generated'] as string[] | undefined) ?? [])
-        for (const key of (result['keys'] as Record<string, string>[] | undefined) ?? []) {
-          const fresh = generated.has(`${key['token']}/${key['label']}`)
+        const generated = new Set(result.generated)
+        for (const key of result.keys) {
+          const fresh = generated.has(`${key.token}/${key.label}`)
           say(
-            `${fresh ? 'generated' : 'using'} key "${key['label']}" (id ${key['id']}) on token "${key['token']}" for ${registry}`,
+            `${fresh ? 'generated' : 'using'} key "${key.label}" (id ${key.id}) on token "${key.token}" for ${result.registry}`,
           )
           // stderr, as cargo:paseto prints its public key: the registry needs these to accept tokens.
-          process.stderr.write(`${key['k3Public']}\n${key['k3Pid']}\n`)
+          process.stderr.write(`${key.k3Public}\n${key.k3Pid}\n`)
         }
         if (request.hasToken) say('the token given to `cargo login` is ignored: the key lives on the device')
         say('register the k3.public key above with the registry')

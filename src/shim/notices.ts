@@ -2,7 +2,7 @@
  * The agent's events, shown on stderr (cargo's terminal; stdout is the protocol). A pending touch
  * gets a countdown to its deadline, refreshed in place when stderr is a terminal.
  */
-import type { EventMessage } from '../agent/protocol.js'
+import type { EventMessage } from '../protocol/frames.js'
 
 export class Notices {
   readonly #name: string

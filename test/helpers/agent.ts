@@ -18,7 +18,7 @@ import { join } from 'node:path'
 
 import { stringify } from 'smol-toml'
 
-import { AgentConnection } from '../../src/agent/client.js'
+import { AgentConnection } from '../../src/protocol/client.js'
 import { LIMITS } from '../../src/lib/limits.js'
 import { createSoftHsmToken, repoRoot, type SoftHsmToken } from './softhsm.js'
 

@@ -97,7 +97,7 @@ describe(
     })
 
     test('a rejected PIN is tried exactly once', async () => {
-      const c = await import('../../src/agent/client.js')
+      const c = await import('../../src/protocol/client.js')
       await c.callAgent(agent.socket, 'lock')
       const before = logins(counts)
       writeFileSync(control, 'fail.C_Login=0xa0\n')

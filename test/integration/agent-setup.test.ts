@@ -144,4 +144,60 @@ describe('setup', () => {
     assert.equal(bad.code, 2)
     assert.match(bad.stderr, /ends with "\/"/)
   })
+
+  test('without --write-cargo-config the cargo table is printed, and the cargo config is left alone', async () => {
+    const cargoConfig = join(dir, 'cargo-home', 'config.toml')
+    const before = await readFile(cargoConfig, 'utf8')
+    const r = await runAgentCli(
+      ['setup', '--registry', 'other', '--index', 'sparse+http://127.0.0.1:38652/index/'],
+      {
+        env,
+      },
+    )
+    assert.equal(r.code, 0, r.stderr)
+    assert.match(r.stdout, /cargo config: add to .*config\.toml \(or pass --write-cargo-config\):/)
+    assert.match(r.stdout, /\[registries\.other\]/)
+    assert.ok(r.stdout.includes(packageShimPath()), r.stdout)
+    assert.equal(await readFile(cargoConfig, 'utf8'), before)
+  })
+
+  test('--module describes a token by flags; then several tokens need --token', async () => {
+    const configPath = join(dir, 'config', 'cargo-pkcs11-agent', 'config.toml')
+    const soft = parseConfig(await readFile(configPath, 'utf8'), configPath, env).tokens['softhsm']
+    assert.ok(soft !== undefined)
+    const flags = [
+      'setup',
+      '--module',
+      'softhsm',
+      '--token-label',
+      'cargo-pkcs11-agent',
+      '--pin-file',
+      String(soft.pinFile),
+    ]
+    const r = await runAgentCli([...flags, '--token', 'by-flags'], {
+      env: { ...env, SOFTHSM2_CONF: soft.moduleEnv['SOFTHSM2_CONF'] },
+    })
+    assert.equal(r.code, 0, r.stderr)
+    assert.match(r.stdout, /on token by-flags: reused/)
+    const byFlags = parseConfig(await readFile(configPath, 'utf8'), configPath, env).tokens['by-flags']
+    assert.equal(byFlags?.label, 'cargo-pkcs11-agent')
+    assert.equal(byFlags.pinSource, 'file')
+    assert.equal(byFlags.pinFile, soft.pinFile)
+
+    const several = await runAgentCli(['setup'], { env })
+    assert.equal(several.code, 2)
+    assert.match(
+      several.stderr,
+      /several tokens are configured \(softhsm, by-flags\): choose one with --token/,
+    )
+    const unknown = await runAgentCli(['setup', '--token', 'nope'], { env })
+    assert.equal(unknown.code, 1)
+    assert.match(unknown.stderr, /No token named 'nope'.*Configured tokens: softhsm, by-flags/s)
+    const kind = await runAgentCli([...flags, '--kind', 'usb-stick'], { env })
+    assert.equal(kind.code, 2)
+    assert.match(kind.stderr, /--kind must be one of yubikey, tpm, hsm, softhsm/)
+    const unselected = await runAgentCli(['setup', '--module', 'softhsm'], { env })
+    assert.equal(unselected.code, 2)
+    assert.match(unselected.stderr, /--module needs --token-label or --serial/)
+  })
 })

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
 
-import { AgentConnection } from '../../src/agent/client.js'
+import { AgentConnection } from '../../src/protocol/client.js'
 import { LIMITS } from '../../src/lib/limits.js'
 import { verifyToken } from '../../src/verify/verify.js'
 import { cargoGet, readAudit, startAgent, type AgentFixture } from '../helpers/agent.js'

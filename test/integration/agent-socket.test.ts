@@ -8,7 +8,7 @@ import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, statSync, wr
 import { dirname } from 'node:path'
 import { after, describe, test } from 'node:test'
 
-import { AgentConnection } from '../../src/agent/client.js'
+import { AgentConnection } from '../../src/protocol/client.js'
 import { LIMITS } from '../../src/lib/limits.js'
 import { verifyToken } from '../../src/verify/verify.js'
 import { cargoGet, runShim, startAgent, waitForSocket, type AgentFixture } from '../helpers/agent.js'

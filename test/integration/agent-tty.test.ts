@@ -143,7 +143,7 @@ describe('PIN and confirmation on the terminal', () => {
   })
 
   test('Ctrl-C at the PIN prompt cancels cleanly', async () => {
-    const c = await import('../../src/agent/client.js')
+    const c = await import('../../src/protocol/client.js')
     await c.callAgent(agent.socket, 'lock')
     const { lines, screen } = await onTerminal(agent, cargoGet(INDEX, 'read'), [
       { after: /PIN for [^\n]*: $/m, type: '\u0003' },

@@ -10,8 +10,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
-import { AgentConnection } from '../../src/agent/client.js'
-import { LineDecoder, parseClientMessage } from '../../src/agent/protocol.js'
+import { AgentConnection } from '../../src/protocol/client.js'
+import { LineDecoder, parseClientMessage } from '../../src/protocol/frames.js'
 import { AgentServer, type Handler } from '../../src/agent/server.js'
 import { AgentError } from '../../src/lib/errors.js'
 import { LIMITS } from '../../src/lib/limits.js'
@@ -79,11 +79,11 @@ describe('server and client over a real socket', () => {
       await new Promise((r) => setTimeout(r, 300))
       return { slow: true }
     }
-    if (method === 'status' && params['hang'] === true) return await new Promise(() => {})
+    if (method === 'pubkey' && params['registry'] === 'hang') return await new Promise(() => {})
     if (method === 'sign') {
       context.emit('progress', { text: 'working' })
-      const pin = await context.ask('pin', { prompt: 'PIN: ' })
-      const ok = await context.ask('confirm', { text: 'sure?' })
+      const pin = await context.ask('pin', { prompt: 'PIN: ', tokenDescription: 'token', reason: 'test' })
+      const ok = await context.ask('confirm', { text: 'sure?', intent: {} })
       return { gotPin: pin['pin'], confirmed: ok['confirmed'] }
     }
     if (method === 'lock') throw new AgentError('DENIED', 'nope', { remedy: 'ask nicely' })
@@ -208,7 +208,7 @@ describe('server and client over a real socket', () => {
     try {
       const result = await c.request(
         'sign',
-        {},
+        { cargo: '' },
         {
           onEvent: (e) => events.push(e.data),
           onQuery: async (q) =>
@@ -219,7 +219,7 @@ describe('server and client over a real socket', () => {
       assert.deepEqual(events, [{ text: 'working' }])
       // A client that cannot answer: the query fails and so does the request, with the client's code.
       await assert.rejects(
-        c.request('sign'),
+        c.request('sign', { cargo: '' }),
         (e: unknown) => e instanceof AgentError && e.code === 'PIN_ENTRY_FAILED',
       )
     } finally {
@@ -231,7 +231,7 @@ describe('server and client over a real socket', () => {
     const c = await AgentConnection.connect(socket)
     try {
       await assert.rejects(
-        c.request('status', { hang: true }),
+        c.request('pubkey', { registry: 'hang' }),
         (e: unknown) => e instanceof AgentError && e.code === 'TIMEOUT',
       )
       assert.deepEqual(await c.request('ping'), { pong: true })

@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict'
+import { readFileSync } from 'node:fs'
 import { describe, test } from 'node:test'
 
 import { parseConfig } from '../../src/config/load.js'
-import { closestKey } from '../../src/config/schema.js'
+import { AGENT_ROWS, closestKey, REGISTRY_ROWS, TOKEN_ROWS, type Row } from '../../src/config/schema.js'
 import { AgentError } from '../../src/lib/errors.js'
+import { packageFile } from '../../src/lib/package-files.js'
 import { DEFAULT_POLICY_CONFIG, DEFAULT_REGISTRY_POLICY } from '../../src/policy/config.js'
 
 const ENV = { HOME: '/home/u', XDG_STATE_HOME: '/state' }
@@ -264,5 +266,94 @@ describe('configuration', () => {
   test('closestKey() hints only near misses', () => {
     assert.equal(closestKey('index-ur', ['index', 'index-url']), 'index-url')
     assert.equal(closestKey('completely-different', ['index', 'subject']), undefined)
+  })
+})
+
+const DOCS = readFileSync(packageFile('docs/configuration.md'), 'utf8')
+
+/** The key tables of docs/configuration.md: heading → one entry per documented key. */
+function documentedKeys(): Map<string, Map<string, { type: string; default: string; meaning: string }>> {
+  const sections = new Map<string, Map<string, { type: string; default: string; meaning: string }>>()
+  let current: Map<string, { type: string; default: string; meaning: string }> | undefined
+  for (const line of DOCS.split('\n')) {
+    if (line.startsWith('## ')) {
+      current = new Map()
+      sections.set(line.slice(3).trim(), current)
+    } else if (current !== undefined && line.startsWith('| `')) {
+      const [keys = '', type = '', def = '', meaning = ''] = line
+        .slice(1, -1)
+        .split(/(?<!\\)\|/)
+        .map((cell) => cell.trim())
+      for (const [, key] of keys.matchAll(/`([^`]+)`/g))
+        if (key !== undefined) current.set(key, { type, default: def, meaning })
+    }
+  }
+  return sections
+}
+
+/** How the docs write a default value in the default column. */
+function documentedDefault(value: unknown): string {
+  if (typeof value === 'number') return String(value)
+  if (typeof value === 'string') return `\`"${value}"\``
+  return `\`${JSON.stringify(value)}\``
+}
+
+describe('docs/configuration.md and the schema rows', () => {
+  const sections = documentedKeys()
+  const schema: [string, Readonly<Record<string, Row<unknown>>>][] = [
+    ['`[agent]`', AGENT_ROWS],
+    ['`[tokens.NAME]`', TOKEN_ROWS],
+    ['`[registries.NAME]`', REGISTRY_ROWS],
+  ]
+  for (const [heading, rows] of schema) {
+    test(`${heading}: the docs list every key, and no key that does not exist`, () => {
+      const documented = sections.get(heading)
+      assert.ok(documented !== undefined, `docs/configuration.md has a "## ${heading}" section`)
+      assert.deepEqual(
+        [...documented.keys()].sort(),
+        Object.values(rows)
+          .map((row) => row.key)
+          .sort(),
+      )
+    })
+
+    test(`${heading}: documented ranges, choices, defaults and meanings are the schema's`, () => {
+      const documented = sections.get(heading)
+      assert.ok(documented !== undefined)
+      for (const row of Object.values(rows)) {
+        const doc = documented.get(row.key)
+        assert.ok(doc !== undefined, row.key)
+        const { range, choices, keys } = row.type
+        if (range !== undefined) assert.equal(doc.type, `${range[0]}–${range[1]}`, row.key)
+        if (choices !== undefined)
+          assert.deepEqual(
+            [...doc.type.matchAll(/`"([^"]+)"`/g)].map((m) => m[1]).sort(),
+            [...choices].sort(),
+            row.key,
+          )
+        if (keys !== undefined)
+          assert.equal(
+            doc.type,
+            `\`{ ${keys.map((k) => (k.required ? k.key : `${k.key}?`)).join(', ')} }\``,
+            row.key,
+          )
+        assert.equal(doc.default === 'required', row.required !== undefined, `${row.key} required`)
+        if (row.default !== undefined && typeof row.default !== 'function')
+          assert.equal(doc.default, documentedDefault(row.default), `${row.key} default`)
+        assert.ok(
+          doc.meaning.replaceAll('`', '').replaceAll('**', '').startsWith(row.doc),
+          `${row.key}: "${doc.meaning}" starts with "${row.doc}"`,
+        )
+      }
+    })
+  }
+
+  test('the full example validates', () => {
+    const example = /## Full example\n\n```toml\n([\s\S]*?)```/.exec(DOCS)?.[1]
+    assert.ok(example !== undefined)
+    const config = parseConfig(example, 'docs/configuration.md', ENV)
+    assert.deepEqual(Object.keys(config.tokens), ['yubikey', 'tpm', 'hsm'])
+    assert.deepEqual(Object.keys(config.registries), ['work', 'ci-mirror'])
+    assert.equal(config.agent.releaseAfterIdleSeconds, 600)
   })
 })

@@ -1,7 +1,7 @@
 /**
- * The agent socket protocol, version 1: newline-delimited JSON over a per-user Unix socket.
- * Specified for other implementers in docs/agent-protocol.md. Shared by the agent, the CLI and the
- * shim, so it imports only node builtins and the scaffold's error/limit modules.
+ * The agent socket protocol's framing, version 1: newline-delimited JSON over a per-user Unix
+ * socket. Specified for other implementers in docs/agent-protocol.md; what each method carries is
+ * methods.ts. Shared by the agent, the CLI and the shim, so it imports only builtins and lib/.
  *
  * Why not WebSocket: `import('ws')` alone costs 20-27 ms on a 75-105 ms node start (platform notes
  * §4) and the shim must start within 1.2x a bare node; a Unix socket is already a reliable ordered
@@ -9,30 +9,9 @@
  */
 import { AgentError, type WireError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
+import { isMethod, METHODS, type EventName, type Method, type QueryName } from './methods.js'
 
 export const PROTOCOL_VERSION = 1
-
-export const METHODS = [
-  'ping',
-  'status',
-  'lock',
-  'release',
-  'pubkey',
-  'sign',
-  'login',
-  'logout',
-  'keygen',
-] as const
-export type Method = (typeof METHODS)[number]
-
-export function isMethod(value: unknown): value is Method {
-  return typeof value === 'string' && (METHODS as readonly string[]).includes(value)
-}
-
-/** Agent → client notices while a request runs. Clients ignore events they do not know. */
-export type EventName = 'touch-pending' | 'pin-needed' | 'confirm-waiting' | 'progress'
-/** Agent → client questions the client answers with an `answer` message. */
-export type QueryName = 'pin' | 'confirm'
 
 export interface RequestMessage {
   v: 1
@@ -47,7 +26,8 @@ export interface ResponseMessage {
   type: 'response'
   /** `null` only when the agent could not read an id from the offending frame. */
   id: number | null
-  result?: Record<string, unknown>
+  /** One of the method map's results (methods.ts). */
+  result?: object
   error?: WireError
 }
 

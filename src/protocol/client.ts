@@ -11,9 +11,9 @@ import {
   LineDecoder,
   parseAgentMessage,
   type EventMessage,
-  type Method,
   type QueryMessage,
-} from './protocol.js'
+} from './frames.js'
+import type { Method, RequestArgs, Result } from './methods.js'
 
 export interface QueryAnswer {
   result?: Record<string, unknown>
@@ -29,7 +29,7 @@ export interface RequestOptions {
 }
 
 interface Pending {
-  resolve: (result: Record<string, unknown>) => void
+  resolve: (result: object) => void
   reject: (error: AgentError) => void
   options: RequestOptions
   timer: NodeJS.Timeout
@@ -119,14 +119,18 @@ export class AgentConnection {
     })
   }
 
-  request(
-    method: Method,
-    params: Record<string, unknown> = {},
-    options: RequestOptions = {},
-  ): Promise<Record<string, unknown>> {
+  /**
+   * One request. The result is typed by the method map; it is trusted as far as the agent socket is
+   * (the agent of the same release, found at a per-user 0700 path), and callers that hand a field to
+   * cargo check its type again (src/shim/main.ts).
+   */
+  request<M extends Method>(
+    method: M,
+    ...[params, options = {}]: RequestArgs<M, RequestOptions>
+  ): Promise<Result<M>> {
     if (this.#closed !== undefined) return Promise.reject(this.#closed)
     const id = this.#nextId++
-    return new Promise((resolve, reject) => {
+    return new Promise<object>((resolve, reject) => {
       const timeoutMs = options.timeoutMs ?? LIMITS.requestTimeoutMs + 5_000
       const timer = setTimeout(() => {
         this.#pending.delete(id)
@@ -141,8 +145,8 @@ export class AgentConnection {
         )
       }, timeoutMs)
       this.#pending.set(id, { resolve, reject, options, timer })
-      this.#socket.write(encodeFrame({ v: 1, type: 'request', id, method, params }))
-    })
+      this.#socket.write(encodeFrame({ v: 1, type: 'request', id, method, params: { ...(params ?? {}) } }))
+    }) as Promise<Result<M>>
   }
 
   close(): void {
@@ -218,15 +222,14 @@ export class AgentConnection {
 }
 
 /** One request on a fresh connection (the CLI's `status`, `lock`, `release`). */
-export async function callAgent(
+export async function callAgent<M extends Method>(
   socketPath: string,
-  method: Method,
-  params: Record<string, unknown> = {},
-  options: RequestOptions = {},
-): Promise<Record<string, unknown>> {
+  method: M,
+  ...args: RequestArgs<M, RequestOptions>
+): Promise<Result<M>> {
   const connection = await AgentConnection.connect(socketPath)
   try {
-    return await connection.request(method, params, options)
+    return await connection.request(method, ...args)
   } finally {
     connection.close()
   }

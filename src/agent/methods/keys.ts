@@ -1,0 +1,69 @@
+/**
+ * What the key methods (pubkey, login, keygen) share: logging in through policy for an
+ * administrative request, and the k3.public / k3.pid answer for a device key.
+ */
+import type { Intent } from '../../cargo/intent.js'
+import type { KeyRef, TokenConfig } from '../../config/schema.js'
+import { k3Pid, k3Public } from '../../keys/paserk.js'
+import type { DeviceKey } from '../../pkcs11/key-catalogue.js'
+import type { KeyInfo } from '../../protocol/methods.js'
+import { parseRequester } from '../pipeline/parse.js'
+import { tokenPolicy } from '../policy-config.js'
+import type { AgentState, MethodContext } from '../state.js'
+import type { UntrustedParams } from './method.js'
+
+/** Non-signing requests (login, pubkey, keygen) log in through the same policy, described as this intent. */
+export function adminIntent(params: UntrustedParams, indexUrl: string, registryName?: string): Intent {
+  const intent: Intent = {
+    indexUrl,
+    operation: 'read',
+    crate: {},
+    requester: parseRequester(params['requester']),
+  }
+  if (registryName !== undefined) intent.registryName = registryName
+  return intent
+}
+
+export async function loginToken(
+  agent: AgentState,
+  token: TokenConfig,
+  params: UntrustedParams,
+  context: MethodContext,
+  intent: Intent,
+): Promise<void> {
+  await agent.policy.ensureLoggedIn(
+    agent.devices.get(token),
+    tokenPolicy(token),
+    context.prompter(params['interactive'] === true),
+    intent,
+  )
+}
+
+/** What a registry operator registers for a device key (RFC 3231 key registration: k3.public, k3.pid). */
+export function keyInfoOf(token: TokenConfig, key: Pick<DeviceKey, 'label' | 'id' | 'publicKey'>): KeyInfo {
+  return {
+    token: token.name,
+    label: key.label,
+    id: key.id,
+    k3Public: k3Public(key.publicKey),
+    k3Pid: k3Pid(key.publicKey),
+  }
+}
+
+/** Key generation parameters: the label, and CKA_ID only when one was given (else the device picks it). */
+export function keySpec(label: string, id: string | undefined): { label: string; id?: string } {
+  return id === undefined ? { label } : { label, id }
+}
+
+export async function keyInfo(
+  agent: AgentState,
+  ref: KeyRef,
+  params: UntrustedParams,
+  context: MethodContext,
+  intent: Intent,
+): Promise<KeyInfo> {
+  const { token, device } = agent.devices.byName(ref.token)
+  // Private objects (and on some tokens the public ones) are hidden until login.
+  await loginToken(agent, token, params, context, intent)
+  return keyInfoOf(token, await device.findKey(ref))
+}

@@ -1,0 +1,40 @@
+import { toAgentError } from '../../lib/errors.js'
+import type { StatusResult } from '../../protocol/methods.js'
+import type { MethodHandler } from './method.js'
+
+/** What `cargo-pkcs11-agent status` shows: tokens, PIN cache, registries and their mutation counts. */
+export const status: MethodHandler<'status'> = async (agent) => {
+  const cached = new Set(agent.policy.pinCache.tokenIds())
+  const tokens: StatusResult['tokens'] = []
+  for (const token of Object.values(agent.config.tokens)) {
+    const entry = {
+      name: token.name,
+      module: token.module,
+      pinSource: token.pinSource,
+      pinCached: cached.has(token.name),
+    }
+    try {
+      tokens.push({ ...entry, status: await agent.devices.get(token).status() })
+    } catch (error) {
+      tokens.push({ ...entry, error: toAgentError(error).toWire() })
+    }
+  }
+  const registries = Object.values(agent.config.registries).map((r) => ({
+    name: r.name,
+    index: r.index,
+    readKey: r.readKey,
+    mutationKey: r.mutationKey,
+    confirm: r.confirm,
+    tokenMaxAgeSeconds: r.tokenMaxAgeSeconds,
+    mutationsLastHour: agent.policy.limiter.count(r.index),
+    mutationsPerHour: r.mutationsPerHour,
+  }))
+  return {
+    pid: process.pid,
+    socket: agent.socketPath,
+    config: agent.configPath ?? null,
+    headless: agent.config.agent.headless,
+    tokens,
+    registries,
+  }
+}

@@ -1,0 +1,125 @@
+/**
+ * The agent-config half of `setup`: which [tokens.NAME] to use (the configured one, one described by
+ * flags, or a private SoftHSM store when no hardware is configured), the [registries.NAME] binding,
+ * the whole result validated before anything touches a device, and writing the file.
+ */
+import { existsSync, readFileSync } from 'node:fs'
+
+import { stringify } from 'smol-toml'
+
+import { parseConfig } from '../../config/load.js'
+import {
+  checkIndexUrl,
+  PIN_SOURCES,
+  TOKEN_KINDS,
+  validateConfig,
+  type Config,
+  type TokenConfig,
+} from '../../config/schema.js'
+import { AgentError } from '../../lib/errors.js'
+import { USAGE, usageError } from '../args.js'
+import { ensureDefaultSoftHsm } from './softhsm-store.js'
+import { place, readToml, tableAt, writePrivate, type Table } from './tables.js'
+
+/** A string flag of `setup`, if given. */
+export type Flag = (name: string) => string | undefined
+
+/** The token: `--module` describes a new one, else the configured one, else a private SoftHSM store. */
+async function chooseToken(
+  flag: Flag,
+  existing: Config,
+  configPath: string,
+  say: (line: string) => void,
+): Promise<{ name: string; table?: Table }> {
+  const module = flag('module')
+  if (module !== undefined) {
+    if (flag('token-label') === undefined && flag('serial') === undefined)
+      throw usageError('--module needs --token-label or --serial (slot ids are not stable)', USAGE.setup)
+    const table: Table = { module }
+    if (flag('token-label') !== undefined) table['label'] = flag('token-label')
+    if (flag('serial') !== undefined) table['serial'] = flag('serial')
+    const kind = flag('kind')
+    if (kind !== undefined) {
+      if (!(TOKEN_KINDS as readonly string[]).includes(kind))
+        throw usageError(`--kind must be one of ${TOKEN_KINDS.join(', ')}`, USAGE.setup)
+      table['kind'] = kind
+    }
+    const source =
+      flag('pin-source') ??
+      (flag('pin-env') !== undefined ? 'env' : flag('pin-file') !== undefined ? 'file' : 'tty')
+    if (!(PIN_SOURCES as readonly string[]).includes(source))
+      throw usageError(`--pin-source must be one of ${PIN_SOURCES.join(', ')}`, USAGE.setup)
+    table['pin-source'] = source
+    if (flag('pin-env') !== undefined) table['pin-env'] = flag('pin-env')
+    if (flag('pin-file') !== undefined) table['pin-file'] = flag('pin-file')
+    return { name: flag('token') ?? kind ?? 'device', table }
+  }
+  const names = Object.keys(existing.tokens)
+  const wanted = flag('token') ?? (names.length === 1 ? names[0] : undefined)
+  if (wanted !== undefined) {
+    if (existing.tokens[wanted] === undefined) {
+      throw new AgentError('CONFIG_INVALID', `No token named '${wanted}' in ${configPath}`, {
+        remedy: `Configured tokens: ${names.join(', ') || 'none'}; or describe a new one with --module`,
+      })
+    }
+    return { name: wanted }
+  }
+  if (names.length > 1)
+    throw usageError(
+      `several tokens are configured (${names.join(', ')}): choose one with --token`,
+      USAGE.setup,
+    )
+  const soft = await ensureDefaultSoftHsm(say)
+  say(
+    'no hardware token is configured: using a SoftHSM token (the key is software-protected; use --module for a YubiKey, TPM or HSM)',
+  )
+  return {
+    name: 'softhsm',
+    table: {
+      module: 'softhsm',
+      label: soft.label,
+      kind: 'softhsm',
+      'pin-source': 'file',
+      'pin-file': soft.pinFile,
+      'module-env': { SOFTHSM2_CONF: soft.confPath },
+    },
+  }
+}
+
+/** `--registry NAME --index URL` (optional, together) binds the registry to the token's key. */
+function bindRegistry(doc: Table, flag: Flag, tokenName: string, force: boolean, configPath: string): void {
+  const registryName = flag('registry')
+  const index = flag('index')
+  if ((registryName === undefined) !== (index === undefined))
+    throw usageError('--registry and --index go together', USAGE.setup)
+  if (registryName === undefined || index === undefined) return
+  const problem = checkIndexUrl(index)
+  if (problem !== undefined) throw usageError(`--index: ${problem}`, USAGE.setup)
+  const ref: Table = { token: tokenName, label: flag('label') ?? 'cargo' }
+  const keyId = flag('id')
+  if (keyId !== undefined) ref['id'] = keyId.toLowerCase()
+  const table = { ...(tableAt(doc, 'registries', registryName) ?? {}), index, 'read-key': ref }
+  place(doc, 'registries', registryName, table, force, configPath)
+}
+
+/** The agent config `setup` will write (`doc`), validated as a whole; nothing is written yet. */
+export async function planAgentConfig(
+  configPath: string,
+  flag: Flag,
+  force: boolean,
+  say: (line: string) => void,
+): Promise<{ doc: Table; tokenName: string; token: TokenConfig }> {
+  const doc = readToml(configPath, 'The agent config')
+  const existing = existsSync(configPath)
+    ? parseConfig(readFileSync(configPath, 'utf8'), configPath)
+    : validateConfig({}, configPath)
+  const token = await chooseToken(flag, existing, configPath, say)
+  if (token.table !== undefined) place(doc, 'tokens', token.name, token.table, force, configPath)
+  bindRegistry(doc, flag, token.name, force, configPath)
+  const config = validateConfig(doc, configPath)
+  return { doc, tokenName: token.name, token: config.tokens[token.name] as TokenConfig }
+}
+
+export function writeAgentConfig(configPath: string, doc: Table): void {
+  writePrivate(configPath, `# cargo-pkcs11-agent configuration (docs/configuration.md)\n${stringify(doc)}\n`)
+}
