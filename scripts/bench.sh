@@ -2,7 +2,8 @@
 # Benchmarks, each a ratio measured side by side in one run (shared, noisy machines: no lone times).
 #  1. start-up: the shim answering one request vs a bare `node -e 0`, and what importing `ws` would add;
 #  2. signature latency per layer vs the device's own C_Sign (scripts/bench/sign.ts);
-#  3. the cost of reading a connection's peer credentials vs one fstat (scripts/bench/peercred.ts).
+#  3. throughput under 64 concurrent clients per layer (scripts/bench/load.ts);
+#  4. the cost of reading a connection's peer credentials vs one fstat (scripts/bench/peercred.ts).
 # Results go to stdout and .state/bench/*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,3 +29,8 @@ unset CARGO_PKCS11_AGENT_NO_AUTOSTART CARGO_PKCS11_AGENT_SOCK
 
 node dist/scripts/bench/peercred.js --json "$out/peercred.json"
 node dist/scripts/bench/sign.js --json "$out/sign.json" "$@"
+
+# 3. throughput at 64 concurrent clients vs the device's and the signer's own (scripts/bench/load.ts).
+# The benchmark process gets the agent's pool size, so its device phase is not capped at 4 threads.
+UV_THREADPOOL_SIZE="$(node -e 'import("./dist/src/lib/limits.js").then((m) => console.log(m.LIMITS.uvThreadpoolSize))')" \
+  node dist/scripts/bench/load.js --json "$out/load.json"

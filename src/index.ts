@@ -1,25 +1,23 @@
 /**
- * The library surface for registry operators and tools: verify RFC 3231 asymmetric tokens exactly
- * as this project's own tests do, build them with any Signer, and handle PASERK k3 keys.
+ * The library surface for registry operators and tools: everything the verifier exports
+ * (src/verify/index.ts, also published alone as `cargo-pkcs11-verify`), plus building tokens with any
+ * Signer. The agent, the shim and the PKCS#11 layer are programs, not API.
  */
-export { verifyToken, inspectToken } from './verify/verify.js'
-export type { VerifyOptions, VerifiedToken, UntrustedTokenContents } from './verify/verify.js'
-export { verifyV3Public } from './verify/paseto.js'
-export type { VerifiedV3Public, V3PublicVerifyOptions } from './verify/paseto.js'
+export * from './verify/index.js'
 
-export { buildToken, validateTokenRequest } from './token/build.js'
+export { buildToken } from './token/build.js'
 export type { TokenRequest, BuiltToken } from './token/build.js'
-export { OPERATIONS, isOperation } from './cargo/operation.js'
-export type { Operation } from './cargo/operation.js'
-export { formatIat, parseIat } from './token/iat.js'
-export { v3PublicPae } from './token/pae.js'
 
-export { k3Public, k3Pid, parseK3Public, k3Secret, parseK3Secret } from './keys/paserk.js'
-export { compressPoint, publicKeyFromDevice, isP384EcParams, publicKeyObject } from './keys/point.js'
-export { normalizeSignature, isHighS, verifySignature } from './keys/signature.js'
-
-export type { Signer } from './signer/signer.js'
+/**
+ * `Signer` is the seam buildToken signs through; `MemorySigner` holds a P-384 key in memory, for
+ * tests and for registries that mint tokens in their own test suites.
+ *
+ * @example
+ * ```ts
+ * const signer = MemorySigner.generate() // or MemorySigner.fromK3Secret('k3.secret.…')
+ * const { token } = await buildToken(signer, { indexUrl, operation: 'yank', crate: { name: 'foo', vers: '1.2.3' } })
+ * await verifyToken(token, { publicKey: k3Public(signer.publicKey), url: indexUrl, operation: 'yank', crate: { name: 'foo', vers: '1.2.3' } })
+ * ```
+ */
 export { MemorySigner } from './signer/memory.js'
-
-export { AgentError, VERIFY_CODES, isErrorCode } from './lib/errors.js'
-export type { ErrorCode, VerifyCode } from './lib/errors.js'
+export type { Signer } from './signer/signer.js'

@@ -1,19 +1,27 @@
 /**
  * The agent: configuration, devices, PIN cache, rate limiter and the socket server, with the
- * lifecycle signals (SIGHUP reload, SIGTERM/SIGINT graceful stop).
+ * lifecycle: signals (SIGHUP reload, SIGTERM/SIGINT graceful stop) and the watch on its socket path.
  */
+import { lstat } from 'node:fs/promises'
+
 import { loadConfig } from '../config/load.js'
 import type { Config } from '../config/schema.js'
 import { toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import type { Policy } from '../policy/policy.js'
 import { Devices } from './devices.js'
+import { auditEntry } from '../audit/entry.js'
 import { AuditLog } from '../audit/log.js'
+import type { AgentError } from '../lib/errors.js'
+import { reportSignalToRelauncher } from '../lib/threadpool.js'
+import type { RequestMessage } from '../protocol/frames.js'
+import { parseSignRequest } from './pipeline/parse.js'
 import { createPolicy } from './policy-config.js'
 import { METHOD_HANDLERS } from './methods/index.js'
 import { SocketPrompter } from './prompter.js'
 import type { AgentState } from './state.js'
 import { AgentServer } from './server.js'
+import { sameSocket } from './socket.js'
 
 export interface AgentOptions {
   readonly config: Config
@@ -33,7 +41,10 @@ export class Agent implements AgentState {
   audit: AuditLog
   readonly #server: AgentServer
   #idleTimer: NodeJS.Timeout | undefined
+  #socketWatch: NodeJS.Timeout | undefined
   #stopping: Promise<void> | undefined
+  #markStopped: () => void = () => undefined
+  readonly #stopped = new Promise<void>((resolve) => (this.#markStopped = resolve))
 
   constructor(options: AgentOptions) {
     this.config = options.config
@@ -58,6 +69,7 @@ export class Agent implements AgentState {
     this.#server = new AgentServer({
       socketPath: this.socketPath,
       log: this.log,
+      onRefused: (request, error) => this.#auditRefusal(request, error),
       handler: async (method, params, context) => {
         this.#touchIdle()
         try {
@@ -75,9 +87,54 @@ export class Agent implements AgentState {
   async start(): Promise<void> {
     await this.#server.listen()
     this.log(`listening on ${this.socketPath} (pid ${process.pid})`)
+    this.#watchSocket()
   }
 
-  /** Releases sessions after `release-after-idle-seconds` without requests (design point 5). */
+  /**
+   * A sign the server refused before it ran (AGENT_BUSY past the connection's queue) still gets its
+   * `failed` line: the audit log has one line per signing request that reached the agent whole.
+   */
+  #auditRefusal(request: RequestMessage, error: AgentError): void {
+    if (request.method !== 'sign') return
+    let intent
+    try {
+      intent = parseSignRequest(request.params ?? {}).intent
+    } catch {
+      return // not a signing request cargo could have sent: the refusal's log line is its record
+    }
+    this.audit
+      .record(auditEntry(intent, { result: 'failed', code: error.code, reason: error.message }))
+      .catch((auditError: unknown) => this.log(`audit-failed ${toAgentError(auditError).code}`))
+  }
+
+  /**
+   * Stops when the socket path no longer holds our socket (deleted, or replaced by another agent's).
+   * Unreachable, the agent would hold PINs for nobody while the next shim starts a second agent.
+   * Stopping rather than re-binding: a replaced path belongs to the agent that replaced it, and a
+   * deleted one usually means the login session's runtime directory was cleaned up.
+   */
+  #watchSocket(): void {
+    const ours = this.#server.identity
+    if (ours === undefined) return
+    this.#socketWatch = setInterval(() => {
+      void lstat(this.socketPath).then(
+        (stat) =>
+          stat.isSocket() && sameSocket(ours, { dev: stat.dev, ino: stat.ino })
+            ? undefined
+            : this.#socketLost('was replaced by another file'),
+        () => this.#socketLost('was removed'),
+      )
+    }, LIMITS.socketWatchIntervalMs)
+    this.#socketWatch.unref()
+  }
+
+  #socketLost(what: string): void {
+    if (this.#stopping !== undefined) return
+    this.log(`the socket ${this.socketPath} ${what}; no client can reach this agent, stopping`)
+    void this.stop()
+  }
+
+  /** Releases sessions after `release-after-idle-seconds` without requests (docs/design.md §5, point 5). */
   #touchIdle(): void {
     if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer)
     const seconds = this.config.agent.releaseAfterIdleSeconds
@@ -90,7 +147,7 @@ export class Agent implements AgentState {
     this.#idleTimer.unref()
   }
 
-  /** SIGHUP: re-read the config; forget PINs and release devices either way (design point 3). */
+  /** SIGHUP: re-read the config; forget PINs and release devices either way (docs/design.md §5, point 3). */
   async reload(): Promise<void> {
     this.policy.onSighup()
     let next = this.config
@@ -113,26 +170,37 @@ export class Agent implements AgentState {
   stop(graceMs: number = LIMITS.shutdownGraceMs): Promise<void> {
     this.#stopping ??= (async () => {
       if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer)
+      if (this.#socketWatch !== undefined) clearInterval(this.#socketWatch)
       await this.#server.close(graceMs)
       this.policy.close()
       await this.devices.releaseAll()
       this.log('stopped')
+      this.#markStopped()
     })()
     return this.#stopping
   }
 
-  /** Installs SIGHUP/SIGTERM/SIGINT handlers; resolves when the agent has stopped. */
+  /**
+   * Installs SIGHUP/SIGTERM/SIGINT handlers; resolves when the agent has stopped, for a signal or
+   * because its socket was lost. The handlers stay installed: a second SIGTERM (a signal to the
+   * process group reaches a relaunching parent too, src/lib/threadpool.ts) is logged and ignored
+   * instead of killing the agent mid-stop with Node's default action.
+   */
   runUntilSignalled(): Promise<void> {
-    return new Promise((resolve) => {
-      process.on('SIGHUP', () => {
-        void this.reload()
-      })
-      const stop = (signal: string): void => {
-        this.log(`${signal}: shutting down`)
-        void this.stop().then(resolve)
+    const onSignal = (signal: NodeJS.Signals): void => {
+      reportSignalToRelauncher(signal)
+      if (signal === 'SIGHUP') {
+        if (this.#stopping === undefined) void this.reload()
+        return
       }
-      process.once('SIGTERM', () => stop('SIGTERM'))
-      process.once('SIGINT', () => stop('SIGINT'))
-    })
+      if (this.#stopping !== undefined) {
+        this.log(`${signal}: already shutting down`)
+        return
+      }
+      this.log(`${signal}: shutting down`)
+      void this.stop()
+    }
+    for (const signal of ['SIGHUP', 'SIGTERM', 'SIGINT'] as const) process.on(signal, onSignal)
+    return this.#stopped
   }
 }

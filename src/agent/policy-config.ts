@@ -4,30 +4,29 @@
  */
 import type { Config, RegistryConfig, TokenConfig } from '../config/schema.js'
 import { readPinFile } from '../lib/pin-file.js'
-import type { PinSource, RegistryPolicy, TokenPolicy } from '../policy/config.js'
+import type { RegistryPolicy, TokenPolicy } from '../policy/config.js'
+import type { PinSource } from '../policy/pin-source.js'
 import { Policy } from '../policy/policy.js'
 
+const KIND_TEXT: Readonly<Record<NonNullable<TokenConfig['kind']>, string>> = {
+  yubikey: 'your YubiKey',
+  tpm: 'the TPM',
+  softhsm: 'SoftHSM token',
+  hsm: 'the HSM',
+}
+
 export function tokenDescription(token: TokenConfig): string {
-  const kind =
-    token.kind === 'yubikey'
-      ? 'your YubiKey'
-      : token.kind === 'tpm'
-        ? 'the TPM'
-        : token.kind === 'softhsm'
-          ? 'SoftHSM token'
-          : token.kind === 'hsm'
-            ? 'the HSM'
-            : 'token'
   const which =
     token.serial !== undefined
       ? ` (serial ${token.serial})`
       : token.label !== undefined
         ? ` '${token.label}'`
         : ` "${token.name}"`
-  return `${kind}${which}`
+  return `${token.kind === undefined ? 'token' : KIND_TEXT[token.kind]}${which}`
 }
 
-function pinSource(token: TokenConfig): PinSource {
+/** The token's `pin-source` as the PIN reader takes it (src/policy/pin-source.ts), for the agent and the CLI. */
+export function pinSource(token: TokenConfig): PinSource {
   switch (token.pinSource) {
     case 'env':
       return { kind: 'env', variable: token.pinEnv ?? '' }
@@ -73,8 +72,8 @@ export function createPolicy(
       headless: config.agent.headless,
       pinCacheIdleSeconds: config.agent.pinCacheIdleSeconds,
       pinCacheMaxSeconds: config.agent.pinCacheMaxSeconds,
-      touchNoticeDelayMs: config.agent.touchNoticeAfterMs,
-      desktopNotifications: config.agent.notify,
+      touchNoticeAfterMs: config.agent.touchNoticeAfterMs,
+      notify: config.agent.notify,
     },
     {
       env,

@@ -70,10 +70,12 @@ function intentData(intent: Intent): Record<string, unknown> {
 function noTerminal(): AgentError {
   return new AgentError(
     'PIN_REQUIRED',
-    'A PIN or confirmation is needed but the request came without a terminal',
+    'A PIN or confirmation is needed but the request came from a program without a terminal (a script or an IDE)',
     {
       remedy:
-        'Run cargo from a terminal, or for unattended use set pin-source = "env" or "file" for the token (and confirm = "touch" or "none" for the registry)',
+        'Run cargo from a terminal; or, for this registry, use a key with a touch policy (confirm = "touch"), ' +
+        'or give the agent a pinentry it can show (pin-source = "pinentry", the agent in your desktop session); ' +
+        'for CI set confirm = "none" and pin-source = "env" or "file"',
     },
   )
 }

@@ -1,6 +1,7 @@
 /**
  * Connection handling for the agent socket: framing, limits, per-request timeouts, events and
- * queries. What a request *does* is its method's business (src/agent/methods/).
+ * queries. What a request *does* is the handler's business (src/agent/methods/). Every limit here
+ * holds against a client that does not play along (docs/agent-protocol.md, "Limits").
  */
 import { createServer, type Server, type Socket } from 'node:net'
 
@@ -11,10 +12,11 @@ import {
   LineDecoder,
   parseClientMessage,
   type AgentMessage,
+  type Frame,
   type RequestMessage,
 } from '../protocol/frames.js'
 import type { EventName, Method, Queries, QueryName } from '../protocol/methods.js'
-import { listenUnix, removeSocket } from './socket.js'
+import { listenUnix, removeSocket, socketIdentity, type SocketIdentity } from './socket.js'
 
 export interface RequestContext {
   readonly id: number
@@ -38,6 +40,8 @@ export interface ServerOptions {
   readonly socketPath: string
   readonly handler: Handler
   readonly log: (line: string) => void
+  /** A parsed request the server refused before its handler ran (the agent audits signs). */
+  readonly onRefused?: (request: RequestMessage, error: AgentError) => void
   readonly requestTimeoutMs?: number
   /** Default LIMITS.maxConnections. */
   readonly maxConnections?: number
@@ -48,63 +52,116 @@ interface OpenQuery {
   reject: (error: AgentError) => void
 }
 
+/**
+ * Logs each kind of refusal at once, then at most one summary per LIMITS.refusalLogIntervalMs: every
+ * refusal is counted in a line, and a flood of them cannot fill the disk with the agent log.
+ */
+class RefusalLog {
+  readonly #log: (line: string) => void
+  readonly #kinds = new Map<string, { at: number; suppressed: number; timer?: NodeJS.Timeout }>()
+
+  constructor(log: (line: string) => void) {
+    this.#log = log
+  }
+
+  note(kind: string, text: string): void {
+    const now = Date.now()
+    const state = this.#kinds.get(kind)
+    if (state === undefined || now - state.at >= LIMITS.refusalLogIntervalMs) {
+      if (state?.timer !== undefined) clearTimeout(state.timer)
+      this.#flush(kind)
+      this.#kinds.set(kind, { at: now, suppressed: 0 })
+      this.#log(`refused: ${text}`)
+      return
+    }
+    state.suppressed += 1
+    state.timer ??= setTimeout(() => this.#flush(kind), LIMITS.refusalLogIntervalMs).unref()
+  }
+
+  #flush(kind: string): void {
+    const state = this.#kinds.get(kind)
+    if (state === undefined || state.suppressed === 0) return
+    this.#log(`refused: ${state.suppressed} more (${kind}) in the last ${LIMITS.refusalLogIntervalMs} ms`)
+    state.suppressed = 0
+    state.at = Date.now()
+    delete state.timer
+  }
+}
+
+let nextConnectionId = 1
+
+/** A new connection waiting for a slot; its timer retries eviction until connectionAdmitWaitMs. */
+interface Waiting {
+  readonly socket: Socket
+  timer: NodeJS.Timeout | undefined
+}
+
 class Connection {
+  readonly id = nextConnectionId++
   readonly #socket: Socket
   readonly #options: ServerOptions
+  readonly #refusals: RefusalLog
   readonly #queries = new Map<number, OpenQuery>()
   readonly #inflight = new Map<number, AbortController>()
+  /** Requests past the in-flight cap, in arrival order (bounded by count and bytes). */
+  readonly #queue: { request: RequestMessage; bytes: number }[] = []
+  #queuedBytes = 0
+  readonly #onGone: () => void
   readonly #onIdle: () => void
+  readonly #decoder = new LineDecoder(LIMITS.socketFrameMaxBytes)
+  /** Bytes read but not yet split into frames: at most one read while output is backed up. */
+  #inbox: Buffer | undefined
+  #outputPaused = false
+  #timer: NodeJS.Timeout
+  #sawFrame = false
+  #gone = false
   #nextQid = 1
-  #readTimer: NodeJS.Timeout | undefined
-  #closed = false
+  /** When the connection last did something (eviction picks the longest idle). */
+  lastActive = Date.now()
 
-  constructor(socket: Socket, options: ServerOptions, onIdle: () => void) {
+  constructor(
+    socket: Socket,
+    options: ServerOptions,
+    refusals: RefusalLog,
+    onGone: () => void,
+    onIdle: () => void,
+  ) {
     this.#socket = socket
     this.#options = options
+    this.#refusals = refusals
+    this.#onGone = onGone
     this.#onIdle = onIdle
-    const decoder = new LineDecoder(LIMITS.socketFrameMaxBytes)
-    // Slowloris guard: a client that connects and says nothing is dropped.
-    this.#readTimer = setTimeout(() => socket.destroy(), LIMITS.requestReadTimeoutMs)
+    // Slowloris guard: a client that connects and says nothing (or trickles one frame) is dropped.
+    this.#timer = setTimeout(() => this.#onTimer(), LIMITS.requestReadTimeoutMs)
     socket.on('data', (chunk: Buffer) => {
-      for (const frame of decoder.push(chunk)) {
-        if (frame.kind === 'oversize') {
-          this.#send({
-            v: 1,
-            type: 'response',
-            id: null,
-            error: new AgentError(
-              'PROTOCOL_ERROR',
-              `A ${frame.bytes}-byte frame exceeds the ${LIMITS.socketFrameMaxBytes}-byte limit; it was discarded`,
-              {
-                remedy: 'Keep each message under the frame limit (docs/agent-protocol.md)',
-              },
-            ).toWire(),
-          })
-          continue
-        }
-        this.#onLine(frame.text)
-      }
+      this.#inbox = this.#inbox === undefined ? chunk : Buffer.concat([this.#inbox, chunk])
+      this.#pump()
     })
+    socket.on('drain', () => {
+      this.#timer.refresh()
+      this.#pump()
+    })
+    // With allowHalfOpen false an EOF ends the conversation: nothing can be answered any more.
+    socket.on('end', () => this.#release())
     socket.on('error', () => socket.destroy())
-    socket.on('close', () => {
-      this.#closed = true
-      if (this.#readTimer !== undefined) clearTimeout(this.#readTimer)
-      const gone = new AgentError('AGENT_UNREACHABLE', 'The client disconnected', {
-        remedy: 'Retry the request',
-      })
-      for (const query of this.#queries.values()) query.reject(gone)
-      this.#queries.clear()
-      for (const controller of this.#inflight.values()) controller.abort(gone)
-      this.#onIdle()
-    })
+    socket.on('close', () => this.#release())
   }
 
+  /** Requests running or waiting on this connection. */
   get busy(): boolean {
-    return this.#inflight.size > 0
+    return this.#inflight.size > 0 || this.#queue.length > 0
   }
 
-  destroy(): void {
+  /** Nothing running, queued, unread or unsent: closing it loses nothing. */
+  get idle(): boolean {
+    return !this.busy && this.#inbox === undefined && this.#socket.writableLength === 0
+  }
+
+  /** Cuts the connection; with a reason, logged as a refusal of that kind. */
+  destroy(kind?: string, reason?: string): void {
+    if (kind !== undefined) this.#refusals.note(kind, `connection ${this.id}: ${reason ?? kind}`)
     this.#socket.destroy()
+    this.#release()
   }
 
   /** Closes the connection once its in-flight requests have answered. */
@@ -112,37 +169,120 @@ class Connection {
     if (!this.busy) this.#socket.end()
   }
 
-  #send(message: AgentMessage): void {
-    if (this.#closed || this.#socket.destroyed) return
-    try {
-      this.#socket.write(encodeFrame(message))
-    } catch (error) {
-      // A result too large for a frame is a bug on our side: report it as such on the same id.
-      if (message.type === 'response') {
-        this.#socket.write(
-          encodeFrame({ v: 1, type: 'response', id: message.id, error: toAgentError(error).toWire() }),
-        )
+  /** Gone the moment the client ended it, not when the kernel's close arrives a loop turn later. */
+  #release(): void {
+    if (this.#gone) return
+    this.#gone = true
+    clearTimeout(this.#timer)
+    const gone = new AgentError('AGENT_UNREACHABLE', 'The client disconnected', {
+      remedy: 'Retry the request',
+    })
+    for (const query of this.#queries.values()) query.reject(gone)
+    this.#queries.clear()
+    this.#queue.length = 0
+    this.#queuedBytes = 0
+    for (const controller of this.#inflight.values()) controller.abort(gone)
+    this.#inbox = undefined
+    this.#onGone()
+  }
+
+  #onTimer(): void {
+    if (this.#gone) return
+    if (!this.#sawFrame) {
+      this.destroy('slow', `no complete frame within ${LIMITS.requestReadTimeoutMs} ms of connecting`)
+      return
+    }
+    if (this.#outputPaused) {
+      this.destroy('unread', `answers unread for ${LIMITS.connectionIdleTimeoutMs} ms`)
+      return
+    }
+    // Running requests are bounded by requestTimeoutMs; the idle clock starts when they are done.
+    if (this.busy) {
+      this.#timer.refresh()
+      return
+    }
+    this.destroy('idle', `idle for ${LIMITS.connectionIdleTimeoutMs} ms`)
+  }
+
+  /**
+   * Splits the inbox one frame at a time and stops, pausing the socket, as soon as the unsent
+   * output is over LIMITS.socketOutputMaxBytes; 'drain' resumes it. So a client that never reads
+   * costs the agent at most that much output plus one read.
+   */
+  #pump(): void {
+    while (this.#inbox !== undefined && !this.#gone) {
+      if (this.#socket.writableLength > LIMITS.socketOutputMaxBytes) {
+        if (!this.#outputPaused) {
+          this.#outputPaused = true
+          this.#socket.pause()
+        }
+        return
       }
+      const newline = this.#inbox.indexOf(0x0a)
+      let piece: Buffer
+      if (newline === -1) {
+        piece = this.#inbox
+        this.#inbox = undefined
+      } else {
+        piece = this.#inbox.subarray(0, newline + 1)
+        this.#inbox = newline + 1 < this.#inbox.length ? this.#inbox.subarray(newline + 1) : undefined
+      }
+      for (const frame of this.#decoder.push(piece)) this.#onFrame(frame)
+    }
+    if (this.#outputPaused && !this.#gone) {
+      this.#outputPaused = false
+      this.#socket.resume()
     }
   }
 
-  #onLine(text: string): void {
-    if (this.#readTimer !== undefined) {
-      clearTimeout(this.#readTimer)
-      this.#readTimer = undefined
+  #send(message: AgentMessage): void {
+    if (this.#gone || this.#socket.destroyed || this.#socket.writableEnded) return
+    let frame: Buffer
+    try {
+      frame = encodeFrame(message)
+    } catch (error) {
+      // A result too large for a frame is a bug on our side: report it as such on the same id.
+      if (message.type !== 'response') return
+      frame = encodeFrame({ v: 1, type: 'response', id: message.id, error: toAgentError(error).toWire() })
     }
+    this.#socket.write(frame)
+  }
+
+  #answerError(id: number | null, error: AgentError): void {
+    this.#send({ v: 1, type: 'response', id, error: error.toWire() })
+  }
+
+  #onFrame(frame: Frame): void {
+    this.lastActive = Date.now()
+    if (!this.#sawFrame) {
+      this.#sawFrame = true
+      clearTimeout(this.#timer)
+      this.#timer = setTimeout(() => this.#onTimer(), LIMITS.connectionIdleTimeoutMs)
+    } else this.#timer.refresh()
+    if (frame.kind === 'oversize') {
+      this.#refusals.note('protocol', `connection ${this.id}: a ${frame.bytes}-byte frame`)
+      this.#answerError(
+        null,
+        new AgentError(
+          'PROTOCOL_ERROR',
+          `A ${frame.bytes}-byte frame exceeds the ${LIMITS.socketFrameMaxBytes}-byte limit; it was discarded`,
+          { remedy: 'Keep each message under the frame limit (docs/agent-protocol.md)' },
+        ),
+      )
+      return
+    }
+    this.#onLine(frame.text)
+  }
+
+  #onLine(text: string): void {
     let message
     try {
       message = parseClientMessage(text)
     } catch (error) {
       const agentError = toAgentError(error, 'PROTOCOL_ERROR')
       const id = agentError.data['id']
-      this.#send({
-        v: 1,
-        type: 'response',
-        id: typeof id === 'number' ? id : null,
-        error: agentError.toWire(),
-      })
+      this.#refusals.note('protocol', `connection ${this.id}: ${agentError.message}`)
+      this.#answerError(typeof id === 'number' ? id : null, agentError)
       return
     }
     if (message.type === 'answer') {
@@ -153,20 +293,51 @@ class Connection {
       else query.resolve(message.result ?? {})
       return
     }
-    if (this.#inflight.has(message.id)) {
-      this.#send({
-        v: 1,
-        type: 'response',
-        id: message.id,
-        error: new AgentError(
-          'PROTOCOL_ERROR',
-          `Request id ${message.id} is already in use on this connection`,
-          { remedy: 'Use a new id for every request' },
-        ).toWire(),
-      })
+    if (this.#inflight.has(message.id) || this.#queue.some((q) => q.request.id === message.id)) {
+      this.#refuse(
+        message,
+        new AgentError('PROTOCOL_ERROR', `Request id ${message.id} is already in use on this connection`, {
+          remedy: 'Use a new id for every request',
+        }),
+      )
       return
     }
-    void this.#run(message)
+    const bytes = Buffer.byteLength(text)
+    if (this.#inflight.size < LIMITS.maxInflightPerConnection) {
+      void this.#run(message)
+    } else if (
+      this.#queue.length < LIMITS.maxQueuedRequestsPerConnection &&
+      this.#queuedBytes + bytes <= LIMITS.maxQueuedRequestBytesPerConnection
+    ) {
+      this.#queue.push({ request: message, bytes })
+      this.#queuedBytes += bytes
+    } else {
+      this.#refuse(
+        message,
+        new AgentError(
+          'AGENT_BUSY',
+          `This connection already has ${this.#inflight.size} requests running and ${this.#queue.length} waiting`,
+          {
+            remedy:
+              'Wait for answers before sending more requests on one connection (docs/agent-protocol.md, "Limits")',
+          },
+        ),
+      )
+    }
+  }
+
+  /** A parsed request answered with an error before it ran: logged, and handed to onRefused. */
+  #refuse(request: RequestMessage, error: AgentError): void {
+    this.#refusals.note(
+      error.code === 'AGENT_BUSY' ? 'busy' : 'protocol',
+      `connection ${this.id}: ${request.method}#${request.id}: ${error.code}: ${error.message}`,
+    )
+    this.#answerError(request.id, error)
+    try {
+      this.#options.onRefused?.(request, error)
+    } catch (hookError) {
+      this.#options.log(`refusal hook failed: ${toAgentError(hookError).describe()}`)
+    }
   }
 
   async #run(request: RequestMessage): Promise<void> {
@@ -228,6 +399,13 @@ class Connection {
     } finally {
       if (timer !== undefined) clearTimeout(timer)
       this.#inflight.delete(request.id)
+      this.lastActive = Date.now()
+      if (!this.#gone) this.#timer.refresh()
+      const next = this.#queue.shift()
+      if (next !== undefined && !this.#gone) {
+        this.#queuedBytes -= next.bytes
+        void this.#run(next.request)
+      }
       this.#onIdle()
     }
   }
@@ -236,13 +414,18 @@ class Connection {
 export class AgentServer {
   readonly #options: ServerOptions
   readonly #server: Server
+  readonly #refusals: RefusalLog
   readonly #connections = new Set<Connection>()
   readonly #refused = new Set<Socket>()
+  /** Accepted while every connection was busy, waiting (bounded) for a slot. */
+  #admitting: Waiting[] = []
+  #identity: SocketIdentity | undefined
   #closing = false
   #idleWaiters: (() => void)[] = []
 
   constructor(options: ServerOptions) {
     this.#options = options
+    this.#refusals = new RefusalLog(options.log)
     this.#server = createServer({ allowHalfOpen: false }, (socket) => this.#accept(socket))
   }
 
@@ -250,8 +433,18 @@ export class AgentServer {
     return this.#options.socketPath
   }
 
+  /** Device and inode of the socket this server created (see Agent's socket watch). */
+  get identity(): SocketIdentity | undefined {
+    return this.#identity
+  }
+
+  get #max(): number {
+    return this.#options.maxConnections ?? LIMITS.maxConnections
+  }
+
   async listen(): Promise<void> {
     await listenUnix(this.#server, this.#options.socketPath)
+    this.#identity = socketIdentity(this.#options.socketPath)
   }
 
   #accept(socket: Socket): void {
@@ -259,35 +452,108 @@ export class AgentServer {
       socket.destroy()
       return
     }
-    if (this.#connections.size >= (this.#options.maxConnections ?? LIMITS.maxConnections)) {
-      // Told, not just dropped: the shim turns this into a cargo error that says what to do.
-      const busy = new AgentError(
-        'AGENT_BUSY',
-        `The agent already serves ${this.#connections.size} connections`,
-        {
-          remedy:
-            'Retry when the running cargo commands have finished; if this persists, look for a program flooding the agent socket',
-        },
-      )
-      this.#refused.add(socket)
-      socket.on('error', () => socket.destroy())
-      socket.on('close', () => this.#refused.delete(socket))
-      socket.end(encodeFrame({ v: 1, type: 'response', id: null, error: busy.toWire() }))
-      // Read (and drop) what the client sends so its EOF is seen and the socket closes.
-      socket.resume()
-      setTimeout(() => socket.destroy(), LIMITS.requestReadTimeoutMs).unref()
+    if (this.#connections.size < this.#max || this.#evictIdle()) {
+      this.#admit(socket)
       return
     }
-    const connection = new Connection(socket, this.#options, () => this.#checkIdle(connection, socket))
-    this.#connections.add(connection)
-    socket.on('close', () => {
-      this.#connections.delete(connection)
-      this.#checkIdle(connection, socket)
+    if (this.#admitting.length >= this.#max) {
+      this.#refuse(socket)
+      return
+    }
+    // Every connection is busy. Slots free up within milliseconds when clients merely reconnect
+    // (the kernel can hand us a client's new connection before the EOF of its previous one), so
+    // wait a moment for one before refusing.
+    socket.pause()
+    const since = Date.now()
+    const waiting: Waiting = { socket, timer: undefined }
+    const retry = (): void => {
+      if (socket.destroyed) return
+      if (this.#connections.size < this.#max || this.#evictIdle()) {
+        this.#admitting = this.#admitting.filter((w) => w !== waiting)
+        this.#admit(socket)
+      } else if (Date.now() - since >= LIMITS.connectionAdmitWaitMs) {
+        this.#admitting = this.#admitting.filter((w) => w !== waiting)
+        this.#refuse(socket)
+      } else waiting.timer = setTimeout(retry, LIMITS.connectionEvictIdleMs)
+    }
+    waiting.timer = setTimeout(retry, LIMITS.connectionEvictIdleMs)
+    socket.once('close', () => {
+      clearTimeout(waiting.timer)
+      this.#admitting = this.#admitting.filter((w) => w !== waiting)
     })
+    this.#admitting.push(waiting)
   }
 
-  #checkIdle(connection: Connection, socket: Socket): void {
-    if (this.#closing && !connection.busy && !socket.destroyed) connection.endWhenIdle()
+  /** A slot was released: the longest-waiting new connection takes it. */
+  #admitNext(): void {
+    while (!this.#closing && this.#connections.size < this.#max) {
+      const next = this.#admitting.shift()
+      if (next === undefined) return
+      clearTimeout(next.timer)
+      if (!next.socket.destroyed) this.#admit(next.socket)
+    }
+  }
+
+  /** Closes the longest-idle connection to make room; false when every connection is busy. */
+  #evictIdle(): boolean {
+    let oldest: Connection | undefined
+    const now = Date.now()
+    for (const connection of this.#connections)
+      if (
+        connection.idle &&
+        now - connection.lastActive >= LIMITS.connectionEvictIdleMs &&
+        (oldest === undefined || connection.lastActive < oldest.lastActive)
+      )
+        oldest = connection
+    if (oldest === undefined) return false
+    oldest.destroy('evicted', `idle, closed to admit a new connection (${this.#connections.size} open)`)
+    return true
+  }
+
+  #refuse(socket: Socket): void {
+    this.#refusals.note('connections', `a connection: all ${this.#connections.size} connections are busy`)
+    if (this.#refused.size >= this.#max) {
+      socket.destroy() // a flood: no answer, no file descriptor held
+      return
+    }
+    // Told, not just dropped: the shim turns this into a cargo error that says what to do.
+    const busy = new AgentError(
+      'AGENT_BUSY',
+      `The agent already serves ${this.#connections.size} busy connections`,
+      {
+        remedy:
+          'Retry when the running cargo commands have finished; if this persists, look for a program flooding the agent socket',
+      },
+    )
+    this.#refused.add(socket)
+    socket.on('error', () => socket.destroy())
+    socket.on('close', () => this.#refused.delete(socket))
+    socket.end(encodeFrame({ v: 1, type: 'response', id: null, error: busy.toWire() }))
+    // Read (and drop) what the client sends so its EOF is seen and the socket closes.
+    socket.resume()
+    setTimeout(() => socket.destroy(), LIMITS.requestReadTimeoutMs).unref()
+  }
+
+  #admit(socket: Socket): void {
+    const connection: Connection = new Connection(
+      socket,
+      this.#options,
+      this.#refusals,
+      () => {
+        this.#connections.delete(connection)
+        this.#admitNext()
+        this.#checkIdle()
+      },
+      () => {
+        if (this.#closing) connection.endWhenIdle()
+        this.#checkIdle()
+      },
+    )
+    this.#connections.add(connection)
+    socket.resume()
+  }
+
+  #checkIdle(): void {
     if ([...this.#connections].every((c) => !c.busy)) {
       const waiters = this.#idleWaiters
       this.#idleWaiters = []
@@ -297,13 +563,18 @@ export class AgentServer {
 
   /**
    * Graceful stop: no new connections, in-flight requests may finish for up to `graceMs`, then
-   * every connection is cut and the socket file removed.
+   * every connection is cut and the socket file removed (only if it is still ours).
    */
   async close(graceMs: number = LIMITS.shutdownGraceMs): Promise<void> {
     if (this.#closing) return
     this.#closing = true
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
-    removeSocket(this.#options.socketPath)
+    removeSocket(this.#options.socketPath, this.#identity)
+    for (const { socket, timer } of this.#admitting) {
+      clearTimeout(timer)
+      socket.destroy()
+    }
+    this.#admitting = []
     for (const connection of this.#connections) connection.endWhenIdle()
     if ([...this.#connections].some((c) => c.busy)) {
       await new Promise<void>((resolve) => {

@@ -1,10 +1,11 @@
 /**
  * The agent's listening socket: a per-user directory (0700, ours) holding a 0600 socket. Never a TCP
- * port (design: "socket that only its user can reach").
+ * port (docs/design.md §5, point 7; §4 rule 1).
  */
-import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
+import { chmodSync, linkSync, lstatSync, mkdirSync, unlinkSync, type Stats } from 'node:fs'
 import { createConnection, type Server } from 'node:net'
-import { dirname } from 'node:path'
+import { dirname, join } from 'node:path'
 
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
@@ -80,10 +81,19 @@ export function probeSocket(socketPath: string, timeoutMs = 1_000): Promise<Sock
   })
 }
 
+/** Longest path a Unix socket can be bound to (sun_path is 108 bytes on Linux, 104 on macOS). */
+const SUN_PATH_MAX = 103
+
 /**
  * Listens on `socketPath`: refuses while another agent lives there, replaces a stale socket left by a
  * dead one, and creates the socket under umask 0177 so it is 0600 from its first instant (no window
  * where another user could connect).
+ *
+ * The socket is bound under a private temporary name and hard-linked into place (link(2) fails
+ * with EEXIST when the path is taken, as bind would with EADDRINUSE). Reason: libuv unlinks the
+ * path a pipe server was bound to when it closes (src/unix/pipe.c, uv__pipe_close), which would
+ * delete the socket of an agent that replaced ours at the same path; bound elsewhere, closing
+ * deletes only the temporary name, and removeSocket() decides about the real one by its inode.
  */
 export async function listenUnix(server: Server, socketPath: string): Promise<void> {
   prepareSocketDir(socketPath)
@@ -109,6 +119,8 @@ export async function listenUnix(server: Server, socketPath: string): Promise<vo
     }
     if (state === 'stale') unlinkSync(socketPath)
   }
+  const temporary = join(dirname(socketPath), `.${process.pid}-${randomBytes(4).toString('hex')}.sock`)
+  const bindPath = Buffer.byteLength(temporary) <= SUN_PATH_MAX ? temporary : socketPath
   const previous = process.umask(0o177)
   try {
     await new Promise<void>((resolve, reject) => {
@@ -136,16 +148,63 @@ export async function listenUnix(server: Server, socketPath: string): Promise<vo
       }
       server.once('error', onError)
       server.once('listening', onListening)
-      server.listen({ path: socketPath, exclusive: true })
+      server.listen({ path: bindPath, exclusive: true })
     })
   } finally {
     process.umask(previous)
   }
   // Belt and braces: the umask already produced 0600; make it explicit whatever the platform did.
-  chmodSync(socketPath, LIMITS.socketFileMode)
+  chmodSync(bindPath, LIMITS.socketFileMode)
+  if (bindPath === socketPath) return
+  try {
+    linkSync(bindPath, socketPath)
+  } catch (error) {
+    server.close()
+    throw (error as NodeJS.ErrnoException).code === 'EEXIST'
+      ? new AgentError(
+          'AGENT_ALREADY_RUNNING',
+          `Another agent took ${socketPath} while this one was starting`,
+          {
+            remedy: 'Use the running agent',
+            data: { socket: socketPath },
+          },
+        )
+      : new AgentError('INTERNAL', `Cannot create ${socketPath}: ${(error as Error).message}`, {
+          cause: error,
+          remedy: 'Choose another socket path',
+        })
+  } finally {
+    removeSocket(bindPath)
+  }
 }
 
-export function removeSocket(socketPath: string): void {
+/** Which file a path names: a socket deleted and re-created at the same path has a new inode. */
+export interface SocketIdentity {
+  readonly dev: number
+  readonly ino: number
+}
+
+/** The identity of the socket at `socketPath` now, or undefined when nothing (or no socket) is there. */
+export function socketIdentity(socketPath: string): SocketIdentity | undefined {
+  let stat: Stats
+  try {
+    stat = lstatSync(socketPath)
+  } catch {
+    return undefined
+  }
+  return stat.isSocket() ? { dev: stat.dev, ino: stat.ino } : undefined
+}
+
+export function sameSocket(a: SocketIdentity | undefined, b: SocketIdentity | undefined): boolean {
+  return a !== undefined && b !== undefined && a.dev === b.dev && a.ino === b.ino
+}
+
+/**
+ * Removes the socket file, but only while it is still `ours`: an agent started after ours was cut
+ * off may already listen at the same path, and unlinking its socket would cut it off too.
+ */
+export function removeSocket(socketPath: string, ours?: SocketIdentity): void {
+  if (ours !== undefined && !sameSocket(ours, socketIdentity(socketPath))) return
   try {
     unlinkSync(socketPath)
   } catch {

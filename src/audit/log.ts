@@ -1,8 +1,14 @@
 /**
  * The append-only audit log: one JSON line per signing decision. `record` resolves only after the
- * line is on disk (write + fsync), and the agent awaits it before it releases a token (design.md),
- * so a token a registry has seen always has its line. File 0600 in a 0700 directory, opened O_APPEND:
- * each line is one write(2), so concurrent agents (or a `log --follow`) never see torn lines.
+ * line is on disk (write + fsync), and the agent awaits it before it releases a token
+ * (src/agent/pipeline/run.ts), so a token a registry has seen always has its line. File 0600 in a
+ * 0700 directory, opened O_APPEND: each line is one write(2), so concurrent agents (or a
+ * `log --follow`) never see torn lines.
+ *
+ * A failed append (ENOSPC, EIO, a failed fsync) is undone: the file is truncated back to its size
+ * before the write, so no fragment is left for the next line to be glued onto. Should a fragment
+ * remain anyway (a crash mid-write, another writer in between), the next line starts on a fresh
+ * line, so only the fragment is unreadable, never a released token's line.
  */
 import { constants } from 'node:fs'
 import { chmod, lstat, mkdir, open, type FileHandle } from 'node:fs/promises'
@@ -57,7 +63,7 @@ export class AuditLog implements AuditSink {
     try {
       handle = await open(
         this.path,
-        constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW,
+        constants.O_RDWR | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW,
         AUDIT_FILE_MODE,
       )
     } catch (error) {
@@ -80,12 +86,20 @@ export class AuditLog implements AuditSink {
       // A log someone loosened (or created with a wide umask elsewhere) is tightened, not refused:
       // refusing would stop every signature for a fixable mode.
       if ((info.mode & 0o777) !== AUDIT_FILE_MODE) await handle.chmod(AUDIT_FILE_MODE)
-      let written = 0
-      while (written < line.length) {
-        const { bytesWritten } = await handle.write(line, written, line.length - written)
-        written += bytesWritten
+      const before = info.size
+      const bytes =
+        before > 0 && !(await endsWithNewline(handle, before)) ? Buffer.concat([NEWLINE, line]) : line
+      try {
+        let written = 0
+        while (written < bytes.length) {
+          const { bytesWritten } = await handle.write(bytes, written, bytes.length - written)
+          written += bytesWritten
+        }
+        await handle.sync()
+      } catch (error) {
+        await undoAppend(handle, before, before + bytes.length)
+        throw error
       }
-      await handle.sync()
     } catch (error) {
       if (error instanceof AgentError) throw error
       throw auditFailed(
@@ -125,6 +139,29 @@ export class AuditLog implements AuditSink {
     }
     this.#dirChecked = true
     return created
+  }
+}
+
+const NEWLINE = Buffer.from('\n')
+
+async function endsWithNewline(handle: FileHandle, size: number): Promise<boolean> {
+  const last = Buffer.alloc(1)
+  const { bytesRead } = await handle.read(last, 0, 1, size - 1)
+  return bytesRead === 1 && last[0] === 0x0a
+}
+
+/**
+ * Truncates back to `before` what a failed append left, when the file grew by at most our own
+ * bytes: had another writer appended meanwhile (size past `most`), its lines stay, and the next
+ * line's fresh start keeps them readable.
+ */
+async function undoAppend(handle: FileHandle, before: number, most: number): Promise<void> {
+  try {
+    const { size } = await handle.stat()
+    if (size > before && size <= most) await handle.truncate(before)
+    await handle.sync()
+  } catch {
+    // Nothing more can be done here; the next append starts on a fresh line.
   }
 }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// cargo runs `<path> --cargo-plugin` directly (spec §1.1), so this file needs its shebang and the
+// cargo runs `<path> --cargo-plugin` directly (docs/cargo-protocol.md §1.1), so this file needs its shebang and the
 // executable bit (scripts/postbuild.mjs).
 import { runShim } from '../shim/main.js'
 

@@ -1,11 +1,11 @@
 /**
  * cargo's credential-provider protocol v1 (stable since cargo 1.74), as the serde types in
- * `credential/cargo-credential/src/lib.rs` define it (spec §1). Builtins only: the shim loads this.
+ * `credential/cargo-credential/src/lib.rs` define it (docs/cargo-protocol.md §1). Builtins only: the shim loads this.
  */
 import { AgentError, type ErrorCode } from '../lib/errors.js'
 import { crateFor, isOperation, OPERATIONS, type CrateRef, type Operation } from './operation.js'
 
-/** `{"v":[1]}`: the versions this provider speaks (spec §1.3). */
+/** `{"v":[1]}`: the versions this provider speaks (docs/cargo-protocol.md §1.3). */
 export const HELLO = '{"v":[1]}'
 
 export interface CargoRegistry {
@@ -16,7 +16,7 @@ export interface CargoRegistry {
 
 interface Common {
   readonly registry: CargoRegistry
-  /** Configured provider args followed by `cargo login -- <args>` (spec §1.4). */
+  /** Configured provider args followed by `cargo login -- <args>` (docs/cargo-protocol.md §1.4). */
   readonly args: readonly string[]
 }
 
@@ -69,7 +69,7 @@ const CKSUM = /^[0-9a-f]{64}$/
 
 /**
  * Parses the request line. Unknown `kind`/`operation` values throw OPERATION_UNSUPPORTED (cargo's
- * helper crate maps them to `Unknown` for forward compatibility, spec §1.4); everything malformed
+ * helper crate maps them to `Unknown` for forward compatibility, docs/cargo-protocol.md §1.4); everything malformed
  * throws REQUEST_INVALID. Unknown extra keys are ignored, as serde does.
  */
 export function parseCargoRequest(line: string): CargoRequest {
@@ -113,7 +113,7 @@ export function parseCargoRequest(line: string): CargoRequest {
       const name = optionalString(value, 'name')
       const vers = optionalString(value, 'vers')
       const cksum = optionalString(value, 'cksum')
-      // Which fields each operation carries: spec §1.4 table (lib.rs `Operation`).
+      // Which fields each operation carries: docs/cargo-protocol.md §1.4 (lib.rs `Operation`).
       if (op !== 'read' && (name === undefined || name === ''))
         throw invalid(`A \`${op}\` request has no crate \`name\``)
       if ((op === 'publish' || op === 'yank' || op === 'unyank') && (vers === undefined || vers === ''))
@@ -153,10 +153,10 @@ export type CacheControl =
 
 export type CargoErrorKind = 'url-not-supported' | 'not-found' | 'operation-not-supported' | 'other'
 
-/** Response lines (spec §1.5): serde's externally tagged Result, compact, one line. */
+/** Response lines (docs/cargo-protocol.md §1.5): serde's externally tagged Result, compact, one line. */
 export function okGet(token: string, cache: CacheControl): string {
   // operation_independent is always false for asymmetric tokens: a cached read token must never be
-  // sent for a publish/yank (spec §1.5, RFC 3231 mutation binding).
+  // sent for a publish/yank (docs/cargo-protocol.md §1.5, §2.5).
   return JSON.stringify({ Ok: { kind: 'get', token, ...cache, operation_independent: false } })
 }
 
@@ -182,8 +182,8 @@ export function errOther(message: string, causedBy: readonly string[] = []): str
 
 /**
  * How an agent failure reaches cargo. `url-not-supported` and `not-found` make cargo try the next
- * provider (spec §1.5), so they are used only where that is right: a registry this agent does not
- * serve, and — for `get` — a registry with no key yet (so `cargo login` can proceed, spec §1.7).
+ * provider (docs/cargo-protocol.md §1.5), so they are used only where that is right: a registry this agent does not
+ * serve, and — for `get` — a registry with no key yet (so `cargo login` can proceed, docs/cargo-protocol.md §1.7).
  */
 export function cargoErrorFor(error: AgentError, kind: CargoRequest['kind']): string {
   const code: ErrorCode = error.code

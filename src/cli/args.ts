@@ -18,18 +18,23 @@ export const TARGET_USAGE =
 export const USAGE = Object.freeze({
   run: 'run [--config FILE] [--socket PATH] [--foreground]',
   status: 'status [--socket PATH] [--json]',
+  stop: 'stop [--socket PATH]',
+  reload: 'reload [--socket PATH]',
   lock: 'lock [--socket PATH]',
   release: 'release [--socket PATH]',
   log: 'log [--follow] [--json] [-n N] [--file PATH] [--config FILE]',
   keygen: `keygen ${TARGET_USAGE} --label K [--id HEX] [--force] [--json]`,
   list: `list ${TARGET_USAGE} [--login] [--json]`,
-  pubkey: `pubkey ${TARGET_USAGE} (--label K | --id HEX) [--format k3|pid|hex|json]`,
+  pubkey: `pubkey ${TARGET_USAGE} (--label K | --id HEX) [--json | --format k3|pid|hex|json]`,
   setup:
     'setup [--config FILE] [--token NAME] [--module M (--token-label L | --serial S)] [--kind yubikey|tpm|hsm|softhsm] ' +
     '[--pin-source tty|pinentry|env|file|none] [--pin-env VAR] [--pin-file FILE] [--label cargo] [--id HEX] ' +
     '[--registry NAME --index URL] [--write-cargo-config] [--force]',
   doctor: 'doctor [--config FILE] [--socket PATH] [--json]',
-  'install-service': 'install-service [--config FILE] [--dry-run] [--no-start] [--force]',
+  'install-service': 'install-service [--config FILE] [--allow-network] [--dry-run] [--no-start] [--force]',
+  'uninstall-service': 'uninstall-service [--dry-run] [--no-stop]',
+  completions: 'completions bash|zsh|fish',
+  man: 'man [--output FILE]',
   verify:
     'verify TOKEN|- --public-key k3.public.… --url URL [--operation read|publish|yank|unyank|owners] [--name N] [--vers V] [--cksum C] [--subject S] [--max-age SECONDS] [--no-time-check] [--strict-low-s] [--json]',
 } as const)

@@ -4,14 +4,18 @@
  * or a config exists (`setup`, CI provisioning). A token comes either from the config
  * (`--token NAME`, or the only configured token) or from flags (`--module M --token-label L`).
  */
+import { pinEnvVariables, pinSource } from '../agent/policy-config.js'
 import { loadConfig } from '../config/load.js'
 import { resolveConfigPath } from '../config/paths.js'
 import type { TokenConfig } from '../config/schema.js'
 import { AgentError } from '../lib/errors.js'
+import { LIMITS } from '../lib/limits.js'
 import { readPinFile } from '../lib/pin-file.js'
 import { Pin } from '../lib/secret.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
 import { tokenSelector, type TokenSelector } from '../pkcs11/selector.js'
+import { readPin, type PinSource } from '../policy/pin-source.js'
+import { childEnvironment } from '../policy/pinentry.js'
 import { askPinOnTty, hasTerminal } from '../shim/tty.js'
 import { parseCommandArgs, usageError, type OptionSpecs } from './args.js'
 
@@ -29,8 +33,10 @@ export interface Target {
   selector: TokenSelector
   /** Config token name, or the selector text when given by flags. */
   name: string
-  pinEnv: string | undefined
-  pinFile: string | undefined
+  /** `--pin-env` / `--pin-file`, else the configured token's `pin-source`, else the terminal. */
+  pin: PinSource
+  /** Every `pin-env` variable in play: kept out of pinentry's environment. */
+  secretEnvVariables: string[]
 }
 
 export interface ParsedCommand {
@@ -50,6 +56,14 @@ export function parseTargetCommand(
   >
   const str = (key: string): string | undefined =>
     typeof values[key] === 'string' ? (values[key] as string) : undefined
+  const pinEnv = str('pin-env')
+  const pinFile = str('pin-file')
+  const pinFromFlags = (otherwise: PinSource): PinSource =>
+    pinEnv !== undefined
+      ? { kind: 'env', variable: pinEnv }
+      : pinFile !== undefined
+        ? { kind: 'file', path: pinFile }
+        : otherwise
   const module = str('module')
   if (module !== undefined) {
     if (str('token') !== undefined) throw usageError('--token and --module exclude each other', usageText)
@@ -64,8 +78,8 @@ export function parseTargetCommand(
       target: {
         selector,
         name: label ?? (serial === undefined ? '*' : `serial ${serial}`),
-        pinEnv: str('pin-env'),
-        pinFile: str('pin-file'),
+        pin: pinFromFlags({ kind: 'tty' }),
+        secretEnvVariables: pinEnv === undefined ? [] : [pinEnv],
       },
       values,
     }
@@ -92,30 +106,43 @@ export function parseTargetCommand(
     target: {
       selector: tokenSelector(token),
       name: token.name,
-      pinEnv: str('pin-env') ?? (token.pinSource === 'env' ? token.pinEnv : undefined),
-      pinFile: str('pin-file') ?? (token.pinSource === 'file' ? token.pinFile : undefined),
+      pin: pinFromFlags(pinSource(token)),
+      secretEnvVariables: [...pinEnvVariables(config), ...(pinEnv === undefined ? [] : [pinEnv])],
     },
     values,
   }
 }
 
-/** The PIN for a direct device command: flag/config env var, PIN file, else the terminal. */
-export async function obtainPin(target: Target, what: string): Promise<Pin> {
-  if (target.pinEnv !== undefined) {
-    const value = process.env[target.pinEnv]
-    if (value === undefined || value === '') {
-      throw new AgentError('PIN_REQUIRED', `the PIN variable ${target.pinEnv} is not set`, {
-        remedy: `Export ${target.pinEnv} with the token PIN`,
-      })
-    }
-    return Pin.fromString(value)
-  }
-  if (target.pinFile !== undefined) return await readPinFile(target.pinFile)
-  if (!hasTerminal()) {
-    throw new AgentError('PIN_REQUIRED', `${what} needs the PIN and there is no terminal to ask on`, {
-      remedy: 'Pass --pin-env VAR or --pin-file FILE',
-    })
-  }
-  const text = await askPinOnTty(`PIN for ${what}: `)
-  return Pin.fromString(text)
+/**
+ * The PIN for a direct device command, through the agent's own reader (src/policy/pin-source.ts),
+ * asking on this process's terminal or in pinentry; `null`: the token has a PIN pad.
+ */
+export async function obtainPin(
+  target: Pick<Target, 'pin' | 'secretEnvVariables'>,
+  tokenDescription: string,
+  reason: string,
+): Promise<Pin | null> {
+  const source = target.pin
+  if (source.kind === 'none') return null
+  const terminal = hasTerminal()
+  return await readPin(
+    source,
+    { tokenDescription, reason },
+    {
+      asker: 'command',
+      env: process.env,
+      readPinFile,
+      terminal: terminal
+        ? async (p) => Pin.fromString(await askPinOnTty(`PIN for ${p.tokenDescription}: `))
+        : { unavailable: 'there is no terminal' },
+      pinentry: {
+        program: LIMITS.defaultPinentryProgram,
+        timeoutMs: LIMITS.pinentryTimeoutMs,
+        env: childEnvironment(process.env, target.secretEnvVariables),
+        // The child shares this controlling terminal, where a curses pinentry then asks.
+        ttyname: terminal ? '/dev/tty' : undefined,
+      },
+      notify: (notice) => void process.stderr.write(`${notice.text}\n`),
+    },
+  )
 }

@@ -5,18 +5,23 @@
  * (config → modules → tokens → agent → cargo) and never change anything: no login, no key generation.
  * Exit 0 when nothing failed (warnings allowed), 1 otherwise.
  */
-import { spawnSync } from 'node:child_process'
-import { existsSync, readFileSync, statSync } from 'node:fs'
+import { spawn, spawnSync } from 'node:child_process'
+import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs'
 import { homedir } from 'node:os'
-import { join } from 'node:path'
+import { delimiter, isAbsolute, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+import { parse as parseToml } from 'smol-toml'
 
 import { callAgent } from '../protocol/client.js'
 import { loadConfig } from '../config/load.js'
 import { resolveConfigPath, resolveSocketPath } from '../config/paths.js'
 import type { Config, TokenConfig } from '../config/schema.js'
 import { toAgentError } from '../lib/errors.js'
+import { DEFAULT_POLICY_CONFIG } from '../policy/config.js'
 import { applyModuleEnvironment, resolveModulePath } from '../pkcs11/modules.js'
 import { parseCommandArgs, USAGE } from './args.js'
+import { nativeBindingError, nativeBindingMissing } from './native.js'
 
 type Level = 'ok' | 'warn' | 'fail'
 
@@ -143,10 +148,99 @@ function checkModuleEnvironment(token: TokenConfig, modulePath: string): Finding
   return findings
 }
 
+/** `program` as the agent would run it: an absolute path, or the first executable on PATH. */
+function findProgram(program: string): string | undefined {
+  const candidates =
+    isAbsolute(program) || program.includes('/')
+      ? [program]
+      : (process.env['PATH'] ?? '')
+          .split(delimiter)
+          .filter((d) => d !== '')
+          .map((d) => join(d, program))
+  return candidates.find((c) => {
+    try {
+      accessSync(c, constants.X_OK)
+      return statSync(c).isFile()
+    } catch {
+      return false
+    }
+  })
+}
+
+/** What the agent refuses at request time but a config file cannot show: PIN files, pinentry, headless prompts. */
+function checkSettings(config: Config): Finding[] {
+  const findings: Finding[] = []
+  for (const token of Object.values(config.tokens)) {
+    const check = `token ${token.name}`
+    if (token.pinSource === 'file' && token.pinFile !== undefined) {
+      let mode: number | undefined
+      try {
+        mode = statSync(token.pinFile).mode & 0o777
+      } catch (error) {
+        findings.push(
+          finding(
+            'fail',
+            check,
+            `PIN file ${token.pinFile} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`,
+            `Create ${token.pinFile} containing only the PIN, readable by you only (chmod 600 ${token.pinFile})`,
+          ),
+        )
+      }
+      // The agent refuses a PIN file others can read (src/lib/pin-file.ts), so every request would fail.
+      if (mode !== undefined && (mode & 0o077) !== 0)
+        findings.push(
+          finding(
+            'fail',
+            check,
+            `PIN file ${token.pinFile} has mode ${mode.toString(8)}: other users can read it, and the agent refuses it`,
+            `chmod 600 ${token.pinFile}`,
+          ),
+        )
+    }
+    if (token.pinSource === 'pinentry') {
+      const program = token.pinentryProgram ?? DEFAULT_POLICY_CONFIG.pinentryProgram
+      const found = findProgram(program)
+      findings.push(
+        found === undefined
+          ? finding(
+              'fail',
+              check,
+              `pin-source = "pinentry" but ${program} is not ${program.includes('/') ? 'an executable' : 'on PATH'}`,
+              'Install a pinentry (Debian: pinentry-gnome3 or pinentry-tty; macOS: brew install pinentry-mac) or set pinentry-program',
+            )
+          : finding('ok', check, `pinentry: ${found}`),
+      )
+    }
+  }
+  if (config.agent.headless) {
+    for (const [name, registry] of Object.entries(config.registries)) {
+      if (registry.confirm !== 'prompt') continue
+      findings.push(
+        finding(
+          'fail',
+          `registry ${name}`,
+          'confirm = "prompt" on a headless agent: nobody can confirm, so every publish, yank and owner change is refused',
+          `Set confirm = "touch" (a key with a touch policy) or confirm = "none" (CI) for [registries.${name}], or headless = false`,
+        ),
+      )
+    }
+  }
+  return findings
+}
+
 async function checkTokens(config: Config): Promise<Finding[]> {
   // Loaded only here: the device layer pulls in the native pkcs11js binding.
-  const { Device } = await import('../pkcs11/device.js')
-  const findings: Finding[] = []
+  const missing = nativeBindingMissing()
+  if (missing !== undefined) return [finding('fail', 'native binding', missing.message, missing.remedy)]
+  let device: typeof import('../pkcs11/device.js')
+  try {
+    device = await import('../pkcs11/device.js')
+  } catch (error) {
+    const e = nativeBindingError(error) ?? toAgentError(error)
+    return [finding('fail', 'native binding', e.message, e.remedy)]
+  }
+  const { Device } = device
+  const findings: Finding[] = [finding('ok', 'native binding', 'pkcs11js loaded')]
   for (const token of Object.values(config.tokens)) {
     const check = `token ${token.name}`
     let modulePath: string
@@ -307,6 +401,134 @@ function checkCargo(config: Config | undefined): Finding[] {
   return findings
 }
 
+/** The shim shipped beside this CLI (its CommonJS build, as setup writes into cargo's config). */
+function bundledShim(): string {
+  return fileURLToPath(new URL('../../cjs/src/bin/cargo-credential-pkcs11.js', import.meta.url))
+}
+
+/**
+ * Starts a credential provider as cargo does (`PROGRAM --cargo-plugin`, credential protocol v1) and
+ * reads its hello; closing stdin then makes it exit. Resolves to what went wrong, or undefined.
+ */
+export function helloCheck(program: string, timeoutMs = 10_000): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const child = spawn(program, ['--cargo-plugin'], { stdio: ['pipe', 'pipe', 'pipe'] })
+    let out = ''
+    let err = ''
+    let done = false
+    const finish = (problem: string | undefined): void => {
+      if (done) return
+      done = true
+      clearTimeout(timer)
+      child.stdin.end()
+      resolve(problem)
+    }
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      finish(`no hello within ${timeoutMs} ms`)
+    }, timeoutMs)
+    child.on('error', (error) => finish(error.message))
+    child.stderr.on('data', (chunk: Buffer) => (err += chunk.toString('utf8')))
+    child.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString('utf8')
+      const newline = out.indexOf('\n')
+      if (newline === -1) return
+      const line = out.slice(0, newline)
+      try {
+        const hello = JSON.parse(line) as { v?: unknown }
+        finish(Array.isArray(hello.v) && hello.v.includes(1) ? undefined : `unexpected hello ${line}`)
+      } catch {
+        finish(`unexpected first line ${JSON.stringify(line.slice(0, 200))}`)
+      }
+    })
+    child.on('exit', (code) =>
+      finish(
+        `exited (status ${String(code)}) before its hello${err.trim() === '' ? '' : `: ${err.trim().slice(0, 300)}`}`,
+      ),
+    )
+  })
+}
+
+/** credential-provider values in cargo's config: a string (split on spaces) or an array, program first. */
+function providerProgram(value: unknown): string | undefined {
+  const words =
+    typeof value === 'string' ? value.split(' ').filter((w) => w !== '') : Array.isArray(value) ? value : []
+  const program = words[0]
+  return typeof program === 'string' ? program : undefined
+}
+
+/** Every credential provider in $CARGO_HOME/config.toml that is ours, found by its program name. */
+async function checkProviders(): Promise<Finding[]> {
+  const cargoHome = process.env['CARGO_HOME'] ?? join(homedir(), '.cargo')
+  const cargoConfig = join(cargoHome, 'config.toml')
+  const findings: Finding[] = []
+  const providers: { where: string; program: string }[] = []
+  if (existsSync(cargoConfig)) {
+    let doc: Record<string, unknown>
+    try {
+      doc = parseToml(readFileSync(cargoConfig, 'utf8')) as Record<string, unknown>
+    } catch (error) {
+      return [
+        finding(
+          'fail',
+          'cargo config',
+          `${cargoConfig} does not parse: ${(error as Error).message.split('\n')[0] ?? ''}`,
+          'Fix the TOML syntax (cargo itself will refuse this file)',
+        ),
+      ]
+    }
+    const registries = (doc['registries'] ?? {}) as Record<string, Record<string, unknown>>
+    for (const [name, table] of Object.entries(registries)) {
+      const program = providerProgram(table['credential-provider'])
+      if (program !== undefined) providers.push({ where: `registries.${name}`, program })
+    }
+    const globals = ((doc['registry'] ?? {}) as Record<string, unknown>)['global-credential-providers']
+    if (Array.isArray(globals))
+      for (const entry of globals) {
+        const program = providerProgram(entry)
+        if (program !== undefined) providers.push({ where: 'registry.global-credential-providers', program })
+      }
+  }
+  const ours = providers.filter((p) => /cargo-credential-pkcs11(\.js)?$/.test(p.program))
+  for (const { where, program } of ours) {
+    const check = `cargo ${where}`
+    const found = findProgram(program)
+    if (found === undefined) {
+      findings.push(
+        finding(
+          'fail',
+          check,
+          `credential-provider ${program} ${program.includes('/') ? 'does not exist or is not executable' : 'is not on PATH'}`,
+          `Point credential-provider in ${cargoConfig} at the installed shim (\`cargo-credential-pkcs11\` when it is on PATH), or run \`cargo-pkcs11-agent setup --write-cargo-config\``,
+        ),
+      )
+      continue
+    }
+    const problem = await helloCheck(found)
+    findings.push(
+      problem === undefined
+        ? finding('ok', check, `${found} answers (credential protocol v1)`)
+        : finding(
+            'fail',
+            check,
+            `${found} cannot start as cargo runs it: ${problem}`,
+            'Reinstall cargo-pkcs11-agent (the shim must be executable and find Node.js: `#!/usr/bin/env node`)',
+          ),
+    )
+  }
+  if (ours.length === 0) {
+    // Not bound yet: still check that the shim this installation ships can start.
+    const shim = bundledShim()
+    const problem = existsSync(shim) ? await helloCheck(shim) : `${shim} is missing`
+    findings.push(
+      problem === undefined
+        ? finding('ok', 'shim', `${shim} answers (credential protocol v1)`)
+        : finding('fail', 'shim', `${shim} cannot start: ${problem}`, 'Reinstall cargo-pkcs11-agent'),
+    )
+  }
+  return findings
+}
+
 export async function doctor(argv: readonly string[]): Promise<number> {
   const { values } = parseCommandArgs(
     argv,
@@ -317,9 +539,9 @@ export async function doctor(argv: readonly string[]): Promise<number> {
   const findings: Finding[] = [checkNode()]
   const { config, findings: configFindings } = checkConfig(configPath)
   findings.push(...configFindings)
-  if (config !== undefined) findings.push(...(await checkTokens(config)))
+  if (config !== undefined) findings.push(...checkSettings(config), ...(await checkTokens(config)))
   findings.push(await checkAgent(resolveSocketPath(values.socket, config?.agent.socket).path))
-  findings.push(...checkCargo(config))
+  findings.push(...checkCargo(config), ...(await checkProviders()))
 
   if (values.json === true) {
     process.stdout.write(JSON.stringify(findings, null, 2) + '\n')

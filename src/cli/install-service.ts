@@ -1,37 +1,46 @@
 /**
- * `cargo-pkcs11-agent install-service [--config FILE] [--dry-run] [--no-start] [--force]`
+ * `cargo-pkcs11-agent install-service [--config FILE] [--allow-network] [--dry-run] [--no-start] [--force]`
+ * `cargo-pkcs11-agent uninstall-service [--dry-run] [--no-stop]`
  *
  * Installs the agent as a per-user service: a hardened systemd user unit on Linux, a launchd agent on
  * macOS (templates in native-config/service/). A service-managed agent starts at login, so the shim
- * never has to spawn one, and SIGHUP (`systemctl --user reload`) wipes cached PINs.
+ * never has to spawn one; `reload` (or `systemctl --user reload`) re-reads the config and wipes cached PINs.
  */
 import { spawnSync } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { homedir } from 'node:os'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { delimiter, dirname, join } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 
-import { agentLogPath, configHome, resolveConfigPath } from '../config/paths.js'
+import { loadConfig } from '../config/load.js'
+import { agentLogPath, configHome, dataDir, resolveConfigPath, stateDir } from '../config/paths.js'
+import type { Config } from '../config/schema.js'
 import { AgentError } from '../lib/errors.js'
 import { packageFile, packageRoot } from '../lib/package-files.js'
 import { parseCommandArgs, USAGE } from './args.js'
+
+export type ServicePlatform = 'linux' | 'darwin'
 
 interface ServicePlan {
   readonly template: string
   readonly target: string
   readonly start: readonly (readonly string[])[]
+  readonly stop: readonly (readonly string[])[]
   readonly manager: string
 }
+
+const UNIT = 'cargo-pkcs11-agent.service'
 
 function plan(platform: NodeJS.Platform): ServicePlan {
   if (platform === 'linux') {
     return {
       template: 'native-config/service/cargo-pkcs11-agent.service',
-      target: join(configHome(), 'systemd', 'user', 'cargo-pkcs11-agent.service'),
+      target: join(configHome(), 'systemd', 'user', UNIT),
       start: [
         ['systemctl', '--user', 'daemon-reload'],
-        ['systemctl', '--user', 'enable', '--now', 'cargo-pkcs11-agent.service'],
+        ['systemctl', '--user', 'enable', '--now', UNIT],
       ],
+      stop: [['systemctl', '--user', 'disable', '--now', UNIT]],
       manager: 'systemd (user)',
     }
   }
@@ -42,20 +51,17 @@ function plan(platform: NodeJS.Platform): ServicePlan {
       template: 'native-config/service/dev.cargo-pkcs11-agent.plist',
       target,
       start: [['launchctl', 'bootstrap', `gui/${uid}`, target]],
+      stop: [['launchctl', 'bootout', `gui/${uid}`, target]],
       manager: 'launchd',
     }
   }
-  throw new AgentError(
-    'OPERATION_UNSUPPORTED',
-    `install-service does not know how to install a service on ${platform}`,
-    {
-      remedy:
-        'Start `cargo-pkcs11-agent run` from your session start-up instead; the shim also starts it on demand',
-    },
-  )
+  throw new AgentError('OPERATION_UNSUPPORTED', `There is no service manager support for ${platform}`, {
+    remedy:
+      'Start `cargo-pkcs11-agent run` from your session start-up instead; the shim also starts it on demand',
+  })
 }
 
-/** Fills the template's @PLACEHOLDERS@; every value is an absolute path we control. */
+/** Fills the template's @PLACEHOLDERS@ with values already escaped for the template's format. */
 export function renderService(template: string, values: Readonly<Record<string, string>>): string {
   return template.replace(/@([A-Z]+)@/g, (whole, name: string) => {
     const value = values[name]
@@ -68,11 +74,141 @@ export function renderService(template: string, values: Readonly<Record<string, 
   })
 }
 
+function noNewline(value: string): string {
+  if (/[\n\r\0]/.test(value))
+    throw new AgentError(
+      'USAGE',
+      `A path for the service contains a line break or NUL: ${JSON.stringify(value)}`,
+      {
+        remedy: 'Install cargo-pkcs11-agent, Node.js and the config under paths without control characters',
+      },
+    )
+  return value
+}
+
+/**
+ * One word of a systemd setting, double-quoted (systemd.syntax(7) "Quoting"): `\` and `"` escaped,
+ * `%` doubled (systemd.unit(5) "Specifiers"); in command-line arguments also `$` doubled, or systemd
+ * would substitute an environment variable (systemd.service(5) "Command lines").
+ */
+export function systemdWord(value: string, options: { command?: boolean } = {}): string {
+  let text = noNewline(value).replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/%/g, '%%')
+  if (options.command === true) text = text.replace(/\$/g, '$$$$')
+  return `"${text}"`
+}
+
+/** XML character data for the plist (XML 1.0 section 2.4). */
+export function xmlText(value: string): string {
+  return noNewline(value)
+    .replace(/&/g, '&amp;')
+    .replace(/</g, '&lt;')
+    .replace(/>/g, '&gt;')
+    .replace(/"/g, '&quot;')
+    .replace(/'/g, '&apos;')
+}
+
+/** Module names (native-config/modules.json) and paths of modules that talk only to local devices. */
+const LOCAL_MODULES = /(^|\/)(lib)?(softhsm2?|ykcs11|opensc-pkcs11|opensc|tpm2_pkcs11|tpm2)([._-]|$)/
+
+/**
+ * Whether a configured module needs IP sockets: any module we do not know to be local (network HSMs
+ * reach their appliance over TCP), or tpm2-pkcs11 pointed at a TPM simulator over TCP.
+ */
+export function needsNetwork(config: Config | undefined): boolean {
+  if (config === undefined) return false
+  return Object.values(config.tokens).some((token) => {
+    if (!LOCAL_MODULES.test(token.module)) return true
+    const tcti = token.moduleEnv['TPM2_PKCS11_TCTI'] ?? ''
+    return /^(swtpm|mssim):/.test(tcti) || /host=|port=/.test(tcti)
+  })
+}
+
+export interface ServiceValues {
+  readonly node: string
+  readonly agent: string
+  readonly config: string
+  readonly log: string
+  readonly docs: string
+  readonly stateDir: string
+  readonly dataDir: string
+  /** Directories the agent must write besides the state and data directories (a moved audit log). */
+  readonly extraWritable: readonly string[]
+  readonly network: boolean
+  readonly path: string
+}
+
+/** The unit or plist for `platform`, every value escaped for its format. */
+export function renderServiceFor(platform: ServicePlatform, template: string, v: ServiceValues): string {
+  if (platform === 'linux') {
+    const writable = [...new Set([v.stateDir, v.dataDir, ...v.extraWritable])]
+    return renderService(template, {
+      DOCS: pathToFileURL(noNewline(v.docs)).href.replace(/%/g, '%%'),
+      // The program itself is taken literally; only its arguments undergo $VARIABLE substitution.
+      EXECSTART: [
+        systemdWord(v.node),
+        ...[v.agent, 'run', '--foreground', '--config', v.config].map((word) =>
+          systemdWord(word, { command: true }),
+        ),
+      ].join(' '),
+      // `-`: a directory that does not exist yet is skipped instead of failing the start.
+      READWRITE: writable.map((dir) => systemdWord(`-${dir}`)).join(' '),
+      FAMILIES: v.network ? 'AF_UNIX AF_NETLINK AF_INET AF_INET6' : 'AF_UNIX AF_NETLINK',
+    })
+  }
+  return renderService(template, {
+    NODE: xmlText(v.node),
+    AGENT: xmlText(v.agent),
+    CONFIG: xmlText(v.config),
+    LOG: xmlText(v.log),
+    PATH: xmlText(v.path),
+  })
+}
+
+function serviceValues(configPath: string, allowNetwork: boolean): ServiceValues {
+  let config: Config | undefined
+  if (existsSync(configPath)) config = loadConfig(configPath)
+  const audit = config?.agent.auditLog
+  const state = stateDir()
+  return {
+    node: process.execPath,
+    agent: fileURLToPath(new URL('../bin/cargo-pkcs11-agent.js', import.meta.url)),
+    config: configPath,
+    log: agentLogPath(),
+    docs: join(packageRoot(), 'README.md'),
+    stateDir: state,
+    dataDir: dataDir(),
+    extraWritable: audit === undefined || dirname(audit) === state ? [] : [dirname(audit)],
+    network: allowNetwork || needsNetwork(config),
+    path: [
+      ...new Set([
+        dirname(process.execPath),
+        '/opt/homebrew/bin',
+        '/usr/local/bin',
+        '/usr/bin',
+        '/bin',
+        '/usr/sbin',
+        '/sbin',
+      ]),
+    ].join(delimiter),
+  }
+}
+
+function runAll(commands: readonly (readonly string[])[]): { command: string; failure: string } | undefined {
+  for (const command of commands) {
+    const [program, ...args] = command as [string, ...string[]]
+    const result = spawnSync(program, args, { stdio: ['ignore', 'inherit', 'inherit'], timeout: 15_000 })
+    if (result.status !== 0)
+      return { command: command.join(' '), failure: result.error?.message ?? `exit ${String(result.status)}` }
+  }
+  return undefined
+}
+
 export async function installService(argv: readonly string[]): Promise<number> {
   const { values } = parseCommandArgs(
     argv,
     {
       config: { type: 'string' },
+      'allow-network': { type: 'boolean' },
       'dry-run': { type: 'boolean' },
       'no-start': { type: 'boolean' },
       force: { type: 'boolean' },
@@ -80,14 +216,11 @@ export async function installService(argv: readonly string[]): Promise<number> {
     USAGE['install-service'],
   )
   const target = plan(process.platform)
-  const agentBin = fileURLToPath(new URL('../bin/cargo-pkcs11-agent.js', import.meta.url))
-  const rendered = renderService(readFileSync(packageFile(target.template), 'utf8'), {
-    NODE: process.execPath,
-    AGENT: agentBin,
-    CONFIG: resolveConfigPath(values.config).path,
-    LOG: agentLogPath(),
-    DOCS: join(packageRoot(), 'README.md'),
-  })
+  const rendered = renderServiceFor(
+    process.platform as ServicePlatform,
+    readFileSync(packageFile(target.template), 'utf8'),
+    serviceValues(resolveConfigPath(values.config).path, values['allow-network'] === true),
+  )
   if (values['dry-run'] === true) {
     process.stdout.write(rendered)
     return 0
@@ -108,21 +241,46 @@ export async function installService(argv: readonly string[]): Promise<number> {
     process.stderr.write(`Start it with: ${target.start.map((c) => c.join(' ')).join(' && ')}\n`)
     return 0
   }
-  for (const command of target.start) {
-    const [program, ...args] = command as [string, ...string[]]
-    const result = spawnSync(program, args, { stdio: ['ignore', 'inherit', 'inherit'], timeout: 15_000 })
-    if (result.status !== 0) {
-      throw new AgentError(
-        'INTERNAL',
-        `\`${command.join(' ')}\` failed (${result.error?.message ?? `exit ${String(result.status)}`})`,
-        {
-          remedy:
-            'The unit file is installed; start it yourself once a user session manager is available ' +
-            '(e.g. `loginctl enable-linger $USER`, then the same command), or run `cargo-pkcs11-agent run`',
-        },
-      )
-    }
+  const failed = runAll(target.start)
+  if (failed !== undefined) {
+    throw new AgentError('INTERNAL', `\`${failed.command}\` failed (${failed.failure})`, {
+      remedy:
+        'The unit file is installed; start it yourself once a user session manager is available ' +
+        '(e.g. `loginctl enable-linger $USER`, then the same command), or run `cargo-pkcs11-agent run`',
+    })
   }
   process.stderr.write('The agent service is enabled and running.\n')
+  return 0
+}
+
+export async function uninstallService(argv: readonly string[]): Promise<number> {
+  const { values } = parseCommandArgs(
+    argv,
+    { 'dry-run': { type: 'boolean' }, 'no-stop': { type: 'boolean' } },
+    USAGE['uninstall-service'],
+  )
+  const target = plan(process.platform)
+  const stop = values['no-stop'] === true ? [] : target.stop
+  const reload = process.platform === 'linux' ? [['systemctl', '--user', 'daemon-reload']] : []
+  if (values['dry-run'] === true) {
+    const steps = [...stop.map((c) => c.join(' ')), `rm ${target.target}`, ...reload.map((c) => c.join(' '))]
+    process.stdout.write(`${steps.join('\n')}\n`)
+    return 0
+  }
+  if (!existsSync(target.target)) {
+    process.stderr.write(`No ${target.manager} service is installed (${target.target} does not exist)\n`)
+    return 0
+  }
+  const failed = runAll(stop)
+  if (failed !== undefined) {
+    // No user session manager (ssh session, container): nothing runs under it, so removing the file
+    // is the whole job. Say so rather than fail: the user asked for the unit to be gone.
+    process.stderr.write(
+      `\`${failed.command}\` failed (${failed.failure}); if the service was running, stop it with \`cargo-pkcs11-agent stop\`\n`,
+    )
+  }
+  rmSync(target.target)
+  process.stderr.write(`Removed the ${target.manager} service: ${target.target}\n`)
+  if (reload.length > 0 && failed === undefined) runAll(reload)
   return 0
 }

@@ -26,11 +26,11 @@ export async function keygen(argv: readonly string[]): Promise<number> {
   const device = new Device(target.selector)
   try {
     if (await device.needsLogin()) {
-      const pin = await obtainPin(target, device.describe())
+      const pin = await obtainPin(target, device.describe(), `generate the key '${label}' on it`)
       try {
         await device.login(pin)
       } finally {
-        pin.wipe()
+        pin?.wipe()
       }
     }
     const key = await device.generateKey(id === undefined ? { label } : { label, id }, {

@@ -56,11 +56,11 @@ export async function list(argv: readonly string[]): Promise<number> {
     const device = new Device(selector)
     try {
       if (values['login'] === true && (await device.needsLogin())) {
-        const pin = await obtainPin(target, device.describe())
+        const pin = await obtainPin(target, device.describe(), 'list its private keys')
         try {
           await device.login(pin)
         } finally {
-          pin.wipe()
+          pin?.wipe()
         }
       }
       const hidden = await device.needsLogin()

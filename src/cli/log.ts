@@ -1,7 +1,8 @@
 /**
  * `cargo-pkcs11-agent log [--follow] [--json] [-n N] [--file PATH] [--config FILE]`: the audit log,
  * one line per signing decision, newest last. Pretty by default; `--json` passes the stored lines
- * through untouched (for jq). Text that came from other processes is made terminal-safe.
+ * through untouched (for jq). Text that came from other processes is made terminal-safe. A damaged
+ * line (a fragment a crash left, garbage) is reported with its line number and the rest is shown.
  */
 import { open, stat } from 'node:fs/promises'
 
@@ -14,6 +15,8 @@ import { parseCommandArgs, USAGE, usageError } from './args.js'
 
 export interface LogIo {
   readonly write: (text: string) => void
+  /** Where damaged lines are reported with --json (stdout stays parseable); default `write`. */
+  readonly warn?: (text: string) => void
   readonly env: NodeJS.ProcessEnv
   /** Stops `--follow` (tests); the CLI runs until interrupted. */
   readonly signal?: AbortSignal
@@ -81,19 +84,66 @@ export function formatEntry(entry: AuditEntry): string {
   return parts.join('; ')
 }
 
-function render(line: string, json: boolean): string {
-  if (json) return `${line}\n`
+/** One stored line and where it starts in the file (to number a damaged one). */
+interface StoredLine {
+  readonly text: string
+  readonly offset: number
+}
+
+function parseEntry(line: string): AuditEntry | undefined {
   try {
     const value = JSON.parse(line) as AuditEntry
-    if (value !== null && typeof value === 'object' && value.v === 1) return `${formatEntry(value)}\n`
+    if (value !== null && typeof value === 'object' && value.v === 1) return value
   } catch {
-    // fall through
+    // not JSON
   }
-  return `(not an audit line: ${displaySafe(line, 80)})\n`
+  return undefined
+}
+
+/** 1-based number of the line starting at byte `offset`: newlines before it, counted in chunks. */
+async function lineNumberAt(path: string, offset: number): Promise<number> {
+  const handle = await open(path, 'r')
+  try {
+    const chunk = Buffer.alloc(TAIL_CHUNK)
+    let position = 0
+    let newlines = 0
+    while (position < offset) {
+      const { bytesRead } = await handle.read(chunk, 0, Math.min(chunk.length, offset - position), position)
+      if (bytesRead === 0) break
+      for (let i = 0; i < bytesRead; i++) if (chunk[i] === 0x0a) newlines += 1
+      position += bytesRead
+    }
+    return newlines + 1
+  } finally {
+    await handle.close()
+  }
+}
+
+async function show(path: string, line: StoredLine, json: boolean, io: LogIo): Promise<void> {
+  const entry = parseEntry(line.text)
+  if (entry !== undefined) {
+    io.write(json ? `${line.text}\n` : `${formatEntry(entry)}\n`)
+    return
+  }
+  const number = await lineNumberAt(path, line.offset)
+  const report = `line ${number}: damaged, not an audit line: ${displaySafe(line.text, 80)}\n`
+  if (json) (io.warn ?? io.write)(report)
+  else io.write(report)
+}
+
+/** Splits complete text starting at byte `start` into lines with their offsets. */
+function splitLines(text: string, start: number): StoredLine[] {
+  const lines: StoredLine[] = []
+  let offset = start
+  for (const part of text.split('\n')) {
+    if (part !== '') lines.push({ text: part, offset })
+    offset += Buffer.byteLength(part) + 1
+  }
+  return lines
 }
 
 /** The last `n` complete lines of the file (read backwards in chunks) and the offset after them. */
-async function tail(path: string, n: number): Promise<{ lines: string[]; end: number }> {
+async function tail(path: string, n: number): Promise<{ lines: StoredLine[]; end: number }> {
   const handle = await open(path, 'r')
   try {
     const { size } = await handle.stat()
@@ -110,12 +160,14 @@ async function tail(path: string, n: number): Promise<{ lines: string[]; end: nu
       for (const byte of buffer) if (byte === 0x0a) newlines += 1
       if (newlines > wanted) break
     }
-    const text = buffer.toString('utf8')
-    // Only complete lines: a line being appended right now is picked up by --follow.
-    const complete = text.endsWith('\n') ? text : text.slice(0, text.lastIndexOf('\n') + 1)
-    const end = size - (Buffer.byteLength(text) - Buffer.byteLength(complete))
-    const lines = complete.split('\n').filter((l) => l !== '')
-    return { lines: n === 0 ? lines : lines.slice(-n), end }
+    // Only complete lines: a line being appended right now is picked up by --follow. A read that
+    // started mid-line drops that partial first line (it is not among the last n).
+    let first = 0
+    if (position > 0) first = buffer.indexOf(0x0a) + 1
+    const last = buffer.lastIndexOf(0x0a) + 1
+    const complete = last > first ? buffer.subarray(first, last) : Buffer.alloc(0)
+    const lines = splitLines(complete.toString('utf8'), position + first)
+    return { lines: n === 0 ? lines : lines.slice(-n), end: position + last }
   } finally {
     await handle.close()
   }
@@ -123,7 +175,7 @@ async function tail(path: string, n: number): Promise<{ lines: string[]; end: nu
 
 async function follow(path: string, from: number, json: boolean, io: LogIo): Promise<void> {
   let offset = from
-  let pending = ''
+  let pending = Buffer.alloc(0)
   const pollMs = io.pollMs ?? 500
   while (io.signal?.aborted !== true) {
     await new Promise<void>((resolve) => {
@@ -145,7 +197,7 @@ async function follow(path: string, from: number, json: boolean, io: LogIo): Pro
     }
     if (size < offset) {
       offset = 0 // truncated or replaced: start over
-      pending = ''
+      pending = Buffer.alloc(0)
     }
     if (size === offset) continue
     const handle = await open(path, 'r')
@@ -153,14 +205,16 @@ async function follow(path: string, from: number, json: boolean, io: LogIo): Pro
       const chunk = Buffer.alloc(size - offset)
       const { bytesRead } = await handle.read(chunk, 0, chunk.length, offset)
       offset += bytesRead
-      pending += chunk.subarray(0, bytesRead).toString('utf8')
+      pending = Buffer.concat([pending, chunk.subarray(0, bytesRead)])
     } finally {
       await handle.close()
     }
-    const cut = pending.lastIndexOf('\n')
+    const cut = pending.lastIndexOf(0x0a)
     if (cut < 0) continue
-    for (const line of pending.slice(0, cut).split('\n')) if (line !== '') io.write(render(line, json))
-    pending = pending.slice(cut + 1)
+    const start = offset - pending.length
+    for (const line of splitLines(pending.subarray(0, cut).toString('utf8'), start))
+      await show(path, line, json, io)
+    pending = pending.subarray(cut + 1)
   }
 }
 
@@ -185,7 +239,7 @@ export async function runLog(argv: readonly string[], io: LogIo): Promise<number
   let end = 0
   try {
     const result = await tail(path, n)
-    for (const line of result.lines) io.write(render(line, json))
+    for (const line of result.lines) await show(path, line, json, io)
     end = result.end
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
@@ -208,5 +262,9 @@ export async function runLog(argv: readonly string[], io: LogIo): Promise<number
 
 /** The `log` command of cargo-pkcs11-agent. */
 export async function log(argv: readonly string[]): Promise<number> {
-  return runLog(argv, { write: (text) => void process.stdout.write(text), env: process.env })
+  return runLog(argv, {
+    write: (text) => void process.stdout.write(text),
+    warn: (text) => void process.stderr.write(text),
+    env: process.env,
+  })
 }

@@ -2,7 +2,7 @@
  * `cargo-pkcs11-agent <command> …`: the management CLI and the agent share one binary.
  *
  * Each command module is imported only when that command runs, so `status` or `verify` never pay
- * for loading the PKCS#11 binding and the agent. Exit codes: 0 success, 1 failure, 2 usage error.
+ * for loading the PKCS#11 binding and the agent. Exit codes: EXIT_CODES below (docs/cli.md).
  */
 import { readFileSync } from 'node:fs'
 
@@ -10,6 +10,7 @@ import { AgentError, toAgentError } from '../lib/errors.js'
 import { packageFile } from '../lib/package-files.js'
 import { closest } from '../lib/suggest.js'
 import { BIN, USAGE } from './args.js'
+import { nativeBindingError, nativeBindingMissing } from './native.js'
 
 /** A command receives the arguments after its name and resolves to the process exit code. */
 export type Command = (argv: readonly string[]) => Promise<number>
@@ -18,6 +19,8 @@ interface CommandEntry {
   readonly usage: string
   readonly summary: string
   readonly load: () => Promise<Command>
+  /** Loads the PKCS#11 binding: checked for a missing native build first (src/cli/native.ts). */
+  readonly native?: true
 }
 
 /**
@@ -29,6 +32,17 @@ export const COMMANDS: Readonly<Record<string, CommandEntry>> = Object.freeze({
     usage: USAGE.run,
     summary: 'start the agent (detached unless --foreground)',
     load: async () => (await import('./run.js')).run,
+    native: true,
+  },
+  stop: {
+    usage: USAGE.stop,
+    summary: 'stop the running agent (it finishes requests in flight)',
+    load: async () => (await import('./stop.js')).stop,
+  },
+  reload: {
+    usage: USAGE.reload,
+    summary: 're-read the config (checked first), forget cached PINs, release the devices',
+    load: async () => (await import('./stop.js')).reload,
   },
   status: {
     usage: USAGE.status,
@@ -54,21 +68,25 @@ export const COMMANDS: Readonly<Record<string, CommandEntry>> = Object.freeze({
     usage: USAGE.keygen,
     summary: 'generate a P-384 key on the device (refuses to overwrite without --force)',
     load: async () => (await import('./keygen.js')).keygen,
+    native: true,
   },
   list: {
     usage: USAGE.list,
     summary: 'the P-384 keys on a token (or every token of a module) with their k3.public',
     load: async () => (await import('./list.js')).list,
+    native: true,
   },
   pubkey: {
     usage: USAGE.pubkey,
     summary: 'print the k3.public of a device key, to register with the registry',
     load: async () => (await import('./pubkey.js')).pubkey,
+    native: true,
   },
   setup: {
     usage: USAGE.setup,
     summary: 'first run: find a token (or make a SoftHSM one), generate or reuse the key, write the configs',
     load: async () => (await import('./setup.js')).setup,
+    native: true,
   },
   doctor: {
     usage: USAGE.doctor,
@@ -80,12 +98,39 @@ export const COMMANDS: Readonly<Record<string, CommandEntry>> = Object.freeze({
     summary: 'install and start the agent as a systemd user unit / launchd agent',
     load: async () => (await import('./install-service.js')).installService,
   },
+  'uninstall-service': {
+    usage: USAGE['uninstall-service'],
+    summary: 'stop and remove the service that install-service installed',
+    load: async () => (await import('./install-service.js')).uninstallService,
+  },
   verify: {
     usage: USAGE.verify,
     summary: 'check a token as a registry must (exit 0 valid, 1 invalid, 2 usage)',
     load: async () => (await import('./verify.js')).verify,
   },
+  completions: {
+    usage: USAGE.completions,
+    summary: 'print a shell completion script (bash, zsh or fish) for this command table',
+    load: async () => (await import('./completions.js')).completions,
+  },
+  man: {
+    usage: USAGE.man,
+    summary: 'print the manual page (roff), generated from this command table',
+    load: async () => (await import('./completions.js')).manPage,
+  },
 })
+
+/** Exit statuses of every command (also in the man page and docs/cli.md). */
+export const EXIT_CODES: readonly (readonly [number, string])[] = Object.freeze([
+  [0, 'success (doctor: no check failed; verify: the token is valid)'],
+  [1, 'failure: the message says what happened and what to do (doctor: a check failed; verify: invalid)'],
+  [2, 'usage error: unknown command or option, missing or bad argument'],
+])
+
+/** Commands whose output is data take `--json` (one JSON document on stdout). */
+export function takesJson(usage: string): boolean {
+  return /\[--json\b/.test(usage)
+}
 
 function helpText(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((name) => name.length))
@@ -97,6 +142,14 @@ function helpText(): string {
     'commands:',
     ...Object.entries(COMMANDS).map(([name, entry]) => `  ${name.padEnd(width)}  ${entry.summary}`),
     `  ${'help'.padEnd(width)}  this text, or \`help <command>\` for its options`,
+    '',
+    `--json on every command whose output is data: ${Object.entries(COMMANDS)
+      .filter(([, entry]) => takesJson(entry.usage))
+      .map(([name]) => name)
+      .join(', ')}.`,
+    '',
+    'exit status:',
+    ...EXIT_CODES.map(([code, meaning]) => `  ${code}  ${meaning}`),
     '',
     `${BIN} --version prints the version.`,
   ]
@@ -148,9 +201,13 @@ export async function main(argv: readonly string[]): Promise<number> {
       process.stdout.write(`usage: ${BIN} ${entry.usage}\n  ${entry.summary}\n`)
       return 0
     }
+    if (entry.native === true) {
+      const missing = nativeBindingMissing()
+      if (missing !== undefined) throw missing
+    }
     const command = await entry.load()
     return await command(rest)
   } catch (error) {
-    return reportError(error)
+    return reportError(nativeBindingError(error) ?? error)
   }
 }

@@ -1,7 +1,8 @@
 /**
- * `cargo-pkcs11-agent pubkey [target] (--label K | --id HEX) [--format k3|pid|hex|json]`: the public
+ * `cargo-pkcs11-agent pubkey [target] (--label K | --id HEX) [--json | --format k3|pid|hex|json]`: the public
  * key to register with a registry (RFC 3231: the registry stores only the `k3.public` PASERK).
- * Reads CKA_EC_POINT only: no PIN unless the token hides public objects.
+ * Reads CKA_EC_POINT only: no PIN unless the token hides public objects. `--json` is `--format json`,
+ * the flag every data command takes.
  */
 import { AgentError } from '../lib/errors.js'
 import { k3Pid, k3Public } from '../keys/paserk.js'
@@ -14,12 +15,21 @@ const FORMATS = ['k3', 'pid', 'hex', 'json'] as const
 export async function pubkey(argv: readonly string[]): Promise<number> {
   const { target, values } = parseTargetCommand(
     argv,
-    { label: { type: 'string' }, id: { type: 'string' }, format: { type: 'string' } },
+    {
+      label: { type: 'string' },
+      id: { type: 'string' },
+      format: { type: 'string' },
+      json: { type: 'boolean' },
+    },
     USAGE.pubkey,
   )
   const label = typeof values['label'] === 'string' ? values['label'] : undefined
   const id = typeof values['id'] === 'string' ? values['id'] : undefined
-  const format = typeof values['format'] === 'string' ? values['format'] : 'k3'
+  const json = values['json'] === true
+  const given = typeof values['format'] === 'string' ? values['format'] : undefined
+  if (json && given !== undefined && given !== 'json')
+    throw usageError(`--json and --format ${given} ask for different outputs`, USAGE.pubkey)
+  const format = json ? 'json' : (given ?? 'k3')
   if (label === undefined && id === undefined) {
     throw usageError('pubkey needs --label or --id', USAGE.pubkey)
   }

@@ -4,8 +4,7 @@
  * it answers on its socket.
  */
 import { spawn } from 'node:child_process'
-import { mkdirSync, openSync, closeSync } from 'node:fs'
-import { dirname } from 'node:path'
+import { closeSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 
 import { Agent } from '../agent/agent.js'
@@ -13,9 +12,15 @@ import { AgentConnection } from '../protocol/client.js'
 import { probeSocket } from '../agent/socket.js'
 import { loadConfig } from '../config/load.js'
 import { agentLogPath, resolveConfigPath, resolveSocketPath } from '../config/paths.js'
+import { agentLogWriter, openAgentLog } from '../lib/agent-log.js'
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
-import { ensureThreadpoolSize, relaunchWithThreadpoolSize, withThreadpoolSize } from '../lib/threadpool.js'
+import {
+  detachFromRelauncher,
+  ensureThreadpoolSize,
+  relaunchWithThreadpoolSize,
+  withThreadpoolSize,
+} from '../lib/threadpool.js'
 import { parseCommandArgs, USAGE } from './args.js'
 
 export function parseRunArgs(argv: readonly string[]): {
@@ -77,8 +82,7 @@ export function spawnDetachedAgent(
   env: NodeJS.ProcessEnv = process.env,
 ): { pid: number; exited: () => boolean; logPath: string } {
   const logPath = agentLogPath(env)
-  mkdirSync(dirname(logPath), { recursive: true, mode: 0o700 })
-  const log = openSync(logPath, 'a', 0o600)
+  const log = openAgentLog(logPath).fd
   const bin = fileURLToPath(new URL('../bin/cargo-pkcs11-agent.js', import.meta.url))
   const child = spawn(process.execPath, [bin, 'run', '--foreground', ...args], {
     detached: true,
@@ -116,11 +120,13 @@ export async function run(argv: readonly string[]): Promise<number> {
   // (src/lib/threadpool.ts). A parent that did not costs one relaunch. (relaunch first: it checks the
   // variable itself, and ensureThreadpoolSize() would set it in this process and hide the need.)
   if (await relaunchWithThreadpoolSize()) return (process.exitCode as number | undefined) ?? 0
+  detachFromRelauncher()
   ensureThreadpoolSize()
   const configPath = resolveConfigPath(args.config)
   const config = loadConfig(configPath.path)
   const socketPath = resolveSocketPath(args.socket, config.agent.socket).path
-  const agent = new Agent({ config, socketPath, configPath: configPath.path })
+  const log = agentLogWriter(agentLogPath(), 'cargo-pkcs11-agent: ')
+  const agent = new Agent({ config, socketPath, configPath: configPath.path, log })
   await agent.start()
   await agent.runUntilSignalled()
   return 0

@@ -9,40 +9,22 @@ import { resolveConfigPath } from '../config/paths.js'
 import type { TokenConfig } from '../config/schema.js'
 import { k3Pid, k3Public } from '../keys/paserk.js'
 import { AgentError } from '../lib/errors.js'
-import { readPinFile } from '../lib/pin-file.js'
-import { Pin } from '../lib/secret.js'
+import type { Pin } from '../lib/secret.js'
+import { pinSource, tokenDescription } from '../agent/policy-config.js'
 import { Device } from '../pkcs11/device.js'
 import type { DeviceKey } from '../pkcs11/key-catalogue.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
-import { askPinOnTty, hasTerminal } from '../shim/tty.js'
 import { parseCommandArgs, USAGE } from './args.js'
+import { obtainPin } from './device-target.js'
 import { planAgentConfig, writeAgentConfig } from './setup/agent-config.js'
 import { cargoConfigLines } from './setup/cargo-config.js'
 
 async function pinFor(token: TokenConfig): Promise<Pin | null> {
-  switch (token.pinSource) {
-    case 'none':
-      return null
-    case 'env': {
-      const value = process.env[token.pinEnv ?? '']
-      if (value === undefined || value === '')
-        throw new AgentError('PIN_REQUIRED', `The PIN variable ${token.pinEnv ?? ''} is not set`, {
-          remedy: `Export ${token.pinEnv ?? 'it'} with the token PIN and run setup again`,
-        })
-      return Pin.fromString(value)
-    }
-    case 'file':
-      return await readPinFile(token.pinFile ?? '')
-    case 'tty':
-    case 'pinentry':
-      if (!hasTerminal())
-        throw new AgentError(
-          'PIN_REQUIRED',
-          `Setup needs the PIN of token ${token.name} and there is no terminal`,
-          { remedy: 'Run setup in a terminal, or pass --pin-source env --pin-env VAR' },
-        )
-      return Pin.fromString(await askPinOnTty(`PIN for token ${token.name}: `))
+  const target = {
+    pin: pinSource(token),
+    secretEnvVariables: token.pinEnv === undefined ? [] : [token.pinEnv],
   }
+  return await obtainPin(target, tokenDescription(token), 'set up its key for cargo')
 }
 
 /** Finds the key on the device, or generates it (again, with --force); the PIN is wiped after. */

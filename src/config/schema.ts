@@ -327,7 +327,7 @@ export const AGENT_ROWS: Rows<AgentSettings> = {
     'touch-notice-after-ms',
     int(0, LIMITS.touchNoticeMaxMs),
     'delay before "Touch your YubiKey …" is shown',
-    { default: LIMITS.touchNoticeDelayMs },
+    { default: LIMITS.touchNoticeAfterMs },
   ),
   pinCacheIdleSeconds: row('pin-cache-idle-seconds', LIFETIME, 'a cached PIN ends after this long unused', {
     default: LIMITS.pinCacheIdleSeconds,

@@ -1,5 +1,3 @@
-import { AgentError, type ErrorCode } from '../lib/errors.js'
-
 const ALPHABET = /^[A-Za-z0-9_-]*$/
 
 export function encodeBase64url(bytes: Uint8Array): string {
@@ -10,15 +8,13 @@ export function encodeBase64url(bytes: Uint8Array): string {
  * Strict RFC 4648 §5 base64url without padding, as PASETO (Common.md §Base64) and PASERK require:
  * decoders MUST reject `=` padding and non-zero trailing bits. Node's own `base64url` decoder is
  * lenient (it skips padding and invalid characters), so the input is checked first and the
- * canonical re-encoding must give the same text back.
+ * canonical re-encoding must give the same text back. `invalid` builds the caller's error.
  */
-export function decodeBase64url(text: string, what: string, code: ErrorCode, remedy: string): Uint8Array {
-  if (!ALPHABET.test(text) || text.length % 4 === 1) {
-    throw new AgentError(code, `${what} is not unpadded base64url`, { remedy })
-  }
+export function decodeBase64url(text: string, what: string, invalid: (message: string) => Error): Uint8Array {
+  if (!ALPHABET.test(text) || text.length % 4 === 1) throw invalid(`${what} is not unpadded base64url`)
   const bytes = Buffer.from(text, 'base64url')
   if (bytes.toString('base64url') !== text) {
-    throw new AgentError(code, `${what} is not canonical base64url (non-zero trailing bits)`, { remedy })
+    throw invalid(`${what} is not canonical base64url (non-zero trailing bits)`)
   }
   return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength)
 }

@@ -45,26 +45,47 @@ function assertScalar(scalar: Uint8Array): void {
     throw keyInvalid('the k3 secret scalar is outside 1..n-1 for P-384', SECRET_REMEDY)
 }
 
+/**
+ * The 49-byte compressed point as `k3.public.…`.
+ *
+ * @example
+ * ```ts
+ * console.log(k3Public(signer.publicKey)) // k3.public.A… (76 characters)
+ * ```
+ */
 export function k3Public(pk49: Uint8Array): string {
   assertCompressed(pk49)
   return K3_PUBLIC_PREFIX + encodeBase64url(pk49)
 }
 
+/**
+ * `k3.public.…` to the 49-byte compressed point; KEY_INVALID for anything else.
+ *
+ * @example
+ * ```ts
+ * const point = parseK3Public(registeredKey) // validate a key when a user registers it
+ * ```
+ */
 export function parseK3Public(s: string): Uint8Array {
   if (typeof s !== 'string' || !s.startsWith(K3_PUBLIC_PREFIX)) {
     throw keyInvalid('the public key is not a k3.public PASERK (PASETO v3, P-384)', PUBLIC_REMEDY)
   }
-  const pk = decodeBase64url(
-    s.slice(K3_PUBLIC_PREFIX.length),
-    'the k3.public key',
-    'KEY_INVALID',
-    PUBLIC_REMEDY,
+  const pk = decodeBase64url(s.slice(K3_PUBLIC_PREFIX.length), 'the k3.public key', (m) =>
+    keyInvalid(m, PUBLIC_REMEDY),
   )
   assertCompressed(pk)
   return pk
 }
 
-/** `k3.pid.` + b64u(SHA-384("k3.pid." || "k3.public.…")[0..33]) — the header is hashed with the whole PASERK. */
+/**
+ * `k3.pid.` + b64u(SHA-384("k3.pid." || "k3.public.…")[0..33]) — the header is hashed with the whole
+ * PASERK. This is the footer's `kip`, the id a registry files a registered key under.
+ *
+ * @example
+ * ```ts
+ * keysByKip.set(k3Pid(registeredKey), registeredKey)
+ * ```
+ */
 export function k3Pid(key: Uint8Array | string): string {
   const paserk = typeof key === 'string' ? k3Public(parseK3Public(key)) : k3Public(key)
   const digest = createHash('sha384')
@@ -83,11 +104,8 @@ export function parseK3Secret(s: string): Uint8Array {
   if (typeof s !== 'string' || !s.startsWith(K3_SECRET_PREFIX)) {
     throw keyInvalid('the secret key is not a k3.secret PASERK (PASETO v3, P-384)', SECRET_REMEDY)
   }
-  const scalar = decodeBase64url(
-    s.slice(K3_SECRET_PREFIX.length),
-    'the k3.secret key',
-    'KEY_INVALID',
-    SECRET_REMEDY,
+  const scalar = decodeBase64url(s.slice(K3_SECRET_PREFIX.length), 'the k3.secret key', (m) =>
+    keyInvalid(m, SECRET_REMEDY),
   )
   assertScalar(scalar)
   return scalar

@@ -92,27 +92,15 @@ function assertCompressedShape(point: Uint8Array): void {
  * Forms are told apart by total length first, because a bare point also starts with 0x04.
  */
 export function publicKeyFromDevice(ecPoint: Uint8Array): Uint8Array {
-  let point: Uint8Array
   const n = ecPoint.length
-  if (n === UNCOMPRESSED_POINT_BYTES && ecPoint[0] === 0x04) point = ecPoint
-  else if (n === COMPRESSED_POINT_BYTES && (ecPoint[0] === 0x02 || ecPoint[0] === 0x03)) point = ecPoint
-  else if (n === 99 && ecPoint[0] === 0x04 && ecPoint[1] === 0x61 && ecPoint[2] === 0x04)
-    point = ecPoint.subarray(2)
-  else if (
-    n === 100 &&
-    ecPoint[0] === 0x04 &&
-    ecPoint[1] === 0x81 &&
-    ecPoint[2] === 0x61 &&
-    ecPoint[3] === 0x04
-  )
-    point = ecPoint.subarray(3)
-  else if (
-    n === 51 &&
-    ecPoint[0] === 0x04 &&
-    ecPoint[1] === 0x31 &&
-    (ecPoint[2] === 0x02 || ecPoint[2] === 0x03)
-  )
-    point = ecPoint.subarray(2)
+  const starts = (...bytes: number[]): boolean => bytes.every((byte, i) => ecPoint[i] === byte)
+  const compressedAt = (i: number): boolean => ecPoint[i] === 0x02 || ecPoint[i] === 0x03
+  let point: Uint8Array
+  if (n === UNCOMPRESSED_POINT_BYTES && starts(0x04)) point = ecPoint
+  else if (n === COMPRESSED_POINT_BYTES && compressedAt(0)) point = ecPoint
+  else if (n === 99 && starts(0x04, 0x61, 0x04)) point = ecPoint.subarray(2)
+  else if (n === 100 && starts(0x04, 0x81, 0x61, 0x04)) point = ecPoint.subarray(3)
+  else if (n === 51 && starts(0x04, 0x31) && compressedAt(2)) point = ecPoint.subarray(2)
   else {
     throw keyInvalid(
       `CKA_EC_POINT of ${n} bytes (starting ${Buffer.from(ecPoint.subarray(0, 3)).toString('hex')}) is not a P-384 point in any known encoding`,
@@ -148,14 +136,14 @@ export function publicKeyObject(compressed: Uint8Array): KeyObject {
   return key
 }
 
-interface Tlv {
+export interface Tlv {
   tag: number
   value: Uint8Array
   end: number
 }
 
 /** Minimal DER reader: one TLV at `offset`, definite lengths only (X.690 §8.1.3). */
-function readTlv(der: Uint8Array, offset: number): Tlv | undefined {
+export function readTlv(der: Uint8Array, offset: number): Tlv | undefined {
   const tag = der[offset]
   let lengthByte = der[offset + 1]
   if (tag === undefined || lengthByte === undefined) return undefined
@@ -176,7 +164,7 @@ function readTlv(der: Uint8Array, offset: number): Tlv | undefined {
   return { tag, value: der.subarray(cursor, end), end }
 }
 
-function readSequence(der: Uint8Array): Tlv[] | undefined {
+export function readSequence(der: Uint8Array): Tlv[] | undefined {
   const items: Tlv[] = []
   let offset = 0
   while (offset < der.length) {

@@ -5,7 +5,7 @@
 import { verify as cryptoVerify } from 'node:crypto'
 
 import { AgentError } from '../lib/errors.js'
-import { P384, bigIntToBytes, bytesToBigInt, publicKeyObject } from './point.js'
+import { P384, bigIntToBytes, bytesToBigInt, publicKeyObject, readSequence, readTlv } from './point.js'
 
 export const SIGNATURE_BYTES = 96
 const HALF_N = P384.n >> 1n
@@ -19,27 +19,16 @@ function malformed(message: string): AgentError {
 
 /** DER `SEQUENCE { INTEGER r, INTEGER s }` (X9.62 ECDSA-Sig-Value) -> [r, s], or undefined. */
 function parseDerSignature(der: Uint8Array): [bigint, bigint] | undefined {
-  if (der[0] !== 0x30) return undefined
-  let offset = 1
-  let length = der[offset++]
-  if (length === undefined) return undefined
-  if (length === 0x81) {
-    length = der[offset++]
-    if (length === undefined || length < 0x80) return undefined
-  } else if (length > 0x7f) return undefined
-  if (offset + length !== der.length) return undefined
-  const halves: bigint[] = []
-  for (let i = 0; i < 2; i++) {
-    if (der[offset++] !== 0x02) return undefined
-    const intLength = der[offset++]
-    if (intLength === undefined || intLength === 0 || intLength > P384.size + 1) return undefined
-    const value = der.subarray(offset, offset + intLength)
-    if (value.length !== intLength || ((value[0] ?? 0) & 0x80) !== 0) return undefined
-    halves.push(bytesToBigInt(value))
-    offset += intLength
-  }
-  if (offset !== der.length) return undefined
-  return [halves[0] ?? 0n, halves[1] ?? 0n]
+  const outer = readTlv(der, 0)
+  if (outer?.tag !== 0x30 || outer.end !== der.length) return undefined
+  const integers = readSequence(outer.value)
+  if (integers?.length !== 2) return undefined
+  const [r, s] = integers.map(({ tag, value }) =>
+    tag === 0x02 && value.length > 0 && value.length <= P384.size + 1 && ((value[0] ?? 0) & 0x80) === 0
+      ? bytesToBigInt(value)
+      : undefined,
+  )
+  return r === undefined || s === undefined ? undefined : [r, s]
 }
 
 /**

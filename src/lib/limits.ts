@@ -11,10 +11,41 @@ export const LIMITS = Object.freeze({
   /** Socket directory and socket file modes: only the owning user may connect. */
   socketDirMode: 0o700,
   socketFileMode: 0o600,
-  /** Simultaneous client connections the agent serves; more are refused with AGENT_BUSY. */
+  /** Simultaneous client connections the agent serves. At the cap a new one takes the place of the
+   * longest-idle connection; only when every connection is busy is it refused with AGENT_BUSY. */
   maxConnections: 64,
   /** A client must send its request this soon after connecting (slowloris guard). */
   requestReadTimeoutMs: 5_000,
+  /** When every connection is busy, a new one waits this long for a slot before AGENT_BUSY: slots
+   * free up within milliseconds when clients only reconnect, as the shim does for every request. */
+  connectionAdmitWaitMs: 2_000,
+  /** A connection idle this long (or silent this long after connecting) may be closed to make room
+   * for a new one; an honest client sends its request, or its next one, well within it. */
+  connectionEvictIdleMs: 250,
+  /** After its first frame, a connection with nothing in flight and no complete frame for this long
+   * is closed (so is one whose answers stay unread this long). The shim holds a connection only for
+   * one request; without this bound 64 idle connections would lock every other client out. */
+  connectionIdleTimeoutMs: 10_000,
+  /** Unsent output per connection above which the agent stops reading that connection until the
+   * client has read (socket 'drain'): four full frames. A client that writes tiny bad frames and
+   * never reads would otherwise make the agent queue an error answer per frame without end. */
+  socketOutputMaxBytes: 4 * 64 * 1024,
+  /** Requests one connection may have running at once: below maxPendingSigns, so a single
+   * connection cannot fill a device's wait queue and starve other clients. */
+  maxInflightPerConnection: 8,
+  /** Requests past that cap wait in a per-connection queue of this many requests and bytes (300
+   * pipelined signs, ~330 bytes each, fit); past it a request is answered AGENT_BUSY at once. */
+  maxQueuedRequestsPerConnection: 512,
+  maxQueuedRequestBytesPerConnection: 256 * 1024,
+  /** Refusals (bad frames, busy, idle closes) are logged at once, then summarised at most once per
+   * this interval per kind, so a flood cannot turn the agent log into a disk filler. */
+  refusalLogIntervalMs: 1_000,
+  /** How often the agent checks that its socket path still holds its own socket (inode). A deleted
+   * or replaced socket leaves the agent unreachable, and the next shim would start a second one. */
+  socketWatchIntervalMs: 2_000,
+  /** `run --foreground` relaunched for UV_THREADPOOL_SIZE: how long the parent waits for the child
+   * to report a signal it got itself (a signal to the process group reaches both) before relaying. */
+  signalRelayWaitMs: 300,
   /** Upper bound for one request inside the agent, including a touch or a human confirmation. */
   requestTimeoutMs: 120_000,
   /** Device signs that may wait at once (each holds a libuv worker thread; see UV_THREADPOOL_SIZE). */
@@ -25,6 +56,14 @@ export const LIMITS = Object.freeze({
   sessionsPerToken: 16,
   /** How long the shim waits for an agent it started to begin listening. */
   agentStartWaitMs: 5_000,
+  /** An agent that exits while the shim waits for it left its reason in agent.log: the shim prints at
+   * most this many of its last lines (a config error with its did-you-mean is two or three lines). */
+  agentExitLogLines: 20,
+  /** agent.log is renamed to agent.log.1 (replacing the previous one) once it is this large, when an
+   * agent starts or writes a line: a few thousand start-up and reload lines, never unbounded. */
+  agentLogMaxBytes: 1024 * 1024,
+  /** `stop`: how long the agent's graceful shutdown may take (shutdownGraceMs plus closing devices). */
+  agentStopWaitMs: 15_000,
   /** Graceful shutdown: how long in-flight requests may still finish after SIGTERM. */
   shutdownGraceMs: 10_000,
   /** Default `token-max-age-seconds` and the verifier's default window. RFC 3231 recommends registries
@@ -57,7 +96,7 @@ export const LIMITS = Object.freeze({
   /** Default `touch-notice-after-ms`: signature not back after this long, announce the pending touch
    * (comparable agents use 0.2-5 s; SoftHSM and TPM sign in < 10 ms and a YubiKey without touch in
    * ~0.2 s, so a wait this long means the device waits for a human). */
-  touchNoticeDelayMs: 1_000,
+  touchNoticeAfterMs: 1_000,
   /** Largest `touch-notice-after-ms` the config accepts: a notice must come before the touch timeout
    * below, or the user learns about the touch only from its failure. */
   touchNoticeMaxMs: 20_000,
@@ -76,9 +115,12 @@ export const LIMITS = Object.freeze({
   /** Default `mutations-per-hour`: sliding-window limit on mutations (publish/yank/unyank/owners) per
    * registry. A release train publishes a few crates; 30 an hour stops a runaway script early. */
   defaultMutationsPerHour: 30,
-  /** Default `confirm` for mutations: a yes/no showing the intent. Never `none` (no human in the loop
-   * must be chosen explicitly), and not `touch`, which only a device with a touch policy enforces. */
+  /** Default `confirm` for mutations: a yes/no showing the intent. Never `none` by default: a script
+   * that reaches the agent socket must not publish in the user's name unasked (docs/policy.md). */
   defaultConfirm: 'prompt' as const,
+  /** Default `pinentry-program`: the name gpg-agent uses, found on PATH (a distribution links it to
+   * the pinentry flavour it installed: curses, gtk, qt). */
+  defaultPinentryProgram: 'pinentry',
   /** Largest `mutations-per-hour`: far above any release train, still a bound. */
   maxMutationsPerHour: 100_000,
   /** Longest token we build or verify. cargo sends it as an HTTP header value, and servers commonly

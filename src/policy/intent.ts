@@ -1,7 +1,8 @@
 /**
  * How policy shows a request to a human, and the seam through which it talks to the human of that
  * one request. The agent fills an `Intent` (src/cargo/intent.ts) from cargo's request and implements
- * `Prompter` over the shim's socket; policy code only sees these shapes. Design point 1 (design.md): every prompt and notice shows *what* is being approved.
+ * `Prompter` over the shim's socket; policy code only sees these shapes. Every prompt and notice
+ * shows *what* is being approved (docs/policy.md).
  */
 import type { Pin } from '../lib/secret.js'
 import { LIMITS } from '../lib/limits.js'
@@ -94,8 +95,6 @@ export type Notice =
   | { kind: 'pin-final-try'; text: string; tokenDescription: string }
   | { kind: 'info'; text: string }
 
-export type NoticeKind = Notice['kind']
-
 /**
  * The human of one request. The agent implements it over the shim's socket (the shim prints on
  * stderr and prompts on /dev/tty); tests implement it directly. `interactive` is false in headless
@@ -109,4 +108,13 @@ export interface Prompter {
   confirm(intent: Intent, text: string): Promise<boolean>
   /** Fire and forget: a notice that cannot be delivered never fails the request. */
   notify(notice: Notice): void
+}
+
+/** Fire and forget: a notice that cannot be delivered never fails the request. */
+export function tell(prompter: Prompter, notice: Notice): void {
+  try {
+    prompter.notify(notice)
+  } catch {
+    // The shim went away; the request itself goes on.
+  }
 }

@@ -14,11 +14,10 @@ export interface PinentryOptions {
   readonly program: string
   /** Passed to pinentry as SETTIMEOUT; our own kill timer fires shortly after. */
   readonly timeoutMs: number
-  /** The requesting terminal (`OPTION ttyname`), so curses/tty pinentries open there. */
-  readonly ttyname?: string
-  readonly ttytype?: string
-  readonly lcCtype?: string
-  /** Environment for the child, already stripped of PIN variables (see `childEnvironment`). */
+  /** The requesting terminal (`OPTION ttyname`, only a /dev/ path), so curses/tty pinentries open there. */
+  readonly ttyname?: string | undefined
+  /** Environment for the child, already stripped of PIN variables (see `childEnvironment`); its TERM
+   * and locale become `OPTION ttytype` / `lc-ctype`. */
   readonly env: NodeJS.ProcessEnv
 }
 
@@ -235,21 +234,15 @@ async function withSession<T>(
   const session = new PinentrySession(options)
   try {
     await session.greeting()
-    await session.option('ttyname', options.ttyname)
-    await session.option('ttytype', options.ttytype)
-    await session.option('lc-ctype', options.lcCtype)
+    const { env, ttyname } = options
+    if (ttyname?.startsWith('/dev/') === true) await session.option('ttyname', ttyname)
+    await session.option('ttytype', env['TERM'])
+    await session.option('lc-ctype', env['LC_ALL'] ?? env['LC_CTYPE'] ?? env['LANG'])
     // Our kill timer still bounds a pinentry that ignores SETTIMEOUT.
     await session.optional('SETTIMEOUT', String(Math.max(1, Math.ceil(options.timeoutMs / 1000))))
     return await work(session)
   } catch (error) {
-    if (error instanceof AssuanError) {
-      throw entryFailed(
-        `pinentry "${options.program}" failed: ${error.text} (${error.code})`,
-        'Check that pinentry works in this session, or use another PIN source',
-        error,
-      )
-    }
-    throw error
+    throw answerError(error, options.program)
   } finally {
     await session.close()
   }
@@ -262,12 +255,7 @@ export async function pinentryGetPin(options: PinentryOptions, dialog: PinDialog
     await session.command('SETDESC', dialog.description)
     await session.command('SETPROMPT', dialog.prompt)
     if (dialog.warning !== undefined) await session.command('SETERROR', dialog.warning)
-    let reply: Reply
-    try {
-      reply = await session.command('GETPIN')
-    } catch (error) {
-      throw mapAnswerError(error, options.program)
-    }
+    const reply = await session.command('GETPIN')
     const pin = Buffer.concat(reply.data)
     for (const d of reply.data) d.fill(0)
     if (pin.length === 0) {
@@ -299,12 +287,13 @@ export async function pinentryConfirm(options: PinentryOptions, dialog: ConfirmD
         (error.code === ASSUAN_ERR.cancelled || error.code === ASSUAN_ERR.notConfirmed)
       )
         return false
-      throw mapAnswerError(error, options.program)
+      throw error
     }
   })
 }
 
-function mapAnswerError(error: unknown, program: string): unknown {
+/** An Assuan ERR from any command of the session as the PIN_ENTRY_FAILED the human sees. */
+function answerError(error: unknown, program: string): unknown {
   if (!(error instanceof AssuanError)) return error
   if (error.code === ASSUAN_ERR.cancelled) {
     return entryFailed(

@@ -64,13 +64,6 @@ export class MutationRateLimiter {
     }
   }
 
-  /** Counts one mutation for `key` now. */
-  record(key: string): void {
-    const times = this.#prune(key, this.#clock())
-    times.push(this.#clock())
-    this.#windows.set(key, times)
-  }
-
   /** Mutations counted for `key` inside the current window. */
   count(key: string): number {
     return this.#prune(key, this.#clock()).length

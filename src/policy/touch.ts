@@ -5,11 +5,10 @@
  * that never comes ends in TOUCH_TIMEOUT at the deadline.
  */
 import { AgentError } from '../lib/errors.js'
-import { describeIntent, type Prompter } from './intent.js'
+import { describeIntent, tell, type Prompter } from './intent.js'
 import type { Intent } from '../cargo/intent.js'
 import type { DesktopNotifier } from './notify.js'
-import type { Clock } from './pin-cache.js'
-import { systemClock } from './pin-cache.js'
+import { systemClock, type Clock } from './pin-cache.js'
 
 export interface TouchNoticeOptions {
   readonly afterMs: number
@@ -20,8 +19,6 @@ export interface TouchNoticeOptions {
   readonly prompter: Prompter
   readonly notifier?: DesktopNotifier
   readonly clock?: Clock
-  /** Called once when the notice went out (tests, metrics). */
-  readonly onNotice?: () => void
 }
 
 export function touchText(intent: Intent, tokenDescription: string): string {
@@ -43,19 +40,9 @@ export async function withTouchNotice<T>(signing: Promise<T>, options: TouchNoti
     noticeTimer = setTimeout(() => {
       noticed = true
       const text = touchText(options.intent, options.tokenDescription)
-      try {
-        options.prompter.notify({
-          kind: 'touch-pending',
-          text,
-          intent: options.intent,
-          tokenDescription: options.tokenDescription,
-          deadline,
-        })
-      } catch {
-        // A notice that cannot be delivered never fails the request.
-      }
+      const { intent, tokenDescription } = options
+      tell(options.prompter, { kind: 'touch-pending', text, intent, tokenDescription, deadline })
       void options.notifier?.notify('Touch your security key', text)
-      options.onNotice?.()
     }, options.afterMs)
     deadlineTimer = setTimeout(() => {
       reject(

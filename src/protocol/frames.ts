@@ -3,7 +3,7 @@
  * socket. Specified for other implementers in docs/agent-protocol.md; what each method carries is
  * methods.ts. Shared by the agent, the CLI and the shim, so it imports only builtins and lib/.
  *
- * Why not WebSocket: `import('ws')` alone costs 20-27 ms on a 75-105 ms node start (platform notes
+ * Why not WebSocket: `import('ws')` alone costs 20-27 ms on a 75-105 ms node start (docs/pkcs11-platforms.md
  * §4) and the shim must start within 1.2x a bare node; a Unix socket is already a reliable ordered
  * stream, so a newline is all the framing needed.
  */

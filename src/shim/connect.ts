@@ -1,6 +1,7 @@
 /**
  * Finding the agent: connect, and when nothing listens start one in the background (unless
- * CARGO_PKCS11_AGENT_NO_AUTOSTART=1) and wait up to LIMITS.agentStartWaitMs for it.
+ * CARGO_PKCS11_AGENT_NO_AUTOSTART=1) and wait up to LIMITS.agentStartWaitMs for it. An agent that
+ * exits meanwhile (a config error, a missing module) ends the wait at once with its own lines.
  */
 import { AgentConnection, unreachable } from '../protocol/client.js'
 import { agentLogPath } from '../config/paths.js'
@@ -12,13 +13,31 @@ export function autostartDisabled(env: NodeJS.ProcessEnv): boolean {
   return value !== undefined && value !== '' && value !== '0' && value !== 'false'
 }
 
-async function startAgent(socketPath: string, env: NodeJS.ProcessEnv): Promise<string> {
+interface StartedAgent {
+  readonly logPath: string
+  /** Where this agent's lines begin in the log. */
+  readonly offset: number
+  /** Set once the child has exited: its exit code, or 128 + signal. */
+  exit: number | undefined
+}
+
+async function startAgent(socketPath: string, env: NodeJS.ProcessEnv): Promise<StartedAgent> {
   // Loaded only on this path: the common case (agent running) never pays for child_process.
-  const [{ spawn }, { mkdirSync, openSync, closeSync, existsSync, realpathSync }, { dirname, join }] =
-    await Promise.all([import('node:child_process'), import('node:fs'), import('node:path')])
+  const [
+    { spawn },
+    { closeSync, existsSync, realpathSync },
+    { dirname, join },
+    { constants },
+    { openAgentLog },
+  ] = await Promise.all([
+    import('node:child_process'),
+    import('node:fs'),
+    import('node:path'),
+    import('node:os'),
+    import('../lib/agent-log.js'),
+  ])
   const logPath = agentLogPath(env)
-  mkdirSync(dirname(logPath), { recursive: true, mode: 0o700 })
-  const log = openSync(logPath, 'a', 0o600)
+  const log = openAgentLog(logPath)
   // The agent's entry sits next to this shim's (dist/src/bin/), or — when the shim runs from its
   // CommonJS build (dist/cjs/src/bin/, tsconfig.shim.json) — in the ESM build three levels up.
   // Found from argv[1] rather than import.meta so the same source compiles to both formats.
@@ -35,12 +54,37 @@ async function startAgent(socketPath: string, env: NodeJS.ProcessEnv): Promise<s
   }
   const child = spawn(process.execPath, [bin, 'run', '--foreground', '--socket', socketPath], {
     detached: true,
-    stdio: ['ignore', log, log],
+    stdio: ['ignore', log.fd, log.fd],
     env: childEnv,
   })
-  closeSync(log)
+  closeSync(log.fd)
+  const started: StartedAgent = { logPath, offset: log.offset, exit: undefined }
+  child.once('exit', (code, signal) => {
+    started.exit = code ?? 128 + (signal === null ? 0 : (constants.signals[signal] ?? 0))
+  })
+  child.once('error', () => {
+    started.exit ??= 127
+  })
+  // The exit listener keeps working while the shim waits (its timers hold the loop); once connected,
+  // a detached, unreferenced child outlives the shim.
   child.unref()
-  return logPath
+  return started
+}
+
+/** What the agent wrote since it was started: the reason it stopped, in its own words. */
+async function linesSince(agent: StartedAgent): Promise<string[]> {
+  const { readFileSync } = await import('node:fs')
+  let text = ''
+  try {
+    text = readFileSync(agent.logPath).subarray(agent.offset).toString('utf8')
+  } catch {
+    return []
+  }
+  return text
+    .split('\n')
+    .map((l) => l.trimEnd())
+    .filter((l) => l !== '')
+    .slice(-LIMITS.agentExitLogLines)
 }
 
 export async function connectOrStart(
@@ -68,7 +112,7 @@ export async function connectOrStart(
     }
   }
   onNotice(`starting cargo-pkcs11-agent on ${socketPath}`)
-  const logPath = await startAgent(socketPath, env)
+  const agent = await startAgent(socketPath, env)
   const deadline = Date.now() + LIMITS.agentStartWaitMs
   let last: unknown
   while (Date.now() < deadline) {
@@ -76,8 +120,27 @@ export async function connectOrStart(
       return await AgentConnection.connect(socketPath, 500)
     } catch (error) {
       last = error
-      await new Promise((r) => setTimeout(r, 25))
     }
+    if (agent.exit !== undefined) {
+      // Another agent may have won the race for the socket (AGENT_ALREADY_RUNNING): try it once more.
+      try {
+        return await AgentConnection.connect(socketPath, 500)
+      } catch {
+        // it really is gone
+      }
+      // cargo prints the message as it is: the agent's own lines, with their line breaks.
+      const lines = await linesSince(agent)
+      throw new AgentError(
+        'AGENT_UNREACHABLE',
+        `The cargo-pkcs11-agent it started exited (status ${agent.exit}) before listening on ${socketPath}` +
+          (lines.length === 0 ? '' : `:\n${lines.join('\n')}`),
+        {
+          remedy: `Fix what the agent says (its log: ${agent.logPath}), then run the cargo command again`,
+          data: { socket: socketPath },
+        },
+      )
+    }
+    await new Promise((r) => setTimeout(r, 25))
   }
   const base = unreachable(socketPath, (last as AgentError | undefined)?.cause ?? last)
   throw new AgentError(
@@ -85,7 +148,7 @@ export async function connectOrStart(
     `The cargo-pkcs11-agent did not start on ${socketPath} within ${LIMITS.agentStartWaitMs} ms`,
     {
       cause: base,
-      remedy: `See its log ${logPath}, or run \`cargo-pkcs11-agent run --foreground\` to see why it does not start`,
+      remedy: `See its log ${agent.logPath}, or run \`cargo-pkcs11-agent run --foreground\` to see why it does not start`,
       data: { socket: socketPath },
     },
   )

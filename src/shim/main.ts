@@ -1,5 +1,5 @@
 /**
- * cargo-credential-pkcs11: cargo's credential provider (protocol v1, spec §1), a thin client of the
+ * cargo-credential-pkcs11: cargo's credential provider (protocol v1, docs/cargo-protocol.md §1), a thin client of the
  * agent. stdout carries only the protocol (hello, then one response line); everything for humans
  * goes to stderr or the terminal. Imports builtins and the small protocol modules only: the shim
  * must start within 1.2x a bare `node -e 0`.
@@ -74,7 +74,7 @@ function cacheOf(result: SignResult): CacheControl {
 
 /**
  * Provider arguments from cargo's config (`credential-provider = ["cargo-credential-pkcs11",
- * "--socket=/path", "--no-autostart"]`) arrive in the request's `args` (spec §1.1): the way to
+ * "--socket=/path", "--no-autostart"]`) arrive in the request's `args` (docs/cargo-protocol.md §1.1): the way to
  * configure the shim without it reading the agent's TOML.
  */
 export function shimOptions(
@@ -167,7 +167,7 @@ export async function runShim(
     )
     return 2
   }
-  // Hello first: cargo sends nothing until it has read it (spec §1.3).
+  // Hello first: cargo sends nothing until it has read it (docs/cargo-protocol.md §1.3).
   respond(HELLO)
   const input = await readRequestLineFast()
   if (input.kind === 'too-large') {

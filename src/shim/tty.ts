@@ -1,6 +1,6 @@
 /**
  * Talking to the human on the controlling terminal. cargo gives the provider no tty on stdin/stdout
- * (spec §1.1), so the PIN prompt opens /dev/tty itself, as cargo's own helper crate does
+ * (docs/cargo-protocol.md §1.1), so the PIN prompt opens /dev/tty itself, as cargo's own helper crate does
  * (`credential/cargo-credential/src/stdio.rs`); raw mode, nothing echoed.
  */
 import { openSync, writeSync } from 'node:fs'

@@ -115,6 +115,15 @@ export function tokenFooter(indexUrl: string, kip: string): string {
   return JSON.stringify({ url: indexUrl, kip })
 }
 
+/**
+ * Signs the RFC 3231 token cargo would send for `request`, with any Signer.
+ *
+ * @example
+ * ```ts
+ * const signer = MemorySigner.generate() // a test key; the agent passes its device signer
+ * const { token } = await buildToken(signer, { indexUrl: 'sparse+https://registry.example/index/', operation: 'read' })
+ * ```
+ */
 export async function buildToken(
   signer: Signer,
   request: TokenRequest,

@@ -20,6 +20,8 @@ export function formatIat(date: Date): string {
   return `${iso.slice(0, 19)}${fraction === '' ? '' : `.${fraction}`}Z`
 }
 
+type Six = [number, number, number, number, number, number]
+
 // RFC 3339 §5.6 date-time; `T`/`Z` may be lower case (§5.6 NOTE).
 const RFC3339 =
   /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))$/
@@ -32,14 +34,7 @@ const RFC3339 =
 export function parseIat(text: string): Date | undefined {
   const m = RFC3339.exec(text)
   if (m === null) return undefined
-  const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as [
-    number,
-    number,
-    number,
-    number,
-    number,
-    number,
-  ]
+  const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as Six
   const offsetSign = m[9] === '-' ? -1 : 1
   const offsetHour = m[10] === undefined ? 0 : Number(m[10])
   const offsetMinute = m[11] === undefined ? 0 : Number(m[11])

@@ -13,11 +13,12 @@
  */
 import { PublicProtocol, PublicVerify, ClaimValidationError, type Key } from 'paseto'
 
-import { AgentError, toAgentError } from '../lib/errors.js'
+import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { decodeBase64url } from '../keys/base64url.js'
 import { SIGNATURE_BYTES, isHighS, verifySignature } from '../keys/signature.js'
 import { V3_PUBLIC_HEADER, v3PublicPae } from '../token/pae.js'
+import { fail } from './errors.js'
 
 export interface ParsedV3PublicToken {
   message: Uint8Array
@@ -30,64 +31,45 @@ export interface ParsedV3PublicToken {
 const FORMAT_REMEDY =
   'The Authorization header must be a PASETO v3.public token exactly as the credential provider produced it; check that nothing (a proxy, a shell) altered it'
 
+const malformed = (message: string): never => fail('TOKEN_MALFORMED', message, FORMAT_REMEDY)
+
 export function parseV3PublicToken(token: string): ParsedV3PublicToken {
-  if (typeof token !== 'string') {
-    throw new AgentError('TOKEN_MALFORMED', 'the token is not a string', { remedy: FORMAT_REMEDY })
-  }
+  if (typeof token !== 'string') malformed('the token is not a string')
   if (token.length > LIMITS.tokenMaxChars) {
-    throw new AgentError(
-      'TOKEN_MALFORMED',
-      `the token is ${token.length} characters long, more than the ${LIMITS.tokenMaxChars} accepted`,
-      { remedy: FORMAT_REMEDY },
-    )
+    malformed(`the token is ${token.length} characters long, more than the ${LIMITS.tokenMaxChars} accepted`)
   }
   if (!token.startsWith(V3_PUBLIC_HEADER)) {
     const header = /^(v\d+)\.(local|public)\./.exec(token)
     if (header !== null) {
-      throw new AgentError(
+      fail(
         'TOKEN_WRONG_PURPOSE',
         `the token is a PASETO ${header[1]}.${header[2]} token; RFC 3231 tokens are v3.public`,
-        {
-          remedy:
-            'Configure the client to produce RFC 3231 asymmetric tokens (PASETO v3.public, P-384), e.g. with cargo-credential-pkcs11',
-        },
+        'Configure the client to produce RFC 3231 asymmetric tokens (PASETO v3.public, P-384), e.g. with cargo-credential-pkcs11',
       )
     }
-    throw new AgentError('TOKEN_MALFORMED', 'the token does not start with `v3.public.`', {
-      remedy:
-        'This registry accepts RFC 3231 asymmetric tokens only; configure cargo with an asymmetric-token credential provider',
-    })
-  }
-  const parts = token.split('.')
-  if (parts.length !== 3 && parts.length !== 4) {
-    throw new AgentError(
+    fail(
       'TOKEN_MALFORMED',
-      `the token has ${parts.length} dot-separated parts; v3.public has 3 or 4`,
-      {
-        remedy: FORMAT_REMEDY,
-      },
+      'the token does not start with `v3.public.`',
+      'This registry accepts RFC 3231 asymmetric tokens only; configure cargo with an asymmetric-token credential provider',
     )
   }
+  const parts = token.split('.')
+  if (parts.length !== 3 && parts.length !== 4)
+    malformed(`the token has ${parts.length} dot-separated parts; v3.public has 3 or 4`)
   const encodedPayload = parts[2] ?? ''
   const encodedFooter = parts[3]
-  if (encodedPayload === '' || encodedFooter === '') {
-    throw new AgentError('TOKEN_MALFORMED', 'the token has an empty payload or footer part', {
-      remedy: FORMAT_REMEDY,
-    })
-  }
-  const payload = decodeBase64url(encodedPayload, 'the token payload', 'TOKEN_ENCODING', FORMAT_REMEDY)
+  if (encodedPayload === '' || encodedFooter === '')
+    malformed('the token has an empty payload or footer part')
+  const encoding = (message: string): never => fail('TOKEN_ENCODING', message, FORMAT_REMEDY)
+  const payload = decodeBase64url(encodedPayload, 'the token payload', encoding)
   const footer =
     encodedFooter === undefined
       ? new Uint8Array(0)
-      : decodeBase64url(encodedFooter, 'the token footer', 'TOKEN_ENCODING', FORMAT_REMEDY)
+      : decodeBase64url(encodedFooter, 'the token footer', encoding)
   // Version3.md §Verify: the last 96 bytes are the signature, the message before it must not be empty.
   if (payload.length <= SIGNATURE_BYTES) {
-    throw new AgentError(
-      'TOKEN_MALFORMED',
+    malformed(
       `the token payload has ${payload.length} bytes, too short for a message and a 96-byte signature`,
-      {
-        remedy: FORMAT_REMEDY,
-      },
     )
   }
   return {
@@ -142,7 +124,12 @@ export interface V3PublicVerifyOptions {
 
 /**
  * Verifies a v3.public token's signature for `publicKey49` and returns its authenticated message,
- * footer and claims (a JSON object). No claim is interpreted here.
+ * footer and claims (a JSON object). No claim is interpreted here: for RFC 3231 use verifyToken.
+ *
+ * @example
+ * ```ts
+ * const { claims, footer } = await verifyV3Public(token, parseK3Public('k3.public.…'))
+ * ```
  */
 export async function verifyV3Public(
   token: string,
@@ -168,38 +155,33 @@ export async function verifyV3Public(
   } catch (error) {
     if (error instanceof AgentError) throw error
     if (key.outcome.signatureValid === false) {
-      throw new AgentError(
+      fail(
         'SIGNATURE_INVALID',
         'the token signature does not verify with the registered public key',
-        {
-          remedy:
-            'The token was altered or signed by another key; the user should check that the k3.public registered here is the one `cargo-pkcs11-agent pubkey` prints',
-          cause: error,
-        },
+        'The token was altered or signed by another key; the user should check that the k3.public registered here is the one `cargo-pkcs11-agent pubkey` prints',
+        error,
       )
     }
     if (key.outcome.signatureValid === true) {
       const claim = error instanceof ClaimValidationError ? error.claim : undefined
-      throw new AgentError(
+      fail(
         claim === 'iat' ? 'IAT_INVALID' : 'CLAIMS_INVALID',
         claim === undefined
           ? 'the token message is not a JSON object'
           : `the token claim \`${claim}\` is not valid`,
-        {
-          remedy:
-            'The signer produced claims no RFC 3231 registry accepts; report the client that made this token',
-          cause: error,
-        },
+        'The signer produced claims no RFC 3231 registry accepts; report the client that made this token',
+        error,
       )
     }
-    throw toAgentError(error, 'TOKEN_MALFORMED')
+    fail('TOKEN_MALFORMED', error instanceof Error ? error.message : String(error), FORMAT_REMEDY, error)
   }
   const highS = isHighS(parsed.signature)
   if (highS && options.strictLowS === true) {
-    throw new AgentError('SIGNATURE_HIGH_S', 'the token signature has a high S value (s > n/2)', {
-      remedy:
-        'This registry requires low-S signatures; cargo-pkcs11-agent always emits low S, cargo:paseto (cargo 1.95) does not — use a provider that normalises S',
-    })
+    fail(
+      'SIGNATURE_HIGH_S',
+      'the token signature has a high S value (s > n/2)',
+      'This registry requires low-S signatures; cargo-pkcs11-agent always emits low S, cargo:paseto (cargo 1.95) does not — use a provider that normalises S',
+    )
   }
   return { message: new Uint8Array(parsed.message), footer: new Uint8Array(parsed.footer), claims, highS }
 }

@@ -7,12 +7,13 @@
  * No I/O: a registry passes the token and what it expects, and looks up the key itself (by the
  * footer's `kip`, which `inspectToken` reads without trusting it).
  */
-import { AgentError, type VerifyCode } from '../lib/errors.js'
+import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { k3Pid, parseK3Public } from '../keys/paserk.js'
 import { COMPRESSED_POINT_BYTES, publicKeyObject } from '../keys/point.js'
 import { parseIat } from '../token/iat.js'
 import { OPERATION_FIELDS, isOperation, type CrateRef, type Operation } from '../cargo/operation.js'
+import { fail } from './errors.js'
 import { parseV3PublicToken, verifyV3Public } from './paseto.js'
 
 export interface VerifyOptions {
@@ -60,12 +61,9 @@ function quote(value: unknown): string {
   return text.length > 120 ? `${text.slice(0, 117)}..."` : text
 }
 
+const CLIENT = 'Report the client that produced this token'
 const USAGE_REMEDY = 'Fix the verifier call; the options are described in docs/verifying-tokens.md'
 const usage = (message: string): AgentError => new AgentError('USAGE', message, { remedy: USAGE_REMEDY })
-
-function fail(code: VerifyCode, message: string, remedy: string): never {
-  throw new AgentError(code, message, { remedy })
-}
 
 interface CheckedOptions {
   publicKey: Uint8Array
@@ -81,26 +79,16 @@ interface CheckedOptions {
   strictLowS: boolean
 }
 
-function checkSeconds(
-  name: string,
-  value: number | undefined,
-  fallback: number,
-  max: number,
-  allowZero: boolean,
-): number {
+/** `value` (or `fallback`) seconds as milliseconds: USAGE unless in [0 or (0, up to 15 min]. */
+function checkMs(name: string, value: number | undefined, fallback: number, allowZero: boolean): number {
   const seconds = value ?? fallback
-  if (
-    typeof seconds !== 'number' ||
-    !Number.isFinite(seconds) ||
-    seconds < 0 ||
-    (!allowZero && seconds === 0) ||
-    seconds > max
-  ) {
+  const max = LIMITS.maxTokenMaxAgeSeconds
+  if (!(typeof seconds === 'number' && seconds >= 0 && seconds <= max && (allowZero || seconds > 0))) {
     throw usage(
       `${name} must be a number of seconds in ${allowZero ? '0' : '(0'}..${max}], got ${String(value)}`,
     )
   }
-  return seconds
+  return seconds * 1000
 }
 
 function checkOptions(options: VerifyOptions): CheckedOptions {
@@ -140,22 +128,8 @@ function checkOptions(options: VerifyOptions): CheckedOptions {
     operation: options.operation,
     expected,
     subject: options.subject,
-    maxAgeMs:
-      checkSeconds(
-        'maxAgeSeconds',
-        options.maxAgeSeconds,
-        LIMITS.defaultTokenMaxAgeSeconds,
-        LIMITS.maxTokenMaxAgeSeconds,
-        false,
-      ) * 1000,
-    skewMs:
-      checkSeconds(
-        'clockSkewSeconds',
-        options.clockSkewSeconds,
-        LIMITS.defaultClockSkewSeconds,
-        LIMITS.maxTokenMaxAgeSeconds,
-        true,
-      ) * 1000,
+    maxAgeMs: checkMs('maxAgeSeconds', options.maxAgeSeconds, LIMITS.defaultTokenMaxAgeSeconds, false),
+    skewMs: checkMs('clockSkewSeconds', options.clockSkewSeconds, LIMITS.defaultClockSkewSeconds, true),
     now,
     checkTime: options.checkTime !== false,
     strictLowS: options.strictLowS === true,
@@ -198,31 +172,36 @@ function parseFooter(
 /**
  * Decodes footer and claims WITHOUT verifying anything, so a registry can find the key by `kip`
  * before calling verifyToken. Nothing returned here is authenticated.
+ *
+ * @example
+ * ```ts
+ * const { footer } = inspectToken(authorization)
+ * const publicKey = keysByKip.get(footer.kip) // the k3.public the user registered, stored by k3Pid
+ * ```
  */
 export function inspectToken(token: string): UntrustedTokenContents {
   const parsed = parseV3PublicToken(token)
   const footer = parseFooter(parsed.footer, parsed.hasFooter)
   const claims = decodeJsonObject(parsed.message)
   if (claims === undefined) {
-    fail(
-      'CLAIMS_INVALID',
-      'the token message is not a JSON object',
-      'Report the client that produced this token',
-    )
+    fail('CLAIMS_INVALID', 'the token message is not a JSON object', CLIENT)
   }
   return { verified: false, footer, claims }
 }
 
 const CLAIM_NAMES = ['iat', 'sub', 'mutation', 'name', 'vers', 'cksum'] as const
+const REPLAY =
+  'A token signed for one crate version cannot be replayed for another; retry so the credential provider signs this request'
+const MISMATCH = {
+  name: { code: 'NAME_MISMATCH', what: 'crate' },
+  vers: { code: 'VERS_MISMATCH', what: 'version' },
+  cksum: { code: 'CKSUM_MISMATCH', what: 'cksum' },
+} as const
 
 function checkClaims(claims: Record<string, unknown>, o: CheckedOptions): Date {
   for (const name of CLAIM_NAMES) {
     if (claims[name] !== undefined && typeof claims[name] !== 'string') {
-      fail(
-        'CLAIMS_INVALID',
-        `the token claim \`${name}\` is not a string`,
-        'Report the client that produced this token',
-      )
+      fail('CLAIMS_INVALID', `the token claim \`${name}\` is not a string`, CLIENT)
     }
   }
   if (claims['v'] !== undefined && claims['v'] !== 1) {
@@ -243,11 +222,7 @@ function checkClaims(claims: Record<string, unknown>, o: CheckedOptions): Date {
   }
   const iat = parseIat(iatText)
   if (iat === undefined) {
-    fail(
-      'IAT_INVALID',
-      `the token \`iat\` ${quote(iatText)} is not an RFC 3339 timestamp`,
-      'Report the client that produced this token',
-    )
+    fail('IAT_INVALID', `the token \`iat\` ${quote(iatText)} is not an RFC 3339 timestamp`, CLIENT)
   }
   if (o.checkTime) {
     const ageMs = o.now.valueOf() - iat.valueOf()
@@ -307,52 +282,39 @@ function checkClaims(claims: Record<string, unknown>, o: CheckedOptions): Date {
       'Each mutation needs a token signed for exactly that operation; retry so the credential provider signs one',
     )
   }
-  const replay =
-    'A token signed for one crate version cannot be replayed for another; retry so the credential provider signs this request'
-  const expected = o.expected
-  if (claims['name'] !== expected.name) {
-    fail(
-      'NAME_MISMATCH',
-      `the token is for crate ${quote(claims['name'] ?? null)}, the request is for ${JSON.stringify(expected.name)}`,
-      replay,
-    )
-  }
-  if (OPERATION_FIELDS[o.operation].includes('vers')) {
-    if (claims['vers'] !== expected.vers) {
+  for (const field of ['name', 'vers', 'cksum'] as const) {
+    const claim = claims[field]
+    if (!OPERATION_FIELDS[o.operation].includes(field)) {
+      if (claim !== undefined)
+        fail('UNEXPECTED_CLAIM', `a ${o.operation} token must not carry \`${field}\``, CLIENT)
+    } else if (claim !== o.expected[field]) {
+      const { code, what } = MISMATCH[field]
       fail(
-        'VERS_MISMATCH',
-        `the token is for version ${quote(claims['vers'] ?? null)}, the request is for ${JSON.stringify(expected.vers)}`,
-        replay,
+        code,
+        field === 'cksum'
+          ? 'the token `cksum` is not the SHA-256 of the uploaded .crate'
+          : `the token is for ${what} ${quote(claim ?? null)}, the request is for ${JSON.stringify(o.expected[field])}`,
+        field === 'cksum' ? 'The upload differs from what was signed; rebuild and publish again' : REPLAY,
       )
     }
-  } else if (claims['vers'] !== undefined) {
-    fail(
-      'UNEXPECTED_CLAIM',
-      `a ${o.operation} token must not carry \`vers\``,
-      'Report the client that produced this token',
-    )
-  }
-  if (OPERATION_FIELDS[o.operation].includes('cksum')) {
-    if (claims['cksum'] !== expected.cksum) {
-      fail(
-        'CKSUM_MISMATCH',
-        'the token `cksum` is not the SHA-256 of the uploaded .crate',
-        'The upload differs from what was signed; rebuild and publish again',
-      )
-    }
-  } else if (claims['cksum'] !== undefined) {
-    fail(
-      'UNEXPECTED_CLAIM',
-      `a ${o.operation} token must not carry \`cksum\``,
-      'Report the client that produced this token',
-    )
   }
   return iat
 }
 
 /**
  * Order follows cargo's check_authorized: framing, footer and key id, signature, then url and
- * claims — so every claim that is compared has been authenticated first.
+ * claims — so every claim that is compared has been authenticated first. A refused token throws a
+ * VerifyError (one code per reason); a bad call throws an AgentError `USAGE` or `KEY_INVALID`.
+ *
+ * @example
+ * ```ts
+ * const { iat } = await verifyToken(authorization, {
+ *   publicKey: 'k3.public.…',
+ *   url: 'sparse+https://registry.example/index/',
+ *   operation: 'publish',
+ *   crate: { name: 'foo', vers: '1.2.3', cksum: sha256HexOfTheUpload },
+ * })
+ * ```
  */
 export async function verifyToken(token: string, options: VerifyOptions): Promise<VerifiedToken> {
   const o = checkOptions(options)

@@ -1,7 +1,7 @@
 /**
  * When signing cannot happen, the real cargo must fail cleanly: non-zero exit, and its stderr names
  * the cause and the fix (the shim maps agent errors to cargo's `other` kind with the remedy as a
- * cause, spec §1.5). Nothing reaches the registry with a valid token in any of these cases.
+ * cause, docs/cargo-protocol.md §1.5). Nothing reaches the registry with a valid token in any of these cases.
  */
 import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
@@ -89,8 +89,10 @@ describe('cargo fails cleanly when the agent cannot sign', () => {
         return env
       },
     })
-    assert.match(result.stderr, /did not start/)
-    assert.match(result.stderr, /log|--foreground/)
+    // It exited: cargo shows why (the agent's own lines), and where its log is.
+    assert.match(result.stderr, /exited \(status 1\) before listening/)
+    assert.match(result.stderr, /registries\.local\.index: must be a non-empty string/)
+    assert.match(result.stderr, /its log: .*agent\.log/)
     assert.match(result.stderr, /AGENT_UNREACHABLE/)
   })
 
@@ -104,7 +106,7 @@ describe('cargo fails cleanly when the agent cannot sign', () => {
   })
 
   // cargo prints only "no credential providers could handle the request" for url-not-supported; the
-  // cause and the fix can only reach the user on the provider's stderr (inherited, spec §1.1).
+  // cause and the fix can only reach the user on the provider's stderr (inherited, docs/cargo-protocol.md §1.1).
   test('registry not bound: the provider declines, and stderr names the registry and the config fix', async (t) => {
     const { result, registry } = await publishWith(t, () => ({
       registries: { elsewhere: { index: 'sparse+http://registry.example/index/' } },

@@ -48,7 +48,7 @@ describe('cargo login on an empty token, then registration, then publish', () =>
       cwd: cargo.crate('hwtok-alpha'),
     })
     assert.notEqual(r.code, 0, show(r))
-    // The provider answers not-found (spec §1.7: so `cargo login` can proceed); cargo words the hint.
+    // The provider answers not-found (docs/cargo-protocol.md §1.7: so `cargo login` can proceed); cargo words the hint.
     assert.match(r.stderr, /no token found for `local`/)
     assert.match(r.stderr, /log in using this registry's credential provider/)
     assert.equal(registry.authenticated().filter((x) => x.auth === 'accepted').length, 0)

@@ -1,7 +1,7 @@
 /**
  * End to end on a (virtual) YubiKey: the real cargo -> shim -> agent -> the REAL ykcs11 -> pcscd ->
  * the PIV card emulator (test/fixtures/vpiv). The touch notice must reach cargo's stderr and say
- * what is being approved (design: "show what is being approved before any touch").
+ * what is being approved (docs/design.md §5, point 1).
  *
  * ykcs11 2.2 marks slot 9C (digital signature) CKA_ALWAYS_AUTHENTICATE whatever its PIN policy, so
  * 9C needs a context-specific login per signature, with the PIN the agent holds (from pin-env here).
@@ -27,8 +27,8 @@ import { cargoThroughAgent, show, type CargoSandbox } from './lib/cargo.js'
 
 const PIN = '654321'
 const SERIAL = 31415926
-/** Longer than LIMITS.touchNoticeDelayMs, so the agent announces the pending touch. */
-const TOUCH_MS = LIMITS.touchNoticeDelayMs + 1_000
+/** Longer than LIMITS.touchNoticeAfterMs, so the agent announces the pending touch. */
+const TOUCH_MS = LIMITS.touchNoticeAfterMs + 1_000
 
 interface Rig {
   dir: string

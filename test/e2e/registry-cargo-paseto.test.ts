@@ -91,7 +91,7 @@ describe('verifying registry with cargo:paseto tokens (real cargo 1.95)', () => 
       },
       { mutation: 'publish', name: 'hwtok-alpha', vers: '0.1.0', cksum: line[0]!.cksum },
     )
-    // The read token precedes the publish token (cargo asks for a read token first, spec §1.8).
+    // The read token precedes the publish token (cargo asks for a read token first, docs/cargo-protocol.md §1.8).
     const firstRead = seen.findIndex((x) => x.operation === 'read' && x.auth === 'accepted')
     assert.ok(firstRead >= 0 && firstRead < seen.indexOf(p), 'a verified read precedes the publish')
     for (const read of seen.filter((x) => x.operation === 'read' && x.auth === 'accepted'))
@@ -198,7 +198,7 @@ describe('verifying registry with cargo:paseto tokens (real cargo 1.95)', () => 
     // 2 publishes + yank + unyank + 3 owners.
     assert.equal(mutations.length, 7, JSON.stringify(mutations, null, 2))
     assert.equal(new Set(mutations.map((x) => x.tokenSha256)).size, mutations.length)
-    // pasetors does not normalise S (spec §3): the registry runs non-strict, as cargo's own does.
+    // pasetors does not normalise S (docs/cargo-protocol.md §3): the registry runs non-strict, as cargo's own does.
     const accepted = registry.authenticated().filter((x) => x.auth === 'accepted')
     t.diagnostic(
       `${accepted.filter((x) => x.highS === true).length} of ${accepted.length} accepted cargo tokens were high-S`,

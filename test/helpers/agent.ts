@@ -376,7 +376,7 @@ export function runAgentCli(
   })
 }
 
-/** cargo's request line for `operation` on `index` (spec §1.4), as an object for `runShim`. */
+/** cargo's request line for `operation` on `index` (docs/cargo-protocol.md §1.4), as an object for `runShim`. */
 export function cargoGet(
   index: string,
   operation: 'read' | 'publish' | 'yank' | 'unyank' | 'owners',

@@ -2,8 +2,9 @@
  * The policy stage on a real device (test/integration/policy-*.test.ts): a Policy whose prompts
  * all go to the scripted pinentry, and tokens built for, and verified against, one Intent.
  */
+import { LIMITS } from '../../src/lib/limits.js'
 import { readPinFile } from '../../src/lib/pin-file.js'
-import type { PolicyConfig } from '../../src/policy/config.js'
+import type { PolicyConfig, RegistryPolicy } from '../../src/policy/config.js'
 import type { Intent } from '../../src/cargo/intent.js'
 import { Policy, type PolicyDeps } from '../../src/policy/policy.js'
 import type { Signer } from '../../src/signer/signer.js'
@@ -17,9 +18,18 @@ import { PINENTRY_PROGRAM } from '../fixtures/pinentry/harness.js'
  */
 export function scriptedPolicy(overrides: Partial<PolicyConfig>, deps: Partial<PolicyDeps> = {}): Policy {
   return new Policy(
-    { pinentryProgram: PINENTRY_PROGRAM, desktopNotifications: false, confirmVia: 'pinentry', ...overrides },
+    { pinentryProgram: PINENTRY_PROGRAM, notify: false, confirmVia: 'pinentry', ...overrides },
     { readPinFile, ...deps },
   )
+}
+
+/** A registry's policy as the agent passes it: the config's defaults (LIMITS), with `overrides`. */
+export function registryPolicy(overrides: Partial<RegistryPolicy> = {}): RegistryPolicy {
+  return Object.freeze({
+    confirm: LIMITS.defaultConfirm,
+    mutationsPerHour: LIMITS.defaultMutationsPerHour,
+    ...overrides,
+  })
 }
 
 /** A real token for what the intent asks (the device signs it). */

@@ -72,7 +72,7 @@ describe(
       })
       assert.match(
         r.stderr,
-        /cargo-credential-pkcs11: Touch your YubiKey[^\n]* to publish foo 1\.0\.0 \(cksum cccccccc…\) to local[^\n]*\(\d+ s left\)/,
+        /cargo-credential-pkcs11: Touch your YubiKey[^\n]* to publish foo 1\.0\.0 \(cksum cccccccc…\) to local[^\n]*\(\d+ s to touch\)/,
       )
       assert.equal(r.stdout.includes('Touch'), false, 'notices never reach the protocol stream')
     })

@@ -1,6 +1,6 @@
 /**
  * The PIN prompt and the confirmation on the user's terminal. cargo gives the shim pipes, not a tty
- * (spec §1.1); the shim opens /dev/tty itself. util-linux `script` gives the shim a real pseudo
+ * (docs/cargo-protocol.md §1.1); the shim opens /dev/tty itself. util-linux `script` gives the shim a real pseudo
  * terminal as its controlling tty while stdin/stdout stay redirected files, exactly like under cargo.
  */
 import assert from 'node:assert/strict'

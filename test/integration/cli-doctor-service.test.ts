@@ -120,7 +120,9 @@ describe('install-service', () => {
     })
     assert.equal(r.code, 0, r.stderr)
     assert.ok(
-      r.stdout.includes(`ExecStart=${process.execPath} ${AGENT} run --foreground --config ${config}`),
+      r.stdout.includes(
+        `ExecStart="${process.execPath}" "${AGENT}" "run" "--foreground" "--config" "${config}"`,
+      ),
       r.stdout,
     )
     assert.doesNotMatch(r.stdout, /@[A-Z]+@/)

@@ -17,12 +17,7 @@ import { parseAuditLines, AuditLog } from '../../src/audit/log.js'
 import { AgentError } from '../../src/lib/errors.js'
 import { Device } from '../../src/pkcs11/device.js'
 import { pkcs11Signer } from '../../src/signer/pkcs11.js'
-import {
-  registryPolicy,
-  type PolicyConfig,
-  type RegistryPolicy,
-  type TokenPolicy,
-} from '../../src/policy/config.js'
+import type { PolicyConfig, RegistryPolicy, TokenPolicy } from '../../src/policy/config.js'
 import type { Intent } from '../../src/cargo/intent.js'
 import { Policy } from '../../src/policy/policy.js'
 import {
@@ -32,7 +27,7 @@ import {
   PUBLISH_CRATE,
   readIntent,
 } from '../fixtures/pinentry/harness.js'
-import { buildIntentToken, scriptedPolicy, verifyIntentToken } from '../helpers/policy.js'
+import { buildIntentToken, registryPolicy, scriptedPolicy, verifyIntentToken } from '../helpers/policy.js'
 import { createSoftHsmToken, repoRoot, SOFTHSM_MODULE, type SoftHsmToken } from '../helpers/softhsm.js'
 
 const run = promisify(execFile)
@@ -215,7 +210,7 @@ test('after lock and logout, the next request costs exactly one C_Login (the key
 })
 
 test('a signature waiting on the device raises the touch notice with the intent, then completes', async () => {
-  const p = policy({ touchNoticeDelayMs: 200 })
+  const p = policy({ touchNoticeAfterMs: 200 })
   pinentry.script([`pin:${hsm.pin}`])
   await request(p, readIntent(), reads)
   faults(['sign_delay_ms=1200'])
@@ -236,7 +231,7 @@ test('a signature waiting on the device raises the touch notice with the intent,
 })
 
 test('a touch that never comes: TOUCH_TIMEOUT says so, nothing is released, the audit line says failed', async () => {
-  const p = policy({ touchNoticeDelayMs: 100, touchTimeoutMs: 600 })
+  const p = policy({ touchNoticeAfterMs: 100, touchTimeoutMs: 600 })
   pinentry.script([`pin:${hsm.pin}`])
   await request(p, readIntent(), reads)
   faults(['sign_delay_ms=2500'])

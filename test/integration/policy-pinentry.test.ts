@@ -44,7 +44,7 @@ test('GETPIN: options, dialog texts and the PIN round-trip exactly (escapes, UTF
   const secret = 'p%1n\nwith ünïcode and spaces %25 end'
   scripted.script([`pin:${secret}`])
   const pin = await pinentryGetPin(
-    options({ ttyname: '/dev/pts/7', ttytype: 'xterm-256color', lcCtype: 'C.UTF-8' }),
+    options({ ttyname: '/dev/pts/7', env: scripted.env({ TERM: 'xterm-256color', LC_ALL: 'C.UTF-8' }) }),
     { ...dialog, warning: 'FINAL TRY' },
   )
   assert.equal(pin.expose().toString('utf8'), secret)
@@ -168,8 +168,7 @@ test(
       options({
         program: '/usr/bin/pinentry-tty',
         ttyname,
-        ttytype: 'xterm',
-        env: { PATH: process.env['PATH'] ?? '' },
+        env: { PATH: process.env['PATH'] ?? '', TERM: 'xterm' },
       }),
       dialog,
     )

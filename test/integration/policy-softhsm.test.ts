@@ -15,15 +15,11 @@ import { AgentError } from '../../src/lib/errors.js'
 import type { Pin } from '../../src/lib/secret.js'
 import { Device } from '../../src/pkcs11/device.js'
 import { pkcs11Signer } from '../../src/signer/pkcs11.js'
-import {
-  registryPolicy,
-  type PolicyConfig,
-  type RegistryPolicy,
-  type TokenPolicy,
-} from '../../src/policy/config.js'
+import type { PolicyConfig, RegistryPolicy, TokenPolicy } from '../../src/policy/config.js'
 import { describeIntent, type Prompter } from '../../src/policy/intent.js'
 import type { Intent } from '../../src/cargo/intent.js'
-import { Policy, type PolicyDevice } from '../../src/policy/policy.js'
+import type { PolicyDevice } from '../../src/policy/login.js'
+import { Policy } from '../../src/policy/policy.js'
 import type { Signer } from '../../src/signer/signer.js'
 import {
   RecordingPrompter,
@@ -32,7 +28,7 @@ import {
   PUBLISH_CRATE,
   readIntent,
 } from '../fixtures/pinentry/harness.js'
-import { buildIntentToken, scriptedPolicy, verifyIntentToken } from '../helpers/policy.js'
+import { buildIntentToken, registryPolicy, scriptedPolicy, verifyIntentToken } from '../helpers/policy.js'
 import { createSoftHsmToken, type SoftHsmToken } from '../helpers/softhsm.js'
 
 const PIN = '246810'

@@ -247,6 +247,9 @@ describe('server and client over a real socket', () => {
     const held = [await AgentConnection.connect(busySocket), await AgentConnection.connect(busySocket)]
     try {
       assert.deepEqual(await held[0]?.request('ping'), { pong: true })
+      // Busy connections (an idle one would give its place to the newcomer): requests that never end.
+      for (const c of held) void c.request('pubkey', { registry: 'hang' }).catch(() => undefined)
+      await new Promise((r) => setTimeout(r, 50))
       const third = await AgentConnection.connect(busySocket)
       await assert.rejects(
         third.request('ping'),

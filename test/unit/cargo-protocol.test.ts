@@ -19,7 +19,7 @@ function codeOf(line: string): string {
   }
 }
 
-describe('cargo request parsing (spec §1.4)', () => {
+describe('cargo request parsing (docs/cargo-protocol.md §1.4)', () => {
   test('the exact lines cargo 1.95 sent are accepted with their fields', () => {
     // [observed] lines from the spec, headers and args included.
     const read = parseCargoRequest(
@@ -113,7 +113,7 @@ describe('cargo request parsing (spec §1.4)', () => {
   })
 })
 
-describe('cargo responses (spec §1.5)', () => {
+describe('cargo responses (docs/cargo-protocol.md §1.5)', () => {
   test('hello and get responses are the exact serde shapes', () => {
     assert.equal(HELLO, '{"v":[1]}')
     assert.equal(

@@ -5,8 +5,9 @@ import { describe, test } from 'node:test'
 import { parseConfig } from '../../src/config/load.js'
 import { AGENT_ROWS, closestKey, REGISTRY_ROWS, TOKEN_ROWS, type Row } from '../../src/config/schema.js'
 import { AgentError } from '../../src/lib/errors.js'
+import { LIMITS } from '../../src/lib/limits.js'
 import { packageFile } from '../../src/lib/package-files.js'
-import { DEFAULT_POLICY_CONFIG, DEFAULT_REGISTRY_POLICY } from '../../src/policy/config.js'
+import { DEFAULT_POLICY_CONFIG } from '../../src/policy/config.js'
 
 const ENV = { HOME: '/home/u', XDG_STATE_HOME: '/state' }
 
@@ -254,11 +255,11 @@ describe('configuration', () => {
     assert.equal(r.mutationsPerHour, 30)
     assert.equal(r.tokenMaxAgeSeconds, 60)
     assert.equal(r.confirm, 'prompt')
-    assert.equal(DEFAULT_POLICY_CONFIG.touchNoticeDelayMs, config.agent.touchNoticeAfterMs)
+    assert.equal(DEFAULT_POLICY_CONFIG.touchNoticeAfterMs, config.agent.touchNoticeAfterMs)
     assert.equal(DEFAULT_POLICY_CONFIG.pinCacheIdleSeconds, config.agent.pinCacheIdleSeconds)
     assert.equal(DEFAULT_POLICY_CONFIG.pinCacheMaxSeconds, config.agent.pinCacheMaxSeconds)
     assert.deepEqual(
-      { ...DEFAULT_REGISTRY_POLICY },
+      { confirm: LIMITS.defaultConfirm, mutationsPerHour: LIMITS.defaultMutationsPerHour },
       { confirm: r.confirm, mutationsPerHour: r.mutationsPerHour },
     )
   })

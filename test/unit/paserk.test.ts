@@ -92,7 +92,7 @@ test('every k3.secret vector, and the derived public key matches the vector PEM'
 })
 
 test('the RFC 3231 example key gives the RFC key id', () => {
-  // RFC 3231 / cargo's login.rs test key, quoted in the project spec §4.
+  // RFC 3231 / cargo's login.rs test key, in docs/cargo-protocol.md §4.
   const pub = 'k3.public.AmDwjlyf8jAV3gm5Z7Kz9xAOcsKslt_Vwp5v-emjFzBHLCtcANzTaVEghTNEMj9PkQ'
   assert.equal(k3Pid(pub), 'k3.pid.QB3WNBP-5j-0XQV2MOuvuOcLlJ8uz-pmqtIZus1x3YTu')
 })

@@ -11,10 +11,15 @@ import { test } from 'node:test'
 import type { AuditEntry, AuditSink } from '../../src/audit/entry.js'
 import { AgentError } from '../../src/lib/errors.js'
 import type { Pin } from '../../src/lib/secret.js'
-import { registryPolicy, type PolicyConfig, type TokenPolicy } from '../../src/policy/config.js'
+import { registryPolicy as registryPolicyOf } from '../../src/agent/policy-config.js'
+import { parseConfig } from '../../src/config/load.js'
+import type { PolicyConfig, TokenPolicy } from '../../src/policy/config.js'
+import type { PolicyDevice } from '../../src/policy/login.js'
+import type { PolicyDeviceStatus } from '../../src/policy/pin-errors.js'
 import type { DesktopNotifier } from '../../src/policy/notify.js'
-import { Policy, type PolicyDevice, type PolicyDeviceStatus } from '../../src/policy/policy.js'
+import { Policy } from '../../src/policy/policy.js'
 import { RecordingPrompter, publishIntent, readIntent } from '../fixtures/pinentry/harness.js'
+import { registryPolicy } from '../helpers/policy.js'
 
 /** The agent's approve → login → sign → audit stages (src/agent/pipeline/run.ts) over this policy. */
 async function run(
@@ -98,7 +103,7 @@ function make(
   notifier?: DesktopNotifier,
 ): Policy {
   return new Policy(
-    { desktopNotifications: false, ...config },
+    { notify: false, ...config },
     {
       env,
       readPinFile: async () => {
@@ -308,7 +313,14 @@ test('mutations: rate limited per registry before anyone is asked; a refusal giv
 })
 
 test('mutation defaults are prompt and 30 per hour, never none', () => {
-  assert.deepEqual({ ...registryPolicy() }, { confirm: 'prompt', mutationsPerHour: 30 })
+  const config = parseConfig(
+    '[tokens.t]\nmodule = "softhsm"\nlabel = "t"\n[registries.r]\nindex = "sparse+http://127.0.0.1:8080/index/"\nread-key = { token = "t", label = "k" }\n',
+    'config.toml',
+    {},
+  )
+  const registry = config.registries['r']
+  assert.ok(registry !== undefined)
+  assert.deepEqual({ ...registryPolicyOf(registry) }, { confirm: 'prompt', mutationsPerHour: 30 })
 })
 
 function runRequest(
@@ -333,7 +345,7 @@ function runRequest(
 
 test('a slow signature raises the touch notice with the intent, on the terminal and the desktop', async () => {
   const desktop: [string, string][] = []
-  const p = make({ touchNoticeDelayMs: 20 }, {}, { notify: async (t, b) => void desktop.push([t, b]) })
+  const p = make({ touchNoticeAfterMs: 20 }, {}, { notify: async (t, b) => void desktop.push([t, b]) })
   const audit = new MemoryAudit()
   const prompter = new RecordingPrompter()
   let release: (token: string) => void = () => {}
@@ -355,14 +367,14 @@ test('a slow signature raises the touch notice with the intent, on the terminal 
 })
 
 test('a fast signature raises no notice', async () => {
-  const p = make({ touchNoticeDelayMs: 5_000 })
+  const p = make({ touchNoticeAfterMs: 5_000 })
   const prompter = new RecordingPrompter()
   await runRequest(p, new MemoryAudit(), async () => 'tok', prompter)
   assert.equal(prompter.notices.length, 0)
 })
 
 test('a touch that never comes is TOUCH_TIMEOUT, plainly, and audited as failed', async () => {
-  const p = make({ touchNoticeDelayMs: 10, touchTimeoutMs: 150 })
+  const p = make({ touchNoticeAfterMs: 10, touchTimeoutMs: 150 })
   const audit = new MemoryAudit()
   await assert.rejects(
     runRequest(p, audit, () => new Promise<string>(() => {})),
@@ -399,7 +411,7 @@ test('a key found only after login: sign may return its k3.pid for the audit lin
 })
 
 test('a mutation that ends without a released token gives its rate-limit slot back', async () => {
-  const p = make({ touchNoticeDelayMs: 5, touchTimeoutMs: 50 })
+  const p = make({ touchNoticeAfterMs: 5, touchTimeoutMs: 50 })
   const registry = registryPolicy({ confirm: 'touch', mutationsPerHour: 1 })
   const device = new FakePivDevice()
   device.loggedIn = true
@@ -434,7 +446,7 @@ test('a token whose audit line cannot be written is not released (AUDIT_FAILED)'
 })
 
 test('a notice the prompter cannot deliver never fails the request', async () => {
-  const p = make({ touchNoticeDelayMs: 5 })
+  const p = make({ touchNoticeAfterMs: 5 })
   const prompter = new RecordingPrompter()
   prompter.notify = () => {
     throw new Error('shim went away')
@@ -446,4 +458,20 @@ test('a notice the prompter cannot deliver never fails the request', async () =>
     prompter,
   )
   assert.equal(token, 'tok')
+})
+
+test('no terminal and a pinentry that cannot ask: the refusal names a confirmation mode, not a PIN source', async () => {
+  const p = make({ pinentryProgram: '/nonexistent/pinentry' })
+  await assert.rejects(
+    p.approve(publishIntent(), new RecordingPrompter(false), registryPolicy({ confirm: 'prompt' })),
+    (e: unknown) => {
+      assert.ok(e instanceof AgentError)
+      assert.equal(e.code, 'POLICY_DENIED')
+      assert.match(e.message, /no terminal and pinentry could not ask/)
+      assert.match(e.remedy ?? '', /confirm = "touch"/)
+      assert.match(e.remedy ?? '', /confirm = "none"/)
+      assert.doesNotMatch(e.remedy ?? '', /PIN source/)
+      return true
+    },
+  )
 })

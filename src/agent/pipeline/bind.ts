@@ -36,7 +36,7 @@ export function registryBinding(config: Config, indexUrl: string): RegistryConfi
 export function bind(config: Config, intent: Pick<Intent, 'indexUrl' | 'operation'>): Binding {
   const registry = registryBinding(config, intent.indexUrl)
   const mutation = intent.operation !== 'read'
-  // Reads and mutations may use different keys (design: reads silent, mutations need a touch).
+  // Reads and mutations may use different keys (docs/design.md §5, point 2).
   const keyRef = mutation ? registry.mutationKey : registry.readKey
   const token = config.tokens[keyRef.token]
   if (token === undefined) {

@@ -1,0 +1,208 @@
+/**
+ * Throughput under concurrency, each layer side by side in interleaved phases of one run (these
+ * machines are shared and noisy: only ratios measured in the same run mean anything).
+ *
+ *   device  – S sessions (S = LIMITS.sessionsPerToken), each looping C_SignInit + C_SignAsync on a
+ *             48-byte digest: the most the token gives this process
+ *   signer  – S concurrent callers of pkcs11Signer(device, key).sign(): the session pool, host SHA-384,
+ *             low-S normalisation and the public-key self-verify, no agent
+ *   agent   – C clients, one socket connection each, looping `sign` requests against a real agent
+ *             process (config lookup, policy, login check, audit fsync, token, framing)
+ *
+ * Reports signatures/s, the ratios agent ÷ device and agent ÷ signer, p50/p99 latency and refusals
+ * by error code. Run it with UV_THREADPOOL_SIZE=LIMITS.uvThreadpoolSize (scripts/bench.sh does), so
+ * the device phase is not capped by libuv's default 4 threads.
+ *
+ * BENCH_AGENT_NODE_OPTIONS is passed to the agent process as NODE_OPTIONS, e.g.
+ * "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it under this load.
+ *
+ * Usage: node dist/scripts/bench/load.js [--clients C] [--seconds T] [--rounds R] [--json FILE]
+ */
+import { writeFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+import { parseArgs } from 'node:util'
+
+import { AgentConnection } from '../../src/protocol/client.js'
+import { AgentError } from '../../src/lib/errors.js'
+import { LIMITS } from '../../src/lib/limits.js'
+import { Pin } from '../../src/lib/secret.js'
+import { Pkcs11Module, type Handle } from '../../src/pkcs11/binding.js'
+import { Device } from '../../src/pkcs11/device.js'
+import { resolveModulePath } from '../../src/pkcs11/modules.js'
+import { pkcs11Signer } from '../../src/signer/pkcs11.js'
+import { startAgent } from '../../test/helpers/agent.js'
+
+type Phase = 'device' | 'signer' | 'agent'
+
+const INDEX = 'sparse+http://127.0.0.1:9/index/'
+
+interface PhaseResult {
+  ok: number
+  latencies: number[]
+  errors: Record<string, number>
+  seconds: number
+}
+
+function percentile(values: readonly number[], p: number): number {
+  if (values.length === 0) return Number.NaN
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number
+}
+
+/** `workers` loops calling `once` until `seconds` have passed. */
+async function closedLoop(
+  workers: number,
+  seconds: number,
+  once: (worker: number) => Promise<unknown>,
+): Promise<PhaseResult> {
+  const result: PhaseResult = { ok: 0, latencies: [], errors: {}, seconds }
+  const started = performance.now()
+  const deadline = started + seconds * 1000
+  await Promise.all(
+    Array.from({ length: workers }, async (_, worker) => {
+      while (performance.now() < deadline) {
+        const t0 = performance.now()
+        try {
+          await once(worker)
+          result.ok += 1
+          result.latencies.push(performance.now() - t0)
+        } catch (error) {
+          const code = error instanceof AgentError ? error.code : String(error)
+          result.errors[code] = (result.errors[code] ?? 0) + 1
+          // A refused caller waits a little, as a retrying client would, instead of spinning.
+          await new Promise((resolve) => setTimeout(resolve, 5))
+        }
+      }
+    }),
+  )
+  result.seconds = (performance.now() - started) / 1000
+  return result
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      clients: { type: 'string' },
+      seconds: { type: 'string' },
+      rounds: { type: 'string' },
+      json: { type: 'string' },
+    },
+    strict: true,
+  })
+  const clients = Number(values.clients ?? 64)
+  const seconds = Number(values.seconds ?? 4)
+  const rounds = Number(values.rounds ?? 3)
+  const agentNodeOptions = process.env['BENCH_AGENT_NODE_OPTIONS']
+
+  const fixture = await startAgent({
+    registries: { bench: { index: INDEX, confirm: 'none' } },
+    ...(agentNodeOptions === undefined ? {} : { env: { NODE_OPTIONS: agentNodeOptions } }),
+  })
+  try {
+    Object.assign(process.env, fixture.agentEnv)
+    delete process.env['NODE_OPTIONS']
+    const pin = Pin.fromString(fixture.softhsm.pin)
+    const device = new Device({ module: 'softhsm', label: fixture.softhsm.label }, { cachedPin: () => pin })
+    await device.login(pin)
+    const signer = await pkcs11Signer(device, { label: 'gen' })
+
+    const module = Pkcs11Module.load(resolveModulePath('softhsm'))
+    const slot = module.slotsWithToken().find((s) => module.tokenInfo(s).label === fixture.softhsm.label)
+    if (slot === undefined) throw new Error('benchmark token not found')
+    const sessions = Array.from({ length: LIMITS.sessionsPerToken }, () => module.openSession(slot, false))
+    const [privateKey] = module.findKeys(sessions[0] as Handle, { cls: 'private', label: 'gen' }, 'bench')
+    if (privateKey === undefined) throw new Error('benchmark key not found')
+    const digest = createHash('sha384').update('cargo-pkcs11-agent benchmark').digest()
+    const message = new TextEncoder().encode('x'.repeat(250))
+
+    const line = JSON.stringify({
+      v: 1,
+      registry: { 'index-url': INDEX, name: 'bench' },
+      kind: 'get',
+      operation: 'read',
+    })
+    const connections = await Promise.all(
+      Array.from({ length: clients }, () => AgentConnection.connect(fixture.socket)),
+    )
+
+    const run: Record<Phase, (seconds: number) => Promise<PhaseResult>> = {
+      device: (seconds) =>
+        closedLoop(sessions.length, seconds, async (worker) => {
+          const session = sessions[worker] as Handle
+          module.signInit(session, privateKey, 'bench')
+          return module.signAsync(session, digest, 'bench')
+        }),
+      signer: (seconds) => closedLoop(sessions.length, seconds, () => signer.sign(message)),
+      agent: (seconds) =>
+        closedLoop(clients, seconds, (worker) =>
+          (connections[worker] as AgentConnection).request('sign', {
+            cargo: line,
+            requester: { pid: process.pid },
+            interactive: false,
+          }),
+        ),
+    }
+    const phases = Object.keys(run) as Phase[]
+    for (const phase of phases) await run[phase](0.5) // warm-up: JIT, sessions, login
+    const all: Record<Phase, PhaseResult[]> = { device: [], signer: [], agent: [] }
+    for (let round = 0; round < rounds; round += 1) {
+      for (const phase of phases) all[phase].push(await run[phase](seconds))
+    }
+    for (const c of connections) c.close()
+    for (const s of sessions) module.closeSession(s)
+
+    const rows = phases.map((phase) => {
+      const results = all[phase]
+      const ok = results.reduce((n, r) => n + r.ok, 0)
+      const time = results.reduce((n, r) => n + r.seconds, 0)
+      const latencies = results.flatMap((r) => r.latencies)
+      const errors: Record<string, number> = {}
+      for (const r of results) for (const [k, v] of Object.entries(r.errors)) errors[k] = (errors[k] ?? 0) + v
+      const refused = Object.values(errors).reduce((n, v) => n + v, 0)
+      return {
+        phase,
+        workers: phase === 'agent' ? clients : sessions.length,
+        perSecond: ok / time,
+        perRound: results.map((r) => Math.round(r.ok / r.seconds)),
+        p50Ms: percentile(latencies, 50),
+        p99Ms: percentile(latencies, 99),
+        errors,
+        refusedShare: refused / (ok + refused),
+      }
+    })
+    const by = (p: Phase) => rows.find((r) => r.phase === p) as (typeof rows)[number]
+    process.stdout.write(`throughput, ${rounds} interleaved rounds of ${seconds} s (SoftHSM, P-384)\n`)
+    process.stdout.write('phase    workers  sig/s (per round)            p50 ms   p99 ms  refused\n')
+    for (const r of rows) {
+      process.stdout.write(
+        `${r.phase.padEnd(8)} ${String(r.workers).padStart(7)}  ${r.perSecond.toFixed(0).padStart(5)} (${r.perRound.join(', ')})`.padEnd(
+          46,
+        ) +
+          `${r.p50Ms.toFixed(1).padStart(7)}  ${r.p99Ms.toFixed(1).padStart(7)}  ${(r.refusedShare * 100).toFixed(2)} % ${JSON.stringify(r.errors)}\n`,
+      )
+    }
+    const ratios = {
+      agentOverDevice: by('agent').perSecond / by('device').perSecond,
+      agentOverSigner: by('agent').perSecond / by('signer').perSecond,
+      signerOverDevice: by('signer').perSecond / by('device').perSecond,
+    }
+    process.stdout.write(
+      `agent ÷ device ${ratios.agentOverDevice.toFixed(2)}   agent ÷ signer ${ratios.agentOverSigner.toFixed(2)}   signer ÷ device ${ratios.signerOverDevice.toFixed(2)}\n`,
+    )
+    if (values.json !== undefined)
+      writeFileSync(values.json, JSON.stringify({ rows, ratios }, null, 2) + '\n')
+    await device.release()
+  } finally {
+    await fixture.stop()
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (error: unknown) => {
+    process.stderr.write(
+      `bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    )
+    process.exit(1)
+  },
+)

@@ -1,0 +1,229 @@
+/**
+ * The login stage: cached PIN → the token's PIN source (src/policy/pin-source.ts) → exactly one
+ * C_Login → cache or wipe (docs/policy.md, "Wrong PIN, few tries, final try, locked").
+ */
+import { createHmac, randomBytes } from 'node:crypto'
+
+import { toAgentError } from '../lib/errors.js'
+import type { Pin } from '../lib/secret.js'
+import type { Intent } from '../cargo/intent.js'
+import type { TokenPolicy } from './config.js'
+import type { Confirmer } from './confirm.js'
+import { describeIntent, tell, type PinPrompt, type Prompter } from './intent.js'
+import type { PinCache } from './pin-cache.js'
+import {
+  finalTryRefused,
+  pinAlreadyRejected,
+  pinLocked,
+  promptTries,
+  wrongPin,
+  type PolicyDeviceStatus,
+} from './pin-errors.js'
+import { isInteractiveSource, readPin, type PinSource, type PinSources } from './pin-source.js'
+
+type MaybePromise<T> = T | Promise<T>
+
+/** What policy needs from a device (src/pkcs11/device.ts satisfies it structurally). */
+export interface PolicyDevice {
+  status(): MaybePromise<PolicyDeviceStatus>
+  needsLogin(): MaybePromise<boolean>
+  /** Exactly one C_Login; `null` = protected authentication path. Throws PIN_INCORRECT / PIN_LOCKED. */
+  login(pin: Pin | null): MaybePromise<void>
+  /** C_Logout: used when a cached PIN expired while the device is still logged in. */
+  logout?(): MaybePromise<void>
+}
+
+export interface LoginDeps {
+  readonly headless: boolean
+  readonly pinCache: PinCache
+  /** Asks the final-try question. */
+  readonly confirmer: Confirmer
+  /** Where this request's PIN can come from (the agent's terminal asker, pinentry, env, files). */
+  readonly pinSources: (prompter: Prompter, intent: Intent) => PinSources
+  readonly log: (event: string, data: Readonly<Record<string, string | number | boolean>>) => void
+}
+
+export class Login {
+  readonly #deps: LoginDeps
+  readonly #inFlight = new Map<string, Promise<void>>()
+  /**
+   * Per token: fingerprint of the env/file PIN the token rejected. The only memory of rejected PINs
+   * (the device layer keeps none): such a source hands out the same wrong PIN on every request and
+   * each try costs one of the token's few tries, so that value is not sent again until it changes or
+   * `forgetRejected` (lock, SIGHUP). A PIN a human typed is never retried anyway: it is not cached.
+   */
+  readonly #rejected = new Map<string, Buffer>()
+  readonly #fingerprintKey = randomBytes(32)
+
+  constructor(deps: LoginDeps) {
+    this.#deps = deps
+  }
+
+  /**
+   * Makes sure `device` is logged in for this request, with at most one C_Login. A wrong PIN is wiped
+   * and reported, never retried. At the final try the PIN is used only after an explicit yes.
+   * Headless: a PIN only a human could give is an immediate PIN_REQUIRED.
+   */
+  async ensureLoggedIn(
+    device: PolicyDevice,
+    token: TokenPolicy,
+    prompter: Prompter,
+    intent: Intent,
+  ): Promise<void> {
+    // One login flow per token at a time: concurrent requests (parallel cargo runs) wait for the
+    // first human answer and then use the cached PIN, instead of opening one PIN dialog each.
+    const previous = this.#inFlight.get(token.id) ?? Promise.resolve()
+    const mine = previous.then(() => this.#ensureLoggedIn(device, token, prompter, intent))
+    const settled = mine.then(
+      () => undefined,
+      () => undefined,
+    )
+    this.#inFlight.set(token.id, settled)
+    try {
+      await mine
+    } finally {
+      if (this.#inFlight.get(token.id) === settled) this.#inFlight.delete(token.id)
+    }
+  }
+
+  forgetRejected(): void {
+    this.#rejected.clear()
+  }
+
+  async #ensureLoggedIn(
+    device: PolicyDevice,
+    token: TokenPolicy,
+    prompter: Prompter,
+    intent: Intent,
+  ): Promise<void> {
+    const { pinCache } = this.#deps
+    const status = await device.status()
+    if (status.pinLocked === true) {
+      pinCache.forget(token.id, 'wrong-pin')
+      throw pinLocked(token.description)
+    }
+    const interactive = isInteractiveSource(token.pin)
+    let cached = pinCache.get(token.id)
+    if (!(await device.needsLogin())) {
+      if (!interactive) {
+        // An env/file PIN costs nobody a prompt to read again. Keep it cached while the token is
+        // logged in: keys with CKA_ALWAYS_AUTHENTICATE (YubiKey PIV slot 9C) need it for the
+        // context-specific login before every signature, and a reinserted token for its re-login.
+        if (cached === undefined && token.pin.kind !== 'none') {
+          pinCache.set(token.id, await this.#readPin(token, token.pin, prompter, intent, status))
+        }
+        return
+      }
+      // The device stays logged in after the PIN cache entry ended; log out so the PIN lifetimes mean
+      // what they say (PKCS#11: login state belongs to the application, not to a session).
+      if (cached !== undefined || device.logout === undefined) return
+      await device.logout()
+      this.#deps.log('logged-out-expired-pin', { token: token.id })
+    }
+    if (token.pin.kind === 'none') {
+      tell(prompter, {
+        kind: 'waiting-for-pin',
+        via: 'terminal',
+        tokenDescription: token.description,
+        text: `Enter the PIN on the PIN pad of ${token.description} to ${describeIntent(intent)}`,
+      })
+      await this.#login(device, token, null)
+      return
+    }
+    if (status.pinFinalTry === true) {
+      await this.#approveFinalTry(token, prompter, intent)
+      if (cached !== undefined) {
+        // Confirmed for a PIN the human is about to type, not for one typed earlier.
+        pinCache.forget(token.id, 'replaced')
+        cached = undefined
+      }
+    }
+    if (cached !== undefined) {
+      await this.#login(device, token, cached)
+      return
+    }
+    const pin = await this.#readPin(token, token.pin, prompter, intent, status)
+    try {
+      await this.#login(device, token, pin)
+    } catch (error) {
+      if (!interactive && toAgentError(error).code === 'PIN_INCORRECT') {
+        this.#rejected.set(token.id, this.#fingerprint(pin))
+      }
+      pin.wipe()
+      throw error
+    }
+    pinCache.set(token.id, pin)
+  }
+
+  /** The PIN from the token's source; an env/file value the token already rejected is refused here. */
+  async #readPin(
+    token: TokenPolicy,
+    source: Exclude<PinSource, { kind: 'none' }>,
+    prompter: Prompter,
+    intent: Intent,
+    status: PolicyDeviceStatus,
+  ): Promise<Pin> {
+    const triesLeft = promptTries(status)
+    const prompt: PinPrompt = {
+      tokenDescription: token.description,
+      reason: describeIntent(intent),
+      ...(triesLeft === undefined ? {} : { triesLeft }),
+    }
+    const pin = await readPin(source, prompt, this.#deps.pinSources(prompter, intent))
+    if (source.kind !== 'env' && source.kind !== 'file') return pin
+    const rejected = this.#rejected.get(token.id)
+    if (rejected !== undefined && rejected.equals(this.#fingerprint(pin))) {
+      pin.wipe()
+      throw pinAlreadyRejected(token.description, source.kind)
+    }
+    return pin
+  }
+
+  /** HMAC with a per-process random key: comparable, but not a guessable hash of a short PIN. */
+  #fingerprint(pin: Pin): Buffer {
+    return createHmac('sha256', this.#fingerprintKey).update(pin.expose()).digest()
+  }
+
+  async #login(device: PolicyDevice, token: TokenPolicy, pin: Pin | null): Promise<void> {
+    try {
+      await device.login(pin)
+    } catch (error) {
+      const failure = toAgentError(error, 'DEVICE_ERROR')
+      if (failure.code !== 'PIN_INCORRECT' && failure.code !== 'PIN_LOCKED') throw failure
+      this.#deps.pinCache.forget(token.id, 'wrong-pin')
+      if (failure.code === 'PIN_LOCKED') throw pinLocked(token.description, { cause: failure })
+      let after: PolicyDeviceStatus | undefined
+      try {
+        after = await device.status()
+      } catch {
+        // Status after a failed login is a courtesy; the error stays PIN_INCORRECT.
+      }
+      throw wrongPin(token, failure, after)
+    }
+  }
+
+  async #approveFinalTry(token: TokenPolicy, prompter: Prompter, intent: Intent): Promise<void> {
+    if (!token.confirmFinalTry)
+      throw finalTryRefused(token.description, 'confirm-final-try is off, so the agent does not use a PIN')
+    if (!isInteractiveSource(token.pin))
+      throw finalTryRefused(
+        token.description,
+        `the PIN from ${token.pin.kind === 'env' ? 'the environment' : 'a file'} is not used without a human's confirmation`,
+      )
+    if (this.#deps.headless)
+      throw finalTryRefused(token.description, 'the agent runs headless and cannot ask for confirmation')
+    tell(prompter, {
+      kind: 'pin-final-try',
+      tokenDescription: token.description,
+      text: `${token.description} is at its final PIN try (a wrong PIN blocks it), for: ${describeIntent(intent)}`,
+    })
+    const { approved } = await this.#deps.confirmer.ask(
+      intent,
+      prompter,
+      `FINAL PIN TRY for ${token.description}: one more wrong PIN blocks it. Enter the PIN anyway, to ${describeIntent(intent)}?`,
+      'Enter PIN',
+      token,
+    )
+    if (!approved) throw finalTryRefused(token.description, 'you chose not to use it')
+  }
+}
