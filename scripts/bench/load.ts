@@ -4,7 +4,7 @@
  *
  *   device  – S sessions (S = LIMITS.sessionsPerToken), each looping C_SignInit + C_SignAsync on a
  *             48-byte digest: the most the token gives this process
- *   signer  – S concurrent callers of Device.signer().sign(): the session pool, host SHA-384,
+ *   signer  – S concurrent callers of pkcs11Signer(device, key).sign(): the session pool, host SHA-384,
  *             low-S normalisation and the public-key self-verify, no agent
  *   agent   – C clients, one socket connection each, looping `sign` requests against a real agent
  *             process (config lookup, policy, login check, audit fsync, token, framing)
@@ -27,7 +27,9 @@ import { AgentError } from '../../src/lib/errors.js'
 import { LIMITS } from '../../src/lib/limits.js'
 import { Pin } from '../../src/lib/secret.js'
 import { Pkcs11Module, type Handle } from '../../src/pkcs11/binding.js'
-import { Device, resolveModulePath } from '../../src/pkcs11/device.js'
+import { Device } from '../../src/pkcs11/device.js'
+import { resolveModulePath } from '../../src/pkcs11/modules.js'
+import { pkcs11Signer } from '../../src/signer/pkcs11.js'
 import { startAgent } from '../../test/helpers/agent.js'
 
 type Phase = 'device' | 'signer' | 'agent'
@@ -102,7 +104,7 @@ async function main(): Promise<void> {
     const pin = Pin.fromString(fixture.softhsm.pin)
     const device = new Device({ module: 'softhsm', label: fixture.softhsm.label }, { cachedPin: () => pin })
     await device.login(pin)
-    const signer = await device.signer({ label: 'gen' })
+    const signer = await pkcs11Signer(device, { label: 'gen' })
 
     const module = Pkcs11Module.load(resolveModulePath('softhsm'))
     const slot = module.slotsWithToken().find((s) => module.tokenInfo(s).label === fixture.softhsm.label)

@@ -20,7 +20,9 @@ import { parseArgs } from 'node:util'
 import { createHash } from 'node:crypto'
 
 import { AgentConnection } from '../../src/protocol/client.js'
-import { Device, resolveModulePath } from '../../src/pkcs11/device.js'
+import { Device } from '../../src/pkcs11/device.js'
+import { resolveModulePath } from '../../src/pkcs11/modules.js'
+import { pkcs11Signer } from '../../src/signer/pkcs11.js'
 import { Pkcs11Module } from '../../src/pkcs11/binding.js'
 import { buildToken } from '../../src/token/build.js'
 import { startAgent } from '../../test/helpers/agent.js'
@@ -76,7 +78,7 @@ async function main(): Promise<void> {
     const device = new Device({ module: 'softhsm', label: fixture.softhsm.label }, {})
     const { Pin } = await import('../../src/lib/secret.js')
     await device.login(Pin.fromString(fixture.softhsm.pin))
-    const signer = await device.signer({ label: 'gen' })
+    const signer = await pkcs11Signer(device, { label: 'gen' })
     const key = await device.findKey({ label: 'gen' })
 
     // The raw path: one session, the private key handle, CKM_ECDSA on a precomputed digest.

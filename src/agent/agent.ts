@@ -61,6 +61,9 @@ export class Agent implements AgentState {
           this.policy.onRemoved(token.name)
           this.log(`token ${token.name} removed; its PIN was forgotten`)
         }
+        // The device keeps no memory of refused PINs: the held one goes, so it is never sent again.
+        if (event.type === 'pin-rejected' && this.policy.pinCache.forget(token.name, 'wrong-pin'))
+          this.log(`token ${token.name} refused the held PIN; it was forgotten`)
       },
     )
     this.#server = new AgentServer({

@@ -5,32 +5,10 @@
 import type { Config, KeyRef, TokenConfig } from '../config/schema.js'
 import { AgentError, toAgentError } from '../lib/errors.js'
 import type { Pin } from '../lib/secret.js'
+import { pkcs11Signer } from '../signer/pkcs11.js'
 import type { Signer } from '../signer/signer.js'
-import {
-  Device,
-  resolveModulePath,
-  type DeviceEvent,
-  type KeySelector,
-  type TokenSelector,
-} from '../pkcs11/device.js'
-import { applyModuleEnvironment } from '../pkcs11/modules.js'
-
-/** The token of its module a config entry names: label, serial, manufacturer/model (never a slot id). */
-export function tokenSelector(token: TokenConfig): TokenSelector {
-  const s: TokenSelector = { module: token.module }
-  if (token.label !== undefined) s.label = token.label
-  if (token.serial !== undefined) s.serial = token.serial
-  if (token.manufacturer !== undefined) s.manufacturer = token.manufacturer
-  if (token.model !== undefined) s.model = token.model
-  return s
-}
-
-export function selector(ref: KeyRef): KeySelector {
-  const s: KeySelector = {}
-  if (ref.label !== undefined) s.label = ref.label
-  if (ref.id !== undefined) s.id = ref.id
-  return s
-}
+import { Device, type DeviceEvent } from '../pkcs11/device.js'
+import { applyModuleEnvironment, resolveModulePath } from '../pkcs11/modules.js'
 
 export function describeKey(token: TokenConfig, ref: KeyRef): string {
   const parts = [
@@ -66,7 +44,7 @@ export class Devices {
       } catch (error) {
         throw toAgentError(error, 'MODULE_LOAD_FAILED')
       }
-      device = new Device(tokenSelector(token), {
+      device = new Device(token, {
         cachedPin: () => this.#cachedPin(token),
         onEvent: (event) => this.#onEvent(token, event),
       })
@@ -87,7 +65,7 @@ export class Devices {
   }
 
   async signer(token: TokenConfig, ref: KeyRef): Promise<Signer> {
-    return await this.get(token).signer(selector(ref))
+    return await pkcs11Signer(this.get(token), ref)
   }
 
   /** Closes every session (`release`, SIGHUP, shutdown) so other programs can use the devices. */

@@ -5,7 +5,6 @@
  * (`--token NAME`, or the only configured token) or from flags (`--module M --token-label L`).
  */
 import { pinEnvVariables, pinSource } from '../agent/policy-config.js'
-import { tokenSelector } from '../agent/devices.js'
 import { loadConfig } from '../config/load.js'
 import { resolveConfigPath } from '../config/paths.js'
 import type { TokenConfig } from '../config/schema.js'
@@ -13,8 +12,8 @@ import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { readPinFile } from '../lib/pin-file.js'
 import { Pin } from '../lib/secret.js'
-import type { TokenSelector } from '../pkcs11/device.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
+import { tokenSelector, type TokenSelector } from '../pkcs11/selector.js'
 import { readPin, type PinSource } from '../policy/pin-source.js'
 import { childEnvironment } from '../policy/pinentry.js'
 import { askPinOnTty, hasTerminal } from '../shim/tty.js'

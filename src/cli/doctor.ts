@@ -19,7 +19,7 @@ import { resolveConfigPath, resolveSocketPath } from '../config/paths.js'
 import type { Config, TokenConfig } from '../config/schema.js'
 import { toAgentError } from '../lib/errors.js'
 import { DEFAULT_POLICY_CONFIG } from '../policy/config.js'
-import { applyModuleEnvironment } from '../pkcs11/modules.js'
+import { applyModuleEnvironment, resolveModulePath } from '../pkcs11/modules.js'
 import { parseCommandArgs, USAGE } from './args.js'
 import { nativeBindingError, nativeBindingMissing } from './native.js'
 
@@ -239,8 +239,7 @@ async function checkTokens(config: Config): Promise<Finding[]> {
     const e = nativeBindingError(error) ?? toAgentError(error)
     return [finding('fail', 'native binding', e.message, e.remedy)]
   }
-  const { Device, resolveModulePath } = device
-  const { tokenSelector } = await import('../agent/devices.js')
+  const { Device } = device
   const findings: Finding[] = [finding('ok', 'native binding', 'pkcs11js loaded')]
   for (const token of Object.values(config.tokens)) {
     const check = `token ${token.name}`
@@ -256,7 +255,7 @@ async function checkTokens(config: Config): Promise<Finding[]> {
     const environment = checkModuleEnvironment(token, modulePath)
     findings.push(...environment)
     if (environment.some((f) => f.level === 'fail')) continue
-    const device = new Device(tokenSelector(token))
+    const device = new Device(token)
     try {
       const status = await device.status()
       if (!status.present) {
@@ -297,11 +296,8 @@ async function checkTokens(config: Config): Promise<Finding[]> {
           ['mutation', registry.mutationKey],
         ] as const) {
           if (ref.token !== token.name) continue
-          const keySelector: { label?: string; id?: string } = {}
-          if (ref.label !== undefined) keySelector.label = ref.label
-          if (ref.id !== undefined) keySelector.id = ref.id
           try {
-            const key = await device.findKey(keySelector)
+            const key = await device.findKey(ref)
             const { k3Pid } = await import('../keys/paserk.js')
             const exportable = key.extractable || !key.sensitive
             findings.push(

@@ -4,7 +4,9 @@
  * only what the token shows before a PIN (public key objects); `--login` asks for the PIN first.
  */
 import { k3Pid, k3Public } from '../keys/paserk.js'
-import { Device, listTokens, type DeviceKey, type TokenSelector } from '../pkcs11/device.js'
+import { Device, listTokens } from '../pkcs11/device.js'
+import type { DeviceKey } from '../pkcs11/key-catalogue.js'
+import type { TokenSelector } from '../pkcs11/selector.js'
 import { USAGE } from './args.js'
 import { obtainPin, parseTargetCommand } from './device-target.js'
 

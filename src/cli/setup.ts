@@ -10,9 +10,9 @@ import type { TokenConfig } from '../config/schema.js'
 import { k3Pid, k3Public } from '../keys/paserk.js'
 import { AgentError } from '../lib/errors.js'
 import type { Pin } from '../lib/secret.js'
-import { tokenSelector } from '../agent/devices.js'
 import { pinSource, tokenDescription } from '../agent/policy-config.js'
-import { Device, type DeviceKey } from '../pkcs11/device.js'
+import { Device } from '../pkcs11/device.js'
+import type { DeviceKey } from '../pkcs11/key-catalogue.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
 import { parseCommandArgs, USAGE } from './args.js'
 import { obtainPin } from './device-target.js'
@@ -35,7 +35,7 @@ async function ensureKey(
   keyId: string | undefined,
   force: boolean,
 ): Promise<{ key: DeviceKey; action: string }> {
-  const device = new Device(tokenSelector(token), { cachedPin: () => pin ?? undefined })
+  const device = new Device(token, { cachedPin: () => pin ?? undefined })
   try {
     if (await device.needsLogin()) await device.login(pin)
     const wanted = keyId === undefined ? { label: keyLabel } : { label: keyLabel, id: keyId }

@@ -1,7 +1,7 @@
 /**
  * The only module that imports pkcs11js. It loads PKCS#11 libraries, wraps the few Cryptoki calls the
- * agent needs, and translates every `CKR_*` return value (by number, never by message text) into an
- * `AgentError` through ONE table below. Nothing above this file sees a CKR name or a pkcs11js type.
+ * agent needs, and hands every failed call's `CKR_*` return value (by number, never by message text)
+ * to the one table in ckr.ts. Nothing above src/pkcs11/ sees a CKR value or a pkcs11js type.
  *
  * graphene-pk11 is not used: it is plain JS over pkcs11js and adds only an object model, a
  * callback-only sign with 1024-byte buffers and error detection by message text; pkcs11js already
@@ -17,456 +17,35 @@ import {
 } from 'node:fs'
 import { basename } from 'node:path'
 import pkcs11js from 'pkcs11js'
-import { AgentError, type ErrorCode } from '../lib/errors.js'
+import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import type { Pin } from '../lib/secret.js'
-
-export { ensureThreadpoolSize, relaunchWithThreadpoolSize, withThreadpoolSize } from '../lib/threadpool.js'
+import { fromReturnValue, type Operation } from './ckr.js'
 
 /** An opaque slot, session or object handle (pkcs11js encodes CK_ULONG handles as Buffers). */
 export type Handle = Buffer
 
-/** What the caller was doing when Cryptoki failed: some return values mean different things. */
-export type Operation =
-  | 'load'
-  | 'initialize'
-  | 'slots'
-  | 'token-info'
-  | 'open-session'
-  | 'close-session'
-  | 'session-info'
-  | 'login'
-  | 'context-login'
-  | 'logout'
-  | 'find'
-  | 'attributes'
-  | 'sign-init'
-  | 'sign'
-  | 'generate'
-  | 'destroy'
-
-interface Translation {
-  code: ErrorCode
-  message: string
-  remedy: string
-}
-
 const k = pkcs11js
 
-// CKR values pkcs11js 2.1 does not export (PKCS#11 v3.0 §5.1.4 / pkcs11t.h).
-const CKR_CURVE_NOT_SUPPORTED = 0x140
-const CKR_ACTION_PROHIBITED = 0x1b
 // Session states (PKCS#11 v2.40 §5.7 CK_STATE), not exported by pkcs11js.
 const CKS_RO_USER_FUNCTIONS = 1
 const CKS_RW_USER_FUNCTIONS = 3
-
-const REINSERT = 'Insert the token (or check its reader/USB connection); the agent reconnects by itself'
-const RETRY = 'Try again; the agent reopens its sessions by itself'
-
-/**
- * THE table: Cryptoki return value → project error. Operation-specific meanings are handled in
- * `translate` (e.g. CKR_FUNCTION_CANCELED during a sign is a missed touch).
- */
-const CKR_TABLE: ReadonlyMap<number, Translation> = new Map<number, Translation>([
-  [
-    k.CKR_PIN_INCORRECT,
-    {
-      code: 'PIN_INCORRECT',
-      message: 'the PIN is incorrect',
-      remedy: 'Enter the correct PIN; the agent never retries a wrong PIN by itself',
-    },
-  ],
-  [
-    k.CKR_PIN_LOCKED,
-    {
-      code: 'PIN_LOCKED',
-      message: 'the PIN is locked (too many wrong attempts)',
-      remedy: 'Unlock it with the PUK / SO PIN using the device vendor tool, then try again',
-    },
-  ],
-  [
-    k.CKR_PIN_INVALID,
-    { code: 'PIN_INVALID', message: 'the token rejected the PIN format', remedy: 'Check the PIN characters' },
-  ],
-  [
-    k.CKR_PIN_LEN_RANGE,
-    {
-      code: 'PIN_INVALID',
-      message: 'the PIN has a length the token does not accept',
-      remedy: 'Check the PIN length',
-    },
-  ],
-  [
-    k.CKR_PIN_EXPIRED,
-    {
-      code: 'PIN_INVALID',
-      message: 'the PIN has expired',
-      remedy: 'Change the PIN with the device vendor tool',
-    },
-  ],
-  [
-    k.CKR_PIN_TOO_WEAK,
-    { code: 'PIN_INVALID', message: 'the token considers the PIN too weak', remedy: 'Choose a stronger PIN' },
-  ],
-  [
-    k.CKR_USER_NOT_LOGGED_IN,
-    {
-      code: 'PIN_REQUIRED',
-      message: 'the token requires a PIN login first',
-      remedy: 'Provide the PIN (unlock the agent) and retry',
-    },
-  ],
-  [
-    k.CKR_USER_PIN_NOT_INITIALIZED,
-    {
-      code: 'PIN_REQUIRED',
-      message: 'the token has no user PIN set',
-      remedy: 'Initialise the user PIN with the device vendor tool',
-    },
-  ],
-  [
-    k.CKR_USER_ANOTHER_ALREADY_LOGGED_IN,
-    {
-      code: 'DEVICE_ERROR',
-      message: 'another user type (SO) is logged in to the token',
-      remedy: 'Log the SO out (or release the token in other programs) and retry',
-    },
-  ],
-  [
-    k.CKR_USER_TYPE_INVALID,
-    {
-      code: 'INTERNAL',
-      message: 'the token rejected the login user type',
-      remedy: 'Report this with the module name',
-    },
-  ],
-  [
-    k.CKR_DEVICE_REMOVED,
-    { code: 'DEVICE_REMOVED', message: 'the token was removed during the operation', remedy: REINSERT },
-  ],
-  [k.CKR_TOKEN_NOT_PRESENT, { code: 'TOKEN_ABSENT', message: 'the token is not present', remedy: REINSERT }],
-  [k.CKR_SLOT_ID_INVALID, { code: 'TOKEN_ABSENT', message: 'the token slot disappeared', remedy: REINSERT }],
-  [
-    k.CKR_TOKEN_NOT_RECOGNIZED,
-    {
-      code: 'DEVICE_ERROR',
-      message: 'the module does not recognise the inserted token',
-      remedy: 'Check that the configured module matches the device',
-    },
-  ],
-  [
-    k.CKR_SESSION_HANDLE_INVALID,
-    { code: 'SESSION_LOST', message: 'the PKCS#11 session became invalid', remedy: RETRY },
-  ],
-  [k.CKR_SESSION_CLOSED, { code: 'SESSION_LOST', message: 'the PKCS#11 session was closed', remedy: RETRY }],
-  [
-    k.CKR_SESSION_COUNT,
-    {
-      code: 'DEVICE_ERROR',
-      message: 'the token has no free sessions',
-      remedy: 'Close other programs using the token, then retry',
-    },
-  ],
-  [
-    k.CKR_DEVICE_ERROR,
-    {
-      code: 'DEVICE_ERROR',
-      message: 'the device reported an error',
-      remedy: 'Reinsert the token; if it persists run `cargo-pkcs11-agent doctor`',
-    },
-  ],
-  [
-    k.CKR_DEVICE_MEMORY,
-    {
-      code: 'DEVICE_ERROR',
-      message: 'the device ran out of memory',
-      remedy: 'Free space on the token (delete unused objects)',
-    },
-  ],
-  [
-    k.CKR_GENERAL_ERROR,
-    {
-      code: 'DEVICE_ERROR',
-      message: 'the PKCS#11 module reported a general error',
-      remedy: 'Run `cargo-pkcs11-agent doctor`; check the module configuration',
-    },
-  ],
-  [
-    k.CKR_HOST_MEMORY,
-    {
-      code: 'DEVICE_ERROR',
-      message: 'the PKCS#11 module ran out of host memory',
-      remedy: 'Restart the agent',
-    },
-  ],
-  [
-    k.CKR_CRYPTOKI_NOT_INITIALIZED,
-    {
-      code: 'MODULE_LOAD_FAILED',
-      message: 'the PKCS#11 module is not initialised (another component finalised it)',
-      remedy: 'Restart the agent',
-    },
-  ],
-  [
-    k.CKR_MECHANISM_INVALID,
-    {
-      code: 'MECHANISM_UNSUPPORTED',
-      message: 'the token does not support the mechanism (ECDSA P-384 needed)',
-      remedy: 'Use a token that supports CKM_ECDSA on P-384',
-    },
-  ],
-  [
-    k.CKR_MECHANISM_PARAM_INVALID,
-    {
-      code: 'MECHANISM_UNSUPPORTED',
-      message: 'the token rejected the mechanism parameters',
-      remedy: 'Use a token that supports CKM_ECDSA on P-384',
-    },
-  ],
-  [
-    CKR_CURVE_NOT_SUPPORTED,
-    {
-      code: 'MECHANISM_UNSUPPORTED',
-      message: 'the token does not support the P-384 curve',
-      remedy: 'Use a token that supports NIST P-384 (secp384r1)',
-    },
-  ],
-  [
-    k.CKR_DOMAIN_PARAMS_INVALID,
-    {
-      code: 'MECHANISM_UNSUPPORTED',
-      message: 'the token rejected the P-384 domain parameters',
-      remedy: 'Use a token that supports NIST P-384 (secp384r1)',
-    },
-  ],
-  [
-    k.CKR_KEY_TYPE_INCONSISTENT,
-    {
-      code: 'KEY_INVALID',
-      message: 'the key is not an EC key usable with ECDSA',
-      remedy: 'Select a P-384 EC key',
-    },
-  ],
-  [
-    k.CKR_KEY_FUNCTION_NOT_PERMITTED,
-    {
-      code: 'KEY_INVALID',
-      message: 'the key is not allowed to sign (CKA_SIGN is false)',
-      remedy: 'Select or generate a key with signing allowed',
-    },
-  ],
-  // A stale object handle (the token logged out, or the key was replaced): the sessions are fine.
-  [
-    k.CKR_KEY_HANDLE_INVALID,
-    {
-      code: 'KEY_NOT_FOUND',
-      message: 'the key object is no longer valid',
-      remedy: 'Check the key still exists with `cargo-pkcs11-agent list --login`, then retry',
-    },
-  ],
-  [
-    k.CKR_OBJECT_HANDLE_INVALID,
-    {
-      code: 'KEY_NOT_FOUND',
-      message: 'the key object is no longer valid',
-      remedy: 'Check the key still exists with `cargo-pkcs11-agent list --login`, then retry',
-    },
-  ],
-  [
-    k.CKR_ATTRIBUTE_SENSITIVE,
-    {
-      code: 'OPERATION_UNSUPPORTED',
-      message: 'the token refuses to reveal a sensitive attribute',
-      remedy: 'This is expected for private key material; nothing to do',
-    },
-  ],
-  [
-    k.CKR_ATTRIBUTE_TYPE_INVALID,
-    { code: 'OPERATION_UNSUPPORTED', message: 'the object has no such attribute', remedy: 'Nothing to do' },
-  ],
-  [
-    k.CKR_TEMPLATE_INCONSISTENT,
-    {
-      code: 'MECHANISM_UNSUPPORTED',
-      message: 'the token rejected the key template',
-      remedy: 'The token cannot create a non-extractable P-384 signing key; see native-config/devices.md',
-    },
-  ],
-  [
-    k.CKR_TEMPLATE_INCOMPLETE,
-    {
-      code: 'MECHANISM_UNSUPPORTED',
-      message: 'the token wants more attributes for the key',
-      remedy: 'See native-config/devices.md for this device',
-    },
-  ],
-  [
-    k.CKR_ATTRIBUTE_VALUE_INVALID,
-    {
-      code: 'MECHANISM_UNSUPPORTED',
-      message: 'the token rejected a key attribute value',
-      remedy: 'See native-config/devices.md for this device',
-    },
-  ],
-  [
-    k.CKR_ATTRIBUTE_READ_ONLY,
-    {
-      code: 'MECHANISM_UNSUPPORTED',
-      message: 'the token does not let the agent set a key attribute',
-      remedy: 'See native-config/devices.md for this device',
-    },
-  ],
-  [
-    k.CKR_TOKEN_WRITE_PROTECTED,
-    {
-      code: 'OPERATION_UNSUPPORTED',
-      message: 'the token is write-protected',
-      remedy: 'Generate the key with the device vendor tool instead',
-    },
-  ],
-  [
-    k.CKR_FUNCTION_NOT_SUPPORTED,
-    {
-      code: 'OPERATION_UNSUPPORTED',
-      message: 'the PKCS#11 module does not implement this function',
-      remedy: 'See native-config/devices.md for this device',
-    },
-  ],
-  [
-    k.CKR_FUNCTION_CANCELED,
-    { code: 'TIMEOUT', message: 'the token cancelled the operation', remedy: 'Try again' },
-  ],
-  [
-    k.CKR_FUNCTION_REJECTED,
-    {
-      code: 'DENIED',
-      message: 'the operation was rejected on the device',
-      remedy: 'Approve the operation on the device, or cancel',
-    },
-  ],
-  [
-    CKR_ACTION_PROHIBITED,
-    {
-      code: 'OPERATION_UNSUPPORTED',
-      message: 'the token prohibits this action',
-      remedy: 'See native-config/devices.md for this device',
-    },
-  ],
-  [
-    k.CKR_OPERATION_ACTIVE,
-    {
-      code: 'INTERNAL',
-      message: 'a PKCS#11 operation was already active on the session',
-      remedy: 'Report this; the agent uses one operation per session',
-    },
-  ],
-  [
-    k.CKR_OPERATION_NOT_INITIALIZED,
-    { code: 'INTERNAL', message: 'the PKCS#11 sign operation was not initialised', remedy: 'Report this' },
-  ],
-  [
-    k.CKR_DATA_LEN_RANGE,
-    {
-      code: 'INTERNAL',
-      message: 'the token rejected the digest length',
-      remedy: 'Report this with the module name',
-    },
-  ],
-  [
-    k.CKR_BUFFER_TOO_SMALL,
-    {
-      code: 'SIGNATURE_MALFORMED',
-      message: 'the device signature did not fit the buffer',
-      remedy: 'Report this with the module name',
-    },
-  ],
-  [
-    k.CKR_ARGUMENTS_BAD,
-    {
-      code: 'INTERNAL',
-      message: 'the PKCS#11 module rejected the call arguments',
-      remedy: 'Report this with the module name',
-    },
-  ],
-])
-
-/** Operation-specific meanings that override the table (device quirks and context). */
-function contextual(rv: number, op: Operation): Translation | undefined {
-  if (op === 'sign' && (rv === k.CKR_FUNCTION_CANCELED || rv === k.CKR_FUNCTION_REJECTED)) {
-    return {
-      code: 'TOUCH_TIMEOUT',
-      message: 'the device did not receive a touch (signature cancelled)',
-      remedy: 'Touch the device when it blinks, then try again',
-    }
-  }
-  // ykcs11 2.2 turns the card's SW 6982 at GENERAL AUTHENTICATE (the YubiKey's touch timer ran out)
-  // into CKR_USER_NOT_LOGGED_IN. At C_Sign the device layer has just checked the login (and done the
-  // context-specific login for CKA_ALWAYS_AUTHENTICATE keys), so this is the touch.
-  if (op === 'sign' && rv === k.CKR_USER_NOT_LOGGED_IN) {
-    return {
-      code: 'TOUCH_TIMEOUT',
-      message: 'the device refused the signature: no touch was received in time',
-      remedy:
-        'Touch the device when it blinks, then try again (if it has no touch policy, unlock the agent again)',
-    }
-  }
-  if ((op === 'login' || op === 'context-login') && rv === k.CKR_FUNCTION_CANCELED) {
-    return {
-      code: 'PIN_ENTRY_FAILED',
-      message: 'PIN entry on the device was cancelled',
-      remedy: 'Enter the PIN on the device PIN pad, then try again',
-    }
-  }
-  if (op === 'slots' && rv === k.CKR_DEVICE_ERROR) {
-    // ykcs11 (and OpenSC) answer C_GetSlotList with CKR_DEVICE_ERROR when pcscd is not running.
-    return {
-      code: 'DEVICE_ERROR',
-      message: 'the PKCS#11 module cannot list its readers',
-      remedy:
-        'For smart cards and YubiKeys: check that pcscd is running (systemctl status pcscd.socket), then retry',
-    }
-  }
-  if (op === 'initialize' && rv === k.CKR_GENERAL_ERROR) {
-    return {
-      code: 'MODULE_LOAD_FAILED',
-      message: 'the PKCS#11 module failed to initialise',
-      remedy:
-        'Check the module configuration (for SoftHSM: SOFTHSM2_CONF and its tokendir; for tpm2: the TCTI); run `cargo-pkcs11-agent doctor`',
-    }
-  }
-  return undefined
-}
 
 function errorValue(error: unknown): number | undefined {
   if (error instanceof k.Pkcs11Error && typeof error.code === 'number' && error.code !== 0) return error.code
   return undefined
 }
 
-/** Cryptoki failure → AgentError. `where` names the module/token for the message. */
-export function translate(error: unknown, op: Operation, where: string): AgentError {
+/** Cryptoki failure → AgentError, through the one table in ckr.ts. `where` names the module/token. */
+function translate(error: unknown, op: Operation, where: string): AgentError {
   if (error instanceof AgentError) return error
   const rv = errorValue(error)
-  if (rv === undefined) {
-    const text = error instanceof Error ? error.message : String(error)
-    return new AgentError('DEVICE_ERROR', `${where}: PKCS#11 ${op} failed: ${text}`, {
-      cause: error,
-      remedy: 'Run `cargo-pkcs11-agent doctor`',
-      data: { operation: op },
-    })
-  }
-  const hex = `0x${rv.toString(16).padStart(8, '0')}`
-  const found = contextual(rv, op) ?? CKR_TABLE.get(rv)
-  if (found === undefined) {
-    return new AgentError('DEVICE_ERROR', `${where}: PKCS#11 ${op} failed with return value ${hex}`, {
-      cause: error,
-      remedy: 'Run `cargo-pkcs11-agent doctor`; look the value up in the PKCS#11 specification',
-      data: { operation: op, rv: hex },
-    })
-  }
-  return new AgentError(found.code, `${where}: ${found.message}`, {
+  if (rv !== undefined) return fromReturnValue(rv, op, where, error)
+  const text = error instanceof Error ? error.message : String(error)
+  return new AgentError('DEVICE_ERROR', `${where}: PKCS#11 ${op} failed: ${text}`, {
     cause: error,
-    remedy: found.remedy,
-    data: { operation: op, rv: hex },
+    remedy: 'Run `cargo-pkcs11-agent doctor`',
+    data: { operation: op },
   })
 }
 
@@ -534,7 +113,6 @@ export interface TokenInfo {
   pinFinalTry: boolean
   pinLocked: boolean
   tokenInitialized: boolean
-  userPinInitialized: boolean
 }
 
 export type KeyClass = 'private' | 'public'
@@ -556,7 +134,6 @@ export interface KeyAttributes {
   alwaysAuthenticate: boolean
   extractable: boolean
   sensitive: boolean
-  canSign: boolean
 }
 
 // DER of OID 1.3.132.0.34 (secp384r1), the named-curve form of CKA_EC_PARAMS (X9.62 ECParameters).
@@ -655,7 +232,6 @@ export class Pkcs11Module {
       pinFinalTry: (f & k.CKF_USER_PIN_FINAL_TRY) !== 0,
       pinLocked: (f & k.CKF_USER_PIN_LOCKED) !== 0,
       tokenInitialized: (f & k.CKF_TOKEN_INITIALIZED) !== 0,
-      userPinInitialized: (f & k.CKF_USER_PIN_INITIALIZED) !== 0,
     }
   }
 
@@ -758,7 +334,6 @@ export class Pkcs11Module {
       alwaysAuthenticate: priv && bool(k.CKA_ALWAYS_AUTHENTICATE, false),
       extractable: priv && bool(k.CKA_EXTRACTABLE, false),
       sensitive: priv ? bool(k.CKA_SENSITIVE, false) : false,
-      canSign: priv ? bool(k.CKA_SIGN, false) : false,
     }
   }
 

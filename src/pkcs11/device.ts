@@ -1,27 +1,26 @@
 /**
- * All device lifecycle in one object: token selection, a session pool, login, key lookup, key
- * generation, signing, recovery after removal, release. Every request has the same shape
- * (yubikey-agent main.go): acquire, health-check, reconnect if needed, work, maybe release.
+ * One token's lifecycle. Every request has the same shape (yubikey-agent main.go `ensureYK` /
+ * `healthy`): acquire a session, health-check the token and reconnect if it went away, log in again
+ * with the PIN the owner holds if needed, do the work, give the session back. The parts live beside
+ * it: the session pool (session-pool.ts), the key catalogue (key-catalogue.ts), key generation
+ * (keygen.ts), token and key selection (selector.ts), Cryptoki calls (binding.ts).
  */
-import { randomBytes } from 'node:crypto'
 import { basename } from 'node:path'
-import { AgentError, toAgentError, type ErrorCode } from '../lib/errors.js'
-import { LIMITS } from '../lib/limits.js'
+import { AgentError, toAgentError, type ErrorCode, type TriesLeft } from '../lib/errors.js'
 import type { Pin } from '../lib/secret.js'
-import { isP384EcParams, publicKeyFromDevice } from '../keys/point.js'
-import { Pkcs11Signer } from '../signer/pkcs11.js'
-import type { Signer } from '../signer/signer.js'
-import { Pkcs11Module, type Handle, type KeyAttributes, type TokenInfo } from './binding.js'
+import { Pkcs11Module, type Handle, type TokenInfo } from './binding.js'
+import { CKR, fromReturnValue } from './ckr.js'
+import { KeyCatalogue, type DeviceKey, type OnSession } from './key-catalogue.js'
+import { generateKeyPair, keygenRequest } from './keygen.js'
 import { resolveModulePath } from './modules.js'
-
-export { resolveModulePath } from './modules.js'
-
-export interface TokenIdentity {
-  label: string
-  serial: string
-  manufacturer: string
-  model: string
-}
+import {
+  tokenMatches,
+  tokenSelector,
+  type KeySelector,
+  type TokenIdentity,
+  type TokenSelector,
+} from './selector.js'
+import { SessionPool, type PooledSession } from './session-pool.js'
 
 /** Every token present on a module (for `list` and `setup`); selection then goes by label/serial. */
 export async function listTokens(moduleNameOrPath: string): Promise<TokenIdentity[]> {
@@ -29,14 +28,8 @@ export async function listTokens(moduleNameOrPath: string): Promise<TokenIdentit
   const found: TokenIdentity[] = []
   for (const slot of mod.slotsWithToken()) {
     try {
-      const info = mod.tokenInfo(slot)
-      if (!info.tokenInitialized) continue
-      found.push({
-        label: info.label,
-        serial: info.serial,
-        manufacturer: info.manufacturer,
-        model: info.model,
-      })
+      const { label, serial, manufacturer, model, tokenInitialized } = mod.tokenInfo(slot)
+      if (tokenInitialized) found.push({ label, serial, manufacturer, model })
     } catch {
       // A token removed between the two calls is simply not listed.
     }
@@ -44,44 +37,13 @@ export async function listTokens(moduleNameOrPath: string): Promise<TokenIdentit
   return found
 }
 
-export interface TokenSelector {
-  /** Absolute path, or a known name from native-config/modules.json ("softhsm", "ykcs11", ...). */
-  module: string
-  label?: string | undefined
-  serial?: string | undefined
-  manufacturer?: string | undefined
-  model?: string | undefined
-}
-
-export interface KeySelector {
-  label?: string | undefined
-  /** CKA_ID as hex. */
-  id?: string | undefined
-}
-
-export interface DeviceKey {
-  label: string
-  /** CKA_ID as lowercase hex. */
-  id: string
-  /** SEC1 compressed P-384 point, 49 bytes. */
-  publicKey: Uint8Array
-  alwaysAuthenticate: boolean
-  extractable: boolean
-  sensitive: boolean
-}
-
-export interface TokenStatus {
+/** CK_TOKEN_INFO's identity and PIN flags (absent token: all false), and the agent's own view. */
+export interface TokenStatus
+  extends
+    Partial<TokenIdentity>,
+    Pick<TokenInfo, 'loginRequired' | 'protectedAuthPath' | 'pinCountLow' | 'pinFinalTry' | 'pinLocked'> {
   present: boolean
-  label?: string
-  serial?: string
-  manufacturer?: string
-  model?: string
-  loginRequired: boolean
   loggedIn: boolean
-  protectedAuthPath: boolean
-  pinCountLow: boolean
-  pinFinalTry: boolean
-  pinLocked: boolean
   sessionsOpen: number
 }
 
@@ -92,9 +54,18 @@ export type DeviceEvent =
   | { type: 'reconnected'; token: string }
   /** All sessions were closed on request so other programs can use the device. */
   | { type: 'released'; token: string }
+  /**
+   * The token refused a PIN (CKR_PIN_INCORRECT / CKR_PIN_LOCKED). The device keeps no memory of
+   * refused PINs: an owner that holds this PIN (`cachedPin`) must drop it, or the next re-login
+   * would send it again and spend another of the token's few tries.
+   */
+  | { type: 'pin-rejected'; token: string }
 
 export interface DeviceOptions {
-  /** The PIN the owner still holds (its cache); used only to log in again after reconnecting. */
+  /**
+   * The PIN the owner still holds (its cache), used to log in again after a reconnect and for the
+   * context-specific login of CKA_ALWAYS_AUTHENTICATE keys (PKCS#11 v2.40 section 4.9).
+   */
   cachedPin?: () => Pin | undefined
   onEvent?: (event: DeviceEvent) => void
 }
@@ -107,16 +78,6 @@ const RECONNECT_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'DEVICE_ERROR',
 ])
 
-interface PooledSession {
-  handle: Handle
-  generation: number
-  busy: boolean
-}
-
-interface KeyEntry {
-  key: DeviceKey
-}
-
 type LoginNeed = 'required' | 'optional' | 'none'
 
 interface Work {
@@ -126,25 +87,12 @@ interface Work {
   operationStarted: boolean
 }
 
-function triesLeft(info: TokenInfo): 'low' | 'final' | 'locked' | undefined {
+/** The token flags after a refused login (CK_TOKEN_INFO, PKCS#11 v2.40 section 3.2). */
+function triesLeft(info: TokenInfo): TriesLeft | undefined {
   if (info.pinLocked) return 'locked'
   if (info.pinFinalTry) return 'final'
   if (info.pinCountLow) return 'low'
   return undefined
-}
-
-function hex(bytes: Uint8Array): string {
-  return Buffer.from(bytes).toString('hex')
-}
-
-function parseHexId(id: string): Buffer {
-  const clean = id.replace(/[:\s]/g, '').toLowerCase()
-  if (clean.length === 0 || clean.length % 2 !== 0 || !/^[0-9a-f]+$/.test(clean)) {
-    throw new AgentError('USAGE', `key id '${id}' is not hex`, {
-      remedy: 'Give the CKA_ID as hex digits, e.g. 01 or 0a1b',
-    })
-  }
-  return Buffer.from(clean, 'hex')
 }
 
 export class Device {
@@ -155,38 +103,14 @@ export class Device {
   #module: Pkcs11Module | undefined
   #slot: Handle | undefined
   /** Identity last seen on the device (label/serial), used to find it again after removal. */
-  #seen: { label: string; serial: string; manufacturer: string; model: string } | undefined
-  #sessions: PooledSession[] = []
-  #generation = 0
-  #waiters: Array<() => void> = []
+  #seen: TokenIdentity | undefined
   #lost = false
-  /** Private key handles by CKA_ID/label, valid for this session generation (token object handles
-   * hold across the application's sessions, PKCS#11 v2.40 §2.4; a reconnect may renumber them). */
-  #keyCache = new Map<string, { handle: Handle; alwaysAuthenticate: boolean; generation: number }>()
-  /**
-   * The token's key list (public points and attributes) for this session generation. Reading it costs
-   * a C_FindObjects plus several C_GetAttributeValue per key — about 3 ms on SoftHSM, most of an agent
-   * request — and it only changes with keygen, login state, reconnection or another program.
-   */
-  #keyList: { entries: KeyEntry[]; generation: number } | undefined
+  readonly #pool = new SessionPool((session) => this.#module?.closeSession(session))
+  readonly #keys = new KeyCatalogue()
 
-  #forgetKeys(): void {
-    this.#keyCache.clear()
-    this.#keyList = undefined
-  }
-
-  #keys(session: PooledSession): KeyEntry[] {
-    if (this.#keyList !== undefined && this.#keyList.generation === this.#generation)
-      return this.#keyList.entries
-    const entries = this.#collectKeys(session)
-    this.#keyList = { entries, generation: this.#generation }
-    return entries
-  }
-  /** PINs the token rejected: never sent again automatically. */
-  readonly #rejectedPins = new WeakSet<Pin>()
-
-  constructor(selector: TokenSelector, options: DeviceOptions = {}) {
-    this.#selector = Object.freeze({ ...selector })
+  /** Only the selecting fields of `selector` are kept (a whole config token entry may be passed). */
+  constructor(selector: Readonly<TokenSelector>, options: DeviceOptions = {}) {
+    this.#selector = Object.freeze(tokenSelector(selector))
     this.#cachedPin = options.cachedPin ?? (() => undefined)
     this.#onEvent = options.onEvent ?? (() => {})
   }
@@ -213,7 +137,7 @@ export class Device {
       pinCountLow: false,
       pinFinalTry: false,
       pinLocked: false,
-      sessionsOpen: this.#sessions.length,
+      sessionsOpen: this.#pool.size,
     }
     let info: TokenInfo
     try {
@@ -223,29 +147,15 @@ export class Device {
       if (RECONNECT_CODES.has(err.code)) return absent
       throw err
     }
-    const any = this.#sessions.find((s) => s.generation === this.#generation)
     let loggedIn = false
-    if (any !== undefined) {
-      try {
-        loggedIn = this.#mod().sessionLoggedIn(any.handle)
-      } catch {
-        loggedIn = false
-      }
+    try {
+      const any = this.#pool.any()
+      loggedIn = any !== undefined && this.#mod().sessionLoggedIn(any.handle)
+    } catch {
+      // That session died since: a request will notice and reconnect.
     }
-    return {
-      present: true,
-      label: info.label,
-      serial: info.serial,
-      manufacturer: info.manufacturer,
-      model: info.model,
-      loginRequired: info.loginRequired,
-      loggedIn,
-      protectedAuthPath: info.protectedAuthPath,
-      pinCountLow: info.pinCountLow,
-      pinFinalTry: info.pinFinalTry,
-      pinLocked: info.pinLocked,
-      sessionsOpen: this.#sessions.length,
-    }
+    const { tokenInitialized: _initialized, ...shown } = info
+    return { present: true, ...shown, loggedIn, sessionsOpen: this.#pool.size }
   }
 
   async needsLogin(): Promise<boolean> {
@@ -257,7 +167,7 @@ export class Device {
 
   async login(pin: Pin | null): Promise<void> {
     await this.#request('none', (session) => {
-      this.#forgetKeys()
+      this.#keys.forget()
       this.#loginOnce(session, pin)
     })
   }
@@ -265,114 +175,73 @@ export class Device {
   async logout(): Promise<void> {
     await this.#request('none', (session) => {
       // Private object handles die with the login on some modules (SoftHSM: CKR_KEY_HANDLE_INVALID).
-      this.#forgetKeys()
+      this.#keys.forget()
       this.#mod().logout(session.handle, this.describe())
     })
   }
 
   async listKeys(): Promise<DeviceKey[]> {
-    return this.#request('optional', (session) => {
-      this.#keyList = undefined
-      return this.#keys(session).map((e) => e.key)
-    })
+    return this.#request('optional', (session) => this.#keys.list(this.#on(session)))
   }
 
   async findKey(key: KeySelector): Promise<DeviceKey> {
-    return this.#request('optional', (session) => {
-      const fromCache = this.#keyList?.generation === this.#generation
-      try {
-        return this.#pick(this.#keys(session), key).key
-      } catch (error) {
-        // Not in the cached list: another program may have made the key since; read the token again.
-        if (!fromCache) throw error
-        this.#keyList = undefined
-        return this.#pick(this.#keys(session), key).key
-      }
-    })
+    return this.#request('optional', (session) => this.#keys.find(this.#on(session), key))
   }
 
-  async signer(key: KeySelector): Promise<Signer> {
-    const found = await this.findKey(key)
-    const signer = new Pkcs11Signer(
-      {
-        description: `${this.describe()} key '${found.label}' (id ${found.id})`,
-        signDigest: async (digest) => await this.#signDigest({ id: found.id, label: found.label }, digest),
-      },
-      found,
-    )
-    return {
-      publicKey: signer.publicKey,
-      description: signer.description,
-      sign: async (message) => {
-        try {
-          return await signer.sign(message)
-        } catch (error) {
-          // The key was replaced behind our back (its public half no longer matches): the next
-          // findKey must read the token again instead of trusting the cached list.
-          if (error instanceof AgentError && error.code === 'SELF_CHECK_FAILED') this.#forgetKeys()
-          throw error
-        }
-      },
-    }
+  /** The key under a label/id may have been replaced (its signature did not verify): read the token again. */
+  forgetKeys(): void {
+    this.#keys.forget()
   }
 
   async generateKey(
     key: { label: string; id?: string },
     options: { force?: boolean } = {},
   ): Promise<DeviceKey> {
-    if (key.label.trim() === '')
-      throw new AgentError('USAGE', 'a key label is required', { remedy: 'Pass --label NAME' })
-    const givenId = key.id === undefined ? undefined : parseHexId(key.id)
-    return this.#request('required', (_session, work) => {
-      const mod = this.#mod()
-      const where = this.describe()
-      // Keygen writes token objects: its own read-write session, not one of the signing pool's.
-      const rw = mod.openSession(this.#requireSlot(), true)
-      try {
-        const byLabel = (['private', 'public'] as const).flatMap((cls) =>
-          mod.findKeys(rw, { cls, label: key.label }, where),
-        )
-        const byId =
-          givenId === undefined
-            ? []
-            : (['private', 'public'] as const).flatMap((cls) => mod.findKeys(rw, { cls, id: givenId }, where))
-        const existing = new Map<string, Handle>()
-        for (const h of [...byLabel, ...byId]) existing.set(hex(h), h)
-        if (existing.size > 0 && options.force !== true) {
-          const what = [
-            byLabel.length > 0 ? `a key labelled '${key.label}'` : '',
-            byId.length > 0 && givenId !== undefined ? `a key with id ${hex(givenId)}` : '',
-          ]
-            .filter((t) => t !== '')
-            .join(' and ')
-          throw new AgentError('KEY_EXISTS', `${where} already has ${what}`, {
-            remedy:
-              'Choose another label/id, or pass --force to destroy the old key (registries that know its public key will then reject your tokens)',
-            data: { label: key.label, ...(givenId === undefined ? {} : { id: hex(givenId) }) },
-          })
-        }
-        // Replacing a key without a new id keeps its CKA_ID (on PIV tokens the id is the slot).
-        const previousId = byLabel
-          .map((h) => mod.keyAttributes(rw, h, 'private', where).id)
-          .find((b) => b.length > 0)
-        const id = givenId ?? previousId ?? randomBytes(8)
+    const request = keygenRequest(key, options.force === true)
+    return this.#request('required', (_session, work) =>
+      generateKeyPair(this.#mod(), this.#requireSlot(), this.describe(), request, () => {
         work.committed = true
-        this.#forgetKeys()
-        const pair = mod.generateP384(rw, key.label, id, where)
-        // Old objects go only after the new pair exists, so a failed generation destroys nothing.
-        for (const h of existing.values()) mod.destroy(rw, h, where)
-        const priv = mod.keyAttributes(rw, pair.privateKey, 'private', where)
-        const pub = mod.keyAttributes(rw, pair.publicKey, 'public', where)
-        const entry = this.#entry(priv, pub)
-        if (entry === undefined) {
-          throw new AgentError('KEY_INVALID', `${where} generated a key that is not a readable P-384 key`, {
-            remedy: 'See native-config/devices.md for this device',
-          })
-        }
-        return entry.key
-      } finally {
-        mod.closeSession(rw)
+        this.#keys.forget()
+      }),
+    )
+  }
+
+  /**
+   * C_SignInit(CKM_ECDSA) (+ the context-specific login of a CKA_ALWAYS_AUTHENTICATE key) then
+   * C_Sign over `digest` on a pooled session, off the event loop. The raw device output (r||s or DER);
+   * src/signer/pkcs11.ts hashes, normalises and verifies.
+   */
+  async signDigest(key: Pick<DeviceKey, 'id' | 'label'>, digest: Uint8Array): Promise<Uint8Array> {
+    return this.#request('required', async (session, work) => {
+      const mod = this.#mod()
+      const on = this.#on(session)
+      let entry = this.#keys.privateKey(on, key)
+      try {
+        mod.signInit(session.handle, entry.handle, on.where)
+      } catch (error) {
+        // A cached handle can go stale (logout, key replaced by another program): look it up again.
+        if (!(error instanceof AgentError && error.code === 'KEY_NOT_FOUND' && entry.cached)) throw error
+        this.#keys.forget()
+        entry = this.#keys.privateKey(on, key)
+        mod.signInit(session.handle, entry.handle, on.where)
       }
+      work.operationStarted = true
+      if (entry.alwaysAuthenticate) {
+        // CKA_ALWAYS_AUTHENTICATE (PKCS#11 v2.40 §4.9): C_Login(CKU_CONTEXT_SPECIFIC) after
+        // C_SignInit, before each C_Sign, with the PIN the owner holds.
+        const pin = this.#cachedPin()
+        if (pin === undefined) {
+          throw new AgentError(
+            'PIN_REQUIRED',
+            `${on.where}: key '${key.label}' needs the PIN for every signature`,
+            { remedy: 'Unlock the agent with the PIN, then retry' },
+          )
+        }
+        this.#loginOnce(session, pin, true)
+      }
+      work.committed = true
+      // A missed YubiKey touch (ykcs11: CKR_USER_NOT_LOGGED_IN from C_Sign) is TOUCH_TIMEOUT in ckr.ts.
+      return new Uint8Array(await mod.signAsync(session.handle, Buffer.from(digest), on.where))
     })
   }
 
@@ -394,7 +263,11 @@ export class Device {
     fn: (session: PooledSession, work: Work) => T | Promise<T>,
   ): Promise<T> {
     for (let attempt = 0; ; attempt += 1) {
-      const session = await this.#acquire()
+      const session = await this.#pool.acquire(
+        () => this.#connect(),
+        () => this.#openSession(),
+        () => this.describe(),
+      )
       const work: Work = { committed: false, operationStarted: false }
       let healthy = true
       try {
@@ -411,70 +284,28 @@ export class Device {
         }
         throw err
       } finally {
-        this.#giveBack(session, healthy)
-      }
-    }
-  }
-
-  async #acquire(): Promise<PooledSession> {
-    for (;;) {
-      this.#connect()
-      const idle = this.#sessions.find((s) => !s.busy && s.generation === this.#generation)
-      if (idle !== undefined) {
-        idle.busy = true
-        return idle
-      }
-      if (this.#sessions.length < LIMITS.sessionsPerToken) {
-        let handle: Handle
-        try {
-          handle = this.#mod().openSession(this.#requireSlot(), false)
-        } catch (error) {
-          const err = toAgentError(error)
-          if (RECONNECT_CODES.has(err.code)) this.#lose(err.code)
-          throw err
-        }
-        const session: PooledSession = { handle, generation: this.#generation, busy: true }
-        this.#sessions.push(session)
-        return session
-      }
-      if (this.#waiters.length >= LIMITS.maxPendingSigns) {
-        throw new AgentError(
-          'AGENT_BUSY',
-          `${this.describe()}: ${this.#waiters.length} requests are already waiting for the device`,
-          {
-            remedy: 'Wait for pending signatures (touches) to finish, then retry',
-          },
+        const slot = this.#slot
+        this.#pool.giveBack(
+          session,
+          healthy,
+          slot === undefined ? undefined : () => this.#mod().openSession(slot, false),
         )
       }
-      await new Promise<void>((resolve) => this.#waiters.push(resolve))
     }
   }
 
-  /** Back to the pool; a session from before a reconnect/release, or one that failed, is closed. */
-  #giveBack(session: PooledSession, healthy: boolean): void {
-    session.busy = false
-    if (!healthy || session.generation !== this.#generation) {
-      this.#sessions = this.#sessions.filter((s) => s !== session)
-      if (
-        session.generation === this.#generation &&
-        this.#slot !== undefined &&
-        !this.#sessions.some((s) => s.generation === this.#generation)
-      ) {
-        // Closing the application's last session logs the token out (PKCS#11 §5.6): open the
-        // replacement first so one failed signature does not cost the user a PIN entry.
-        try {
-          this.#sessions.push({
-            handle: this.#mod().openSession(this.#slot, false),
-            generation: this.#generation,
-            busy: false,
-          })
-        } catch {
-          // The device is going away; the next request reconnects.
-        }
-      }
-      this.#module?.closeSession(session.handle)
+  #openSession(): Handle {
+    try {
+      return this.#mod().openSession(this.#requireSlot(), false)
+    } catch (error) {
+      const err = toAgentError(error)
+      if (RECONNECT_CODES.has(err.code)) this.#lose(err.code)
+      throw err
     }
-    this.#waiters.shift()?.()
+  }
+
+  #on(session: PooledSession): OnSession {
+    return { mod: this.#mod(), session: session.handle, where: this.describe() }
   }
 
   /** Finds the token (health check when connected). Synchronous: no request interleaves with it. */
@@ -510,17 +341,10 @@ export class Device {
       } catch {
         continue // a token vanishing between the two calls is just not there
       }
-      if (want.label !== undefined && info.label !== want.label) continue
-      if (want.serial !== undefined && want.serial !== '' && info.serial !== want.serial) continue
-      if (want.manufacturer !== undefined && info.manufacturer !== want.manufacturer) continue
-      if (want.model !== undefined && info.model !== want.model) continue
+      if (!tokenMatches(info, want)) continue
       this.#slot = slot
-      this.#seen = {
-        label: info.label,
-        serial: info.serial,
-        manufacturer: info.manufacturer,
-        model: info.model,
-      }
+      const { label, serial, manufacturer, model } = info
+      this.#seen = { label, serial, manufacturer, model }
       if (this.#lost) {
         this.#lost = false
         this.#onEvent({ type: 'reconnected', token: this.describe() })
@@ -544,13 +368,10 @@ export class Device {
     }
   }
 
-  /** Idle sessions close now; busy ones (a sign waiting for a touch) close when they come back. */
+  /** Sessions and key handles are gone with the token, or on `release`. */
   #dropSessions(): void {
-    this.#generation += 1
-    this.#forgetKeys()
-    for (const s of this.#sessions.filter((x) => !x.busy)) this.#module?.closeSession(s.handle)
-    this.#sessions = this.#sessions.filter((s) => s.busy)
-    for (const wake of this.#waiters.splice(0)) wake()
+    this.#pool.drop()
+    this.#keys.forget()
   }
 
   #mod(): Pkcs11Module {
@@ -596,21 +417,14 @@ export class Device {
         data: { token: this.describe() },
       })
     }
-    if (this.#rejectedPins.has(pin)) {
-      if (need === 'optional') return
-      throw new AgentError(
-        'PIN_INCORRECT',
-        `${this.describe()}: the held PIN was already rejected; it is not tried again`,
-        {
-          remedy: 'Enter the correct PIN',
-          data: { token: this.describe() },
-        },
-      )
-    }
     this.#loginOnce(session, pin)
   }
 
-  /** Exactly one C_Login. On a wrong PIN, the tries left (token flags) go into the error. */
+  /**
+   * Exactly one C_Login. A refused PIN is reported (`pin-rejected`) so its owner drops it; the error
+   * keeps the CKR-level message and carries the tries left from the token flags, from which the
+   * policy (src/policy/policy.ts) words what the user reads.
+   */
   #loginOnce(session: PooledSession, pin: Pin | null, contextSpecific = false): void {
     const mod = this.#mod()
     try {
@@ -618,213 +432,30 @@ export class Device {
     } catch (error) {
       const err = toAgentError(error)
       if (err.code !== 'PIN_INCORRECT' && err.code !== 'PIN_LOCKED') throw err
-      if (pin !== null) this.#rejectedPins.add(pin)
-      let left: 'low' | 'final' | 'locked' | undefined
+      if (pin !== null) this.#onEvent({ type: 'pin-rejected', token: this.describe() })
+      let left: TriesLeft | undefined = err.code === 'PIN_LOCKED' ? 'locked' : undefined
       try {
-        left = triesLeft(mod.tokenInfo(this.#requireSlot()))
+        left ??= triesLeft(mod.tokenInfo(this.#requireSlot()))
       } catch {
-        left = undefined
+        // The flags are a courtesy; the refusal stands without them.
       }
-      if (err.code === 'PIN_LOCKED') left = 'locked'
-      const text =
-        left === 'locked'
-          ? 'the PIN is now locked'
-          : left === 'final'
-            ? 'one try left before the PIN locks'
-            : left === 'low'
-              ? 'few tries left'
-              : undefined
-      throw new AgentError(
-        left === 'locked' ? 'PIN_LOCKED' : err.code,
-        // A CKR_PIN_LOCKED message already says so; add the tries-left text only where it is news.
-        text === undefined || err.code === 'PIN_LOCKED' ? err.message : `${err.message} (${text})`,
-        {
-          cause: err,
-          remedy:
-            left === 'locked'
-              ? 'Unlock the PIN with the PUK / SO PIN using the device vendor tool'
-              : left === 'final'
-                ? 'The next wrong PIN locks the token: check the PIN carefully before trying again'
-                : (err.remedy ?? 'Enter the correct PIN'),
-          data: { ...err.data, ...(left === undefined ? {} : { triesLeft: left }), token: this.describe() },
-        },
-      )
-    }
-  }
-
-  // -------------------------------------------------------------------------------------------
-  // Keys
-
-  #entry(priv: KeyAttributes | undefined, pub: KeyAttributes | undefined): KeyEntry | undefined {
-    const main = priv ?? pub
-    if (main === undefined || !main.isEc) return undefined
-    // Some modules expose no public object: the private key's CKA_EC_POINT is the fallback.
-    const point = pub?.ecPoint ?? priv?.ecPoint
-    if (point === undefined) return undefined
-    const params = pub?.ecParams ?? priv?.ecParams
-    let publicKey: Uint8Array
-    try {
-      // P-384 by named OID / explicit parameters, or (params absent) by the point length check inside.
-      if (params !== undefined && !isP384EcParams(params)) return undefined
-      publicKey = publicKeyFromDevice(point)
-    } catch {
-      return undefined
-    }
-    return {
-      key: {
-        label: main.label,
-        id: hex(main.id),
-        publicKey,
-        // Without a login the private object may be invisible (CKA_PRIVATE): these describe the
-        // private key only when it was visible; otherwise they are the non-extractable defaults.
-        alwaysAuthenticate: priv?.alwaysAuthenticate ?? false,
-        extractable: priv?.extractable ?? false,
-        sensitive: priv?.sensitive ?? true,
-      },
-    }
-  }
-
-  #collectKeys(session: PooledSession): KeyEntry[] {
-    const mod = this.#mod()
-    const where = this.describe()
-    const pubs = mod
-      .findKeys(session.handle, { cls: 'public' }, where)
-      .map((h) => mod.keyAttributes(session.handle, h, 'public', where))
-    const used = new Set<KeyAttributes>()
-    const entries: KeyEntry[] = []
-    for (const h of mod.findKeys(session.handle, { cls: 'private' }, where)) {
-      const priv = mod.keyAttributes(session.handle, h, 'private', where)
-      const pub =
-        (priv.id.length > 0 ? pubs.find((p) => p.id.equals(priv.id)) : undefined) ??
-        pubs.find((p) => p.id.length === 0 && priv.id.length === 0 && p.label === priv.label)
-      if (pub !== undefined) used.add(pub)
-      const entry = this.#entry(priv, pub)
-      if (entry !== undefined) entries.push(entry)
-    }
-    for (const pub of pubs) {
-      if (used.has(pub)) continue
-      const entry = this.#entry(undefined, pub)
-      if (entry !== undefined) entries.push(entry)
-    }
-    return entries
-  }
-
-  #pick(entries: KeyEntry[], selector: KeySelector): KeyEntry {
-    if (selector.label === undefined && selector.id === undefined) {
-      throw new AgentError('USAGE', 'a key needs a label or an id', {
-        remedy: 'Configure `key_label` or `key_id` for this key',
+      // The last try just went: the token says CKR_PIN_INCORRECT but its flags say locked.
+      const locked =
+        left === 'locked' && err.code !== 'PIN_LOCKED'
+          ? fromReturnValue(
+              CKR.PIN_LOCKED.rv,
+              contextSpecific ? 'context-login' : 'login',
+              this.describe(),
+              err,
+            )
+          : undefined
+      const remedy = (locked ?? err).remedy
+      throw new AgentError(locked?.code ?? err.code, err.message, {
+        cause: err,
+        ...(remedy === undefined ? {} : { remedy }),
+        triesLeft: left,
+        data: { ...err.data, token: this.describe() },
       })
     }
-    const id = selector.id === undefined ? undefined : hex(parseHexId(selector.id))
-    const matches = entries.filter(
-      (e) =>
-        (selector.label === undefined || e.key.label === selector.label) &&
-        (id === undefined || e.key.id === id),
-    )
-    const wanted = [
-      selector.label === undefined ? '' : `label '${selector.label}'`,
-      id === undefined ? '' : `id ${id}`,
-    ]
-      .filter((s) => s !== '')
-      .join(', ')
-    if (matches.length === 0) {
-      const available = entries.map((e) => `'${e.key.label}' (id ${e.key.id})`).join(', ')
-      throw new AgentError('KEY_NOT_FOUND', `${this.describe()} has no P-384 key with ${wanted}`, {
-        remedy:
-          entries.length === 0
-            ? 'Generate one with `cargo-pkcs11-agent keygen` (or log in first: private keys may be hidden until then)'
-            : `Available keys: ${available}`,
-        data: { token: this.describe() },
-      })
-    }
-    if (matches.length > 1) {
-      throw new AgentError(
-        'CONFIG_INVALID',
-        `${this.describe()} has ${matches.length} P-384 keys with ${wanted}`,
-        {
-          remedy: `Select the key by id as well: ${matches.map((e) => e.key.id).join(', ')}`,
-        },
-      )
-    }
-    return matches[0] as KeyEntry
-  }
-
-  // -------------------------------------------------------------------------------------------
-  // Signing
-
-  /** The private key object for signing, looked up once per session generation. */
-  #privateKey(
-    session: PooledSession,
-    key: { id: string; label: string },
-  ): { handle: Handle; alwaysAuthenticate: boolean; cached: boolean } {
-    const cacheKey = `${key.id}/${key.label}`
-    const cached = this.#keyCache.get(cacheKey)
-    if (cached !== undefined && cached.generation === this.#generation) return { ...cached, cached: true }
-    const mod = this.#mod()
-    const where = this.describe()
-    const query =
-      key.id === ''
-        ? { cls: 'private' as const, label: key.label }
-        : { cls: 'private' as const, id: Buffer.from(key.id, 'hex') }
-    let handles = mod.findKeys(session.handle, query, where)
-    // Same CKA_ID on several private objects (possible on SoftHSM): the label decides.
-    if (handles.length > 1 && key.id !== '')
-      handles = handles.filter(
-        (h) => mod.keyAttributes(session.handle, h, 'private', where).label === key.label,
-      )
-    const [handle] = handles
-    if (handle === undefined || handles.length > 1) {
-      throw new AgentError(
-        'KEY_NOT_FOUND',
-        `${where}: the private key '${key.label}' (id ${key.id === '' ? 'none' : key.id}) is ${handle === undefined ? 'not visible' : 'ambiguous'}`,
-        {
-          remedy:
-            handle === undefined
-              ? 'Log in to the token (unlock the agent) and retry; check the key still exists with `cargo-pkcs11-agent list --login`'
-              : 'Give each key a distinct CKA_ID',
-        },
-      )
-    }
-    const attrs = mod.keyAttributes(session.handle, handle, 'private', where)
-    const entry = { handle, alwaysAuthenticate: attrs.alwaysAuthenticate, generation: this.#generation }
-    this.#keyCache.set(cacheKey, entry)
-    return { ...entry, cached: false }
-  }
-
-  /** C_SignInit (+ context-specific login) then C_Sign(CKM_ECDSA) on a pooled session, async. */
-  async #signDigest(key: { id: string; label: string }, digest: Uint8Array): Promise<Uint8Array> {
-    return this.#request('required', async (session, work) => {
-      const mod = this.#mod()
-      const where = this.describe()
-      let entry = this.#privateKey(session, key)
-      try {
-        mod.signInit(session.handle, entry.handle, where)
-      } catch (error) {
-        // A cached handle can go stale (logout, key replaced by another program): look it up again.
-        if (!(error instanceof AgentError && error.code === 'KEY_NOT_FOUND' && entry.cached)) throw error
-        this.#forgetKeys()
-        entry = this.#privateKey(session, key)
-        mod.signInit(session.handle, entry.handle, where)
-      }
-      work.operationStarted = true
-      if (entry.alwaysAuthenticate) {
-        // CKA_ALWAYS_AUTHENTICATE (PKCS#11 v2.40 §4.9): C_Login(CKU_CONTEXT_SPECIFIC) after
-        // C_SignInit, before each C_Sign, with the PIN the owner holds.
-        const pin = this.#cachedPin()
-        if (pin === undefined) {
-          throw new AgentError(
-            'PIN_REQUIRED',
-            `${where}: key '${key.label}' needs the PIN for every signature`,
-            {
-              remedy: 'Unlock the agent with the PIN, then retry',
-            },
-          )
-        }
-        this.#loginOnce(session, pin, true)
-      }
-      work.committed = true
-      // A missed YubiKey touch (ykcs11: CKR_USER_NOT_LOGGED_IN from C_Sign) is TOUCH_TIMEOUT in binding.ts.
-      return new Uint8Array(await mod.signAsync(session.handle, Buffer.from(digest), where))
-    })
   }
 }

@@ -9,39 +9,35 @@ import { createHash } from 'node:crypto'
 
 import { AgentError } from '../lib/errors.js'
 import { normalizeSignature, verifySignature } from '../keys/signature.js'
+import type { Device } from '../pkcs11/device.js'
+import type { KeySelector } from '../pkcs11/selector.js'
 import type { Signer } from './signer.js'
 
-/** What the device layer provides (src/pkcs11/device.ts): one digest signature, already async. */
-export interface DigestSigner {
-  readonly description: string
-  signDigest(digest: Uint8Array): Promise<Uint8Array>
-}
-
-export class Pkcs11Signer implements Signer {
-  readonly publicKey: Uint8Array
-  readonly description: string
-  readonly #device: DigestSigner
-
-  constructor(device: DigestSigner, key: { publicKey: Uint8Array }) {
-    this.#device = device
-    this.publicKey = Uint8Array.from(key.publicKey)
-    this.description = device.description
-  }
-
-  async sign(message: Uint8Array): Promise<Uint8Array> {
-    const digest = new Uint8Array(createHash('sha384').update(message).digest())
-    const raw = await this.#device.signDigest(digest)
-    const signature = normalizeSignature(raw)
-    if (!verifySignature(this.publicKey, message, signature)) {
-      throw new AgentError(
-        'SELF_CHECK_FAILED',
-        `${this.description}: the device signature does not verify with the key's public point`,
-        {
-          remedy:
-            'The token may hold a different key under this label/id than when the agent started; run `cargo-pkcs11-agent pubkey` and compare with the registry',
-        },
-      )
-    }
-    return signature
+/** The device key `selector` names, as the one Signer seam (src/signer/signer.ts). */
+export async function pkcs11Signer(device: Device, selector: KeySelector): Promise<Signer> {
+  const key = await device.findKey(selector)
+  const publicKey = Uint8Array.from(key.publicKey)
+  const description = `${device.describe()} key '${key.label}' (id ${key.id})`
+  return {
+    publicKey,
+    description,
+    async sign(message: Uint8Array): Promise<Uint8Array> {
+      const digest = new Uint8Array(createHash('sha384').update(message).digest())
+      const signature = normalizeSignature(await device.signDigest(key, digest))
+      if (!verifySignature(publicKey, message, signature)) {
+        // The key was replaced behind our back (its public half no longer matches): the next
+        // lookup must read the token again instead of trusting the cached list.
+        device.forgetKeys()
+        throw new AgentError(
+          'SELF_CHECK_FAILED',
+          `${description}: the device signature does not verify with the key's public point`,
+          {
+            remedy:
+              'The token may hold a different key under this label/id than when the agent started; run `cargo-pkcs11-agent pubkey` and compare with the registry',
+          },
+        )
+      }
+      return signature
+    },
   }
 }

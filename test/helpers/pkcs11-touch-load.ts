@@ -12,6 +12,7 @@ import { performance, monitorEventLoopDelay } from 'node:perf_hooks'
 import { Pin } from '../../src/lib/secret.js'
 import { verifySignature } from '../../src/keys/signature.js'
 import { Device } from '../../src/pkcs11/device.js'
+import { pkcs11Signer } from '../../src/signer/pkcs11.js'
 
 interface Input {
   faultyModule: string
@@ -36,8 +37,8 @@ const otherDevice = new Device(
 )
 await touchDevice.login(pin)
 await otherDevice.login(pin)
-const touchSigner = await touchDevice.signer({ label: 'gen' })
-const otherSigner = await otherDevice.signer({ label: 'gen' })
+const touchSigner = await pkcs11Signer(touchDevice, { label: 'gen' })
+const otherSigner = await pkcs11Signer(otherDevice, { label: 'gen' })
 // Warm up: sessions exist and the key lookup path has run once on each device.
 await touchSigner.sign(Buffer.from('warm-up'))
 await otherSigner.sign(Buffer.from('warm-up'))

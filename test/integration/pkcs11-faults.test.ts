@@ -14,6 +14,7 @@ import { AgentError } from '../../src/lib/errors.js'
 import { Pin } from '../../src/lib/secret.js'
 import { isHighS, verifySignature } from '../../src/keys/signature.js'
 import { Device, type DeviceEvent } from '../../src/pkcs11/device.js'
+import { pkcs11Signer } from '../../src/signer/pkcs11.js'
 import { LIMITS } from '../../src/lib/limits.js'
 import {
   createSoftHsmStore,
@@ -29,7 +30,9 @@ const FAULTY_DIR = join(repoRoot(), 'test', 'fixtures', 'faulty-pkcs11')
 const FAULTY = join(FAULTY_DIR, 'libfaulty-pkcs11.so')
 
 // CKR values written into the control file (PKCS#11 v2.40 pkcs11t.h).
+const CKR_PIN_INCORRECT = 0xa0
 const CKR_PIN_LOCKED = 0xa4
+const CKF_USER_PIN_LOCKED = 0x40000
 
 function counts(path: string): Map<string, number> {
   const map = new Map<string, number>()
@@ -78,38 +81,65 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
     await store.cleanup()
   })
 
-  it('wrong PIN: exactly one C_Login, tries left reported, never retried with the held PIN', async () => {
+  it('wrong PIN: exactly one C_Login, tries left reported, the owner told to drop the held PIN', async () => {
     const wrong = Pin.fromString('975312')
     let held: Pin | undefined = wrong
-    const device = new Device({ module: FAULTY, label: 'pins' }, { cachedPin: () => held })
-    const loginsBefore = counts(countsFile).get('C_Login') ?? 0
+    const events: DeviceEvent[] = []
+    const device = new Device(
+      { module: FAULTY, label: 'pins' },
+      {
+        cachedPin: () => held,
+        // What the agent does with the event (src/agent/agent.ts): the refused PIN is no longer held.
+        onEvent: (e) => {
+          events.push(e)
+          if (e.type === 'pin-rejected') held = undefined
+        },
+      },
+    )
+    const logins = (): number => counts(countsFile).get('C_Login') ?? 0
+    const loginsBefore = logins()
 
     const first = await rejection(device.login(wrong))
     assert.equal(first.code, 'PIN_INCORRECT')
-    // SoftHSM raises CKF_USER_PIN_COUNT_LOW after a failed login.
-    assert.equal(first.data['triesLeft'], 'low')
-    assert.match(first.message, /few tries left/)
-    assert.equal((counts(countsFile).get('C_Login') ?? 0) - loginsBefore, 1)
+    assert.match(first.message, /the PIN is incorrect/)
+    // SoftHSM raises CKF_USER_PIN_COUNT_LOW after a failed login; the wire carries it as data.
+    assert.equal(first.triesLeft, 'low')
+    assert.equal(first.toWire().data?.['triesLeft'], 'low')
+    assert.equal(logins() - loginsBefore, 1)
+    assert.deepEqual(
+      events.map((e) => e.type),
+      ['pin-rejected'],
+    )
 
-    // The owner still holds the rejected PIN: a sign must not send it again.
-    const signer = await device.signer({ label: 'gen' })
-    const again = await rejection(signer.sign(Buffer.from('x')))
-    assert.equal(again.code, 'PIN_INCORRECT')
-    assert.equal((counts(countsFile).get('C_Login') ?? 0) - loginsBefore, 1, 'no second C_Login')
+    // A held PIN the token refuses on the device's own re-login is reported the same way, and
+    // once dropped it is not sent again: the next sign has no PIN to send.
+    const signer = await pkcs11Signer(device, { label: 'gen' })
+    held = Pin.fromString('864200')
+    assert.equal((await rejection(signer.sign(Buffer.from('x')))).code, 'PIN_INCORRECT')
+    assert.equal(logins() - loginsBefore, 2)
+    assert.equal(events.filter((e) => e.type === 'pin-rejected').length, 2)
+    assert.equal(held, undefined)
+    assert.equal((await rejection(signer.sign(Buffer.from('x')))).code, 'PIN_REQUIRED')
+    assert.equal(logins() - loginsBefore, 2, 'no C_Login without a held PIN')
 
     // Final try reported from CKF_USER_PIN_FINAL_TRY.
     writeFileSync(control, 'token_flags_or=0x20000\n')
     const final = await rejection(device.login(Pin.fromString('111111')))
     assert.equal(final.code, 'PIN_INCORRECT')
-    assert.equal(final.data['triesLeft'], 'final')
-    assert.match(final.message, /one try left/)
-    assert.match(final.remedy ?? '', /next wrong PIN locks/)
-    assert.equal((counts(countsFile).get('C_Login') ?? 0) - loginsBefore, 2)
+    assert.equal(final.triesLeft, 'final')
+    assert.equal(logins() - loginsBefore, 3)
 
     writeFileSync(control, `fail.C_Login=${CKR_PIN_LOCKED}\n`)
     const locked = await rejection(device.login(Pin.fromString('222222')))
     assert.equal(locked.code, 'PIN_LOCKED')
-    assert.equal(locked.data['triesLeft'], 'locked')
+    assert.equal(locked.triesLeft, 'locked')
+
+    // The last try: CKR_PIN_INCORRECT, but the flags now say CKF_USER_PIN_LOCKED.
+    writeFileSync(control, `fail.C_Login=${CKR_PIN_INCORRECT}\ntoken_flags_or=${CKF_USER_PIN_LOCKED}\n`)
+    const last = await rejection(device.login(Pin.fromString('333333')))
+    assert.equal(last.code, 'PIN_LOCKED')
+    assert.equal(last.triesLeft, 'locked')
+    assert.match(last.remedy ?? '', /PUK/)
     writeFileSync(control, '')
 
     const right = Pin.fromString('123456')
@@ -129,7 +159,7 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
       { cachedPin: () => pin, onEvent: (e) => events.push(e) },
     )
     await device.login(pin)
-    const signer = await device.signer({ label: 'gen' })
+    const signer = await pkcs11Signer(device, { label: 'gen' })
     const ok = await signer.sign(Buffer.from('before'))
     assert.equal(verifySignature(signer.publicKey, Buffer.from('before'), ok), true)
     const serial = (await device.status()).serial ?? ''
@@ -161,7 +191,7 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
   it('every injected CKR value reaches the caller as a project error code with a remedy, never a CKR name', async () => {
     const pin = Pin.fromString('123456')
     const device = new Device({ module: FAULTY, label: 'touch' }, { cachedPin: () => pin })
-    const signer = await device.signer({ label: 'gen' })
+    const signer = await pkcs11Signer(device, { label: 'gen' })
     // [function, CKR value (pkcs11t.h), expected code]
     const table: Array<[string, number, string]> = [
       ['C_Sign', 0x32, 'DEVICE_REMOVED'],
@@ -200,7 +230,7 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
   it('a missed touch or a missing key does not log the token out (no PIN needed afterwards)', async () => {
     const device = new Device({ module: FAULTY, label: 'other' })
     await device.login(Pin.fromString('123456'))
-    const signer = await device.signer({ label: 'gen' })
+    const signer = await pkcs11Signer(device, { label: 'gen' })
     await signer.sign(Buffer.from('one session'))
     const logins = counts(countsFile).get('C_Login') ?? 0
     writeFileSync(control, 'fail.C_Sign=0x50\n')
@@ -222,7 +252,7 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
       const status = await device.status()
       assert.equal(status.protectedAuthPath, true)
       assert.equal(await device.needsLogin(), true)
-      const signer = await device.signer({ label: 'gen' })
+      const signer = await pkcs11Signer(device, { label: 'gen' })
       const err = await rejection(signer.sign(Buffer.from('no login yet')))
       assert.equal(err.code, 'PIN_REQUIRED')
       assert.match(err.remedy ?? '', /entered on the device/)
@@ -253,7 +283,7 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
   it('a session lost before the device started signing is reopened transparently', async () => {
     const pin = Pin.fromString('123456')
     const device = new Device({ module: FAULTY, label: 'touch' }, { cachedPin: () => pin })
-    const signer = await device.signer({ label: 'gen' })
+    const signer = await pkcs11Signer(device, { label: 'gen' })
     await signer.sign(Buffer.from('warm'))
     // A removal and reinsertion nobody saw: the faulty module closes every session when it first
     // observes absent=1 (here through a status probe of ANOTHER Device), then the token is back.
@@ -271,7 +301,7 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
     const pin = Pin.fromString('123456')
     const device = new Device({ module: FAULTY, label: 'shapes' }, { cachedPin: () => pin })
     await device.login(pin)
-    const signer = await device.signer({ label: 'gen' })
+    const signer = await pkcs11Signer(device, { label: 'gen' })
     for (const shape of ['der', 'high_s']) {
       writeFileSync(control, `sign_output=${shape}\n`)
       for (let i = 0; i < 5; i += 1) {
@@ -296,7 +326,7 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
     await device.login(Pin.fromString('123456'))
     const key = await device.findKey({ label: 'always' })
     assert.equal(key.alwaysAuthenticate, true)
-    const signer = await device.signer({ id: 'a1' })
+    const signer = await pkcs11Signer(device, { id: 'a1' })
     const before = counts(countsFile).get('C_Login') ?? 0
     for (let i = 0; i < 3; i += 1) {
       const message = Buffer.from(`always ${i}`)
@@ -324,7 +354,7 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
     const pin = Pin.fromString('123456')
     const device = new Device({ module: FAULTY, label: 'touch' }, { cachedPin: () => pin })
     await device.login(pin)
-    const signer = await device.signer({ label: 'gen' })
+    const signer = await pkcs11Signer(device, { label: 'gen' })
     writeFileSync(control, 'sign_delay_ms=300\n')
     const total = LIMITS.sessionsPerToken + LIMITS.maxPendingSigns + 1
     const results = await Promise.allSettled(

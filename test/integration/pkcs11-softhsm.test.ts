@@ -17,7 +17,9 @@ import { buildToken } from '../../src/token/build.js'
 import { v3PublicPae } from '../../src/token/pae.js'
 import { parseV3PublicToken } from '../../src/verify/paseto.js'
 import { verifyToken } from '../../src/verify/verify.js'
-import { Device, resolveModulePath, type DeviceEvent } from '../../src/pkcs11/device.js'
+import { Device, type DeviceEvent } from '../../src/pkcs11/device.js'
+import { resolveModulePath } from '../../src/pkcs11/modules.js'
+import { pkcs11Signer } from '../../src/signer/pkcs11.js'
 import { p384PublicKey } from '../helpers/node-crypto-verify.js'
 import { createSoftHsmToken, KNOWN_KEY, GENERATED_KEY, type SoftHsmToken } from '../helpers/softhsm.js'
 
@@ -88,7 +90,7 @@ describe('PKCS#11 device on SoftHSM', () => {
   })
 
   it('signing without a held PIN fails with PIN_REQUIRED', async () => {
-    const signer = await device.signer({ label: KNOWN_KEY.label })
+    const signer = await pkcs11Signer(device, { label: KNOWN_KEY.label })
     await rejects(signer.sign(new Uint8Array([1, 2, 3])), 'PIN_REQUIRED')
   })
 
@@ -96,7 +98,7 @@ describe('PKCS#11 device on SoftHSM', () => {
     await device.login(Pin.fromString('123456'))
     assert.equal(await device.needsLogin(), false)
     for (const key of [KNOWN_KEY, GENERATED_KEY]) {
-      const signer = await device.signer({ label: key.label })
+      const signer = await pkcs11Signer(device, { label: key.label })
       assert.match(signer.description, /key '(known|gen)'/)
       for (let i = 0; i < 8; i += 1) {
         const message = Buffer.from(`v3.public.message ${i} for ${key.label}`)
@@ -116,7 +118,7 @@ describe('PKCS#11 device on SoftHSM', () => {
   })
 
   it('a publish token signed on the device verifies with the token core verifier and with node:crypto', async () => {
-    const signer = await device.signer({ label: KNOWN_KEY.label })
+    const signer = await pkcs11Signer(device, { label: KNOWN_KEY.label })
     const indexUrl = 'sparse+http://127.0.0.1:1/index/'
     const cksum = 'ab'.repeat(32)
     const built = await buildToken(signer, {
@@ -150,7 +152,7 @@ describe('PKCS#11 device on SoftHSM', () => {
   })
 
   it('signs concurrently from a pool of sessions', async () => {
-    const signer = await device.signer({ id: GENERATED_KEY.id })
+    const signer = await pkcs11Signer(device, { id: GENERATED_KEY.id })
     const messages = Array.from({ length: 20 }, (_, i) => Buffer.from(`concurrent ${i}`))
     const sigs = await Promise.all(messages.map((m) => signer.sign(m)))
     sigs.forEach((s, i) => assert.equal(verifySignature(signer.publicKey, messages[i] as Buffer, s), true))
@@ -184,7 +186,7 @@ describe('PKCS#11 device on SoftHSM', () => {
     } finally {
       mod.closeSession(session)
     }
-    const signer = await device.signer({ label: 'fresh' })
+    const signer = await pkcs11Signer(device, { label: 'fresh' })
     const sig = await signer.sign(Buffer.from('fresh key'))
     assert.equal(verifySignature(key.publicKey, Buffer.from('fresh key'), sig), true)
   })
@@ -213,7 +215,7 @@ describe('PKCS#11 device on SoftHSM', () => {
     await device.release()
     assert.equal((await device.status()).sessionsOpen, 0)
     assert.ok(events.some((e) => e.type === 'released'))
-    const signer = await device.signer({ label: KNOWN_KEY.label })
+    const signer = await pkcs11Signer(device, { label: KNOWN_KEY.label })
     const sig = await signer.sign(Buffer.from('after release'))
     assert.equal(verifySignature(signer.publicKey, Buffer.from('after release'), sig), true)
     const status = await device.status()
@@ -224,7 +226,7 @@ describe('PKCS#11 device on SoftHSM', () => {
   it('logout then login with a PIN the device does not hold: the next sign works (stale key handles are looked up again)', async () => {
     const held = pin
     pin = undefined
-    const signer = await device.signer({ label: KNOWN_KEY.label })
+    const signer = await pkcs11Signer(device, { label: KNOWN_KEY.label })
     await signer.sign(Buffer.from('before logout'))
     await device.logout()
     assert.equal(await device.needsLogin(), true)
@@ -238,7 +240,7 @@ describe('PKCS#11 device on SoftHSM', () => {
   })
 
   it("a key replaced behind the signer's back (keygen --force elsewhere) is caught by the self-check", async () => {
-    const signer = await device.signer({ label: 'fresh' })
+    const signer = await pkcs11Signer(device, { label: 'fresh' })
     await signer.sign(Buffer.from('old key'))
     const other = new Device({ module: 'softhsm', label: 'cargo' })
     await other.login(Pin.fromString('123456'))

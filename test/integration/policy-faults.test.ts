@@ -16,6 +16,7 @@ import { after, before, test } from 'node:test'
 import { parseAuditLines, AuditLog } from '../../src/audit/log.js'
 import { AgentError } from '../../src/lib/errors.js'
 import { Device } from '../../src/pkcs11/device.js'
+import { pkcs11Signer } from '../../src/signer/pkcs11.js'
 import type { PolicyConfig, RegistryPolicy, TokenPolicy } from '../../src/policy/config.js'
 import type { Intent } from '../../src/cargo/intent.js'
 import { Policy } from '../../src/policy/policy.js'
@@ -100,7 +101,7 @@ async function request(
   tok: TokenPolicy = token(),
   prompter = new RecordingPrompter(false),
 ): Promise<string> {
-  const signer = await device.signer({ label: 'gen' })
+  const signer = await pkcs11Signer(device, { label: 'gen' })
   const signed = await approveLoginSignAudit(p, audit, {
     intent,
     prompter,

@@ -14,6 +14,7 @@ import { parseAuditLines, AuditLog } from '../../src/audit/log.js'
 import { AgentError } from '../../src/lib/errors.js'
 import type { Pin } from '../../src/lib/secret.js'
 import { Device } from '../../src/pkcs11/device.js'
+import { pkcs11Signer } from '../../src/signer/pkcs11.js'
 import type { PolicyConfig, RegistryPolicy, TokenPolicy } from '../../src/policy/config.js'
 import { describeIntent, type Prompter } from '../../src/policy/intent.js'
 import type { Intent } from '../../src/cargo/intent.js'
@@ -102,7 +103,7 @@ function tokenPolicy(pin: TokenPolicy['pin'] = { kind: 'pinentry' }): TokenPolic
 }
 
 async function getSigner(): Promise<Signer> {
-  signer ??= await device.signer({ label: 'gen' })
+  signer ??= await pkcs11Signer(device, { label: 'gen' })
   return signer
 }
 

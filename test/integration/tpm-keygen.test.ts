@@ -9,6 +9,7 @@ import { after, before, describe, it } from 'node:test'
 
 import { Pin } from '../../src/lib/secret.js'
 import { Device } from '../../src/pkcs11/device.js'
+import { pkcs11Signer } from '../../src/signer/pkcs11.js'
 import { buildToken } from '../../src/token/build.js'
 import { verifyToken } from '../../src/verify/verify.js'
 import { startSoftwareTpm, type SoftwareTpm } from '../helpers/swtpm.js'
@@ -41,7 +42,7 @@ describe('Device.generateKey on tpm2-pkcs11 (swtpm)', () => {
     assert.equal(key.extractable, false)
     assert.equal(key.sensitive, true)
     assert.equal(key.publicKey.length, 49)
-    const signer = await device.signer({ id: '0a' })
+    const signer = await pkcs11Signer(device, { id: '0a' })
     assert.deepEqual(Buffer.from(signer.publicKey), Buffer.from(key.publicKey))
     const built = await buildToken(signer, {
       indexUrl: INDEX_URL,

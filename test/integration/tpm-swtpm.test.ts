@@ -9,6 +9,7 @@ import { after, before, describe, it } from 'node:test'
 
 import { Pin } from '../../src/lib/secret.js'
 import { Device } from '../../src/pkcs11/device.js'
+import { pkcs11Signer } from '../../src/signer/pkcs11.js'
 import type { Signer } from '../../src/signer/signer.js'
 import { buildToken } from '../../src/token/build.js'
 import { verifyToken } from '../../src/verify/verify.js'
@@ -80,7 +81,7 @@ describe('tpm2-pkcs11 on swtpm', () => {
       Buffer.from(jwk.x ?? '', 'base64url'),
     ])
     assert.deepEqual(Buffer.from(key.publicKey), compressed)
-    signer = await device.signer(KEY)
+    signer = await pkcs11Signer(device, KEY)
   })
 
   it('signs a publish token in the TPM that verifies with verifyToken and node:crypto', async () => {

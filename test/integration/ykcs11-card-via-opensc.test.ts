@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test'
 
 import { Pin } from '../../src/lib/secret.js'
 import { Device } from '../../src/pkcs11/device.js'
+import { pkcs11Signer } from '../../src/signer/pkcs11.js'
 import { buildToken } from '../../src/token/build.js'
 import { verifyToken } from '../../src/verify/verify.js'
 import { rejectsWithCode } from '../helpers/errors.js'
@@ -59,7 +60,7 @@ describe('virtual YubiKey through OpenSC (opensc-pkcs11.so)', () => {
   })
 
   it('signs a publish token with 9C (one context VERIFY each) and a read token with 9A', async () => {
-    const sign = await device.signer({ id: '02' })
+    const sign = await pkcs11Signer(device, { id: '02' })
     const before = await yk.control.counters()
     const built = await buildToken(sign, PUBLISH)
     const after = await yk.control.counters()
@@ -70,7 +71,7 @@ describe('virtual YubiKey through OpenSC (opensc-pkcs11.so)', () => {
       url: INDEX_URL,
       publicKey: yk.publicKeys['9c'] as Uint8Array,
     })
-    const read = await buildToken(await device.signer({ id: '01' }), {
+    const read = await buildToken(await pkcs11Signer(device, { id: '01' }), {
       indexUrl: INDEX_URL,
       operation: 'read',
     })
@@ -85,7 +86,7 @@ describe('virtual YubiKey through OpenSC (opensc-pkcs11.so)', () => {
     await yk.control.missTouch(true)
     try {
       const err = await rejectsWithCode(
-        (await device.signer({ id: '02' })).sign(Buffer.from('no touch')),
+        (await pkcs11Signer(device, { id: '02' })).sign(Buffer.from('no touch')),
         'TOUCH_TIMEOUT',
       )
       assert.equal(err.data['rv'], '0x00000101')
@@ -95,7 +96,7 @@ describe('virtual YubiKey through OpenSC (opensc-pkcs11.so)', () => {
   })
 
   it('reports removal as DEVICE_REMOVED and signs again after reinsertion', async () => {
-    const signer = await device.signer({ id: '02' })
+    const signer = await pkcs11Signer(device, { id: '02' })
     await yk.control.remove()
     const err = await rejectsWithCode(signer.sign(Buffer.from('unplugged')), 'DEVICE_REMOVED')
     assert.equal(err.data['rv'], '0x00000032')

@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test'
 import { AgentError } from '../../src/lib/errors.js'
 import { Pin } from '../../src/lib/secret.js'
 import { Device } from '../../src/pkcs11/device.js'
+import { pkcs11Signer } from '../../src/signer/pkcs11.js'
 import { startVirtualYubiKey, type VirtualYubiKey } from '../helpers/virtual-yubikey.js'
 
 const PIN = '112233'
@@ -47,7 +48,7 @@ describe('ykcs11: PIN policy "always" outside slot 9C', () => {
   })
 
   it('the second 9A signature is refused by the card, reported as a missed touch, with no VERIFY sent', async () => {
-    const signer = await device.signer({ id: '01' })
+    const signer = await pkcs11Signer(device, { id: '01' })
     const before = await yk.control.counters()
     // The login's VERIFY was the card's last command, so the first signature is allowed.
     await signer.sign(Buffer.from('first'))
@@ -64,7 +65,7 @@ describe('ykcs11: PIN policy "always" outside slot 9C', () => {
   })
 
   it('9C with PIN policy "once" still gets its context login and signs every time', async () => {
-    const signer = await device.signer({ id: '02' })
+    const signer = await pkcs11Signer(device, { id: '02' })
     for (let i = 0; i < 3; i += 1) await signer.sign(Buffer.from(`9c ${i}`))
   })
 })

@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test'
 
 import { Pin } from '../../src/lib/secret.js'
 import { Device, type DeviceEvent } from '../../src/pkcs11/device.js'
+import { pkcs11Signer } from '../../src/signer/pkcs11.js'
 import type { Signer } from '../../src/signer/signer.js'
 import { buildToken } from '../../src/token/build.js'
 import { verifyToken } from '../../src/verify/verify.js'
@@ -41,7 +42,14 @@ describe('ykcs11 on a virtual YubiKey (vpcd + PIV emulator)', () => {
     Object.assign(process.env, yk.env)
     device = new Device(
       { module: yk.module, serial: String(SERIAL) },
-      { cachedPin: () => pin, onEvent: (e) => events.push(e) },
+      {
+        cachedPin: () => pin,
+        // What the agent does with the event (src/agent/agent.ts): the refused PIN is no longer held.
+        onEvent: (e) => {
+          events.push(e)
+          if (e.type === 'pin-rejected') pin = undefined
+        },
+      },
     )
   })
 
@@ -79,8 +87,8 @@ describe('ykcs11 on a virtual YubiKey (vpcd + PIV emulator)', () => {
       assert.equal(key.extractable, false)
       assert.equal(key.sensitive, true)
     }
-    signer9c = await device.signer({ id: '02' })
-    signer9a = await device.signer({ id: '01' })
+    signer9c = await pkcs11Signer(device, { id: '02' })
+    signer9a = await pkcs11Signer(device, { id: '01' })
   })
 
   it('signs a publish token on the card (9C) that verifies with verifyToken and node:crypto', async () => {
@@ -159,8 +167,11 @@ describe('ykcs11 on a virtual YubiKey (vpcd + PIV emulator)', () => {
       `tries left in the error data: ${JSON.stringify(err.data)}`,
     )
     assert.equal((await yk.control.state()).pinTriesLeft, 2)
-    // A signature with the same (rejected) cached PIN must not spend another try.
-    await rejectsWithCode(signer9c.sign(Buffer.from('with the rejected PIN')), 'PIN_INCORRECT')
+    // The device reported the refusal and the owner dropped the PIN: a signature must not spend
+    // another try.
+    assert.equal(pin, undefined)
+    assert.ok(events.some((e) => e.type === 'pin-rejected'))
+    await rejectsWithCode(signer9c.sign(Buffer.from('with the rejected PIN')), 'PIN_REQUIRED')
     const afterWrong = await yk.control.counters()
     assert.equal(afterWrong.verify - before.verify, 1, 'exactly one VERIFY with a PIN reached the card')
     assert.equal(afterWrong.sign, before.sign, 'no signature was attempted')
@@ -226,10 +237,10 @@ describe('ykcs11 on a virtual YubiKey (vpcd + PIV emulator)', () => {
     const late = new Device({ module: yk.module, serial: String(SERIAL) }, { cachedPin: () => pin })
     try {
       assert.equal((await late.status()).present, false)
-      const err = await rejectsWithCode(late.signer({ id: '02' }), 'TOKEN_ABSENT')
+      const err = await rejectsWithCode(pkcs11Signer(late, { id: '02' }), 'TOKEN_ABSENT')
       assert.match(err.remedy ?? '', new RegExp(`serial ${SERIAL}`))
       await yk.control.insert()
-      const signer = await late.signer({ id: '02' })
+      const signer = await pkcs11Signer(late, { id: '02' })
       const built = await buildToken(signer, PUBLISH)
       await verifyToken(built.token, { ...PUBLISH, url: INDEX_URL, publicKey: signer.publicKey })
     } finally {

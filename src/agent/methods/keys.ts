@@ -5,9 +5,8 @@
 import type { Intent } from '../../cargo/intent.js'
 import type { KeyRef, TokenConfig } from '../../config/schema.js'
 import { k3Pid, k3Public } from '../../keys/paserk.js'
-import type { DeviceKey } from '../../pkcs11/device.js'
+import type { DeviceKey } from '../../pkcs11/key-catalogue.js'
 import type { KeyInfo } from '../../protocol/methods.js'
-import { selector } from '../devices.js'
 import { parseRequester } from '../pipeline/parse.js'
 import { tokenPolicy } from '../policy-config.js'
 import type { AgentState, MethodContext } from '../state.js'
@@ -66,5 +65,5 @@ export async function keyInfo(
   const { token, device } = agent.devices.byName(ref.token)
   // Private objects (and on some tokens the public ones) are hidden until login.
   await loginToken(agent, token, params, context, intent)
-  return keyInfoOf(token, await device.findKey(selector(ref)))
+  return keyInfoOf(token, await device.findKey(ref))
 }

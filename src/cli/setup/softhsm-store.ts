@@ -10,7 +10,7 @@ import { promisify } from 'node:util'
 
 import { dataDir } from '../../config/paths.js'
 import { AgentError } from '../../lib/errors.js'
-import { resolveModulePath } from '../../pkcs11/device.js'
+import { resolveModulePath } from '../../pkcs11/modules.js'
 import { writePrivate } from './tables.js'
 
 const run = promisify(execFile)
