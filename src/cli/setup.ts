@@ -88,14 +88,14 @@ export async function setup(argv: readonly string[]): Promise<number> {
   applyModuleEnvironment(token.moduleEnv)
   const pin = await pinFor(token)
   const { key, action } = await ensureKey(token, pin, str('label') ?? 'cargo', str('id'), force)
-  writeAgentConfig(configPath, doc)
+  const agentBackup = writeAgentConfig(configPath, doc)
 
   const out: string[] = [
     `key '${key.label}' (id ${key.id}) on token ${tokenName}: ${action}`,
     'register this public key with the registry:',
     k3Public(key.publicKey),
     k3Pid(key.publicKey),
-    `agent config: ${configPath}`,
+    `agent config: ${configPath}${agentBackup === undefined ? '' : ` (the previous file is ${agentBackup})`}`,
   ]
   const registryName = str('registry')
   const index = str('index')

@@ -140,7 +140,6 @@ export async function ensureDefaultSoftHsm(log: (line: string) => void): Promise
     applyModuleEnvironment({ SOFTHSM2_CONF: confPath })
     initializeToken(module, label, soPin, pin)
   } catch (error) {
-    const known = error instanceof AgentError
     const cause = toAgentError(error, 'DEVICE_ERROR')
     const left = created.undo()
     const cleaned =
@@ -152,7 +151,7 @@ export async function ensureDefaultSoftHsm(log: (line: string) => void): Promise
       `Creating the SoftHSM token in ${base} failed: ${cause.message}; ${cleaned}`,
       {
         cause,
-        remedy: `${known && cause.remedy !== undefined ? `${cause.remedy}; ` : ''}check that ${dataDir()} is writable and has free space, then run setup again`,
+        remedy: `Check that ${dataDir()} is writable and has free space, then run setup again (\`cargo-pkcs11-agent doctor\` checks the SoftHSM module)`,
         data: { store: base },
       },
     )
