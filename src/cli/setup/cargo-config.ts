@@ -80,20 +80,23 @@ function cargoConfigPath(): string {
   return existsSync(legacy) && statSync(legacy).isFile() ? legacy : join(cargoHome, 'config.toml')
 }
 
-/** Writes (with `write`) or prints the cargo registry table; returns the lines for the user. */
-export function cargoConfigLines(
+/**
+ * The cargo registry table setup prints or (with `write`) writes. Reading and checking the file
+ * happens now, before any key is touched; the returned function writes it and gives the user's lines.
+ */
+export function planCargoConfig(
   registryName: string,
   index: string,
   write: boolean,
   force: boolean,
-): string[] {
+): () => string[] {
   const { command, note } = provider()
   const notes = note === undefined ? [] : [`note: ${note}`]
   const cargoConfig = cargoConfigPath()
   const wanted = { index, 'credential-provider': [command] }
   const snippet = stringify({ registries: { [registryName]: wanted } })
   if (!write) {
-    return [`cargo config: add to ${cargoConfig} (or pass --write-cargo-config):`, snippet, ...notes]
+    return () => [`cargo config: add to ${cargoConfig} (or pass --write-cargo-config):`, snippet, ...notes]
   }
   const cargoDoc = readToml(cargoConfig, 'The cargo config')
   const existing = tableAt(cargoDoc, 'registries', registryName)
@@ -112,9 +115,11 @@ export function cargoConfigLines(
     (existing['index'] === undefined || existing['index'] === index) &&
     (current === undefined || sameProvider)
   const outcome = place(cargoDoc, 'registries', registryName, table, force || onlyAdds, cargoConfig)
-  if (outcome === 'unchanged') return [`cargo config: ${cargoConfig} (unchanged)`, ...notes]
-  const saved = saveToml(cargoConfig, cargoDoc, { what: 'The cargo config', header: '', snippet })
-  const kept = saved.backup === undefined ? '' : `; the previous file is ${saved.backup}`
-  const what = outcome === 'replaced' && onlyAdds ? 'completed' : outcome
-  return [`cargo config: ${cargoConfig} (${what}${kept})`, ...notes]
+  return () => {
+    if (outcome === 'unchanged') return [`cargo config: ${cargoConfig} (unchanged)`, ...notes]
+    const saved = saveToml(cargoConfig, cargoDoc, { what: 'The cargo config', header: '', snippet })
+    const kept = saved.backup === undefined ? '' : `; the previous file is ${saved.backup}`
+    const what = outcome === 'replaced' && onlyAdds ? 'completed' : outcome
+    return [`cargo config: ${cargoConfig} (${what}${kept})`, ...notes]
+  }
 }
