@@ -178,6 +178,26 @@ describe('setup edits the cargo config and the agent config in place', () => {
     await assert.rejects(lstat(`${cargoConfig}.bak.2`), /ENOENT/)
   })
 
+  test('a registry that has another provider is not changed without --force, and the file is untouched', async () => {
+    const before = await readFile(cargoConfig, 'utf8')
+    const withToken = `${before}\r\n[registries.tokened]\r\nindex = "sparse+http://127.0.0.1:38665/index/"\r\ncredential-provider = "cargo:token"\r\n`
+    await writeFile(cargoConfig, withToken)
+    const r = await runAgentCli(
+      [
+        'setup',
+        '--registry',
+        'tokened',
+        '--index',
+        'sparse+http://127.0.0.1:38665/index/',
+        '--write-cargo-config',
+      ],
+      { env },
+    )
+    assert.equal(r.code, 1, r.stderr)
+    assert.match(r.stderr, /already has a different \[registries\.tokened\]\. Pass --force/)
+    assert.equal(await readFile(cargoConfig, 'utf8'), withToken)
+  })
+
   test('with the shim on PATH the provider is its name, and the real cargo runs it by that name', async () => {
     const named = { ...env, PATH: `${shimBin}:${plainBin}` }
     const index = 'sparse+http://127.0.0.1:38662/index/'
@@ -189,6 +209,18 @@ describe('setup edits the cargo config and the agent config in place', () => {
     const registries = cargoRegistries(await readFile(cargoConfig, 'utf8'))
     assert.deepEqual(registries['named'], { index, 'credential-provider': ['cargo-credential-pkcs11'] })
     assert.deepEqual(registries['local']?.['credential-provider'], [packageShimPath()], 'local untouched')
+
+    // The absolute path setup wrote for local earlier becomes the name, with no --force: same program.
+    const renamed = await runAgentCli(
+      ['setup', '--registry', 'local', '--index', LOCAL_INDEX, '--write-cargo-config'],
+      { env: named },
+    )
+    assert.equal(renamed.code, 0, renamed.stderr)
+    assert.match(renamed.stdout, /cargo config: .*config\.toml \(updated; the previous file is /)
+    assert.deepEqual(cargoRegistries(await readFile(cargoConfig, 'utf8'))['local'], {
+      index: LOCAL_INDEX,
+      'credential-provider': ['cargo-credential-pkcs11'],
+    })
 
     // cargo logout runs the provider (docs/cargo-protocol.md §1); with no agent running the shim has
     // nothing to forget and succeeds. Without the name on PATH cargo cannot start it.

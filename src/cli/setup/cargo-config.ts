@@ -1,7 +1,7 @@
 /**
  * The cargo side of `setup`: the [registries.NAME] table naming this package's shim as the
  * credential provider (docs/configuration.md, "Cargo side"), printed or written to
- * $CARGO_HOME/config.toml in place (src/cli/setup/tables.ts).
+ * $CARGO_HOME/config.toml in place (docs/setup.md §2, §3).
  */
 import {
   accessSync,
@@ -52,20 +52,29 @@ function onPath(name: string): string | undefined {
   return undefined
 }
 
+function sameFile(a: string, b: string): boolean {
+  try {
+    return realpathSync(a) === realpathSync(b)
+  } catch {
+    return false
+  }
+}
+
 /**
  * The provider for cargo's config: the bare name when $PATH finds this package's shim under it (cargo
  * runs a name without a slash from PATH, and the name survives a reinstall or a Node upgrade that
  * moves lib/node_modules), else the shim's absolute path, with a note saying why.
  */
-function provider(): { command: string; note?: string } {
+function provider(): { command: string; shim: string; note?: string } {
   const shim = installedShimPath()
   const found = onPath(SHIM_NAME)
-  if (found !== undefined && realpathSync(found) === realpathSync(shim)) return { command: SHIM_NAME }
+  if (found !== undefined && sameFile(found, shim)) return { command: SHIM_NAME, shim }
   return {
     command: shim,
+    shim,
     note:
       found === undefined
-        ? `${SHIM_NAME} is not on PATH, so the provider is its absolute path; once it is (npm install -g), run setup again with --force to name it instead`
+        ? `${SHIM_NAME} is not on PATH, so the provider is its absolute path; once it is (npm install -g), run setup again to name it instead`
         : `${found} on PATH is not this installation's shim, so the provider is the absolute path ${shim}`,
   }
 }
@@ -90,7 +99,7 @@ export function planCargoConfig(
   write: boolean,
   force: boolean,
 ): () => string[] {
-  const { command, note } = provider()
+  const { command, shim, note } = provider()
   const notes = note === undefined ? [] : [`note: ${note}`]
   const cargoConfig = cargoConfigPath()
   const wanted = { index, 'credential-provider': [command] }
@@ -102,24 +111,33 @@ export function planCargoConfig(
   const existing = tableAt(cargoDoc, 'registries', registryName)
   // The user's own spelling of the same provider (a string, docs/configuration.md) is kept as is.
   const current = existing?.['credential-provider']
-  const sameProvider =
-    current === command || (Array.isArray(current) && current.length === 1 && current[0] === command)
+  const only =
+    typeof current === 'string'
+      ? current
+      : Array.isArray(current) && current.length === 1
+        ? current[0]
+        : undefined
+  const sameProvider = only === command
+  // This shim by its absolute path becomes its name once PATH finds it: the same program, spelled
+  // so that it survives a reinstall (docs/setup.md §3).
+  const renamed = !sameProvider && command === SHIM_NAME && typeof only === 'string' && sameFile(only, shim)
   const table = {
     ...(existing ?? {}),
     index,
     'credential-provider': sameProvider ? current : [command],
   }
-  // Filling in what the table lacks is not replacing a setting: that needs no --force.
-  const onlyAdds =
+  // Filling in what the table lacks, or naming the same shim, is not replacing a setting: no --force.
+  const noForce =
     existing !== undefined &&
     (existing['index'] === undefined || existing['index'] === index) &&
-    (current === undefined || sameProvider)
-  const outcome = place(cargoDoc, 'registries', registryName, table, force || onlyAdds, cargoConfig)
+    (current === undefined || sameProvider || renamed)
+  const outcome = place(cargoDoc, 'registries', registryName, table, force || noForce, cargoConfig)
   return () => {
     if (outcome === 'unchanged') return [`cargo config: ${cargoConfig} (unchanged)`, ...notes]
     const saved = saveToml(cargoConfig, cargoDoc, { what: 'The cargo config', header: '', snippet })
     const kept = saved.backup === undefined ? '' : `; the previous file is ${saved.backup}`
-    const what = outcome === 'replaced' && onlyAdds ? 'completed' : outcome
+    const what =
+      outcome === 'replaced' && noForce ? (current === undefined ? 'completed' : 'updated') : outcome
     return [`cargo config: ${cargoConfig} (${what}${kept})`, ...notes]
   }
 }

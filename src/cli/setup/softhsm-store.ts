@@ -1,6 +1,6 @@
 /**
  * The private SoftHSM store `setup` makes when no hardware token is configured
- * (docs/configuration.md): keys in software, for trying things out and for CI. The token is
+ * (docs/setup.md §4): keys in software, for trying things out and for CI. The token is
  * initialised through PKCS#11 (src/pkcs11/token-init.ts), so SoftHSM itself is the only thing to
  * install. A run that fails part-way removes what it created, so the next run starts clean.
  */

@@ -1,5 +1,5 @@
 /**
- * TOML files as `setup` edits them: read and checked whole, one [section.NAME] table changed, and
+ * TOML files as `setup` edits them (docs/setup.md §2): read and checked whole, one [section.NAME] table changed, and
  * written back in place: a new table is appended, a changed one is patched by a comment-preserving
  * editor (@decimalturn/toml-patch), so the user's comments, order and formatting outside that table
  * stay byte for byte. The result must parse to exactly the intended document or nothing is
