@@ -17,7 +17,7 @@ import { applyModuleEnvironment } from '../pkcs11/modules.js'
 import { parseCommandArgs, USAGE } from './args.js'
 import { obtainPin } from './device-target.js'
 import { planAgentConfig, writeAgentConfig } from './setup/agent-config.js'
-import { cargoConfigLines } from './setup/cargo-config.js'
+import { planCargoConfig } from './setup/cargo-config.js'
 
 async function pinFor(token: TokenConfig): Promise<Pin | null> {
   const target = {
@@ -83,25 +83,29 @@ export async function setup(argv: readonly string[]): Promise<number> {
     process.stderr.write(`cargo-pkcs11-agent setup: ${line}\n`)
   }
   const configPath = resolveConfigPath(str('config')).path
+  const registryName = str('registry')
+  const index = str('index')
+  const cargoConfig =
+    registryName === undefined || index === undefined
+      ? undefined
+      : planCargoConfig(registryName, index, values['write-cargo-config'] === true, force)
   const { doc, tokenName, token } = await planAgentConfig(configPath, str, force, say)
 
   applyModuleEnvironment(token.moduleEnv)
   const pin = await pinFor(token)
   const { key, action } = await ensureKey(token, pin, str('label') ?? 'cargo', str('id'), force)
-  writeAgentConfig(configPath, doc)
+  const agentBackup = writeAgentConfig(configPath, doc)
 
   const out: string[] = [
     `key '${key.label}' (id ${key.id}) on token ${tokenName}: ${action}`,
     'register this public key with the registry:',
     k3Public(key.publicKey),
     k3Pid(key.publicKey),
-    `agent config: ${configPath}`,
+    `agent config: ${configPath}${agentBackup === undefined ? '' : ` (the previous file is ${agentBackup})`}`,
   ]
-  const registryName = str('registry')
-  const index = str('index')
-  if (registryName !== undefined && index !== undefined) {
+  if (cargoConfig !== undefined) {
     out.push(
-      ...cargoConfigLines(registryName, index, values['write-cargo-config'] === true, force),
+      ...cargoConfig(),
       `then: cargo login --registry ${registryName}   (shows the same key), cargo publish --registry ${registryName}`,
     )
   } else {

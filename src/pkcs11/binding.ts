@@ -113,6 +113,8 @@ export interface TokenInfo {
   pinFinalTry: boolean
   pinLocked: boolean
   tokenInitialized: boolean
+  /** CKF_USER_PIN_INITIALIZED: a token set up by C_InitToken but not yet C_InitPIN (setup's SoftHSM store). */
+  userPinInitialized: boolean
 }
 
 export type KeyClass = 'private' | 'public'
@@ -232,6 +234,7 @@ export class Pkcs11Module {
       pinFinalTry: (f & k.CKF_USER_PIN_FINAL_TRY) !== 0,
       pinLocked: (f & k.CKF_USER_PIN_LOCKED) !== 0,
       tokenInitialized: (f & k.CKF_TOKEN_INITIALIZED) !== 0,
+      userPinInitialized: (f & k.CKF_USER_PIN_INITIALIZED) !== 0,
     }
   }
 
@@ -269,6 +272,38 @@ export class Pkcs11Module {
     } catch (error) {
       if (!contextSpecific && errorValue(error) === k.CKR_USER_ALREADY_LOGGED_IN) return
       throw translate(error, contextSpecific ? 'context-login' : 'login', where)
+    }
+  }
+
+  /**
+   * C_InitToken: (re)initialises the token in `slot` with a new SO PIN and label, destroying its
+   * objects (PKCS#11 v2.40 §5.6). The label is 32 bytes padded with blanks, never NUL-terminated
+   * (§5.6, CK_TOKEN_INFO), so it is padded here rather than by pkcs11js.
+   */
+  initToken(slot: Handle, soPin: Pin, label: string, where: string): void {
+    const padded = label.padEnd(32, ' ')
+    if (Buffer.byteLength(padded, 'utf8') !== 32)
+      throw new AgentError('INTERNAL', `${where}: the token label '${label}' is longer than 32 bytes`, {
+        remedy: 'Choose a label of at most 32 bytes',
+      })
+    call('init-token', where, () => this.#p11.C_InitToken(slot, soPin.expose().toString('utf8'), padded))
+  }
+
+  /**
+   * Sets the user PIN as the security officer (C_Login CKU_SO, C_InitPIN, C_Logout; PKCS#11 v2.40
+   * §5.6) in a read-write session of its own, closed before returning.
+   */
+  initUserPin(slot: Handle, soPin: Pin, pin: Pin, where: string): void {
+    const session = this.openSession(slot, true)
+    try {
+      call('login', where, () => this.#p11.C_Login(session, k.CKU_SO, soPin.expose().toString('utf8')))
+      try {
+        call('init-pin', where, () => this.#p11.C_InitPIN(session, pin.expose().toString('utf8')))
+      } finally {
+        this.logout(session, where)
+      }
+    } finally {
+      this.closeSession(session)
     }
   }
 

@@ -24,6 +24,8 @@ export type Operation =
   | 'sign'
   | 'generate'
   | 'destroy'
+  | 'init-token'
+  | 'init-pin'
 
 interface Translation {
   code: ErrorCode

@@ -5,8 +5,6 @@
  */
 import { existsSync, readFileSync } from 'node:fs'
 
-import { stringify } from 'smol-toml'
-
 import { parseConfig } from '../../config/load.js'
 import {
   checkIndexUrl,
@@ -19,7 +17,7 @@ import {
 import { AgentError } from '../../lib/errors.js'
 import { USAGE, usageError } from '../args.js'
 import { ensureDefaultSoftHsm } from './softhsm-store.js'
-import { place, readToml, tableAt, writePrivate, type Table } from './tables.js'
+import { place, readToml, saveToml, tableAt, type Table } from './tables.js'
 
 /** A string flag of `setup`, if given. */
 export type Flag = (name: string) => string | undefined
@@ -120,6 +118,11 @@ export async function planAgentConfig(
   return { doc, tokenName: token.name, token: config.tokens[token.name] as TokenConfig }
 }
 
-export function writeAgentConfig(configPath: string, doc: Table): void {
-  writePrivate(configPath, `# cargo-pkcs11-agent configuration (docs/configuration.md)\n${stringify(doc)}\n`)
+/** Writes the agent config in place (src/cli/setup/tables.ts); returns the backup's path, if any. */
+export function writeAgentConfig(configPath: string, doc: Table): string | undefined {
+  return saveToml(configPath, doc, {
+    what: 'The agent config',
+    header: '# cargo-pkcs11-agent configuration (docs/configuration.md)\n',
+    mode: 0o600,
+  }).backup
 }

@@ -1,26 +1,35 @@
 /**
  * The cargo side of `setup`: the [registries.NAME] table naming this package's shim as the
  * credential provider (docs/configuration.md, "Cargo side"), printed or written to
- * $CARGO_HOME/config.toml.
+ * $CARGO_HOME/config.toml in place (docs/setup.md §2, §3).
  */
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import {
+  accessSync,
+  constants as fsConstants,
+  existsSync,
+  readFileSync,
+  realpathSync,
+  statSync,
+} from 'node:fs'
 import { homedir } from 'node:os'
-import { dirname, join } from 'node:path'
+import { delimiter, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 import { stringify } from 'smol-toml'
 
 import { packageRoot } from '../../lib/package-files.js'
-import { place, readToml, tableAt } from './tables.js'
+import { place, readToml, saveToml, tableAt } from './tables.js'
 
-/** The shim as this package installs it (package.json `bin`): the path cargo's config should name. */
+const SHIM_NAME = 'cargo-credential-pkcs11'
+
+/** The shim as this package installs it (package.json `bin`). */
 function installedShimPath(): string {
   try {
     const root = packageRoot()
     const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as {
       bin?: Record<string, string>
     }
-    const bin = pkg.bin?.['cargo-credential-pkcs11']
+    const bin = pkg.bin?.[SHIM_NAME]
     if (bin !== undefined) return join(root, bin)
   } catch {
     // fall back to the sibling entry
@@ -28,30 +37,107 @@ function installedShimPath(): string {
   return fileURLToPath(new URL('../../bin/cargo-credential-pkcs11.js', import.meta.url))
 }
 
-/** Writes (with `write`) or prints the cargo registry table; returns the lines for the user. */
-export function cargoConfigLines(
+/** The first executable file called `name` in $PATH, as cargo's process spawn finds a bare name. */
+function onPath(name: string): string | undefined {
+  for (const dir of (process.env['PATH'] ?? '').split(delimiter)) {
+    if (dir === '') continue
+    const candidate = join(dir, name)
+    try {
+      accessSync(candidate, fsConstants.X_OK)
+      if (statSync(candidate).isFile()) return candidate
+    } catch {
+      // not here
+    }
+  }
+  return undefined
+}
+
+function sameFile(a: string, b: string): boolean {
+  try {
+    return realpathSync(a) === realpathSync(b)
+  } catch {
+    return false
+  }
+}
+
+/**
+ * The provider for cargo's config: the bare name when $PATH finds this package's shim under it (cargo
+ * runs a name without a slash from PATH, and the name survives a reinstall or a Node upgrade that
+ * moves lib/node_modules), else the shim's absolute path, with a note saying why.
+ */
+function provider(): { command: string; shim: string; note?: string } {
+  const shim = installedShimPath()
+  const found = onPath(SHIM_NAME)
+  if (found !== undefined && sameFile(found, shim)) return { command: SHIM_NAME, shim }
+  return {
+    command: shim,
+    shim,
+    note:
+      found === undefined
+        ? `${SHIM_NAME} is not on PATH, so the provider is its absolute path; once it is (npm install -g), run setup again to name it instead`
+        : `${found} on PATH is not this installation's shim, so the provider is the absolute path ${shim}`,
+  }
+}
+
+/**
+ * The file cargo reads: `config` when it exists (cargo prefers it to `config.toml`, see cargo's
+ * `src/doc/src/reference/config.md`, "Hierarchical structure"), else `config.toml`.
+ */
+function cargoConfigPath(): string {
+  const cargoHome = process.env['CARGO_HOME'] ?? join(homedir(), '.cargo')
+  const legacy = join(cargoHome, 'config')
+  return existsSync(legacy) && statSync(legacy).isFile() ? legacy : join(cargoHome, 'config.toml')
+}
+
+/**
+ * The cargo registry table setup prints or (with `write`) writes. Reading and checking the file
+ * happens now, before any key is touched; the returned function writes it and gives the user's lines.
+ */
+export function planCargoConfig(
   registryName: string,
   index: string,
   write: boolean,
   force: boolean,
-): string[] {
-  const shim = installedShimPath()
-  const cargoHome = process.env['CARGO_HOME'] ?? join(homedir(), '.cargo')
-  const cargoConfig = join(cargoHome, 'config.toml')
+): () => string[] {
+  const { command, shim, note } = provider()
+  const notes = note === undefined ? [] : [`note: ${note}`]
+  const cargoConfig = cargoConfigPath()
+  const wanted = { index, 'credential-provider': [command] }
+  const snippet = stringify({ registries: { [registryName]: wanted } })
   if (!write) {
-    const snippet = { registries: { [registryName]: { index, 'credential-provider': [shim] } } }
-    return [`cargo config: add to ${cargoConfig} (or pass --write-cargo-config):`, stringify(snippet)]
+    return () => [`cargo config: add to ${cargoConfig} (or pass --write-cargo-config):`, snippet, ...notes]
   }
   const cargoDoc = readToml(cargoConfig, 'The cargo config')
+  const existing = tableAt(cargoDoc, 'registries', registryName)
+  // The user's own spelling of the same provider (a string, docs/configuration.md) is kept as is.
+  const current = existing?.['credential-provider']
+  const only =
+    typeof current === 'string'
+      ? current
+      : Array.isArray(current) && current.length === 1
+        ? current[0]
+        : undefined
+  const sameProvider = only === command
+  // This shim by its absolute path becomes its name once PATH finds it: the same program, spelled
+  // so that it survives a reinstall (docs/setup.md §3).
+  const renamed = !sameProvider && command === SHIM_NAME && typeof only === 'string' && sameFile(only, shim)
   const table = {
-    ...(tableAt(cargoDoc, 'registries', registryName) ?? {}),
+    ...(existing ?? {}),
     index,
-    'credential-provider': [shim],
+    'credential-provider': sameProvider ? current : [command],
   }
-  const outcome = place(cargoDoc, 'registries', registryName, table, force, cargoConfig)
-  if (outcome !== 'unchanged') {
-    mkdirSync(dirname(cargoConfig), { recursive: true })
-    writeFileSync(cargoConfig, stringify(cargoDoc) + '\n')
+  // Filling in what the table lacks, or naming the same shim, is not replacing a setting: no --force.
+  const noForce =
+    existing !== undefined &&
+    (existing['index'] === undefined || existing['index'] === index) &&
+    (current === undefined || sameProvider || renamed)
+  const outcome = place(cargoDoc, 'registries', registryName, table, force || noForce, cargoConfig)
+  return () => {
+    if (outcome === 'unchanged') return [`cargo config: ${cargoConfig} (unchanged)`, ...notes]
+    const saved = saveToml(cargoConfig, cargoDoc, { what: 'The cargo config', header: '', snippet })
+    const kept = saved.backup === undefined ? '' : `; the previous file is ${saved.backup}`
+    const what =
+      outcome === 'replaced' && noForce ? (current === undefined ? 'completed' : 'updated') : outcome
+    return [`cargo config: ${cargoConfig} (${what}${kept})`, ...notes]
   }
-  return [`cargo config: ${cargoConfig} (${outcome})`]
 }

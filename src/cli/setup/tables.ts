@@ -1,27 +1,52 @@
 /**
- * TOML files as `setup` edits them: read whole, change one [section.NAME] table, write whole.
- * A different existing table is only replaced with --force.
+ * TOML files as `setup` edits them (docs/setup.md §2): read and checked whole, one [section.NAME] table changed, and
+ * written back in place: a new table is appended, a changed one is patched by a comment-preserving
+ * editor (@decimalturn/toml-patch), so the user's comments, order and formatting outside that table
+ * stay byte for byte. The result must parse to exactly the intended document or nothing is
+ * written. A different existing table is only replaced with --force; a changed file keeps a backup.
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import {
+  constants as fsConstants,
+  copyFileSync,
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs'
 import { dirname } from 'node:path'
 
-import { parse } from 'smol-toml'
+import { patch } from '@decimalturn/toml-patch'
+import { parse, stringify } from 'smol-toml'
 
 import { isTable } from '../../config/schema.js'
 import { AgentError } from '../../lib/errors.js'
 
 export type Table = Record<string, unknown>
 
-export function readToml(path: string, what: string): Table {
-  if (!existsSync(path)) return {}
+function parseText(text: string, path: string, what: string): Table {
   try {
-    return parse(readFileSync(path, 'utf8')) as Table
+    return parse(text) as Table
   } catch (error) {
-    throw new AgentError('CONFIG_INVALID', `${what} ${path} is not valid TOML`, {
+    const { line, column } = error as { line?: number; column?: number }
+    const where =
+      line === undefined ? '' : ` (line ${line}${column === undefined ? '' : `, column ${column}`})`
+    const reason = (error instanceof Error ? error.message : String(error)).split('\n')[0] ?? ''
+    throw new AgentError('CONFIG_INVALID', `${what} ${path} is not valid TOML${where}: ${reason}`, {
       cause: error,
-      remedy: 'Fix it by hand first; setup does not overwrite a file it cannot read',
+      remedy: 'Fix it by hand first (setup does not touch a file it cannot read), then run setup again',
+      data: { file: path },
     })
   }
+}
+
+export function readToml(path: string, what: string): Table {
+  if (!existsSync(path)) return {}
+  return parseText(readFileSync(path, 'utf8'), path, what)
 }
 
 /** Order-insensitive comparison of TOML values (smol-toml tables may have a null prototype). */
@@ -70,4 +95,117 @@ export function place(
 export function writePrivate(path: string, text: string): void {
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 })
   writeFileSync(path, text, { mode: 0o600 })
+}
+
+/** Plain objects all the way down (smol-toml tables have a null prototype), for the patcher. */
+function plain(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(plain)
+  if (isTable(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, plain(v)]))
+  return value
+}
+
+/** [section.NAME] tables of `doc` that `old` has no trace of: these can simply be appended. */
+function newTables(old: Table, doc: Table): Table {
+  const added: Table = {}
+  for (const [section, tables] of Object.entries(doc)) {
+    if (!isTable(tables)) continue
+    const before = old[section]
+    if (before !== undefined && !isTable(before)) continue
+    for (const [name, value] of Object.entries(tables)) {
+      if (!isTable(value) || (isTable(before) && before[name] !== undefined)) continue
+      const into = (added[section] ??= {}) as Table
+      into[name] = value
+    }
+  }
+  return added
+}
+
+/**
+ * The file's text changed only as far as needed to parse to `doc`: new tables appended at the end
+ * (in the file's line ending), then anything else patched in place. Undefined if no text does it.
+ */
+function editedText(text: string, old: Table, doc: Table, path: string, what: string): string | undefined {
+  const same = (candidate: string): boolean => {
+    try {
+      return canonical(parse(candidate)) === canonical(doc)
+    } catch {
+      return false
+    }
+  }
+  let base = text
+  const eol = text.includes('\r\n') ? '\r\n' : '\n'
+  const added = newTables(old, doc)
+  if (Object.keys(added).length > 0) {
+    const gap = text === '' ? '' : text.endsWith('\n') ? eol : eol + eol
+    const appended = text + gap + stringify(added).replace(/\n/g, eol)
+    try {
+      parse(appended)
+      base = appended
+    } catch {
+      // e.g. the section is an inline table (`registries = { ... }`): leave it to the patcher.
+    }
+  }
+  if (same(base)) return base
+  let patched: string
+  try {
+    patched = patch(base, plain(doc), { newLine: eol })
+  } catch (error) {
+    throw new AgentError('CONFIG_INVALID', `${what} ${path} cannot be edited in place: ${String(error)}`, {
+      cause: error,
+      remedy: 'Make the change by hand (the file was not touched), then run setup again',
+      data: { file: path },
+    })
+  }
+  return same(patched) ? patched : undefined
+}
+
+/** `file.bak`, else `file.bak.1`, `file.bak.2`, ...: an earlier backup is never overwritten. */
+function backup(path: string, mode: number): string {
+  for (let n = 0; ; n += 1) {
+    const target = n === 0 ? `${path}.bak` : `${path}.bak.${n}`
+    if (existsSync(target)) continue
+    copyFileSync(path, target, fsConstants.COPYFILE_EXCL)
+    chmodSync(target, mode)
+    return target
+  }
+}
+
+/**
+ * Saves `doc` to `path`. A new file is `header` + the document. An existing one (through a symlink,
+ * as dotfile managers keep it) is edited in place, backed up first, replaced by rename so a crash
+ * leaves the old or the new file, and keeps its mode. Returns the backup's path, if one was made.
+ */
+export function saveToml(
+  path: string,
+  doc: Table,
+  options: { what: string; header: string; mode?: number; snippet?: string },
+): { changed: boolean; backup?: string } {
+  if (!existsSync(path)) {
+    mkdirSync(dirname(path), { recursive: true, mode: options.mode === 0o600 ? 0o700 : 0o777 })
+    writeFileSync(path, options.header + stringify(doc) + '\n', { mode: options.mode ?? 0o666 })
+    return { changed: true }
+  }
+  const real = realpathSync(path)
+  const text = readFileSync(real, 'utf8')
+  const old = parseText(text, path, options.what)
+  if (canonical(old) === canonical(doc)) return { changed: false }
+  const next = editedText(text, old, doc, path, options.what)
+  if (next === undefined) {
+    throw new AgentError('CONFIG_INVALID', `${options.what} ${path} cannot be edited in place`, {
+      remedy: `Make the change by hand (the file was not touched), then run setup again${options.snippet === undefined ? '' : `:\n${options.snippet}`}`,
+      data: { file: path },
+    })
+  }
+  const mode = statSync(real).mode & 0o777
+  const saved = backup(real, mode)
+  const temporary = `${real}.setup-${process.pid}`
+  try {
+    writeFileSync(temporary, next, { mode, flag: 'wx' })
+    chmodSync(temporary, mode)
+    renameSync(temporary, real)
+  } catch (error) {
+    rmSync(temporary, { force: true })
+    throw error
+  }
+  return { changed: true, backup: saved }
 }
