@@ -85,6 +85,11 @@ export const COMMANDS: Readonly<Record<string, CommandEntry>> = Object.freeze({
     summary: 'check a token as a registry must (exit 0 valid, 1 invalid, 2 usage)',
     load: async () => (await import('./verify.js')).verify,
   },
+  gateway: {
+    usage: USAGE.gateway,
+    summary: 'a reverse proxy that checks RFC 3231 tokens in front of a bearer-token registry',
+    load: async () => (await import('./gateway.js')).gateway,
+  },
 })
 
 function helpText(): string {
