@@ -13,7 +13,7 @@ import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { parseK3Public } from '../keys/paserk.js'
 import { OPERATIONS, isOperation } from '../cargo/operation.js'
-import { parseKeysFile, type KeyRing } from '../registry/keys-file.js'
+import { parseKeysFile, printableKip, type KeyRing } from '../registry/keys-file.js'
 import { fail } from '../verify/errors.js'
 import { inspectToken, verifyToken, type VerifyOptions } from '../verify/verify.js'
 import { parseCommandArgs, USAGE, usageError } from './args.js'
@@ -142,7 +142,7 @@ function optionsFor(
   if (key === undefined)
     fail(
       'KEY_ID_MISMATCH',
-      `no key with id ${JSON.stringify(kip.slice(0, 80))} is in ${args.keysFile ?? 'the keys file'}`,
+      `no key with id ${printableKip(kip)} is in ${args.keysFile ?? 'the keys file'}`,
       'Add the k3.public key that `cargo-pkcs11-agent pubkey` prints to the keys file',
     )
   const subject = args.options.subject ?? key.subject

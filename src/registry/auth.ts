@@ -9,7 +9,7 @@ import { LIMITS } from '../lib/limits.js'
 import { crateFor, type CrateRef, type Operation } from '../cargo/operation.js'
 import { fail } from '../verify/errors.js'
 import { inspectToken, verifyToken, type VerifiedToken } from '../verify/verify.js'
-import type { RegisteredKey } from './keys-file.js'
+import { printableKip, type RegisteredKey } from './keys-file.js'
 import { parsePublishBody, type PublishBody } from './publish-body.js'
 import { SingleUseStore } from './replay.js'
 import { matchRoute, type RouteLayout, type RouteMatch } from './routes.js'
@@ -109,7 +109,7 @@ export class CargoAuth {
     if (key === undefined)
       fail(
         'KEY_ID_MISMATCH',
-        `no key with id ${JSON.stringify(footer.kip.slice(0, 80))} is registered with this registry`,
+        `no key with id ${printableKip(footer.kip)} is registered with this registry`,
         'Register the k3.public key that `cargo-pkcs11-agent pubkey` prints with the registry operator',
       )
     const now = this.options.now?.() ?? new Date()

@@ -16,6 +16,11 @@ export interface RegisteredKey {
   readonly subject?: string | undefined
 }
 
+/** An untrusted footer `kip` for a message: as is when it has the k3.pid shape, else JSON-quoted and cut. */
+export function printableKip(kip: string): string {
+  return /^k3\.pid\.[A-Za-z0-9_-]{44}$/.test(kip) ? kip : JSON.stringify(kip.slice(0, 80))
+}
+
 /** kip (`k3.pid.…`) -> key. */
 export type KeyRing = ReadonlyMap<string, RegisteredKey>
 
