@@ -13,7 +13,8 @@ APT_PACKAGES=(softhsm2 opensc ykcs11 yubico-piv-tool p11-kit libp11-kit-dev gnut
   libtpm2-pkcs11-1 libtpm2-pkcs11-tools swtpm swtpm-tools tpm2-tools pcscd vsmartcard-vpcd
   libusb-1.0-0 hyperfine pinentry-tty libnotify-bin gcc make openssl
   tmux systemd zsh fish groff-base
-  iproute2 util-linux) # `ip`, `unshare`, `nsenter`: the virtual YubiKey's private pcscd namespaces
+  iproute2 util-linux # `ip`, `unshare`, `nsenter`: the virtual YubiKey's private pcscd namespaces
+  nginx) # a bearer-token static sparse index behind the gateway (test/e2e/gateway.test.ts)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -36,7 +36,9 @@ export const USAGE = Object.freeze({
   completions: 'completions bash|zsh|fish',
   man: 'man [--output FILE]',
   verify:
-    'verify TOKEN|- --public-key k3.public.… --url URL [--operation read|publish|yank|unyank|owners] [--name N] [--vers V] [--cksum C] [--subject S] [--max-age SECONDS] [--no-time-check] [--strict-low-s] [--json]',
+    'verify TOKEN|- (--public-key k3.public.… | --keys FILE) --url URL [--operation read|publish|yank|unyank|owners] [--name N] [--vers V] [--cksum C] [--subject S] [--max-age SECONDS] [--no-time-check] [--strict-low-s] [--json]',
+  gateway:
+    'gateway [--config FILE] [--listen HOST:PORT] [--public-url URL] [--upstream URL] [--keys FILE] [--upstream-token-file FILE | --upstream-token-env VAR] [--max-age SECONDS]',
 } as const)
 
 /** A USAGE error (exit status 2) whose remedy is the command's usage line. */

@@ -118,6 +118,11 @@ export const COMMANDS: Readonly<Record<string, CommandEntry>> = Object.freeze({
     summary: 'print the manual page (roff), generated from this command table',
     load: async () => (await import('./completions.js')).manPage,
   },
+  gateway: {
+    usage: USAGE.gateway,
+    summary: 'a reverse proxy that checks RFC 3231 tokens in front of a bearer-token registry',
+    load: async () => (await import('./gateway.js')).gateway,
+  },
 })
 
 /** Exit statuses of every command (also in the man page and docs/cli.md). */

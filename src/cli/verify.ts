@@ -1,19 +1,26 @@
 /**
- * `cargo-pkcs11-agent verify TOKEN|- --public-key k3.public.… --url URL [--operation …] …`
+ * `cargo-pkcs11-agent verify TOKEN|- (--public-key k3.public.… | --keys FILE) --url URL [--operation …] …`
  *
  * Checks a token exactly as a registry must (src/verify/verify.ts). Exit 0 valid, 1 invalid
  * (reason code and message printed), 2 usage error. Prefer `-` (token on stdin): argv is visible
  * to every user on the machine, and a token is a credential until its `iat` window closes.
+ * `--keys` takes a keys file (src/registry/keys-file.ts) and picks the key by the token's `kip`, so
+ * a registry in another language can call this as a sidecar (docs/verifying-tokens.md).
  */
+import { readFileSync } from 'node:fs'
+
 import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { parseK3Public } from '../keys/paserk.js'
 import { OPERATIONS, isOperation } from '../cargo/operation.js'
-import { verifyToken, type VerifyOptions } from '../verify/verify.js'
+import { parseKeysFile, printableKip, type KeyRing } from '../registry/keys-file.js'
+import { fail } from '../verify/errors.js'
+import { inspectToken, verifyToken, type VerifyOptions } from '../verify/verify.js'
 import { parseCommandArgs, USAGE, usageError } from './args.js'
 
 const OPTIONS = {
   'public-key': { type: 'string' },
+  keys: { type: 'string' },
   url: { type: 'string' },
   operation: { type: 'string' },
   name: { type: 'string' },
@@ -30,10 +37,12 @@ function usage(message: string): AgentError {
   return usageError(message, USAGE.verify)
 }
 
+/** `options.publicKey` is empty when the key comes from `keysFile` (found by the token's kip). */
 interface VerifyArgs {
   token: string
   json: boolean
   options: VerifyOptions
+  keysFile: string | undefined
 }
 
 /** Parse, then validate: a typed, frozen request before anything reads stdin or verifies. */
@@ -47,15 +56,19 @@ export function parseVerifyArgs(argv: readonly string[]): Omit<VerifyArgs, 'toke
         : 'give exactly one token',
     )
   }
-  if (v['public-key'] === undefined)
-    throw usage('--public-key k3.public.… is required (the key registered for this user)')
+  if ((v['public-key'] === undefined) === (v.keys === undefined))
+    throw usage(
+      'give --public-key k3.public.… (the key registered for this user) or --keys FILE (registered keys, found by the token kip)',
+    )
   if (v.url === undefined)
     throw usage('--url is required: the registry index URL exactly as cargo sends it (keep `sparse+`)')
-  let publicKey: Uint8Array
-  try {
-    publicKey = parseK3Public(v['public-key'])
-  } catch (error) {
-    throw usage(`--public-key: ${toAgentError(error).message}`)
+  let publicKey: Uint8Array = new Uint8Array(0)
+  if (v['public-key'] !== undefined) {
+    try {
+      publicKey = parseK3Public(v['public-key'])
+    } catch (error) {
+      throw usage(`--public-key: ${toAgentError(error).message}`)
+    }
   }
   const operation = v.operation ?? 'read'
   if (!isOperation(operation))
@@ -82,6 +95,7 @@ export function parseVerifyArgs(argv: readonly string[]): Omit<VerifyArgs, 'toke
     tokenArg: parsed.positionals[0] ?? '',
     json: v.json === true,
     options: Object.freeze(options),
+    keysFile: v.keys,
   })
 }
 
@@ -99,12 +113,54 @@ async function readStdin(): Promise<string> {
   return Buffer.concat(chunks).toString('utf8').trim()
 }
 
+function readKeys(path: string): KeyRing {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (error) {
+    throw usage(`--keys: cannot read ${path}: ${(error as Error).message}`)
+  }
+  try {
+    return parseKeysFile(text, path)
+  } catch (error) {
+    throw usage(`--keys: ${toAgentError(error).message}`)
+  }
+}
+
+/** The options for this token: with --keys, the key (and its subject) registered under the token's kip. */
+function optionsFor(
+  token: string,
+  args: Omit<VerifyArgs, 'token'>,
+  keys: KeyRing | undefined,
+): {
+  options: VerifyOptions
+  user: string | undefined
+} {
+  if (keys === undefined) return { options: args.options, user: undefined }
+  const kip = inspectToken(token).footer.kip
+  const key = keys.get(kip)
+  if (key === undefined)
+    fail(
+      'KEY_ID_MISMATCH',
+      `no key with id ${printableKip(kip)} is in ${args.keysFile ?? 'the keys file'}`,
+      'Add the k3.public key that `cargo-pkcs11-agent pubkey` prints to the keys file',
+    )
+  const subject = args.options.subject ?? key.subject
+  return {
+    options: { ...args.options, publicKey: key.publicKey, ...(subject === undefined ? {} : { subject }) },
+    user: key.user,
+  }
+}
+
 export async function verify(argv: readonly string[]): Promise<number> {
   const args = parseVerifyArgs(argv)
+  // The keys file is read before the token: a bad file is the operator's error (exit 2), not the token's.
+  const keys = args.keysFile === undefined ? undefined : readKeys(args.keysFile)
   const token = args.tokenArg === '-' ? await readStdin() : args.tokenArg
   if (token === '') throw usage('the token is empty')
   try {
-    const result = await verifyToken(token, args.options)
+    const { options, user } = optionsFor(token, args, keys)
+    const result = await verifyToken(token, options)
     const ageSeconds = Math.round((Date.now() - result.iat.valueOf()) / 1000)
     if (args.json) {
       process.stdout.write(
@@ -112,6 +168,7 @@ export async function verify(argv: readonly string[]): Promise<number> {
           valid: true,
           claims: result.claims,
           footer: result.footer,
+          ...(user === undefined ? {} : { user }),
           iat: result.iat.toISOString(),
           highS: result.highS,
         }) + '\n',
@@ -124,7 +181,7 @@ export async function verify(argv: readonly string[]): Promise<number> {
       process.stdout.write(
         [
           `valid: v3.public token for ${what}`,
-          `  key  ${result.footer.kip}`,
+          `  key  ${result.footer.kip}${user === undefined ? '' : ` (${user})`}`,
           `  url  ${result.footer.url}`,
           `  iat  ${result.iat.toISOString()} (${ageSeconds} s ago)`,
           ...(typeof c['sub'] === 'string' ? [`  sub  ${c['sub']}`] : []),

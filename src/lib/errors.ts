@@ -30,6 +30,7 @@ export const VERIFY_CODES = [
   'CKSUM_MISMATCH',
   'UNEXPECTED_CLAIM', // a mutation claim on a read token, or `vers` on an owners token, ...
   'TOKEN_REPLAYED', // registry policy: a mutation token presented a second time (RFC 3231 lets registries refuse reuse)
+  'TOKEN_MISSING', // registry side: the request needs a token and has no Authorization header
 ] as const
 
 /** Failures of the agent, the shim and the device layer. */
@@ -66,6 +67,7 @@ export const AGENT_CODES = [
   'AGENT_ALREADY_RUNNING',
   'PROTOCOL_ERROR', // a peer spoke something that is not our protocol
   'TIMEOUT',
+  'UPSTREAM_ERROR', // the gateway's upstream registry is unreachable, too slow, or refused the gateway
   'INTERNAL',
 ] as const
 

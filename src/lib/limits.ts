@@ -130,6 +130,23 @@ export const LIMITS = Object.freeze({
   /** Longest claim value we put into a token (index URL, crate name, version, subject): crates.io
    * caps names at 64 characters; this leaves room for long URLs and SemVer build metadata. */
   tokenClaimMaxChars: 2_048,
-  /** Largest publish body the test/demo registry accepts (crates.io's limit is 10 MiB). */
+  /** Largest publish body the registry kit and the gateway accept (crates.io's limit is 10 MiB). */
   registryMaxUploadBytes: 10 * 1024 * 1024,
+  /** Largest body of any other Web API request (owners: `{"users": [...]}`); cargo sends a few hundred bytes. */
+  registryMaxRequestBodyBytes: 64 * 1024,
+  /** Mutation tokens the single-use store remembers at once. Each entry is a 64-character hash and a
+   * time, kept until the token's `iat` + max age (after that the verifier refuses it as stale anyway);
+   * 100 000 entries is ~15 MB, far above what registered users publish in 15 minutes. When full, new
+   * mutations are refused (RATE_LIMITED) rather than forgetting a token that could then be replayed. */
+  registryReplayStoreMaxEntries: 100_000,
+  /** A client must finish sending its request body this soon (slowloris guard for the kit and gateway). */
+  registryBodyReadTimeoutMs: 30_000,
+  /** The gateway gives up on the upstream after this long without an answer (connect + response head). */
+  gatewayUpstreamTimeoutMs: 30_000,
+  /** Largest upstream `config.json` the gateway reads to rewrite (a real one is ~100 bytes). */
+  gatewayConfigJsonMaxBytes: 64 * 1024,
+  /** Key files the gateway and `verify --keys` read: one line per key, ~110 bytes each. */
+  keysFileMaxBytes: 1024 * 1024,
+  /** After a change of the keys file is seen, wait this long before reloading (editors write in steps). */
+  keysFileReloadDebounceMs: 100,
 })

@@ -15,7 +15,8 @@ import { bigIntToBytes, bytesToBigInt, P384 } from '../../src/keys/point.js'
 import { MemorySigner } from '../../src/signer/memory.js'
 import type { Signer } from '../../src/signer/signer.js'
 import { buildToken, type TokenRequest } from '../../src/token/build.js'
-import { indexPath, startRegistry, type Registry } from '../fixtures/registry/server.js'
+import { sparseIndexPath as indexPath } from '../../src/registry/routes.js'
+import { startRegistry, type Registry } from '../fixtures/registry/server.js'
 
 /** A signer that always returns the high-S twin (r, n - s) of a valid signature, as pasetors may. */
 function highSSigner(inner: Signer): Signer {
@@ -108,7 +109,7 @@ describe('verifying registry over HTTP', () => {
     const r = await call('GET', '/index/config.json')
     assert.equal(r.status, 401)
     assert.equal(r.headers.get('www-authenticate'), `Cargo login_url="${registry.url}/me"`)
-    assert.match(detail(r.text), /^AUTH_MISSING: /)
+    assert.match(detail(r.text), /^TOKEN_MISSING: /)
     assert.equal(registry.records().at(-1)?.auth, 'missing')
   })
 
@@ -334,7 +335,7 @@ describe('verifying registry over HTTP', () => {
     for (const [what, body] of bodies) {
       const r = await call('PUT', '/api/v1/crates/new', publishToken, body)
       assert.equal(r.status, 400, what)
-      assert.match(detail(r.text), /^PUBLISH_BODY_INVALID: /, what)
+      assert.match(detail(r.text), /^REQUEST_INVALID: publish body: /, what)
       assert.equal(registry.records().at(-1)?.auth, 'unchecked', what)
     }
     // Names and versions become file names in the registry's state: only valid ones get that far.

@@ -48,7 +48,9 @@ function walk(dir: string, prefix = ''): string[] {
 
 /** Runs in the temp app: imports only `cargo-pkcs11-verify`, reads cases on stdin, prints outcomes. */
 const CHECK_SCRIPT = `
+import { readFileSync } from 'node:fs'
 import { AgentError, VerifyError, VERIFY_CODES, k3Pid, verifyToken } from 'cargo-pkcs11-verify'
+import { matchRoute } from 'cargo-pkcs11-verify/registry'
 let input = ''
 for await (const chunk of process.stdin) input += chunk
 const out = { resolved: import.meta.resolve('cargo-pkcs11-verify'), codes: VERIFY_CODES.length, results: [] }
@@ -65,6 +67,19 @@ for (const { token, options } of JSON.parse(input)) {
       remedy: error.remedy,
     })
   }
+}
+out.route = matchRoute('PUT', '/api/v1/crates/new')?.operation
+const vectors = JSON.parse(readFileSync(new URL(import.meta.resolve('cargo-pkcs11-verify/vectors/rfc3231-tokens.json')), 'utf8'))
+out.vectors = { total: vectors.tests.length, agreed: 0 }
+for (const v of vectors.tests) {
+  let outcome
+  try {
+    await verifyToken(v.token, { ...v.options, now: new Date(v.options.now) })
+    outcome = 'valid'
+  } catch (error) {
+    outcome = error.code
+  }
+  if (outcome === (v.expect.valid ? 'valid' : v.expect.code)) out.vectors.agreed++
 }
 process.stdout.write(JSON.stringify(out))
 `
@@ -93,12 +108,15 @@ describe('cargo-pkcs11-verify installs without native code and verifies real tok
     if (dir !== undefined) rmSync(dir, { recursive: true, force: true })
   })
 
-  it('the tarball holds only the verifier, token, keys, cargo and lib modules', () => {
+  it('the tarball holds only the verifier, the registry kit, token, keys, cargo and lib modules, and the vectors', () => {
     assert.ok(packed.includes('dist/verify/index.js'), packed.join(', '))
     assert.ok(packed.includes('dist/verify/index.d.ts'), packed.join(', '))
+    assert.ok(packed.includes('dist/registry/index.js'), packed.join(', '))
+    assert.ok(packed.includes('vectors/rfc3231-tokens.json'), packed.join(', '))
     const outside = packed.filter(
       (path) =>
-        !/^dist\/(verify|token|keys|cargo|lib)\/[\w-]+\.(js|d\.ts)$/.test(path) &&
+        !/^dist\/(verify|registry|token|keys|cargo|lib)\/[\w-]+\.(js|d\.ts)$/.test(path) &&
+        !/^vectors\/[\w-]+\.json$/.test(path) &&
         path !== 'package.json' &&
         path !== 'README.md',
     )
@@ -169,6 +187,8 @@ describe('cargo-pkcs11-verify installs without native code and verifies real tok
     const out = JSON.parse(stdout) as {
       resolved: string
       codes: number
+      route: string
+      vectors: { total: number; agreed: number }
       results: {
         ok: boolean
         code?: string
@@ -185,6 +205,10 @@ describe('cargo-pkcs11-verify installs without native code and verifies real tok
       `resolved ${out.resolved}, not the installed package`,
     )
     assert.ok(out.codes > 0)
+    // The kit and the vectors ship in the package: the installed copy agrees with every vector.
+    assert.equal(out.route, 'publish')
+    assert.ok(out.vectors.total > 0)
+    assert.equal(out.vectors.agreed, out.vectors.total)
     const [good, goodRead, bad, replayed, otherRegistry, badCall] = out.results
     assert.deepEqual(good?.claims, publish.claims)
     assert.equal(good?.kip, publish.kip)

@@ -172,3 +172,31 @@ test('help and --version exit 0', async () => {
   assert.equal(version.status, 0)
   assert.match(version.stdout, /^cargo-pkcs11-agent \d+\.\d+\.\d+\n$/)
 })
+
+test('--keys FILE: the key is found by the token kip, its user shown; unknown key exit 1, bad file exit 2', async () => {
+  const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs')
+  const { tmpdir } = await import('node:os')
+  const { join } = await import('node:path')
+  const dir = mkdtempSync(join(tmpdir(), 'hwtok-keys-'))
+  try {
+    const keys = join(dir, 'keys')
+    const otherKey = k3Public(MemorySigner.generate().publicKey)
+    writeFileSync(keys, `${otherKey} bob\n${publicKey} alice\n`)
+    const withKeys = publishArgs().map((a) => (a === '--public-key' ? '--keys' : a === publicKey ? keys : a))
+    const ok = await runCli(['verify', '-', ...withKeys, '--json'], publishToken)
+    assert.equal(ok.status, 0, ok.stderr)
+    assert.equal((JSON.parse(ok.stdout) as { user: string }).user, 'alice')
+    writeFileSync(keys, `${otherKey} bob\n`)
+    const unknown = await runCli(['verify', '-', ...withKeys], publishToken)
+    assert.equal(unknown.status, 1)
+    assert.match(unknown.stderr, /KEY_ID_MISMATCH: no key with id/)
+    writeFileSync(keys, `not-a-key bob\n`)
+    const bad = await runCli(['verify', '-', ...withKeys], publishToken)
+    assert.equal(bad.status, 2)
+    assert.match(bad.stderr, /--keys: .*line 1/)
+    const both = await runCli(['verify', '-', ...withKeys, '--public-key', publicKey], publishToken)
+    assert.equal(both.status, 2)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+})

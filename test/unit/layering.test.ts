@@ -32,6 +32,8 @@ function imports(file: string): string[] {
 const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   bin: ['cli', 'shim', 'lib'],
   cli: [
+    'gateway',
+    'registry',
     'agent',
     'shim',
     'protocol',
@@ -60,6 +62,8 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
     'lib',
   ],
   shim: ['protocol', 'config', 'cargo', 'lib'],
+  gateway: ['registry', 'verify', 'config', 'lib'],
+  registry: ['verify', 'token', 'keys', 'cargo', 'lib'],
   protocol: ['cargo', 'lib'],
   policy: ['cargo', 'lib'],
   config: ['keys', 'cargo', 'lib'],

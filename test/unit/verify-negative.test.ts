@@ -377,7 +377,7 @@ for (const c of CASES) {
 }
 
 /** Codes a registry adds on top of the stateless verifier (replay needs the registry's memory). */
-const REGISTRY_POLICY_CODES: readonly VerifyCode[] = ['TOKEN_REPLAYED']
+const REGISTRY_POLICY_CODES: readonly VerifyCode[] = ['TOKEN_REPLAYED', 'TOKEN_MISSING']
 
 test('every reason code of the stateless verifier has at least one case', () => {
   const covered = new Set(CASES.map((c) => c.code))
