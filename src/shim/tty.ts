@@ -89,8 +89,3 @@ export async function askPinOnTty(prompt: string): Promise<string> {
   bytes.fill(0)
   return pin
 }
-
-export async function confirmOnTty(question: string): Promise<boolean> {
-  const bytes = await readRaw(`${question} [y/N] `, { echo: true, single: true })
-  return bytes.length === 1 && (bytes[0] === 0x79 || bytes[0] === 0x59)
-}
