@@ -61,6 +61,8 @@ export interface StatusResult {
   socket: string
   config: string | null
   headless: boolean
+  /** Whether other processes of the user may trace the agent or get its core (PR_GET_DUMPABLE; Linux). */
+  dumpable?: boolean
   tokens: {
     name: string
     module: string
