@@ -75,6 +75,15 @@ function ask(path: string, question: string, signal: AbortSignal, timeoutMs: num
       } catch {
         // the terminal went away
       }
+      // libuv reopens a pty slave and dup2()s the new descriptor over ours (`uv_tty_init` in libuv
+      // src/unix/tty.c); closing the handle closes only the new one, so ours is closed here.
+      input.once('close', () => {
+        try {
+          closeSync(fd)
+        } catch {
+          // already closed
+        }
+      })
       input.destroy()
       resolve(answer)
     }

@@ -27,6 +27,7 @@ import { after, before, describe, test } from 'node:test'
 
 import { parse, stringify } from 'smol-toml'
 
+import { LIMITS } from '../../src/lib/limits.js'
 import { verifyToken } from '../../src/verify/verify.js'
 import { PINENTRY_PROGRAM, ScriptedPinentry } from '../fixtures/pinentry/harness.js'
 import { cargoGet, readAudit, startAgent, waitForSocket, type AgentFixture } from '../helpers/agent.js'
@@ -169,6 +170,7 @@ function cmdlineOf(pid: number): string {
     .split('\0')
     .filter((a) => a !== '')
     .join(' ')
+    .slice(0, LIMITS.auditFieldMaxChars)
 }
 
 function publishParams(vers: string): object {
@@ -258,12 +260,18 @@ describe('a requester never approves its own publish', () => {
     assert.deepEqual(line['claimed'], FORGED)
   })
 
-  test('"n" on the terminal refuses, whatever the client answers', async () => {
-    const { outcome, screen } = await rawOnTerminal('sign', publishParams('1.0.1'), [
-      { after: /\[y\/N\] $/m, type: 'n' },
-    ])
-    assert.equal(response(outcome).error?.['code'], 'DENIED', screen)
-    assert.equal(lastAudit()['result'], 'denied')
+  test('"n" on the terminal refuses, whatever the client answers; no descriptor is left open', async () => {
+    const descriptors = (): number => readdirSync(`/proc/${agent.process?.pid}/fd`).length
+    const before = descriptors()
+    for (let i = 0; i < 3; i++) {
+      const { outcome, screen } = await rawOnTerminal('sign', publishParams('1.0.1'), [
+        { after: /\[y\/N\] $/m, type: 'n' },
+      ])
+      assert.equal(response(outcome).error?.['code'], 'DENIED', screen)
+      assert.equal(lastAudit()['result'], 'denied')
+    }
+    await new Promise((r) => setTimeout(r, 200))
+    assert.ok(descriptors() <= before, `the agent held ${before} descriptors, now ${descriptors()}`)
   })
 
   test('without a terminal: no question reaches the client, and with no channel it fails closed', async () => {

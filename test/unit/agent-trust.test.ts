@@ -9,6 +9,7 @@ import { describe, test } from 'node:test'
 import { weakenings } from '../../src/agent/reload.js'
 import { kernelRequester, parseClaim, terminalOf, withClaim } from '../../src/agent/requester.js'
 import { parseConfig } from '../../src/config/load.js'
+import { LIMITS } from '../../src/lib/limits.js'
 
 const ENV = { HOME: '/home/test' }
 const INDEX = 'sparse+http://127.0.0.1:1/index/'
@@ -62,11 +63,13 @@ describe('weakenings of a reloaded configuration', () => {
 
 describe('the requester from the kernel', () => {
   const uid = process.getuid?.() ?? 0
+  // Cut like every field that came from another process (a test runner's argv is long).
   const cmdline = (pid: number): string =>
     readFileSync(`/proc/${pid}/cmdline`, 'utf8')
       .split('\0')
       .filter((a) => a !== '')
       .join(' ')
+      .slice(0, LIMITS.auditFieldMaxChars)
 
   test('this process as the client: its parent is the requester', () => {
     const requester = kernelRequester({ uid, gid: 0, pid: process.pid })
