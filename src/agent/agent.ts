@@ -6,8 +6,10 @@ import { lstat } from 'node:fs/promises'
 
 import { loadConfig } from '../config/load.js'
 import type { Config } from '../config/schema.js'
+import type { Requester } from '../cargo/intent.js'
 import { toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
+import { setNonDumpable, type PeerCredentials } from '../lib/peercred.js'
 import type { Policy } from '../policy/policy.js'
 import { Devices } from './devices.js'
 import { auditEntry } from '../audit/entry.js'
@@ -19,6 +21,8 @@ import { parseSignRequest } from './pipeline/parse.js'
 import { createPolicy } from './policy-config.js'
 import { METHOD_HANDLERS } from './methods/index.js'
 import { SocketPrompter } from './prompter.js'
+import { weakenings } from './reload.js'
+import { kernelRequester } from './requester.js'
 import type { AgentState } from './state.js'
 import { AgentServer } from './server.js'
 import { sameSocket } from './socket.js'
@@ -69,14 +73,23 @@ export class Agent implements AgentState {
     this.#server = new AgentServer({
       socketPath: this.socketPath,
       log: this.log,
-      onRefused: (request, error) => this.#auditRefusal(request, error),
+      onRefused: (request, error, peer) => this.#auditRefusal(request, error, peer),
       handler: async (method, params, context) => {
         this.#touchIdle()
         try {
-          // The shim's terminal answers only when the client declared one and the agent is not headless.
+          let requester: Requester | undefined
+          const who = (): Requester => (requester ??= kernelRequester(context.peer))
+          // A PIN comes through the shim only when the client declared a terminal; a yes/no only
+          // on the terminal the kernel names for the requester. Headless: neither.
+          const headless = this.config.agent.headless
           const prompter = (interactive: boolean): SocketPrompter =>
-            new SocketPrompter(context, interactive && !this.config.agent.headless)
-          return await METHOD_HANDLERS[method](this, params, { prompter })
+            new SocketPrompter(context, interactive && !headless, headless ? undefined : who().tty)
+          return await METHOD_HANDLERS[method](this, params, {
+            get requester() {
+              return who()
+            },
+            prompter,
+          })
         } finally {
           this.#touchIdle()
         }
@@ -85,6 +98,9 @@ export class Agent implements AgentState {
   }
 
   async start(): Promise<void> {
+    // Before any PIN exists in memory: no core dump, no ptrace or /proc/<pid>/mem by other
+    // processes of the user (the same hardening as ssh-agent; src/lib/peercred.ts).
+    setNonDumpable()
     await this.#server.listen()
     this.log(`listening on ${this.socketPath} (pid ${process.pid})`)
     this.#watchSocket()
@@ -94,11 +110,11 @@ export class Agent implements AgentState {
    * A sign the server refused before it ran (AGENT_BUSY past the connection's queue) still gets its
    * `failed` line: the audit log has one line per signing request that reached the agent whole.
    */
-  #auditRefusal(request: RequestMessage, error: AgentError): void {
+  #auditRefusal(request: RequestMessage, error: AgentError, peer: PeerCredentials): void {
     if (request.method !== 'sign') return
     let intent
     try {
-      intent = parseSignRequest(request.params ?? {}).intent
+      intent = parseSignRequest(request.params ?? {}, kernelRequester(peer)).intent
     } catch {
       return // not a signing request cargo could have sent: the refusal's log line is its record
     }
@@ -157,6 +173,16 @@ export class Agent implements AgentState {
       } catch (error) {
         this.log(`reload failed, keeping the previous configuration: ${toAgentError(error).describe()}`)
       }
+    }
+    // A signal has no requester and no terminal to approve on, so a reload that lowers protection
+    // is not applied: it takes effect on a restart, which needs the PIN again (docs/configuration.md,
+    // "Reloading").
+    const weaker = weakenings(this.config, next)
+    if (weaker.length > 0) {
+      this.log(
+        `reload refused, keeping the previous configuration: it would weaken protection (${weaker.join('; ')}); restart the agent to apply it (\`cargo-pkcs11-agent stop\`, then run it again)`,
+      )
+      next = this.config
     }
     await this.devices.reset(next)
     this.policy.close()

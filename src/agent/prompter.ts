@@ -1,15 +1,18 @@
 /**
- * The policy `Prompter` for one request, over the requesting shim's socket: notices become events
- * (printed on the shim's stderr), PIN and yes/no questions become queries the shim answers from the
- * user's terminal.
+ * The policy `Prompter` for one request. Notices become events (printed on the shim's stderr) and a
+ * PIN question a query the shim answers from the user's terminal. A yes/no never goes to the client:
+ * the agent asks it on the requester's controlling terminal as the kernel reports it
+ * (src/agent/terminal.ts; docs/design.md §4, rule 2).
  */
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
+import { lockMemory } from '../lib/peercred.js'
 import { Pin } from '../lib/secret.js'
 import type { Notice, PinPrompt, Prompter } from '../policy/intent.js'
 import type { Intent } from '../cargo/intent.js'
 import type { EventName } from '../protocol/methods.js'
 import type { RequestContext } from './server.js'
+import { confirmOnTerminal } from './terminal.js'
 
 const EVENT_FOR: Record<Notice['kind'], EventName> = {
   'touch-pending': 'touch-pending',
@@ -21,12 +24,23 @@ const EVENT_FOR: Record<Notice['kind'], EventName> = {
 
 export class SocketPrompter implements Prompter {
   readonly interactive: boolean
+  readonly terminal: string | undefined
   readonly #context: RequestContext
   readonly #onNotice: ((notice: Notice) => void) | undefined
 
-  constructor(context: RequestContext, interactive: boolean, onNotice?: (notice: Notice) => void) {
+  /**
+   * `interactive`: the client declared a terminal for PINs. `terminal`: the requester's controlling
+   * terminal from the kernel (src/agent/requester.ts), undefined when headless or there is none.
+   */
+  constructor(
+    context: RequestContext,
+    interactive: boolean,
+    terminal: string | undefined,
+    onNotice?: (notice: Notice) => void,
+  ) {
     this.#context = context
     this.interactive = interactive
+    this.terminal = terminal
     this.#onNotice = onNotice
   }
 
@@ -45,13 +59,18 @@ export class SocketPrompter implements Prompter {
       })
     if (Buffer.byteLength(pin, 'utf8') > LIMITS.pinMaxBytes)
       throw new AgentError('PIN_INVALID', 'The PIN entered is too long', { remedy: 'Type the token PIN' })
-    return Pin.fromString(pin)
+    const held = Pin.fromString(pin)
+    // Best effort: keep the cached PIN's pages out of swap (RLIMIT_MEMLOCK may refuse).
+    lockMemory(held.expose())
+    return held
   }
 
-  async confirm(intent: Intent, text: string): Promise<boolean> {
-    if (!this.interactive) throw noTerminal()
-    const answer = await this.#context.ask('confirm', { text, intent: intentData(intent) })
-    return answer['confirmed'] === true
+  async confirm(_intent: Intent, text: string): Promise<boolean> {
+    if (this.terminal === undefined)
+      throw new AgentError('PIN_ENTRY_FAILED', 'The requester has no terminal to ask on', {
+        remedy: 'Run cargo from a terminal, or set confirm = "touch" for this registry',
+      })
+    return confirmOnTerminal(this.terminal, text, this.#context.signal)
   }
 
   notify(notice: Notice): void {
@@ -70,7 +89,7 @@ function intentData(intent: Intent): Record<string, unknown> {
 function noTerminal(): AgentError {
   return new AgentError(
     'PIN_REQUIRED',
-    'A PIN or confirmation is needed but the request came from a program without a terminal (a script or an IDE)',
+    'A PIN is needed but the request came from a program without a terminal (a script or an IDE)',
     {
       remedy:
         'Run cargo from a terminal; or, for this registry, use a key with a touch policy (confirm = "touch"), ' +

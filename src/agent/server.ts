@@ -7,6 +7,7 @@ import { createServer, type Server, type Socket } from 'node:net'
 
 import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
+import { peerCredentials, type PeerCredentials } from '../lib/peercred.js'
 import {
   encodeFrame,
   LineDecoder,
@@ -21,6 +22,8 @@ import { listenUnix, removeSocket, socketIdentity, type SocketIdentity } from '.
 export interface RequestContext {
   readonly id: number
   readonly method: Method
+  /** The connecting process as the kernel recorded it (SO_PEERCRED), never what the client says. */
+  readonly peer: PeerCredentials
   /** Aborted when the request times out or the client goes away. */
   readonly signal: AbortSignal
   /** Fire and forget: an event that cannot be delivered never fails the request. */
@@ -41,10 +44,12 @@ export interface ServerOptions {
   readonly handler: Handler
   readonly log: (line: string) => void
   /** A parsed request the server refused before its handler ran (the agent audits signs). */
-  readonly onRefused?: (request: RequestMessage, error: AgentError) => void
+  readonly onRefused?: (request: RequestMessage, error: AgentError, peer: PeerCredentials) => void
   readonly requestTimeoutMs?: number
   /** Default LIMITS.maxConnections. */
   readonly maxConnections?: number
+  /** The one uid served; default this process's (docs/design.md §4, rule 1). */
+  readonly uid?: number
 }
 
 interface OpenQuery {
@@ -93,11 +98,13 @@ let nextConnectionId = 1
 /** A new connection waiting for a slot; its timer retries eviction until connectionAdmitWaitMs. */
 interface Waiting {
   readonly socket: Socket
+  readonly peer: PeerCredentials
   timer: NodeJS.Timeout | undefined
 }
 
 class Connection {
   readonly id = nextConnectionId++
+  readonly peer: PeerCredentials
   readonly #socket: Socket
   readonly #options: ServerOptions
   readonly #refusals: RefusalLog
@@ -121,11 +128,13 @@ class Connection {
 
   constructor(
     socket: Socket,
+    peer: PeerCredentials,
     options: ServerOptions,
     refusals: RefusalLog,
     onGone: () => void,
     onIdle: () => void,
   ) {
+    this.peer = peer
     this.#socket = socket
     this.#options = options
     this.#refusals = refusals
@@ -334,7 +343,7 @@ class Connection {
     )
     this.#answerError(request.id, error)
     try {
-      this.#options.onRefused?.(request, error)
+      this.#options.onRefused?.(request, error, this.peer)
     } catch (hookError) {
       this.#options.log(`refusal hook failed: ${toAgentError(hookError).describe()}`)
     }
@@ -367,6 +376,7 @@ class Connection {
     const context: RequestContext = {
       id: request.id,
       method: request.method,
+      peer: this.peer,
       signal: controller.signal,
       emit: (event, data) => this.#send({ v: 1, type: 'event', id: request.id, event, data }),
       ask: (query, data) => {
@@ -452,8 +462,10 @@ export class AgentServer {
       socket.destroy()
       return
     }
+    const peer = this.#checkPeer(socket)
+    if (peer === undefined) return
     if (this.#connections.size < this.#max || this.#evictIdle()) {
-      this.#admit(socket)
+      this.#admit(socket, peer)
       return
     }
     if (this.#admitting.length >= this.#max) {
@@ -465,12 +477,12 @@ export class AgentServer {
     // wait a moment for one before refusing.
     socket.pause()
     const since = Date.now()
-    const waiting: Waiting = { socket, timer: undefined }
+    const waiting: Waiting = { socket, peer, timer: undefined }
     const retry = (): void => {
       if (socket.destroyed) return
       if (this.#connections.size < this.#max || this.#evictIdle()) {
         this.#admitting = this.#admitting.filter((w) => w !== waiting)
-        this.#admit(socket)
+        this.#admit(socket, peer)
       } else if (Date.now() - since >= LIMITS.connectionAdmitWaitMs) {
         this.#admitting = this.#admitting.filter((w) => w !== waiting)
         this.#refuse(socket)
@@ -490,7 +502,7 @@ export class AgentServer {
       const next = this.#admitting.shift()
       if (next === undefined) return
       clearTimeout(next.timer)
-      if (!next.socket.destroyed) this.#admit(next.socket)
+      if (!next.socket.destroyed) this.#admit(next.socket, next.peer)
     }
   }
 
@@ -534,9 +546,48 @@ export class AgentServer {
     setTimeout(() => socket.destroy(), LIMITS.requestReadTimeoutMs).unref()
   }
 
-  #admit(socket: Socket): void {
+  /**
+   * The kernel's peer credentials, read once at accept (`man 7 unix`, SO_PEERCRED: fixed at
+   * connect(2)). Another uid is refused however the socket's modes were loosened; a connection the
+   * kernel cannot vouch for is refused too (fail closed).
+   */
+  #checkPeer(socket: Socket): PeerCredentials | undefined {
+    const uid = this.#options.uid ?? process.getuid?.() ?? -1
+    let peer: PeerCredentials
+    try {
+      peer = peerCredentials(socket)
+    } catch (error) {
+      this.#refusals.note(
+        'peer',
+        `a connection whose peer credentials cannot be read: ${toAgentError(error).message}`,
+      )
+      socket.destroy()
+      return undefined
+    }
+    if (peer.uid === uid) return peer
+    this.#refusals.note(
+      'peer',
+      `a connection from uid ${peer.uid} (pid ${peer.pid}): this agent serves uid ${uid} only`,
+    )
+    const refused = new AgentError(
+      'PEER_REFUSED',
+      `This agent serves uid ${uid} only; the connecting process runs as uid ${peer.uid}`,
+      {
+        remedy:
+          'Run cargo as the user who owns the agent, or start an agent of your own (`cargo-pkcs11-agent run`); check that the socket directory is mode 0700',
+      },
+    )
+    socket.on('error', () => socket.destroy())
+    socket.end(encodeFrame({ v: 1, type: 'response', id: null, error: refused.toWire() }))
+    socket.resume()
+    setTimeout(() => socket.destroy(), LIMITS.requestReadTimeoutMs).unref()
+    return undefined
+  }
+
+  #admit(socket: Socket, peer: PeerCredentials): void {
     const connection: Connection = new Connection(
       socket,
+      peer,
       this.#options,
       this.#refusals,
       () => {

@@ -2,6 +2,7 @@
  * What every socket method sees of the running agent, and of the request it serves.
  */
 import type { AuditSink } from '../audit/entry.js'
+import type { Requester } from '../cargo/intent.js'
 import type { Config } from '../config/schema.js'
 import type { Policy } from '../policy/policy.js'
 import type { Prompter } from '../policy/intent.js'
@@ -19,6 +20,9 @@ export interface AgentState {
 
 /** The request's side of a method: the human behind the requesting client. */
 export interface MethodContext {
-  /** The requester's prompter; `interactive` is what the client declared about its terminal. */
+  /** Who asks, read from the kernel (src/agent/requester.ts); claims are added by the parse stage. */
+  readonly requester: Requester
+  /** The requester's prompter; `interactive` is what the client declared about its terminal (for a
+   * PIN), the yes/no goes to the kernel's terminal of the requester. */
   prompter(interactive: boolean): Prompter
 }

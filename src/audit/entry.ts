@@ -7,7 +7,8 @@ import { createHash } from 'node:crypto'
 import { LIMITS } from '../lib/limits.js'
 import type { Approval, Intent } from '../cargo/intent.js'
 
-export type AuditResult = 'signed' | 'denied' | 'failed'
+/** `generated`: a key was generated (or replaced) on a device over the agent socket. */
+export type AuditResult = 'signed' | 'denied' | 'failed' | 'generated'
 
 /** How the mutation was approved (src/cargo/intent.ts). */
 export type AuditApproval = Approval
@@ -24,7 +25,18 @@ export interface AuditEntry {
   readonly cksum?: string
   /** PASERK k3.pid of the key that signed (or would have signed). */
   readonly kip?: string
+  /** Who asked, as the kernel reports it (src/agent/requester.ts). */
   readonly requester: {
+    readonly pid?: number
+    readonly ppid?: number
+    readonly command?: string
+    readonly tty?: string
+    readonly exe?: string
+    readonly uid?: number
+    readonly client?: { readonly pid: number; readonly command?: string }
+  }
+  /** What the client said about itself: a claim, not evidence. */
+  readonly claimed?: {
     readonly pid?: number
     readonly ppid?: number
     readonly command?: string
@@ -38,6 +50,9 @@ export interface AuditEntry {
   readonly approval?: AuditApproval
   /** "sha256:<16 hex>" of the issued token. */
   readonly token?: string
+  /** keygen: the key generated, "<token>/<label>", and whether an existing key was replaced. */
+  readonly key?: string
+  readonly replaced?: boolean
 }
 
 export const AUDIT_CKSUM_CHARS = 16
@@ -60,25 +75,47 @@ export interface AuditOutcome {
   /** The issued token; only its fingerprint is stored. */
   readonly token?: string
   readonly kip?: string
+  /** For acts that are not a cargo operation (`keygen`). */
+  readonly operation?: string
+  readonly key?: string
+  readonly replaced?: boolean
 }
 
 /** Builds the line for `intent` and its outcome, cutting every field that came from another process. */
 export function auditEntry(intent: Intent, outcome: AuditOutcome, now: Date = new Date()): AuditEntry {
   const registry: { name?: string; url: string } = { url: cut(intent.indexUrl) }
   if (intent.registryName !== undefined) registry.name = cut(intent.registryName)
-  const requester: { pid?: number; ppid?: number; command?: string; tty?: string } = {}
   const r = intent.requester
+  const requester: { -readonly [K in keyof AuditEntry['requester']]: AuditEntry['requester'][K] } = {}
   if (r.pid !== undefined) requester.pid = r.pid
   if (r.ppid !== undefined) requester.ppid = r.ppid
   if (r.command !== undefined) requester.command = cut(r.command)
   if (r.tty !== undefined) requester.tty = cut(r.tty)
+  if (r.exe !== undefined) requester.exe = cut(r.exe)
+  if (r.uid !== undefined) requester.uid = r.uid
+  if (r.client !== undefined)
+    requester.client =
+      r.client.command === undefined
+        ? { pid: r.client.pid }
+        : { pid: r.client.pid, command: cut(r.client.command) }
   const entry: { -readonly [K in keyof AuditEntry]: AuditEntry[K] } = {
     v: 1,
     time: now.toISOString(),
     registry,
-    operation: intent.operation,
+    operation: outcome.operation ?? intent.operation,
     requester,
     result: outcome.result,
+  }
+  const c = r.claimed
+  if (c !== undefined) {
+    const claimed: {
+      -readonly [K in keyof NonNullable<AuditEntry['claimed']>]: NonNullable<AuditEntry['claimed']>[K]
+    } = {}
+    if (c.pid !== undefined) claimed.pid = c.pid
+    if (c.ppid !== undefined) claimed.ppid = c.ppid
+    if (c.command !== undefined) claimed.command = cut(c.command)
+    if (c.tty !== undefined) claimed.tty = cut(c.tty)
+    entry.claimed = claimed
   }
   const { name, vers, cksum } = intent.crate
   if (name !== undefined) entry.crate = cut(name)
@@ -89,6 +126,8 @@ export function auditEntry(intent: Intent, outcome: AuditOutcome, now: Date = ne
   if (outcome.reason !== undefined) entry.reason = cut(outcome.reason)
   if (outcome.approval !== undefined) entry.approval = outcome.approval
   if (outcome.token !== undefined) entry.token = tokenFingerprint(outcome.token)
+  if (outcome.key !== undefined) entry.key = cut(outcome.key)
+  if (outcome.replaced !== undefined) entry.replaced = outcome.replaced
   return entry
 }
 

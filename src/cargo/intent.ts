@@ -5,13 +5,34 @@
  */
 import type { CrateRef, Operation } from './operation.js'
 
-/** The program that asked cargo to ask us (as the shim saw it). All fields are best effort. */
-export interface Requester {
+/** What a client says about the program behind it: recorded as a claim, never shown as fact. */
+export interface RequesterClaim {
   pid?: number
   ppid?: number
-  /** Command line of the requesting program (the shim's parent, usually `cargo publish`). */
   command?: string
   tty?: string
+}
+
+/**
+ * The program that asked, as the agent read it from the kernel (src/agent/requester.ts). All
+ * fields are best effort; none comes from the client except `claimed`.
+ */
+export interface Requester {
+  /** The connecting process's parent: cargo, when the client is the shim. */
+  pid?: number
+  ppid?: number
+  /** Command line of `pid` (usually `cargo publish`). */
+  command?: string
+  /** Executable of `pid` (/proc/<pid>/exe). */
+  exe?: string
+  /** Controlling terminal of the connecting process, checked against the device file. */
+  tty?: string
+  /** Kernel uid of the connecting process. */
+  uid?: number
+  /** The connecting process itself (normally the shim). */
+  client?: { pid: number; command?: string }
+  /** What the client said about itself. */
+  claimed?: RequesterClaim
 }
 
 export interface Intent {

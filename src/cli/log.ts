@@ -71,7 +71,12 @@ export function formatEntry(entry: AuditEntry): string {
   ]
     .filter((s) => s !== '')
     .join(' ')
-  const result = entry.result === 'signed' ? 'signed' : entry.result === 'denied' ? 'DENIED' : 'FAILED'
+  const result =
+    entry.result === 'signed' || entry.result === 'generated'
+      ? entry.result
+      : entry.result === 'denied'
+        ? 'DENIED'
+        : 'FAILED'
   const parts = [
     `${time(entry.time)}  ${result.padEnd(6)}  ${what} ${entry.operation === 'publish' ? 'to' : entry.operation === 'read' ? 'from' : 'on'} ${registry}`,
   ]

@@ -65,6 +65,7 @@ export const AGENT_CODES = [
   'AGENT_UNREACHABLE',
   'AGENT_BUSY',
   'AGENT_ALREADY_RUNNING',
+  'PEER_REFUSED', // a process of another user connected to the agent socket (kernel peer credentials)
   'PROTOCOL_ERROR', // a peer spoke something that is not our protocol
   'TIMEOUT',
   'UPSTREAM_ERROR', // the gateway's upstream registry is unreachable, too slow, or refused the gateway

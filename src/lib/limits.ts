@@ -91,6 +91,8 @@ export const LIMITS = Object.freeze({
   /** How long a human has to answer pinentry (its own SETTIMEOUT, and our kill timer after it); well
    * under requestTimeoutMs so the request still ends with a clear PIN_ENTRY_FAILED. */
   pinentryTimeoutMs: 60_000,
+  /** The agent's own yes/no on the requester's terminal: as long as a pinentry gets, then "no". */
+  terminalConfirmTimeoutMs: 60_000,
   /** A desktop notifier (notify-send, osascript) that hangs is killed after this; it never fails a request. */
   desktopNotifyTimeoutMs: 2_000,
   /** Default `touch-notice-after-ms`: signature not back after this long, announce the pending touch

@@ -1,7 +1,9 @@
 /**
  * Approval of a mutation: the rate limit, then the registry's `confirm` rule, asking yes/no on the
- * requester's terminal (through the shim) or in pinentry (docs/policy.md, "Mutations: confirmation,
- * touch, rate limit"). The login's final-try question goes through the same yes/no.
+ * requester's terminal (the agent's own prompt there) or in a pinentry the agent launches
+ * (docs/policy.md, "Mutations: confirmation, touch, rate limit"). Never through the client that
+ * made the request (docs/design.md §4, rule 2). The login's final-try question goes through the
+ * same yes/no.
  */
 import { AgentError } from '../lib/errors.js'
 import type { Approval, Intent } from '../cargo/intent.js'
@@ -66,7 +68,10 @@ export class Confirmer {
     }
   }
 
-  /** One yes/no: on the terminal when the requester has one (`confirmVia`), else in pinentry. */
+  /**
+   * One yes/no: on the requester's terminal when the kernel names one (`confirmVia`), else in
+   * pinentry. With neither it fails closed (POLICY_DENIED naming `touch` and `none`).
+   */
   async ask(
     intent: Intent,
     prompter: Prompter,
@@ -85,18 +90,22 @@ export class Confirmer {
         },
       )
     }
-    if (confirmVia === 'terminal' || (confirmVia === 'auto' && prompter.interactive)) {
-      if (!prompter.interactive) {
+    if (confirmVia === 'terminal' || (confirmVia === 'auto' && prompter.terminal !== undefined)) {
+      if (prompter.terminal === undefined) {
         throw new AgentError(
           'POLICY_DENIED',
           `Confirmation is required to ${describeIntent(intent)}, but the requesting program has no terminal`,
           {
             remedy:
-              'Run the command from a terminal, or set confirm = "touch" for this registry (a key with a touch policy)',
+              'Run the command from a terminal, or set confirm = "touch" for this registry (a key with a touch policy), or confirm = "none" for unattended use',
           },
         )
       }
-      return { approved: await prompter.confirm(intent, text), via: 'terminal' }
+      try {
+        return { approved: await prompter.confirm(intent, text), via: 'terminal' }
+      } catch (error) {
+        throw noChannel(intent, error, 'the agent could not ask on the terminal')
+      }
     }
     tell(prompter, {
       kind: 'waiting-for-confirmation',
@@ -117,17 +126,26 @@ export class Confirmer {
     } catch (error) {
       // No PIN is involved here: a pinentry that cannot ask (no display, not installed) means there is
       // no channel for the yes/no, and the fix is a confirmation mode, not a PIN source.
-      if (!(error instanceof AgentError) || error.code !== 'PIN_ENTRY_FAILED') throw error
-      throw new AgentError(
-        'POLICY_DENIED',
-        `Confirmation is required to ${describeIntent(intent)}, but ${prompter.interactive ? '' : 'the requesting program has no terminal and '}pinentry could not ask (${error.message})`,
-        {
-          cause: error,
-          remedy:
-            'Run cargo from a terminal; or set confirm = "touch" for this registry (a key with a touch policy); or run the agent in your desktop session so pinentry can ask (`cargo-pkcs11-agent install-service`); for CI set confirm = "none"',
-        },
+      throw noChannel(
+        intent,
+        error,
+        `${prompter.terminal === undefined ? 'the requesting program has no terminal and ' : ''}pinentry could not ask`,
       )
     }
     return { approved, via: 'pinentry' }
   }
+}
+
+/** No channel the requester cannot answer itself could ask: fail closed, naming the other modes. */
+function noChannel(intent: Intent, error: unknown, why: string): unknown {
+  if (!(error instanceof AgentError) || error.code !== 'PIN_ENTRY_FAILED') return error
+  return new AgentError(
+    'POLICY_DENIED',
+    `Confirmation is required to ${describeIntent(intent)}, but ${why} (${error.message})`,
+    {
+      cause: error,
+      remedy:
+        'Run cargo from a terminal; or set confirm = "touch" for this registry (a key with a touch policy); or run the agent in your desktop session so pinentry can ask (`cargo-pkcs11-agent install-service`); for CI set confirm = "none"',
+    },
+  )
 }

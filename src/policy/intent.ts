@@ -40,6 +40,13 @@ export function describeRequester(requester: Requester): string {
     parts.push(`\`${displaySafe(requester.command)}\``)
   if (parts.length === 0 && requester.ppid !== undefined) parts.push(`parent pid ${requester.ppid}`)
   if (requester.tty !== undefined && requester.tty !== '') parts.push(`on ${displaySafe(requester.tty)}`)
+  const client = requester.client
+  if (client !== undefined)
+    parts.push(
+      client.command === undefined
+        ? `through pid ${client.pid}`
+        : `through pid ${client.pid} \`${displaySafe(client.command, LIMITS.intentFieldMaxChars / 2)}\``,
+    )
   return parts.length === 0 ? 'an unknown program' : parts.join(' ')
 }
 
@@ -96,15 +103,20 @@ export type Notice =
   | { kind: 'info'; text: string }
 
 /**
- * The human of one request. The agent implements it over the shim's socket (the shim prints on
- * stderr and prompts on /dev/tty); tests implement it directly. `interactive` is false in headless
- * mode and when the shim has no terminal: policy then never calls `askPin` or `confirm`.
+ * The human of one request. The agent implements it (src/agent/prompter.ts); tests implement it
+ * directly. Two channels with different trust (docs/design.md §4, rule 2):
+ * - `askPin` may go through the requesting client (the shim prompts on /dev/tty): a PIN is a secret
+ *   an attacker lacks. `interactive` is false in headless mode and when the client has no terminal.
+ * - `confirm` never goes through the client: the agent asks on `terminal`, the requester's
+ *   controlling terminal as the kernel reports it, itself. Undefined when there is none (or the
+ *   agent is headless): policy then never calls `confirm`.
  */
 export interface Prompter {
   readonly interactive: boolean
+  readonly terminal: string | undefined
   /** Resolves to the PIN typed by the user; rejects with PIN_ENTRY_FAILED when cancelled or unavailable. */
   askPin(request: PinPrompt): Promise<Pin>
-  /** Resolves true when the user approved `intent` after being shown `text`, false when refused. */
+  /** Resolves true when the user approved `intent` after being shown `text` on `terminal`, false when refused. */
   confirm(intent: Intent, text: string): Promise<boolean>
   /** Fire and forget: a notice that cannot be delivered never fails the request. */
   notify(notice: Notice): void

@@ -46,6 +46,8 @@ export class Policy {
   readonly #login: Login
   /** Rate limit and confirmation (src/policy/confirm.ts). */
   readonly approve: Confirmer['approve']
+  /** One yes/no on a channel the requester does not hold (keygen --force over the socket). */
+  readonly confirm: Confirmer['ask']
   /** Cached PIN → the token's PIN source → at most one C_Login (src/policy/login.ts). */
   readonly ensureLoggedIn: Login['ensureLoggedIn']
 
@@ -82,6 +84,7 @@ export class Policy {
       log,
     })
     this.approve = confirmer.approve.bind(confirmer)
+    this.confirm = confirmer.ask.bind(confirmer)
     this.ensureLoggedIn = this.#login.ensureLoggedIn.bind(this.#login)
   }
 

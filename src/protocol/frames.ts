@@ -251,11 +251,7 @@ export function parseAgentMessage(text: string): AgentMessage | undefined {
   if (type === 'event' && typeof value['event'] === 'string') {
     return { v: 1, type, id, event: value['event'] as EventName, data }
   }
-  if (
-    type === 'query' &&
-    typeof value['qid'] === 'number' &&
-    (value['query'] === 'pin' || value['query'] === 'confirm')
-  ) {
+  if (type === 'query' && typeof value['qid'] === 'number' && value['query'] === 'pin') {
     return { v: 1, type, id, qid: value['qid'], query: value['query'], data }
   }
   return undefined

@@ -5,23 +5,16 @@
  * typed by it, so a change on one side breaks the build, not a user. Wire format:
  * docs/agent-protocol.md.
  */
+import type { RequesterClaim } from '../cargo/intent.js'
 import type { CacheControl } from '../cargo/protocol.js'
 import type { TriesLeft, WireError } from '../lib/errors.js'
-
-/** What the requesting client says about itself: shown and recorded as a claim only. */
-export interface RequesterClaim {
-  pid?: number
-  ppid?: number
-  command?: string
-  tty?: string
-}
 
 /** Params of the methods that carry cargo's own request line (sign, login, logout). */
 export interface CargoParams {
   /** The request line exactly as cargo wrote it; the agent parses it itself. */
   cargo: string
   requester?: RequesterClaim
-  /** The client has a terminal on which it can ask for a PIN. */
+  /** The client has a terminal on which it can ask for a PIN (a yes/no it is never asked). */
   interactive?: boolean
 }
 
@@ -68,6 +61,8 @@ export interface StatusResult {
   socket: string
   config: string | null
   headless: boolean
+  /** Whether other processes of the user may trace the agent or get its core (PR_GET_DUMPABLE; Linux). */
+  dumpable?: boolean
   tokens: {
     name: string
     module: string
@@ -98,13 +93,16 @@ export type SignResult = {
   key: string
 } & CacheControl
 
-/** The questions the agent may ask the requesting client, and the answers it expects. */
+/**
+ * The questions the agent may ask the requesting client, and the answers it expects. Only a PIN: a
+ * yes/no is never asked of the client that made the request, since it could answer it itself
+ * (docs/design.md §4, rule 2).
+ */
 export interface Queries {
   pin: {
     data: { tokenDescription: string; reason: string; prompt: string; triesLeft?: TriesLeft }
     answer: { pin: string }
   }
-  confirm: { data: { text: string; intent: Record<string, unknown> }; answer: { confirmed: boolean } }
 }
 export type QueryName = keyof Queries
 

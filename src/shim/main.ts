@@ -56,9 +56,11 @@ async function onQuery(query: QueryMessage): Promise<QueryAnswer> {
       const { askPinOnTty } = await import('./tty.js')
       return { result: { pin: await askPinOnTty(prompt) } }
     }
-    const text = typeof query.data['text'] === 'string' ? query.data['text'] : 'Sign this request?'
-    const { confirmOnTty } = await import('./tty.js')
-    return { result: { confirmed: await confirmOnTty(text) } }
+    // A yes/no is the agent's to ask on the terminal itself (docs/design.md §4, rule 2); the
+    // protocol has no other query, so this is an agent speaking a newer protocol.
+    throw new AgentError('PROTOCOL_ERROR', `The agent asked an unknown question (${String(query.query)})`, {
+      remedy: 'Use the shim and the agent from the same release',
+    })
   } catch (error) {
     return { error: toAgentError(error, 'PIN_ENTRY_FAILED').toWire() }
   }

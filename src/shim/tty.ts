@@ -18,8 +18,8 @@ function noTty(cause?: unknown): AgentError {
 
 export { hasTerminal } from './context.js'
 
-/** Reads keys in raw mode until Enter. `echo` = false prints nothing for typed characters. */
-function readRaw(prompt: string, options: { echo: boolean; single: boolean }): Promise<Buffer> {
+/** Reads keys in raw mode until Enter, printing nothing for typed characters. */
+function readRaw(prompt: string): Promise<Buffer> {
   let fd: number
   try {
     fd = openSync('/dev/tty', 'r+')
@@ -72,11 +72,6 @@ function readRaw(prompt: string, options: { echo: boolean; single: boolean }): P
         next[typed.length] = byte
         typed.fill(0)
         typed = next
-        if (options.echo) writeSync(fd, Buffer.from([byte]))
-        if (options.single) {
-          done(undefined)
-          return
-        }
       }
     })
     input.on('error', (error) => done(noTty(error)))
@@ -84,13 +79,8 @@ function readRaw(prompt: string, options: { echo: boolean; single: boolean }): P
 }
 
 export async function askPinOnTty(prompt: string): Promise<string> {
-  const bytes = await readRaw(prompt, { echo: false, single: false })
+  const bytes = await readRaw(prompt)
   const pin = bytes.toString('utf8')
   bytes.fill(0)
   return pin
-}
-
-export async function confirmOnTty(question: string): Promise<boolean> {
-  const bytes = await readRaw(`${question} [y/N] `, { echo: true, single: true })
-  return bytes.length === 1 && (bytes[0] === 0x79 || bytes[0] === 0x59)
 }

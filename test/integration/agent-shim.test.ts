@@ -338,8 +338,18 @@ describe('agent robustness', () => {
           url: INDEX,
           operation: 'read',
         })
-        const again = await c.request('keygen', { token: 'softhsm', label: 'sock-gen', force: true })
-        assert.notEqual(again['k3Public'], made['k3Public'])
+        // Replacing needs an approval no socket client can give (test/integration/agent-trust.test.ts
+        // approves one through pinentry): this client has no terminal and no pinentry can ask.
+        await assert.rejects(
+          c.request('keygen', { token: 'softhsm', label: 'sock-gen', force: true }),
+          (e: unknown) => (e as { code?: string }).code === 'POLICY_DENIED',
+        )
+        const still = okOf((await agent.runShim(cargoGet(INDEX, 'read'))).lines[1])
+        await verifyToken(String(still['token']), {
+          publicKey: String(made['k3Public']),
+          url: INDEX,
+          operation: 'read',
+        })
         await assert.rejects(
           c.request('keygen', { token: 'nope', label: 'x' }),
           (e: unknown) => (e as { code?: string }).code === 'CONFIG_INVALID',

@@ -98,8 +98,10 @@ describe('agent socket and lifecycle', () => {
   })
 
   test('SIGTERM lets an in-flight request finish, refuses new connections, and removes the socket', async () => {
+    // The request is held in flight at its PIN question (the only question a client is asked).
     const agent = await startAgent({
-      registries: { local: { index: INDEX, readKey: known, confirm: 'prompt' } },
+      registries: { local: { index: INDEX, readKey: known } },
+      tokens: { softhsm: { pinSource: 'tty' } },
     })
     fixtures.push(agent)
     const c = await AgentConnection.connect(agent.socket)
@@ -107,18 +109,16 @@ describe('agent socket and lifecycle', () => {
     const wasAsked = new Promise<void>((r) => (asked = r))
     let release!: () => void
     const answerNow = new Promise<void>((r) => (release = r))
-    const line = JSON.stringify(
-      cargoGet(INDEX, 'publish', { name: 'foo', vers: '1.0.0', cksum: 'a'.repeat(64) }),
-    )
+    const line = JSON.stringify(cargoGet(INDEX, 'read'))
     const inFlight = c.request(
       'sign',
       { cargo: line, requester: {}, interactive: true },
       {
         onQuery: async (q) => {
-          assert.equal(q.query, 'confirm')
+          assert.equal(q.query, 'pin')
           asked()
           await answerNow
-          return { result: { confirmed: true } }
+          return { result: { pin: agent.softhsm.pin } }
         },
       },
     )
@@ -135,8 +135,7 @@ describe('agent socket and lifecycle', () => {
     await verifyToken(String(result['token']), {
       publicKey: KNOWN_KEY.k3Public,
       url: INDEX,
-      operation: 'publish',
-      crate: { name: 'foo', vers: '1.0.0', cksum: 'a'.repeat(64) },
+      operation: 'read',
     })
     assert.equal(await exited, 0)
     assert.match(agent.log(), /SIGTERM: shutting down/)

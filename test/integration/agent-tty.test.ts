@@ -1,6 +1,8 @@
 /**
  * The PIN prompt and the confirmation on the user's terminal. cargo gives the shim pipes, not a tty
- * (docs/cargo-protocol.md §1.1); the shim opens /dev/tty itself. util-linux `script` gives the shim a real pseudo
+ * (docs/cargo-protocol.md §1.1); the shim opens /dev/tty itself for the PIN, and the agent opens the
+ * same terminal (the shim's controlling tty, as the kernel reports it) for the yes/no, which never
+ * travels over the socket (docs/design.md §4). util-linux `script` gives the shim a real pseudo
  * terminal as its controlling tty while stdin/stdout stay redirected files, exactly like under cargo.
  */
 import assert from 'node:assert/strict'

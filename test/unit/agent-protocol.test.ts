@@ -83,8 +83,7 @@ describe('server and client over a real socket', () => {
     if (method === 'sign') {
       context.emit('progress', { text: 'working' })
       const pin = await context.ask('pin', { prompt: 'PIN: ', tokenDescription: 'token', reason: 'test' })
-      const ok = await context.ask('confirm', { text: 'sure?', intent: {} })
-      return { gotPin: pin['pin'], confirmed: ok['confirmed'] }
+      return { gotPin: pin['pin'], peer: context.peer }
     }
     if (method === 'lock') throw new AgentError('DENIED', 'nope', { remedy: 'ask nicely' })
     if (method === 'release') throw new Error('a bug')
@@ -211,11 +210,14 @@ describe('server and client over a real socket', () => {
         { cargo: '' },
         {
           onEvent: (e) => events.push(e.data),
-          onQuery: async (q) =>
-            q.query === 'pin' ? { result: { pin: '4321' } } : { result: { confirmed: true } },
+          onQuery: async () => ({ result: { pin: '4321' } }),
         },
       )
-      assert.deepEqual(result, { gotPin: '4321', confirmed: true })
+      // The client is this very process: the kernel's peer credentials name it.
+      assert.deepEqual(result, {
+        gotPin: '4321',
+        peer: { uid: process.getuid?.(), gid: process.getgid?.(), pid: process.pid },
+      })
       assert.deepEqual(events, [{ text: 'working' }])
       // A client that cannot answer: the query fails and so does the request, with the client's code.
       await assert.rejects(

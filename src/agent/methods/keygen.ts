@@ -1,4 +1,13 @@
-import { AgentError } from '../../lib/errors.js'
+/**
+ * `keygen` over the socket. Replacing a key (`force`) destroys it for every registry that knows its
+ * public key, so it is approved like a mutation, on a channel the requester does not hold (the
+ * agent's prompt on the requester's terminal, or pinentry; docs/design.md §4, rule 4). Every keygen,
+ * generated or not, leaves an audit line and a log line naming the kernel's requester.
+ */
+import { auditEntry, type AuditOutcome } from '../../audit/entry.js'
+import { AgentError, toAgentError } from '../../lib/errors.js'
+import { describeRequester } from '../../policy/intent.js'
+import { tokenPolicy } from '../policy-config.js'
 import { adminIntent, keyInfoOf, keySpec, loginToken } from './keys.js'
 import { stringParam, type MethodHandler } from './method.js'
 
@@ -11,9 +20,46 @@ export const keygen: MethodHandler<'keygen'> = async (agent, params, context) =>
       remedy: 'Pass the token name from the config and a key label',
     })
   const { token, device } = agent.devices.byName(tokenName)
-  await loginToken(agent, token, params, context, adminIntent(params, `token ${token.name}`))
-  const key = await device.generateKey(keySpec(label, stringParam(params, 'id')), {
-    force: params['force'] === true,
-  })
-  return keyInfoOf(token, key)
+  const force = params['force'] === true
+  const intent = adminIntent(context, params, `token ${token.name}`)
+  const key = `${token.name}/${label}`
+  const what = `keygen ${key}${force ? ' (force: replaces an existing key)' : ''}`
+  const record = async (outcome: Omit<AuditOutcome, 'operation' | 'key' | 'replaced'>): Promise<void> => {
+    await agent.audit.record(auditEntry(intent, { ...outcome, operation: 'keygen', key, replaced: force }))
+  }
+  try {
+    if (force) {
+      const text = `Replace the key "${label}" on ${tokenPolicy(token).description}, requested by ${describeRequester(intent.requester)}? Registries that know the old public key will reject your tokens`
+      const { approved } = await agent.policy.confirm(
+        intent,
+        context.prompter(params['interactive'] === true),
+        text,
+        'Replace',
+        tokenPolicy(token),
+      )
+      if (!approved)
+        throw new AgentError('DENIED', `Refused: ${what}`, {
+          remedy: 'Nothing was changed. Run keygen again and approve it if you meant to replace the key',
+        })
+    }
+    await loginToken(agent, token, params, context, intent)
+    const made = keyInfoOf(
+      token,
+      await device.generateKey(keySpec(label, stringParam(params, 'id')), { force }),
+    )
+    // Unlike a sign, the key exists on the device already: a failed audit line is logged, not undone.
+    await record({ result: 'generated', kip: made.k3Pid }).catch((error: unknown) =>
+      agent.log(`audit-failed ${toAgentError(error).code}`),
+    )
+    agent.log(`${what} by ${describeRequester(intent.requester)}: generated ${made.k3Pid}`)
+    return made
+  } catch (error) {
+    const failure = toAgentError(error)
+    const denied = failure.code === 'DENIED' || failure.code === 'POLICY_DENIED'
+    await record({ result: denied ? 'denied' : 'failed', code: failure.code, reason: failure.message }).catch(
+      (auditError: unknown) => agent.log(`audit-failed ${toAgentError(auditError).code}`),
+    )
+    agent.log(`${what} by ${describeRequester(intent.requester)}: ${failure.code}`)
+    throw failure
+  }
 }

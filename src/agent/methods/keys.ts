@@ -7,18 +7,23 @@ import type { KeyRef, TokenConfig } from '../../config/schema.js'
 import { k3Pid, k3Public } from '../../keys/paserk.js'
 import type { DeviceKey } from '../../pkcs11/key-catalogue.js'
 import type { KeyInfo } from '../../protocol/methods.js'
-import { parseRequester } from '../pipeline/parse.js'
+import { withClaim } from '../requester.js'
 import { tokenPolicy } from '../policy-config.js'
 import type { AgentState, MethodContext } from '../state.js'
 import type { UntrustedParams } from './method.js'
 
 /** Non-signing requests (login, pubkey, keygen) log in through the same policy, described as this intent. */
-export function adminIntent(params: UntrustedParams, indexUrl: string, registryName?: string): Intent {
+export function adminIntent(
+  context: MethodContext,
+  params: UntrustedParams,
+  indexUrl: string,
+  registryName?: string,
+): Intent {
   const intent: Intent = {
     indexUrl,
     operation: 'read',
     crate: {},
-    requester: parseRequester(params['requester']),
+    requester: withClaim(context.requester, params['requester']),
   }
   if (registryName !== undefined) intent.registryName = registryName
   return intent

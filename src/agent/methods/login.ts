@@ -26,7 +26,13 @@ export const login: MethodHandler<'login'> = async (agent, params, context) => {
   for (const ref of refs) {
     try {
       keys.push(
-        await keyInfo(agent, ref, params, context, adminIntent(params, registry.index, registry.name)),
+        await keyInfo(
+          agent,
+          ref,
+          params,
+          context,
+          adminIntent(context, params, registry.index, registry.name),
+        ),
       )
     } catch (error) {
       if (!(error instanceof AgentError) || error.code !== 'KEY_NOT_FOUND') throw error
@@ -44,7 +50,13 @@ export const login: MethodHandler<'login'> = async (agent, params, context) => {
         )
       // Device closes a session after any failed request (KEY_NOT_FOUND included), and closing the
       // last session ends the login (PKCS#11 v2.40 §5.6): log in again before writing the key.
-      await loginToken(agent, token, params, context, adminIntent(params, registry.index, registry.name))
+      await loginToken(
+        agent,
+        token,
+        params,
+        context,
+        adminIntent(context, params, registry.index, registry.name),
+      )
       const key = await device.generateKey(keySpec(ref.label, ref.id))
       generated.push(`${token.name}/${key.label}`)
       agent.log(

@@ -18,7 +18,7 @@ export const pubkey: MethodHandler<'pubkey'> = async (agent, params, context) =>
   }
   const out = []
   for (const registry of registries) {
-    const intent = adminIntent(params, registry.index, registry.name)
+    const intent = adminIntent(context, params, registry.index, registry.name)
     const read = await keyInfo(agent, registry.readKey, params, context, intent)
     const mutation =
       registry.mutationKey === registry.readKey

@@ -1,4 +1,5 @@
 import { toAgentError } from '../../lib/errors.js'
+import { isDumpable } from '../../lib/peercred.js'
 import type { StatusResult } from '../../protocol/methods.js'
 import type { MethodHandler } from './method.js'
 
@@ -29,11 +30,18 @@ export const status: MethodHandler<'status'> = async (agent) => {
     mutationsLastHour: agent.policy.limiter.count(r.index),
     mutationsPerHour: r.mutationsPerHour,
   }))
+  let dumpable: boolean | undefined
+  try {
+    dumpable = isDumpable()
+  } catch {
+    dumpable = undefined // not Linux: PR_GET_DUMPABLE does not exist
+  }
   return {
     pid: process.pid,
     socket: agent.socketPath,
     config: agent.configPath ?? null,
     headless: agent.config.agent.headless,
+    ...(dumpable === undefined ? {} : { dumpable }),
     tokens,
     registries,
   }

@@ -31,7 +31,7 @@ export async function signPipeline(
   params: Record<string, unknown>,
   context: MethodContext,
 ): Promise<SignAnswer> {
-  const request = parseSignRequest(params)
+  const request = parseSignRequest(params, context.requester)
   const { intent } = request
   const binding = bind(agent.config, intent)
   const prompter = context.prompter(request.interactive)

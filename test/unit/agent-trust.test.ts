@@ -1,0 +1,102 @@
+/**
+ * The agent's trust helpers on their own: which reloads weaken protection (src/agent/reload.ts) and
+ * what the kernel says about a requester (src/agent/requester.ts), checked against this process.
+ */
+import assert from 'node:assert/strict'
+import { readFileSync, readlinkSync } from 'node:fs'
+import { describe, test } from 'node:test'
+
+import { weakenings } from '../../src/agent/reload.js'
+import { kernelRequester, parseClaim, terminalOf, withClaim } from '../../src/agent/requester.js'
+import { parseConfig } from '../../src/config/load.js'
+import { LIMITS } from '../../src/lib/limits.js'
+
+const ENV = { HOME: '/home/test' }
+const INDEX = 'sparse+http://127.0.0.1:1/index/'
+const OTHER = 'sparse+http://127.0.0.1:2/index/'
+
+function config(registries: string, agent = ''): ReturnType<typeof parseConfig> {
+  return parseConfig(
+    `[agent]\n${agent}\n[tokens.t]\nmodule = "softhsm"\nlabel = "x"\npin-source = "none"\n${registries}`,
+    'config.toml',
+    ENV,
+  )
+}
+
+const reg = (name: string, index: string, confirm: string, label = 'k'): string =>
+  `[registries.${name}]\nindex = "${index}"\nread-key = { token = "t", label = "${label}" }\nconfirm = "${confirm}"\n`
+
+describe('weakenings of a reloaded configuration', () => {
+  test('stronger or equal changes pass', () => {
+    const now = config(reg('a', INDEX, 'prompt'))
+    assert.deepEqual(weakenings(now, now), [])
+    assert.deepEqual(weakenings(now, config(reg('a', INDEX, 'touch'))), [])
+    assert.deepEqual(weakenings(now, config(reg('a', INDEX, 'prompt') + reg('b', OTHER, 'prompt'))), [])
+    assert.deepEqual(weakenings(config(reg('a', INDEX, 'none')), now), [])
+    assert.deepEqual(weakenings(now, config('')), [], 'removing a registry protects more')
+  })
+
+  test('lower confirm, headless on, an unconfirmed new binding, a changed mutation key', () => {
+    const now = config(reg('a', INDEX, 'touch'))
+    assert.deepEqual(weakenings(now, config(reg('a', INDEX, 'prompt'))), [
+      'registry a: confirm "touch" → "prompt"',
+    ])
+    assert.deepEqual(weakenings(now, config(reg('a', INDEX, 'touch'), 'headless = true')), [
+      'headless turned on',
+    ])
+    assert.match(
+      weakenings(now, config(reg('a', INDEX, 'touch') + reg('b', OTHER, 'none')))[0] ?? '',
+      /new registry b/,
+    )
+    const prompt = config(reg('a', INDEX, 'prompt'))
+    assert.match(
+      weakenings(prompt, config(reg('a', INDEX, 'prompt', 'other')))[0] ?? '',
+      /mutation key changed to t\/other/,
+    )
+    assert.deepEqual(
+      weakenings(now, config(reg('a', INDEX, 'touch', 'other'))),
+      [],
+      'a touch key still needs a finger',
+    )
+  })
+})
+
+describe('the requester from the kernel', () => {
+  const uid = process.getuid?.() ?? 0
+  // Cut like every field that came from another process (a test runner's argv is long).
+  const cmdline = (pid: number): string =>
+    readFileSync(`/proc/${pid}/cmdline`, 'utf8')
+      .split('\0')
+      .filter((a) => a !== '')
+      .join(' ')
+      .slice(0, LIMITS.auditFieldMaxChars)
+
+  test('this process as the client: its parent is the requester', () => {
+    const requester = kernelRequester({ uid, gid: 0, pid: process.pid })
+    assert.equal(requester.uid, uid)
+    assert.deepEqual(requester.client, { pid: process.pid, command: cmdline(process.pid) })
+    assert.equal(requester.pid, process.ppid)
+    assert.equal(requester.command, cmdline(process.ppid))
+    assert.equal(requester.exe, readlinkSync(`/proc/${process.ppid}/exe`))
+  })
+
+  test('a pid that is not of the peer’s uid, or unknown, yields nothing but the uid', () => {
+    assert.deepEqual(kernelRequester({ uid: uid + 1, gid: 0, pid: process.pid }), { uid: uid + 1 })
+    assert.deepEqual(kernelRequester({ uid, gid: 0, pid: 0 }), { uid })
+  })
+
+  test('a terminal number must name a character device with that number and owner', () => {
+    assert.equal(terminalOf(0, uid), undefined)
+    // major 136 minor 1_000_000: no such pty.
+    assert.equal(terminalOf((136 << 8) | (1_000_000 & 0xff) | ((1_000_000 & ~0xff) << 12), uid), undefined)
+  })
+
+  test('claims are kept apart and cut to size', () => {
+    assert.equal(parseClaim('nope'), undefined)
+    assert.equal(parseClaim({ pid: -1, command: 7 }), undefined)
+    const claimed = withClaim({ pid: 10 }, { pid: 4242, command: 'x'.repeat(5000), tty: '/dev/pts/9' })
+    assert.equal(claimed.pid, 10)
+    assert.equal(claimed.claimed?.pid, 4242)
+    assert.ok((claimed.claimed?.command ?? '').length < 5000)
+  })
+})
