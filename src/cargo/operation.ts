@@ -11,10 +11,6 @@ export function isOperation(value: unknown): value is Operation {
   return typeof value === 'string' && (OPERATIONS as readonly string[]).includes(value)
 }
 
-/** The claims that identify a mutation, in cargo's serialisation order after `iat` and `sub`. */
-export const MUTATION_CLAIMS = ['mutation', 'name', 'vers', 'cksum'] as const
-export type MutationClaim = (typeof MUTATION_CLAIMS)[number]
-
 /** Which request fields each operation requires; all others must be absent. */
 export const OPERATION_FIELDS: Readonly<Record<Operation, readonly ('name' | 'vers' | 'cksum')[]>> =
   Object.freeze({
@@ -36,14 +32,4 @@ export interface CrateRef {
   readonly vers?: string
   /** Lowercase hex SHA-256 of the .crate file (publish only). */
   readonly cksum?: string
-}
-
-/** The fields of `crate` that `operation` carries, in claim order; the others are dropped. */
-export function crateFor(operation: Operation, crate: CrateRef): CrateRef {
-  const out: { -readonly [K in keyof CrateRef]: CrateRef[K] } = {}
-  for (const field of OPERATION_FIELDS[operation]) {
-    const value = crate[field]
-    if (value !== undefined) out[field] = value
-  }
-  return out
 }

@@ -16,8 +16,6 @@ function noTty(cause?: unknown): AgentError {
   })
 }
 
-export { hasTerminal } from './context.js'
-
 /** Reads keys in raw mode until Enter. `echo` = false prints nothing for typed characters. */
 function readRaw(prompt: string, options: { echo: boolean; single: boolean }): Promise<Buffer> {
   let fd: number
