@@ -13,17 +13,13 @@ function nonEmpty(value: string | undefined): string | undefined {
   return value === undefined || value === '' ? undefined : value
 }
 
-/** XDG Base Directory: `$XDG_CONFIG_HOME` or `~/.config`. */
+/** XDG Base Directory: `$XDG_CONFIG_HOME` (…) if set, else `fallback` under the home directory. */
+function xdgHome(env: Env, variable: string, ...fallback: string[]): string {
+  return nonEmpty(env[variable]) ?? join(nonEmpty(env['HOME']) ?? homedir(), ...fallback)
+}
+
 export function configHome(env: Env = process.env): string {
-  return nonEmpty(env['XDG_CONFIG_HOME']) ?? join(nonEmpty(env['HOME']) ?? homedir(), '.config')
-}
-
-export function stateHome(env: Env = process.env): string {
-  return nonEmpty(env['XDG_STATE_HOME']) ?? join(nonEmpty(env['HOME']) ?? homedir(), '.local', 'state')
-}
-
-export function dataHome(env: Env = process.env): string {
-  return nonEmpty(env['XDG_DATA_HOME']) ?? join(nonEmpty(env['HOME']) ?? homedir(), '.local', 'share')
+  return xdgHome(env, 'XDG_CONFIG_HOME', '.config')
 }
 
 export function defaultConfigPath(env: Env = process.env): string {
@@ -31,11 +27,11 @@ export function defaultConfigPath(env: Env = process.env): string {
 }
 
 export function stateDir(env: Env = process.env): string {
-  return join(stateHome(env), APP_DIR)
+  return join(xdgHome(env, 'XDG_STATE_HOME', '.local', 'state'), APP_DIR)
 }
 
 export function dataDir(env: Env = process.env): string {
-  return join(dataHome(env), APP_DIR)
+  return join(xdgHome(env, 'XDG_DATA_HOME', '.local', 'share'), APP_DIR)
 }
 
 export function defaultAuditLogPath(env: Env = process.env): string {
