@@ -30,14 +30,8 @@ function usage(message: string): AgentError {
   return usageError(message, USAGE.verify)
 }
 
-interface VerifyArgs {
-  token: string
-  json: boolean
-  options: VerifyOptions
-}
-
 /** Parse, then validate: a typed, frozen request before anything reads stdin or verifies. */
-export function parseVerifyArgs(argv: readonly string[]): Omit<VerifyArgs, 'token'> & { tokenArg: string } {
+export function parseVerifyArgs(argv: readonly string[]) {
   const parsed = parseCommandArgs(argv, OPTIONS, USAGE.verify, { positionals: true })
   const v = parsed.values
   if (parsed.positionals.length !== 1) {
