@@ -43,7 +43,7 @@ const EXIT_WAIT_MS = 1_000
 const STDERR_KEEP_BYTES = 2_048
 
 function entryFailed(message: string, remedy: string, cause?: unknown): AgentError {
-  return new AgentError('PIN_ENTRY_FAILED', message, cause === undefined ? { remedy } : { remedy, cause })
+  return new AgentError('PIN_ENTRY_FAILED', message, { remedy, cause })
 }
 
 interface Reply {

@@ -12,7 +12,7 @@ import { LIMITS } from '../lib/limits.js'
 function noTty(cause?: unknown): AgentError {
   return new AgentError('PIN_ENTRY_FAILED', 'no tty: cargo was started without a terminal to ask on', {
     remedy: 'Run cargo from a terminal, or configure a non-interactive pin-source (env, file) for this token',
-    ...(cause === undefined ? {} : { cause }),
+    cause,
   })
 }
 
