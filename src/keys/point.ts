@@ -43,10 +43,6 @@ export function bigIntToBytes(value: bigint, length: number): Uint8Array {
   return Uint8Array.from(Buffer.from(hex, 'hex'))
 }
 
-function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((byte, i) => byte === b[i])
-}
-
 /** `04 || X || Y` (97 bytes) -> `02|03 || X` (49 bytes); the prefix carries Y's parity (SEC1 §2.3.3). */
 export function compressPoint(uncompressed97: Uint8Array): Uint8Array {
   if (uncompressed97.length !== UNCOMPRESSED_POINT_BYTES || uncompressed97[0] !== 0x04) {
@@ -109,7 +105,7 @@ export function publicKeyFromDevice(ecPoint: Uint8Array): Uint8Array {
   const compressed = point.length === UNCOMPRESSED_POINT_BYTES ? compressPoint(point) : Uint8Array.from(point)
   const full = decompressPoint(compressed)
   // For an uncompressed input the round trip proves Y was the curve's Y for X, not any 48 bytes.
-  if (point.length === UNCOMPRESSED_POINT_BYTES && !equalBytes(full, point)) {
+  if (point.length === UNCOMPRESSED_POINT_BYTES && !Buffer.from(full).equals(point)) {
     throw keyInvalid('the public point is not on the P-384 curve')
   }
   return compressed
@@ -183,7 +179,7 @@ export function readSequence(der: Uint8Array): Tlv[] | undefined {
  * point's X and the group order are compared with SEC 2's secp384r1 values.
  */
 export function isP384EcParams(params: Uint8Array): boolean {
-  if (equalBytes(params, P384_OID_DER)) return true
+  if (Buffer.from(params).equals(P384_OID_DER)) return true
   const outer = readTlv(params, 0)
   if (outer === undefined || outer.tag !== 0x30 || outer.end !== params.length) return false
   // ECParameters ::= SEQUENCE { version, fieldID, curve, base, order, cofactor OPTIONAL } (X9.62 / RFC 3279 §2.3.5)
@@ -195,7 +191,7 @@ export function isP384EcParams(params: Uint8Array): boolean {
   const field = readSequence(fieldId.value)
   if (field?.length !== 2) return false
   const [fieldType, prime] = field as [Tlv, Tlv]
-  if (fieldType.tag !== 0x06 || !equalBytes(fieldType.value, PRIME_FIELD_OID)) return false
+  if (fieldType.tag !== 0x06 || !Buffer.from(fieldType.value).equals(PRIME_FIELD_OID)) return false
   if (prime.tag !== 0x02 || bytesToBigInt(prime.value) !== P384.p) return false
   if (curve.tag !== 0x30) return false
   const coefficients = readSequence(curve.value)
