@@ -7,7 +7,8 @@ import { join } from 'node:path'
 
 export const APP_DIR = 'cargo-pkcs11-agent'
 
-type Env = Readonly<Record<string, string | undefined>>
+/** An environment to read: `process.env` or a test's own. */
+export type Env = Readonly<Record<string, string | undefined>>
 
 function nonEmpty(value: string | undefined): string | undefined {
   return value === undefined || value === '' ? undefined : value
