@@ -23,10 +23,6 @@ export function configHome(env: Env = process.env): string {
   return xdgHome(env, 'XDG_CONFIG_HOME', '.config')
 }
 
-export function defaultConfigPath(env: Env = process.env): string {
-  return join(configHome(env), APP_DIR, 'config.toml')
-}
-
 export function stateDir(env: Env = process.env): string {
   return join(xdgHome(env, 'XDG_STATE_HOME', '.local', 'state'), APP_DIR)
 }
@@ -54,7 +50,7 @@ export function resolveConfigPath(flag: string | undefined, env: Env = process.e
   if (flag !== undefined) return { path: flag, source: 'flag' }
   const fromEnv = nonEmpty(env['CARGO_PKCS11_AGENT_CONFIG'])
   if (fromEnv !== undefined) return { path: fromEnv, source: 'env' }
-  return { path: defaultConfigPath(env), source: 'default' }
+  return { path: join(configHome(env), APP_DIR, 'config.toml'), source: 'default' }
 }
 
 /**

@@ -58,7 +58,14 @@ export function compressPoint(uncompressed97: Uint8Array): Uint8Array {
 
 /** The 97-byte point for a compressed one; OpenSSL checks that the point lies on the curve. */
 export function decompressPoint(compressed49: Uint8Array): Uint8Array {
-  assertCompressedShape(compressed49)
+  if (
+    compressed49.length !== COMPRESSED_POINT_BYTES ||
+    (compressed49[0] !== 0x02 && compressed49[0] !== 0x03)
+  ) {
+    throw keyInvalid(
+      `expected a compressed P-384 point (49 bytes starting 02 or 03), got ${compressed49.length} bytes`,
+    )
+  }
   try {
     return new Uint8Array(
       ECDH.convertKey(Buffer.from(compressed49), 'secp384r1', undefined, undefined, 'uncompressed') as Buffer,
@@ -68,14 +75,6 @@ export function decompressPoint(compressed49: Uint8Array): Uint8Array {
       remedy: KEY_REMEDY,
       cause,
     })
-  }
-}
-
-function assertCompressedShape(point: Uint8Array): void {
-  if (point.length !== COMPRESSED_POINT_BYTES || (point[0] !== 0x02 && point[0] !== 0x03)) {
-    throw keyInvalid(
-      `expected a compressed P-384 point (49 bytes starting 02 or 03), got ${point.length} bytes`,
-    )
   }
 }
 
