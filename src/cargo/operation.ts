@@ -11,10 +11,6 @@ export function isOperation(value: unknown): value is Operation {
   return typeof value === 'string' && (OPERATIONS as readonly string[]).includes(value)
 }
 
-/** The claims that identify a mutation, in cargo's serialisation order after `iat` and `sub`. */
-export const MUTATION_CLAIMS = ['mutation', 'name', 'vers', 'cksum'] as const
-export type MutationClaim = (typeof MUTATION_CLAIMS)[number]
-
 /** Which request fields each operation requires; all others must be absent. */
 export const OPERATION_FIELDS: Readonly<Record<Operation, readonly ('name' | 'vers' | 'cksum')[]>> =
   Object.freeze({

@@ -3,7 +3,7 @@
  * `credential/cargo-credential/src/lib.rs` define it (docs/cargo-protocol.md §1). Builtins only: the shim loads this.
  */
 import { AgentError, type ErrorCode } from '../lib/errors.js'
-import { crateFor, isOperation, OPERATIONS, type CrateRef, type Operation } from './operation.js'
+import { isOperation, OPERATION_FIELDS, OPERATIONS, type CrateRef, type Operation } from './operation.js'
 
 /** `{"v":[1]}`: the versions this provider speaks (docs/cargo-protocol.md §1.3). */
 export const HELLO = '{"v":[1]}'
@@ -109,26 +109,23 @@ export function parseCargoRequest(line: string): CargoRequest {
         throw unsupported(
           `cargo asked for the unknown operation \`${operation}\` (this provider knows ${OPERATIONS.join(', ')})`,
         )
-      const op = operation
-      const name = optionalString(value, 'name')
-      const vers = optionalString(value, 'vers')
-      const cksum = optionalString(value, 'cksum')
-      // Which fields each operation carries: docs/cargo-protocol.md §1.4 (lib.rs `Operation`).
-      if (op !== 'read' && (name === undefined || name === ''))
-        throw invalid(`A \`${op}\` request has no crate \`name\``)
-      if ((op === 'publish' || op === 'yank' || op === 'unyank') && (vers === undefined || vers === ''))
-        throw invalid(`A \`${op}\` request has no \`vers\``)
-      if (op === 'publish') {
-        if (cksum === undefined) throw invalid('A `publish` request has no `cksum`')
-        if (!CKSUM.test(cksum))
-          throw invalid("The `publish` request's `cksum` is not a lowercase hex SHA-256")
+      const fields = {
+        name: optionalString(value, 'name'),
+        vers: optionalString(value, 'vers'),
+        cksum: optionalString(value, 'cksum'),
       }
-      const crate: CrateRef = {
-        ...(name === undefined ? {} : { name }),
-        ...(vers === undefined ? {} : { vers }),
-        ...(cksum === undefined ? {} : { cksum }),
+      // Which fields each operation carries: docs/cargo-protocol.md §1.4 (lib.rs `Operation`); the
+      // others are dropped.
+      const crate: { -readonly [K in keyof CrateRef]: CrateRef[K] } = {}
+      for (const field of OPERATION_FIELDS[operation]) {
+        const given = fields[field]
+        if (given === undefined || given === '')
+          throw invalid(`A \`${operation}\` request has no ${field === 'name' ? 'crate ' : ''}\`${field}\``)
+        crate[field] = given
       }
-      return { kind: 'get', registry: reg, args, operation: op, crate: crateFor(op, crate) }
+      if (operation === 'publish' && !CKSUM.test(crate.cksum ?? ''))
+        throw invalid("The `publish` request's `cksum` is not a lowercase hex SHA-256")
+      return { kind: 'get', registry: reg, args, operation, crate }
     }
     case 'login': {
       const login: { -readonly [K in keyof CargoLogin]: CargoLogin[K] } = {

@@ -3,10 +3,10 @@
  * command table (src/cli/main.ts COMMANDS) and its usage lines (src/cli/args.ts USAGE), the same
  * source as `--help`, so a new command or option appears in all of them at once.
  */
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { dirname } from 'node:path'
 
-import { packageFile } from '../lib/package-files.js'
+import { packageVersion } from '../lib/package-files.js'
 import { BIN, parseCommandArgs, USAGE, usageError } from './args.js'
 import { COMMANDS, EXIT_CODES } from './main.js'
 
@@ -185,9 +185,8 @@ function roff(text: string): string {
 
 export async function manPage(argv: readonly string[]): Promise<number> {
   const { values } = parseCommandArgs(argv, { output: { type: 'string' } }, USAGE.man)
-  const pkg = JSON.parse(readFileSync(packageFile('package.json'), 'utf8')) as { version?: string }
   const lines = [
-    `.TH ${BIN.toUpperCase()} 1 "" "${BIN} ${pkg.version ?? ''}" "User Commands"`,
+    `.TH ${BIN.toUpperCase()} 1 "" "${BIN} ${packageVersion()}" "User Commands"`,
     '.SH NAME',
     `${roff(BIN)} \\- hardware\\-backed RFC 3231 asymmetric tokens for cargo`,
     '.SH SYNOPSIS',

@@ -16,7 +16,8 @@ import { applyModuleEnvironment } from '../pkcs11/modules.js'
 import { tokenSelector, type TokenSelector } from '../pkcs11/selector.js'
 import { readPin, type PinSource } from '../policy/pin-source.js'
 import { childEnvironment } from '../policy/pinentry.js'
-import { askPinOnTty, hasTerminal } from '../shim/tty.js'
+import { hasTerminal } from '../shim/context.js'
+import { askPinOnTty } from '../shim/tty.js'
 import { parseCommandArgs, usageError, type OptionSpecs } from './args.js'
 
 const TARGET_OPTIONS = {

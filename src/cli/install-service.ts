@@ -97,14 +97,17 @@ export function systemdWord(value: string, options: { command?: boolean } = {}):
   return `"${text}"`
 }
 
+const XML_ESCAPES: Readonly<Record<string, string>> = {
+  '&': '&amp;',
+  '<': '&lt;',
+  '>': '&gt;',
+  '"': '&quot;',
+  "'": '&apos;',
+}
+
 /** XML character data for the plist (XML 1.0 section 2.4). */
 export function xmlText(value: string): string {
-  return noNewline(value)
-    .replace(/&/g, '&amp;')
-    .replace(/</g, '&lt;')
-    .replace(/>/g, '&gt;')
-    .replace(/"/g, '&quot;')
-    .replace(/'/g, '&apos;')
+  return noNewline(value).replace(/[&<>"']/g, (c) => XML_ESCAPES[c] ?? c)
 }
 
 /** Module names (native-config/modules.json) and paths of modules that talk only to local devices. */
@@ -164,6 +167,9 @@ export function renderServiceFor(platform: ServicePlatform, template: string, v:
   })
 }
 
+/** The launchd agent's PATH after node's own directory: launchd starts agents with a minimal one. */
+const SERVICE_PATH = ['/opt/homebrew/bin', '/usr/local/bin', '/usr/bin', '/bin', '/usr/sbin', '/sbin']
+
 function serviceValues(configPath: string, allowNetwork: boolean): ServiceValues {
   let config: Config | undefined
   if (existsSync(configPath)) config = loadConfig(configPath)
@@ -179,17 +185,7 @@ function serviceValues(configPath: string, allowNetwork: boolean): ServiceValues
     dataDir: dataDir(),
     extraWritable: audit === undefined || dirname(audit) === state ? [] : [dirname(audit)],
     network: allowNetwork || needsNetwork(config),
-    path: [
-      ...new Set([
-        dirname(process.execPath),
-        '/opt/homebrew/bin',
-        '/usr/local/bin',
-        '/usr/bin',
-        '/bin',
-        '/usr/sbin',
-        '/sbin',
-      ]),
-    ].join(delimiter),
+    path: [...new Set([dirname(process.execPath), ...SERVICE_PATH])].join(delimiter),
   }
 }
 

@@ -39,17 +39,11 @@ export async function list(argv: readonly string[]): Promise<number> {
     USAGE.list,
     { anyToken: true },
   )
-  const selectors: TokenSelector[] =
-    target.selector.label === undefined &&
-    target.selector.serial === undefined &&
-    target.selector.manufacturer === undefined &&
-    target.selector.model === undefined
-      ? (await listTokens(target.selector.module)).map((t) => ({
-          module: target.selector.module,
-          label: t.label,
-          serial: t.serial,
-        }))
-      : [target.selector]
+  const { module, label, serial, manufacturer, model } = target.selector
+  // `--module` alone: every token on that module.
+  const selectors: TokenSelector[] = [label, serial, manufacturer, model].every((v) => v === undefined)
+    ? (await listTokens(module)).map((t) => ({ module, label: t.label, serial: t.serial }))
+    : [target.selector]
   // Before a login a token may hide its private objects (CKA_PRIVATE): their attributes are then unknown.
   const out: Array<{ token: string; privateObjectsVisible: boolean; keys: KeyView[] }> = []
   for (const selector of selectors) {
@@ -78,7 +72,7 @@ export async function list(argv: readonly string[]): Promise<number> {
     return 0
   }
   const lines: string[] = []
-  if (out.length === 0) lines.push(`no initialised token on ${target.selector.module}`)
+  if (out.length === 0) lines.push(`no initialised token on ${module}`)
   for (const token of out) {
     lines.push(`${token.token}:`)
     if (token.keys.length === 0)

@@ -7,7 +7,7 @@ export async function lock(argv: readonly string[]): Promise<number> {
   const { socket } = socketArgs(argv, USAGE.lock)
   const result = await callAgent(socket, 'lock')
   process.stdout.write(
-    `forgot ${String(result['forgotten'])} PIN(s), closed the sessions of ${String(result['released'])} token(s)\n`,
+    `forgot ${result.forgotten} PIN(s), closed the sessions of ${result.released} token(s)\n`,
   )
   return 0
 }

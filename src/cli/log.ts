@@ -5,6 +5,7 @@
  * line (a fragment a crash left, garbage) is reported with its line number and the rest is shown.
  */
 import { open, stat } from 'node:fs/promises'
+import { setTimeout as sleep } from 'node:timers/promises'
 
 import type { AuditEntry } from '../audit/entry.js'
 import { loadConfig } from '../config/load.js'
@@ -26,10 +27,6 @@ export interface LogIo {
 
 const DEFAULT_LINES = 20
 const TAIL_CHUNK = 64 * 1024
-
-function usage(message: string): AgentError {
-  return usageError(message, USAGE.log)
-}
 
 /** The audit log path: --file, else the config's `audit-log`, else the XDG default. */
 function auditPath(file: string | undefined, configFlag: string | undefined, env: NodeJS.ProcessEnv): string {
@@ -183,17 +180,8 @@ async function follow(path: string, from: number, json: boolean, io: LogIo): Pro
   let pending = Buffer.alloc(0)
   const pollMs = io.pollMs ?? 500
   while (io.signal?.aborted !== true) {
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, pollMs)
-      io.signal?.addEventListener(
-        'abort',
-        () => {
-          clearTimeout(timer)
-          resolve()
-        },
-        { once: true },
-      )
-    })
+    // An abort ends the wait early (AbortError) and then the loop.
+    await sleep(pollMs, undefined, { signal: io.signal }).catch(() => undefined)
     let size: number
     try {
       size = (await stat(path)).size
@@ -238,7 +226,7 @@ export async function runLog(argv: readonly string[], io: LogIo): Promise<number
   const v = parsed.values
   const n = v.lines === undefined ? DEFAULT_LINES : Number(v.lines)
   if (!Number.isSafeInteger(n) || n < 0)
-    throw usage(`-n needs a whole number of lines (0 = all), got ${JSON.stringify(v.lines)}`)
+    throw usageError(`-n needs a whole number of lines (0 = all), got ${JSON.stringify(v.lines)}`, USAGE.log)
   const path = auditPath(v.file, v.config, io.env)
   const json = v.json === true
   let end = 0

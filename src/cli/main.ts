@@ -4,10 +4,8 @@
  * Each command module is imported only when that command runs, so `status` or `verify` never pay
  * for loading the PKCS#11 binding and the agent. Exit codes: EXIT_CODES below (docs/cli.md).
  */
-import { readFileSync } from 'node:fs'
-
 import { AgentError, toAgentError } from '../lib/errors.js'
-import { packageFile } from '../lib/package-files.js'
+import { packageVersion } from '../lib/package-files.js'
 import { closest } from '../lib/suggest.js'
 import { BIN, USAGE } from './args.js'
 import { nativeBindingError, nativeBindingMissing } from './native.js'
@@ -161,13 +159,6 @@ function helpText(): string {
   return lines.join('\n') + '\n'
 }
 
-function version(): string {
-  const pkg = JSON.parse(readFileSync(packageFile('package.json'), 'utf8')) as {
-    version?: string
-  }
-  return pkg.version ?? 'unknown'
-}
-
 function usageError(message: string): AgentError {
   return new AgentError('USAGE', message, { remedy: `Run \`${BIN} help\` for the list of commands` })
 }
@@ -194,7 +185,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       return 0
     }
     if (name === '--version' || name === '-V') {
-      process.stdout.write(`${BIN} ${version()}\n`)
+      process.stdout.write(`${BIN} ${packageVersion()}\n`)
       return 0
     }
     const entry = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined

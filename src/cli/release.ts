@@ -7,7 +7,7 @@ export async function release(argv: readonly string[]): Promise<number> {
   const { socket } = socketArgs(argv, USAGE.release)
   const result = await callAgent(socket, 'release')
   process.stdout.write(
-    `closed the sessions of ${String(result['released'])} token(s); cached PINs are kept (use \`lock\` to forget them)\n`,
+    `closed the sessions of ${result.released} token(s); cached PINs are kept (use \`lock\` to forget them)\n`,
   )
   return 0
 }

@@ -1,5 +1,6 @@
 /** `cargo-pkcs11-agent status [--socket PATH] [--json]`: what the running agent holds. */
 import { callAgent } from '../protocol/client.js'
+import type { KeyRefInfo } from '../protocol/methods.js'
 import { resolveSocketPath } from '../config/paths.js'
 import { parseCommandArgs, USAGE } from './args.js'
 
@@ -15,7 +16,7 @@ export function socketArgs(
   return { socket: resolveSocketPath(values.socket as string | undefined, undefined).path, flags }
 }
 
-function yes(value: unknown): string {
+function yes(value: boolean): string {
   return value === true ? 'yes' : 'no'
 }
 
@@ -27,41 +28,34 @@ export async function status(argv: readonly string[]): Promise<number> {
     return 0
   }
   const lines = [
-    `agent pid ${String(result['pid'])}`,
+    `agent pid ${result.pid}`,
     `socket   ${socket}`,
-    `config   ${String(result['config'] ?? '(none)')}`,
-    `headless ${yes(result['headless'])}`,
+    `config   ${result.config ?? '(none)'}`,
+    `headless ${yes(result.headless)}`,
     'tokens:',
   ]
-  for (const t of (result['tokens'] as Record<string, unknown>[] | undefined) ?? []) {
-    const s = t['status'] as Record<string, unknown> | undefined
-    const err = t['error'] as { message?: string } | undefined
-    const flagsText =
-      s === undefined
-        ? ''
-        : [
-            s['pinCountLow'] === true ? 'PIN count low' : '',
-            s['pinFinalTry'] === true ? 'FINAL PIN try' : '',
-            s['pinLocked'] === true ? 'PIN LOCKED' : '',
-          ]
-            .filter((x) => x !== '')
-            .join(', ')
+  for (const t of result.tokens) {
+    const s = t.status
+    const flagsText = [
+      s?.pinCountLow === true ? 'PIN count low' : '',
+      s?.pinFinalTry === true ? 'FINAL PIN try' : '',
+      s?.pinLocked === true ? 'PIN LOCKED' : '',
+    ]
+      .filter((x) => x !== '')
+      .join(', ')
     lines.push(
-      `  ${String(t['name'])}: module ${String(t['module'])}, ` +
+      `  ${t.name}: module ${t.module}, ` +
         (s === undefined
-          ? `unavailable (${err?.message ?? 'unknown'})`
-          : `present ${yes(s['present'])}, logged in ${yes(s['loggedIn'])}, sessions ${String(s['sessionsOpen'])}`) +
-        `, PIN cached ${yes(t['pinCached'])}, PIN source ${String(t['pinSource'])}${flagsText === '' ? '' : `, ${flagsText}`}`,
+          ? `unavailable (${t.error?.message ?? 'unknown'})`
+          : `present ${yes(s.present)}, logged in ${yes(s.loggedIn)}, sessions ${s.sessionsOpen}`) +
+        `, PIN cached ${yes(t.pinCached)}, PIN source ${t.pinSource}${flagsText === '' ? '' : `, ${flagsText}`}`,
     )
   }
   lines.push('registries:')
-  for (const r of (result['registries'] as Record<string, unknown>[] | undefined) ?? []) {
-    const read = r['readKey'] as { token: string; label?: string; id?: string }
-    const mut = r['mutationKey'] as { token: string; label?: string; id?: string }
-    const key = (k: { token: string; label?: string; id?: string }): string =>
-      `${k.token}/${k.label ?? ''}${k.id === undefined ? '' : `#${k.id}`}`
+  const key = (k: KeyRefInfo): string => `${k.token}/${k.label ?? ''}${k.id === undefined ? '' : `#${k.id}`}`
+  for (const r of result.registries) {
     lines.push(
-      `  ${String(r['name'])}: ${String(r['index'])} read ${key(read)}, mutations ${key(mut)}, confirm ${String(r['confirm'])}, ${String(r['mutationsLastHour'])}/${String(r['mutationsPerHour'])} mutations this hour`,
+      `  ${r.name}: ${r.index} read ${key(r.readKey)}, mutations ${key(r.mutationKey)}, confirm ${r.confirm}, ${r.mutationsLastHour}/${r.mutationsPerHour} mutations this hour`,
     )
   }
   process.stdout.write(lines.join('\n') + '\n')

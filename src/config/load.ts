@@ -3,9 +3,8 @@ import { readFileSync } from 'node:fs'
 import { parse, TomlError } from 'smol-toml'
 
 import { AgentError } from '../lib/errors.js'
+import type { Env } from './paths.js'
 import { validateConfig, type Config } from './schema.js'
-
-type Env = Readonly<Record<string, string | undefined>>
 
 /** Parses TOML text and validates it. `path` is only used in messages. */
 export function parseConfig(text: string, path: string | undefined, env: Env = process.env): Config {

@@ -7,35 +7,28 @@ import { join } from 'node:path'
 
 export const APP_DIR = 'cargo-pkcs11-agent'
 
-type Env = Readonly<Record<string, string | undefined>>
+/** An environment to read: `process.env` or a test's own. */
+export type Env = Readonly<Record<string, string | undefined>>
 
 function nonEmpty(value: string | undefined): string | undefined {
   return value === undefined || value === '' ? undefined : value
 }
 
-/** XDG Base Directory: `$XDG_CONFIG_HOME` or `~/.config`. */
+/** XDG Base Directory: `$XDG_CONFIG_HOME` (…) if set, else `fallback` under the home directory. */
+function xdgHome(env: Env, variable: string, ...fallback: string[]): string {
+  return nonEmpty(env[variable]) ?? join(nonEmpty(env['HOME']) ?? homedir(), ...fallback)
+}
+
 export function configHome(env: Env = process.env): string {
-  return nonEmpty(env['XDG_CONFIG_HOME']) ?? join(nonEmpty(env['HOME']) ?? homedir(), '.config')
-}
-
-export function stateHome(env: Env = process.env): string {
-  return nonEmpty(env['XDG_STATE_HOME']) ?? join(nonEmpty(env['HOME']) ?? homedir(), '.local', 'state')
-}
-
-export function dataHome(env: Env = process.env): string {
-  return nonEmpty(env['XDG_DATA_HOME']) ?? join(nonEmpty(env['HOME']) ?? homedir(), '.local', 'share')
-}
-
-export function defaultConfigPath(env: Env = process.env): string {
-  return join(configHome(env), APP_DIR, 'config.toml')
+  return xdgHome(env, 'XDG_CONFIG_HOME', '.config')
 }
 
 export function stateDir(env: Env = process.env): string {
-  return join(stateHome(env), APP_DIR)
+  return join(xdgHome(env, 'XDG_STATE_HOME', '.local', 'state'), APP_DIR)
 }
 
 export function dataDir(env: Env = process.env): string {
-  return join(dataHome(env), APP_DIR)
+  return join(xdgHome(env, 'XDG_DATA_HOME', '.local', 'share'), APP_DIR)
 }
 
 export function defaultAuditLogPath(env: Env = process.env): string {
@@ -57,7 +50,7 @@ export function resolveConfigPath(flag: string | undefined, env: Env = process.e
   if (flag !== undefined) return { path: flag, source: 'flag' }
   const fromEnv = nonEmpty(env['CARGO_PKCS11_AGENT_CONFIG'])
   if (fromEnv !== undefined) return { path: fromEnv, source: 'env' }
-  return { path: defaultConfigPath(env), source: 'default' }
+  return { path: join(configHome(env), APP_DIR, 'config.toml'), source: 'default' }
 }
 
 /**

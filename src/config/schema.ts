@@ -7,7 +7,7 @@
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { closest } from '../lib/suggest.js'
-import { defaultAuditLogPath } from './paths.js'
+import { defaultAuditLogPath, type Env } from './paths.js'
 
 export const PIN_SOURCES = ['pinentry', 'tty', 'env', 'file', 'none'] as const
 export type PinSource = (typeof PIN_SOURCES)[number]
@@ -77,8 +77,6 @@ export interface Config {
   readonly tokens: Readonly<Record<string, TokenConfig>>
   readonly registries: Readonly<Record<string, RegistryConfig>>
 }
-
-type Env = Readonly<Record<string, string | undefined>>
 
 /** What validation carries from table to table. */
 interface Context {

@@ -27,6 +27,14 @@ function keyInvalid(message: string, remedy: string): AgentError {
   return new AgentError('KEY_INVALID', message, { remedy })
 }
 
+/** The strictly decoded bytes of a `k3.public.…` / `k3.secret.…` PASERK; KEY_INVALID for anything else. */
+function decodePaserk(s: string, type: 'public' | 'secret', remedy: string): Uint8Array {
+  const prefix = type === 'public' ? K3_PUBLIC_PREFIX : K3_SECRET_PREFIX
+  if (typeof s !== 'string' || !s.startsWith(prefix))
+    throw keyInvalid(`the ${type} key is not a k3.${type} PASERK (PASETO v3, P-384)`, remedy)
+  return decodeBase64url(s.slice(prefix.length), `the k3.${type} key`, (m) => keyInvalid(m, remedy))
+}
+
 function assertCompressed(pk: Uint8Array): void {
   if (pk.length !== COMPRESSED_POINT_BYTES || (pk[0] !== 0x02 && pk[0] !== 0x03)) {
     throw keyInvalid(
@@ -67,12 +75,7 @@ export function k3Public(pk49: Uint8Array): string {
  * ```
  */
 export function parseK3Public(s: string): Uint8Array {
-  if (typeof s !== 'string' || !s.startsWith(K3_PUBLIC_PREFIX)) {
-    throw keyInvalid('the public key is not a k3.public PASERK (PASETO v3, P-384)', PUBLIC_REMEDY)
-  }
-  const pk = decodeBase64url(s.slice(K3_PUBLIC_PREFIX.length), 'the k3.public key', (m) =>
-    keyInvalid(m, PUBLIC_REMEDY),
-  )
+  const pk = decodePaserk(s, 'public', PUBLIC_REMEDY)
   assertCompressed(pk)
   return pk
 }
@@ -101,12 +104,7 @@ export function k3Secret(scalar48: Uint8Array): string {
 }
 
 export function parseK3Secret(s: string): Uint8Array {
-  if (typeof s !== 'string' || !s.startsWith(K3_SECRET_PREFIX)) {
-    throw keyInvalid('the secret key is not a k3.secret PASERK (PASETO v3, P-384)', SECRET_REMEDY)
-  }
-  const scalar = decodeBase64url(s.slice(K3_SECRET_PREFIX.length), 'the k3.secret key', (m) =>
-    keyInvalid(m, SECRET_REMEDY),
-  )
+  const scalar = decodePaserk(s, 'secret', SECRET_REMEDY)
   assertScalar(scalar)
   return scalar
 }

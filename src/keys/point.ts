@@ -43,10 +43,6 @@ export function bigIntToBytes(value: bigint, length: number): Uint8Array {
   return Uint8Array.from(Buffer.from(hex, 'hex'))
 }
 
-function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((byte, i) => byte === b[i])
-}
-
 /** `04 || X || Y` (97 bytes) -> `02|03 || X` (49 bytes); the prefix carries Y's parity (SEC1 §2.3.3). */
 export function compressPoint(uncompressed97: Uint8Array): Uint8Array {
   if (uncompressed97.length !== UNCOMPRESSED_POINT_BYTES || uncompressed97[0] !== 0x04) {
@@ -62,7 +58,14 @@ export function compressPoint(uncompressed97: Uint8Array): Uint8Array {
 
 /** The 97-byte point for a compressed one; OpenSSL checks that the point lies on the curve. */
 export function decompressPoint(compressed49: Uint8Array): Uint8Array {
-  assertCompressedShape(compressed49)
+  if (
+    compressed49.length !== COMPRESSED_POINT_BYTES ||
+    (compressed49[0] !== 0x02 && compressed49[0] !== 0x03)
+  ) {
+    throw keyInvalid(
+      `expected a compressed P-384 point (49 bytes starting 02 or 03), got ${compressed49.length} bytes`,
+    )
+  }
   try {
     return new Uint8Array(
       ECDH.convertKey(Buffer.from(compressed49), 'secp384r1', undefined, undefined, 'uncompressed') as Buffer,
@@ -72,14 +75,6 @@ export function decompressPoint(compressed49: Uint8Array): Uint8Array {
       remedy: KEY_REMEDY,
       cause,
     })
-  }
-}
-
-function assertCompressedShape(point: Uint8Array): void {
-  if (point.length !== COMPRESSED_POINT_BYTES || (point[0] !== 0x02 && point[0] !== 0x03)) {
-    throw keyInvalid(
-      `expected a compressed P-384 point (49 bytes starting 02 or 03), got ${point.length} bytes`,
-    )
   }
 }
 
@@ -109,7 +104,7 @@ export function publicKeyFromDevice(ecPoint: Uint8Array): Uint8Array {
   const compressed = point.length === UNCOMPRESSED_POINT_BYTES ? compressPoint(point) : Uint8Array.from(point)
   const full = decompressPoint(compressed)
   // For an uncompressed input the round trip proves Y was the curve's Y for X, not any 48 bytes.
-  if (point.length === UNCOMPRESSED_POINT_BYTES && !equalBytes(full, point)) {
+  if (point.length === UNCOMPRESSED_POINT_BYTES && !Buffer.from(full).equals(point)) {
     throw keyInvalid('the public point is not on the P-384 curve')
   }
   return compressed
@@ -183,7 +178,7 @@ export function readSequence(der: Uint8Array): Tlv[] | undefined {
  * point's X and the group order are compared with SEC 2's secp384r1 values.
  */
 export function isP384EcParams(params: Uint8Array): boolean {
-  if (equalBytes(params, P384_OID_DER)) return true
+  if (Buffer.from(params).equals(P384_OID_DER)) return true
   const outer = readTlv(params, 0)
   if (outer === undefined || outer.tag !== 0x30 || outer.end !== params.length) return false
   // ECParameters ::= SEQUENCE { version, fieldID, curve, base, order, cofactor OPTIONAL } (X9.62 / RFC 3279 §2.3.5)
@@ -195,7 +190,7 @@ export function isP384EcParams(params: Uint8Array): boolean {
   const field = readSequence(fieldId.value)
   if (field?.length !== 2) return false
   const [fieldType, prime] = field as [Tlv, Tlv]
-  if (fieldType.tag !== 0x06 || !equalBytes(fieldType.value, PRIME_FIELD_OID)) return false
+  if (fieldType.tag !== 0x06 || !Buffer.from(fieldType.value).equals(PRIME_FIELD_OID)) return false
   if (prime.tag !== 0x02 || bytesToBigInt(prime.value) !== P384.p) return false
   if (curve.tag !== 0x30) return false
   const coefficients = readSequence(curve.value)

@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -24,4 +24,10 @@ export function packageFile(
 /** The package root directory (where package.json sits). */
 export function packageRoot(): string {
   return dirname(packageFile('package.json'))
+}
+
+/** The `version` field of the installed package.json (`--version`, the man page). */
+export function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(packageFile('package.json'), 'utf8')) as { version?: string }
+  return pkg.version ?? 'unknown'
 }

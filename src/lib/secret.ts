@@ -20,10 +20,6 @@ export class Secret<T> {
     return this.#value
   }
 
-  map<U>(f: (value: T) => U): Secret<U> {
-    return new Secret(f(this.#value))
-  }
-
   toString(): string {
     return REDACTED
   }

@@ -8,7 +8,7 @@ import { LIMITS } from './limits.js'
  * Why: pkcs11js runs `C_Sign` (async form) on the libuv threadpool and a sign that waits for a touch
  * holds its worker thread for the whole wait. With Node's default of 4 workers, 4 pending touches
  * stall every `fs`, `dns` and `crypto.pbkdf2` call in the agent and any fifth sign, even on another
- * token (measured: a fifth sign finished only when the first touch came; spec/pkcs11-platform-notes §3).
+ * token (measured: a fifth sign finished only when the first touch came; docs/pkcs11-platforms.md §3).
  *
  * libuv reads UV_THREADPOOL_SIZE once, when the pool first starts. Under ESM the loader itself
  * already uses the pool to read module files, so setting the variable from inside an ESM entry point

@@ -55,8 +55,10 @@ export function decodeData(escaped: Buffer): Buffer {
   let n = 0
   for (let i = 0; i < escaped.length; i++) {
     const byte = escaped[i] ?? 0
-    if (byte === 0x25 && i + 2 < escaped.length && isHex(escaped[i + 1]) && isHex(escaped[i + 2])) {
-      out[n++] = (hexValue(escaped[i + 1] ?? 0) << 4) | hexValue(escaped[i + 2] ?? 0)
+    const high = hexValue(escaped[i + 1])
+    const low = hexValue(escaped[i + 2])
+    if (byte === 0x25 && high >= 0 && low >= 0) {
+      out[n++] = (high << 4) | low
       i += 2
     } else {
       out[n++] = byte
@@ -67,17 +69,10 @@ export function decodeData(escaped: Buffer): Buffer {
   return result
 }
 
-function isHex(byte: number | undefined): boolean {
-  return (
-    byte !== undefined &&
-    ((byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x46) || (byte >= 0x61 && byte <= 0x66))
-  )
-}
-
-function hexValue(byte: number): number {
-  if (byte <= 0x39) return byte - 0x30
-  if (byte <= 0x46) return byte - 0x41 + 10
-  return byte - 0x61 + 10
+/** The value of an ASCII hex digit, or -1 for any other byte (and past the end). */
+function hexValue(byte: number | undefined): number {
+  const digit = byte === undefined ? '' : String.fromCharCode(byte)
+  return /^[0-9A-Fa-f]$/.test(digit) ? Number.parseInt(digit, 16) : -1
 }
 
 export type ServerLine =

@@ -48,7 +48,7 @@ export function pinLocked(
     details.justNow === true
       ? `Wrong PIN for ${tokenDescription}; the PIN is now blocked`
       : `The PIN of ${tokenDescription} is blocked (too many wrong attempts)`,
-    { remedy: UNBLOCK_REMEDY, ...(details.cause === undefined ? {} : { cause: details.cause }) },
+    { remedy: UNBLOCK_REMEDY, cause: details.cause },
   )
 }
 

@@ -43,7 +43,7 @@ const EXIT_WAIT_MS = 1_000
 const STDERR_KEEP_BYTES = 2_048
 
 function entryFailed(message: string, remedy: string, cause?: unknown): AgentError {
-  return new AgentError('PIN_ENTRY_FAILED', message, cause === undefined ? { remedy } : { remedy, cause })
+  return new AgentError('PIN_ENTRY_FAILED', message, { remedy, cause })
 }
 
 interface Reply {
@@ -171,16 +171,9 @@ class PinentrySession {
     for (const line of this.#splitter.push(chunk)) {
       const parsed = parseServerLine(line)
       const waiter = this.#waiter
-      if (parsed.type === 'data') {
-        if (waiter === undefined) {
-          line.fill(0)
-          continue
-        }
-        waiter.data.push(decodeData(parsed.payload))
-        line.fill(0)
-        continue
-      }
+      if (parsed.type === 'data') waiter?.data.push(decodeData(parsed.payload))
       line.fill(0)
+      if (parsed.type === 'data') continue
       if (parsed.type === 'inquire') {
         // pinentry never inquires; cancel rather than hang (Assuan: CAN ends an inquiry).
         this.#child.stdin.write('CAN\n')

@@ -21,10 +21,6 @@ export interface TouchNoticeOptions {
   readonly clock?: Clock
 }
 
-export function touchText(intent: Intent, tokenDescription: string): string {
-  return `Touch ${tokenDescription} to ${describeIntent(intent)}`
-}
-
 /**
  * Resolves or rejects like `signing`; raises the touch notice when it is still pending after
  * `afterMs`; rejects with TOUCH_TIMEOUT when it is still pending at the deadline. The device call
@@ -39,8 +35,8 @@ export async function withTouchNotice<T>(signing: Promise<T>, options: TouchNoti
   const timeout = new Promise<never>((_, reject) => {
     noticeTimer = setTimeout(() => {
       noticed = true
-      const text = touchText(options.intent, options.tokenDescription)
       const { intent, tokenDescription } = options
+      const text = `Touch ${tokenDescription} to ${describeIntent(intent)}`
       tell(options.prompter, { kind: 'touch-pending', text, intent, tokenDescription, deadline })
       void options.notifier?.notify('Touch your security key', text)
     }, options.afterMs)

@@ -29,12 +29,14 @@ async function startAgent(socketPath: string, env: NodeJS.ProcessEnv): Promise<S
     { dirname, join },
     { constants },
     { openAgentLog },
+    { withThreadpoolSize },
   ] = await Promise.all([
     import('node:child_process'),
     import('node:fs'),
     import('node:path'),
     import('node:os'),
     import('../lib/agent-log.js'),
+    import('../lib/threadpool.js'),
   ])
   const logPath = agentLogPath(env)
   const log = openAgentLog(logPath)
@@ -48,14 +50,10 @@ async function startAgent(socketPath: string, env: NodeJS.ProcessEnv): Promise<S
   ]
   const bin = candidates.find((c) => existsSync(c)) ?? (candidates[0] as string)
   // The pool size must come from the parent's environment (src/lib/threadpool.ts).
-  const childEnv = {
-    ...env,
-    UV_THREADPOOL_SIZE: String(Math.max(LIMITS.uvThreadpoolSize, Number(env['UV_THREADPOOL_SIZE'] ?? 0))),
-  }
   const child = spawn(process.execPath, [bin, 'run', '--foreground', '--socket', socketPath], {
     detached: true,
     stdio: ['ignore', log.fd, log.fd],
-    env: childEnv,
+    env: withThreadpoolSize(env),
   })
   closeSync(log.fd)
   const started: StartedAgent = { logPath, offset: log.offset, exit: undefined }

@@ -12,11 +12,9 @@ import { LIMITS } from '../lib/limits.js'
 function noTty(cause?: unknown): AgentError {
   return new AgentError('PIN_ENTRY_FAILED', 'no tty: cargo was started without a terminal to ask on', {
     remedy: 'Run cargo from a terminal, or configure a non-interactive pin-source (env, file) for this token',
-    ...(cause === undefined ? {} : { cause }),
+    cause,
   })
 }
-
-export { hasTerminal } from './context.js'
 
 /** Reads keys in raw mode until Enter, printing nothing for typed characters. */
 function readRaw(prompt: string): Promise<Buffer> {
@@ -31,7 +29,9 @@ function readRaw(prompt: string): Promise<Buffer> {
   input.setRawMode(true)
   writeSync(fd, prompt)
   return new Promise((resolve, reject) => {
-    let typed = Buffer.alloc(0)
+    // One buffer for the longest PIN: a backspaced byte is wiped in place, no keystroke leaves a copy.
+    const typed = Buffer.alloc(LIMITS.pinMaxBytes)
+    let length = 0
     const done = (error: AgentError | undefined): void => {
       input.removeAllListeners('data')
       try {
@@ -41,7 +41,7 @@ function readRaw(prompt: string): Promise<Buffer> {
         // terminal went away
       }
       input.destroy()
-      if (error === undefined) resolve(typed)
+      if (error === undefined) resolve(typed.subarray(0, length))
       else {
         typed.fill(0)
         reject(error)
@@ -49,7 +49,7 @@ function readRaw(prompt: string): Promise<Buffer> {
     }
     input.on('data', (chunk: Buffer) => {
       for (const byte of chunk) {
-        if (byte === 0x03 || (byte === 0x04 && typed.length === 0) || byte === 0x1b) {
+        if (byte === 0x03 || (byte === 0x04 && length === 0) || byte === 0x1b) {
           done(
             new AgentError('PIN_ENTRY_FAILED', 'Entry cancelled on the terminal', {
               remedy: 'Run the cargo command again',
@@ -62,16 +62,12 @@ function readRaw(prompt: string): Promise<Buffer> {
           return
         }
         if (byte === 0x7f || byte === 0x08) {
-          typed = typed.subarray(0, Math.max(0, typed.length - 1))
+          length = Math.max(0, length - 1)
+          typed[length] = 0
           continue
         }
-        if (byte < 0x20) continue
-        if (typed.length >= LIMITS.pinMaxBytes) continue
-        const next = Buffer.alloc(typed.length + 1)
-        typed.copy(next)
-        next[typed.length] = byte
-        typed.fill(0)
-        typed = next
+        if (byte < 0x20 || length >= typed.length) continue
+        typed[length++] = byte
       }
     })
     input.on('error', (error) => done(noTty(error)))

@@ -110,11 +110,6 @@ export function tokenClaims(request: Readonly<TokenRequest>, iat: Date): Record<
   return claims
 }
 
-/** The footer JSON: `kip`, not the RFC text's `kid` (cargo since commit ccd69bcf2). */
-export function tokenFooter(indexUrl: string, kip: string): string {
-  return JSON.stringify({ url: indexUrl, kip })
-}
-
 /**
  * Signs the RFC 3231 token cargo would send for `request`, with any Signer.
  *
@@ -133,7 +128,8 @@ export async function buildToken(
   const kip = k3Pid(signer.publicKey)
   const iat = new Date(now.valueOf())
   const claims = tokenClaims(checked, iat)
-  const footer = new TextEncoder().encode(tokenFooter(checked.indexUrl, kip))
+  // The footer names the key `kip`, not the RFC text's `kid` (cargo since commit ccd69bcf2).
+  const footer = new TextEncoder().encode(JSON.stringify({ url: checked.indexUrl, kip }))
   const key: SignerKey = {
     algorithm: { name: 'PASETO v3.public' },
     extractable: false,

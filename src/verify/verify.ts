@@ -65,20 +65,6 @@ const CLIENT = 'Report the client that produced this token'
 const USAGE_REMEDY = 'Fix the verifier call; the options are described in docs/verifying-tokens.md'
 const usage = (message: string): AgentError => new AgentError('USAGE', message, { remedy: USAGE_REMEDY })
 
-interface CheckedOptions {
-  publicKey: Uint8Array
-  kip: string
-  url: string
-  operation: Operation
-  expected: { name?: string; vers?: string; cksum?: string }
-  subject: string | undefined
-  maxAgeMs: number
-  skewMs: number
-  now: Date
-  checkTime: boolean
-  strictLowS: boolean
-}
-
 /** `value` (or `fallback`) seconds as milliseconds: USAGE unless in [0 or (0, up to 15 min]. */
 function checkMs(name: string, value: number | undefined, fallback: number, allowZero: boolean): number {
   const seconds = value ?? fallback
@@ -91,7 +77,10 @@ function checkMs(name: string, value: number | undefined, fallback: number, allo
   return seconds * 1000
 }
 
-function checkOptions(options: VerifyOptions): CheckedOptions {
+/** The options checked once, with defaults applied: what checkClaims compares against. */
+type CheckedOptions = ReturnType<typeof checkOptions>
+
+function checkOptions(options: VerifyOptions) {
   if (options === null || typeof options !== 'object') throw usage('verify options are missing')
   let publicKey: Uint8Array
   if (typeof options.publicKey === 'string') publicKey = parseK3Public(options.publicKey)
@@ -104,7 +93,7 @@ function checkOptions(options: VerifyOptions): CheckedOptions {
     throw usage('url (the registry index URL) is required')
   if (!isOperation(options.operation)) throw usage(`unknown operation ${JSON.stringify(options.operation)}`)
   const fields = OPERATION_FIELDS[options.operation]
-  const expected: CheckedOptions['expected'] = {}
+  const expected: { -readonly [K in keyof CrateRef]: CrateRef[K] } = {}
   for (const field of ['name', 'vers', 'cksum'] as const) {
     const value = options.crate?.[field]
     if (fields.includes(field)) {
