@@ -1,0 +1,224 @@
+/**
+ * `setup --module ykcs11` on a blank virtual YubiKey (real ykcs11 2.2 and yubico-piv-tool 2.2 →
+ * pcscd → vpcd → test/fixtures/vpiv): the factory management key is replaced by a random one stored
+ * PIN-protected, P-384 keys are generated in 9c (touch always) and 9a (touch never, PIN once), the
+ * config binds them with confirm = "touch", a second run reuses them, --regenerate-key without a
+ * confirmation changes nothing, and neither the management key nor the PIN reaches argv, a child's
+ * environment, the output or a file.
+ */
+import assert from 'node:assert/strict'
+import { chmod, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, test } from 'node:test'
+
+import { parseConfig } from '../../src/config/load.js'
+import { compressPoint } from '../../src/keys/point.js'
+import { k3Pid, k3Public } from '../../src/keys/paserk.js'
+import { verifyAttestation } from '../../src/verify/attestation.js'
+import { runAgentCli } from '../helpers/agent.js'
+import { startVirtualYubiKey, type VirtualYubiKey } from '../helpers/virtual-yubikey.js'
+
+const SERIAL = 31337001
+const PIN = '123456'
+const INDEX = 'sparse+http://127.0.0.1:38652/index/'
+
+async function filesUnder(dir: string): Promise<string[]> {
+  const out: string[] = []
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name)
+    if (entry.isDirectory()) out.push(...(await filesUnder(path)))
+    else if (entry.isFile()) out.push(path)
+  }
+  return out
+}
+
+describe('setup on a blank YubiKey through ykcs11', () => {
+  let dir: string
+  let env: NodeJS.ProcessEnv
+  let yk: VirtualYubiKey
+  let toolLog: string
+  let printed: string[] = []
+  const run = async (args: string[]) => {
+    const r = await runAgentCli(['setup', ...args], { env, timeoutMs: 120_000 })
+    printed.push(r.stdout, r.stderr)
+    return r
+  }
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ykcs11-setup-'))
+    yk = await startVirtualYubiKey({ serial: SERIAL, blank: true })
+    await yk.waitForToken()
+    // A yubico-piv-tool on PATH that records its argv and environment, then runs the real one.
+    const bin = join(dir, 'bin')
+    toolLog = join(dir, 'tool-calls.log')
+    await mkdir(bin)
+    await writeFile(
+      join(bin, 'yubico-piv-tool'),
+      `#!/bin/sh\n{ printf 'ARGV'; printf ' %s' "$@"; printf '\\n'; env; } >> '${toolLog}'\nexec /usr/bin/yubico-piv-tool "$@"\n`,
+    )
+    await chmod(join(bin, 'yubico-piv-tool'), 0o755)
+    env = {
+      ...process.env,
+      ...yk.env,
+      PATH: `${bin}:${process.env['PATH'] ?? ''}`,
+      XDG_CONFIG_HOME: join(dir, 'config'),
+      XDG_DATA_HOME: join(dir, 'data'),
+      XDG_STATE_HOME: join(dir, 'state'),
+      XDG_RUNTIME_DIR: join(dir, 'run'),
+      CARGO_HOME: join(dir, 'cargo-home'),
+      YK_SETUP_TEST_PIN: PIN,
+    }
+    delete env['SOFTHSM2_CONF']
+    delete env['CARGO_PKCS11_AGENT_CONFIG']
+  })
+  after(async () => {
+    await yk?.stop()
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true })
+  })
+
+  const configPath = (): string => join(dir, 'config', 'cargo-pkcs11-agent', 'config.toml')
+  let keys: { read: string; mutation: string }
+
+  test('first run: management key replaced and PIN-protected, 9c touch always and 9a touch never generated, config bound', async () => {
+    const r = await run([
+      '--module',
+      'ykcs11',
+      '--pin-source',
+      'env',
+      '--pin-env',
+      'YK_SETUP_TEST_PIN',
+      '--registry',
+      'local',
+      '--index',
+      INDEX,
+    ])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    assert.match(r.stderr, /factory management key/)
+    assert.match(r.stderr, /replaced the management key/)
+    const mk = await yk.control.managementKey()
+    assert.equal(mk.isDefault, false)
+    assert.equal(await yk.control.object('5fc109'), `881a8918${mk.hex}`)
+    assert.equal(await yk.control.object('5fff00'), '8003810102')
+
+    const slots = new Map((await yk.control.slots()).map((s) => [s.slot, s]))
+    assert.equal(slots.get('9c')?.touchPolicy, 'always')
+    assert.equal(slots.get('9c')?.origin, 'generated')
+    assert.equal(slots.get('9a')?.touchPolicy, 'never')
+    assert.equal(slots.get('9a')?.pinPolicy, 'once')
+    const k3Of = (slot: string): string =>
+      k3Public(compressPoint(Buffer.from(String(slots.get(slot)?.publicPoint), 'hex')))
+    keys = { read: k3Of('9a'), mutation: k3Of('9c') }
+    assert.notEqual(keys.read, keys.mutation)
+    assert.match(
+      r.stdout,
+      new RegExp(`mutation key in slot 9c .*generated.*touch policy always\\n${keys.mutation}\\n`),
+    )
+    assert.match(
+      r.stdout,
+      new RegExp(`read key in slot 9a .*generated.*PIN policy once, touch policy never\\n${keys.read}\\n`),
+    )
+    assert.ok(r.stdout.includes(k3Pid(keys.mutation)))
+
+    const config = parseConfig(await readFile(configPath(), 'utf8'), configPath(), env)
+    const local = config.registries['local']
+    assert.equal(local?.confirm, 'touch')
+    assert.equal(local?.readKey.id, '01')
+    assert.equal(local?.mutationKey.id, '02')
+    const token = config.tokens[local?.readKey.token ?? '']
+    assert.equal(token?.serial, String(SERIAL))
+    assert.equal(token?.kind, 'yubikey')
+  })
+
+  test('the attestation of the generated mutation key verifies under the card CA with touch always', async () => {
+    const { execFile } = await import('node:child_process')
+    const tool = (args: string[]): Promise<string> =>
+      new Promise((res, rej) =>
+        execFile('yubico-piv-tool', args, { env: { ...process.env, ...yk.env } }, (e, out) =>
+          e ? rej(e) : res(out),
+        ),
+      )
+    const attestation = await tool(['-a', 'attest', '-s', '9c'])
+    const intermediate = await tool(['-a', 'read-certificate', '-s', 'f9'])
+    const { parseK3Public } = await import('../../src/keys/paserk.js')
+    const attested = verifyAttestation({
+      attestation,
+      intermediate,
+      roots: [yk.attestationCa.pem],
+      expectedKey: parseK3Public(keys.mutation),
+      require: { touchPolicies: ['always'] },
+    })
+    assert.equal(attested.serial, SERIAL)
+    assert.equal(attested.touchPolicy, 'always')
+    assert.equal(attested.firmware, '5.4.3')
+    assert.throws(
+      () =>
+        verifyAttestation({
+          attestation,
+          intermediate,
+          roots: [yk.attestationCa.pem],
+          expectedKey: parseK3Public(keys.read),
+        }),
+      { code: 'ATTESTATION_KEY_MISMATCH' },
+    )
+    const readAttestation = await tool(['-a', 'attest', '-s', '9a'])
+    assert.throws(
+      () =>
+        verifyAttestation({
+          attestation: readAttestation,
+          intermediate,
+          roots: [yk.attestationCa.pem],
+          expectedKey: parseK3Public(keys.read),
+          require: { touchPolicies: ['always', 'cached'] },
+        }),
+      { code: 'ATTESTATION_POLICY_WEAK' },
+    )
+  })
+
+  test('second run reuses both keys without authenticating; --regenerate-key without confirmation changes nothing', async () => {
+    const before = await yk.control.counters()
+    const again = await run(['--pin-env', 'YK_SETUP_TEST_PIN', '--module', 'ykcs11', '--pin-source', 'env'])
+    assert.equal(again.code, 0, again.stdout + again.stderr)
+    assert.equal((again.stdout.match(/: reused/g) ?? []).length, 2, again.stdout)
+    assert.ok(again.stdout.includes(keys.read) && again.stdout.includes(keys.mutation))
+    const refused = await run([
+      '--module',
+      'ykcs11',
+      '--pin-source',
+      'env',
+      '--pin-env',
+      'YK_SETUP_TEST_PIN',
+      '--regenerate-key',
+    ])
+    assert.equal(refused.code, 1, refused.stdout + refused.stderr)
+    assert.match(refused.stderr, /slot 9a of YubiKey 31337001 holds k3\.pid\./)
+    assert.ok(refused.stderr.includes(k3Pid(keys.read)))
+    const after = await yk.control.counters()
+    assert.equal(after.generate, before.generate)
+    assert.equal(after.managementAuth, before.managementAuth)
+    const slots = new Map((await yk.control.slots()).map((s) => [s.slot, s]))
+    assert.equal(
+      k3Public(compressPoint(Buffer.from(String(slots.get('9c')?.publicPoint), 'hex'))),
+      keys.mutation,
+    )
+  })
+
+  test('the management key and the PIN are in no argv, child environment, output or file', async () => {
+    const mk = (await yk.control.managementKey()).hex
+    const calls = await readFile(toolLog, 'utf8')
+    assert.match(calls, /ARGV .*-a generate/)
+    for (const secret of [mk, mk.toUpperCase(), PIN]) {
+      assert.ok(!calls.includes(secret), 'argv / child environment')
+      for (const text of printed) assert.ok(!text.includes(secret), 'output')
+    }
+    assert.ok(!calls.includes('YK_SETUP_TEST_PIN'), 'the PIN variable is not passed to children')
+    for (const file of await filesUnder(dir)) {
+      if (file === toolLog) continue
+      const content = await readFile(file)
+      assert.ok(
+        !content.includes(mk) && !content.includes(Buffer.from(mk, 'hex')),
+        `${file} holds the management key`,
+      )
+    }
+  })
+})
