@@ -186,3 +186,27 @@ export function verifyAttestation(options: {
   }
   return attested
 }
+
+/** ykcs11's labels for the attestation objects it makes at C_OpenSession (`ykcs11/objects.c`). */
+const SLOT_ATTESTATION_LABEL = /^X\.509 Certificate for PIV Attestation [0-9a-f]{2}$/
+const F9_LABEL = 'X.509 Certificate for PIV Attestation'
+
+/**
+ * The attestation of the key with CKA_ID `id` and the card's f9 certificate among a token's
+ * certificate objects, as ykcs11 exposes them (same CKA_ID as the key); undefined when the module
+ * shows none (another module, an imported key, firmware before 4.3).
+ */
+export function pivAttestationObjects(
+  certificates: readonly { label: string; id: string; der: Uint8Array }[],
+  id: string,
+): { attestation: Uint8Array; intermediate: Uint8Array } | undefined {
+  const attestation = certificates.find((c) => c.id === id && SLOT_ATTESTATION_LABEL.test(c.label))
+  const intermediate = certificates.find((c) => c.label === F9_LABEL)
+  if (attestation === undefined || intermediate === undefined) return undefined
+  return { attestation: attestation.der, intermediate: intermediate.der }
+}
+
+export function pem(der: Uint8Array): string {
+  const b64 = Buffer.from(der).toString('base64').replace(/.{64}/g, '$&\n').replace(/\n$/, '')
+  return `-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`
+}

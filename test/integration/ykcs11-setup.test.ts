@@ -7,6 +7,7 @@
  * environment, the output or a file.
  */
 import assert from 'node:assert/strict'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { chmod, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -16,7 +17,8 @@ import { parseConfig } from '../../src/config/load.js'
 import { compressPoint } from '../../src/keys/point.js'
 import { k3Pid, k3Public } from '../../src/keys/paserk.js'
 import { verifyAttestation } from '../../src/verify/attestation.js'
-import { runAgentCli } from '../helpers/agent.js'
+import { verifyToken } from '../../src/verify/verify.js'
+import { cargoGet, distPath, runAgentCli, runShim, shimBinPath, waitForSocket } from '../helpers/agent.js'
 import { startVirtualYubiKey, type VirtualYubiKey } from '../helpers/virtual-yubikey.js'
 
 const SERIAL = 31337001
@@ -201,6 +203,81 @@ describe('setup on a blank YubiKey through ykcs11', () => {
       k3Public(compressPoint(Buffer.from(String(slots.get('9c')?.publicPoint), 'hex'))),
       keys.mutation,
     )
+  })
+
+  const startAgentProcess = async (
+    config: string,
+  ): Promise<{ child: ChildProcess; output: () => string }> => {
+    const child = spawn(
+      process.execPath,
+      [distPath('src', 'bin', 'cargo-pkcs11-agent.js'), 'run', '--foreground', '--config', config],
+      {
+        env: { ...env, CARGO_PKCS11_AGENT_SOCK: socket() },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    )
+    let output = ''
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d))
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d))
+    printed.push('')
+    const at = printed.length - 1
+    child.on('close', () => (printed[at] = output))
+    return { child, output: () => output }
+  }
+  const socket = (): string => join(dir, 'run', 'agent.sock')
+  const stopAgent = async (child: ChildProcess): Promise<void> => {
+    if (child.exitCode !== null) return
+    const exited = new Promise((r) => child.once('close', r))
+    child.kill('SIGTERM')
+    await exited
+  }
+
+  test('an agent from that config: the read signs on 9a without a touch, the publish on 9c after one; both verify', async () => {
+    await yk.control.setTouchDelay(400)
+    const { child, output } = await startAgentProcess(configPath())
+    try {
+      await waitForSocket(socket(), child, output)
+      const shimEnv = { ...env, CARGO_PKCS11_AGENT_SOCK: socket(), CARGO_PKCS11_AGENT_NO_AUTOSTART: '1' }
+      const touches = (await yk.control.counters()).touches
+      const read = await runShim(shimBinPath(), cargoGet(INDEX, 'read'), { env: shimEnv })
+      const readOk = JSON.parse(String(read.lines[1])) as { Ok?: { token: string } }
+      assert.ok(readOk.Ok !== undefined, read.stdout + read.stderr + output())
+      await verifyToken(readOk.Ok.token, { publicKey: keys.read, url: INDEX, operation: 'read' })
+      assert.equal((await yk.control.counters()).touches, touches, 'the read key needs no touch')
+
+      const cksum = 'ab'.repeat(32)
+      const crate = { name: 'yk-setup-crate', vers: '1.0.0', cksum }
+      const blinked = yk.control.touchRequested()
+      const publish = await runShim(shimBinPath(), cargoGet(INDEX, 'publish', crate), { env: shimEnv })
+      await blinked
+      const publishOk = JSON.parse(String(publish.lines[1])) as { Ok?: { token: string } }
+      assert.ok(publishOk.Ok !== undefined, publish.stdout + publish.stderr + output())
+      await verifyToken(publishOk.Ok.token, {
+        publicKey: keys.mutation,
+        url: INDEX,
+        operation: 'publish',
+        crate,
+      })
+      assert.equal((await yk.control.counters()).touches, touches + 1, 'the publish waited for one touch')
+    } finally {
+      await stopAgent(child)
+    }
+  })
+
+  test('confirm = "touch" bound to the touch-never key: the agent refuses to start, with the fix', async () => {
+    const text = await readFile(configPath(), 'utf8')
+    const wrong = join(dir, 'config', 'touch-never.toml')
+    await writeFile(
+      wrong,
+      text.replace(/(\[registries\.local\.mutation-key\]\ntoken = "yubikey"\nid = )"02"/, '$1"01"'),
+      { mode: 0o600 },
+    )
+    assert.notEqual(await readFile(wrong, 'utf8'), text)
+    const { child, output } = await startAgentProcess(wrong)
+    const code = await new Promise<number | null>((r) => child.once('close', r))
+    assert.notEqual(code, 0)
+    assert.match(output(), /KEY_POLICY_MISMATCH|touch policy "never"/)
+    assert.match(output(), /--touch-policy always|confirm = "prompt"/)
   })
 
   test('the management key and the PIN are in no argv, child environment, output or file', async () => {
