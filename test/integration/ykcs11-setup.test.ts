@@ -278,6 +278,22 @@ describe('setup on a blank YubiKey through ykcs11', () => {
     assert.notEqual(code, 0)
     assert.match(output(), /KEY_POLICY_MISMATCH|touch policy "never"/)
     assert.match(output(), /--touch-policy always|confirm = "prompt"/)
+
+    const doctor = async (config: string) => {
+      const r = await runAgentCli(['doctor', '--json', '--config', config], { env, timeoutMs: 120_000 })
+      printed.push(r.stdout, r.stderr)
+      return JSON.parse(r.stdout) as { level: string; check: string; detail: string; remedy?: string }[]
+    }
+    const bad = (await doctor(wrong)).filter((f) => f.check === 'registry local')
+    const mismatch = bad.find((f) => f.detail.startsWith('KEY_POLICY_MISMATCH'))
+    assert.equal(mismatch?.level, 'fail', JSON.stringify(bad, null, 2))
+    assert.match(mismatch?.remedy ?? '', /--touch-policy always/)
+    const good = (await doctor(configPath())).filter((f) => f.check === 'registry local')
+    assert.ok(
+      good.some((f) => f.level === 'ok' && /mutation key .*touch policy always/.test(f.detail)) &&
+        good.some((f) => f.level === 'ok' && /read key .*PIN policy once, touch policy never/.test(f.detail)),
+      JSON.stringify(good, null, 2),
+    )
   })
 
   test('the management key and the PIN are in no argv, child environment, output or file', async () => {
