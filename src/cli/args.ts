@@ -25,7 +25,7 @@ export const USAGE = Object.freeze({
   log: 'log [--follow] [--json] [-n N] [--file PATH] [--config FILE]',
   keygen: `keygen ${TARGET_USAGE} --label K [--id HEX] [--force] [--json]`,
   list: `list ${TARGET_USAGE} [--login] [--json]`,
-  pubkey: `pubkey ${TARGET_USAGE} (--label K | --id HEX) [--json | --format k3|pid|hex|json]`,
+  pubkey: `pubkey ${TARGET_USAGE} (--label K | --id HEX) [--json | --format k3|pid|hex|json] [--attest]`,
   setup:
     'setup [--config FILE] [--token NAME] [--module M (--token-label L | --serial S)] [--kind yubikey|tpm|hsm|softhsm] ' +
     '[--pin-source tty|pinentry|env|file|none] [--pin-env VAR] [--pin-file FILE] [--label cargo] [--id HEX] ' +
@@ -38,7 +38,8 @@ export const USAGE = Object.freeze({
   completions: 'completions bash|zsh|fish',
   man: 'man [--output FILE]',
   verify:
-    'verify TOKEN|- --public-key k3.public.… --url URL [--operation read|publish|yank|unyank|owners] [--name N] [--vers V] [--cksum C] [--subject S] [--max-age SECONDS] [--no-time-check] [--strict-low-s] [--json]',
+    'verify TOKEN|- --public-key k3.public.… --url URL [--operation read|publish|yank|unyank|owners] [--name N] [--vers V] [--cksum C] [--subject S] [--max-age SECONDS] [--no-time-check] [--strict-low-s] [--json]' +
+    ' | verify --attestation FILE|- --roots PEMFILE --public-key k3.public.… [--require-touch always,cached] [--require-pin once,always] [--json]',
 } as const)
 
 /** A USAGE error (exit status 2) whose remedy is the command's usage line. */

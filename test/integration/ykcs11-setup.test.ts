@@ -7,7 +7,8 @@
  * environment, the output or a file.
  */
 import assert from 'node:assert/strict'
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { X509Certificate } from 'node:crypto'
 import { chmod, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -16,10 +17,11 @@ import { after, before, describe, test } from 'node:test'
 import { parseConfig } from '../../src/config/load.js'
 import { compressPoint } from '../../src/keys/point.js'
 import { k3Pid, k3Public } from '../../src/keys/paserk.js'
-import { verifyAttestation } from '../../src/verify/attestation.js'
+import { pem, verifyAttestation } from '../../src/verify/attestation.js'
+import { startRegistry } from '../fixtures/registry/server.js'
 import { verifyToken } from '../../src/verify/verify.js'
 import { cargoGet, distPath, runAgentCli, runShim, shimBinPath, waitForSocket } from '../helpers/agent.js'
-import { startVirtualYubiKey, type VirtualYubiKey } from '../helpers/virtual-yubikey.js'
+import { createAttestationCa, startVirtualYubiKey, type VirtualYubiKey } from '../helpers/virtual-yubikey.js'
 
 const SERIAL = 31337001
 const PIN = '123456'
@@ -175,6 +177,118 @@ describe('setup on a blank YubiKey through ykcs11', () => {
         }),
       { code: 'ATTESTATION_POLICY_WEAK' },
     )
+  })
+
+  test('pubkey --attest exports each chain through PKCS#11; the registry fixture and verify --attestation accept touch always and refuse the rest with their own codes', async () => {
+    const attest = async (id: string, json = false): Promise<string> => {
+      const r = await runAgentCli(
+        [
+          'pubkey',
+          '--config',
+          configPath(),
+          '--token',
+          'yubikey',
+          '--id',
+          id,
+          '--attest',
+          ...(json ? ['--json'] : []),
+        ],
+        { env, timeoutMs: 60_000 },
+      )
+      printed.push(r.stdout, r.stderr)
+      assert.equal(r.code, 0, r.stdout + r.stderr)
+      return r.stdout
+    }
+    const mutationChain = await attest('02')
+    const readChain = await attest('01')
+    assert.equal((mutationChain.match(/BEGIN CERTIFICATE/g) ?? []).length, 2)
+    const asJson = JSON.parse(await attest('02', true)) as Record<string, unknown>
+    assert.equal(asJson['k3Public'], keys.mutation)
+    assert.equal(asJson['touchPolicy'], 'always')
+    assert.equal(asJson['serial'], SERIAL)
+    // The policies the card holds (its metadata) and the attestation agree.
+    const slots = new Map((await yk.control.slots()).map((s) => [s.slot, s]))
+    assert.equal(asJson['pinPolicy'], slots.get('9c')?.pinPolicy)
+
+    const registry = await startRegistry({
+      stateDir: join(dir, 'registry'),
+      attestationRoots: [yk.attestationCa.pem],
+    })
+    try {
+      const accepted = registry.registerAttestedKey(keys.mutation, mutationChain, 'mutation')
+      assert.equal(accepted.touchPolicy, 'always')
+      assert.throws(() => registry.registerAttestedKey(keys.read, readChain, 'mutation'), {
+        code: 'ATTESTATION_POLICY_WEAK',
+      })
+      registry.registerAttestedKey(keys.read, readChain, 'read')
+      // Tampered: one byte of the attestation certificate's signature flipped.
+      const [leaf, f9] =
+        mutationChain.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? []
+      const der = new X509Certificate(String(leaf)).raw
+      der[der.length - 5] = (der[der.length - 5] ?? 0) ^ 0x01
+      assert.throws(() => registry.registerAttestedKey(keys.mutation, pem(der) + String(f9), 'mutation'), {
+        code: 'ATTESTATION_INVALID',
+      })
+      // Another card (same vendor root): its chain verifies but attests another key.
+      const ca = yk.attestationCa.key
+      const other = await startVirtualYubiKey({ serial: SERIAL + 1, attestationCa: ca })
+      try {
+        const tool = (args: string[]): string =>
+          execFileSync('yubico-piv-tool', args, { env: { ...process.env, ...other.env } }).toString()
+        const otherChain = tool(['-a', 'attest', '-s', '9c']) + tool(['-a', 'read-certificate', '-s', 'f9'])
+        assert.throws(() => registry.registerAttestedKey(keys.mutation, otherChain, 'mutation'), {
+          code: 'ATTESTATION_KEY_MISMATCH',
+        })
+      } finally {
+        await other.stop()
+      }
+      // Under a root the registry does not trust.
+      const stranger = createAttestationCa('not the vendor')
+      const strangerRegistry = await startRegistry({
+        stateDir: join(dir, 'registry-2'),
+        attestationRoots: [pem(stranger.certificate)],
+      })
+      try {
+        assert.throws(() => strangerRegistry.registerAttestedKey(keys.mutation, mutationChain, 'mutation'), {
+          code: 'ATTESTATION_INVALID',
+        })
+      } finally {
+        await strangerRegistry.stop()
+      }
+    } finally {
+      await registry.stop()
+    }
+
+    const chainFile = join(dir, 'chain.pem')
+    const readFile2 = join(dir, 'read-chain.pem')
+    const rootsFile = join(dir, 'roots.pem')
+    await writeFile(chainFile, mutationChain)
+    await writeFile(readFile2, readChain)
+    await writeFile(rootsFile, yk.attestationCa.pem)
+    const cli = (file: string, key: string) =>
+      runAgentCli(
+        [
+          'verify',
+          '--attestation',
+          file,
+          '--roots',
+          rootsFile,
+          '--public-key',
+          key,
+          '--require-touch',
+          'always',
+          '--json',
+        ],
+        { env },
+      )
+    const ok = await cli(chainFile, keys.mutation)
+    assert.equal(ok.code, 0, ok.stdout + ok.stderr)
+    assert.equal((JSON.parse(ok.stdout) as { touchPolicy: string }).touchPolicy, 'always')
+    const weak = await cli(readFile2, keys.read)
+    assert.equal(weak.code, 1)
+    assert.equal((JSON.parse(weak.stdout) as { code: string }).code, 'ATTESTATION_POLICY_WEAK')
+    const mismatch = await cli(chainFile, keys.read)
+    assert.equal((JSON.parse(mismatch.stdout) as { code: string }).code, 'ATTESTATION_KEY_MISMATCH')
   })
 
   test('second run reuses both keys without authenticating; --regenerate-key without confirmation changes nothing', async () => {
