@@ -94,7 +94,7 @@ function policyFlag<T extends string>(
   return value as T
 }
 
-/** The two slots and their policies from the flags (defaults: docs/configuration.md, "YubiKey"). */
+/** The two slots and their policies from the flags (defaults: native-config/devices.md, "YubiKey: setup"). */
 function slotPlans(str: (key: string) => string | undefined): SlotPlan[] {
   const read = str('read-slot') ?? '9a'
   const mutation = str('mutation-slot') ?? '9c'

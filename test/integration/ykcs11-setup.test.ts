@@ -429,3 +429,100 @@ describe('setup on a blank YubiKey through ykcs11', () => {
     }
   })
 })
+
+describe('setup --touch-policy cached: one touch covers the publishes inside the window', () => {
+  let dir: string
+  let yk: VirtualYubiKey
+  let env: NodeJS.ProcessEnv
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ykcs11-setup-cached-'))
+    yk = await startVirtualYubiKey({ serial: SERIAL + 2, blank: true })
+    await yk.waitForToken()
+    env = {
+      ...process.env,
+      ...yk.env,
+      XDG_CONFIG_HOME: join(dir, 'config'),
+      XDG_DATA_HOME: join(dir, 'data'),
+      XDG_STATE_HOME: join(dir, 'state'),
+      XDG_RUNTIME_DIR: join(dir, 'run'),
+      CARGO_HOME: join(dir, 'cargo-home'),
+      CARGO_PKCS11_AGENT_SOCK: join(dir, 'run', 'agent.sock'),
+      YK_SETUP_TEST_PIN: PIN,
+    }
+    delete env['SOFTHSM2_CONF']
+    delete env['CARGO_PKCS11_AGENT_CONFIG']
+  })
+  after(async () => {
+    await yk?.stop()
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true })
+  })
+
+  test('two publishes within the window cost one touch; after it, another', async () => {
+    const r = await runAgentCli(
+      [
+        'setup',
+        '--module',
+        'ykcs11',
+        '--serial',
+        String(SERIAL + 2),
+        '--pin-source',
+        'env',
+        '--pin-env',
+        'YK_SETUP_TEST_PIN',
+        '--touch-policy',
+        'cached',
+        '--registry',
+        'local',
+        '--index',
+        INDEX,
+      ],
+      { env, timeoutMs: 120_000 },
+    )
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    assert.match(r.stdout, /mutation key in slot 9c .*touch policy cached/)
+    const mutation = /mutation key in slot 9c[^\n]*\n(k3\.public\.[A-Za-z0-9_-]+)/.exec(r.stdout)?.[1] ?? ''
+    assert.equal((await yk.control.slots()).find((s) => s.slot === '9c')?.touchPolicy, 'cached')
+
+    await yk.control.setTouchDelay(300)
+    const child = spawn(
+      process.execPath,
+      [distPath('src', 'bin', 'cargo-pkcs11-agent.js'), 'run', '--foreground'],
+      {
+        env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    )
+    let output = ''
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d))
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d))
+    try {
+      await waitForSocket(String(env['CARGO_PKCS11_AGENT_SOCK']), child, () => output)
+      const shimEnv = { ...env, CARGO_PKCS11_AGENT_NO_AUTOSTART: '1' }
+      const publish = async (vers: string): Promise<void> => {
+        const crate = { name: 'yk-cached', vers, cksum: 'cd'.repeat(32) }
+        const s = await runShim(shimBinPath(), cargoGet(INDEX, 'publish', crate), { env: shimEnv })
+        const ok = JSON.parse(String(s.lines[1])) as { Ok?: { token: string } }
+        assert.ok(ok.Ok !== undefined, s.stdout + s.stderr + output)
+        await verifyToken(ok.Ok.token, { publicKey: mutation, url: INDEX, operation: 'publish', crate })
+      }
+      const start = (await yk.control.counters()).touches
+      await publish('1.0.0')
+      await publish('1.0.1')
+      assert.equal(
+        (await yk.control.counters()).touches - start,
+        1,
+        'two publishes inside the window: one touch',
+      )
+      await yk.control.expireTouchCache() // as 15 s later
+      await publish('1.0.2')
+      assert.equal((await yk.control.counters()).touches - start, 2, 'after the window: another touch')
+    } finally {
+      if (child.exitCode === null) {
+        const exited = new Promise((res) => child.once('close', res))
+        child.kill('SIGTERM')
+        await exited
+      }
+    }
+  })
+})
