@@ -373,6 +373,20 @@ describe('setup on a blank YubiKey through ykcs11', () => {
         crate,
       })
       assert.equal((await yk.control.counters()).touches, touches + 1, 'the publish waited for one touch')
+      const status = await runAgentCli(['status', '--json'], { env: shimEnv })
+      assert.equal(status.code, 0, status.stderr)
+      const local = (
+        JSON.parse(status.stdout) as {
+          registries: {
+            name: string
+            keyPolicies: Record<string, { pinPolicy: string; touchPolicy: string }>
+          }[]
+        }
+      ).registries.find((x) => x.name === 'local')
+      assert.deepEqual(local?.keyPolicies, {
+        read: { pinPolicy: 'once', touchPolicy: 'never' },
+        mutation: { pinPolicy: 'always', touchPolicy: 'always' },
+      })
     } finally {
       await stopAgent(child)
     }
