@@ -31,7 +31,7 @@ export const USAGE = Object.freeze({
     '[--pin-source tty|pinentry|env|file|none] [--pin-env VAR] [--pin-file FILE] [--label cargo] [--id HEX] ' +
     '[--registry NAME --index URL] [--write-cargo-config] [--force] [--regenerate-key [--confirm-destroy K3PID]] ' +
     '[--read-slot 9a] [--mutation-slot 9c] [--touch-policy always|cached|never] [--pin-policy never|once|always] ' +
-    '[--keep-default-management-key]',
+    '[--keep-default-management-key] [--certificate]',
   doctor: 'doctor [--config FILE] [--socket PATH] [--json]',
   'install-service': 'install-service [--config FILE] [--allow-network] [--dry-run] [--no-start] [--force]',
   'uninstall-service': 'uninstall-service [--dry-run] [--no-stop]',

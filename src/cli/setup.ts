@@ -17,17 +17,19 @@ import { pinSource, tokenDescription } from '../agent/policy-config.js'
 import { Device } from '../pkcs11/device.js'
 import type { DeviceKey } from '../pkcs11/key-catalogue.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
-import { PIN_POLICIES, TOUCH_POLICIES, type PinPolicy, type TouchPolicy } from '../verify/attestation.js'
+import { pem, PIN_POLICIES, TOUCH_POLICIES, type PinPolicy, type TouchPolicy } from '../verify/attestation.js'
 import { parseCommandArgs, USAGE, usageError } from './args.js'
 import { obtainPin } from './device-target.js'
 import { planAgentConfig, writeAgentConfig, type KeyBinding } from './setup/agent-config.js'
 import { cargoConfigLines } from './setup/cargo-config.js'
+import { selfSignedCertificate } from './setup/certificate.js'
 import {
   attestSlot,
   chooseCard,
   confirmRegeneration,
   describeKey,
   generateInSlot,
+  importCertificate,
   managementKey,
   YKCS11_SLOT_IDS,
   type Card,
@@ -113,6 +115,32 @@ function slotPlans(str: (key: string) => string | undefined): SlotPlan[] {
   ]
 }
 
+/** The slot's self-signed certificate, signed on the card through ykcs11 (which sees keys without one). */
+async function cardSelfSigned(
+  card: Card,
+  publicKey: Uint8Array,
+  slot: string,
+  pin: Pin | null,
+): Promise<Buffer> {
+  const device = new Device(
+    { module: 'ykcs11', serial: String(card.serial) },
+    { cachedPin: () => pin ?? undefined },
+  )
+  try {
+    if (await device.needsLogin()) await device.login(pin)
+    const key = await device.findKey({ id: YKCS11_SLOT_IDS[slot] })
+    if (Buffer.compare(Buffer.from(key.publicKey), Buffer.from(publicKey)) !== 0)
+      throw new AgentError('KEY_INVALID', `ykcs11 shows another key in slot ${slot} than the one generated`, {
+        remedy: 'Run setup again; if it repeats, check for a second YubiKey with the same serial',
+      })
+    return await selfSignedCertificate(publicKey, `cargo-pkcs11-agent ${slot}`, (digest) =>
+      device.signDigest(key, digest),
+    )
+  } finally {
+    await device.release()
+  }
+}
+
 /** Each planned slot: reused when it holds a key, else (or with a confirmed --regenerate-key) generated. */
 async function ensureCardKeys(
   token: TokenConfig,
@@ -123,6 +151,7 @@ async function ensureCardKeys(
     regenerate: boolean
     confirm: string | undefined
     keepDefault: boolean
+    certificates: boolean
     env: string[]
     say: (l: string) => void
   },
@@ -169,6 +198,13 @@ async function ensureCardKeys(
           remedy: 'Check the firmware (attestation needs a YubiKey 4.3 or later)',
         },
       )
+    if (options.certificates) {
+      options.say(
+        `slot ${plan.slot}: the card signs a self-signed certificate for PIV clients that need one${plan.touchPolicy === 'never' ? '' : ' (touch the YubiKey when it blinks)'}`,
+      )
+      const der = await cardSelfSigned(card, made.publicKey, plan.slot, pin)
+      await importCertificate(card, mgmt, plan.slot, pem(der), options.env)
+    }
     out.push({
       key: made,
       role: plan.role,
@@ -204,6 +240,7 @@ export async function setup(argv: readonly string[]): Promise<number> {
       'touch-policy': { type: 'string' },
       'pin-policy': { type: 'string' },
       'keep-default-management-key': { type: 'boolean' },
+      certificate: { type: 'boolean' },
     },
     USAGE.setup,
   ).values as Record<string, string | boolean | undefined>
@@ -245,6 +282,8 @@ export async function setup(argv: readonly string[]): Promise<number> {
         regenerate: regenerate.wanted,
         confirm: regenerate.confirm,
         keepDefault: values['keep-default-management-key'] === true,
+        // OpenSC finds PIV keys only through the slot certificate (native-config/devices.md).
+        certificates: values['certificate'] === true || /opensc/i.test(token.module),
         env: [...secretEnv, ...(token.pinEnv === undefined ? [] : [token.pinEnv])],
         say,
       })

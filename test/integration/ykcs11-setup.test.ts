@@ -540,3 +540,81 @@ describe('setup --touch-policy cached: one touch covers the publishes inside the
     }
   })
 })
+
+describe('setup --certificate: a self-signed certificate per slot, signed by the card, so OpenSC sees the keys', () => {
+  let dir: string
+  let yk: VirtualYubiKey
+  let env: NodeJS.ProcessEnv
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ykcs11-setup-cert-'))
+    yk = await startVirtualYubiKey({ serial: SERIAL + 3, blank: true })
+    await yk.waitForToken()
+    env = {
+      ...process.env,
+      ...yk.env,
+      XDG_CONFIG_HOME: join(dir, 'config'),
+      XDG_DATA_HOME: join(dir, 'data'),
+      XDG_STATE_HOME: join(dir, 'state'),
+      XDG_RUNTIME_DIR: join(dir, 'run'),
+      YK_SETUP_TEST_PIN: PIN,
+    }
+    delete env['SOFTHSM2_CONF']
+    delete env['CARGO_PKCS11_AGENT_CONFIG']
+  })
+  after(async () => {
+    await yk?.stop()
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true })
+  })
+
+  test('both slots get a certificate that verifies with the slot key; OpenSC finds both keys through them', async () => {
+    const r = await runAgentCli(
+      [
+        'setup',
+        '--module',
+        'ykcs11',
+        '--pin-source',
+        'env',
+        '--pin-env',
+        'YK_SETUP_TEST_PIN',
+        '--certificate',
+      ],
+      { env, timeoutMs: 120_000 },
+    )
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    assert.match(r.stderr, /slot 9c: the card signs a self-signed certificate .*touch/)
+    const slots = await yk.control.slots()
+    for (const [slot, object] of [
+      ['9a', '5fc105'],
+      ['9c', '5fc10a'],
+    ] as const) {
+      const stored = await yk.control.object(object)
+      assert.ok(stored !== null, `certificate object ${object}`)
+      // 70 { DER certificate } 71 01 00 (PIV SP 800-73-4 part 1, table 10)
+      const contents = Buffer.from(String(stored), 'hex')
+      const inner = contents.subarray(contents[1] === 0x82 ? 4 : contents[1] === 0x81 ? 3 : 2)
+      const cert = new X509Certificate(inner.subarray(0, ((inner[2] ?? 0) << 8) + (inner[3] ?? 0) + 4))
+      assert.ok(cert.verify(cert.publicKey), `${slot}: self-signed by the slot key`)
+      const point = slots.find((s) => s.slot === slot)?.publicPoint
+      const spki = cert.publicKey.export({ type: 'spki', format: 'der' })
+      assert.equal(spki.subarray(spki.length - 97).toString('hex'), point)
+    }
+    const listed = execFileSync(
+      'pkcs11-tool',
+      ['--module', '/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so', '-O'],
+      {
+        env: { ...process.env, ...yk.env },
+      },
+    ).toString()
+    // Without a login OpenSC shows the public half of each key it found through its certificate.
+    assert.match(
+      listed,
+      /Certificate Object[^\n]*\n\s*label:\s*Certificate for PIV Authentication[\s\S]*?ID:\s*01/,
+    )
+    assert.match(
+      listed,
+      /Certificate Object[^\n]*\n\s*label:\s*Certificate for Digital Signature[\s\S]*?ID:\s*02/,
+    )
+    assert.equal((listed.match(/Public Key Object; EC {2}EC_POINT 384 bits/g) ?? []).length, 2, listed)
+  })
+})

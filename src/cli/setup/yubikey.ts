@@ -326,6 +326,22 @@ export async function attestationIntermediate(card: Card, env: readonly string[]
   return run.stdout
 }
 
+/** Stores a certificate (PEM) in the slot's certificate object (PUT DATA, needs the management key). */
+export async function importCertificate(
+  card: Card,
+  key: Secret<Buffer>,
+  slot: string,
+  certificatePem: string,
+  env: readonly string[],
+): Promise<void> {
+  const run = await pivTool(
+    ['-r', card.reader, '-k', '-a', 'import-certificate', '-s', slot, '-i', '-'],
+    [hexLine(key.expose()), Buffer.from(certificatePem, 'ascii')],
+    env,
+  )
+  if (run.code !== 0) throw toolFailed(`store the certificate of slot ${slot}`, run)
+}
+
 /** GENERATE ASYMMETRIC (INS 47) for P-384 with the PIN and touch policy tags. */
 export async function generateInSlot(
   card: Card,
