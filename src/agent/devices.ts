@@ -92,7 +92,8 @@ export class Devices {
     for (const registry of Object.values(this.#config.registries)) {
       if (registry.confirm !== 'touch') continue
       const token = this.#config.tokens[registry.mutationKey.token]
-      if (token === undefined) continue
+      // Only PIV cards attest policies; other tokens are not opened before a client asks.
+      if (token === undefined || (token.kind !== 'yubikey' && !/ykcs11/i.test(token.module))) continue
       let attested: AttestedKey | undefined
       try {
         attested = await this.keyPolicies(token, registry.mutationKey)
