@@ -169,10 +169,7 @@ async function ensureCardKeys(
     const onCard = present.find((k) => k.id === YKCS11_SLOT_IDS[plan.slot])
     const attested = await attestSlot(card, plan.slot, options.env)
     const existing =
-      attested ??
-      (onCard === undefined
-        ? undefined
-        : { slot: plan.slot, publicKey: onCard.publicKey, attestationPem: '' })
+      attested ?? (onCard === undefined ? undefined : { slot: plan.slot, publicKey: onCard.publicKey })
     if (existing !== undefined && !options.regenerate) {
       out.push({ key: existing, role: plan.role, action: 'reused' })
       continue

@@ -296,7 +296,6 @@ export async function managementKey(
 export interface SlotKey {
   readonly slot: string
   readonly publicKey: Uint8Array
-  readonly attestationPem: string
   readonly pinPolicy?: PinPolicy
   readonly touchPolicy?: TouchPolicy
 }
@@ -313,17 +312,9 @@ export async function attestSlot(
   return {
     slot,
     publicKey: attested.publicKey,
-    attestationPem: run.stdout,
     ...(attested.pinPolicy === undefined ? {} : { pinPolicy: attested.pinPolicy }),
     ...(attested.touchPolicy === undefined ? {} : { touchPolicy: attested.touchPolicy }),
   }
-}
-
-/** The card's f9 attestation certificate (PEM). */
-export async function attestationIntermediate(card: Card, env: readonly string[]): Promise<string> {
-  const run = await pivTool(['-r', card.reader, '-a', 'read-certificate', '-s', 'f9'], [], env)
-  if (run.code !== 0) throw toolFailed('read the f9 attestation certificate', run)
-  return run.stdout
 }
 
 /** Stores a certificate (PEM) in the slot's certificate object (PUT DATA, needs the management key). */
