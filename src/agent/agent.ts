@@ -101,6 +101,11 @@ export class Agent implements AgentState {
     // Before any PIN exists in memory: no core dump, no ptrace or /proc/<pid>/mem by other
     // processes of the user (the same hardening as ssh-agent; src/lib/peercred.ts).
     setNonDumpable()
+    const { errors, unread } = await this.devices.touchBindingErrors()
+    if (errors[0] !== undefined) throw errors[0]
+    for (const line of unread) this.log(`key policy not checked: ${line}`)
+    // The check opened sessions before any client asked: leave the devices as an idle agent would.
+    await this.devices.releaseAll()
     await this.#server.listen()
     this.log(`listening on ${this.socketPath} (pid ${process.pid})`)
     this.#watchSocket()

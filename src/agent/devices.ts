@@ -9,6 +9,7 @@ import { pkcs11Signer } from '../signer/pkcs11.js'
 import type { Signer } from '../signer/signer.js'
 import { Device, type DeviceEvent } from '../pkcs11/device.js'
 import { applyModuleEnvironment, resolveModulePath } from '../pkcs11/modules.js'
+import { pivAttestationObjects, readAttestation, type AttestedKey } from '../verify/attestation.js'
 
 export function describeKey(token: TokenConfig, ref: KeyRef): string {
   const parts = [
@@ -66,6 +67,54 @@ export class Devices {
 
   async signer(token: TokenConfig, ref: KeyRef): Promise<Signer> {
     return await pkcs11Signer(this.get(token), ref)
+  }
+
+  /**
+   * The PIN and touch policy the card attests for a bound key (ykcs11 exposes each slot's
+   * attestation as a certificate object with the key's CKA_ID); undefined when the module shows
+   * no attestation for it. Needs no PIN.
+   */
+  async keyPolicies(token: TokenConfig, ref: KeyRef): Promise<AttestedKey | undefined> {
+    const device = this.get(token)
+    const key = await device.findKey(ref)
+    const objects = pivAttestationObjects(await device.certificates(), key.id)
+    return objects === undefined ? undefined : readAttestation(objects.attestation)
+  }
+
+  /**
+   * `confirm = "touch"` on a mutation key whose card policy is touch never would confirm nothing:
+   * a configuration error with the fix (docs/configuration.md, `confirm`). Keys whose device is
+   * absent or shows no policy are not judged here; `problems` lists what could not be read.
+   */
+  async touchBindingErrors(): Promise<{ errors: AgentError[]; unread: string[] }> {
+    const errors: AgentError[] = []
+    const unread: string[] = []
+    for (const registry of Object.values(this.#config.registries)) {
+      if (registry.confirm !== 'touch') continue
+      const token = this.#config.tokens[registry.mutationKey.token]
+      // Only PIV cards attest policies; other tokens are not opened before a client asks.
+      if (token === undefined || (token.kind !== 'yubikey' && !/ykcs11/i.test(token.module))) continue
+      let attested: AttestedKey | undefined
+      try {
+        attested = await this.keyPolicies(token, registry.mutationKey)
+      } catch (error) {
+        unread.push(`${describeKey(token, registry.mutationKey)}: ${toAgentError(error).message}`)
+        continue
+      }
+      if (attested?.touchPolicy === 'never') {
+        errors.push(
+          new AgentError(
+            'KEY_POLICY_MISMATCH',
+            `registry "${registry.name}" has confirm = "touch" but its mutation ${describeKey(token, registry.mutationKey)} has touch policy "never": a touch would confirm nothing`,
+            {
+              remedy: `Generate the key with a touch policy (cargo-pkcs11-agent setup --regenerate-key --touch-policy always), or set confirm = "prompt" in [registries.${registry.name}] of ${this.#config.path ?? 'the agent config'}`,
+              data: { registry: registry.name, touchPolicy: 'never' },
+            },
+          ),
+        )
+      }
+    }
+    return { errors, unread }
   }
 
   /** Closes every session (`release`, SIGHUP, shutdown) so other programs can use the devices. */

@@ -25,18 +25,21 @@ export const USAGE = Object.freeze({
   log: 'log [--follow] [--json] [-n N] [--file PATH] [--config FILE]',
   keygen: `keygen ${TARGET_USAGE} --label K [--id HEX] [--force] [--json]`,
   list: `list ${TARGET_USAGE} [--login] [--json]`,
-  pubkey: `pubkey ${TARGET_USAGE} (--label K | --id HEX) [--json | --format k3|pid|hex|json]`,
+  pubkey: `pubkey ${TARGET_USAGE} (--label K | --id HEX) [--json | --format k3|pid|hex|json] [--attest]`,
   setup:
     'setup [--config FILE] [--token NAME] [--module M (--token-label L | --serial S)] [--kind yubikey|tpm|hsm|softhsm] ' +
     '[--pin-source tty|pinentry|env|file|none] [--pin-env VAR] [--pin-file FILE] [--label cargo] [--id HEX] ' +
-    '[--registry NAME --index URL] [--write-cargo-config] [--force]',
+    '[--registry NAME --index URL] [--write-cargo-config] [--force] [--regenerate-key [--confirm-destroy K3PID]] ' +
+    '[--read-slot 9a] [--mutation-slot 9c] [--touch-policy always|cached|never] [--pin-policy never|once|always] ' +
+    '[--keep-default-management-key] [--certificate]',
   doctor: 'doctor [--config FILE] [--socket PATH] [--json]',
   'install-service': 'install-service [--config FILE] [--allow-network] [--dry-run] [--no-start] [--force]',
   'uninstall-service': 'uninstall-service [--dry-run] [--no-stop]',
   completions: 'completions bash|zsh|fish',
   man: 'man [--output FILE]',
   verify:
-    'verify TOKEN|- (--public-key k3.public.… | --keys FILE) --url URL [--operation read|publish|yank|unyank|owners] [--name N] [--vers V] [--cksum C] [--subject S] [--max-age SECONDS] [--no-time-check] [--strict-low-s] [--json]',
+    'verify TOKEN|- (--public-key k3.public.… | --keys FILE) --url URL [--operation read|publish|yank|unyank|owners] [--name N] [--vers V] [--cksum C] [--subject S] [--max-age SECONDS] [--no-time-check] [--strict-low-s] [--json]' +
+    ' | verify --attestation FILE|- --roots PEMFILE --public-key k3.public.… [--require-touch always,cached] [--require-pin once,always] [--json]',
   gateway:
     'gateway [--config FILE] [--listen HOST:PORT] [--public-url URL] [--upstream URL] [--keys FILE] [--upstream-token-file FILE | --upstream-token-env VAR] [--max-age SECONDS]',
 } as const)

@@ -20,6 +20,7 @@ import type { Config, TokenConfig } from '../config/schema.js'
 import { toAgentError } from '../lib/errors.js'
 import { DEFAULT_POLICY_CONFIG } from '../policy/config.js'
 import { applyModuleEnvironment, resolveModulePath } from '../pkcs11/modules.js'
+import { pivAttestationObjects, readAttestation } from '../verify/attestation.js'
 import { parseCommandArgs, USAGE } from './args.js'
 import { nativeBindingError, nativeBindingMissing } from './native.js'
 
@@ -300,11 +301,28 @@ async function checkTokens(config: Config): Promise<Finding[]> {
             const key = await device.findKey(ref)
             const { k3Pid } = await import('../keys/paserk.js')
             const exportable = key.extractable || !key.sensitive
+            const objects = pivAttestationObjects(await device.certificates(), key.id)
+            const attested = objects === undefined ? undefined : readAttestation(objects.attestation)
+            const policies =
+              attested === undefined
+                ? ''
+                : ` (card reports PIN policy ${attested.pinPolicy ?? 'unknown'}, touch policy ${attested.touchPolicy ?? 'unknown'})`
+            if (role === 'mutation' && registry.confirm === 'touch' && attested?.touchPolicy === 'never') {
+              findings.push(
+                finding(
+                  'fail',
+                  `registry ${name}`,
+                  `KEY_POLICY_MISMATCH: confirm = "touch" but the mutation key ${k3Pid(key.publicKey)} has touch policy "never": a touch would confirm nothing, and the agent refuses to start`,
+                  `Generate the key with a touch policy (cargo-pkcs11-agent setup --regenerate-key --touch-policy always), or set confirm = "prompt" in [registries.${name}]`,
+                ),
+              )
+              continue
+            }
             findings.push(
               finding(
                 exportable ? 'warn' : 'ok',
                 `registry ${name}`,
-                `${role} key '${key.label}' ${k3Pid(key.publicKey)}${exportable ? ' is EXTRACTABLE or not sensitive' : ''}`,
+                `${role} key '${key.label}' ${k3Pid(key.publicKey)}${policies}${exportable ? ' is EXTRACTABLE or not sensitive' : ''}`,
                 exportable
                   ? 'Generate a new key on the device with `cargo-pkcs11-agent keygen` (keys made there are non-extractable)'
                   : undefined,

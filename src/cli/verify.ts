@@ -13,8 +13,16 @@ import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { parseK3Public } from '../keys/paserk.js'
 import { OPERATIONS, isOperation } from '../cargo/operation.js'
+
 import { parseKeysFile, printableKip, type KeyRing } from '../registry/keys-file.js'
 import { fail } from '../verify/errors.js'
+import {
+  PIN_POLICIES,
+  TOUCH_POLICIES,
+  verifyAttestation,
+  type PinPolicy,
+  type TouchPolicy,
+} from '../verify/attestation.js'
 import { inspectToken, verifyToken, type VerifyOptions } from '../verify/verify.js'
 import { parseCommandArgs, USAGE, usageError } from './args.js'
 
@@ -31,6 +39,10 @@ const OPTIONS = {
   'no-time-check': { type: 'boolean' },
   'strict-low-s': { type: 'boolean' },
   json: { type: 'boolean' },
+  attestation: { type: 'string' },
+  roots: { type: 'string' },
+  'require-touch': { type: 'string' },
+  'require-pin': { type: 'string' },
 } as const
 
 function usage(message: string): AgentError {
@@ -152,7 +164,88 @@ function optionsFor(
   }
 }
 
+const CERTIFICATE_PEM = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g
+
+function policyList<T extends string>(
+  value: string | undefined,
+  allowed: readonly T[],
+  flag: string,
+): T[] | undefined {
+  if (value === undefined) return undefined
+  const list = value.split(',').map((p) => p.trim())
+  for (const p of list)
+    if (!(allowed as readonly string[]).includes(p))
+      throw usage(`${flag}: '${p}' is not one of ${allowed.join(', ')}`)
+  return list as T[]
+}
+
+/**
+ * `verify --attestation FILE|-`: the registry's check of a key registration. FILE is what
+ * `pubkey --attest` prints (PEM: the slot's attestation, then the f9 certificate; or its JSON).
+ */
+async function verifyAttestationCommand(argv: readonly string[]): Promise<number> {
+  const v = parseCommandArgs(argv, OPTIONS, USAGE.verify).values
+  if (v.roots === undefined)
+    throw usage('--roots PEMFILE is required: the attestation roots you trust (Yubico PIV root CA)')
+  if (v['public-key'] === undefined)
+    throw usage('--public-key k3.public.… is required: the key being registered')
+  let expectedKey: Uint8Array
+  try {
+    expectedKey = parseK3Public(v['public-key'])
+  } catch (error) {
+    throw usage(`--public-key: ${toAgentError(error).message}`)
+  }
+  const input = v.attestation === '-' ? await readStdin() : readFileSync(String(v.attestation), 'utf8')
+  const text = input.trimStart().startsWith('{')
+    ? (() => {
+        const j = JSON.parse(input) as { attestation?: unknown; intermediate?: unknown }
+        return `${String(j.attestation)}${String(j.intermediate)}`
+      })()
+    : input
+  const [attestation, intermediate] = text.match(CERTIFICATE_PEM) ?? []
+  if (attestation === undefined || intermediate === undefined)
+    throw usage(
+      'the attestation file must hold two PEM certificates: the key attestation, then the f9 certificate',
+    )
+  const roots = readFileSync(v.roots, 'utf8').match(CERTIFICATE_PEM) ?? []
+  const touchPolicies = policyList<TouchPolicy>(v['require-touch'], TOUCH_POLICIES, '--require-touch')
+  const pinPolicies = policyList<PinPolicy>(v['require-pin'], PIN_POLICIES, '--require-pin')
+  try {
+    const attested = verifyAttestation({
+      attestation,
+      intermediate,
+      roots,
+      expectedKey,
+      require: {
+        ...(touchPolicies === undefined ? {} : { touchPolicies }),
+        ...(pinPolicies === undefined ? {} : { pinPolicies }),
+      },
+    })
+    const out = {
+      valid: true,
+      serial: attested.serial,
+      firmware: attested.firmware,
+      pinPolicy: attested.pinPolicy,
+      touchPolicy: attested.touchPolicy,
+    }
+    process.stdout.write(
+      v.json === true
+        ? `${JSON.stringify(out)}\n`
+        : `valid: attested on YubiKey ${attested.serial ?? '?'} (firmware ${attested.firmware ?? '?'}), PIN policy ${attested.pinPolicy ?? '?'}, touch policy ${attested.touchPolicy ?? '?'}\n`,
+    )
+    return 0
+  } catch (error) {
+    const e = toAgentError(error)
+    if (v.json === true)
+      process.stdout.write(`${JSON.stringify({ valid: false, code: e.code, message: e.message })}\n`)
+    else process.stdout.write(`invalid: ${e.code}: ${e.message}\n${e.remedy ?? ''}\n`)
+    return 1
+  }
+}
+
 export async function verify(argv: readonly string[]): Promise<number> {
+  if (argv.some((a) => a === '--attestation' || a.startsWith('--attestation=')))
+    return await verifyAttestationCommand(argv)
   const args = parseVerifyArgs(argv)
   // The keys file is read before the token: a bad file is the operator's error (exit 2), not the token's.
   const keys = args.keysFile === undefined ? undefined : readKeys(args.keysFile)

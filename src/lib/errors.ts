@@ -44,6 +44,11 @@ export const AGENT_CODES = [
   'KEY_NOT_FOUND',
   'KEY_EXISTS', // keygen would overwrite an existing key without --force
   'KEY_INVALID', // not a P-384 EC key, public point malformed
+  'KEY_POLICY_MISMATCH', // the config asks the key for what its card policy cannot give (confirm = "touch", touch never)
+  'MANAGEMENT_KEY_INCORRECT', // the PIV management key did not authenticate
+  'ATTESTATION_INVALID', // the attestation chain does not verify up to a configured root
+  'ATTESTATION_KEY_MISMATCH', // the attested public key is not the key being registered
+  'ATTESTATION_POLICY_WEAK', // the attested PIN/touch policy is weaker than required
   'SIGNATURE_MALFORMED', // the device returned something that is neither r||s nor DER
   'SELF_CHECK_FAILED', // the device's signature did not verify with its own public key
   'MODULE_LOAD_FAILED', // the PKCS#11 library cannot be loaded or initialised

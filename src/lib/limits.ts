@@ -104,6 +104,9 @@ export const LIMITS = Object.freeze({
   touchNoticeMaxMs: 20_000,
   /** Give up waiting for a touch after this long (YubiKey itself times out after 15 s). */
   touchTimeoutMs: 30_000,
+  /** One yubico-piv-tool run during `setup` (list, attest, generate: a P-384 generation takes
+   * under a second on a YubiKey 5; a stuck pcscd must not hang setup). */
+  pivToolTimeoutMs: 60_000,
   /** Default `pin-cache-idle-seconds` / `pin-cache-max-seconds`: a typed PIN is forgotten after
    * 15 min unused and 8 h (a working day) after it was typed, so a session of publishes asks once.
    * gpg-agent's defaults (600 s / 7200 s) suit a key used for every commit; a cargo key sits idle longer. */

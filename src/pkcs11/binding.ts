@@ -338,6 +338,33 @@ export class Pkcs11Module {
     })
   }
 
+  /** Every X.509 certificate object (CKO_CERTIFICATE, PKCS#11 v2.40 section 4.6): label, id, DER. */
+  certificates(session: Handle, where: string): { label: string; id: Buffer; value: Buffer }[] {
+    return call('find', where, () => {
+      this.#p11.C_FindObjectsInit(session, [{ type: k.CKA_CLASS, value: k.CKO_CERTIFICATE }])
+      const found: Handle[] = []
+      try {
+        for (;;) {
+          const batch = this.#p11.C_FindObjects(session, 64)
+          if (batch.length === 0) break
+          found.push(...batch)
+        }
+      } finally {
+        this.#p11.C_FindObjectsFinal(session)
+      }
+      return found.map((h) => {
+        const [label, id, value] = this.#p11.C_GetAttributeValue(session, h, [
+          { type: k.CKA_LABEL },
+          { type: k.CKA_ID },
+          { type: k.CKA_VALUE },
+        ])
+        const buf = (a: pkcs11js.Attribute | undefined): Buffer =>
+          a?.value instanceof Buffer ? a.value : Buffer.alloc(0)
+        return { label: buf(label).toString('utf8'), id: buf(id), value: buf(value) }
+      })
+    })
+  }
+
   keyAttributes(session: Handle, object: Handle, cls: KeyClass, where: string): KeyAttributes {
     const one = (type: number): Buffer | undefined => {
       try {

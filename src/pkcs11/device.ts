@@ -184,6 +184,15 @@ export class Device {
     return this.#request('optional', (session) => this.#keys.list(this.#on(session)))
   }
 
+  /** The token's certificate objects (id as lowercase hex, DER value). */
+  async certificates(): Promise<{ label: string; id: string; der: Uint8Array }[]> {
+    return this.#request('optional', (session) =>
+      this.#mod()
+        .certificates(session.handle, this.describe())
+        .map((c) => ({ label: c.label, id: c.id.toString('hex'), der: new Uint8Array(c.value) })),
+    )
+  }
+
   async findKey(key: KeySelector): Promise<DeviceKey> {
     return this.#request('optional', (session) => this.#keys.find(this.#on(session), key))
   }

@@ -8,6 +8,8 @@ export type { VerifyOptions, VerifiedToken, UntrustedTokenContents } from './ver
 export { verifyV3Public } from './paseto.js'
 export type { VerifiedV3Public, V3PublicVerifyOptions } from './paseto.js'
 export { VerifyError } from './errors.js'
+export { verifyAttestation, readAttestation } from './attestation.js'
+export type { AttestedKey, AttestationRequirement, PinPolicy, TouchPolicy } from './attestation.js'
 export { k3Public, k3Pid, parseK3Public } from '../keys/paserk.js'
 export type { Operation, CrateRef } from '../cargo/operation.js'
 

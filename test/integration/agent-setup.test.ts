@@ -13,6 +13,7 @@ import { after, before, describe, test } from 'node:test'
 import { parse } from 'smol-toml'
 
 import { parseConfig } from '../../src/config/load.js'
+import { k3Pid, parseK3Public } from '../../src/keys/paserk.js'
 import { verifyToken } from '../../src/verify/verify.js'
 import {
   cargoGet,
@@ -118,7 +119,7 @@ describe('setup', () => {
     assert.match(r.stdout, /\(unchanged\)/)
   })
 
-  test('changing a binding or replacing the key needs --force', async () => {
+  test('changing a binding needs --force, which never destroys the key; replacing it needs --regenerate-key and a confirmation naming its k3.pid', async () => {
     const moved = await runAgentCli(
       ['setup', '--registry', 'local', '--index', 'sparse+http://127.0.0.1:38651/index/'],
       { env },
@@ -129,8 +130,23 @@ describe('setup', () => {
       env: env,
     })
     assert.equal(forced.code, 0, forced.stderr)
-    assert.match(forced.stdout, /regenerated/)
-    assert.ok(!forced.stdout.includes(k3), 'a new key')
+    assert.match(forced.stdout, /: reused/)
+    assert.ok(forced.stdout.includes(k3), '--force kept the key')
+    const pid = k3Pid(parseK3Public(k3))
+    const unconfirmed = await runAgentCli(['setup', '--regenerate-key'], { env })
+    assert.equal(unconfirmed.code, 1)
+    assert.ok(unconfirmed.stderr.includes(pid), unconfirmed.stderr)
+    assert.match(unconfirmed.stderr, /--confirm-destroy/)
+    const wrong = await runAgentCli(['setup', '--regenerate-key', '--confirm-destroy', 'k3.pid.other'], {
+      env,
+    })
+    assert.equal(wrong.code, 1)
+    const same = await runAgentCli(['setup'], { env })
+    assert.ok(same.stdout.includes(k3), 'refused regenerations changed nothing')
+    const confirmed = await runAgentCli(['setup', '--regenerate-key', '--confirm-destroy', pid], { env })
+    assert.equal(confirmed.code, 0, confirmed.stderr)
+    assert.match(confirmed.stdout, /regenerated/)
+    assert.ok(!confirmed.stdout.includes(k3), 'a new key')
   })
 
   test('bad arguments are usage errors', async () => {

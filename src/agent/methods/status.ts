@@ -1,3 +1,4 @@
+import type { KeyRef } from '../../config/schema.js'
 import { toAgentError } from '../../lib/errors.js'
 import { isDumpable } from '../../lib/peercred.js'
 import type { StatusResult } from '../../protocol/methods.js'
@@ -20,7 +21,26 @@ export const status: MethodHandler<'status'> = async (agent) => {
       tokens.push({ ...entry, error: toAgentError(error).toWire() })
     }
   }
+  // The PIN/touch policy each bound key's card attests (null: the module shows none, or the device is absent).
+  const policies = async (
+    ref: KeyRef,
+  ): Promise<{ pinPolicy?: string | undefined; touchPolicy?: string | undefined } | null> => {
+    const token = agent.config.tokens[ref.token]
+    if (token === undefined) return null
+    try {
+      const attested = await agent.devices.keyPolicies(token, ref)
+      return attested === undefined
+        ? null
+        : { pinPolicy: attested.pinPolicy, touchPolicy: attested.touchPolicy }
+    } catch {
+      return null
+    }
+  }
+  const keyPolicies = new Map<string, unknown>()
+  for (const r of Object.values(agent.config.registries))
+    keyPolicies.set(r.name, { read: await policies(r.readKey), mutation: await policies(r.mutationKey) })
   const registries = Object.values(agent.config.registries).map((r) => ({
+    keyPolicies: keyPolicies.get(r.name),
     name: r.name,
     index: r.index,
     readKey: r.readKey,

@@ -84,8 +84,22 @@ async function chooseToken(
   }
 }
 
-/** `--registry NAME --index URL` (optional, together) binds the registry to the token's key. */
-function bindRegistry(doc: Table, flag: Flag, tokenName: string, force: boolean, configPath: string): void {
+/** The read and mutation keys a YubiKey setup binds, by ykcs11 CKA_ID, and the confirmation. */
+export interface KeyBinding {
+  readonly readId: string
+  readonly mutationId: string
+  readonly confirm: 'touch' | 'prompt'
+}
+
+/** `--registry NAME --index URL` (optional, together) binds the registry to the token's key(s). */
+function bindRegistry(
+  doc: Table,
+  flag: Flag,
+  tokenName: string,
+  force: boolean,
+  configPath: string,
+  keys: KeyBinding | undefined,
+): void {
   const registryName = flag('registry')
   const index = flag('index')
   if ((registryName === undefined) !== (index === undefined))
@@ -96,7 +110,15 @@ function bindRegistry(doc: Table, flag: Flag, tokenName: string, force: boolean,
   const ref: Table = { token: tokenName, label: flag('label') ?? 'cargo' }
   const keyId = flag('id')
   if (keyId !== undefined) ref['id'] = keyId.toLowerCase()
-  const table = { ...(tableAt(doc, 'registries', registryName) ?? {}), index, 'read-key': ref }
+  const bound: Table =
+    keys === undefined
+      ? { 'read-key': ref }
+      : {
+          'read-key': { token: tokenName, id: keys.readId },
+          'mutation-key': { token: tokenName, id: keys.mutationId },
+          confirm: keys.confirm,
+        }
+  const table = { ...(tableAt(doc, 'registries', registryName) ?? {}), index, ...bound }
   place(doc, 'registries', registryName, table, force, configPath)
 }
 
@@ -106,6 +128,7 @@ export async function planAgentConfig(
   flag: Flag,
   force: boolean,
   say: (line: string) => void,
+  keys?: KeyBinding,
 ): Promise<{ doc: Table; tokenName: string; token: TokenConfig }> {
   const doc = readToml(configPath, 'The agent config')
   const existing = existsSync(configPath)
@@ -113,7 +136,7 @@ export async function planAgentConfig(
     : validateConfig({}, configPath)
   const token = await chooseToken(flag, existing, configPath, say)
   if (token.table !== undefined) place(doc, 'tokens', token.name, token.table, force, configPath)
-  bindRegistry(doc, flag, token.name, force, configPath)
+  bindRegistry(doc, flag, token.name, force, configPath, keys)
   const config = validateConfig(doc, configPath)
   return { doc, tokenName: token.name, token: config.tokens[token.name] as TokenConfig }
 }
