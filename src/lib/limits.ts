@@ -82,6 +82,11 @@ export const LIMITS = Object.freeze({
   /** Audit log: a command line or crate name longer than this is cut (a hostile argv must not bloat
    * every line); one audit line stays far below the size a single O_APPEND write keeps whole. */
   auditFieldMaxChars: 1_024,
+  /** Audit lines one group commit writes and fdatasyncs together (src/audit/log.ts): one fsync costs
+   * 0.2-2 ms whatever its size, so concurrent requests share it; the cap bounds one write(2) (64 lines
+   * of at most a few KiB stay one O_APPEND write, which Linux keeps whole against other writers) and
+   * how many requests one failed write fails. */
+  auditBatchMaxLines: 64,
   /** Longest PIN we accept from any source. PKCS#11 tokens report ulMaxPinLen (PIV: 8, SoftHSM: 255). */
   pinMaxBytes: 256,
   /** A PIN file larger than this is not a PIN file (someone pointed pin-file at the wrong thing). */
