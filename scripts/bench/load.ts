@@ -44,6 +44,8 @@ interface PhaseResult {
   latencies: number[]
   errors: Record<string, number>
   seconds: number
+  /** CPU this (load-generating) process used meanwhile, in cores: what it took from the agent. */
+  generatorCores: number
 }
 
 function percentile(values: readonly number[], p: number): number {
@@ -58,8 +60,9 @@ async function closedLoop(
   seconds: number,
   once: (worker: number) => Promise<unknown>,
 ): Promise<PhaseResult> {
-  const result: PhaseResult = { ok: 0, latencies: [], errors: {}, seconds }
+  const result: PhaseResult = { ok: 0, latencies: [], errors: {}, seconds, generatorCores: 0 }
   const started = performance.now()
+  const cpu = process.cpuUsage()
   const deadline = started + seconds * 1000
   await Promise.all(
     Array.from({ length: workers }, async (_, worker) => {
@@ -79,6 +82,8 @@ async function closedLoop(
     }),
   )
   result.seconds = (performance.now() - started) / 1000
+  const used = process.cpuUsage(cpu)
+  result.generatorCores = (used.user + used.system) / 1e6 / result.seconds
   return result
 }
 
@@ -200,6 +205,7 @@ async function main(): Promise<void> {
         p99Ms: percentile(latencies, 99),
         errors,
         refusedShare: refused / (ok + refused),
+        generatorCores: results.reduce((n, r) => n + r.generatorCores, 0) / results.length,
       }
     })
     const by = (p: Phase) => rows.find((r) => r.phase === p) as (typeof rows)[number]
@@ -219,7 +225,8 @@ async function main(): Promise<void> {
       signerOverDevice: by('signer').perSecond / by('device').perSecond,
     }
     process.stdout.write(
-      `agent ÷ device ${ratios.agentOverDevice.toFixed(2)}   agent ÷ signer ${ratios.agentOverSigner.toFixed(2)}   signer ÷ device ${ratios.signerOverDevice.toFixed(2)}\n`,
+      `agent ÷ device ${ratios.agentOverDevice.toFixed(2)}   agent ÷ signer ${ratios.agentOverSigner.toFixed(2)}   signer ÷ device ${ratios.signerOverDevice.toFixed(2)}\n` +
+        `load generator CPU during the agent phase: ${by('agent').generatorCores.toFixed(2)} of this machine's cores\n`,
     )
     if (values.json !== undefined)
       writeFileSync(values.json, JSON.stringify({ rows, ratios, sweep: sweepRows }, null, 2) + '\n')
