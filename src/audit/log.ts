@@ -49,6 +49,7 @@ export class AuditLog implements AuditSink {
   readonly path: string
   #pending: Pending[] = []
   #flushing = false
+  #closeWhenDone = false
   #file: Open | undefined
   #dirChecked = false
 
@@ -65,8 +66,16 @@ export class AuditLog implements AuditSink {
     })
   }
 
-  /** Closes the kept file descriptor (the next record opens it again). */
+  /**
+   * Closes the kept file descriptor once the lines already recorded are written (a reload replaces
+   * this log); a later record opens the file again.
+   */
   async close(): Promise<void> {
+    if (this.#flushing) this.#closeWhenDone = true
+    else await this.#closeFile()
+  }
+
+  async #closeFile(): Promise<void> {
     const file = this.#file
     this.#file = undefined
     await file?.handle.close().catch(() => undefined)
@@ -86,6 +95,10 @@ export class AuditLog implements AuditSink {
       }
     } finally {
       this.#flushing = false
+      if (this.#closeWhenDone) {
+        this.#closeWhenDone = false
+        await this.#closeFile()
+      }
     }
   }
 
@@ -152,7 +165,7 @@ export class AuditLog implements AuditSink {
           await this.#file.handle.chmod(AUDIT_FILE_MODE).catch(() => undefined)
         return { file: this.#file, size: info.size, created: false }
       }
-      await this.close()
+      await this.#closeFile()
     }
     const dirCreated = await this.#ensureDir(dirname(this.path))
     let handle: FileHandle
