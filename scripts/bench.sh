@@ -3,9 +3,21 @@
 #  1. start-up: the shim answering one request vs a bare `node -e 0`, and what importing `ws` would add;
 #  2. signature latency per layer vs the device's own C_Sign (scripts/bench/sign.ts);
 #  3. throughput under 64 concurrent clients per layer (scripts/bench/load.ts);
-#  4. the cost of reading a connection's peer credentials vs one fstat (scripts/bench/peercred.ts).
-# Results go to stdout and .state/bench/*.json.
+#  4. the cost of reading a connection's peer credentials vs one fstat (scripts/bench/peercred.ts);
+#  5. event-loop delay while 8 signs wait on touches (scripts/bench/loop.ts);
+#  6. the issue-13 table of ratios, and the chart docs/benchmarks.svg/.png (scripts/bench/report.ts).
+# Results go to stdout and .state/bench/*.json; `npm run bench -- --json FILE` also writes the ratios
+# to FILE. BENCH_QUICK=1 shortens every phase (a smoke run, not figures to quote).
 set -euo pipefail
+json=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --json) json="$(realpath -m "$2")"; shift 2 ;;
+    *) echo "bench.sh: unknown argument $1 (only --json FILE)" >&2; exit 2 ;;
+  esac
+done
+quick="${BENCH_QUICK:-}"
+
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -28,9 +40,12 @@ node -e '
 unset CARGO_PKCS11_AGENT_NO_AUTOSTART CARGO_PKCS11_AGENT_SOCK
 
 node dist/scripts/bench/peercred.js --json "$out/peercred.json"
-node dist/scripts/bench/sign.js --json "$out/sign.json" "$@"
+node dist/scripts/bench/sign.js --json "$out/sign.json" ${quick:+--rounds 4}
 
 # 3. throughput at 64 concurrent clients vs the device's and the signer's own (scripts/bench/load.ts).
 # The benchmark process gets the agent's pool size, so its device phase is not capped at 4 threads.
 UV_THREADPOOL_SIZE="$(node -e 'import("./dist/src/lib/limits.js").then((m) => console.log(m.LIMITS.uvThreadpoolSize))')" \
-  node dist/scripts/bench/load.js --json "$out/load.json"
+  node dist/scripts/bench/load.js --json "$out/load.json" --sweep 1,4,16,64 ${quick:+--seconds 1 --rounds 1}
+
+node dist/scripts/bench/loop.js --json "$out/loop.json" ${quick:+--rounds 1}
+node dist/scripts/bench/report.js --dir "$out" --chart docs/benchmarks.svg ${json:+--json "$json"}

@@ -16,7 +16,10 @@
  * BENCH_AGENT_NODE_OPTIONS is passed to the agent process as NODE_OPTIONS, e.g.
  * "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it under this load.
  *
- * Usage: node dist/scripts/bench/load.js [--clients C] [--seconds T] [--rounds R] [--json FILE]
+ * --sweep 1,4,16,64 then measures device and agent once more at each concurrency (the device with
+ * min(N, S) sessions), for the throughput / p99 chart (scripts/bench/report.ts).
+ *
+ * Usage: node dist/scripts/bench/load.js [--clients C] [--seconds T] [--rounds R] [--sweep LIST] [--json FILE]
  */
 import { writeFileSync } from 'node:fs'
 import { createHash } from 'node:crypto'
@@ -41,6 +44,8 @@ interface PhaseResult {
   latencies: number[]
   errors: Record<string, number>
   seconds: number
+  /** CPU this (load-generating) process used meanwhile, in cores: what it took from the agent. */
+  generatorCores: number
 }
 
 function percentile(values: readonly number[], p: number): number {
@@ -55,8 +60,9 @@ async function closedLoop(
   seconds: number,
   once: (worker: number) => Promise<unknown>,
 ): Promise<PhaseResult> {
-  const result: PhaseResult = { ok: 0, latencies: [], errors: {}, seconds }
+  const result: PhaseResult = { ok: 0, latencies: [], errors: {}, seconds, generatorCores: 0 }
   const started = performance.now()
+  const cpu = process.cpuUsage()
   const deadline = started + seconds * 1000
   await Promise.all(
     Array.from({ length: workers }, async (_, worker) => {
@@ -76,6 +82,8 @@ async function closedLoop(
     }),
   )
   result.seconds = (performance.now() - started) / 1000
+  const used = process.cpuUsage(cpu)
+  result.generatorCores = (used.user + used.system) / 1e6 / result.seconds
   return result
 }
 
@@ -85,6 +93,7 @@ async function main(): Promise<void> {
       clients: { type: 'string' },
       seconds: { type: 'string' },
       rounds: { type: 'string' },
+      sweep: { type: 'string' },
       json: { type: 'string' },
     },
     strict: true,
@@ -121,32 +130,60 @@ async function main(): Promise<void> {
       kind: 'get',
       operation: 'read',
     })
+    const sweep = (values.sweep ?? '')
+      .split(',')
+      .filter((v) => v !== '')
+      .map(Number)
     const connections = await Promise.all(
-      Array.from({ length: clients }, () => AgentConnection.connect(fixture.socket)),
+      Array.from({ length: Math.max(clients, ...sweep) }, () => AgentConnection.connect(fixture.socket)),
     )
+    const agentLoop = (workers: number, seconds: number): Promise<PhaseResult> =>
+      closedLoop(workers, seconds, (worker) =>
+        (connections[worker] as AgentConnection).request('sign', {
+          cargo: line,
+          requester: { pid: process.pid },
+          interactive: false,
+        }),
+      )
+    const deviceLoop = (workers: number, seconds: number): Promise<PhaseResult> =>
+      closedLoop(workers, seconds, async (worker) => {
+        const session = sessions[worker] as Handle
+        module.signInit(session, privateKey, 'bench')
+        return module.signAsync(session, digest, 'bench')
+      })
 
     const run: Record<Phase, (seconds: number) => Promise<PhaseResult>> = {
-      device: (seconds) =>
-        closedLoop(sessions.length, seconds, async (worker) => {
-          const session = sessions[worker] as Handle
-          module.signInit(session, privateKey, 'bench')
-          return module.signAsync(session, digest, 'bench')
-        }),
+      device: (seconds) => deviceLoop(sessions.length, seconds),
       signer: (seconds) => closedLoop(sessions.length, seconds, () => signer.sign(message)),
-      agent: (seconds) =>
-        closedLoop(clients, seconds, (worker) =>
-          (connections[worker] as AgentConnection).request('sign', {
-            cargo: line,
-            requester: { pid: process.pid },
-            interactive: false,
-          }),
-        ),
+      agent: (seconds) => agentLoop(clients, seconds),
     }
     const phases = Object.keys(run) as Phase[]
     for (const phase of phases) await run[phase](0.5) // warm-up: JIT, sessions, login
     const all: Record<Phase, PhaseResult[]> = { device: [], signer: [], agent: [] }
     for (let round = 0; round < rounds; round += 1) {
       for (const phase of phases) all[phase].push(await run[phase](seconds))
+    }
+    const sweepRows: Array<{
+      clients: number
+      phase: 'device' | 'agent'
+      perSecond: number
+      p99Ms: number
+      errors: Record<string, number>
+    }> = []
+    for (const n of sweep) {
+      for (const phase of ['device', 'agent'] as const) {
+        const r =
+          phase === 'device'
+            ? await deviceLoop(Math.min(n, sessions.length), seconds / 2)
+            : await agentLoop(n, seconds / 2)
+        sweepRows.push({
+          clients: n,
+          phase,
+          perSecond: r.ok / r.seconds,
+          p99Ms: percentile(r.latencies, 99),
+          errors: r.errors,
+        })
+      }
     }
     for (const c of connections) c.close()
     for (const s of sessions) module.closeSession(s)
@@ -168,6 +205,7 @@ async function main(): Promise<void> {
         p99Ms: percentile(latencies, 99),
         errors,
         refusedShare: refused / (ok + refused),
+        generatorCores: results.reduce((n, r) => n + r.generatorCores, 0) / results.length,
       }
     })
     const by = (p: Phase) => rows.find((r) => r.phase === p) as (typeof rows)[number]
@@ -187,10 +225,11 @@ async function main(): Promise<void> {
       signerOverDevice: by('signer').perSecond / by('device').perSecond,
     }
     process.stdout.write(
-      `agent ÷ device ${ratios.agentOverDevice.toFixed(2)}   agent ÷ signer ${ratios.agentOverSigner.toFixed(2)}   signer ÷ device ${ratios.signerOverDevice.toFixed(2)}\n`,
+      `agent ÷ device ${ratios.agentOverDevice.toFixed(2)}   agent ÷ signer ${ratios.agentOverSigner.toFixed(2)}   signer ÷ device ${ratios.signerOverDevice.toFixed(2)}\n` +
+        `load generator CPU during the agent phase: ${by('agent').generatorCores.toFixed(2)} of this machine's cores\n`,
     )
     if (values.json !== undefined)
-      writeFileSync(values.json, JSON.stringify({ rows, ratios }, null, 2) + '\n')
+      writeFileSync(values.json, JSON.stringify({ rows, ratios, sweep: sweepRows }, null, 2) + '\n')
     await device.release()
   } finally {
     await fixture.stop()

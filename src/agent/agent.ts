@@ -193,6 +193,7 @@ export class Agent implements AgentState {
     this.policy.close()
     this.config = next
     this.policy = createPolicy(next, this.log)
+    void this.audit.close()
     this.audit = new AuditLog(next.agent.auditLog)
     this.log(`configuration reloaded from ${this.configPath ?? '(memory)'}; PINs forgotten, devices released`)
   }

@@ -1,19 +1,27 @@
 /**
  * The append-only audit log: one JSON line per signing decision. `record` resolves only after the
- * line is on disk (write + fsync), and the agent awaits it before it releases a token
+ * line is on disk (write + fdatasync), and the agent awaits it before it releases a token
  * (src/agent/pipeline/run.ts), so a token a registry has seen always has its line. File 0600 in a
- * 0700 directory, opened O_APPEND: each line is one write(2), so concurrent agents (or a
+ * 0700 directory, opened O_APPEND: each batch is one write(2), so concurrent agents (or a
  * `log --follow`) never see torn lines.
  *
+ * Group commit: lines recorded while a write is in flight wait for it, then the next flush takes all
+ * of them (up to LIMITS.auditBatchMaxLines) in one write and one fdatasync and resolves them
+ * together, so concurrent requests share the cost of the sync instead of queueing one sync each.
+ * The file stays open between flushes; each flush stats the path and reopens when it names another
+ * inode (the log was rotated, moved away or its directory removed).
+ *
  * A failed append (ENOSPC, EIO, a failed fsync) is undone: the file is truncated back to its size
- * before the write, so no fragment is left for the next line to be glued onto. Should a fragment
- * remain anyway (a crash mid-write, another writer in between), the next line starts on a fresh
- * line, so only the fragment is unreadable, never a released token's line.
+ * before the write, so no fragment is left for the next line to be glued onto, and every line of
+ * that batch fails. Should a fragment remain anyway (a crash mid-write, another writer in between),
+ * the next line starts on a fresh line, so only the fragment is unreadable, never a released token's
+ * line.
  */
-import { constants } from 'node:fs'
+import { constants, type Stats } from 'node:fs'
 import { chmod, lstat, mkdir, open, type FileHandle } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { AgentError } from '../lib/errors.js'
+import { LIMITS } from '../lib/limits.js'
 import type { AuditEntry, AuditSink } from './entry.js'
 
 export const AUDIT_FILE_MODE = 0o600
@@ -23,26 +31,80 @@ function auditFailed(message: string, remedy: string, cause?: unknown): AgentErr
   return new AgentError('AUDIT_FAILED', message, cause === undefined ? { remedy } : { remedy, cause })
 }
 
+interface Pending {
+  readonly line: Buffer
+  readonly resolve: () => void
+  readonly reject: (error: unknown) => void
+}
+
+interface Open {
+  readonly handle: FileHandle
+  readonly dev: number
+  readonly ino: number
+  /** Where our last write ended: a file still this long ends with our newline. */
+  end: number
+}
+
 export class AuditLog implements AuditSink {
   readonly path: string
-  #queue: Promise<void> = Promise.resolve()
+  #pending: Pending[] = []
+  #flushing = false
+  #closeWhenDone = false
+  #file: Open | undefined
   #dirChecked = false
 
   constructor(path: string) {
     this.path = path
   }
 
-  /** Appends one line and fsyncs it. Calls are serialised so lines land in call order. */
+  /** Appends one line and syncs it (with whatever else is pending). Lines land in call order. */
   record(entry: AuditEntry): Promise<void> {
     const line = Buffer.from(`${JSON.stringify(entry)}\n`, 'utf8')
-    const next = this.#queue.then(() => this.#append(line))
-    this.#queue = next.catch(() => undefined)
-    return next
+    return new Promise<void>((resolve, reject) => {
+      this.#pending.push({ line, resolve, reject })
+      if (!this.#flushing) void this.#flush()
+    })
   }
 
-  async #append(line: Buffer): Promise<void> {
+  /**
+   * Closes the kept file descriptor once the lines already recorded are written (a reload replaces
+   * this log); a later record opens the file again.
+   */
+  async close(): Promise<void> {
+    if (this.#flushing) this.#closeWhenDone = true
+    else await this.#closeFile()
+  }
+
+  async #closeFile(): Promise<void> {
+    const file = this.#file
+    this.#file = undefined
+    await file?.handle.close().catch(() => undefined)
+  }
+
+  async #flush(): Promise<void> {
+    this.#flushing = true
     try {
-      await this.#appendOnce(line)
+      while (this.#pending.length > 0) {
+        const batch = this.#pending.splice(0, LIMITS.auditBatchMaxLines)
+        try {
+          await this.#append(Buffer.concat(batch.map((p) => p.line)))
+          for (const p of batch) p.resolve()
+        } catch (error) {
+          for (const p of batch) p.reject(error)
+        }
+      }
+    } finally {
+      this.#flushing = false
+      if (this.#closeWhenDone) {
+        this.#closeWhenDone = false
+        await this.#closeFile()
+      }
+    }
+  }
+
+  async #append(lines: Buffer): Promise<void> {
+    try {
+      await this.#appendOnce(lines)
     } catch (error) {
       // The state directory was removed while the agent ran: create it again once.
       if (
@@ -51,15 +113,62 @@ export class AuditLog implements AuditSink {
       )
         throw error
       this.#dirChecked = false
-      await this.#appendOnce(line)
+      await this.#appendOnce(lines)
     }
   }
 
-  async #appendOnce(line: Buffer): Promise<void> {
-    const dir = dirname(this.path)
-    const created = await this.#ensureDir(dir)
+  async #appendOnce(lines: Buffer): Promise<void> {
+    const { file, size, created } = await this.#current()
+    try {
+      const before = size
+      const bytes =
+        before > 0 && before !== file.end && !(await endsWithNewline(file.handle, before))
+          ? Buffer.concat([NEWLINE, lines])
+          : lines
+      try {
+        let written = 0
+        while (written < bytes.length) {
+          const { bytesWritten } = await file.handle.write(bytes, written, bytes.length - written)
+          written += bytesWritten
+        }
+        await file.handle.datasync()
+        file.end = before + bytes.length
+      } catch (error) {
+        await undoAppend(file.handle, before, before + bytes.length)
+        throw error
+      }
+    } catch (error) {
+      if (error instanceof AgentError) throw error
+      throw auditFailed(
+        `Writing the audit log ${this.path} failed: ${(error as Error).message}`,
+        'Check free space and permissions of the audit log directory',
+        error,
+      )
+    }
+    if (created) await syncDir(dirname(this.path))
+  }
+
+  /**
+   * The open log file and its size, reopened when the path no longer names the inode we hold.
+   * `created`: a new file (or directory) whose entry must be synced into its directory.
+   */
+  async #current(): Promise<{ file: Open; size: number; created: boolean }> {
+    if (this.#file !== undefined) {
+      let info: Stats | undefined
+      try {
+        info = await lstat(this.path)
+      } catch {
+        // Gone (moved away, directory removed): opened again below.
+      }
+      if (info !== undefined && info.ino === this.#file.ino && info.dev === this.#file.dev) {
+        if ((info.mode & 0o777) !== AUDIT_FILE_MODE)
+          await this.#file.handle.chmod(AUDIT_FILE_MODE).catch(() => undefined)
+        return { file: this.#file, size: info.size, created: false }
+      }
+      await this.#closeFile()
+    }
+    const dirCreated = await this.#ensureDir(dirname(this.path))
     let handle: FileHandle
-    let isNew = false
     try {
       handle = await open(
         this.path,
@@ -75,7 +184,6 @@ export class AuditLog implements AuditSink {
     }
     try {
       const info = await handle.stat()
-      isNew = info.size === 0
       const uid = process.getuid?.()
       if (!info.isFile() || (uid !== undefined && info.uid !== uid)) {
         throw auditFailed(
@@ -86,31 +194,17 @@ export class AuditLog implements AuditSink {
       // A log someone loosened (or created with a wide umask elsewhere) is tightened, not refused:
       // refusing would stop every signature for a fixable mode.
       if ((info.mode & 0o777) !== AUDIT_FILE_MODE) await handle.chmod(AUDIT_FILE_MODE)
-      const before = info.size
-      const bytes =
-        before > 0 && !(await endsWithNewline(handle, before)) ? Buffer.concat([NEWLINE, line]) : line
-      try {
-        let written = 0
-        while (written < bytes.length) {
-          const { bytesWritten } = await handle.write(bytes, written, bytes.length - written)
-          written += bytesWritten
-        }
-        await handle.sync()
-      } catch (error) {
-        await undoAppend(handle, before, before + bytes.length)
-        throw error
-      }
+      this.#file = { handle, dev: info.dev, ino: info.ino, end: -1 }
+      return { file: this.#file, size: info.size, created: dirCreated || info.size === 0 }
     } catch (error) {
+      await handle.close().catch(() => undefined)
       if (error instanceof AgentError) throw error
       throw auditFailed(
-        `Writing the audit log ${this.path} failed: ${(error as Error).message}`,
-        'Check free space and permissions of the audit log directory',
+        `Reading the audit log ${this.path} failed: ${(error as Error).message}`,
+        'Check permissions of the audit log directory',
         error,
       )
-    } finally {
-      await handle.close()
     }
-    if (created || isNew) await syncDir(dir)
   }
 
   /** Creates the directory 0700 on first use; tightens it when it is ours and too open. */

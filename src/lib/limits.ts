@@ -54,6 +54,13 @@ export const LIMITS = Object.freeze({
   uvThreadpoolSize: 24,
   /** Sessions opened per token for concurrent signing (one operation per PKCS#11 session). */
   sessionsPerToken: 16,
+  /** Requests that may wait for a session of one token once all are busy (src/pkcs11/session-pool.ts):
+   * enough for every connection's in-flight requests at 64 clients (a burst of signs each a few ms
+   * long queues for tens of ms instead of being refused); past it, AGENT_BUSY at once. */
+  sessionWaitersMax: 256,
+  /** How long a request waits for a session before AGENT_BUSY: a queue of quick signs drains far
+   * faster; sessions held this long are waiting for touches, and a refusal tells the client now. */
+  sessionWaitMs: 1_000,
   /** How long the shim waits for an agent it started to begin listening. */
   agentStartWaitMs: 5_000,
   /** An agent that exits while the shim waits for it left its reason in agent.log: the shim prints at
@@ -82,6 +89,11 @@ export const LIMITS = Object.freeze({
   /** Audit log: a command line or crate name longer than this is cut (a hostile argv must not bloat
    * every line); one audit line stays far below the size a single O_APPEND write keeps whole. */
   auditFieldMaxChars: 1_024,
+  /** Audit lines one group commit writes and fdatasyncs together (src/audit/log.ts): one fsync costs
+   * 0.2-2 ms whatever its size, so concurrent requests share it; the cap bounds one write(2) (64 lines
+   * of at most a few KiB stay one O_APPEND write, which Linux keeps whole against other writers) and
+   * how many requests one failed write fails. */
+  auditBatchMaxLines: 64,
   /** Longest PIN we accept from any source. PKCS#11 tokens report ulMaxPinLen (PIV: 8, SoftHSM: 255). */
   pinMaxBytes: 256,
   /** A PIN file larger than this is not a PIN file (someone pointed pin-file at the wrong thing). */

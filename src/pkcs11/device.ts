@@ -158,10 +158,24 @@ export class Device {
     return { present: true, ...shown, loggedIn, sessionsOpen: this.#pool.size }
   }
 
+  /**
+   * Login state belongs to the application, not to one session (PKCS#11 v2.40 section 5.6), so any
+   * open session of the current generation answers (C_GetSessionInfo) without waiting for an idle
+   * one behind queued signatures; only with no session yet does this take one from the pool.
+   */
   async needsLogin(): Promise<boolean> {
-    return this.#request('none', (session) => {
-      const info = this.#mod().tokenInfo(this.#requireSlot())
-      return info.loginRequired && !this.#mod().sessionLoggedIn(session.handle)
+    const { info } = this.#connect()
+    if (!info.loginRequired) return false
+    const open = this.#pool.any()
+    if (open !== undefined) {
+      try {
+        return !this.#mod().sessionLoggedIn(open.handle)
+      } catch {
+        // That session died since: ask on a fresh one below.
+      }
+    }
+    return this.#request('none', (session, _work, fresh) => {
+      return fresh.loginRequired && !this.#mod().sessionLoggedIn(session.handle)
     })
   }
 
@@ -193,8 +207,12 @@ export class Device {
     )
   }
 
+  /** From the cached key list when it names the key (no session, no device call); else read the token. */
   async findKey(key: KeySelector): Promise<DeviceKey> {
-    return this.#request('optional', (session) => this.#keys.find(this.#on(session), key))
+    return (
+      this.#keys.cached(key) ??
+      this.#request('optional', (session) => this.#keys.find(this.#on(session), key))
+    )
   }
 
   /** The key under a label/id may have been replaced (its signature did not verify): read the token again. */
@@ -269,19 +287,25 @@ export class Device {
    */
   async #request<T>(
     login: LoginNeed,
-    fn: (session: PooledSession, work: Work) => T | Promise<T>,
+    fn: (session: PooledSession, work: Work, info: TokenInfo) => T | Promise<T>,
   ): Promise<T> {
     for (let attempt = 0; ; attempt += 1) {
+      // The health check's CK_TOKEN_INFO serves the whole request (C_GetTokenInfo is a synchronous
+      // call on the event loop, ~60 µs on SoftHSM, more on a USB token).
+      let info: TokenInfo | undefined
       const session = await this.#pool.acquire(
-        () => this.#connect(),
+        () => {
+          info = this.#connect().info
+        },
         () => this.#openSession(),
         () => this.describe(),
       )
       const work: Work = { committed: false, operationStarted: false }
       let healthy = true
       try {
-        if (login !== 'none') this.#ensureLogin(session, login)
-        return await fn(session, work)
+        info ??= this.#connect().info
+        if (login !== 'none') this.#ensureLogin(session, login, info)
+        return await fn(session, work, info)
       } catch (error) {
         const err = toAgentError(error)
         // A refused PIN, a missing key etc. leave the session as it was; only a possibly still
@@ -412,9 +436,8 @@ export class Device {
   // Login
 
   /** Logs in with the held PIN if the token wants a login and the application is not logged in. */
-  #ensureLogin(session: PooledSession, need: LoginNeed): void {
+  #ensureLogin(session: PooledSession, need: LoginNeed, info: TokenInfo): void {
     const mod = this.#mod()
-    const info = mod.tokenInfo(this.#requireSlot())
     if (!info.loginRequired || mod.sessionLoggedIn(session.handle)) return
     const pin = this.#cachedPin()
     if (pin === undefined) {

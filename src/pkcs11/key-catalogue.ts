@@ -133,6 +133,16 @@ export class KeyCatalogue {
     return this.#list
   }
 
+  /** The one key the selector names from the cached list, or undefined (no list, no single match). */
+  cached(selector: KeySelector): DeviceKey | undefined {
+    if (this.#list === undefined) return undefined
+    try {
+      return pick(this.#list, selector, '')
+    } catch {
+      return undefined
+    }
+  }
+
   /** The one key the selector names; a miss in the cached list reads the token again (another
    * program may have made the key since). */
   find(on: OnSession, selector: KeySelector): DeviceKey {

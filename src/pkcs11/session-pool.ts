@@ -1,7 +1,8 @@
 /**
  * The read-only sessions one token's signatures run on. A session runs one operation at a time
  * (PKCS#11 v2.40 section 5.2: C_SignInit ... C_Sign), so concurrent requests each take their own, up
- * to LIMITS.sessionsPerToken; further requests wait here, at most LIMITS.maxPendingSigns of them.
+ * to LIMITS.sessionsPerToken; further requests wait here in call order, at most
+ * LIMITS.sessionWaitersMax of them and each for at most LIMITS.sessionWaitMs (then AGENT_BUSY).
  * Every session belongs to a generation: dropping the pool (token lost, `release`) starts a new one,
  * and sessions of an older generation are closed as soon as their request gives them back.
  */
@@ -40,6 +41,7 @@ export class SessionPool {
    * `check` runs first on every round (the health check; it may drop the pool).
    */
   async acquire(check: () => void, open: () => Handle, where: () => string): Promise<PooledSession> {
+    const deadline = Date.now() + LIMITS.sessionWaitMs
     for (;;) {
       check()
       const idle = this.#sessions.find((s) => !s.busy && s.generation === this.#generation)
@@ -52,15 +54,33 @@ export class SessionPool {
         this.#sessions.push(session)
         return session
       }
-      if (this.#waiters.length >= LIMITS.maxPendingSigns) {
+      const left = deadline - Date.now()
+      if (this.#waiters.length >= LIMITS.sessionWaitersMax || left <= 0) {
         throw new AgentError(
           'AGENT_BUSY',
-          `${where()}: ${this.#waiters.length} requests are already waiting for the device`,
+          left <= 0
+            ? `${where()}: no session came free within ${LIMITS.sessionWaitMs} ms (all ${this.#sessions.length} are waiting for the device)`
+            : `${where()}: ${this.#waiters.length} requests are already waiting for the device`,
           { remedy: 'Wait for pending signatures (touches) to finish, then retry' },
         )
       }
-      await new Promise<void>((resolve) => this.#waiters.push(resolve))
+      await this.#wait(left)
     }
+  }
+
+  /** Until a session is given back (or the pool dropped), or `ms` have passed. */
+  #wait(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const wake = (): void => {
+        clearTimeout(timer)
+        resolve()
+      }
+      const timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((w) => w !== wake)
+        resolve()
+      }, ms)
+      this.#waiters.push(wake)
+    })
   }
 
   /**

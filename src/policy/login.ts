@@ -23,9 +23,15 @@ import { isInteractiveSource, readPin, type PinSource, type PinSources } from '.
 
 type MaybePromise<T> = T | Promise<T>
 
+/** The token flags, and (when the device knows them) its login state. */
+export interface PolicyDeviceLoginStatus extends PolicyDeviceStatus {
+  readonly loginRequired?: boolean
+  readonly loggedIn?: boolean
+}
+
 /** What policy needs from a device (src/pkcs11/device.ts satisfies it structurally). */
 export interface PolicyDevice {
-  status(): MaybePromise<PolicyDeviceStatus>
+  status(): MaybePromise<PolicyDeviceLoginStatus>
   needsLogin(): MaybePromise<boolean>
   /** Exactly one C_Login; `null` = protected authentication path. Throws PIN_INCORRECT / PIN_LOCKED. */
   login(pin: Pin | null): MaybePromise<void>
@@ -70,6 +76,12 @@ export class Login {
     prompter: Prompter,
     intent: Intent,
   ): Promise<void> {
+    // Fast path, what the full flow below would decide with no login to do: the PIN is cached and
+    // the token is logged in (or wants no login), and no other request of this token is in the flow.
+    if (!this.#inFlight.has(token.id) && this.#deps.pinCache.get(token.id) !== undefined) {
+      const status = await device.status()
+      if (status.pinLocked !== true && (status.loggedIn === true || status.loginRequired === false)) return
+    }
     // One login flow per token at a time: concurrent requests (parallel cargo runs) wait for the
     // first human answer and then use the cached PIN, instead of opening one PIN dialog each.
     const previous = this.#inFlight.get(token.id) ?? Promise.resolve()

@@ -175,9 +175,10 @@ describe('the agent under hostile clients', () => {
     assert.match(agent.log(), /refused: connection \d+: idle for/)
   })
 
-  // Device-side refusals (more than sessionsPerToken + maxPendingSigns signs at once on one token,
-  // src/pkcs11/device.ts) are counted and printed; the connection limits must refuse none.
-  test('64 clients reconnecting per request × 50: no connection refused', async () => {
+  // Device-side refusals (a request that found LIMITS.sessionWaitersMax waiting, or waited
+  // LIMITS.sessionWaitMs, src/pkcs11/session-pool.ts) are counted and printed; none may happen here,
+  // and the connection limits must refuse none either.
+  test('64 clients reconnecting per request × 50: none refused, every token verifies', async () => {
     let refused = 0
     let deviceBusy = 0
     const reasons = new Set<string>()
@@ -203,8 +204,11 @@ describe('the agent under hostile clients', () => {
       `# refused by the device's wait queue: ${deviceBusy} of ${LIMITS.maxConnections * 50}\n`,
     )
     assert.equal(refused, 0, [...reasons].join('; '))
-    assert.equal(tokens.length + deviceBusy, LIMITS.maxConnections * 50)
-    for (const token of [tokens[0], tokens.at(-1)]) await verifyRead(String(token))
+    // Past the 16 sessions requests wait in the device's bounded queue (src/pkcs11/session-pool.ts)
+    // instead of being refused: every one of them is signed, and every token verifies.
+    assert.equal(deviceBusy, 0)
+    assert.equal(tokens.length, LIMITS.maxConnections * 50)
+    for (const token of tokens) await verifyRead(token)
     assert.ok(peak - idle < RSS_GROWTH_BOUND, `RSS grew by ${peak - idle} bytes`)
   })
 

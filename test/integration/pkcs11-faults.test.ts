@@ -350,24 +350,56 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
     await device.release()
   })
 
-  it(`more than LIMITS.maxPendingSigns requests waiting for a session are refused with AGENT_BUSY`, async () => {
+  it(`more than LIMITS.sessionWaitersMax requests waiting for a session are refused with AGENT_BUSY at once`, async () => {
     const pin = Pin.fromString('123456')
     const device = new Device({ module: FAULTY, label: 'touch' }, { cachedPin: () => pin })
     await device.login(pin)
     const signer = await pkcs11Signer(device, { label: 'gen' })
     writeFileSync(control, 'sign_delay_ms=300\n')
-    const total = LIMITS.sessionsPerToken + LIMITS.maxPendingSigns + 1
+    const total = LIMITS.sessionsPerToken + LIMITS.sessionWaitersMax + 1
+    const started = performance.now()
+    const refusedAt: number[] = []
     const results = await Promise.allSettled(
-      Array.from({ length: total }, (_, i) => signer.sign(Buffer.from(`queued ${i}`))),
+      Array.from({ length: total }, (_, i) =>
+        signer.sign(Buffer.from(`queued ${i}`)).catch((error: unknown) => {
+          refusedAt.push(performance.now() - started)
+          throw error
+        }),
+      ),
+    )
+    writeFileSync(control, '')
+    const reasons = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as AgentError] : []))
+    assert.ok(reasons.every((e) => e instanceof AgentError && e.code === 'AGENT_BUSY'))
+    // Exactly one request found the queue full; the rest waited (and signed, or ran out of time).
+    const full = reasons.filter((e) => /already waiting for the device/.test(e.message))
+    assert.equal(full.length, 1)
+    assert.ok((refusedAt[0] as number) < LIMITS.sessionWaitMs / 2, 'the queue-full refusal comes at once')
+    assert.ok(results.filter((r) => r.status === 'fulfilled').length >= LIMITS.sessionsPerToken)
+    assert.ok((await device.status()).sessionsOpen <= LIMITS.sessionsPerToken)
+    await device.release()
+  })
+
+  it(`a request that waits LIMITS.sessionWaitMs for a session is refused with AGENT_BUSY`, async () => {
+    const pin = Pin.fromString('123456')
+    const device = new Device({ module: FAULTY, label: 'touch' }, { cachedPin: () => pin })
+    await device.login(pin)
+    const signer = await pkcs11Signer(device, { label: 'gen' })
+    // Signs as slow as a touch: the fifth wave would start after 4 × delay > sessionWaitMs.
+    const delayMs = Math.ceil(LIMITS.sessionWaitMs / 3)
+    writeFileSync(control, `sign_delay_ms=${delayMs}\n`)
+    const total = LIMITS.sessionsPerToken * 5
+    const results = await Promise.allSettled(
+      Array.from({ length: total }, (_, i) => signer.sign(Buffer.from(`slow ${i}`))),
     )
     writeFileSync(control, '')
     const busy = results.filter(
       (r) => r.status === 'rejected' && r.reason instanceof AgentError && r.reason.code === 'AGENT_BUSY',
     )
     const done = results.filter((r) => r.status === 'fulfilled')
-    assert.equal(busy.length, 1)
-    assert.equal(done.length, total - 1)
-    assert.ok((await device.status()).sessionsOpen <= LIMITS.sessionsPerToken)
+    assert.equal(busy.length + done.length, total)
+    assert.ok(done.length >= LIMITS.sessionsPerToken, `the first wave signs (${done.length} did)`)
+    assert.ok(busy.length >= LIMITS.sessionsPerToken, `the last wave is refused (${busy.length} were)`)
+    assert.match(String((busy[0] as PromiseRejectedResult).reason.message), /no session came free within/)
     await device.release()
   })
 

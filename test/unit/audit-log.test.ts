@@ -1,5 +1,14 @@
 import assert from 'node:assert/strict'
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import {
+  chmodSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, test } from 'node:test'
@@ -122,4 +131,38 @@ test('a state directory removed while the agent runs is created again', async ()
   await log.record(auditEntry(readIntent(), { result: 'signed', token: 'b' }))
   assert.equal(parseAuditLines(readFileSync(path, 'utf8')).length, 1)
   assert.equal(statSync(dir).mode & 0o777, 0o700)
+})
+
+test('a log moved away (rotation) while the agent holds it open: the next line goes to a new file at the path', async () => {
+  const dir = join(root, 'g')
+  const path = join(dir, 'audit.jsonl')
+  const log = new AuditLog(path)
+  await log.record(auditEntry(readIntent(), { result: 'signed', token: 'before' }))
+  renameSync(path, `${path}.1`)
+  await log.record(auditEntry(readIntent(), { result: 'signed', token: 'after' }))
+  await log.close()
+  assert.deepEqual(
+    parseAuditLines(readFileSync(`${path}.1`, 'utf8')).map((e) => e.token),
+    [tokenFingerprint('before')],
+  )
+  assert.deepEqual(
+    parseAuditLines(readFileSync(path, 'utf8')).map((e) => e.token),
+    [tokenFingerprint('after')],
+  )
+  assert.equal(statSync(path).mode & 0o777, 0o600)
+})
+
+test('close during a group commit: every recorded line lands, and a later record opens the file again', async () => {
+  const path = join(root, 'h', 'audit.jsonl')
+  const log = new AuditLog(path)
+  const first = Array.from({ length: 50 }, (_, i) =>
+    log.record(auditEntry(readIntent(), { result: 'signed', token: `t${i}` })),
+  )
+  await log.close()
+  await Promise.all(first)
+  await log.record(auditEntry(readIntent(), { result: 'signed', token: 'later' }))
+  await log.close()
+  const lines = parseAuditLines(readFileSync(path, 'utf8'))
+  assert.equal(lines.length, 51)
+  assert.equal(lines.at(-1)?.token, tokenFingerprint('later'))
 })

@@ -18,6 +18,7 @@ import type { Prompter } from '../../policy/intent.js'
 import type { PolicyDevice } from '../../policy/login.js'
 import type { Policy } from '../../policy/policy.js'
 import type { Signer } from '../../signer/signer.js'
+import type { Device } from '../../pkcs11/device.js'
 import { bind } from './bind.js'
 import { parseSignRequest } from './parse.js'
 import { respond, type SignAnswer } from './respond.js'
@@ -35,16 +36,25 @@ export async function signPipeline(
   const { intent } = request
   const binding = bind(agent.config, intent)
   const prompter = context.prompter(request.interactive)
-  const device = agent.devices.get(binding.token)
   // Looking the key up before policy means a registry with no key yet answers KEY_NOT_FOUND (cargo:
   // not-found, so `cargo login` proceeds) without asking for a PIN. Tokens that hide even public
-  // objects until login are looked up again after it.
+  // objects until login are looked up again after it. A refusal here (no key, no module, busy
+  // device) gets its `failed` line like every later one.
+  let device: Device
   let signer: Signer | undefined
   try {
-    signer = await agent.devices.signer(binding.token, binding.keyRef)
+    device = agent.devices.get(binding.token)
+    try {
+      signer = await agent.devices.signer(binding.token, binding.keyRef)
+    } catch (error) {
+      if (!(error instanceof AgentError) || error.code !== 'KEY_NOT_FOUND' || !(await device.needsLogin()))
+        throw error
+    }
   } catch (error) {
-    if (!(error instanceof AgentError) || error.code !== 'KEY_NOT_FOUND' || !(await device.needsLogin()))
-      throw error
+    const failure = toAgentError(error)
+    await recordFailure(agent.audit, intent, failure, {}, agent.log)
+    agent.log(`${intent.operation} for ${binding.registry.name}: ${failure.code}`)
+    throw failure
   }
   try {
     const signed = await approveLoginSignAudit(
@@ -91,6 +101,27 @@ export interface StagesRequest<S extends { token: string; kip?: string }> {
 
 const DENIAL_CODES: ReadonlySet<string> = new Set(['DENIED', 'POLICY_DENIED', 'RATE_LIMITED'])
 
+/** The `denied`/`failed` line of a request that released no token; the refusal stands either way. */
+async function recordFailure(
+  audit: AuditSink,
+  intent: Intent,
+  failure: AgentError,
+  known: { approval?: Approval | undefined; kip?: string | undefined },
+  log: (line: string) => void,
+): Promise<void> {
+  await audit
+    .record(
+      auditEntry(intent, {
+        result: DENIAL_CODES.has(failure.code) ? 'denied' : 'failed',
+        code: failure.code,
+        reason: failure.message,
+        ...(known.approval === undefined ? {} : { approval: known.approval }),
+        ...(known.kip === undefined ? {} : { kip: known.kip }),
+      }),
+    )
+    .catch((auditError: unknown) => log(`audit-failed ${toAgentError(auditError).code}`))
+}
+
 /**
  * approve → login → sign → audit. Refusals are recorded as `denied`, every other failure as
  * `failed`, and the error is rethrown. A mutation that ends without a released token (wrong PIN, no
@@ -120,18 +151,7 @@ export async function approveLoginSignAudit<S extends { token: string; kip?: str
   } catch (error) {
     release()
     const failure = toAgentError(error)
-    await audit
-      .record(
-        auditEntry(intent, {
-          result: DENIAL_CODES.has(failure.code) ? 'denied' : 'failed',
-          code: failure.code,
-          reason: failure.message,
-          ...(approval === undefined ? {} : { approval }),
-          ...(request.kip === undefined ? {} : { kip: request.kip }),
-        }),
-      )
-      // The refusal stands whether or not its line could be written.
-      .catch((auditError: unknown) => log(`audit-failed ${toAgentError(auditError).code}`))
+    await recordFailure(audit, intent, failure, { approval, kip: request.kip }, log)
     throw failure
   }
   const kip = signed.kip ?? request.kip

@@ -1,0 +1,155 @@
+/**
+ * The issue-13 table from one `npm run bench` run: reads the figures scripts/bench.sh left in
+ * .state/bench/ (sign.json, load.json, loop.json), prints every row side by side with its baseline,
+ * writes the `ratios` JSON (--json FILE) and the throughput / p99 chart against 1, 4, 16, 64 clients
+ * (--chart FILE.svg; a PNG beside it when rsvg-convert is installed).
+ *
+ * Usage: node dist/scripts/bench/report.js [--dir .state/bench] [--json FILE] [--chart FILE.svg]
+ */
+import { execFileSync } from 'node:child_process'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { parseArgs } from 'node:util'
+
+interface SignRow {
+  variant: string
+  medianMs: number
+}
+interface LoadRow {
+  phase: string
+  generatorCores: number
+  perSecond: number
+  p50Ms: number
+  p99Ms: number
+  refusedShare: number
+}
+interface SweepRow {
+  clients: number
+  phase: 'device' | 'agent'
+  perSecond: number
+  p99Ms: number
+}
+
+const { values } = parseArgs({
+  options: { dir: { type: 'string' }, json: { type: 'string' }, chart: { type: 'string' } },
+  strict: true,
+})
+const dir = values.dir ?? '.state/bench'
+const read = <T>(name: string): T => JSON.parse(readFileSync(`${dir}/${name}`, 'utf8')) as T
+const sign = read<{ rows: SignRow[]; shimOverNode: number }>('sign.json')
+const load = read<{ rows: LoadRow[]; sweep: SweepRow[] }>('load.json')
+const loop = read<{ loopP99Ms: number; loopMaxMsPerRound: number[] }>('loop.json')
+
+const ms = (variant: string): number => (sign.rows.find((r) => r.variant === variant) as SignRow).medianMs
+const phase = (name: string): LoadRow => load.rows.find((r) => r.phase === name) as LoadRow
+const agent64 = phase('agent')
+const ratios = {
+  agent_vs_required_work: ms('agent') / ms('signer'),
+  agent_vs_device: ms('agent') / ms('device'),
+  shim_vs_node: sign.shimOverNode,
+  throughput64_vs_raw: agent64.perSecond / phase('device').perSecond,
+  refused64: agent64.refusedShare,
+  loop_p99_ms: loop.loopP99Ms,
+}
+const rows: Array<[string, string, string, string]> = [
+  [
+    'one sign ÷ device + SHA-384 + self-verify',
+    `${ratios.agent_vs_required_work.toFixed(2)}×`,
+    `${ms('agent').toFixed(2)} ms vs ${ms('signer').toFixed(2)} ms`,
+    '≤ 1.2×',
+  ],
+  [
+    'one sign ÷ device alone',
+    `${ratios.agent_vs_device.toFixed(2)}×`,
+    `${ms('agent').toFixed(2)} ms vs ${ms('device').toFixed(2)} ms`,
+    'report',
+  ],
+  [
+    'shim start + one request ÷ node -e 0',
+    `${ratios.shim_vs_node.toFixed(2)}×`,
+    `${ms('shim').toFixed(1)} ms vs ${ms('spawn').toFixed(1)} ms`,
+    '≤ 1.15×',
+  ],
+  [
+    'throughput, 64 clients ÷ raw SoftHSM',
+    `${ratios.throughput64_vs_raw.toFixed(2)}×`,
+    `${agent64.perSecond.toFixed(0)}/s vs ${phase('device').perSecond.toFixed(0)}/s; p50 ${agent64.p50Ms.toFixed(0)} ms, p99 ${agent64.p99Ms.toFixed(0)} ms`,
+    '≥ 0.85×',
+  ],
+  [
+    'load generator CPU (its own process), 64 clients',
+    `${agent64.generatorCores.toFixed(2)} cores`,
+    'taken from the agent on this 2-core machine',
+    'report',
+  ],
+  [
+    'refused at 64 clients',
+    `${(ratios.refused64 * 100).toFixed(2)} %`,
+    'AGENT_BUSY and any other error',
+    '0',
+  ],
+  [
+    'event-loop p99 − 1 ms resolution, 8 touches waiting',
+    `${ratios.loop_p99_ms.toFixed(2)} ms`,
+    `max ${loop.loopMaxMsPerRound.join(' / ')} ms`,
+    '< 10 ms',
+  ],
+]
+const widths = [0, 1, 2, 3].map((i) => Math.max(...rows.map((r) => r[i]?.length ?? 0)))
+process.stdout.write('\nissue 13 figures (this run)\n')
+for (const r of rows) process.stdout.write(`${r.map((c, i) => c.padEnd(widths[i] as number)).join('  ')}\n`)
+if (values.json !== undefined) writeFileSync(values.json, JSON.stringify({ ratios, rows }, null, 2) + '\n')
+
+if (values.chart !== undefined && load.sweep.length > 0) {
+  writeFileSync(values.chart, chart(load.sweep))
+  try {
+    execFileSync('rsvg-convert', ['-o', values.chart.replace(/\.svg$/, '.png'), values.chart])
+  } catch {
+    process.stdout.write('(rsvg-convert not installed: SVG only)\n')
+  }
+}
+
+/** Two panels, throughput and p99, against clients on a log axis; device vs agent. */
+function chart(sweep: readonly SweepRow[]): string {
+  const W = 360
+  const H = 240
+  const pad = { l: 56, r: 16, t: 28, b: 40 }
+  const clients = [...new Set(sweep.map((r) => r.clients))].sort((a, b) => a - b)
+  const x = (n: number): number =>
+    pad.l +
+    ((Math.log2(n) - Math.log2(clients[0] as number)) /
+      Math.max(1, Math.log2(clients.at(-1) as number) - Math.log2(clients[0] as number))) *
+      (W - pad.l - pad.r)
+  const colour = { device: '#1f77b4', agent: '#d62728' } as const
+  const panel = (dx: number, title: string, key: 'perSecond' | 'p99Ms', unit: string): string => {
+    const top = Math.max(...sweep.map((r) => r[key])) * 1.1
+    const y = (v: number): number => H - pad.b - (v / top) * (H - pad.t - pad.b)
+    const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => f * top)
+    const lines = (['device', 'agent'] as const).map((p) => {
+      const pts = sweep.filter((r) => r.phase === p).sort((a, b) => a.clients - b.clients)
+      const d = pts.map((r, i) => `${i === 0 ? 'M' : 'L'}${x(r.clients).toFixed(1)},${y(r[key]).toFixed(1)}`)
+      const dots = pts.map(
+        (r) =>
+          `<circle cx="${x(r.clients).toFixed(1)}" cy="${y(r[key]).toFixed(1)}" r="3" fill="${colour[p]}"/>`,
+      )
+      return `<path d="${d.join(' ')}" fill="none" stroke="${colour[p]}" stroke-width="2"/>${dots.join('')}`
+    })
+    return `<g transform="translate(${dx},0)">
+<text x="${W / 2}" y="16" text-anchor="middle" font-size="13">${title}</text>
+<line x1="${pad.l}" y1="${H - pad.b}" x2="${W - pad.r}" y2="${H - pad.b}" stroke="#333"/>
+<line x1="${pad.l}" y1="${pad.t}" x2="${pad.l}" y2="${H - pad.b}" stroke="#333"/>
+${ticks.map((t) => `<text x="${pad.l - 6}" y="${y(t) + 4}" text-anchor="end" font-size="10">${t.toFixed(0)}</text><line x1="${pad.l}" y1="${y(t)}" x2="${W - pad.r}" y2="${y(t)}" stroke="#ddd"/>`).join('\n')}
+${clients.map((n) => `<text x="${x(n)}" y="${H - pad.b + 14}" text-anchor="middle" font-size="10">${n}</text>`).join('\n')}
+<text x="${(pad.l + W - pad.r) / 2}" y="${H - 8}" text-anchor="middle" font-size="11">concurrent clients</text>
+<text x="14" y="${(pad.t + H - pad.b) / 2}" font-size="11" transform="rotate(-90 14 ${(pad.t + H - pad.b) / 2})" text-anchor="middle">${unit}</text>
+${lines.join('\n')}
+</g>`
+  }
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${2 * W}" height="${H + 24}" font-family="sans-serif">
+<rect width="100%" height="100%" fill="white"/>
+${panel(0, 'throughput', 'perSecond', 'signatures / s')}
+${panel(W, 'p99 latency', 'p99Ms', 'ms')}
+<g font-size="11"><rect x="${W - 120}" y="${H + 6}" width="12" height="4" fill="${colour.device}"/><text x="${W - 104}" y="${H + 12}">raw SoftHSM (min(N, 16) sessions)</text>
+<rect x="${W + 110}" y="${H + 6}" width="12" height="4" fill="${colour.agent}"/><text x="${W + 126}" y="${H + 12}">agent (N socket clients)</text></g>
+</svg>
+`
+}
