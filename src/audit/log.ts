@@ -18,11 +18,12 @@
  * line.
  */
 import { constants, type Stats } from 'node:fs'
-import { chmod, lstat, mkdir, open, type FileHandle } from 'node:fs/promises'
+import { chmod, lstat, mkdir, open, rename, type FileHandle } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import type { AuditEntry, AuditSink } from './entry.js'
+import { rotatedName } from './rotation.js'
 
 export const AUDIT_FILE_MODE = 0o600
 export const AUDIT_DIR_MODE = 0o700
@@ -45,6 +46,13 @@ interface Open {
   end: number
 }
 
+/** The open file, its size, and whether its directory entry is new (to be synced). */
+interface Current {
+  readonly file: Open
+  readonly size: number
+  readonly created: boolean
+}
+
 export class AuditLog implements AuditSink {
   readonly path: string
   #pending: Pending[] = []
@@ -53,8 +61,12 @@ export class AuditLog implements AuditSink {
   #file: Open | undefined
   #dirChecked = false
 
-  constructor(path: string) {
+  readonly #rotateBytes: number
+
+  /** `rotateBytes` (tests) overrides LIMITS.auditLogRotateBytes. */
+  constructor(path: string, options: { rotateBytes?: number } = {}) {
     this.path = path
+    this.#rotateBytes = options.rotateBytes ?? LIMITS.auditLogRotateBytes
   }
 
   /** Appends one line and syncs it (with whatever else is pending). Lines land in call order. */
@@ -118,7 +130,7 @@ export class AuditLog implements AuditSink {
   }
 
   async #appendOnce(lines: Buffer): Promise<void> {
-    const { file, size, created } = await this.#current()
+    const { file, size, created } = await this.#rotateIfFull(await this.#current())
     try {
       const before = size
       const bytes =
@@ -149,10 +161,40 @@ export class AuditLog implements AuditSink {
   }
 
   /**
+   * Past LIMITS.auditLogRotateBytes the live file is renamed to its timestamped generation
+   * (src/audit/rotation.ts) before the next batch: the lines already promised stay in it, whole,
+   * and `cargo-pkcs11-agent log` reads across the generations. The new file is opened by
+   * `#current()` (the path now names another inode).
+   */
+  async #rotateIfFull(current: Current): Promise<Current> {
+    if (current.size < this.#rotateBytes) return current
+    // Never onto an existing generation (two rotations in one millisecond): that would lose lines.
+    let when = Date.now()
+    while (
+      await lstat(rotatedName(this.path, new Date(when))).then(
+        () => true,
+        () => false,
+      )
+    )
+      when += 1
+    try {
+      await rename(this.path, rotatedName(this.path, new Date(when)))
+    } catch (error) {
+      throw auditFailed(
+        `Rotating the audit log ${this.path} failed: ${(error as Error).message}`,
+        'Check free space and permissions of the audit log directory',
+        error,
+      )
+    }
+    await syncDir(dirname(this.path))
+    return await this.#current()
+  }
+
+  /**
    * The open log file and its size, reopened when the path no longer names the inode we hold.
    * `created`: a new file (or directory) whose entry must be synced into its directory.
    */
-  async #current(): Promise<{ file: Open; size: number; created: boolean }> {
+  async #current(): Promise<Current> {
     if (this.#file !== undefined) {
       let info: Stats | undefined
       try {

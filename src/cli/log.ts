@@ -8,6 +8,7 @@ import { open, stat } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 import type { AuditEntry } from '../audit/entry.js'
+import { rotatedFiles } from '../audit/rotation.js'
 import { loadConfig } from '../config/load.js'
 import { defaultAuditLogPath, resolveConfigPath } from '../config/paths.js'
 import { AgentError } from '../lib/errors.js'
@@ -232,8 +233,16 @@ export async function runLog(argv: readonly string[], io: LogIo): Promise<number
   let end = 0
   try {
     const result = await tail(path, n)
-    for (const line of result.lines) await show(path, line, json, io)
     end = result.end
+    // The last n lines may begin in rotated generations (src/audit/rotation.ts): newest first.
+    const shown = result.lines.map((line) => ({ file: path, line }))
+    const older = await rotatedFiles(path)
+    for (let i = older.length - 1; i >= 0 && (n === 0 || shown.length < n); i--) {
+      const file = older[i] as string
+      const { lines } = await tail(file, n === 0 ? 0 : n - shown.length)
+      shown.unshift(...lines.map((line) => ({ file, line })))
+    }
+    for (const { file, line } of shown) await show(file, line, json, io)
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
       throw new AgentError(

@@ -94,6 +94,9 @@ export const LIMITS = Object.freeze({
    * of at most a few KiB stay one O_APPEND write, which Linux keeps whole against other writers) and
    * how many requests one failed write fails. */
   auditBatchMaxLines: 64,
+  /** Size at which the live audit log is renamed to a timestamped generation and a new one started
+   * (src/audit/rotation.ts): about 25,000 lines, so `log` tails stay fast. Nothing is deleted. */
+  auditLogRotateBytes: 8 * 1024 * 1024,
   /** Longest PIN we accept from any source. PKCS#11 tokens report ulMaxPinLen (PIV: 8, SoftHSM: 255). */
   pinMaxBytes: 256,
   /** A PIN file larger than this is not a PIN file (someone pointed pin-file at the wrong thing). */

@@ -1,7 +1,7 @@
 /** `cargo-pkcs11-agent log`: tail, --json, -n, --follow, and the real binary as a process. */
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { appendFileSync, mkdtempSync, rmSync } from 'node:fs'
+import { appendFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -10,6 +10,7 @@ import { after, test } from 'node:test'
 
 import { auditEntry } from '../../src/audit/entry.js'
 import { AuditLog } from '../../src/audit/log.js'
+import { rotatedFiles } from '../../src/audit/rotation.js'
 import { formatEntry, runLog } from '../../src/cli/log.js'
 import { publishIntent, PUBLISH_CRATE, readIntent } from '../fixtures/pinentry/harness.js'
 
@@ -127,4 +128,41 @@ test('the real binary: `cargo-pkcs11-agent log` reads the XDG default path; a mi
   await xdgLog.record(auditEntry(publishIntent(), { result: 'signed', token: 'abc', approval: 'touch' }))
   const { stdout } = await run(process.execPath, [bin, 'log', '-n', '5'], { env })
   assert.match(stdout, /signed  publish foo 1\.2\.3 .*approved: touch/)
+})
+
+test('the audit log rotates by renaming: every line stays whole, and `log` reads across generations', async () => {
+  const rotDir = mkdtempSync(join(tmpdir(), 'audit-rot-'))
+  try {
+    const file = join(rotDir, 'audit.jsonl')
+    const small = new AuditLog(file, { rotateBytes: 1024 })
+    for (let i = 0; i < 40; i++)
+      await small.record(
+        auditEntry(
+          readIntent(),
+          { result: 'signed', token: `rot${i}` },
+          new Date(Date.UTC(2026, 10, 25, 13, 0, i)),
+        ),
+      )
+    await small.close()
+    const generations = await rotatedFiles(file)
+    assert.ok(generations.length >= 2, `expected rotated generations, got ${generations.length}`)
+    // Nothing lost, nothing torn: every line of every generation parses, 40 lines in all, in order.
+    const all = [...generations, file].flatMap((f) =>
+      readFileSync(f, 'utf8')
+        .split('\n')
+        .filter((l) => l !== ''),
+    )
+    assert.equal(all.length, 40)
+    const times = all.map((l) => (JSON.parse(l) as { time: string }).time)
+    assert.deepEqual(times, [...times].sort())
+    const shown = (await capture(['--file', file, '-n', '0'])).trimEnd().split('\n')
+    assert.equal(shown.length, 40)
+    assert.match(shown[0] ?? '', /^2026-11-25 13:00:00Z/)
+    assert.match(shown.at(-1) ?? '', /^2026-11-25 13:00:39Z/)
+    const last25 = (await capture(['--file', file, '-n', '25'])).trimEnd().split('\n')
+    assert.equal(last25.length, 25)
+    assert.match(last25[0] ?? '', /^2026-11-25 13:00:15Z/)
+  } finally {
+    rmSync(rotDir, { recursive: true, force: true })
+  }
 })
