@@ -56,6 +56,12 @@ export interface TokenStatusInfo {
   sessionsOpen: number
 }
 
+/** What a PIV card attests about a key (src/verify/attestation.ts). */
+export interface KeyPolicies {
+  pinPolicy?: string | undefined
+  touchPolicy?: string | undefined
+}
+
 export interface StatusResult {
   pid: number
   socket: string
@@ -72,6 +78,8 @@ export interface StatusResult {
     error?: WireError
   }[]
   registries: {
+    /** The PIN/touch policy each bound key's card attests; null where the module shows none. */
+    keyPolicies: { read: KeyPolicies | null; mutation: KeyPolicies | null }
     name: string
     index: string
     readKey: KeyRefInfo

@@ -1,7 +1,7 @@
 import type { KeyRef } from '../../config/schema.js'
 import { toAgentError } from '../../lib/errors.js'
 import { isDumpable } from '../../lib/peercred.js'
-import type { StatusResult } from '../../protocol/methods.js'
+import type { KeyPolicies, StatusResult } from '../../protocol/methods.js'
 import type { MethodHandler } from './method.js'
 
 /** What `cargo-pkcs11-agent status` shows: tokens, PIN cache, registries and their mutation counts. */
@@ -22,9 +22,7 @@ export const status: MethodHandler<'status'> = async (agent) => {
     }
   }
   // The PIN/touch policy each bound key's card attests (null: the module shows none, or the device is absent).
-  const policies = async (
-    ref: KeyRef,
-  ): Promise<{ pinPolicy?: string | undefined; touchPolicy?: string | undefined } | null> => {
+  const policies = async (ref: KeyRef): Promise<KeyPolicies | null> => {
     const token = agent.config.tokens[ref.token]
     if (token === undefined) return null
     try {
@@ -36,11 +34,11 @@ export const status: MethodHandler<'status'> = async (agent) => {
       return null
     }
   }
-  const keyPolicies = new Map<string, unknown>()
+  const keyPolicies = new Map<string, StatusResult['registries'][number]['keyPolicies']>()
   for (const r of Object.values(agent.config.registries))
     keyPolicies.set(r.name, { read: await policies(r.readKey), mutation: await policies(r.mutationKey) })
   const registries = Object.values(agent.config.registries).map((r) => ({
-    keyPolicies: keyPolicies.get(r.name),
+    keyPolicies: keyPolicies.get(r.name) ?? { read: null, mutation: null },
     name: r.name,
     index: r.index,
     readKey: r.readKey,
