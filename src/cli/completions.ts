@@ -1,6 +1,6 @@
 /**
  * `cargo-pkcs11-agent completions bash|zsh|fish` and `cargo-pkcs11-agent man`: generated from the
- * command table (src/cli/main.ts COMMANDS) and its usage lines (src/cli/args.ts USAGE), the same
+ * command table (src/cli/commands.ts COMMANDS) and its usage lines (src/cli/args.ts USAGE), the same
  * source as `--help`, so a new command or option appears in all of them at once.
  */
 import { mkdirSync, writeFileSync } from 'node:fs'
@@ -8,7 +8,7 @@ import { dirname } from 'node:path'
 
 import { packageVersion } from '../lib/package-files.js'
 import { BIN, parseCommandArgs, USAGE, usageError } from './args.js'
-import { COMMANDS, EXIT_CODES } from './main.js'
+import { COMMANDS, EXIT_CODES } from './commands.js'
 
 interface OptionInfo {
   readonly name: string
