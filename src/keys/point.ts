@@ -22,7 +22,7 @@ export const COMPRESSED_POINT_BYTES = 49
 export const UNCOMPRESSED_POINT_BYTES = 97
 
 /** DER of the named-curve OID 1.3.132.0.34 (secp384r1), the usual CKA_EC_PARAMS value. */
-const P384_OID_DER = Uint8Array.from([0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22])
+export const P384_OID_DER = Uint8Array.from([0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22])
 /** id-fieldType prime-field, 1.2.840.10045.1.1 (X9.62). */
 const PRIME_FIELD_OID = Uint8Array.from([0x2a, 0x86, 0x48, 0xce, 0x3d, 0x01, 0x01])
 
