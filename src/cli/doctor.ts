@@ -6,9 +6,8 @@
  * Exit 0 when nothing failed (warnings allowed), 1 otherwise.
  */
 import { spawn, spawnSync } from 'node:child_process'
-import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs'
-import { homedir } from 'node:os'
-import { delimiter, isAbsolute, join } from 'node:path'
+import { existsSync, readFileSync, statSync } from 'node:fs'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 import { parse as parseToml } from 'smol-toml'
@@ -23,6 +22,7 @@ import { applyModuleEnvironment, resolveModulePath } from '../pkcs11/modules.js'
 import { pivAttestationObjects, readAttestation } from '../verify/attestation.js'
 import { parseCommandArgs, USAGE } from './args.js'
 import { nativeBindingError, nativeBindingMissing } from './native.js'
+import { cargoHome, findProgram } from './setup/cargo-config.js'
 
 type Level = 'ok' | 'warn' | 'fail'
 
@@ -147,25 +147,6 @@ function checkModuleEnvironment(token: TokenConfig, modulePath: string): Finding
     }
   }
   return findings
-}
-
-/** `program` as the agent would run it: an absolute path, or the first executable on PATH. */
-function findProgram(program: string): string | undefined {
-  const candidates =
-    isAbsolute(program) || program.includes('/')
-      ? [program]
-      : (process.env['PATH'] ?? '')
-          .split(delimiter)
-          .filter((d) => d !== '')
-          .map((d) => join(d, program))
-  return candidates.find((c) => {
-    try {
-      accessSync(c, constants.X_OK)
-      return statSync(c).isFile()
-    } catch {
-      return false
-    }
-  })
 }
 
 /** What the agent refuses at request time but a config file cannot show: PIN files, pinentry, headless prompts. */
@@ -358,65 +339,90 @@ async function checkAgent(socket: string): Promise<Finding> {
   }
 }
 
-function parseVersion(text: string): [number, number] | undefined {
-  const match = /cargo (\d+)\.(\d+)/.exec(text)
-  return match === null ? undefined : [Number(match[1]), Number(match[2])]
+/** A credential provider in cargo's config: where it is named and, for a registry's table, its index. */
+interface Provider {
+  readonly where: string
+  readonly program: string
+  readonly index?: unknown
 }
 
-function checkCargo(config: Config | undefined): Finding[] {
+/** credential-provider values in cargo's config: a string (split on spaces) or an array, program first. */
+function providerProgram(value: unknown): string | undefined {
+  const words =
+    typeof value === 'string' ? value.split(' ').filter((w) => w !== '') : Array.isArray(value) ? value : []
+  const program = words[0]
+  return typeof program === 'string' ? program : undefined
+}
+
+/**
+ * The providers of ours (found by program name) in $CARGO_HOME/config.toml: parsed once, for the
+ * binding and the provider checks.
+ */
+function readCargoConfig(path: string): Provider[] | Finding {
+  if (!existsSync(path)) return []
+  let doc: Record<string, unknown>
+  try {
+    doc = parseToml(readFileSync(path, 'utf8')) as Record<string, unknown>
+  } catch (error) {
+    return finding(
+      'fail',
+      'cargo config',
+      `${path} does not parse: ${(error as Error).message.split('\n')[0] ?? ''}`,
+      'Fix the TOML syntax (cargo itself will refuse this file)',
+    )
+  }
+  const providers: Provider[] = []
+  const registries = (doc['registries'] ?? {}) as Record<string, Record<string, unknown>>
+  for (const [name, table] of Object.entries(registries)) {
+    const program = providerProgram(table['credential-provider'])
+    if (program !== undefined) providers.push({ where: `registries.${name}`, program, index: table['index'] })
+  }
+  const globals = ((doc['registry'] ?? {}) as Record<string, unknown>)['global-credential-providers']
+  if (Array.isArray(globals))
+    for (const entry of globals) {
+      const program = providerProgram(entry)
+      if (program !== undefined) providers.push({ where: 'registry.global-credential-providers', program })
+    }
+  return providers.filter((p) => /cargo-credential-pkcs11(\.js)?$/.test(p.program))
+}
+
+function checkCargo(): Finding {
   const result = spawnSync('cargo', ['--version'], { encoding: 'utf8', timeout: 10_000 })
   if (result.status !== 0) {
-    return [
-      finding(
-        'warn',
-        'cargo',
-        'cargo is not on PATH',
-        'Install Rust with rustup (cargo ≥ 1.74 is needed for credential providers)',
-      ),
-    ]
-  }
-  const version = parseVersion(result.stdout)
-  const findings: Finding[] = []
-  if (
-    version === undefined ||
-    version[0] < MIN_CARGO[0] ||
-    (version[0] === MIN_CARGO[0] && version[1] < MIN_CARGO[1])
-  ) {
-    findings.push(
-      finding(
-        'fail',
-        'cargo',
-        `${result.stdout.trim()} is older than 1.74 and has no credential providers`,
-        'Update with `rustup update stable`',
-      ),
+    return finding(
+      'warn',
+      'cargo',
+      'cargo is not on PATH',
+      'Install Rust with rustup (cargo ≥ 1.74 is needed for credential providers)',
     )
-  } else {
-    findings.push(finding('ok', 'cargo', result.stdout.trim()))
   }
-  if (config !== undefined) {
-    const cargoHome = process.env['CARGO_HOME'] ?? join(homedir(), '.cargo')
-    const cargoConfig = join(cargoHome, 'config.toml')
-    const text = existsSync(cargoConfig) ? readFileSync(cargoConfig, 'utf8') : ''
-    for (const [name, registry] of Object.entries(config.registries)) {
-      // A plain text check: cargo merges configs from several places (cwd/.cargo too), so a miss is a warning.
-      const bound = text.includes(registry.index) && text.includes('cargo-credential-pkcs11')
-      findings.push(
-        bound
-          ? finding(
-              'ok',
-              `registry ${name}`,
-              `${cargoConfig} uses cargo-credential-pkcs11 for ${registry.index}`,
-            )
-          : finding(
-              'warn',
-              `registry ${name}`,
-              `${cargoConfig} does not bind ${registry.index} to cargo-credential-pkcs11`,
-              `Add to ${cargoConfig}: [registries.${name}] index = "${registry.index}" credential-provider = ["cargo-credential-pkcs11"]`,
-            ),
-      )
-    }
+  // No version in the output counts as too old.
+  const [major = 0, minor = 0] = /cargo (\d+)\.(\d+)/.exec(result.stdout)?.slice(1).map(Number) ?? []
+  if (major < MIN_CARGO[0] || (major === MIN_CARGO[0] && minor < MIN_CARGO[1])) {
+    return finding(
+      'fail',
+      'cargo',
+      `${result.stdout.trim()} is older than 1.74 and has no credential providers`,
+      'Update with `rustup update stable`',
+    )
   }
-  return findings
+  return finding('ok', 'cargo', result.stdout.trim())
+}
+
+/** Each configured registry's binding to our shim in cargo's config. */
+function checkBindings(config: Config, cargoConfig: string, ours: readonly Provider[]): Finding[] {
+  return Object.entries(config.registries).map(([name, registry]) =>
+    // cargo merges configs from several places (cwd/.cargo too), so a miss is a warning; a global
+    // provider of ours serves every registry.
+    ours.some((p) => p.index === undefined || p.index === registry.index)
+      ? finding('ok', `registry ${name}`, `${cargoConfig} uses cargo-credential-pkcs11 for ${registry.index}`)
+      : finding(
+          'warn',
+          `registry ${name}`,
+          `${cargoConfig} does not bind ${registry.index} to cargo-credential-pkcs11`,
+          `Add to ${cargoConfig}: [registries.${name}] index = "${registry.index}" credential-provider = ["cargo-credential-pkcs11"]`,
+        ),
+  )
 }
 
 /** The shim shipped beside this CLI (its CommonJS build, as setup writes into cargo's config). */
@@ -467,47 +473,9 @@ export function helloCheck(program: string, timeoutMs = 10_000): Promise<string 
   })
 }
 
-/** credential-provider values in cargo's config: a string (split on spaces) or an array, program first. */
-function providerProgram(value: unknown): string | undefined {
-  const words =
-    typeof value === 'string' ? value.split(' ').filter((w) => w !== '') : Array.isArray(value) ? value : []
-  const program = words[0]
-  return typeof program === 'string' ? program : undefined
-}
-
-/** Every credential provider in $CARGO_HOME/config.toml that is ours, found by its program name. */
-async function checkProviders(): Promise<Finding[]> {
-  const cargoHome = process.env['CARGO_HOME'] ?? join(homedir(), '.cargo')
-  const cargoConfig = join(cargoHome, 'config.toml')
+/** Every credential provider of ours in cargo's config starts as cargo runs it. */
+async function checkProviders(cargoConfig: string, ours: readonly Provider[]): Promise<Finding[]> {
   const findings: Finding[] = []
-  const providers: { where: string; program: string }[] = []
-  if (existsSync(cargoConfig)) {
-    let doc: Record<string, unknown>
-    try {
-      doc = parseToml(readFileSync(cargoConfig, 'utf8')) as Record<string, unknown>
-    } catch (error) {
-      return [
-        finding(
-          'fail',
-          'cargo config',
-          `${cargoConfig} does not parse: ${(error as Error).message.split('\n')[0] ?? ''}`,
-          'Fix the TOML syntax (cargo itself will refuse this file)',
-        ),
-      ]
-    }
-    const registries = (doc['registries'] ?? {}) as Record<string, Record<string, unknown>>
-    for (const [name, table] of Object.entries(registries)) {
-      const program = providerProgram(table['credential-provider'])
-      if (program !== undefined) providers.push({ where: `registries.${name}`, program })
-    }
-    const globals = ((doc['registry'] ?? {}) as Record<string, unknown>)['global-credential-providers']
-    if (Array.isArray(globals))
-      for (const entry of globals) {
-        const program = providerProgram(entry)
-        if (program !== undefined) providers.push({ where: 'registry.global-credential-providers', program })
-      }
-  }
-  const ours = providers.filter((p) => /cargo-credential-pkcs11(\.js)?$/.test(p.program))
   for (const { where, program } of ours) {
     const check = `cargo ${where}`
     const found = findProgram(program)
@@ -559,7 +527,14 @@ export async function doctor(argv: readonly string[]): Promise<number> {
   findings.push(...configFindings)
   if (config !== undefined) findings.push(...checkSettings(config), ...(await checkTokens(config)))
   findings.push(await checkAgent(resolveSocketPath(values.socket, config?.agent.socket).path))
-  findings.push(...checkCargo(config), ...(await checkProviders()))
+  findings.push(checkCargo())
+  const cargoConfig = join(cargoHome(), 'config.toml')
+  const ours = readCargoConfig(cargoConfig)
+  if (!Array.isArray(ours)) findings.push(ours)
+  else {
+    if (config !== undefined) findings.push(...checkBindings(config, cargoConfig, ours))
+    findings.push(...(await checkProviders(cargoConfig, ours)))
+  }
 
   if (values.json === true) {
     process.stdout.write(JSON.stringify(findings, null, 2) + '\n')
