@@ -23,17 +23,10 @@ export const login: MethodHandler<'login'> = async (agent, params, context) => {
   const keys: KeyInfo[] = []
   const refs =
     registry.mutationKey === registry.readKey ? [registry.readKey] : [registry.readKey, registry.mutationKey]
+  const intent = adminIntent(context, params, registry.index, registry.name)
   for (const ref of refs) {
     try {
-      keys.push(
-        await keyInfo(
-          agent,
-          ref,
-          params,
-          context,
-          adminIntent(context, params, registry.index, registry.name),
-        ),
-      )
+      keys.push(await keyInfo(agent, ref, params, context, intent))
     } catch (error) {
       if (!(error instanceof AgentError) || error.code !== 'KEY_NOT_FOUND') throw error
       const { token, device } = agent.devices.byName(ref.token)
@@ -50,13 +43,7 @@ export const login: MethodHandler<'login'> = async (agent, params, context) => {
         )
       // Device closes a session after any failed request (KEY_NOT_FOUND included), and closing the
       // last session ends the login (PKCS#11 v2.40 §5.6): log in again before writing the key.
-      await loginToken(
-        agent,
-        token,
-        params,
-        context,
-        adminIntent(context, params, registry.index, registry.name),
-      )
+      await loginToken(agent, token, params, context, intent)
       const key = await device.generateKey(keySpec(ref.label, ref.id))
       generated.push(`${token.name}/${key.label}`)
       agent.log(
