@@ -24,8 +24,11 @@ export const keygen: MethodHandler<'keygen'> = async (agent, params, context) =>
   const intent = adminIntent(context, params, `token ${token.name}`)
   const key = `${token.name}/${label}`
   const what = `keygen ${key}${force ? ' (force: replaces an existing key)' : ''}`
+  // Unlike a sign, a generated key exists on the device already: a failed audit line is logged, not undone.
   const record = async (outcome: Omit<AuditOutcome, 'operation' | 'key' | 'replaced'>): Promise<void> => {
-    await agent.audit.record(auditEntry(intent, { ...outcome, operation: 'keygen', key, replaced: force }))
+    await agent.audit
+      .record(auditEntry(intent, { ...outcome, operation: 'keygen', key, replaced: force }))
+      .catch((error: unknown) => agent.log(`audit-failed ${toAgentError(error).code}`))
   }
   try {
     if (force) {
@@ -47,18 +50,13 @@ export const keygen: MethodHandler<'keygen'> = async (agent, params, context) =>
       token,
       await device.generateKey(keySpec(label, stringParam(params, 'id')), { force }),
     )
-    // Unlike a sign, the key exists on the device already: a failed audit line is logged, not undone.
-    await record({ result: 'generated', kip: made.k3Pid }).catch((error: unknown) =>
-      agent.log(`audit-failed ${toAgentError(error).code}`),
-    )
+    await record({ result: 'generated', kip: made.k3Pid })
     agent.log(`${what} by ${describeRequester(intent.requester)}: generated ${made.k3Pid}`)
     return made
   } catch (error) {
     const failure = toAgentError(error)
     const denied = failure.code === 'DENIED' || failure.code === 'POLICY_DENIED'
-    await record({ result: denied ? 'denied' : 'failed', code: failure.code, reason: failure.message }).catch(
-      (auditError: unknown) => agent.log(`audit-failed ${toAgentError(auditError).code}`),
-    )
+    await record({ result: denied ? 'denied' : 'failed', code: failure.code, reason: failure.message })
     agent.log(`${what} by ${describeRequester(intent.requester)}: ${failure.code}`)
     throw failure
   }
