@@ -14,7 +14,8 @@ import { LIMITS } from '../lib/limits.js'
 import { parseK3Public } from '../keys/paserk.js'
 import { OPERATIONS, isOperation } from '../cargo/operation.js'
 
-import { parseKeysFile, printableKip, type KeyRing } from '../registry/keys-file.js'
+import { readKeysFile } from '../gateway/keys.js'
+import { printableKip, type KeyRing } from '../registry/keys-file.js'
 import { fail } from '../verify/errors.js'
 import {
   PIN_POLICIES,
@@ -49,6 +50,14 @@ function usage(message: string): AgentError {
   return usageError(message, USAGE.verify)
 }
 
+function publicKeyFlag(value: string): Uint8Array {
+  try {
+    return parseK3Public(value)
+  } catch (error) {
+    throw usage(`--public-key: ${toAgentError(error).message}`)
+  }
+}
+
 /** `options.publicKey` is empty when the key comes from `keysFile` (found by the token's kip). */
 interface VerifyArgs {
   token: string
@@ -74,14 +83,7 @@ export function parseVerifyArgs(argv: readonly string[]): Omit<VerifyArgs, 'toke
     )
   if (v.url === undefined)
     throw usage('--url is required: the registry index URL exactly as cargo sends it (keep `sparse+`)')
-  let publicKey: Uint8Array = new Uint8Array(0)
-  if (v['public-key'] !== undefined) {
-    try {
-      publicKey = parseK3Public(v['public-key'])
-    } catch (error) {
-      throw usage(`--public-key: ${toAgentError(error).message}`)
-    }
-  }
+  const publicKey = v['public-key'] === undefined ? new Uint8Array(0) : publicKeyFlag(v['public-key'])
   const operation = v.operation ?? 'read'
   if (!isOperation(operation))
     throw usage(`--operation must be one of ${OPERATIONS.join(', ')}; got '${operation}'`)
@@ -126,14 +128,8 @@ async function readStdin(): Promise<string> {
 }
 
 function readKeys(path: string): KeyRing {
-  let text: string
   try {
-    text = readFileSync(path, 'utf8')
-  } catch (error) {
-    throw usage(`--keys: cannot read ${path}: ${(error as Error).message}`)
-  }
-  try {
-    return parseKeysFile(text, path)
+    return readKeysFile(path)
   } catch (error) {
     throw usage(`--keys: ${toAgentError(error).message}`)
   }
@@ -189,12 +185,7 @@ async function verifyAttestationCommand(argv: readonly string[]): Promise<number
     throw usage('--roots PEMFILE is required: the attestation roots you trust (Yubico PIV root CA)')
   if (v['public-key'] === undefined)
     throw usage('--public-key k3.public.… is required: the key being registered')
-  let expectedKey: Uint8Array
-  try {
-    expectedKey = parseK3Public(v['public-key'])
-  } catch (error) {
-    throw usage(`--public-key: ${toAgentError(error).message}`)
-  }
+  const expectedKey = publicKeyFlag(v['public-key'])
   const input = v.attestation === '-' ? await readStdin() : readFileSync(String(v.attestation), 'utf8')
   const text = input.trimStart().startsWith('{')
     ? (() => {
