@@ -3,9 +3,6 @@
  * flags, or a private SoftHSM store when no hardware is configured), the [registries.NAME] binding,
  * the whole result validated before anything touches a device, and writing the file.
  */
-import { existsSync, readFileSync } from 'node:fs'
-
-import { parseConfig } from '../../config/load.js'
 import {
   checkIndexUrl,
   PIN_SOURCES,
@@ -131,10 +128,8 @@ export async function planAgentConfig(
   keys?: KeyBinding,
 ): Promise<{ doc: Table; tokenName: string; token: TokenConfig }> {
   const doc = readToml(configPath, 'The agent config')
-  const existing = existsSync(configPath)
-    ? parseConfig(readFileSync(configPath, 'utf8'), configPath)
-    : validateConfig({}, configPath)
-  const token = await chooseToken(flag, existing, configPath, say)
+  // The file as it is (an empty document when there is none), checked before anything is changed.
+  const token = await chooseToken(flag, validateConfig(doc, configPath), configPath, say)
   if (token.table !== undefined) place(doc, 'tokens', token.name, token.table, force, configPath)
   bindRegistry(doc, flag, token.name, force, configPath, keys)
   const config = validateConfig(doc, configPath)
