@@ -142,5 +142,5 @@ export function writeAgentConfig(configPath: string, doc: Table): string | undef
     what: 'The agent config',
     header: '# cargo-pkcs11-agent configuration (docs/configuration.md)\n',
     mode: 0o600,
-  }).backup
+  })
 }

@@ -144,8 +144,8 @@ export function planCargoConfig(
   const outcome = place(cargoDoc, 'registries', registryName, table, force || noForce, cargoConfig)
   return () => {
     if (outcome === 'unchanged') return [`cargo config: ${cargoConfig} (unchanged)`, ...notes]
-    const saved = saveToml(cargoConfig, cargoDoc, { what: 'The cargo config', header: '', snippet })
-    const kept = saved.backup === undefined ? '' : `; the previous file is ${saved.backup}`
+    const backup = saveToml(cargoConfig, cargoDoc, { what: 'The cargo config', header: '', snippet })
+    const kept = backup === undefined ? '' : `; the previous file is ${backup}`
     const what =
       outcome === 'replaced' && noForce ? (current === undefined ? 'completed' : 'updated') : outcome
     return [`cargo config: ${cargoConfig} (${what}${kept})`, ...notes]

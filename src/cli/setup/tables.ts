@@ -179,16 +179,16 @@ export function saveToml(
   path: string,
   doc: Table,
   options: { what: string; header: string; mode?: number; snippet?: string },
-): { changed: boolean; backup?: string } {
+): string | undefined {
   if (!existsSync(path)) {
     mkdirSync(dirname(path), { recursive: true, mode: options.mode === 0o600 ? 0o700 : 0o777 })
     writeFileSync(path, options.header + stringify(doc) + '\n', { mode: options.mode ?? 0o666 })
-    return { changed: true }
+    return undefined
   }
   const real = realpathSync(path)
   const text = readFileSync(real, 'utf8')
   const old = parseText(text, path, options.what)
-  if (canonical(old) === canonical(doc)) return { changed: false }
+  if (canonical(old) === canonical(doc)) return undefined
   const next = editedText(text, old, doc, path, options.what)
   if (next === undefined) {
     throw new AgentError('CONFIG_INVALID', `${options.what} ${path} cannot be edited in place`, {
@@ -207,5 +207,5 @@ export function saveToml(
     rmSync(temporary, { force: true })
     throw error
   }
-  return { changed: true, backup: saved }
+  return saved
 }
