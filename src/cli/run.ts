@@ -23,24 +23,6 @@ import {
 } from '../lib/threadpool.js'
 import { parseCommandArgs, USAGE } from './args.js'
 
-export function parseRunArgs(argv: readonly string[]): {
-  config?: string
-  socket?: string
-  foreground: boolean
-} {
-  const parsed = parseCommandArgs(
-    argv,
-    { config: { type: 'string' }, socket: { type: 'string' }, foreground: { type: 'boolean' } },
-    USAGE.run,
-  )
-  const out: { config?: string; socket?: string; foreground: boolean } = {
-    foreground: parsed.values.foreground === true,
-  }
-  if (parsed.values.config !== undefined) out.config = parsed.values.config
-  if (parsed.values.socket !== undefined) out.socket = parsed.values.socket
-  return out
-}
-
 /** Polls the socket until the agent answers a ping (used after starting one in the background). */
 export async function waitForAgent(
   socketPath: string,
@@ -97,8 +79,12 @@ export function spawnDetachedAgent(
 }
 
 export async function run(argv: readonly string[]): Promise<number> {
-  const args = parseRunArgs(argv)
-  if (!args.foreground) {
+  const { values: args } = parseCommandArgs(
+    argv,
+    { config: { type: 'string' }, socket: { type: 'string' }, foreground: { type: 'boolean' } },
+    USAGE.run,
+  )
+  if (args.foreground !== true) {
     const configPath = resolveConfigPath(args.config)
     const config = loadConfig(configPath.path) // validate before detaching, so errors reach this terminal
     const socketPath = resolveSocketPath(args.socket, config.agent.socket).path
