@@ -10,10 +10,8 @@ import { existsSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
-import { parse as parseToml } from 'smol-toml'
-
 import { callAgent } from '../protocol/client.js'
-import { loadConfig } from '../config/load.js'
+import { loadConfig, parseToml } from '../config/load.js'
 import { resolveConfigPath, resolveSocketPath } from '../config/paths.js'
 import type { Config, TokenConfig } from '../config/schema.js'
 import { toAgentError } from '../lib/errors.js'
@@ -362,14 +360,13 @@ function readCargoConfig(path: string): Provider[] | Finding {
   if (!existsSync(path)) return []
   let doc: Record<string, unknown>
   try {
-    doc = parseToml(readFileSync(path, 'utf8')) as Record<string, unknown>
-  } catch (error) {
-    return finding(
-      'fail',
-      'cargo config',
-      `${path} does not parse: ${(error as Error).message.split('\n')[0] ?? ''}`,
+    doc = parseToml(
+      readFileSync(path, 'utf8'),
+      path,
       'Fix the TOML syntax (cargo itself will refuse this file)',
     )
+  } catch (error) {
+    return fromError('cargo config', error)
   }
   const providers: Provider[] = []
   const registries = (doc['registries'] ?? {}) as Record<string, Record<string, unknown>>

@@ -5,8 +5,7 @@
  */
 import { readFileSync } from 'node:fs'
 
-import { parse as parseToml } from 'smol-toml'
-
+import { parseToml } from '../config/load.js'
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { Secret } from '../lib/secret.js'
@@ -74,12 +73,7 @@ function readConfigFile(path: string): Record<string, unknown> {
       },
     )
   }
-  let table: Record<string, unknown>
-  try {
-    table = parseToml(text) as Record<string, unknown>
-  } catch (error) {
-    return invalid(`${path} is not TOML: ${(error as Error).message.split('\n')[0] ?? ''}`)
-  }
+  const table = parseToml(text, path, REMEDY)
   for (const key of Object.keys(table))
     if (!(FILE_KEYS as readonly string[]).includes(key)) invalid(`${path}: unknown key \`${key}\``)
   return table
