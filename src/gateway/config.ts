@@ -157,6 +157,8 @@ export function loadGatewayConfig(flags: GatewayFlags): GatewayConfig {
     invalid('`public-url` is an origin (scheme, host, port) without a path')
   const strict = file['strict-low-s']
   if (strict !== undefined && typeof strict !== 'boolean') invalid('`strict-low-s` must be true or false')
+  // A token flag replaces the file's token setting as a whole: the two places are never mixed.
+  const tokenFlags = flags['upstream-token-file'] !== undefined || flags['upstream-token-env'] !== undefined
   const tokenFile = flags['upstream-token-file'] ?? text(file, 'upstream-token-file')
   const tokenEnv = flags['upstream-token-env'] ?? text(file, 'upstream-token-env')
   return Object.freeze({
@@ -164,14 +166,9 @@ export function loadGatewayConfig(flags: GatewayFlags): GatewayConfig {
     port,
     publicUrl: publicUrl?.replace(/\/+$/, ''),
     upstream: httpUrl(upstreamText!, 'upstream'),
-    upstreamToken: upstreamToken(
-      flags['upstream-token-file'] !== undefined || flags['upstream-token-env'] !== undefined
-        ? flags['upstream-token-file']
-        : tokenFile,
-      flags['upstream-token-file'] !== undefined || flags['upstream-token-env'] !== undefined
-        ? flags['upstream-token-env']
-        : tokenEnv,
-    ),
+    upstreamToken: tokenFlags
+      ? upstreamToken(flags['upstream-token-file'], flags['upstream-token-env'])
+      : upstreamToken(tokenFile, tokenEnv),
     keysFile: keysFile!,
     maxAgeSeconds: integer(
       flags['max-age'] ?? file['max-age-seconds'],
