@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url'
 
 import { Agent } from '../agent/agent.js'
 import { AgentConnection } from '../protocol/client.js'
-import { probeSocket } from '../agent/socket.js'
+import { alreadyRunning, probeSocket } from '../agent/socket.js'
 import { loadConfig } from '../config/load.js'
 import { agentLogPath, resolveConfigPath, resolveSocketPath } from '../config/paths.js'
 import { agentLogWriter, openAgentLog } from '../lib/agent-log.js'
@@ -88,12 +88,7 @@ export async function run(argv: readonly string[]): Promise<number> {
     const configPath = resolveConfigPath(args.config)
     const config = loadConfig(configPath.path) // validate before detaching, so errors reach this terminal
     const socketPath = resolveSocketPath(args.socket, config.agent.socket).path
-    if ((await probeSocket(socketPath)) === 'alive') {
-      throw new AgentError('AGENT_ALREADY_RUNNING', `An agent is already listening on ${socketPath}`, {
-        remedy: 'Use the running agent (`cargo-pkcs11-agent status`), or stop it first',
-        data: { socket: socketPath },
-      })
-    }
+    if ((await probeSocket(socketPath)) === 'alive') throw alreadyRunning(socketPath)
     const forward = ['--config', configPath.path, '--socket', socketPath]
     const child = spawnDetachedAgent(forward)
     await waitForAgent(socketPath, LIMITS.agentStartWaitMs, child.exited, child.pid)
