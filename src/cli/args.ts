@@ -49,6 +49,18 @@ export function usageError(message: string, usage: string): AgentError {
   return new AgentError('USAGE', message, { remedy: `Usage: ${BIN} ${usage}` })
 }
 
+/** `value` when it is one of `allowed`; else a usage error naming the flag and the choices. */
+export function oneOf<const T extends string>(
+  value: string,
+  allowed: readonly T[],
+  flag: string,
+  usage: string,
+): T {
+  if (!(allowed as readonly string[]).includes(value))
+    throw usageError(`${flag} must be one of ${allowed.join(', ')}; got '${value}'`, usage)
+  return value as T
+}
+
 export type OptionSpecs = Record<string, { readonly type: 'string' | 'boolean'; readonly short?: string }>
 
 interface StrictConfig<O extends OptionSpecs> {

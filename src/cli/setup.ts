@@ -18,7 +18,7 @@ import { Device } from '../pkcs11/device.js'
 import type { DeviceKey } from '../pkcs11/key-catalogue.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
 import { pem, PIN_POLICIES, TOUCH_POLICIES, type PinPolicy, type TouchPolicy } from '../verify/attestation.js'
-import { parseCommandArgs, USAGE, usageError } from './args.js'
+import { oneOf, parseCommandArgs, USAGE, usageError } from './args.js'
 import { obtainPin } from './device-target.js'
 import { planAgentConfig, writeAgentConfig, type KeyBinding } from './setup/agent-config.js'
 import { planCargoConfig } from './setup/cargo-config.js'
@@ -87,13 +87,14 @@ function policyFlag<T extends string>(
   flag: string,
   fallback: T,
 ): T {
+  // `default` is the card's own default: only ever a fallback, never asked for by name.
   if (value === undefined) return fallback
-  if (!(allowed as readonly string[]).includes(value) || value === 'default')
-    throw usageError(
-      `${flag} must be one of ${allowed.filter((a) => a !== 'default').join(', ')}`,
-      USAGE.setup,
-    )
-  return value as T
+  return oneOf(
+    value,
+    allowed.filter((a) => a !== 'default'),
+    flag,
+    USAGE.setup,
+  )
 }
 
 /** The two slots and their policies from the flags (defaults: native-config/devices.md, "YubiKey: setup"). */

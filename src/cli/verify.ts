@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs'
 import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { parseK3Public } from '../keys/paserk.js'
-import { OPERATIONS, isOperation } from '../cargo/operation.js'
+import { OPERATIONS } from '../cargo/operation.js'
 
 import { readKeysFile } from '../gateway/keys.js'
 import { printableKip, type KeyRing } from '../registry/keys-file.js'
@@ -25,7 +25,7 @@ import {
   type TouchPolicy,
 } from '../verify/attestation.js'
 import { inspectToken, verifyToken, type VerifyOptions } from '../verify/verify.js'
-import { parseCommandArgs, USAGE, usageError } from './args.js'
+import { oneOf, parseCommandArgs, USAGE, usageError } from './args.js'
 
 const OPTIONS = {
   'public-key': { type: 'string' },
@@ -84,9 +84,7 @@ export function parseVerifyArgs(argv: readonly string[]): Omit<VerifyArgs, 'toke
   if (v.url === undefined)
     throw usage('--url is required: the registry index URL exactly as cargo sends it (keep `sparse+`)')
   const publicKey = v['public-key'] === undefined ? new Uint8Array(0) : publicKeyFlag(v['public-key'])
-  const operation = v.operation ?? 'read'
-  if (!isOperation(operation))
-    throw usage(`--operation must be one of ${OPERATIONS.join(', ')}; got '${operation}'`)
+  const operation = oneOf(v.operation ?? 'read', OPERATIONS, '--operation', USAGE.verify)
   const crate = {
     ...(v.name === undefined ? {} : { name: v.name }),
     ...(v.vers === undefined ? {} : { vers: v.vers }),
@@ -167,12 +165,7 @@ function policyList<T extends string>(
   allowed: readonly T[],
   flag: string,
 ): T[] | undefined {
-  if (value === undefined) return undefined
-  const list = value.split(',').map((p) => p.trim())
-  for (const p of list)
-    if (!(allowed as readonly string[]).includes(p))
-      throw usage(`${flag}: '${p}' is not one of ${allowed.join(', ')}`)
-  return list as T[]
+  return value?.split(',').map((p) => oneOf(p.trim(), allowed, flag, USAGE.verify))
 }
 
 /**

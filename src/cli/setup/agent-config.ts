@@ -12,7 +12,7 @@ import {
   type TokenConfig,
 } from '../../config/schema.js'
 import { AgentError } from '../../lib/errors.js'
-import { USAGE, usageError } from '../args.js'
+import { oneOf, USAGE, usageError } from '../args.js'
 import { ensureDefaultSoftHsm } from './softhsm-store.js'
 import { place, readToml, saveToml, tableAt, type Table } from './tables.js'
 
@@ -34,17 +34,11 @@ async function chooseToken(
     if (flag('token-label') !== undefined) table['label'] = flag('token-label')
     if (flag('serial') !== undefined) table['serial'] = flag('serial')
     const kind = flag('kind')
-    if (kind !== undefined) {
-      if (!(TOKEN_KINDS as readonly string[]).includes(kind))
-        throw usageError(`--kind must be one of ${TOKEN_KINDS.join(', ')}`, USAGE.setup)
-      table['kind'] = kind
-    }
+    if (kind !== undefined) table['kind'] = oneOf(kind, TOKEN_KINDS, '--kind', USAGE.setup)
     const source =
       flag('pin-source') ??
       (flag('pin-env') !== undefined ? 'env' : flag('pin-file') !== undefined ? 'file' : 'tty')
-    if (!(PIN_SOURCES as readonly string[]).includes(source))
-      throw usageError(`--pin-source must be one of ${PIN_SOURCES.join(', ')}`, USAGE.setup)
-    table['pin-source'] = source
+    table['pin-source'] = oneOf(source, PIN_SOURCES, '--pin-source', USAGE.setup)
     if (flag('pin-env') !== undefined) table['pin-env'] = flag('pin-env')
     if (flag('pin-file') !== undefined) table['pin-file'] = flag('pin-file')
     return { name: flag('token') ?? kind ?? 'device', table }
