@@ -92,59 +92,39 @@ function checkConfig(path: string): { config?: Config; findings: Finding[] } {
 
 /** Module-specific environment that the modules themselves only report as CKR_GENERAL_ERROR. */
 function checkModuleEnvironment(token: TokenConfig, modulePath: string): Finding[] {
-  const check = `token ${token.name}`
-  const findings: Finding[] = []
+  const problems: (readonly [detail: string, remedy: string])[] = []
   if (modulePath.includes('softhsm')) {
     const conf = process.env['SOFTHSM2_CONF'] ?? '/etc/softhsm/softhsm2.conf'
-    if (!existsSync(conf)) {
-      findings.push(
-        finding(
-          'fail',
-          check,
-          `SoftHSM configuration ${conf} does not exist`,
-          'Set SOFTHSM2_CONF to your softhsm2.conf, or run `cargo-pkcs11-agent setup`',
-        ),
-      )
-    } else {
-      const dir = /^\s*directories\.tokendir\s*=\s*(.+?)\s*$/m.exec(readFileSync(conf, 'utf8'))?.[1]
-      if (dir !== undefined && !existsSync(dir)) {
-        findings.push(
-          finding(
-            'fail',
-            check,
-            `SoftHSM token directory ${dir} (from ${conf}) does not exist`,
-            `Create it (mkdir -p ${dir}) or fix directories.tokendir`,
-          ),
-        )
-      }
-    }
+    const dir = existsSync(conf)
+      ? /^\s*directories\.tokendir\s*=\s*(.+?)\s*$/m.exec(readFileSync(conf, 'utf8'))?.[1]
+      : undefined
+    if (!existsSync(conf))
+      problems.push([
+        `SoftHSM configuration ${conf} does not exist`,
+        'Set SOFTHSM2_CONF to your softhsm2.conf, or run `cargo-pkcs11-agent setup`',
+      ])
+    else if (dir !== undefined && !existsSync(dir))
+      problems.push([
+        `SoftHSM token directory ${dir} (from ${conf}) does not exist`,
+        `Create it (mkdir -p ${dir}) or fix directories.tokendir`,
+      ])
   }
-  if (modulePath.includes('ykcs11') || modulePath.includes('opensc')) {
-    const socket = process.env['PCSCLITE_CSOCK_NAME'] ?? '/run/pcscd/pcscd.comm'
-    if (!existsSync(socket)) {
-      findings.push(
-        finding(
-          'fail',
-          check,
-          `the PC/SC daemon is not running (no ${socket})`,
-          'Start it: `systemctl start pcscd.socket` (Debian package pcscd)',
-        ),
-      )
-    }
-  }
-  if (modulePath.includes('tpm2')) {
-    if (process.env['TPM2_PKCS11_TCTI'] === undefined && !existsSync('/dev/tpmrm0')) {
-      findings.push(
-        finding(
-          'fail',
-          check,
-          'no TPM: /dev/tpmrm0 is missing and TPM2_PKCS11_TCTI is not set',
-          'Enable the TPM in firmware, or point TPM2_PKCS11_TCTI at a TPM (e.g. swtpm)',
-        ),
-      )
-    }
-  }
-  return findings
+  const socket = process.env['PCSCLITE_CSOCK_NAME'] ?? '/run/pcscd/pcscd.comm'
+  if ((modulePath.includes('ykcs11') || modulePath.includes('opensc')) && !existsSync(socket))
+    problems.push([
+      `the PC/SC daemon is not running (no ${socket})`,
+      'Start it: `systemctl start pcscd.socket` (Debian package pcscd)',
+    ])
+  if (
+    modulePath.includes('tpm2') &&
+    process.env['TPM2_PKCS11_TCTI'] === undefined &&
+    !existsSync('/dev/tpmrm0')
+  )
+    problems.push([
+      'no TPM: /dev/tpmrm0 is missing and TPM2_PKCS11_TCTI is not set',
+      'Enable the TPM in firmware, or point TPM2_PKCS11_TCTI at a TPM (e.g. swtpm)',
+    ])
+  return problems.map(([detail, remedy]) => finding('fail', `token ${token.name}`, detail, remedy))
 }
 
 /** What the agent refuses at request time but a config file cannot show: PIN files, pinentry, headless prompts. */
