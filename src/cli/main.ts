@@ -39,11 +39,6 @@ const LOADERS: Readonly<Record<CommandName, () => Promise<Command>>> = {
 /** The commands that load the PKCS#11 binding: checked for a missing native build first (src/cli/native.ts). */
 const NATIVE: ReadonlySet<CommandName> = new Set(['run', 'keygen', 'list', 'pubkey', 'setup'])
 
-/** Commands whose output is data take `--json` (one JSON document on stdout). */
-function takesJson(usage: string): boolean {
-  return /\[--json\b/.test(usage)
-}
-
 function helpText(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((name) => name.length))
   const lines = [
@@ -56,7 +51,8 @@ function helpText(): string {
     `  ${'help'.padEnd(width)}  this text, or \`help <command>\` for its options`,
     '',
     `--json on every command whose output is data: ${Object.entries(COMMANDS)
-      .filter(([, entry]) => takesJson(entry.usage))
+      // Commands whose output is data take `--json` (one JSON document on stdout).
+      .filter(([, entry]) => /\[--json\b/.test(entry.usage))
       .map(([name]) => name)
       .join(', ')}.`,
     '',
