@@ -14,6 +14,11 @@ function uid(): number | undefined {
   return typeof process.getuid === 'function' ? process.getuid() : undefined
 }
 
+/** A socket path the agent will not use; the remedy says which path to use instead. */
+function unusablePath(message: string, remedy: string, cause?: unknown): AgentError {
+  return new AgentError('CONFIG_INVALID', message, { remedy, cause })
+}
+
 /**
  * Creates the socket directory 0700, or checks an existing one: it must be a real directory (not a
  * symlink another user could point elsewhere), owned by us, and not reachable by group or others.
@@ -23,34 +28,24 @@ export function prepareSocketDir(socketPath: string): void {
   try {
     mkdirSync(dir, { recursive: true, mode: LIMITS.socketDirMode })
   } catch (error) {
-    throw new AgentError(
-      'CONFIG_INVALID',
+    throw unusablePath(
       `Cannot create the socket directory ${dir} (${(error as NodeJS.ErrnoException).code ?? String(error)})`,
-      {
-        cause: error,
-        remedy:
-          'Choose a socket path in a directory you own (--socket, CARGO_PKCS11_AGENT_SOCK or [agent] socket)',
-      },
+      'Choose a socket path in a directory you own (--socket, CARGO_PKCS11_AGENT_SOCK or [agent] socket)',
+      error,
     )
   }
   const stat = lstatSync(dir)
   const me = uid()
   if (!stat.isDirectory()) {
-    throw new AgentError(
-      'CONFIG_INVALID',
+    throw unusablePath(
       `The socket directory ${dir} is not a directory (a symlink or file is there)`,
-      {
-        remedy: `Remove ${dir} or choose another socket path`,
-      },
+      `Remove ${dir} or choose another socket path`,
     )
   }
   if (me !== undefined && stat.uid !== me) {
-    throw new AgentError(
-      'CONFIG_INVALID',
+    throw unusablePath(
       `The socket directory ${dir} belongs to uid ${stat.uid}, not to you (uid ${me})`,
-      {
-        remedy: `Another user may be trying to intercept your signing requests: do not use ${dir}; choose another socket path`,
-      },
+      `Another user may be trying to intercept your signing requests: do not use ${dir}; choose another socket path`,
     )
   }
   if ((stat.mode & 0o777) !== LIMITS.socketDirMode) {
@@ -122,11 +117,11 @@ const SUN_PATH_MAX = 103
 export async function listenUnix(server: Server, socketPath: string): Promise<void> {
   prepareSocketDir(socketPath)
   const existing = lstatSync(socketPath, { throwIfNoEntry: false })
-  if (existing !== undefined && !existing.isSocket()) {
-    throw new AgentError('CONFIG_INVALID', `${socketPath} exists and is not a socket`, {
-      remedy: `Remove ${socketPath} or choose another socket path`,
-    })
-  }
+  if (existing !== undefined && !existing.isSocket())
+    throw unusablePath(
+      `${socketPath} exists and is not a socket`,
+      `Remove ${socketPath} or choose another socket path`,
+    )
   if (existing !== undefined) {
     const state = await probeSocket(socketPath)
     if (state === 'alive') throw alreadyRunning(socketPath)
