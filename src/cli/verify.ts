@@ -60,14 +60,15 @@ function publicKeyFlag(value: string): Uint8Array {
 
 /** `options.publicKey` is empty when the key comes from `keysFile` (found by the token's kip). */
 interface VerifyArgs {
-  token: string
+  /** The token, or `-` for stdin. */
+  tokenArg: string
   json: boolean
   options: VerifyOptions
   keysFile: string | undefined
 }
 
 /** Parse, then validate: a typed, frozen request before anything reads stdin or verifies. */
-export function parseVerifyArgs(argv: readonly string[]): Omit<VerifyArgs, 'token'> & { tokenArg: string } {
+export function parseVerifyArgs(argv: readonly string[]): VerifyArgs {
   const parsed = parseCommandArgs(argv, OPTIONS, USAGE.verify, { positionals: true })
   const v = parsed.values
   if (parsed.positionals.length !== 1) {
@@ -136,7 +137,7 @@ function readKeys(path: string): KeyRing {
 /** The options for this token: with --keys, the key (and its subject) registered under the token's kip. */
 function optionsFor(
   token: string,
-  args: Omit<VerifyArgs, 'token'>,
+  args: VerifyArgs,
   keys: KeyRing | undefined,
 ): {
   options: VerifyOptions
