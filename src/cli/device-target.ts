@@ -19,17 +19,7 @@ import { readPin } from '../policy/pin-source.js'
 import { childEnvironment } from '../policy/pinentry.js'
 import { hasTerminal } from '../shim/context.js'
 import { askPinOnTty } from '../shim/tty.js'
-import { parseCommandArgs, usageError, type OptionSpecs } from './args.js'
-
-const TARGET_OPTIONS = {
-  config: { type: 'string' },
-  token: { type: 'string' },
-  module: { type: 'string' },
-  'token-label': { type: 'string' },
-  serial: { type: 'string' },
-  'pin-env': { type: 'string' },
-  'pin-file': { type: 'string' },
-} as const
+import { parseCommandArgs, TARGET_USAGE, usageError, usageOptionSpecs, type OptionSpecs } from './args.js'
 
 export interface Target {
   selector: TokenSelector
@@ -52,10 +42,8 @@ export function parseTargetCommand(
   usageText: string,
   options: { anyToken?: boolean } = {},
 ): ParsedCommand {
-  const values = parseCommandArgs(argv, { ...TARGET_OPTIONS, ...extra }, usageText).values as Record<
-    string,
-    string | boolean | undefined
-  >
+  const values = parseCommandArgs(argv, { ...usageOptionSpecs(TARGET_USAGE), ...extra }, usageText)
+    .values as Record<string, string | boolean | undefined>
   const str = (key: string): string | undefined =>
     typeof values[key] === 'string' ? (values[key] as string) : undefined
   const pinEnv = str('pin-env')

@@ -18,7 +18,7 @@ import { Device } from '../pkcs11/device.js'
 import type { DeviceKey } from '../pkcs11/key-catalogue.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
 import { pem, PIN_POLICIES, TOUCH_POLICIES, type PinPolicy, type TouchPolicy } from '../verify/attestation.js'
-import { oneOf, parseCommandArgs, USAGE, usageError } from './args.js'
+import { oneOf, parseCommandArgs, USAGE, usageError, usageOptionSpecs } from './args.js'
 import { obtainPin } from './device-target.js'
 import { planAgentConfig, writeAgentConfig, type KeyBinding } from './setup/agent-config.js'
 import { planCargoConfig } from './setup/cargo-config.js'
@@ -213,35 +213,10 @@ async function ensureCardKeys(
 }
 
 export async function setup(argv: readonly string[]): Promise<number> {
-  const values = parseCommandArgs(
-    argv,
-    {
-      config: { type: 'string' },
-      token: { type: 'string' },
-      module: { type: 'string' },
-      'token-label': { type: 'string' },
-      serial: { type: 'string' },
-      kind: { type: 'string' },
-      'pin-source': { type: 'string' },
-      'pin-env': { type: 'string' },
-      'pin-file': { type: 'string' },
-      label: { type: 'string' },
-      id: { type: 'string' },
-      registry: { type: 'string' },
-      index: { type: 'string' },
-      'write-cargo-config': { type: 'boolean' },
-      force: { type: 'boolean' },
-      'regenerate-key': { type: 'boolean' },
-      'confirm-destroy': { type: 'string' },
-      'read-slot': { type: 'string' },
-      'mutation-slot': { type: 'string' },
-      'touch-policy': { type: 'string' },
-      'pin-policy': { type: 'string' },
-      'keep-default-management-key': { type: 'boolean' },
-      certificate: { type: 'boolean' },
-    },
-    USAGE.setup,
-  ).values as Record<string, string | boolean | undefined>
+  const values = parseCommandArgs(argv, usageOptionSpecs(USAGE.setup), USAGE.setup).values as Record<
+    string,
+    string | boolean | undefined
+  >
   const flags = new Map<string, string>()
   for (const [k, v] of Object.entries(values)) if (typeof v === 'string') flags.set(k, v)
   const str = (key: string): string | undefined => flags.get(key)
