@@ -23,13 +23,7 @@ export function describeCommands(): CommandInfo[] {
   return Object.entries(COMMANDS).map(([name, entry]) => {
     const first = entry.usage.split(' ')[1] ?? ''
     const positional = /^[a-z]+(\|[a-z]+)+$/.test(first) ? first.split('|') : []
-    return {
-      name,
-      summary: entry.summary,
-      usage: entry.usage,
-      options: usageOptions(entry.usage),
-      positional,
-    }
+    return { name, ...entry, options: usageOptions(entry.usage), positional }
   })
 }
 
