@@ -28,17 +28,19 @@ export interface GatewayConfig {
   readonly upstreamTimeoutMs: number
 }
 
-/** Flags as `cargo-pkcs11-agent gateway` takes them; each overrides the same key of the file. */
-export interface GatewayFlags {
-  readonly config?: string | undefined
-  readonly listen?: string | undefined
-  readonly 'public-url'?: string | undefined
-  readonly upstream?: string | undefined
-  readonly keys?: string | undefined
-  readonly 'upstream-token-file'?: string | undefined
-  readonly 'upstream-token-env'?: string | undefined
-  readonly 'max-age'?: string | undefined
-}
+/** The flags of `cargo-pkcs11-agent gateway` (parser specs); each overrides the same key of the file. */
+export const GATEWAY_FLAGS = {
+  config: { type: 'string' },
+  listen: { type: 'string' },
+  'public-url': { type: 'string' },
+  upstream: { type: 'string' },
+  keys: { type: 'string' },
+  'upstream-token-file': { type: 'string' },
+  'upstream-token-env': { type: 'string' },
+  'max-age': { type: 'string' },
+} as const
+
+export type GatewayFlags = { readonly [K in keyof typeof GATEWAY_FLAGS]?: string | undefined }
 
 const FILE_KEYS = [
   'listen',
