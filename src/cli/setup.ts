@@ -37,14 +37,6 @@ import {
   type SlotPlan,
 } from './setup/yubikey.js'
 
-async function pinFor(token: TokenConfig): Promise<Pin | null> {
-  const target = {
-    pin: pinSource(token),
-    secretEnvVariables: token.pinEnv === undefined ? [] : [token.pinEnv],
-  }
-  return await obtainPin(target, tokenDescription(token), 'set up its key for cargo')
-}
-
 /** Finds the key on the device, or generates it (again, with --regenerate-key and a confirmation). */
 async function ensureKey(
   token: TokenConfig,
@@ -253,7 +245,11 @@ export async function setup(argv: readonly string[]): Promise<number> {
   const { doc, tokenName, token } = await planAgentConfig(configPath, str, force, say, binding)
 
   applyModuleEnvironment(token.moduleEnv)
-  const pin = await pinFor(token)
+  const pin = await obtainPin(
+    { pin: pinSource(token), secretEnvVariables: token.pinEnv === undefined ? [] : [token.pinEnv] },
+    tokenDescription(token),
+    'set up its key for cargo',
+  )
   const out: string[] = []
   let agentBackup: string | undefined
   if (card !== undefined) {
