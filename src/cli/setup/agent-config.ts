@@ -11,8 +11,8 @@ import {
   type Config,
   type TokenConfig,
 } from '../../config/schema.js'
-import { AgentError } from '../../lib/errors.js'
 import { oneOf, USAGE, usageError } from '../args.js'
+import { configuredToken } from '../device-target.js'
 import { ensureDefaultSoftHsm } from './softhsm-store.js'
 import { place, readToml, saveToml, tableAt, type Table } from './tables.js'
 
@@ -23,7 +23,6 @@ export type Flag = (name: string) => string | undefined
 async function chooseToken(
   flag: Flag,
   existing: Config,
-  configPath: string,
   say: (line: string) => void,
 ): Promise<{ name: string; table?: Table }> {
   const module = flag('module')
@@ -43,21 +42,13 @@ async function chooseToken(
     if (flag('pin-file') !== undefined) table['pin-file'] = flag('pin-file')
     return { name: flag('token') ?? kind ?? 'device', table }
   }
-  const names = Object.keys(existing.tokens)
-  const wanted = flag('token') ?? (names.length === 1 ? names[0] : undefined)
-  if (wanted !== undefined) {
-    if (existing.tokens[wanted] === undefined) {
-      throw new AgentError('CONFIG_INVALID', `No token named '${wanted}' in ${configPath}`, {
-        remedy: `Configured tokens: ${names.join(', ') || 'none'}; or describe a new one with --module`,
-      })
-    }
-    return { name: wanted }
-  }
-  if (names.length > 1)
-    throw usageError(
-      `several tokens are configured (${names.join(', ')}): choose one with --token`,
-      USAGE.setup,
-    )
+  const configured = configuredToken(
+    existing,
+    flag('token'),
+    USAGE.setup,
+    '; or describe a new one with --module',
+  )
+  if (configured !== undefined) return { name: configured.name }
   const soft = await ensureDefaultSoftHsm(say)
   say(
     'no hardware token is configured: using a SoftHSM token (the key is software-protected; use --module for a YubiKey, TPM or HSM)',
@@ -123,7 +114,7 @@ export async function planAgentConfig(
 ): Promise<{ doc: Table; tokenName: string; token: TokenConfig }> {
   const doc = readToml(configPath, 'The agent config')
   // The file as it is (an empty document when there is none), checked before anything is changed.
-  const token = await chooseToken(flag, validateConfig(doc, configPath), configPath, say)
+  const token = await chooseToken(flag, validateConfig(doc, configPath), say)
   if (token.table !== undefined) place(doc, 'tokens', token.name, token.table, force, configPath)
   bindRegistry(doc, flag, token.name, force, configPath, keys)
   const config = validateConfig(doc, configPath)
