@@ -8,7 +8,6 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { existsSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 
 import { callAgent } from '../protocol/client.js'
 import { loadConfig, parseToml } from '../config/load.js'
@@ -20,7 +19,7 @@ import { applyModuleEnvironment, resolveModulePath } from '../pkcs11/modules.js'
 import { pivAttestationObjects, readAttestation } from '../verify/attestation.js'
 import { parseCommandArgs, USAGE } from './args.js'
 import { nativeBindingError, nativeBindingMissing } from './native.js'
-import { cargoHome, findProgram } from './setup/cargo-config.js'
+import { cargoHome, findProgram, installedShimPath } from './setup/cargo-config.js'
 
 type Level = 'ok' | 'warn' | 'fail'
 
@@ -402,11 +401,6 @@ function checkBindings(config: Config, cargoConfig: string, ours: readonly Provi
   )
 }
 
-/** The shim shipped beside this CLI (its CommonJS build, as setup writes into cargo's config). */
-function bundledShim(): string {
-  return fileURLToPath(new URL('../../cjs/src/bin/cargo-credential-pkcs11.js', import.meta.url))
-}
-
 /**
  * Starts a credential provider as cargo does (`PROGRAM --cargo-plugin`, credential protocol v1) and
  * reads its hello; closing stdin then makes it exit. Resolves to what went wrong, or undefined.
@@ -480,8 +474,8 @@ async function checkProviders(cargoConfig: string, ours: readonly Provider[]): P
     )
   }
   if (ours.length === 0) {
-    // Not bound yet: still check that the shim this installation ships can start.
-    const shim = bundledShim()
+    // Not bound yet: still check that the shim this installation ships (as setup binds it) can start.
+    const shim = installedShimPath()
     const problem = existsSync(shim) ? await helloCheck(shim) : `${shim} is missing`
     findings.push(
       problem === undefined

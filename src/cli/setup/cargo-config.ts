@@ -23,7 +23,7 @@ import { place, readToml, saveToml, tableAt } from './tables.js'
 const SHIM_NAME = 'cargo-credential-pkcs11'
 
 /** The shim as this package installs it (package.json `bin`). */
-function installedShimPath(): string {
+export function installedShimPath(): string {
   try {
     const root = packageRoot()
     const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as {
