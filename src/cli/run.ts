@@ -84,13 +84,13 @@ export async function run(argv: readonly string[]): Promise<number> {
     { config: { type: 'string' }, socket: { type: 'string' }, foreground: { type: 'boolean' } },
     USAGE.run,
   )
+  // Validated before detaching (or relaunching), so a config error reaches this terminal.
+  const configPath = resolveConfigPath(args.config).path
+  const config = loadConfig(configPath)
+  const socketPath = resolveSocketPath(args.socket, config.agent.socket).path
   if (args.foreground !== true) {
-    const configPath = resolveConfigPath(args.config)
-    const config = loadConfig(configPath.path) // validate before detaching, so errors reach this terminal
-    const socketPath = resolveSocketPath(args.socket, config.agent.socket).path
     if ((await probeSocket(socketPath)) === 'alive') throw alreadyRunning(socketPath)
-    const forward = ['--config', configPath.path, '--socket', socketPath]
-    const child = spawnDetachedAgent(forward)
+    const child = spawnDetachedAgent(['--config', configPath, '--socket', socketPath])
     await waitForAgent(socketPath, LIMITS.agentStartWaitMs, child.exited, child.pid)
     process.stderr.write(
       `cargo-pkcs11-agent: started (pid ${child.pid}) on ${socketPath}; log: ${child.logPath}\n`,
@@ -103,11 +103,8 @@ export async function run(argv: readonly string[]): Promise<number> {
   if (await relaunchWithThreadpoolSize()) return (process.exitCode as number | undefined) ?? 0
   detachFromRelauncher()
   ensureThreadpoolSize()
-  const configPath = resolveConfigPath(args.config)
-  const config = loadConfig(configPath.path)
-  const socketPath = resolveSocketPath(args.socket, config.agent.socket).path
   const log = agentLogWriter(agentLogPath(), 'cargo-pkcs11-agent: ')
-  const agent = new Agent({ config, socketPath, configPath: configPath.path, log })
+  const agent = new Agent({ config, socketPath, configPath, log })
   await agent.start()
   await agent.runUntilSignalled()
   return 0
