@@ -64,8 +64,7 @@ export function parseTargetCommand(
   usageText: string,
   options: { anyToken?: boolean } = {},
 ): ParsedCommand {
-  const values = parseCommandArgs(argv, { ...usageOptionSpecs(TARGET_USAGE), ...extra }, usageText)
-    .values as Record<string, string | boolean | undefined>
+  const { values } = parseCommandArgs(argv, { ...usageOptionSpecs(TARGET_USAGE), ...extra }, usageText)
   const str = (key: string): string | undefined =>
     typeof values[key] === 'string' ? (values[key] as string) : undefined
   const pinEnv = str('pin-env')

@@ -205,10 +205,7 @@ async function ensureCardKeys(
 }
 
 export async function setup(argv: readonly string[]): Promise<number> {
-  const values = parseCommandArgs(argv, usageOptionSpecs(USAGE.setup), USAGE.setup).values as Record<
-    string,
-    string | boolean | undefined
-  >
+  const { values } = parseCommandArgs(argv, usageOptionSpecs(USAGE.setup), USAGE.setup)
   const flags = new Map<string, string>()
   for (const [k, v] of Object.entries(values)) if (typeof v === 'string') flags.set(k, v)
   const str = (key: string): string | undefined => flags.get(key)
