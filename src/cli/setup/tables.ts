@@ -92,11 +92,6 @@ export function place(
   return existing === undefined ? 'added' : 'replaced'
 }
 
-export function writePrivate(path: string, text: string): void {
-  mkdirSync(dirname(path), { recursive: true, mode: 0o700 })
-  writeFileSync(path, text, { mode: 0o600 })
-}
-
 /** Plain objects all the way down (smol-toml tables have a null prototype), for the patcher. */
 function plain(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(plain)
