@@ -129,6 +129,8 @@ function checkModuleEnvironment(token: TokenConfig, modulePath: string): Finding
 /** What the agent refuses at request time but a config file cannot show: PIN files, pinentry, headless prompts. */
 function checkSettings(config: Config): Finding[] {
   const findings: Finding[] = []
+  const fail = (check: string, detail: string, remedy: string): void =>
+    void findings.push(finding('fail', check, detail, remedy))
   for (const token of Object.values(config.tokens)) {
     const check = `token ${token.name}`
     if (token.pinSource === 'file' && token.pinFile !== undefined) {
@@ -136,52 +138,40 @@ function checkSettings(config: Config): Finding[] {
       try {
         mode = statSync(token.pinFile).mode & 0o777
       } catch (error) {
-        findings.push(
-          finding(
-            'fail',
-            check,
-            `PIN file ${token.pinFile} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`,
-            `Create ${token.pinFile} containing only the PIN, readable by you only (chmod 600 ${token.pinFile})`,
-          ),
+        fail(
+          check,
+          `PIN file ${token.pinFile} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`,
+          `Create ${token.pinFile} containing only the PIN, readable by you only (chmod 600 ${token.pinFile})`,
         )
       }
       // The agent refuses a PIN file others can read (src/lib/pin-file.ts), so every request would fail.
       if (mode !== undefined && (mode & 0o077) !== 0)
-        findings.push(
-          finding(
-            'fail',
-            check,
-            `PIN file ${token.pinFile} has mode ${mode.toString(8)}: other users can read it, and the agent refuses it`,
-            `chmod 600 ${token.pinFile}`,
-          ),
+        fail(
+          check,
+          `PIN file ${token.pinFile} has mode ${mode.toString(8)}: other users can read it, and the agent refuses it`,
+          `chmod 600 ${token.pinFile}`,
         )
     }
     if (token.pinSource === 'pinentry') {
       const program = token.pinentryProgram ?? DEFAULT_POLICY_CONFIG.pinentryProgram
       const found = findProgram(program)
-      findings.push(
-        found === undefined
-          ? finding(
-              'fail',
-              check,
-              `pin-source = "pinentry" but ${program} is not ${program.includes('/') ? 'an executable' : 'on PATH'}`,
-              'Install a pinentry (Debian: pinentry-gnome3 or pinentry-tty; macOS: brew install pinentry-mac) or set pinentry-program',
-            )
-          : finding('ok', check, `pinentry: ${found}`),
-      )
+      if (found !== undefined) findings.push(finding('ok', check, `pinentry: ${found}`))
+      else
+        fail(
+          check,
+          `pin-source = "pinentry" but ${program} is not ${program.includes('/') ? 'an executable' : 'on PATH'}`,
+          'Install a pinentry (Debian: pinentry-gnome3 or pinentry-tty; macOS: brew install pinentry-mac) or set pinentry-program',
+        )
     }
   }
   if (config.agent.headless) {
     for (const [name, registry] of Object.entries(config.registries)) {
-      if (registry.confirm !== 'prompt') continue
-      findings.push(
-        finding(
-          'fail',
+      if (registry.confirm === 'prompt')
+        fail(
           `registry ${name}`,
           'confirm = "prompt" on a headless agent: nobody can confirm, so every publish, yank and owner change is refused',
           `Set confirm = "touch" (a key with a touch policy) or confirm = "none" (CI) for [registries.${name}], or headless = false`,
-        ),
-      )
+        )
     }
   }
   return findings
