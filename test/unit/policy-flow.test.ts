@@ -312,7 +312,7 @@ test('mutations: rate limited per registry before anyone is asked; a refusal giv
   assert.equal(prompter.confirmations.length, 3)
 })
 
-test('mutation defaults are prompt and 30 per hour, never none', () => {
+test('mutation defaults are prompt and 30 per hour, never none; forwarded requests may only read', () => {
   const config = parseConfig(
     '[tokens.t]\nmodule = "softhsm"\nlabel = "t"\n[registries.r]\nindex = "sparse+http://127.0.0.1:8080/index/"\nread-key = { token = "t", label = "k" }\n',
     'config.toml',
@@ -320,7 +320,14 @@ test('mutation defaults are prompt and 30 per hour, never none', () => {
   )
   const registry = config.registries['r']
   assert.ok(registry !== undefined)
-  assert.deepEqual({ ...registryPolicyOf(registry) }, { confirm: 'prompt', mutationsPerHour: 30 })
+  assert.deepEqual(
+    { ...registryPolicyOf(registry) },
+    {
+      confirm: 'prompt',
+      mutationsPerHour: 30,
+      forwarded: 'read',
+    },
+  )
 })
 
 function runRequest(
