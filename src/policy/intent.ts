@@ -42,7 +42,7 @@ function describeForwarded(requester: Requester): string {
   const f = requester.forwarded
   if (f === undefined) return ''
   if (f.via === 'unidentified')
-    return `a connection from an unidentified process${f.pid > 0 ? ` (pid ${f.pid})` : ''}, treated as forwarded`
+    return `an unidentified process${f.pid > 0 ? ` (pid ${f.pid})` : ''}, treated as forwarded`
   const binary = f.verified === true ? '' : ` (unverified binary ${displaySafe(f.exe ?? '?')})`
   const command = requester.client?.command
   return `a forwarded connection via ${f.via} pid ${f.pid}${binary}${command === undefined ? '' : ` \`${displaySafe(command, LIMITS.intentFieldMaxChars / 2)}\``}`

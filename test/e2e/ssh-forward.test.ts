@@ -286,7 +286,7 @@ describe(
         ].join('\n'),
       )
       writeFileSync(join(home, 'raw-client.cjs'), RAW_CLIENT)
-    writeFileSync(join(dir, 'raw-client.cjs'), RAW_CLIENT)
+      writeFileSync(join(dir, 'raw-client.cjs'), RAW_CLIENT)
       for (const crate of ['hwtok-alpha', 'hwtok-beta'])
         cpSync(join(CRATES_DIR, crate), join(home, 'crates', crate), { recursive: true })
       chownToUser(home)
