@@ -137,7 +137,7 @@ export class Confirmer {
       throw noChannel(
         intent,
         error,
-        `${terminal === undefined ? 'the requesting program has no terminal and ' : ''}pinentry could not ask`,
+        `${intent.requester.forwarded !== undefined ? 'the request came through a forwarded socket (never asked on a terminal) and ' : terminal === undefined ? 'the requesting program has no terminal and ' : ''}pinentry could not ask`,
       )
     }
     return { approved, via: 'pinentry' }
