@@ -30,6 +30,15 @@ export type PinSource =
  */
 export type ConfirmPolicy = 'touch' | 'prompt' | 'none'
 
+/**
+ * What a request through a forwarded socket may do (docs/ssh-forwarding.md).
+ * - `read`: read tokens only; mutations are refused (the default).
+ * - `confirm`: mutations too, each confirmed on the agent's side (the key's touch, or the agent's
+ *   pinentry), whatever `confirm` says, never by an answer from the forwarded requester.
+ * - `refuse`: nothing, reads included.
+ */
+export type ForwardedPolicy = 'read' | 'confirm' | 'refuse'
+
 /** Which channel asks yes/no questions: the shim's terminal, pinentry, or terminal-then-pinentry. */
 export type ConfirmChannel = 'auto' | 'terminal' | 'pinentry'
 
@@ -52,6 +61,8 @@ export interface RegistryPolicy {
   readonly confirm: ConfirmPolicy
   /** Sliding one-hour window; 0 forbids mutations for this registry. */
   readonly mutationsPerHour: number
+  /** Requests through a forwarded socket (Requester.forwarded). */
+  readonly forwarded: ForwardedPolicy
 }
 
 export interface PolicyConfig {
