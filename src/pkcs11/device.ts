@@ -141,9 +141,7 @@ export class Device {
    */
   origin(): { module: string; server?: string } {
     const server = this.#module?.server
-    return server === undefined
-      ? { module: this.#resolvedPath() }
-      : { module: this.#resolvedPath(), server }
+    return server === undefined ? { module: this.#resolvedPath() } : { module: this.#resolvedPath(), server }
   }
 
   async status(): Promise<TokenStatus> {

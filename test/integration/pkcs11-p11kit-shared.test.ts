@@ -112,7 +112,10 @@ describe('two agents share one token behind one p11-kit server', () => {
       assert.deepEqual(lines.map((l) => l['token']).sort(), [...(issued[a] ?? [])].sort())
       assert.equal(new Set(lines.map((l) => l['token'])).size, PER_AGENT)
       assert.deepEqual(
-        lines.filter((l) => l['operation'] === 'publish').map((l) => l['crate']).sort(),
+        lines
+          .filter((l) => l['operation'] === 'publish')
+          .map((l) => l['crate'])
+          .sort(),
         Array.from({ length: PER_AGENT / 2 }, (_, i) => `runner${a}-crate${2 * i + 1}`),
       )
       for (const l of lines)
