@@ -10,6 +10,7 @@ import { describe, test } from 'node:test'
 
 import { auditEntry } from '../../src/audit/entry.js'
 import { needsNetwork } from '../../src/cli/install-service.js'
+import { formatEntry } from '../../src/cli/log.js'
 import { parseConfig } from '../../src/config/load.js'
 import { LIMITS } from '../../src/lib/limits.js'
 import { knownModules, platformKey, resolveModulePath } from '../../src/pkcs11/modules.js'
@@ -82,5 +83,8 @@ describe('p11-kit-client as a token module', () => {
     })
     assert.deepEqual(local.device, { token: 'ci', module: '/usr/lib/softhsm/libsofthsm2.so' })
     assert.equal(auditEntry(readIntent(), { result: 'signed', token: 't' }).device, undefined)
+    // `cargo-pkcs11-agent log` says which server signed; a local module adds nothing to the line.
+    assert.match(formatEntry(entry), /; via p11-kit server unix:path=\/run\/x+…?/)
+    assert.doesNotMatch(formatEntry(local), /via/)
   })
 })
