@@ -65,6 +65,12 @@ export class Agent implements AgentState {
           this.policy.onRemoved(token.name)
           this.log(`token ${token.name} removed; its PIN was forgotten`)
         }
+        // A server restart is not a removal: the PIN stays for the re-login (docs/remote-tokens.md).
+        if (event.type === 'disconnected')
+          this.log(
+            `token ${token.name} lost its p11-kit server ${event.server}; reconnecting at the next request`,
+          )
+        if (event.type === 'reconnected') this.log(`token ${token.name} reconnected`)
         // The device keeps no memory of refused PINs: the held one goes, so it is never sent again.
         if (event.type === 'pin-rejected' && this.policy.pinCache.forget(token.name, 'wrong-pin'))
           this.log(`token ${token.name} refused the held PIN; it was forgotten`)
