@@ -63,7 +63,7 @@ export async function signPipeline(
       {
         intent,
         prompter,
-        registry: registryPolicy(binding.registry),
+        registry: registryPolicy(binding.registry, agent.confirmOf(binding.registry)),
         token: tokenPolicy(binding.token),
         device,
         ...(signer === undefined ? {} : { kip: k3Pid(signer.publicKey) }),
