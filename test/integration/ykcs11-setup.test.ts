@@ -109,6 +109,14 @@ describe('setup on a blank YubiKey through ykcs11', () => {
     assert.equal(r.code, 0, r.stdout + r.stderr)
     assert.match(r.stderr, /factory management key/)
     assert.match(r.stderr, /replaced the management key/)
+    // Debian's ykcs11 2.2.0 reports 2.20 in CK_INFO: the policies go through yubico-piv-tool.
+    for (const slot of ['9a', '9c'])
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `slot ${slot}: generating a P-384 key through yubico-piv-tool \\(ykcs11 2\\.2\\.0 takes no PIN/touch policy attributes; 2\\.3\\.0 and later do\\)`,
+        ),
+      )
     const mk = await yk.control.managementKey()
     assert.equal(mk.isDefault, false)
     assert.equal(await yk.control.object('5fc109'), `881a8918${mk.hex}`)
