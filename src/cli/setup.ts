@@ -198,6 +198,7 @@ async function ensureCardKeys(
       keepDefault: options.keepDefault,
       env: options.env,
       say: options.say,
+      keygen: { module: token.module, route, ykcs11: ykcs11Version(info) },
     })
     options.say(`slot ${plan.slot}: generating a P-384 key ${through}`)
     if (route === 'pkcs11')

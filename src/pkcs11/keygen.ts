@@ -142,6 +142,45 @@ export function moduleInfo(moduleNameOrPath: string): LibraryInfo {
   return Pkcs11Module.load(resolveModulePath(moduleNameOrPath)).libraryInfo()
 }
 
+/**
+ * Whether `managementKey` authenticates as SO through the module (C_Login CKU_SO, then C_Logout).
+ * ykcs11 ≥ 2.3 reads the key's algorithm from GET METADATA first (`lib/ykpiv.c`
+ * _ykpiv_authenticate2), so this works for the AES keys of firmware 5.7 too.
+ */
+export function managementKeyWorks(
+  moduleNameOrPath: string,
+  serial: string,
+  managementKey: Secret<Buffer>,
+): boolean {
+  const { mod, slot, where } = pivSlot(moduleNameOrPath, serial)
+  const hexKey = new Secret(Buffer.from(managementKey.expose().toString('hex'), 'ascii'))
+  const rw = mod.openSession(slot, true)
+  try {
+    mod.loginSecurityOfficer(rw, hexKey, where)
+    mod.logout(rw, where)
+    return true
+  } catch (error) {
+    if (toAgentError(error).code === 'PIN_INCORRECT') return false
+    throw error
+  } finally {
+    mod.closeSession(rw)
+    hexKey.expose().fill(0)
+  }
+}
+
+function pivSlot(
+  moduleNameOrPath: string,
+  serial: string,
+): { mod: Pkcs11Module; slot: Handle; where: string } {
+  const mod = Pkcs11Module.load(resolveModulePath(moduleNameOrPath))
+  const slot = mod.slotsWithToken().find((s) => mod.tokenInfo(s).serial === serial)
+  if (slot === undefined)
+    throw new AgentError('TOKEN_ABSENT', `${mod.name} shows no YubiKey with serial ${serial}`, {
+      remedy: 'Insert the YubiKey and check that pcscd runs (cargo-pkcs11-agent doctor)',
+    })
+  return { mod, slot, where: `${mod.name}, YubiKey ${serial}` }
+}
+
 export interface PivKeygenRequest {
   /** ykcs11's CKA_ID of the slot, one byte (9a 01, 9c 02, ...; `ykcs11/objects.c`). */
   readonly id: Buffer
@@ -162,13 +201,7 @@ export function generateInPivSlot(
   serial: string,
   request: PivKeygenRequest,
 ): { publicKey: Uint8Array } {
-  const mod = Pkcs11Module.load(resolveModulePath(moduleNameOrPath))
-  const slot = mod.slotsWithToken().find((s) => mod.tokenInfo(s).serial === serial)
-  const where = `${mod.name}, YubiKey ${serial}`
-  if (slot === undefined)
-    throw new AgentError('TOKEN_ABSENT', `${mod.name} shows no YubiKey with serial ${serial}`, {
-      remedy: 'Insert the YubiKey and check that pcscd runs (cargo-pkcs11-agent doctor)',
-    })
+  const { mod, slot, where } = pivSlot(moduleNameOrPath, serial)
   const hexKey = new Secret(Buffer.from(request.managementKey.expose().toString('hex'), 'ascii'))
   const rw = mod.openSession(slot, true)
   try {

@@ -3,14 +3,19 @@
  * Debian ykcs11 2.2.0 → pcscd → vpcd → test/fixtures/vpiv: the module reports 2.20 in CK_INFO, so
  * the yubico-piv-tool route is chosen, and the reason holds: through this module the SO login with
  * the management key and the P-384 template work, but the CKA_YUBICO_* policy attributes are refused
- * (CKR_ATTRIBUTE_TYPE_INVALID) before anything reaches the card.
+ * (CKR_ATTRIBUTE_TYPE_INVALID) before anything reaches the card. A card with firmware 5.7 (AES-192
+ * factory management key) gets a typed error from setup naming what to install or change.
  */
 import assert from 'node:assert/strict'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
 import { Secret } from '../../src/lib/secret.js'
 import { generateInPivSlot, moduleInfo, pivKeygenRoute, ykcs11Version } from '../../src/pkcs11/keygen.js'
 import { compressPoint } from '../../src/keys/point.js'
+import { runAgentCli } from '../helpers/agent.js'
 import { rejectsWithCode } from '../helpers/errors.js'
 import {
   DEFAULT_MANAGEMENT_KEY,
@@ -98,5 +103,52 @@ describe("Debian's ykcs11 2.2.0: the yubico-piv-tool route, and why", () => {
         }))(),
       'MANAGEMENT_KEY_INCORRECT',
     )
+  })
+})
+
+describe("firmware 5.7 (AES-192 factory management key) with Debian's 3DES-only ykcs11 2.2.0 and yubico-piv-tool 2.2", () => {
+  let yk: VirtualYubiKey
+  let dir: string
+
+  before(async () => {
+    yk = await startVirtualYubiKey({ serial: SERIAL + 1, blank: true, version: [5, 7, 1] })
+    await yk.waitForToken()
+    dir = await mkdtemp(join(tmpdir(), 'ykcs11-fw57-'))
+  })
+  after(async () => {
+    await yk?.stop()
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true })
+  })
+
+  test('setup stops with an error naming the firmware, AES-192, the ykcs11 found and the remedies; the card is untouched', async () => {
+    assert.equal(yk.initialManagementKey.algorithm, 'aes192')
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      ...yk.env,
+      XDG_CONFIG_HOME: join(dir, 'config'),
+      XDG_DATA_HOME: join(dir, 'data'),
+      XDG_STATE_HOME: join(dir, 'state'),
+      XDG_RUNTIME_DIR: join(dir, 'run'),
+      CARGO_HOME: join(dir, 'cargo-home'),
+      YK_FW57_PIN: '123456',
+    }
+    delete env['SOFTHSM2_CONF']
+    delete env['CARGO_PKCS11_AGENT_CONFIG']
+    const before = await yk.control.counters()
+    const r = await runAgentCli(
+      ['setup', '--module', 'ykcs11', '--pin-source', 'env', '--pin-env', 'YK_FW57_PIN'],
+      { env, timeoutMs: 120_000 },
+    )
+    assert.equal(r.code, 1, r.stdout + r.stderr)
+    const text = r.stdout + r.stderr
+    assert.match(text, new RegExp(`YubiKey ${SERIAL + 1} has firmware 5\\.7\\.1`))
+    assert.match(text, /AES-192/)
+    assert.match(text, /ykcs11 2\.2\.0/)
+    assert.match(text, /ykcs11 2\.3\.0 or later/)
+    assert.match(text, /ykman piv access change-management-key --algorithm TDES --generate --protect/)
+    const after = await yk.control.counters()
+    assert.deepEqual([after.generate, after.putData], [before.generate, before.putData])
+    assert.deepEqual(await yk.control.slots(), [])
+    assert.equal((await yk.control.managementKey()).isDefault, true)
   })
 })

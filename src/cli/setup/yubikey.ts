@@ -14,6 +14,7 @@ import { randomBytes } from 'node:crypto'
 
 import { k3Pid, k3Public } from '../../keys/paserk.js'
 import { AgentError } from '../../lib/errors.js'
+import { managementKeyWorks } from '../../pkcs11/keygen.js'
 import { LIMITS } from '../../lib/limits.js'
 import { Pin, Secret } from '../../lib/secret.js'
 import { childEnvironment } from '../../policy/pinentry.js'
@@ -227,17 +228,54 @@ async function setManagementKey(
   throw toolFailed('set the management key', run)
 }
 
+/** How setup reaches the card's management key: ykcs11's route (src/pkcs11/keygen.ts `pivKeygenRoute`). */
+export interface KeygenModule {
+  readonly module: string
+  readonly route: 'pkcs11' | 'tool'
+  /** e.g. "2.2.0", from the module's CK_INFO. */
+  readonly ykcs11: string
+}
+
+/** From firmware 5.7 a YubiKey leaves the factory with an AES-192 management key (same bytes). */
+function aesByDefault(card: Card): boolean {
+  const [major = 0, minor = 0] = card.firmware.split('.').map(Number)
+  return major > 5 || (major === 5 && minor >= 7)
+}
+
+/**
+ * Firmware 5.7's AES-192 key and the 3DES-only tools: yubico-piv-tool 2.2 and ykcs11 2.2 cannot
+ * authenticate with it (AES management keys arrived in 2.3.0, its NEWS), and the card answers a
+ * 3DES attempt exactly as it answers a wrong key, so the error names both remedies.
+ */
+function aesUnsupported(card: Card, keygen: KeygenModule): AgentError {
+  return new AgentError(
+    'MANAGEMENT_KEY_UNSUPPORTED',
+    `YubiKey ${card.serial} has firmware ${card.firmware}, whose management key is AES-192 unless it was changed, and the installed ykcs11 ${keygen.ykcs11} and yubico-piv-tool speak 3DES only: the factory key did not authenticate as 3DES`,
+    {
+      remedy:
+        'Install yubico-piv-tool and ykcs11 2.3.0 or later and run setup with --module pointing at that libykcs11.so (setup then authenticates with AES-192 and generates through PKCS#11); or change the management key to 3DES with ykman: ykman piv access change-management-key --algorithm TDES --generate --protect (setup then uses it from the card); a custom 3DES key: run setup in a terminal to type it',
+      data: { firmware: card.firmware, ykcs11: keygen.ykcs11, algorithm: 'AES-192' },
+    },
+  )
+}
+
 /**
  * The management key to generate with: PIN-protected on the card (used without asking), the
  * factory key (warned about; replaced by a random key stored PIN-protected, as ykman and
- * yubikey-agent do, unless `keepDefault`), or a custom key asked on the terminal.
+ * yubikey-agent do, unless `keepDefault`), or a custom key asked on the terminal. Through ykcs11
+ * ≥ 2.3 the key is checked by a C_Login as SO, which speaks AES too; through 2.2, by
+ * yubico-piv-tool (3DES only).
  */
 export async function managementKey(
   card: Card,
   pin: Pin | null,
-  options: { keepDefault: boolean; env: readonly string[]; say: Say },
+  options: { keepDefault: boolean; env: readonly string[]; say: Say; keygen: KeygenModule },
 ): Promise<Secret<Buffer>> {
-  const { env, say } = options
+  const { env, say, keygen } = options
+  const works = async (key: Secret<Buffer>): Promise<boolean> =>
+    keygen.route === 'pkcs11'
+      ? managementKeyWorks(keygen.module, String(card.serial), key)
+      : await setManagementKey(card, key, key, env)
   const admin = await readObject(card, ADMIN_OBJECT, null, env)
   const flags = admin === undefined ? -1 : admin.indexOf(Buffer.from([0x81, 0x01]))
   if (admin !== undefined && flags >= 0 && ((admin[flags + 2] ?? 0) & 0x02) !== 0) {
@@ -248,8 +286,16 @@ export async function managementKey(
     }
   }
   const factory = new Secret(Buffer.from(DEFAULT_MANAGEMENT_KEY))
-  if (await setManagementKey(card, factory, factory, env)) {
+  const aes = aesByDefault(card)
+  if (await works(factory)) {
     say('WARNING: the card still has the factory management key: anyone holding it can replace its keys')
+    // yubico-piv-tool 2.2 sets and stores 3DES keys only (SET MANAGEMENT KEY, PUT DATA after 3DES auth).
+    if (aes) {
+      say(
+        `the factory key is AES-192 (firmware ${card.firmware}); yubico-piv-tool 2.2 cannot replace it: afterwards run ykman piv access change-management-key --generate --protect`,
+      )
+      return factory
+    }
     const replace =
       !options.keepDefault &&
       (!hasTerminal() ||
@@ -273,7 +319,9 @@ export async function managementKey(
     )
     return fresh
   }
-  if (!hasTerminal())
+  const tdesOnly = keygen.route === 'tool'
+  if (!hasTerminal()) {
+    if (aes && tdesOnly) throw aesUnsupported(card, keygen)
     throw new AgentError(
       'MANAGEMENT_KEY_INCORRECT',
       `the YubiKey ${card.serial} has a custom management key and there is no terminal to ask for it`,
@@ -282,21 +330,24 @@ export async function managementKey(
           'Run setup in a terminal, or store the key PIN-protected on the card (ykman piv access change-management-key --protect)',
       },
     )
-  const typed = await askPinOnTty(`PIV management key of YubiKey ${card.serial} (48 hex digits): `)
-  if (!/^[0-9a-fA-F]{48}$/.test(typed))
-    throw new AgentError('MANAGEMENT_KEY_INCORRECT', 'the management key must be 48 hex digits (3DES)', {
-      remedy: 'Type the key as ykman or yubico-piv-tool set it; AES keys need yubico-piv-tool 2.3 or later',
+  }
+  const digits = tdesOnly ? '48 hex digits' : '32, 48 or 64 hex digits'
+  const typed = await askPinOnTty(`PIV management key of YubiKey ${card.serial} (${digits}): `)
+  if (!(tdesOnly ? /^[0-9a-fA-F]{48}$/ : /^([0-9a-fA-F]{16}){2,4}$/).test(typed))
+    throw new AgentError('MANAGEMENT_KEY_INCORRECT', `the management key must be ${digits}`, {
+      remedy: tdesOnly
+        ? `Type the key as ykman or yubico-piv-tool set it; ykcs11 ${keygen.ykcs11} speaks 3DES only (AES needs ykcs11 2.3.0 or later)`
+        : 'Type the key as ykman or yubico-piv-tool set it (3DES 48, AES-128 32, AES-192 48, AES-256 64 hex digits)',
     })
   const given = new Secret(Buffer.from(typed, 'hex'))
-  if (!(await setManagementKey(card, given, given, env)))
+  if (!(await works(given))) {
+    if (aes && tdesOnly) throw aesUnsupported(card, keygen)
     throw new AgentError(
       'MANAGEMENT_KEY_INCORRECT',
       `the management key does not authenticate to YubiKey ${card.serial}`,
-      {
-        remedy:
-          'Check the key; yubico-piv-tool 2.2 speaks 3DES only, so an AES key (firmware 5.7 default) needs a newer tool',
-      },
+      { remedy: 'Check the key (ykman piv info says whether the factory key is still set)' },
     )
+  }
   return given
 }
 
