@@ -7,7 +7,7 @@
  * On a YubiKey, ykcs11 from yubico-piv-tool 2.3.0 on also takes the slot's PIN and touch policy as
  * vendor attributes of the private-key template, after C_Login as CKU_SO with the management key
  * (`generateInPivSlot`); older ykcs11 rejects them, and `setup` then uses yubico-piv-tool
- * (src/cli/setup/yubikey.ts; docs/setup.md, "YubiKey").
+ * (src/cli/setup/yubikey.ts; docs/setup.md §5).
  */
 import { randomBytes } from 'node:crypto'
 import { AgentError, toAgentError } from '../lib/errors.js'

@@ -1,10 +1,11 @@
 /**
  * The YubiKey half of `setup`: from a card as it leaves the factory to a mutation key (9c, touch
  * always) and a read key (9a, touch never, PIN once) generated on the card, with the policies the
- * card attests. Why through `yubico-piv-tool` and not PKCS#11: Debian's ykcs11 (yubico-piv-tool
- * 2.2) sends no PIN/touch-policy tags on C_GenerateKeyPair and rejects CKA_YUBICO_TOUCH_POLICY /
- * CKA_YUBICO_PIN_POLICY (they arrived in 2.3.0), while `yubico-piv-tool -a generate
- * --touch-policy` sends them (native-config/devices.md, "YubiKey: setup"). Every secret reaches the
+ * card attests. With ykcs11 2.3.0 or later the keys are generated through PKCS#11 alone
+ * (src/pkcs11/keygen.ts `generateInPivSlot`); this file keeps the `yubico-piv-tool` route for
+ * Debian's ykcs11 2.2, which sends no PIN/touch-policy tags on C_GenerateKeyPair and rejects
+ * CKA_YUBICO_TOUCH_POLICY / CKA_YUBICO_PIN_POLICY, while `yubico-piv-tool -a generate
+ * --touch-policy` sends them (docs/setup.md §5), and the management-key steps. Every secret reaches the
  * tool on its stdin: it asks with OpenSSL's EVP_read_pw_string, which reads /dev/tty when the process
  * has one, so the tool runs in its own session (detached: no controlling terminal) and reads stdin.
  * Nothing secret is in argv, in the child's environment or in a file.
