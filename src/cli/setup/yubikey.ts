@@ -245,8 +245,8 @@ function aesByDefault(card: Card): boolean {
 
 /**
  * Firmware 5.7's AES-192 key and the 3DES-only tools: yubico-piv-tool 2.2 and ykcs11 2.2 cannot
- * authenticate with it (AES management keys arrived in 2.3.0, its NEWS), and the card answers a
- * 3DES attempt exactly as it answers a wrong key, so the error names both remedies.
+ * authenticate with it (AES management keys arrived in 2.3.0, its NEWS), and yubico-piv-tool 2.2
+ * reports a 3DES attempt on an AES key exactly as a wrong key, so the error names both remedies.
  */
 function aesUnsupported(card: Card, keygen: KeygenModule): AgentError {
   return new AgentError(
