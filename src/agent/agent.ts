@@ -72,8 +72,9 @@ export class Agent implements AgentState {
           this.policy.onRemoved(token.name)
           this.log(`token ${token.name} removed; its PIN was forgotten`)
         }
-        // The device keeps no memory of refused PINs: the held one goes, so it is never sent again.
-        if (event.type === 'pin-rejected' && this.policy.pinCache.forget(token.name, 'wrong-pin'))
+        // The device keeps no memory of refused PINs: the held one goes, and policy remembers its
+        // value, so an env/file source holding it is not sent again until it changes.
+        if (event.type === 'pin-rejected' && this.policy.onPinRejected(token.name))
           this.log(`token ${token.name} refused the held PIN; it was forgotten`)
       },
     )
