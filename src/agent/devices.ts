@@ -4,6 +4,7 @@
  */
 import {
   effectiveConfirm,
+  isPivToken,
   type Config,
   type EffectiveConfirm,
   type KeyRef,
@@ -111,7 +112,7 @@ export class Devices {
     for (const registry of Object.values(this.#config.registries)) {
       const token = this.#config.tokens[registry.mutationKey.token]
       // Only PIV cards attest policies; other tokens are not opened before a client asks.
-      if (token === undefined || (token.kind !== 'yubikey' && !/ykcs11/i.test(token.module))) {
+      if (token === undefined || !isPivToken(token)) {
         confirms.set(registry.name, effectiveConfirm(registry))
         continue
       }

@@ -16,7 +16,13 @@ import { parse as parseToml } from 'smol-toml'
 import { callAgent } from '../protocol/client.js'
 import { loadConfig } from '../config/load.js'
 import { resolveConfigPath, resolveSocketPath } from '../config/paths.js'
-import { effectiveConfirm, type Config, type RegistryConfig, type TokenConfig } from '../config/schema.js'
+import {
+  effectiveConfirm,
+  isPivToken,
+  type Config,
+  type RegistryConfig,
+  type TokenConfig,
+} from '../config/schema.js'
 import { toAgentError } from '../lib/errors.js'
 import { DEFAULT_POLICY_CONFIG } from '../policy/config.js'
 import { applyModuleEnvironment, resolveModulePath } from '../pkcs11/modules.js'
@@ -220,13 +226,17 @@ function checkSettings(config: Config): Finding[] {
   }
   if (config.agent.headless) {
     for (const [name, registry] of Object.entries(config.registries)) {
-      // An unset confirm depends on the key's touch policy: checkTokens judges it once that is read.
-      if (registry.confirm !== 'prompt') continue
+      // An unset confirm on a PIV key depends on its touch policy: checkTokens judges it once read.
+      const token = config.tokens[registry.mutationKey.token]
+      const mode =
+        registry.confirm ??
+        (token !== undefined && isPivToken(token) ? undefined : effectiveConfirm(registry).mode)
+      if (mode !== 'prompt') continue
       findings.push(
         finding(
           'fail',
           `registry ${name}`,
-          'confirm = "prompt" on a headless agent: nobody can confirm, so every publish, yank and owner change is refused',
+          `confirm = "prompt"${registry.confirm === undefined ? ' (the default)' : ''} on a headless agent: nobody can confirm, so every publish, yank and owner change is refused`,
           `Set confirm = "touch" (a key with a touch policy) or confirm = "none" (CI) for [registries.${name}], or headless = false`,
         ),
       )
@@ -244,7 +254,12 @@ function confirmFinding(
 ): Finding {
   const key = (attested === undefined ? undefined : attestedKeyName(attested)) ?? `key '${label}'`
   const effective = effectiveConfirm(registry, { key, touchPolicy: attested?.touchPolicy })
-  if (config.agent.headless && registry.confirm === undefined && effective.mode === 'prompt')
+  if (
+    config.agent.headless &&
+    registry.confirm === undefined &&
+    effective.mode === 'prompt' &&
+    attested !== undefined
+  )
     return finding(
       'fail',
       `registry ${registry.name}`,

@@ -514,6 +514,11 @@ export function validateConfig(doc: unknown, path: string | undefined, env: Env 
   return Object.freeze(path === undefined ? config : { path, ...config })
 }
 
+/** Only PIV cards (ykcs11) attest their keys' policies; other tokens have no touch policy to read. */
+export function isPivToken(token: TokenConfig): boolean {
+  return token.kind === 'yubikey' || /ykcs11/i.test(token.module)
+}
+
 /** A mutation key's touch policy as the agent read it at start (attestation or metadata). */
 export type MutationKeyTouch =
   | { readonly key: string; readonly touchPolicy: string | undefined }
