@@ -55,7 +55,11 @@ export function tokenPolicy(token: TokenConfig): TokenPolicy {
 
 /** `confirm` is the effective one (src/config/schema.ts `effectiveConfirm`): an unset one is resolved by then. */
 export function registryPolicy(registry: RegistryConfig, confirm: EffectiveConfirm): RegistryPolicy {
-  return Object.freeze({ confirm: confirm.mode, mutationsPerHour: registry.mutationsPerHour })
+  return Object.freeze({
+    confirm: confirm.mode,
+    mutationsPerHour: registry.mutationsPerHour,
+    forwarded: registry.forwarded,
+  })
 }
 
 export function pinEnvVariables(config: Config): string[] {

@@ -22,6 +22,13 @@ export interface ResolvedConfirms {
   readonly next: ReadonlyMap<string, EffectiveConfirm>
 }
 
+/** refuse > read (no forwarded mutation) > confirm (forwarded mutations, each confirmed). */
+const FORWARDED_STRENGTH: Readonly<Record<RegistryConfig['forwarded'], number>> = {
+  confirm: 0,
+  read: 1,
+  refuse: 2,
+}
+
 function sameKey(a: KeyRef, b: KeyRef): boolean {
   return a.token === b.token && a.label === b.label && a.id === b.id
 }
@@ -55,6 +62,8 @@ export function weakenings(
     }
     const was = mode(confirms.current, before)
     if (STRENGTH[after] < STRENGTH[was]) out.push(`registry ${registry.name}: confirm "${was}" → "${after}"`)
+    if (FORWARDED_STRENGTH[registry.forwarded] < FORWARDED_STRENGTH[before.forwarded])
+      out.push(`registry ${registry.name}: forwarded "${before.forwarded}" → "${registry.forwarded}"`)
     if (!sameKey(before.mutationKey, registry.mutationKey) && after !== 'touch')
       out.push(`registry ${registry.name}: mutation key changed to ${describe(registry.mutationKey)}`)
   }

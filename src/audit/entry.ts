@@ -35,12 +35,20 @@ export interface AuditEntry {
     readonly uid?: number
     readonly client?: { readonly pid: number; readonly command?: string }
   }
+  /** The request came through a forwarded socket (docs/ssh-forwarding.md): the kernel's peer. */
+  readonly forwarded?: {
+    readonly via: string
+    readonly pid: number
+    readonly exe?: string
+    readonly verified?: boolean
+  }
   /** What the client said about itself: a claim, not evidence. */
   readonly claimed?: {
     readonly pid?: number
     readonly ppid?: number
     readonly command?: string
     readonly tty?: string
+    readonly forwarded?: boolean
   }
   readonly result: AuditResult
   /** AgentError code for denied / failed. */
@@ -106,6 +114,14 @@ export function auditEntry(intent: Intent, outcome: AuditOutcome, now: Date = ne
     requester,
     result: outcome.result,
   }
+  const f = r.forwarded
+  if (f !== undefined)
+    entry.forwarded = {
+      via: f.via,
+      pid: f.pid,
+      ...(f.exe === undefined ? {} : { exe: cut(f.exe) }),
+      ...(f.verified === undefined ? {} : { verified: f.verified }),
+    }
   const c = r.claimed
   if (c !== undefined) {
     const claimed: {
@@ -115,6 +131,7 @@ export function auditEntry(intent: Intent, outcome: AuditOutcome, now: Date = ne
     if (c.ppid !== undefined) claimed.ppid = c.ppid
     if (c.command !== undefined) claimed.command = cut(c.command)
     if (c.tty !== undefined) claimed.tty = cut(c.tty)
+    if (c.forwarded !== undefined) claimed.forwarded = c.forwarded
     entry.claimed = claimed
   }
   const { name, vers, cksum } = intent.crate

@@ -79,6 +79,8 @@ export function formatEntry(entry: AuditEntry): string {
     `${time(entry.time)}  ${result.padEnd(6)}  ${what} ${entry.operation === 'publish' ? 'to' : entry.operation === 'read' ? 'from' : 'on'} ${registry}`,
   ]
   if (by !== '') parts.push(`by ${by}`)
+  if (entry.forwarded !== undefined)
+    parts.push(`forwarded via ${safe(entry.forwarded.via)} pid ${entry.forwarded.pid}`)
   if (entry.approval !== undefined && entry.approval !== 'not-required')
     parts.push(`approved: ${entry.approval}`)
   if (entry.code !== undefined) parts.push(`${entry.code}: ${safe(entry.reason)}`)

@@ -264,6 +264,7 @@ describe('configuration', () => {
     assert.equal(r.tokenMaxAgeSeconds, 60)
     assert.equal(r.confirm, undefined)
     assert.equal(effectiveConfirm(r).mode, 'prompt')
+    assert.equal(r.forwarded, 'read')
     assert.equal(DEFAULT_POLICY_CONFIG.touchNoticeAfterMs, config.agent.touchNoticeAfterMs)
     assert.equal(DEFAULT_POLICY_CONFIG.pinCacheIdleSeconds, config.agent.pinCacheIdleSeconds)
     assert.equal(DEFAULT_POLICY_CONFIG.pinCacheMaxSeconds, config.agent.pinCacheMaxSeconds)

@@ -99,7 +99,12 @@ export interface StagesRequest<S extends { token: string; kip?: string }> {
   readonly sign: () => Promise<S>
 }
 
-const DENIAL_CODES: ReadonlySet<string> = new Set(['DENIED', 'POLICY_DENIED', 'RATE_LIMITED'])
+const DENIAL_CODES: ReadonlySet<string> = new Set([
+  'DENIED',
+  'POLICY_DENIED',
+  'FORWARDED_REFUSED',
+  'RATE_LIMITED',
+])
 
 /** The `denied`/`failed` line of a request that released no token; the refusal stands either way. */
 async function recordFailure(
