@@ -4,12 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: PKCS#11 modules (SoftHSM, ykcs11, OpenSC, tpm2-pkcs11), the software TPM,
+# Debian packages: PKCS#11 modules (SoftHSM, ykcs11, OpenSC, tpm2-pkcs11, p11-kit's server and client
+# for docs/remote-tokens.md), the software TPM,
 # the PC/SC daemon with the virtual reader driver (virtual YubiKey tests), pinentry, notify-send,
 # hyperfine (benchmarks), a C compiler for the fault-injecting test module, and what the user-facing
 # tests run: tmux (the touch countdown in a 100-column pane), systemd (`systemd-analyze verify` of the
 # unit), zsh and fish (their completion scripts), groff (the man page).
-APT_PACKAGES=(softhsm2 opensc ykcs11 yubico-piv-tool p11-kit libp11-kit-dev gnutls-bin
+APT_PACKAGES=(softhsm2 opensc ykcs11 yubico-piv-tool p11-kit p11-kit-modules libp11-kit-dev gnutls-bin
   libtpm2-pkcs11-1 libtpm2-pkcs11-tools swtpm swtpm-tools tpm2-tools pcscd vsmartcard-vpcd
   libusb-1.0-0 hyperfine pinentry-tty libnotify-bin gcc make openssl
   tmux systemd zsh fish groff-base

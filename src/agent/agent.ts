@@ -72,6 +72,12 @@ export class Agent implements AgentState {
           this.policy.onRemoved(token.name)
           this.log(`token ${token.name} removed; its PIN was forgotten`)
         }
+        // A server restart is not a removal: the PIN stays for the re-login (docs/remote-tokens.md).
+        if (event.type === 'disconnected')
+          this.log(
+            `token ${token.name} lost its p11-kit server ${event.server}; reconnecting at the next request`,
+          )
+        if (event.type === 'reconnected') this.log(`token ${token.name} reconnected`)
         // The device keeps no memory of refused PINs: the held one goes, and policy remembers its
         // value, so an env/file source holding it is not sent again until it changes.
         if (event.type === 'pin-rejected' && this.policy.onPinRejected(token.name))

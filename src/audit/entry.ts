@@ -61,6 +61,17 @@ export interface AuditEntry {
   /** keygen: the key generated, "<token>/<label>", and whether an existing key was replaced. */
   readonly key?: string
   readonly replaced?: boolean
+  /** The PKCS#11 module that signed (or would have), and for p11-kit-client its server (docs/remote-tokens.md). */
+  readonly device?: AuditDevice
+}
+
+export interface AuditDevice {
+  /** The `[tokens.NAME]` the key is on. */
+  readonly token: string
+  /** The module file the agent loaded. */
+  readonly module: string
+  /** p11-kit-client: the P11_KIT_SERVER_ADDRESS it talks to. */
+  readonly server?: string
 }
 
 export const AUDIT_CKSUM_CHARS = 16
@@ -87,6 +98,7 @@ export interface AuditOutcome {
   readonly operation?: string
   readonly key?: string
   readonly replaced?: boolean
+  readonly device?: AuditDevice
 }
 
 /** Builds the line for `intent` and its outcome, cutting every field that came from another process. */
@@ -145,6 +157,13 @@ export function auditEntry(intent: Intent, outcome: AuditOutcome, now: Date = ne
   if (outcome.token !== undefined) entry.token = tokenFingerprint(outcome.token)
   if (outcome.key !== undefined) entry.key = cut(outcome.key)
   if (outcome.replaced !== undefined) entry.replaced = outcome.replaced
+  if (outcome.device !== undefined) {
+    const { token, module, server } = outcome.device
+    entry.device =
+      server === undefined
+        ? { token: cut(token), module: cut(module) }
+        : { token: cut(token), module: cut(module), server: cut(server) }
+  }
   return entry
 }
 

@@ -85,6 +85,7 @@ export function formatEntry(entry: AuditEntry): string {
     parts.push(`approved: ${entry.approval}`)
   if (entry.code !== undefined) parts.push(`${entry.code}: ${safe(entry.reason)}`)
   if (entry.kip !== undefined) parts.push(`key ${safe(entry.kip)}`)
+  if (entry.device?.server !== undefined) parts.push(`via p11-kit server ${safe(entry.device.server)}`)
   if (entry.token !== undefined) parts.push(`token ${safe(entry.token)}`)
   return parts.join('; ')
 }
