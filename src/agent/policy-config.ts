@@ -2,7 +2,7 @@
  * The agent's config mapped onto the policy module's own shapes (policy never reads the config:
  * test/unit/layering.test.ts), and the one Policy per loaded config.
  */
-import type { Config, RegistryConfig, TokenConfig } from '../config/schema.js'
+import type { Config, EffectiveConfirm, RegistryConfig, TokenConfig } from '../config/schema.js'
 import { readPinFile } from '../lib/pin-file.js'
 import type { RegistryPolicy, TokenPolicy } from '../policy/config.js'
 import type { PinSource } from '../policy/pin-source.js'
@@ -53,9 +53,10 @@ export function tokenPolicy(token: TokenConfig): TokenPolicy {
   })
 }
 
-export function registryPolicy(registry: RegistryConfig): RegistryPolicy {
+/** `confirm` is the effective one (src/config/schema.ts `effectiveConfirm`): an unset one is resolved by then. */
+export function registryPolicy(registry: RegistryConfig, confirm: EffectiveConfirm): RegistryPolicy {
   return Object.freeze({
-    confirm: registry.confirm,
+    confirm: confirm.mode,
     mutationsPerHour: registry.mutationsPerHour,
     forwarded: registry.forwarded,
   })
