@@ -5,7 +5,12 @@
 import { lstat } from 'node:fs/promises'
 
 import { loadConfig } from '../config/load.js'
-import type { Config } from '../config/schema.js'
+import {
+  effectiveConfirm,
+  type Config,
+  type EffectiveConfirm,
+  type RegistryConfig,
+} from '../config/schema.js'
 import type { Requester } from '../cargo/intent.js'
 import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
@@ -43,6 +48,8 @@ export class Agent implements AgentState {
   readonly log: (line: string) => void
   policy: Policy
   audit: AuditLog
+  /** Each registry's `confirm` as resolved at start or reload (`Devices.resolveConfirms`). */
+  #confirms = new Map<string, EffectiveConfirm>()
   readonly #server: AgentServer
   #idleTimer: NodeJS.Timeout | undefined
   #socketWatch: NodeJS.Timeout | undefined
@@ -71,8 +78,9 @@ export class Agent implements AgentState {
             `token ${token.name} lost its p11-kit server ${event.server}; reconnecting at the next request`,
           )
         if (event.type === 'reconnected') this.log(`token ${token.name} reconnected`)
-        // The device keeps no memory of refused PINs: the held one goes, so it is never sent again.
-        if (event.type === 'pin-rejected' && this.policy.pinCache.forget(token.name, 'wrong-pin'))
+        // The device keeps no memory of refused PINs: the held one goes, and policy remembers its
+        // value, so an env/file source holding it is not sent again until it changes.
+        if (event.type === 'pin-rejected' && this.policy.onPinRejected(token.name))
           this.log(`token ${token.name} refused the held PIN; it was forgotten`)
       },
     )
@@ -114,14 +122,20 @@ export class Agent implements AgentState {
     // Before any PIN exists in memory: no core dump, no ptrace or /proc/<pid>/mem by other
     // processes of the user (the same hardening as ssh-agent; src/lib/peercred.ts).
     setNonDumpable()
-    const { errors, unread } = await this.devices.touchBindingErrors()
+    const { confirms, errors, unread } = await this.devices.resolveConfirms()
     if (errors[0] !== undefined) throw errors[0]
     for (const line of unread) this.log(`key policy not checked: ${line}`)
+    this.#confirms = confirms
     // The check opened sessions before any client asked: leave the devices as an idle agent would.
     await this.devices.releaseAll()
     await this.#server.listen()
     this.log(`listening on ${this.socketPath} (pid ${process.pid})`)
     this.#watchSocket()
+  }
+
+  /** The registry's `confirm` as it applies; a registry not resolved yet gets the config's or the default. */
+  confirmOf(registry: RegistryConfig): EffectiveConfirm {
+    return this.#confirms.get(registry.name) ?? effectiveConfirm(registry)
   }
 
   /**
@@ -204,17 +218,28 @@ export class Agent implements AgentState {
         this.log(`reload failed, keeping the previous configuration: ${toAgentError(error).describe()}`)
       }
     }
-    // A signal has no requester and no terminal to approve on, so a reload that lowers protection
-    // is not applied: it takes effect on a restart, which needs the PIN again (docs/configuration.md,
-    // "Reloading").
-    const weaker = weakenings(this.config, next)
+    // The next config's confirms are resolved from its own devices (a token may now name another
+    // card). A signal has no requester and no terminal to approve on, so a reload that lowers
+    // protection is not applied: it takes effect on a restart, which needs the PIN again
+    // (docs/configuration.md, "Reloading").
+    await this.devices.reset(next)
+    const resolved = await this.devices.resolveConfirms()
+    const weaker = [
+      ...resolved.errors.map((e) => e.message),
+      ...weakenings(this.config, next, { current: this.#confirms, next: resolved.confirms }),
+    ]
     if (weaker.length > 0) {
       this.log(
         `reload refused, keeping the previous configuration: it would weaken protection (${weaker.join('; ')}); restart the agent to apply it (\`cargo-pkcs11-agent stop\`, then run it again)`,
       )
       next = this.config
+      await this.devices.reset(next)
+    } else {
+      for (const line of resolved.unread) this.log(`key policy not checked: ${line}`)
+      this.#confirms = resolved.confirms
+      // The check opened sessions before any client asked, as at start.
+      await this.devices.releaseAll()
     }
-    await this.devices.reset(next)
     this.policy.close()
     this.config = next
     this.policy = createPolicy(next, this.log)

@@ -2,14 +2,27 @@
  * One `Device` per configured token, created on first use and kept (its sessions are the agent's
  * whole point: the PIN is entered once, not once per cargo process).
  */
-import type { Config, KeyRef, TokenConfig } from '../config/schema.js'
+import {
+  effectiveConfirm,
+  isPivToken,
+  type Config,
+  type EffectiveConfirm,
+  type KeyRef,
+  type MutationKeyTouch,
+  type TokenConfig,
+} from '../config/schema.js'
 import { AgentError, toAgentError } from '../lib/errors.js'
 import type { Pin } from '../lib/secret.js'
 import { pkcs11Signer } from '../signer/pkcs11.js'
 import type { Signer } from '../signer/signer.js'
 import { Device, type DeviceEvent } from '../pkcs11/device.js'
 import { applyModuleEnvironment, resolveModulePath } from '../pkcs11/modules.js'
-import { pivAttestationObjects, readAttestation, type AttestedKey } from '../verify/attestation.js'
+import {
+  attestedKeyName,
+  pivAttestationObjects,
+  readAttestation,
+  type AttestedKey,
+} from '../verify/attestation.js'
 
 export function describeKey(token: TokenConfig, ref: KeyRef): string {
   const parts = [
@@ -82,26 +95,43 @@ export class Devices {
   }
 
   /**
-   * `confirm = "touch"` on a mutation key whose card policy is touch never would confirm nothing:
-   * a configuration error with the fix (docs/configuration.md, `confirm`). Keys whose device is
-   * absent or shows no policy are not judged here; `problems` lists what could not be read.
+   * Each registry's `confirm` as it will apply (src/config/schema.ts `effectiveConfirm`), from the
+   * touch policy its mutation key attests: an unset `confirm` on a touch always/cached key is
+   * `touch`. `confirm = "touch"` on a touch-never key would confirm nothing: a configuration error
+   * with the fix (docs/configuration.md, `confirm`). Only PIV tokens are opened; `unread` lists
+   * the keys whose policy could not be read (device absent, no such key).
    */
-  async touchBindingErrors(): Promise<{ errors: AgentError[]; unread: string[] }> {
+  async resolveConfirms(): Promise<{
+    confirms: Map<string, EffectiveConfirm>
+    errors: AgentError[]
+    unread: string[]
+  }> {
+    const confirms = new Map<string, EffectiveConfirm>()
     const errors: AgentError[] = []
     const unread: string[] = []
     for (const registry of Object.values(this.#config.registries)) {
-      if (registry.confirm !== 'touch') continue
       const token = this.#config.tokens[registry.mutationKey.token]
       // Only PIV cards attest policies; other tokens are not opened before a client asks.
-      if (token === undefined || (token.kind !== 'yubikey' && !/ykcs11/i.test(token.module))) continue
-      let attested: AttestedKey | undefined
-      try {
-        attested = await this.keyPolicies(token, registry.mutationKey)
-      } catch (error) {
-        unread.push(`${describeKey(token, registry.mutationKey)}: ${toAgentError(error).message}`)
+      if (token === undefined || !isPivToken(token)) {
+        confirms.set(registry.name, effectiveConfirm(registry))
         continue
       }
-      if (attested?.touchPolicy === 'never') {
+      let touch: MutationKeyTouch
+      try {
+        const attested = await this.keyPolicies(token, registry.mutationKey)
+        touch = {
+          key:
+            (attested === undefined ? undefined : attestedKeyName(attested)) ??
+            describeKey(token, registry.mutationKey),
+          touchPolicy: attested?.touchPolicy,
+        }
+      } catch (error) {
+        const message = toAgentError(error).message
+        unread.push(`${describeKey(token, registry.mutationKey)}: ${message}`)
+        touch = { key: describeKey(token, registry.mutationKey), unread: message }
+      }
+      confirms.set(registry.name, effectiveConfirm(registry, touch))
+      if (registry.confirm === 'touch' && 'touchPolicy' in touch && touch.touchPolicy === 'never') {
         errors.push(
           new AgentError(
             'KEY_POLICY_MISMATCH',
@@ -114,7 +144,7 @@ export class Devices {
         )
       }
     }
-    return { errors, unread }
+    return { confirms, errors, unread }
   }
 
   /** Closes every session (`release`, SIGHUP, shutdown) so other programs can use the devices. */

@@ -2,7 +2,7 @@
  * The agent's config mapped onto the policy module's own shapes (policy never reads the config:
  * test/unit/layering.test.ts), and the one Policy per loaded config.
  */
-import type { Config, RegistryConfig, TokenConfig } from '../config/schema.js'
+import type { Config, EffectiveConfirm, RegistryConfig, TokenConfig } from '../config/schema.js'
 import { readPinFile } from '../lib/pin-file.js'
 import type { PinSource, RegistryPolicy, TokenPolicy } from '../policy/config.js'
 import { Policy } from '../policy/policy.js'
@@ -52,9 +52,10 @@ export function tokenPolicy(token: TokenConfig): TokenPolicy {
   })
 }
 
-export function registryPolicy(registry: RegistryConfig): RegistryPolicy {
+/** `confirm` is the effective one (src/config/schema.ts `effectiveConfirm`): an unset one is resolved by then. */
+export function registryPolicy(registry: RegistryConfig, confirm: EffectiveConfirm): RegistryPolicy {
   return Object.freeze({
-    confirm: registry.confirm,
+    confirm: confirm.mode,
     mutationsPerHour: registry.mutationsPerHour,
     forwarded: registry.forwarded,
   })

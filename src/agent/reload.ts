@@ -4,10 +4,23 @@
  * and no terminal, so there is nobody to approve it on a trusted channel; a restart needs the PIN
  * again, which a process that merely edited the config file and sent a signal does not have.
  */
-import type { Config, KeyRef, RegistryConfig } from '../config/schema.js'
+import {
+  effectiveConfirm,
+  type Config,
+  type ConfirmMode,
+  type EffectiveConfirm,
+  type KeyRef,
+  type RegistryConfig,
+} from '../config/schema.js'
 
 /** touch (the device) > prompt (a human on a channel the requester does not hold) > none. */
-const STRENGTH: Readonly<Record<RegistryConfig['confirm'], number>> = { none: 0, prompt: 1, touch: 2 }
+const STRENGTH: Readonly<Record<ConfirmMode, number>> = { none: 0, prompt: 1, touch: 2 }
+
+/** Each registry's `confirm` as the agent applies it, by registry name (`Devices.resolveConfirms`). */
+export interface ResolvedConfirms {
+  readonly current: ReadonlyMap<string, EffectiveConfirm>
+  readonly next: ReadonlyMap<string, EffectiveConfirm>
+}
 
 /** refuse > read (no forwarded mutation) > confirm (forwarded mutations, each confirmed). */
 const FORWARDED_STRENGTH: Readonly<Record<RegistryConfig['forwarded'], number>> = {
@@ -20,27 +33,38 @@ function sameKey(a: KeyRef, b: KeyRef): boolean {
   return a.token === b.token && a.label === b.label && a.id === b.id
 }
 
-/** Human-readable reasons `next` is weaker than `current`; empty when it is not. */
-export function weakenings(current: Config, next: Config): string[] {
+/**
+ * Human-readable reasons `next` is weaker than `current`; empty when it is not. `confirm` is
+ * compared as it applies: an unset one resolved to `touch` from the key's touch policy counts as
+ * `touch` (registries missing from `confirms` count as the file or the default says).
+ */
+export function weakenings(
+  current: Config,
+  next: Config,
+  confirms: ResolvedConfirms = { current: new Map(), next: new Map() },
+): string[] {
+  const mode = (which: ReadonlyMap<string, EffectiveConfirm>, registry: RegistryConfig): ConfirmMode =>
+    (which.get(registry.name) ?? effectiveConfirm(registry)).mode
   const out: string[] = []
   if (!current.agent.headless && next.agent.headless) out.push('headless turned on')
   const byIndex = new Map(Object.values(current.registries).map((r) => [r.index, r]))
   for (const registry of Object.values(next.registries)) {
     const before = byIndex.get(registry.index)
+    const after = mode(confirms.next, registry)
     if (before === undefined) {
       // A new binding whose mutations are still approved per request (prompt, touch) adds no
       // silent path; one with confirm = "none" lets the key sign mutations unasked.
-      if (registry.confirm === 'none')
+      if (after === 'none')
         out.push(
           `new registry ${registry.name} would sign mutations with ${describe(registry.mutationKey)} unconfirmed (confirm = "none")`,
         )
       continue
     }
-    if (STRENGTH[registry.confirm] < STRENGTH[before.confirm])
-      out.push(`registry ${registry.name}: confirm "${before.confirm}" → "${registry.confirm}"`)
+    const was = mode(confirms.current, before)
+    if (STRENGTH[after] < STRENGTH[was]) out.push(`registry ${registry.name}: confirm "${was}" → "${after}"`)
     if (FORWARDED_STRENGTH[registry.forwarded] < FORWARDED_STRENGTH[before.forwarded])
       out.push(`registry ${registry.name}: forwarded "${before.forwarded}" → "${registry.forwarded}"`)
-    if (!sameKey(before.mutationKey, registry.mutationKey) && registry.confirm !== 'touch')
+    if (!sameKey(before.mutationKey, registry.mutationKey) && after !== 'touch')
       out.push(`registry ${registry.name}: mutation key changed to ${describe(registry.mutationKey)}`)
   }
   return out

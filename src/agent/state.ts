@@ -3,7 +3,7 @@
  */
 import type { AuditSink } from '../audit/entry.js'
 import type { Requester } from '../cargo/intent.js'
-import type { Config } from '../config/schema.js'
+import type { Config, EffectiveConfirm, RegistryConfig } from '../config/schema.js'
 import type { Policy } from '../policy/policy.js'
 import type { Prompter } from '../policy/intent.js'
 import type { Devices } from './devices.js'
@@ -16,6 +16,8 @@ export interface AgentState {
   readonly policy: Policy
   readonly audit: AuditSink
   readonly log: (line: string) => void
+  /** The registry's `confirm` as it applies: set in the file, or resolved at start from its key's touch policy. */
+  confirmOf(registry: RegistryConfig): EffectiveConfirm
 }
 
 /** The request's side of a method: the human behind the requesting client. */

@@ -8,13 +8,15 @@ import { pinEnvVariables, pinSource } from '../agent/policy-config.js'
 import { loadConfig } from '../config/load.js'
 import { resolveConfigPath } from '../config/paths.js'
 import type { Config, TokenConfig } from '../config/schema.js'
-import { AgentError } from '../lib/errors.js'
+import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { readPinFile } from '../lib/pin-file.js'
 import { Pin } from '../lib/secret.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
 import { tokenSelector, type TokenSelector } from '../pkcs11/selector.js'
+import type { Device } from '../pkcs11/device.js'
 import type { PinSource } from '../policy/config.js'
+import { pinLocked, wrongPin, type PolicyDeviceStatus } from '../policy/pin-errors.js'
 import { readPin } from '../policy/pin-source.js'
 import { childEnvironment } from '../policy/pinentry.js'
 import { hasTerminal } from '../shim/context.js'
@@ -107,6 +109,34 @@ export function parseTargetCommand(
       secretEnvVariables: [...pinEnvVariables(config), ...(pinEnv === undefined ? [] : [pinEnv])],
     },
     values,
+  }
+}
+
+/**
+ * Logs a device command in with the target's PIN, exactly one C_Login. A refusal reads as the
+ * agent's does (src/policy/pin-errors.ts): tries left from the device's report or the token flags.
+ */
+export async function loginForCommand(
+  device: Device,
+  target: Pick<Target, 'pin' | 'secretEnvVariables'>,
+  reason: string,
+): Promise<void> {
+  const pin = await obtainPin(target, device.describe(), reason)
+  try {
+    await device.login(pin)
+  } catch (error) {
+    const failure = toAgentError(error)
+    if (failure.code === 'PIN_LOCKED') throw pinLocked(device.describe(), { cause: failure })
+    if (failure.code !== 'PIN_INCORRECT') throw failure
+    let after: PolicyDeviceStatus | undefined
+    try {
+      after = await device.status()
+    } catch {
+      // The flags are a courtesy; the refusal stands without them.
+    }
+    throw wrongPin({ description: device.describe(), pin: target.pin }, failure, after, 'command')
+  } finally {
+    pin?.wipe()
   }
 }
 

@@ -12,11 +12,22 @@ import { join } from 'node:path'
 import { callAgent } from '../protocol/client.js'
 import { loadConfig, parseToml } from '../config/load.js'
 import { resolveConfigPath, resolveSocketPath } from '../config/paths.js'
-import type { Config, TokenConfig } from '../config/schema.js'
+import {
+  effectiveConfirm,
+  isPivToken,
+  type Config,
+  type RegistryConfig,
+  type TokenConfig,
+} from '../config/schema.js'
 import { toAgentError } from '../lib/errors.js'
 import { DEFAULT_POLICY_CONFIG } from '../policy/config.js'
 import { applyModuleEnvironment, resolveModulePath } from '../pkcs11/modules.js'
-import { pivAttestationObjects, readAttestation } from '../verify/attestation.js'
+import {
+  attestedKeyName,
+  pivAttestationObjects,
+  readAttestation,
+  type AttestedKey,
+} from '../verify/attestation.js'
 import { parseCommandArgs, USAGE } from './args.js'
 import { nativeBindingError, nativeBindingMissing } from './native.js'
 import { cargoHome, findProgram, installedShimPath } from './setup/cargo-config.js'
@@ -166,15 +177,44 @@ function checkSettings(config: Config): Finding[] {
   }
   if (config.agent.headless) {
     for (const [name, registry] of Object.entries(config.registries)) {
-      if (registry.confirm === 'prompt')
+      // An unset confirm on a PIV key depends on its touch policy: checkTokens judges it once read.
+      const token = config.tokens[registry.mutationKey.token]
+      const mode =
+        registry.confirm ??
+        (token !== undefined && isPivToken(token) ? undefined : effectiveConfirm(registry).mode)
+      if (mode === 'prompt')
         fail(
           `registry ${name}`,
-          'confirm = "prompt" on a headless agent: nobody can confirm, so every publish, yank and owner change is refused',
+          `confirm = "prompt"${registry.confirm === undefined ? ' (the default)' : ''} on a headless agent: nobody can confirm, so every publish, yank and owner change is refused`,
           `Set confirm = "touch" (a key with a touch policy) or confirm = "none" (CI) for [registries.${name}], or headless = false`,
         )
     }
   }
   return findings
+}
+
+/** The mutation key's `confirm` as the agent will apply it, and why (src/config/schema.ts `effectiveConfirm`). */
+function confirmFinding(
+  config: Config,
+  registry: RegistryConfig,
+  label: string,
+  attested: AttestedKey | undefined,
+): Finding {
+  const key = (attested === undefined ? undefined : attestedKeyName(attested)) ?? `key '${label}'`
+  const effective = effectiveConfirm(registry, { key, touchPolicy: attested?.touchPolicy })
+  if (
+    config.agent.headless &&
+    registry.confirm === undefined &&
+    effective.mode === 'prompt' &&
+    attested !== undefined
+  )
+    return finding(
+      'fail',
+      `registry ${registry.name}`,
+      `confirm ${effective.reason}, on a headless agent: nobody can confirm, so every publish, yank and owner change is refused`,
+      `Set confirm = "none" (CI) for [registries.${registry.name}], use a key with a touch policy, or headless = false`,
+    )
+  return finding('ok', `registry ${registry.name}`, `confirm ${effective.reason}`)
 }
 
 async function checkTokens(config: Config): Promise<Finding[]> {
@@ -251,6 +291,7 @@ async function checkTokens(config: Config): Promise<Finding[]> {
             const exportable = key.extractable || !key.sensitive
             const objects = pivAttestationObjects(await device.certificates(), key.id)
             const attested = objects === undefined ? undefined : readAttestation(objects.attestation)
+            if (role === 'mutation') findings.push(confirmFinding(config, registry, key.label, attested))
             const policies =
               attested === undefined
                 ? ''

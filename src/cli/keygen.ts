@@ -7,7 +7,7 @@
 import { k3Pid, k3Public } from '../keys/paserk.js'
 import { Device } from '../pkcs11/device.js'
 import { USAGE, usageError } from './args.js'
-import { obtainPin, parseTargetCommand } from './device-target.js'
+import { loginForCommand, parseTargetCommand } from './device-target.js'
 
 export async function keygen(argv: readonly string[]): Promise<number> {
   const { target, values } = parseTargetCommand(
@@ -25,14 +25,7 @@ export async function keygen(argv: readonly string[]): Promise<number> {
   if (label === undefined) throw usageError('keygen needs --label', USAGE.keygen)
   const device = new Device(target.selector)
   try {
-    if (await device.needsLogin()) {
-      const pin = await obtainPin(target, device.describe(), `generate the key '${label}' on it`)
-      try {
-        await device.login(pin)
-      } finally {
-        pin?.wipe()
-      }
-    }
+    if (await device.needsLogin()) await loginForCommand(device, target, `generate the key '${label}' on it`)
     const key = await device.generateKey(id === undefined ? { label } : { label, id }, {
       force: values['force'] === true,
     })

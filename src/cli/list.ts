@@ -8,7 +8,7 @@ import { Device, listTokens } from '../pkcs11/device.js'
 import type { DeviceKey } from '../pkcs11/key-catalogue.js'
 import type { TokenSelector } from '../pkcs11/selector.js'
 import { USAGE } from './args.js'
-import { obtainPin, parseTargetCommand } from './device-target.js'
+import { loginForCommand, parseTargetCommand } from './device-target.js'
 
 interface KeyView {
   label: string
@@ -49,14 +49,8 @@ export async function list(argv: readonly string[]): Promise<number> {
   for (const selector of selectors) {
     const device = new Device(selector)
     try {
-      if (values['login'] === true && (await device.needsLogin())) {
-        const pin = await obtainPin(target, device.describe(), 'list its private keys')
-        try {
-          await device.login(pin)
-        } finally {
-          pin?.wipe()
-        }
-      }
+      if (values['login'] === true && (await device.needsLogin()))
+        await loginForCommand(device, target, 'list its private keys')
       const hidden = await device.needsLogin()
       out.push({
         token: device.describe(),

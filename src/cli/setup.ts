@@ -16,6 +16,13 @@ import type { Pin } from '../lib/secret.js'
 import { pinSource, tokenDescription } from '../agent/policy-config.js'
 import { Device } from '../pkcs11/device.js'
 import type { DeviceKey } from '../pkcs11/key-catalogue.js'
+import {
+  generateInPivSlot,
+  moduleInfo,
+  pivKeygenRoute,
+  YKCS11_POLICY_ATTRIBUTES_SINCE,
+  ykcs11Version,
+} from '../pkcs11/keygen.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
 import { pem, PIN_POLICIES, TOUCH_POLICIES, type PinPolicy, type TouchPolicy } from '../verify/attestation.js'
 import { oneOf, parseCommandArgs, USAGE, usageError, usageOptionSpecs } from './args.js'
@@ -157,6 +164,13 @@ async function ensureCardKeys(
     await device.release()
   }
   let mgmt: Awaited<ReturnType<typeof managementKey>> | undefined
+  // ykcs11 ≥ 2.3 generates with the policies itself; older ones only through yubico-piv-tool.
+  const info = moduleInfo(token.module)
+  const route = pivKeygenRoute(info)
+  const through =
+    route === 'pkcs11'
+      ? `through PKCS#11 (ykcs11 ${ykcs11Version(info)}: C_GenerateKeyPair with CKA_YUBICO_PIN_POLICY / CKA_YUBICO_TOUCH_POLICY)`
+      : `through yubico-piv-tool (ykcs11 ${ykcs11Version(info)} takes no PIN/touch policy attributes; ${ykcs11Version({ ...info, version: YKCS11_POLICY_ATTRIBUTES_SINCE })} and later do)`
   const out: { key: SlotKey; role: string; action: string }[] = []
   for (const plan of plans) {
     const onCard = present.find((k) => k.id === YKCS11_SLOT_IDS[plan.slot])
@@ -177,8 +191,17 @@ async function ensureCardKeys(
       keepDefault: options.keepDefault,
       env: options.env,
       say: options.say,
+      keygen: { module: token.module, route, ykcs11: ykcs11Version(info) },
     })
-    await generateInSlot(card, mgmt, plan, options.env)
+    options.say(`slot ${plan.slot}: generating a P-384 key ${through}`)
+    if (route === 'pkcs11')
+      generateInPivSlot(token.module, String(card.serial), {
+        id: Buffer.from(YKCS11_SLOT_IDS[plan.slot] as string, 'hex'),
+        pinPolicy: plan.pinPolicy,
+        touchPolicy: plan.touchPolicy,
+        managementKey: mgmt,
+      })
+    else await generateInSlot(card, mgmt, plan, options.env)
     const made = await attestSlot(card, plan.slot, options.env)
     if (made === undefined)
       throw new AgentError(

@@ -54,7 +54,7 @@ export async function status(argv: readonly string[]): Promise<number> {
   const key = (k: KeyRefInfo): string => `${k.token}/${k.label ?? ''}${k.id === undefined ? '' : `#${k.id}`}`
   for (const r of result.registries) {
     lines.push(
-      `  ${r.name}: ${r.index} read ${key(r.readKey)}, mutations ${key(r.mutationKey)}, confirm ${r.confirm}, ${r.mutationsLastHour}/${r.mutationsPerHour} mutations this hour`,
+      `  ${r.name}: ${r.index} read ${key(r.readKey)}, mutations ${key(r.mutationKey)}, confirm ${r.confirmReason}, ${r.mutationsLastHour}/${r.mutationsPerHour} mutations this hour`,
     )
   }
   process.stdout.write(lines.join('\n') + '\n')

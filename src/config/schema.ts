@@ -66,8 +66,12 @@ export interface RegistryConfig {
   readonly mutationKey: KeyRef
   readonly subject?: string
   readonly tokenMaxAgeSeconds: number
-  /** For mutations; reads are never confirmed (docs/configuration.md, `confirm`). */
-  readonly confirm: ConfirmMode
+  /**
+   * For mutations; reads are never confirmed (docs/configuration.md, `confirm`). Undefined when the
+   * file does not set it: the agent resolves it at start from the mutation key's touch policy
+   * (`effectiveConfirm`), so "unset" and "set to the default" stay distinct.
+   */
+  readonly confirm?: ConfirmMode
   readonly mutationsPerHour: number
   /** Requests through an SSH-forwarded socket (docs/ssh-forwarding.md). */
   readonly forwarded: ForwardedMode
@@ -112,6 +116,11 @@ export interface Row<T, Table = unknown> {
   readonly default?: T | ((ctx: Context, earlier: Partial<Table>) => T | undefined)
   /** The key must be present; the text says what to write. */
   readonly required?: string
+  /**
+   * No parse-time default: an absent key stays undefined and is resolved later, from what only the
+   * running agent knows; the text is docs/configuration.md's default column, saying how.
+   */
+  readonly unset?: string
   /** The start of the key's meaning in docs/configuration.md. */
   readonly doc: string
 }
@@ -123,7 +132,7 @@ function row<T, Table>(
   key: string,
   type: Type<T>,
   doc: string,
-  more: Pick<Row<T, Table>, 'default' | 'required'> = {},
+  more: Pick<Row<T, Table>, 'default' | 'required' | 'unset'> = {},
 ): Row<T, Table> {
   return { key, type, doc, ...more }
 }
@@ -398,7 +407,7 @@ export const REGISTRY_ROWS: Rows<Omit<RegistryConfig, 'name'>> = {
     { default: LIMITS.defaultTokenMaxAgeSeconds },
   ),
   confirm: row('confirm', oneOf(CONFIRM_MODES), 'confirmation for mutations', {
-    default: LIMITS.defaultConfirm,
+    unset: '`"touch"` when the mutation key attests touch `always` or `cached`, else `"prompt"`',
   }),
   mutationsPerHour: row(
     'mutations-per-hour',
@@ -515,6 +524,59 @@ export function validateConfig(doc: unknown, path: string | undefined, env: Env 
     )
   }
   return Object.freeze(path === undefined ? config : { path, ...config })
+}
+
+/** Only PIV cards (ykcs11) attest their keys' policies; other tokens have no touch policy to read. */
+export function isPivToken(token: TokenConfig): boolean {
+  return token.kind === 'yubikey' || /ykcs11/i.test(token.module)
+}
+
+/** A mutation key's touch policy as the agent read it at start (attestation or metadata). */
+export type MutationKeyTouch =
+  | { readonly key: string; readonly touchPolicy: string | undefined }
+  | { readonly key: string; readonly unread: string }
+
+/** `confirm` as the agent applies it, and why: status and doctor show `reason`. */
+export interface EffectiveConfirm {
+  readonly mode: ConfirmMode
+  /** `config`: the file sets it; `default`: resolved because the file does not. */
+  readonly source: 'config' | 'default'
+  /** e.g. "touch — default, key 9c attests touch always". */
+  readonly reason: string
+}
+
+/**
+ * The touch policies that make `touch` the default (docs/policy.md, "Touch as the default"): the
+ * card then asks for a finger on every mutation (`always`) or once per 15 s (`cached`), which
+ * confirms on a channel no process holds; `never` confirms nothing, so the prompt stays.
+ */
+const TOUCH_CONFIRMS: readonly string[] = ['always', 'cached']
+
+/**
+ * An unset `confirm` is `touch` on a mutation key that attests touch always/cached, else
+ * `LIMITS.defaultConfirm`; a set one is what the file says (`confirm = "touch"` on a touch-never
+ * key is refused at start, src/agent/devices.ts). `mutation` is undefined when the key's device
+ * shows no policies (not a PIV card).
+ */
+export function effectiveConfirm(registry: RegistryConfig, mutation?: MutationKeyTouch): EffectiveConfirm {
+  const seen =
+    mutation === undefined
+      ? 'the mutation key shows no touch policy'
+      : 'unread' in mutation
+        ? `the touch policy of ${mutation.key} could not be read (${mutation.unread})`
+        : mutation.touchPolicy === undefined
+          ? `${mutation.key} shows no touch policy`
+          : `${mutation.key} attests touch ${mutation.touchPolicy}`
+  if (registry.confirm !== undefined)
+    return {
+      mode: registry.confirm,
+      source: 'config',
+      reason: `${registry.confirm} — set in the config, ${seen}`,
+    }
+  const touch =
+    mutation !== undefined && 'touchPolicy' in mutation && TOUCH_CONFIRMS.includes(mutation.touchPolicy ?? '')
+  const mode = touch ? 'touch' : LIMITS.defaultConfirm
+  return { mode, source: 'default', reason: `${mode} — default, ${seen}` }
 }
 
 /** The registry a request's `index-url` is bound to: exact string match (RFC 3231 footer `url`). */

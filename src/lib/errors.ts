@@ -46,6 +46,7 @@ export const AGENT_CODES = [
   'KEY_INVALID', // not a P-384 EC key, public point malformed
   'KEY_POLICY_MISMATCH', // the config asks the key for what its card policy cannot give (confirm = "touch", touch never)
   'MANAGEMENT_KEY_INCORRECT', // the PIV management key did not authenticate
+  'MANAGEMENT_KEY_UNSUPPORTED', // the card's management-key algorithm (AES-192 from firmware 5.7) is one the installed tools cannot use
   'ATTESTATION_INVALID', // the attestation chain does not verify up to a configured root
   'ATTESTATION_KEY_MISMATCH', // the attested public key is not the key being registered
   'ATTESTATION_POLICY_WEAK', // the attested PIN/touch policy is weaker than required

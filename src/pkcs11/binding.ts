@@ -20,7 +20,7 @@ import pkcs11js from 'pkcs11js'
 import { P384_OID_DER } from '../keys/point.js'
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
-import type { Pin } from '../lib/secret.js'
+import type { Pin, Secret } from '../lib/secret.js'
 import { CKR, fromReturnValue, type Operation } from './ckr.js'
 
 /** An opaque slot, session or object handle (pkcs11js encodes CK_ULONG handles as Buffers). */
@@ -101,6 +101,19 @@ function checkSoftHsmConfig(path: string): void {
       },
     )
   }
+}
+
+/** CK_INFO (C_GetInfo, PKCS#11 v2.40 §5.4): which library this is, in its own version numbering. */
+export interface LibraryInfo {
+  manufacturer: string
+  description: string
+  version: { major: number; minor: number }
+}
+
+/** A vendor attribute added to a key template as raw bytes (e.g. ykcs11's CK_BYTE policies). */
+export interface RawAttribute {
+  type: number
+  value: Buffer
 }
 
 export interface TokenInfo {
@@ -251,6 +264,15 @@ export class Pkcs11Module {
     return module
   }
 
+  libraryInfo(): LibraryInfo {
+    const info = call('info', this.name, () => this.#p11.C_GetInfo())
+    return {
+      manufacturer: blankPadded(info.manufacturerID),
+      description: blankPadded(info.libraryDescription),
+      version: { major: info.libraryVersion.major, minor: info.libraryVersion.minor },
+    }
+  }
+
   /**
    * p11-kit-client only: C_Finalize + C_Initialize, which is the only way it connects again. After
    * its server went away every call is CKR_DEVICE_ERROR (p11-kit `p11-kit/rpc-transport.c`
@@ -377,7 +399,7 @@ export class Pkcs11Module {
   initUserPin(slot: Handle, soPin: Pin, pin: Pin, where: string): void {
     const session = this.openSession(slot, true)
     try {
-      call('login', where, () => this.#p11.C_Login(session, k.CKU_SO, soPin.expose().toString('utf8')))
+      this.loginSecurityOfficer(session, soPin, where)
       try {
         call('init-pin', where, () => this.#p11.C_InitPIN(session, pin.expose().toString('utf8')))
       } finally {
@@ -386,6 +408,16 @@ export class Pkcs11Module {
     } finally {
       this.closeSession(session)
     }
+  }
+
+  /**
+   * C_Login as CKU_SO on a read-write session (PKCS#11 v2.40 §5.6). What the SO "PIN" is depends
+   * on the module: SoftHSM's SO PIN, ykcs11's PIV management key in hex (yubico-piv-tool
+   * `ykcs11/token.c` token_login). Exposed here, at the call, and nowhere else.
+   */
+  loginSecurityOfficer(session: Handle, credential: Secret<Buffer>, where: string): void {
+    this.#checkLive(session, 'login', where)
+    call('login', where, () => this.#p11.C_Login(session, k.CKU_SO, credential.expose().toString('utf8')))
   }
 
   logout(session: Handle, where: string): void {
@@ -504,12 +536,15 @@ export class Pkcs11Module {
    * CKA_DECRYPT / CKA_ENCRYPT are left unset: no PKCS#11 mechanism encrypts with an EC key, and
    * tpm2-pkcs11 1.9 fails the generation (CKR_GENERAL_ERROR, "User specified and TPM specified
    * attr mismatch") when they are set to false, because the TPM key it creates has both bits.
+   * `piv`: a YubiKey slot through ykcs11, whose vendor policy attributes join the private template
+   * (src/pkcs11/keygen.ts `generateInPivSlot`).
    */
   generateP384(
     session: Handle,
     label: string,
     id: Buffer,
     where: string,
+    piv?: { readonly policies: readonly RawAttribute[] },
   ): { publicKey: Handle; privateKey: Handle } {
     this.#checkLive(session, 'generate', where)
     const publicTemplate: pkcs11js.Template = [
@@ -530,12 +565,15 @@ export class Pkcs11Module {
       { type: k.CKA_TOKEN, value: true },
       { type: k.CKA_PRIVATE, value: true },
       { type: k.CKA_SENSITIVE, value: true },
-      { type: k.CKA_EXTRACTABLE, value: false },
+      // A PIV private key never leaves the card (ykcs11 reports CKA_EXTRACTABLE false), and ykcs11
+      // 2.2 refuses the attribute in a template (`ykcs11/mechanisms.c` check_pvtkey_template).
+      ...(piv === undefined ? [{ type: k.CKA_EXTRACTABLE, value: false }] : []),
       { type: k.CKA_SIGN, value: true },
       { type: k.CKA_UNWRAP, value: false },
       { type: k.CKA_DERIVE, value: false },
       { type: k.CKA_LABEL, value: label },
       { type: k.CKA_ID, value: id },
+      ...(piv?.policies ?? []).map((a) => ({ type: a.type, value: a.value })),
     ]
     return call('generate', where, () =>
       this.#p11.C_GenerateKeyPair(

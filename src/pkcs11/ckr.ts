@@ -26,6 +26,7 @@ export type Operation =
   | 'destroy'
   | 'init-token'
   | 'init-pin'
+  | 'info'
 
 interface Translation {
   code: ErrorCode

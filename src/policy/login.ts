@@ -102,6 +102,15 @@ export class Login {
     this.#rejected.clear()
   }
 
+  /**
+   * The token refused `pin` on a login the device made by itself (the context-specific login of a
+   * CKA_ALWAYS_AUTHENTICATE key, YubiKey PIV 9c): remembered like a refusal here, so an env/file
+   * source that still holds that value is not tried again.
+   */
+  rejected(tokenId: string, pin: Pin): void {
+    this.#rejected.set(tokenId, this.#fingerprint(pin))
+  }
+
   async #ensureLoggedIn(
     device: PolicyDevice,
     token: TokenPolicy,

@@ -61,6 +61,7 @@ export function wrongPin(
   token: { readonly description: string; readonly pin: PinSource },
   failure: AgentError,
   after: PolicyDeviceStatus | undefined,
+  asker: PinAsker = 'agent',
 ): AgentError {
   const reported = failure.triesLeft
   if (after?.pinLocked === true || reported === 'locked')
@@ -84,7 +85,7 @@ export function wrongPin(
         : 'Run the command again and enter the correct PIN'
   return new AgentError(
     'PIN_INCORRECT',
-    `Wrong PIN for ${token.description}${tries}; the agent does not retry a wrong PIN`,
+    `Wrong PIN for ${token.description}${tries}; ${asker === 'agent' ? 'the agent does not retry a wrong PIN' : 'it was not retried'}`,
     {
       remedy: finalTry ? `${fix}. If unsure, check it first: ${UNBLOCK_REMEDY}` : fix,
       cause: failure,

@@ -123,6 +123,16 @@ export class Policy {
     return this.pinCache.clear('sighup')
   }
 
+  /**
+   * The device reports that the token refused the PIN held for `tokenId` (Device `pin-rejected`):
+   * the value is recorded as rejected (src/policy/login.ts) and forgotten. True when one was held.
+   */
+  onPinRejected(tokenId: string): boolean {
+    const held = this.pinCache.get(tokenId)
+    if (held !== undefined) this.#login.rejected(tokenId, held)
+    return this.pinCache.forget(tokenId, 'wrong-pin')
+  }
+
   /** The token was removed: its PIN goes with it. */
   onRemoved(tokenId: string): void {
     this.pinCache.forget(tokenId, 'removed')

@@ -82,7 +82,9 @@ export interface StatusResult {
     index: string
     readKey: KeyRefInfo
     mutationKey: KeyRefInfo
+    /** The effective `confirm`, and why: "touch — default, key 9c attests touch always". */
     confirm: string
+    confirmReason: string
     tokenMaxAgeSeconds: number
     mutationsLastHour: number
     mutationsPerHour: number

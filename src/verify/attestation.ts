@@ -40,6 +40,12 @@ export interface AttestedKey {
   readonly subject: string
 }
 
+/** "key 9c" from the attestation's subject (the card names the slot there), for status and doctor. */
+export function attestedKeyName(attested: AttestedKey): string | undefined {
+  const slot = /Attestation (\S+)$/.exec(attested.subject)?.[1]
+  return slot === undefined ? undefined : `key ${slot}`
+}
+
 export interface AttestationRequirement {
   /** Accepted touch policies, e.g. ['always'] for a mutation key. */
   readonly touchPolicies?: readonly TouchPolicy[]

@@ -106,6 +106,24 @@ describe('doctor: findings with their fix', () => {
       !fixed.findings.some((f) => f.check === 'token filepin' && /PIN file/.test(f.detail)),
       JSON.stringify(fixed.findings),
     )
+
+    // confirm unset on a SoftHSM key (no touch policy): the default "prompt" applies, and fails the same way.
+    await writeFile(config, (await readFile(config, 'utf8')).replace('confirm = "prompt"\n', ''))
+    const unset = await doctor(['--config', config], env)
+    const byDefault = one(
+      unset.findings,
+      'registry local',
+      /confirm = "prompt" \(the default\) on a headless agent/,
+    )
+    assert.equal(byDefault.level, 'fail')
+    assert.ok(
+      unset.findings.some(
+        (f) =>
+          f.check === 'registry local' &&
+          f.detail === "confirm prompt — default, key 'gen' shows no touch policy",
+      ),
+      JSON.stringify(unset.findings, null, 2),
+    )
   })
 
   test('cargo configs: a provider path that is gone, one that cannot start, and the shim answering its hello', async () => {

@@ -109,6 +109,24 @@ describe('device CLI commands on SoftHSM', () => {
     assert.match(logged.stdout, /'publish' id 10 \(not extractable\)/)
   })
 
+  it('keygen and list --login word a wrong PIN as the agent does: the tries left, no retry, the fix', async () => {
+    const env = { CLI_TEST_PIN: '999999' }
+    // SoftHSM raises CKF_USER_PIN_COUNT_LOW after a refused login: the message says so.
+    const made = await cli(['keygen', '--config', configPath, '--label', 'never-made'], env)
+    assert.equal(made.code, 1)
+    assert.match(
+      made.stderr,
+      /Wrong PIN for token 'cli' \(serial \w+\) via libsofthsm2\.so \(few tries left\); it was not retried\. Fix the PIN in the environment variable CLI_TEST_PIN/,
+    )
+    const listed = await cli(['list', '--config', configPath, '--login'], env)
+    assert.equal(listed.code, 1)
+    assert.match(listed.stderr, /Wrong PIN for token 'cli' .*\(few tries left\); it was not retried/)
+    for (const r of [made, listed]) assert.equal(r.stderr.includes('999999'), false)
+    // The right PIN still works (and resets SoftHSM's count).
+    const ok = await cli(['list', '--config', configPath, '--login'], { CLI_TEST_PIN: '246810' })
+    assert.equal(ok.code, 0, ok.stderr)
+  })
+
   it('SoftHSM config problems are named (SoftHSM itself only says CKR_GENERAL_ERROR)', async () => {
     const missingConf = await cli(['list', '--module', 'softhsm'], {
       SOFTHSM2_CONF: join(token.dir, 'nope.conf'),

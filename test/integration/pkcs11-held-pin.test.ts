@@ -16,7 +16,7 @@ import { k3Public } from '../../src/keys/paserk.js'
 import { Device } from '../../src/pkcs11/device.js'
 import { verifyToken } from '../../src/verify/verify.js'
 import { PINENTRY_PROGRAM, ScriptedPinentry } from '../fixtures/pinentry/harness.js'
-import { cargoGet, startAgent, waitForSocket, type AgentFixture } from '../helpers/agent.js'
+import { cargoGet, runAgentCli, startAgent, waitForSocket, type AgentFixture } from '../helpers/agent.js'
 import {
   createSoftHsmToken,
   generateKey,
@@ -126,6 +126,109 @@ describe(
       assert.ok(token2 !== undefined, again.stdout + again.stderr + agent.log())
       await verifyToken(token2, { publicKey, url: INDEX, operation: 'read' })
       assert.equal(pinentry.starts(), 3)
+    })
+  },
+)
+
+describe(
+  'a PIN from a file, refused at the context-specific login, is not resent until the file changes',
+  { skip: existsSync(FAULTY) ? false : `build ${FAULTY} first (scripts/setup.sh)` },
+  () => {
+    let softhsm: SoftHsmToken
+    let agent: AgentFixture
+    let control: string
+    let counts: string
+    let pinFile: string
+    let publicKey: string
+
+    const logins = (): number => {
+      if (!existsSync(counts)) return 0
+      const line = readFileSync(counts, 'utf8')
+        .split('\n')
+        .find((l) => l.startsWith('C_Login '))
+      return line === undefined ? 0 : Number(line.split(' ')[1])
+    }
+    const read = async () => await agent.runShim(cargoGet(INDEX, 'read', { registryName: 'local' }))
+
+    before(async () => {
+      softhsm = await createSoftHsmToken()
+      await generateKey(softhsm, softhsm, { ...KEY, alwaysAuthenticate: true })
+      // This process's SoftHSM already read the first store's config: ask a child for the key.
+      const pub = await runAgentCli(
+        [
+          'pubkey',
+          '--module',
+          SOFTHSM_MODULE,
+          '--token-label',
+          softhsm.label,
+          '--label',
+          KEY.label,
+          '--format',
+          'k3',
+        ],
+        { env: { ...process.env, SOFTHSM2_CONF: softhsm.confPath } },
+      )
+      assert.equal(pub.code, 0, pub.stderr)
+      publicKey = pub.stdout.trim()
+      agent = await startAgent({
+        softhsm,
+        start: false,
+        tokens: { softhsm: { module: FAULTY, pinSource: 'file', pinFile: '/placeholder' } },
+        registries: { local: { index: INDEX, readKey: KEY, confirm: 'none' } },
+      })
+      pinFile = join(agent.dir, 'user.pin')
+      writeFileSync(pinFile, softhsm.pin, { mode: 0o600 })
+      const config = parse(readFileSync(agent.configPath, 'utf8')) as {
+        tokens: Record<string, Record<string, unknown>>
+      }
+      ;(config.tokens['softhsm'] as Record<string, unknown>)['pin-file'] = pinFile
+      writeFileSync(agent.configPath, stringify(config) + '\n', { mode: 0o600 })
+      control = join(agent.dir, 'faults')
+      counts = join(agent.dir, 'counts')
+      writeFileSync(control, '')
+      Object.assign(agent.agentEnv, { FAULTY_PKCS11_CONTROL: control, FAULTY_PKCS11_COUNTS: counts })
+      const child = await agent.spawnAgent()
+      await waitForSocket(agent.socket, child, () => agent.log())
+    })
+
+    after(async () => {
+      await agent?.stop()
+      await softhsm?.cleanup()
+    })
+
+    test('one refusal costs one try; the same value is refused by the agent; a changed value is tried', async () => {
+      const first = await read()
+      const token = response(first.lines[1]).Ok?.token
+      assert.ok(token !== undefined, first.stdout + first.stderr + agent.log())
+      await verifyToken(token, { publicKey, url: INDEX, operation: 'read' })
+      const afterFirst = logins()
+      assert.equal(afterFirst, 2, 'one C_Login as user, one context-specific')
+
+      // The token now refuses that PIN (changed elsewhere): one context-specific login fails.
+      writeFileSync(control, `fail.C_Login=${CKR_PIN_INCORRECT}\n`)
+      const refused = await read()
+      assert.match(JSON.stringify(response(refused.lines[1]).Err), /PIN_INCORRECT/, refused.stdout)
+      assert.equal(logins(), afterFirst + 1)
+
+      // The file still holds the refused value: the agent refuses it itself, no C_Login.
+      for (let i = 0; i < 2; i += 1) {
+        const again = await read()
+        const err = JSON.stringify(response(again.lines[1]).Err)
+        assert.match(err, /already rejected the PIN from its PIN file/, again.stdout + agent.log())
+        assert.equal(logins(), afterFirst + 1, 'the refused PIN was not sent again')
+      }
+
+      // A changed value is tried (once), and after the token accepts PINs again the right one signs.
+      writeFileSync(pinFile, `${softhsm.pin}0`, { mode: 0o600 })
+      const changed = await read()
+      assert.match(JSON.stringify(response(changed.lines[1]).Err), /PIN_INCORRECT/, changed.stdout)
+      assert.equal(logins(), afterFirst + 2, 'the new value was tried once')
+      writeFileSync(control, '')
+      writeFileSync(pinFile, softhsm.pin, { mode: 0o600 })
+      const signed = await read()
+      const token2 = response(signed.lines[1]).Ok?.token
+      assert.ok(token2 !== undefined, signed.stdout + signed.stderr + agent.log())
+      await verifyToken(token2, { publicKey, url: INDEX, operation: 'read' })
     })
   },
 )

@@ -20,7 +20,16 @@ import { k3Pid, k3Public } from '../../src/keys/paserk.js'
 import { pem, verifyAttestation } from '../../src/verify/attestation.js'
 import { startRegistry } from '../fixtures/registry/server.js'
 import { verifyToken } from '../../src/verify/verify.js'
-import { cargoGet, distPath, runAgentCli, runShim, shimBinPath, waitForSocket } from '../helpers/agent.js'
+import {
+  cargoGet,
+  distPath,
+  readAudit,
+  runAgentCli,
+  runShim,
+  shimBinPath,
+  waitForSocket,
+} from '../helpers/agent.js'
+import { LIMITS } from '../../src/lib/limits.js'
 import { createAttestationCa, startVirtualYubiKey, type VirtualYubiKey } from '../helpers/virtual-yubikey.js'
 
 const SERIAL = 31337001
@@ -100,6 +109,14 @@ describe('setup on a blank YubiKey through ykcs11', () => {
     assert.equal(r.code, 0, r.stdout + r.stderr)
     assert.match(r.stderr, /factory management key/)
     assert.match(r.stderr, /replaced the management key/)
+    // Debian's ykcs11 2.2.0 reports 2.20 in CK_INFO: the policies go through yubico-piv-tool.
+    for (const slot of ['9a', '9c'])
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `slot ${slot}: generating a P-384 key through yubico-piv-tool \\(ykcs11 2\\.2\\.0 takes no PIN/touch policy attributes; 2\\.3\\.0 and later do\\)`,
+        ),
+      )
     const mk = await yk.control.managementKey()
     assert.equal(mk.isDefault, false)
     assert.equal(await yk.control.object('5fc109'), `881a8918${mk.hex}`)
@@ -421,6 +438,124 @@ describe('setup on a blank YubiKey through ykcs11', () => {
       good.some((f) => f.level === 'ok' && /mutation key .*touch policy always/.test(f.detail)) &&
         good.some((f) => f.level === 'ok' && /read key .*PIN policy once, touch policy never/.test(f.detail)),
       JSON.stringify(good, null, 2),
+    )
+  })
+
+  test('confirm unset: touch is the default on the touch-always 9c key (the publish waits for a touch); on the touch-never 9a key the prompt stays; status says why; a reload cannot weaken it', async () => {
+    const text = await readFile(configPath(), 'utf8')
+    assert.match(text, /^confirm = "touch"\n/m, 'setup writes confirm explicitly')
+    const unset = join(dir, 'config', 'confirm-unset.toml')
+    await writeFile(unset, text.replace(/^confirm = "touch"\n/m, ''), { mode: 0o600 })
+    assert.equal(
+      parseConfig(await readFile(unset, 'utf8'), unset, env).registries['local']?.confirm,
+      undefined,
+    )
+    const on9a = join(dir, 'config', 'confirm-unset-9a.toml')
+    await writeFile(
+      on9a,
+      (await readFile(unset, 'utf8')).replace(
+        /(\[registries\.local\.mutation-key\]\ntoken = "yubikey"\nid = )"02"/,
+        '$1"01"',
+      ),
+      { mode: 0o600 },
+    )
+    assert.notEqual(await readFile(on9a, 'utf8'), await readFile(unset, 'utf8'))
+    const shimEnv = { ...env, CARGO_PKCS11_AGENT_SOCK: socket(), CARGO_PKCS11_AGENT_NO_AUTOSTART: '1' }
+    const statusOf = async (): Promise<{ confirm: string; confirmReason: string } | undefined> => {
+      const status = await runAgentCli(['status', '--json'], { env: shimEnv })
+      assert.equal(status.code, 0, status.stderr)
+      printed.push(status.stdout)
+      return (
+        JSON.parse(status.stdout) as {
+          registries: { name: string; confirm: string; confirmReason: string }[]
+        }
+      ).registries.find((x) => x.name === 'local')
+    }
+    // Longer than touch-notice-after-ms, so the agent announces the touch it waits for.
+    await yk.control.setTouchDelay(LIMITS.touchNoticeAfterMs + 600)
+
+    const touchy = await startAgentProcess(unset)
+    try {
+      await waitForSocket(socket(), touchy.child, touchy.output)
+      const local = await statusOf()
+      assert.equal(local?.confirm, 'touch')
+      assert.equal(local?.confirmReason, 'touch — default, key 9c attests touch always')
+      const plain = await runAgentCli(['status'], { env: shimEnv })
+      assert.match(plain.stdout, /confirm touch — default, key 9c attests touch always/)
+      const touches = (await yk.control.counters()).touches
+      const crate = { name: 'yk-default-touch', vers: '1.0.0', cksum: 'ef'.repeat(32) }
+      const blinked = yk.control.touchRequested()
+      const publish = await runShim(shimBinPath(), cargoGet(INDEX, 'publish', crate), { env: shimEnv })
+      await blinked
+      const ok = JSON.parse(String(publish.lines[1])) as { Ok?: { token: string } }
+      assert.ok(ok.Ok !== undefined, publish.stdout + publish.stderr + touchy.output())
+      await verifyToken(ok.Ok.token, { publicKey: keys.mutation, url: INDEX, operation: 'publish', crate })
+      assert.equal((await yk.control.counters()).touches, touches + 1, 'the publish waited for one touch')
+      assert.match(publish.stderr, /Touch .*publish yk-default-touch 1\.0\.0/)
+      const audited = readAudit(join(dir, 'state', 'cargo-pkcs11-agent', 'audit.jsonl')).filter(
+        (e) => e['operation'] === 'publish' && e['crate'] === 'yk-default-touch',
+      )
+      assert.deepEqual(
+        audited.map((e) => [e['result'], e['approval']]),
+        [['signed', 'touch']],
+      )
+
+      // SIGHUP onto the touch-never key with confirm still unset would turn the touch into a prompt.
+      await writeFile(unset, await readFile(on9a, 'utf8'), { mode: 0o600 })
+      touchy.child.kill('SIGHUP')
+      const deadline = Date.now() + 30_000
+      while (!/reload refused/.test(touchy.output()) && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 100))
+      assert.match(touchy.output(), /reload refused.*registry local: confirm "touch" → "prompt"/)
+      assert.equal((await statusOf())?.confirmReason, 'touch — default, key 9c attests touch always')
+    } finally {
+      await stopAgent(touchy.child)
+    }
+
+    const prompting = await startAgentProcess(on9a)
+    try {
+      await waitForSocket(socket(), prompting.child, prompting.output)
+      const local = await statusOf()
+      assert.equal(local?.confirm, 'prompt')
+      assert.equal(local?.confirmReason, 'prompt — default, key 9a attests touch never')
+      // The old default applies: a yes/no nobody here can answer (no terminal, no display for
+      // pinentry), so the publish is refused without a signature and without a touch.
+      const before = await yk.control.counters()
+      const crate = { name: 'yk-default-prompt', vers: '1.0.0', cksum: '01'.repeat(32) }
+      const publish = await runShim(shimBinPath(), cargoGet(INDEX, 'publish', crate), {
+        env: { ...shimEnv, DISPLAY: '', WAYLAND_DISPLAY: '' },
+        timeoutMs: 60_000,
+      })
+      const answer = JSON.parse(String(publish.lines[1])) as { Ok?: unknown; Err?: { message?: string } }
+      assert.equal(answer.Ok, undefined, publish.stdout + publish.stderr + prompting.output())
+      assert.match(prompting.output(), /publish for local: POLICY_DENIED/)
+      const after = await yk.control.counters()
+      assert.deepEqual([after.sign, after.touches], [before.sign, before.touches])
+    } finally {
+      await stopAgent(prompting.child)
+    }
+    const doctor = await runAgentCli(['doctor', '--json', '--config', on9a], { env, timeoutMs: 120_000 })
+    printed.push(doctor.stdout, doctor.stderr)
+    const findings = JSON.parse(doctor.stdout) as { level: string; check: string; detail: string }[]
+    assert.ok(
+      findings.some(
+        (f) =>
+          f.check === 'registry local' && f.detail === 'confirm prompt — default, key 9a attests touch never',
+      ),
+      JSON.stringify(findings, null, 2),
+    )
+    const touchDoctor = await runAgentCli(['doctor', '--json', '--config', configPath()], {
+      env,
+      timeoutMs: 120_000,
+    })
+    printed.push(touchDoctor.stdout, touchDoctor.stderr)
+    assert.ok(
+      (JSON.parse(touchDoctor.stdout) as { check: string; detail: string }[]).some(
+        (f) =>
+          f.check === 'registry local' &&
+          f.detail === 'confirm touch — set in the config, key 9c attests touch always',
+      ),
+      touchDoctor.stdout,
     )
   })
 

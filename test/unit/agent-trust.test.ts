@@ -18,6 +18,7 @@ import {
 } from '../../src/agent/requester.js'
 import { describeIntent } from '../../src/policy/intent.js'
 import { parseConfig } from '../../src/config/load.js'
+import { effectiveConfirm, type EffectiveConfirm } from '../../src/config/schema.js'
 import { LIMITS } from '../../src/lib/limits.js'
 
 const ENV = { HOME: '/home/test' }
@@ -81,6 +82,65 @@ describe('weakenings of a reloaded configuration', () => {
       weakenings(now, config(reg('a', INDEX, 'touch', 'other'))),
       [],
       'a touch key still needs a finger',
+    )
+  })
+})
+
+describe('weakenings compare confirm as it applies', () => {
+  const unset = (name: string, index: string, label = 'k'): string =>
+    `[registries.${name}]\nindex = "${index}"\nread-key = { token = "t", label = "${label}" }\n`
+  const touchDefault = (name: string): Map<string, EffectiveConfirm> =>
+    new Map([
+      [
+        name,
+        effectiveConfirm(config(unset(name, INDEX)).registries[name]!, {
+          key: 'key 9c',
+          touchPolicy: 'always',
+        }),
+      ],
+    ])
+  const neverDefault = (name: string): Map<string, EffectiveConfirm> =>
+    new Map([
+      [
+        name,
+        effectiveConfirm(config(unset(name, INDEX)).registries[name]!, {
+          key: 'key 9c',
+          touchPolicy: 'never',
+        }),
+      ],
+    ])
+
+  test('an unset confirm resolved to touch counts as touch', () => {
+    const now = config(unset('a', INDEX))
+    assert.deepEqual(
+      weakenings(now, config(reg('a', INDEX, 'prompt')), { current: touchDefault('a'), next: new Map() }),
+      ['registry a: confirm "touch" → "prompt"'],
+    )
+    assert.deepEqual(
+      weakenings(now, now, { current: touchDefault('a'), next: neverDefault('a') }),
+      ['registry a: confirm "touch" → "prompt"'],
+      'the same file, but the key no longer attests touch',
+    )
+    assert.deepEqual(weakenings(now, now, { current: touchDefault('a'), next: touchDefault('a') }), [])
+    assert.deepEqual(
+      weakenings(now, config(reg('a', INDEX, 'touch')), { current: touchDefault('a'), next: new Map() }),
+      [],
+      'writing down the default changes nothing',
+    )
+    assert.deepEqual(
+      weakenings(now, config(unset('a', INDEX, 'other')), {
+        current: touchDefault('a'),
+        next: touchDefault('a'),
+      }),
+      [],
+      'another key that attests touch still needs a finger',
+    )
+    assert.match(
+      weakenings(now, config(unset('a', INDEX, 'other')), {
+        current: touchDefault('a'),
+        next: neverDefault('a'),
+      }).join(),
+      /confirm "touch" → "prompt".*mutation key changed to t\/other/,
     )
   })
 })

@@ -3,7 +3,14 @@ import { readFileSync } from 'node:fs'
 import { describe, test } from 'node:test'
 
 import { parseConfig } from '../../src/config/load.js'
-import { AGENT_ROWS, closestKey, REGISTRY_ROWS, TOKEN_ROWS, type Row } from '../../src/config/schema.js'
+import {
+  AGENT_ROWS,
+  closestKey,
+  effectiveConfirm,
+  REGISTRY_ROWS,
+  TOKEN_ROWS,
+  type Row,
+} from '../../src/config/schema.js'
 import { AgentError } from '../../src/lib/errors.js'
 import { LIMITS } from '../../src/lib/limits.js'
 import { packageFile } from '../../src/lib/package-files.js'
@@ -69,7 +76,8 @@ describe('configuration', () => {
     const ci = config.registries['ci']
     assert.ok(ci !== undefined)
     assert.equal(ci.mutationKey, ci.readKey, 'mutation-key defaults to read-key')
-    assert.equal(ci.confirm, 'prompt')
+    assert.equal(ci.confirm, undefined, 'an unset confirm stays unset')
+    assert.equal(effectiveConfirm(ci).mode, 'prompt')
     assert.equal(ci.tokenMaxAgeSeconds, 60)
     assert.equal(ci.mutationsPerHour, 30)
     assert.equal(ci.generateOnLogin, false)
@@ -254,14 +262,55 @@ describe('configuration', () => {
     assert.ok(r !== undefined)
     assert.equal(r.mutationsPerHour, 30)
     assert.equal(r.tokenMaxAgeSeconds, 60)
-    assert.equal(r.confirm, 'prompt')
+    assert.equal(r.confirm, undefined)
+    assert.equal(effectiveConfirm(r).mode, 'prompt')
     assert.equal(r.forwarded, 'read')
     assert.equal(DEFAULT_POLICY_CONFIG.touchNoticeAfterMs, config.agent.touchNoticeAfterMs)
     assert.equal(DEFAULT_POLICY_CONFIG.pinCacheIdleSeconds, config.agent.pinCacheIdleSeconds)
     assert.equal(DEFAULT_POLICY_CONFIG.pinCacheMaxSeconds, config.agent.pinCacheMaxSeconds)
     assert.deepEqual(
       { confirm: LIMITS.defaultConfirm, mutationsPerHour: LIMITS.defaultMutationsPerHour },
-      { confirm: r.confirm, mutationsPerHour: r.mutationsPerHour },
+      { confirm: effectiveConfirm(r).mode, mutationsPerHour: r.mutationsPerHour },
+    )
+  })
+
+  test('an unset confirm is touch on a touch always/cached mutation key, else the default; a set one stays', () => {
+    const parse = (confirm: string): NonNullable<ReturnType<typeof parseConfig>['registries'][string]> => {
+      const r = parseConfig(
+        `[tokens.t]\nmodule = "ykcs11"\n[registries.r]\nindex = "sparse+http://127.0.0.1:8080/index/"\nread-key = { token = "t", id = "02" }\n${confirm}`,
+        'config.toml',
+        ENV,
+      ).registries['r']
+      assert.ok(r !== undefined)
+      return r
+    }
+    const unset = parse('')
+    assert.deepEqual(effectiveConfirm(unset, { key: 'key 9c', touchPolicy: 'always' }), {
+      mode: 'touch',
+      source: 'default',
+      reason: 'touch — default, key 9c attests touch always',
+    })
+    assert.equal(effectiveConfirm(unset, { key: 'key 9c', touchPolicy: 'cached' }).mode, 'touch')
+    assert.deepEqual(effectiveConfirm(unset, { key: 'key 9c', touchPolicy: 'never' }), {
+      mode: LIMITS.defaultConfirm,
+      source: 'default',
+      reason: 'prompt — default, key 9c attests touch never',
+    })
+    assert.equal(effectiveConfirm(unset, { key: 'key 9c', touchPolicy: undefined }).mode, 'prompt')
+    assert.match(
+      effectiveConfirm(unset, { key: 'key 9c', unread: 'no YubiKey is inserted' }).reason,
+      /^prompt — default, the touch policy of key 9c could not be read \(no YubiKey is inserted\)$/,
+    )
+    assert.equal(effectiveConfirm(unset).mode, 'prompt', 'no policy to read: the default')
+    const none = parse('confirm = "none"\n')
+    assert.deepEqual(effectiveConfirm(none, { key: 'key 9c', touchPolicy: 'always' }), {
+      mode: 'none',
+      source: 'config',
+      reason: 'none — set in the config, key 9c attests touch always',
+    })
+    assert.equal(
+      effectiveConfirm(parse('confirm = "prompt"\n'), { key: 'k', touchPolicy: 'always' }).mode,
+      'prompt',
     )
   })
 
@@ -342,6 +391,8 @@ describe('docs/configuration.md and the schema rows', () => {
         assert.equal(doc.default === 'required', row.required !== undefined, `${row.key} required`)
         if (row.default !== undefined && typeof row.default !== 'function')
           assert.equal(doc.default, documentedDefault(row.default), `${row.key} default`)
+        if (row.unset !== undefined)
+          assert.equal(doc.default, row.unset, `${row.key}: how an unset key resolves`)
         assert.ok(
           doc.meaning.replaceAll('`', '').replaceAll('**', '').startsWith(row.doc),
           `${row.key}: "${doc.meaning}" starts with "${row.doc}"`,

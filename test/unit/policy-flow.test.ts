@@ -13,6 +13,7 @@ import { AgentError } from '../../src/lib/errors.js'
 import type { Pin } from '../../src/lib/secret.js'
 import { registryPolicy as registryPolicyOf } from '../../src/agent/policy-config.js'
 import { parseConfig } from '../../src/config/load.js'
+import { effectiveConfirm } from '../../src/config/schema.js'
 import type { PolicyConfig, TokenPolicy } from '../../src/policy/config.js'
 import type { PolicyDevice } from '../../src/policy/login.js'
 import type { PolicyDeviceStatus } from '../../src/policy/pin-errors.js'
@@ -321,7 +322,7 @@ test('mutation defaults are prompt and 30 per hour, never none; forwarded reques
   const registry = config.registries['r']
   assert.ok(registry !== undefined)
   assert.deepEqual(
-    { ...registryPolicyOf(registry) },
+    { ...registryPolicyOf(registry, effectiveConfirm(registry)) },
     {
       confirm: 'prompt',
       mutationsPerHour: 30,

@@ -65,7 +65,7 @@ export async function signPipeline(
       {
         intent,
         prompter,
-        registry: registryPolicy(binding.registry),
+        registry: registryPolicy(binding.registry, agent.confirmOf(binding.registry)),
         token: tokenPolicy(binding.token),
         device,
         origin,

@@ -1,10 +1,11 @@
 /**
  * The YubiKey half of `setup`: from a card as it leaves the factory to a mutation key (9c, touch
  * always) and a read key (9a, touch never, PIN once) generated on the card, with the policies the
- * card attests. Why through `yubico-piv-tool` and not PKCS#11: Debian's ykcs11 (yubico-piv-tool
- * 2.2) sends no PIN/touch-policy tags on C_GenerateKeyPair and rejects CKA_YUBICO_TOUCH_POLICY /
- * CKA_YUBICO_PIN_POLICY (they arrived in 2.3.0), while `yubico-piv-tool -a generate
- * --touch-policy` sends them (native-config/devices.md, "YubiKey: setup"). Every secret reaches the
+ * card attests. With ykcs11 2.3.0 or later the keys are generated through PKCS#11 alone
+ * (src/pkcs11/keygen.ts `generateInPivSlot`); this file keeps the `yubico-piv-tool` route for
+ * Debian's ykcs11 2.2, which sends no PIN/touch-policy tags on C_GenerateKeyPair and rejects
+ * CKA_YUBICO_TOUCH_POLICY / CKA_YUBICO_PIN_POLICY, while `yubico-piv-tool -a generate
+ * --touch-policy` sends them (docs/setup.md §5), and the management-key steps. Every secret reaches the
  * tool on its stdin: it asks with OpenSSL's EVP_read_pw_string, which reads /dev/tty when the process
  * has one, so the tool runs in its own session (detached: no controlling terminal) and reads stdin.
  * Nothing secret is in argv, in the child's environment or in a file.
@@ -14,6 +15,7 @@ import { randomBytes } from 'node:crypto'
 
 import { k3Pid, k3Public } from '../../keys/paserk.js'
 import { AgentError } from '../../lib/errors.js'
+import { managementKeyWorks } from '../../pkcs11/keygen.js'
 import { LIMITS } from '../../lib/limits.js'
 import { Pin, Secret } from '../../lib/secret.js'
 import { childEnvironment } from '../../policy/pinentry.js'
@@ -227,17 +229,54 @@ async function setManagementKey(
   throw toolFailed('set the management key', run)
 }
 
+/** How setup reaches the card's management key: ykcs11's route (src/pkcs11/keygen.ts `pivKeygenRoute`). */
+export interface KeygenModule {
+  readonly module: string
+  readonly route: 'pkcs11' | 'tool'
+  /** e.g. "2.2.0", from the module's CK_INFO. */
+  readonly ykcs11: string
+}
+
+/** From firmware 5.7 a YubiKey leaves the factory with an AES-192 management key (same bytes). */
+function aesByDefault(card: Card): boolean {
+  const [major = 0, minor = 0] = card.firmware.split('.').map(Number)
+  return major > 5 || (major === 5 && minor >= 7)
+}
+
+/**
+ * Firmware 5.7's AES-192 key and the 3DES-only tools: yubico-piv-tool 2.2 and ykcs11 2.2 cannot
+ * authenticate with it (AES management keys arrived in 2.3.0, its NEWS), and yubico-piv-tool 2.2
+ * reports a 3DES attempt on an AES key exactly as a wrong key, so the error names both remedies.
+ */
+function aesUnsupported(card: Card, keygen: KeygenModule): AgentError {
+  return new AgentError(
+    'MANAGEMENT_KEY_UNSUPPORTED',
+    `YubiKey ${card.serial} has firmware ${card.firmware}, whose management key is AES-192 unless it was changed, and the installed ykcs11 ${keygen.ykcs11} and yubico-piv-tool speak 3DES only: the factory key did not authenticate as 3DES`,
+    {
+      remedy:
+        'Install yubico-piv-tool and ykcs11 2.3.0 or later and run setup with --module pointing at that libykcs11.so (setup then authenticates with AES-192 and generates through PKCS#11); or change the management key to 3DES with ykman: ykman piv access change-management-key --algorithm TDES --generate --protect (setup then uses it from the card); a custom 3DES key: run setup in a terminal to type it',
+      data: { firmware: card.firmware, ykcs11: keygen.ykcs11, algorithm: 'AES-192' },
+    },
+  )
+}
+
 /**
  * The management key to generate with: PIN-protected on the card (used without asking), the
  * factory key (warned about; replaced by a random key stored PIN-protected, as ykman and
- * yubikey-agent do, unless `keepDefault`), or a custom key asked on the terminal.
+ * yubikey-agent do, unless `keepDefault`), or a custom key asked on the terminal. Through ykcs11
+ * ≥ 2.3 the key is checked by a C_Login as SO, which speaks AES too; through 2.2, by
+ * yubico-piv-tool (3DES only).
  */
 export async function managementKey(
   card: Card,
   pin: Pin | null,
-  options: { keepDefault: boolean; env: readonly string[]; say: Say },
+  options: { keepDefault: boolean; env: readonly string[]; say: Say; keygen: KeygenModule },
 ): Promise<Secret<Buffer>> {
-  const { env, say } = options
+  const { env, say, keygen } = options
+  const works = async (key: Secret<Buffer>): Promise<boolean> =>
+    keygen.route === 'pkcs11'
+      ? managementKeyWorks(keygen.module, String(card.serial), key)
+      : await setManagementKey(card, key, key, env)
   const admin = await readObject(card, ADMIN_OBJECT, null, env)
   const flags = admin === undefined ? -1 : admin.indexOf(Buffer.from([0x81, 0x01]))
   if (admin !== undefined && flags >= 0 && ((admin[flags + 2] ?? 0) & 0x02) !== 0) {
@@ -248,8 +287,16 @@ export async function managementKey(
     }
   }
   const factory = new Secret(Buffer.from(DEFAULT_MANAGEMENT_KEY))
-  if (await setManagementKey(card, factory, factory, env)) {
+  const aes = aesByDefault(card)
+  if (await works(factory)) {
     say('WARNING: the card still has the factory management key: anyone holding it can replace its keys')
+    // yubico-piv-tool 2.2 sets and stores 3DES keys only (SET MANAGEMENT KEY, PUT DATA after 3DES auth).
+    if (aes) {
+      say(
+        `the factory key is AES-192 (firmware ${card.firmware}); yubico-piv-tool 2.2 cannot replace it: afterwards run ykman piv access change-management-key --generate --protect`,
+      )
+      return factory
+    }
     const replace =
       !options.keepDefault &&
       (!hasTerminal() ||
@@ -273,7 +320,9 @@ export async function managementKey(
     )
     return fresh
   }
-  if (!hasTerminal())
+  const tdesOnly = keygen.route === 'tool'
+  if (!hasTerminal()) {
+    if (aes && tdesOnly) throw aesUnsupported(card, keygen)
     throw new AgentError(
       'MANAGEMENT_KEY_INCORRECT',
       `the YubiKey ${card.serial} has a custom management key and there is no terminal to ask for it`,
@@ -282,21 +331,24 @@ export async function managementKey(
           'Run setup in a terminal, or store the key PIN-protected on the card (ykman piv access change-management-key --protect)',
       },
     )
-  const typed = await askPinOnTty(`PIV management key of YubiKey ${card.serial} (48 hex digits): `)
-  if (!/^[0-9a-fA-F]{48}$/.test(typed))
-    throw new AgentError('MANAGEMENT_KEY_INCORRECT', 'the management key must be 48 hex digits (3DES)', {
-      remedy: 'Type the key as ykman or yubico-piv-tool set it; AES keys need yubico-piv-tool 2.3 or later',
+  }
+  const digits = tdesOnly ? '48 hex digits' : '32, 48 or 64 hex digits'
+  const typed = await askPinOnTty(`PIV management key of YubiKey ${card.serial} (${digits}): `)
+  if (!(tdesOnly ? /^[0-9a-fA-F]{48}$/ : /^([0-9a-fA-F]{16}){2,4}$/).test(typed))
+    throw new AgentError('MANAGEMENT_KEY_INCORRECT', `the management key must be ${digits}`, {
+      remedy: tdesOnly
+        ? `Type the key as ykman or yubico-piv-tool set it; ykcs11 ${keygen.ykcs11} speaks 3DES only (AES needs ykcs11 2.3.0 or later)`
+        : 'Type the key as ykman or yubico-piv-tool set it (3DES 48, AES-128 32, AES-192 48, AES-256 64 hex digits)',
     })
   const given = new Secret(Buffer.from(typed, 'hex'))
-  if (!(await setManagementKey(card, given, given, env)))
+  if (!(await works(given))) {
+    if (aes && tdesOnly) throw aesUnsupported(card, keygen)
     throw new AgentError(
       'MANAGEMENT_KEY_INCORRECT',
       `the management key does not authenticate to YubiKey ${card.serial}`,
-      {
-        remedy:
-          'Check the key; yubico-piv-tool 2.2 speaks 3DES only, so an AES key (firmware 5.7 default) needs a newer tool',
-      },
+      { remedy: 'Check the key (ykman piv info says whether the factory key is still set)' },
     )
+  }
   return given
 }
 
