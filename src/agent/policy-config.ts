@@ -4,8 +4,7 @@
  */
 import type { Config, EffectiveConfirm, RegistryConfig, TokenConfig } from '../config/schema.js'
 import { readPinFile } from '../lib/pin-file.js'
-import type { RegistryPolicy, TokenPolicy } from '../policy/config.js'
-import type { PinSource } from '../policy/pin-source.js'
+import type { PinSource, RegistryPolicy, TokenPolicy } from '../policy/config.js'
 import { Policy } from '../policy/policy.js'
 
 const KIND_TEXT: Readonly<Record<NonNullable<TokenConfig['kind']>, string>> = {

@@ -76,14 +76,10 @@ export class SocketPrompter implements Prompter {
   notify(notice: Notice): void {
     const { kind, ...rest } = notice
     const data: Record<string, unknown> = { ...rest, kind }
-    if ('intent' in notice) data['intent'] = intentData(notice.intent)
+    if ('intent' in notice) data['intent'] = { ...notice.intent, requester: { ...notice.intent.requester } }
     this.#context.emit(EVENT_FOR[kind] ?? 'progress', data)
     this.#onNotice?.(notice)
   }
-}
-
-function intentData(intent: Intent): Record<string, unknown> {
-  return { ...intent, requester: { ...intent.requester } }
 }
 
 function noTerminal(): AgentError {

@@ -14,6 +14,11 @@ function uid(): number | undefined {
   return typeof process.getuid === 'function' ? process.getuid() : undefined
 }
 
+/** A socket path the agent will not use; the remedy says which path to use instead. */
+function unusablePath(message: string, remedy: string, cause?: unknown): AgentError {
+  return new AgentError('CONFIG_INVALID', message, { remedy, cause })
+}
+
 /**
  * Creates the socket directory 0700, or checks an existing one: it must be a real directory (not a
  * symlink another user could point elsewhere), owned by us, and not reachable by group or others.
@@ -23,34 +28,24 @@ export function prepareSocketDir(socketPath: string): void {
   try {
     mkdirSync(dir, { recursive: true, mode: LIMITS.socketDirMode })
   } catch (error) {
-    throw new AgentError(
-      'CONFIG_INVALID',
+    throw unusablePath(
       `Cannot create the socket directory ${dir} (${(error as NodeJS.ErrnoException).code ?? String(error)})`,
-      {
-        cause: error,
-        remedy:
-          'Choose a socket path in a directory you own (--socket, CARGO_PKCS11_AGENT_SOCK or [agent] socket)',
-      },
+      'Choose a socket path in a directory you own (--socket, CARGO_PKCS11_AGENT_SOCK or [agent] socket)',
+      error,
     )
   }
   const stat = lstatSync(dir)
   const me = uid()
   if (!stat.isDirectory()) {
-    throw new AgentError(
-      'CONFIG_INVALID',
+    throw unusablePath(
       `The socket directory ${dir} is not a directory (a symlink or file is there)`,
-      {
-        remedy: `Remove ${dir} or choose another socket path`,
-      },
+      `Remove ${dir} or choose another socket path`,
     )
   }
   if (me !== undefined && stat.uid !== me) {
-    throw new AgentError(
-      'CONFIG_INVALID',
+    throw unusablePath(
       `The socket directory ${dir} belongs to uid ${stat.uid}, not to you (uid ${me})`,
-      {
-        remedy: `Another user may be trying to intercept your signing requests: do not use ${dir}; choose another socket path`,
-      },
+      `Another user may be trying to intercept your signing requests: do not use ${dir}; choose another socket path`,
     )
   }
   if ((stat.mode & 0o777) !== LIMITS.socketDirMode) {
@@ -81,6 +76,30 @@ export function probeSocket(socketPath: string, timeoutMs = 1_000): Promise<Sock
   })
 }
 
+export function alreadyRunning(socketPath: string): AgentError {
+  return new AgentError('AGENT_ALREADY_RUNNING', `An agent is already listening on ${socketPath}`, {
+    remedy: 'Use the running agent (`cargo-pkcs11-agent status`), or stop it first',
+    data: { socket: socketPath },
+  })
+}
+
+/** The bind (EADDRINUSE) or the link into place (EEXIST) lost the path to another agent, or failed. */
+function bindFailed(socketPath: string, error: NodeJS.ErrnoException): AgentError {
+  if (error.code === 'EADDRINUSE' || error.code === 'EEXIST')
+    return new AgentError(
+      'AGENT_ALREADY_RUNNING',
+      `Another agent took ${socketPath} while this one was starting`,
+      {
+        remedy: 'Use the running agent',
+        data: { socket: socketPath },
+      },
+    )
+  return new AgentError('INTERNAL', `Cannot listen on ${socketPath}: ${error.message}`, {
+    cause: error,
+    remedy: 'Choose another socket path',
+  })
+}
+
 /** Longest path a Unix socket can be bound to (sun_path is 108 bytes on Linux, 104 on macOS). */
 const SUN_PATH_MAX = 103
 
@@ -97,26 +116,15 @@ const SUN_PATH_MAX = 103
  */
 export async function listenUnix(server: Server, socketPath: string): Promise<void> {
   prepareSocketDir(socketPath)
-  let exists = true
-  try {
-    const stat = lstatSync(socketPath)
-    if (!stat.isSocket()) {
-      throw new AgentError('CONFIG_INVALID', `${socketPath} exists and is not a socket`, {
-        remedy: `Remove ${socketPath} or choose another socket path`,
-      })
-    }
-  } catch (error) {
-    if (error instanceof AgentError) throw error
-    exists = false
-  }
-  if (exists) {
+  const existing = lstatSync(socketPath, { throwIfNoEntry: false })
+  if (existing !== undefined && !existing.isSocket())
+    throw unusablePath(
+      `${socketPath} exists and is not a socket`,
+      `Remove ${socketPath} or choose another socket path`,
+    )
+  if (existing !== undefined) {
     const state = await probeSocket(socketPath)
-    if (state === 'alive') {
-      throw new AgentError('AGENT_ALREADY_RUNNING', `An agent is already listening on ${socketPath}`, {
-        remedy: 'Use the running agent (`cargo-pkcs11-agent status`), or stop it first',
-        data: { socket: socketPath },
-      })
-    }
+    if (state === 'alive') throw alreadyRunning(socketPath)
     if (state === 'stale') unlinkSync(socketPath)
   }
   const temporary = join(dirname(socketPath), `.${process.pid}-${randomBytes(4).toString('hex')}.sock`)
@@ -126,21 +134,7 @@ export async function listenUnix(server: Server, socketPath: string): Promise<vo
     await new Promise<void>((resolve, reject) => {
       const onError = (error: NodeJS.ErrnoException): void => {
         server.off('listening', onListening)
-        if (error.code === 'EADDRINUSE') {
-          reject(
-            new AgentError(
-              'AGENT_ALREADY_RUNNING',
-              `Another agent took ${socketPath} while this one was starting`,
-              { remedy: 'Use the running agent', data: { socket: socketPath } },
-            ),
-          )
-        } else
-          reject(
-            new AgentError('INTERNAL', `Cannot listen on ${socketPath}: ${error.message}`, {
-              cause: error,
-              remedy: 'Choose another socket path',
-            }),
-          )
+        reject(bindFailed(socketPath, error))
       }
       const onListening = (): void => {
         server.off('error', onError)
@@ -160,19 +154,7 @@ export async function listenUnix(server: Server, socketPath: string): Promise<vo
     linkSync(bindPath, socketPath)
   } catch (error) {
     server.close()
-    throw (error as NodeJS.ErrnoException).code === 'EEXIST'
-      ? new AgentError(
-          'AGENT_ALREADY_RUNNING',
-          `Another agent took ${socketPath} while this one was starting`,
-          {
-            remedy: 'Use the running agent',
-            data: { socket: socketPath },
-          },
-        )
-      : new AgentError('INTERNAL', `Cannot create ${socketPath}: ${(error as Error).message}`, {
-          cause: error,
-          remedy: 'Choose another socket path',
-        })
+    throw bindFailed(socketPath, error as NodeJS.ErrnoException)
   } finally {
     removeSocket(bindPath)
   }

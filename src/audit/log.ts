@@ -315,18 +315,19 @@ async function syncDir(dir: string): Promise<void> {
   }
 }
 
-/** Parses audit lines; lines that are not audit entries (a torn last line, garbage) are skipped. */
-export function parseAuditLines(text: string): AuditEntry[] {
-  const entries: AuditEntry[] = []
-  for (const line of text.split('\n')) {
-    if (line.trim() === '') continue
-    try {
-      const value: unknown = JSON.parse(line)
-      if (typeof value === 'object' && value !== null && (value as { v?: unknown }).v === 1)
-        entries.push(value as AuditEntry)
-    } catch {
-      // skip
-    }
+/** One stored line as an audit entry; undefined for a line that is none (a torn last line, garbage). */
+export function parseAuditLine(line: string): AuditEntry | undefined {
+  try {
+    const value: unknown = JSON.parse(line)
+    if (typeof value === 'object' && value !== null && (value as { v?: unknown }).v === 1)
+      return value as AuditEntry
+  } catch {
+    // not JSON
   }
-  return entries
+  return undefined
+}
+
+/** Parses audit lines; lines that are not audit entries are skipped. */
+export function parseAuditLines(text: string): AuditEntry[] {
+  return text.split('\n').flatMap((line) => parseAuditLine(line) ?? [])
 }

@@ -3,6 +3,7 @@
  * `credential/cargo-credential/src/lib.rs` define it (docs/cargo-protocol.md §1). Builtins only: the shim loads this.
  */
 import { AgentError, type ErrorCode } from '../lib/errors.js'
+import { isRecord } from '../lib/json.js'
 import { isOperation, OPERATION_FIELDS, OPERATIONS, type CrateRef, type Operation } from './operation.js'
 
 /** `{"v":[1]}`: the versions this provider speaks (docs/cargo-protocol.md §1.3). */
@@ -39,10 +40,6 @@ export interface CargoLogout extends Common {
 }
 
 export type CargoRequest = CargoGet | CargoLogin | CargoLogout
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value)
-}
 
 function invalid(message: string): AgentError {
   return new AgentError('REQUEST_INVALID', message, {

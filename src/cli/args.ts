@@ -44,9 +44,61 @@ export const USAGE = Object.freeze({
     'gateway [--config FILE] [--listen HOST:PORT] [--public-url URL] [--upstream URL] [--keys FILE] [--upstream-token-file FILE | --upstream-token-env VAR] [--max-age SECONDS]',
 } as const)
 
+/** An option as a usage line writes it. */
+export interface UsageOption {
+  readonly name: string
+  /** Takes a value (`--config FILE`), as opposed to a flag (`--json`). */
+  readonly value: boolean
+  /** Fixed choices from the usage line (`--format k3|pid|hex|json`). */
+  readonly choices: readonly string[]
+  /** The value is a path. */
+  readonly files: boolean
+}
+
+/** Options whose value is a path. */
+const FILE_VALUES = /^(FILE|PATH|NAME\|PATH)$/
+
+/** Reads options and their values off a usage line: `--opt`, `-n N`, `--opt VALUE`, `--opt a|b|c`. */
+export function usageOptions(usage: string): UsageOption[] {
+  const options = new Map<string, UsageOption>()
+  for (const match of usage.matchAll(/(?<![\w-])(--?[a-z][a-z0-9-]*)(?: ([^\s[\]()]+))?/g)) {
+    const option = match[1] as string
+    const next = match[2]
+    const value = next !== undefined && !next.startsWith('-') && next !== '|'
+    const choices = value && /^[a-z0-9]+(\|[a-z0-9]+)+$/.test(next) ? next.split('|') : []
+    if (!options.has(option))
+      options.set(option, { name: option, value, choices, files: value && FILE_VALUES.test(next) })
+  }
+  return [...options.values()]
+}
+
+/**
+ * The parser's specs for the long options of a usage line, so a command whose values are read by
+ * name (setup, the device-target options) cannot take an option its usage line does not show.
+ */
+export function usageOptionSpecs(usage: string): OptionSpecs {
+  return Object.fromEntries(
+    usageOptions(usage)
+      .filter((o) => o.name.startsWith('--'))
+      .map((o) => [o.name.slice(2), { type: o.value ? 'string' : 'boolean' }]),
+  )
+}
+
 /** A USAGE error (exit status 2) whose remedy is the command's usage line. */
 export function usageError(message: string, usage: string): AgentError {
   return new AgentError('USAGE', message, { remedy: `Usage: ${BIN} ${usage}` })
+}
+
+/** `value` when it is one of `allowed`; else a usage error naming the flag and the choices. */
+export function oneOf<const T extends string>(
+  value: string,
+  allowed: readonly T[],
+  flag: string,
+  usage: string,
+): T {
+  if (!(allowed as readonly string[]).includes(value))
+    throw usageError(`${flag} must be one of ${allowed.join(', ')}; got '${value}'`, usage)
+  return value as T
 }
 
 export type OptionSpecs = Record<string, { readonly type: 'string' | 'boolean'; readonly short?: string }>

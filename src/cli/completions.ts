@@ -1,51 +1,29 @@
 /**
  * `cargo-pkcs11-agent completions bash|zsh|fish` and `cargo-pkcs11-agent man`: generated from the
- * command table (src/cli/main.ts COMMANDS) and its usage lines (src/cli/args.ts USAGE), the same
+ * command table (src/cli/commands.ts COMMANDS) and its usage lines (src/cli/args.ts USAGE), the same
  * source as `--help`, so a new command or option appears in all of them at once.
  */
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { dirname } from 'node:path'
 
 import { packageVersion } from '../lib/package-files.js'
-import { BIN, parseCommandArgs, USAGE, usageError } from './args.js'
-import { COMMANDS, EXIT_CODES } from './main.js'
-
-interface OptionInfo {
-  readonly name: string
-  /** Takes a value (`--config FILE`), as opposed to a flag (`--json`). */
-  readonly value: boolean
-  /** Fixed choices from the usage line (`--format k3|pid|hex|json`). */
-  readonly choices: readonly string[]
-  readonly files: boolean
-}
+import { BIN, parseCommandArgs, USAGE, usageError, usageOptions, type UsageOption } from './args.js'
+import { COMMANDS, EXIT_CODES } from './commands.js'
 
 interface CommandInfo {
   readonly name: string
   readonly summary: string
   readonly usage: string
-  readonly options: readonly OptionInfo[]
+  readonly options: readonly UsageOption[]
   /** Fixed choices for the first positional argument (`completions bash|zsh|fish`). */
   readonly positional: readonly string[]
 }
 
-/** Options whose value is a path. */
-const FILE_VALUES = /^(FILE|PATH|NAME\|PATH)$/
-
-/** Reads options and their values off a usage line: `--opt`, `-n N`, `--opt VALUE`, `--opt a|b|c`. */
 export function describeCommands(): CommandInfo[] {
   return Object.entries(COMMANDS).map(([name, entry]) => {
-    const options = new Map<string, OptionInfo>()
-    for (const match of entry.usage.matchAll(/(?<![\w-])(--?[a-z][a-z0-9-]*)(?: ([^\s[\]()]+))?/g)) {
-      const option = match[1] as string
-      const next = match[2]
-      const value = next !== undefined && !next.startsWith('-') && next !== '|'
-      const choices = value && /^[a-z0-9]+(\|[a-z0-9]+)+$/.test(next) ? next.split('|') : []
-      if (!options.has(option))
-        options.set(option, { name: option, value, choices, files: value && FILE_VALUES.test(next) })
-    }
     const first = entry.usage.split(' ')[1] ?? ''
     const positional = /^[a-z]+(\|[a-z]+)+$/.test(first) ? first.split('|') : []
-    return { name, summary: entry.summary, usage: entry.usage, options: [...options.values()], positional }
+    return { name, ...entry, options: usageOptions(entry.usage), positional }
   })
 }
 

@@ -7,7 +7,7 @@
 import { pinEnvVariables, pinSource } from '../agent/policy-config.js'
 import { loadConfig } from '../config/load.js'
 import { resolveConfigPath } from '../config/paths.js'
-import type { TokenConfig } from '../config/schema.js'
+import type { Config, TokenConfig } from '../config/schema.js'
 import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { readPinFile } from '../lib/pin-file.js'
@@ -15,22 +15,13 @@ import { Pin } from '../lib/secret.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
 import { tokenSelector, type TokenSelector } from '../pkcs11/selector.js'
 import type { Device } from '../pkcs11/device.js'
+import type { PinSource } from '../policy/config.js'
 import { pinLocked, wrongPin, type PolicyDeviceStatus } from '../policy/pin-errors.js'
-import { readPin, type PinSource } from '../policy/pin-source.js'
+import { readPin } from '../policy/pin-source.js'
 import { childEnvironment } from '../policy/pinentry.js'
 import { hasTerminal } from '../shim/context.js'
 import { askPinOnTty } from '../shim/tty.js'
-import { parseCommandArgs, usageError, type OptionSpecs } from './args.js'
-
-const TARGET_OPTIONS = {
-  config: { type: 'string' },
-  token: { type: 'string' },
-  module: { type: 'string' },
-  'token-label': { type: 'string' },
-  serial: { type: 'string' },
-  'pin-env': { type: 'string' },
-  'pin-file': { type: 'string' },
-} as const
+import { parseCommandArgs, TARGET_USAGE, usageError, usageOptionSpecs, type OptionSpecs } from './args.js'
 
 export interface Target {
   selector: TokenSelector
@@ -40,6 +31,28 @@ export interface Target {
   pin: PinSource
   /** Every `pin-env` variable in play: kept out of pinentry's environment. */
   secretEnvVariables: string[]
+}
+
+/**
+ * The configured token `--token` names, else the only one; undefined when the config has none.
+ * Several tokens and no `--token`, or a name the config does not have, is an error.
+ */
+export function configuredToken(
+  config: Config,
+  name: string | undefined,
+  usage: string,
+  otherwise = '',
+): TokenConfig | undefined {
+  const names = Object.keys(config.tokens)
+  const wanted = name ?? (names.length === 1 ? names[0] : undefined)
+  if (wanted === undefined && names.length > 1)
+    throw usageError(`several tokens are configured (${names.join(', ')}): choose one with --token`, usage)
+  const token = wanted === undefined ? undefined : config.tokens[wanted]
+  if (wanted !== undefined && token === undefined)
+    throw new AgentError('CONFIG_INVALID', `No token named '${wanted}' in ${config.path ?? 'the config'}`, {
+      remedy: `Configured tokens: ${names.join(', ') || 'none'}${otherwise}`,
+    })
+  return token
 }
 
 export interface ParsedCommand {
@@ -53,10 +66,7 @@ export function parseTargetCommand(
   usageText: string,
   options: { anyToken?: boolean } = {},
 ): ParsedCommand {
-  const values = parseCommandArgs(argv, { ...TARGET_OPTIONS, ...extra }, usageText).values as Record<
-    string,
-    string | boolean | undefined
-  >
+  const { values } = parseCommandArgs(argv, { ...usageOptionSpecs(TARGET_USAGE), ...extra }, usageText)
   const str = (key: string): string | undefined =>
     typeof values[key] === 'string' ? (values[key] as string) : undefined
   const pinEnv = str('pin-env')
@@ -88,22 +98,8 @@ export function parseTargetCommand(
     }
   }
   const config = loadConfig(resolveConfigPath(str('config')).path)
-  const names = Object.keys(config.tokens)
-  const wanted = str('token') ?? (names.length === 1 ? names[0] : undefined)
-  if (wanted === undefined) {
-    throw usageError(
-      names.length === 0
-        ? 'the config names no token'
-        : `several tokens are configured (${names.join(', ')}): choose one with --token`,
-      usageText,
-    )
-  }
-  const token: TokenConfig | undefined = config.tokens[wanted]
-  if (token === undefined) {
-    throw new AgentError('CONFIG_INVALID', `no token named '${wanted}' in ${config.path ?? 'the config'}`, {
-      remedy: `Configured tokens: ${names.join(', ') || 'none'}`,
-    })
-  }
+  const token = configuredToken(config, str('token'), usageText)
+  if (token === undefined) throw usageError('the config names no token', usageText)
   applyModuleEnvironment(token.moduleEnv)
   return {
     target: {

@@ -6,15 +6,11 @@
  * Exit 0 when nothing failed (warnings allowed), 1 otherwise.
  */
 import { spawn, spawnSync } from 'node:child_process'
-import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs'
-import { homedir } from 'node:os'
-import { delimiter, isAbsolute, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
-
-import { parse as parseToml } from 'smol-toml'
+import { existsSync, readFileSync, statSync } from 'node:fs'
+import { join } from 'node:path'
 
 import { callAgent } from '../protocol/client.js'
-import { loadConfig } from '../config/load.js'
+import { loadConfig, parseToml } from '../config/load.js'
 import { resolveConfigPath, resolveSocketPath } from '../config/paths.js'
 import {
   effectiveConfirm,
@@ -34,6 +30,7 @@ import {
 } from '../verify/attestation.js'
 import { parseCommandArgs, USAGE } from './args.js'
 import { nativeBindingError, nativeBindingMissing } from './native.js'
+import { cargoHome, findProgram, installedShimPath } from './setup/cargo-config.js'
 
 type Level = 'ok' | 'warn' | 'fail'
 
@@ -105,83 +102,46 @@ function checkConfig(path: string): { config?: Config; findings: Finding[] } {
 
 /** Module-specific environment that the modules themselves only report as CKR_GENERAL_ERROR. */
 function checkModuleEnvironment(token: TokenConfig, modulePath: string): Finding[] {
-  const check = `token ${token.name}`
-  const findings: Finding[] = []
+  const problems: (readonly [detail: string, remedy: string])[] = []
   if (modulePath.includes('softhsm')) {
     const conf = process.env['SOFTHSM2_CONF'] ?? '/etc/softhsm/softhsm2.conf'
-    if (!existsSync(conf)) {
-      findings.push(
-        finding(
-          'fail',
-          check,
-          `SoftHSM configuration ${conf} does not exist`,
-          'Set SOFTHSM2_CONF to your softhsm2.conf, or run `cargo-pkcs11-agent setup`',
-        ),
-      )
-    } else {
-      const dir = /^\s*directories\.tokendir\s*=\s*(.+?)\s*$/m.exec(readFileSync(conf, 'utf8'))?.[1]
-      if (dir !== undefined && !existsSync(dir)) {
-        findings.push(
-          finding(
-            'fail',
-            check,
-            `SoftHSM token directory ${dir} (from ${conf}) does not exist`,
-            `Create it (mkdir -p ${dir}) or fix directories.tokendir`,
-          ),
-        )
-      }
-    }
+    const dir = existsSync(conf)
+      ? /^\s*directories\.tokendir\s*=\s*(.+?)\s*$/m.exec(readFileSync(conf, 'utf8'))?.[1]
+      : undefined
+    if (!existsSync(conf))
+      problems.push([
+        `SoftHSM configuration ${conf} does not exist`,
+        'Set SOFTHSM2_CONF to your softhsm2.conf, or run `cargo-pkcs11-agent setup`',
+      ])
+    else if (dir !== undefined && !existsSync(dir))
+      problems.push([
+        `SoftHSM token directory ${dir} (from ${conf}) does not exist`,
+        `Create it (mkdir -p ${dir}) or fix directories.tokendir`,
+      ])
   }
-  if (modulePath.includes('ykcs11') || modulePath.includes('opensc')) {
-    const socket = process.env['PCSCLITE_CSOCK_NAME'] ?? '/run/pcscd/pcscd.comm'
-    if (!existsSync(socket)) {
-      findings.push(
-        finding(
-          'fail',
-          check,
-          `the PC/SC daemon is not running (no ${socket})`,
-          'Start it: `systemctl start pcscd.socket` (Debian package pcscd)',
-        ),
-      )
-    }
-  }
-  if (modulePath.includes('tpm2')) {
-    if (process.env['TPM2_PKCS11_TCTI'] === undefined && !existsSync('/dev/tpmrm0')) {
-      findings.push(
-        finding(
-          'fail',
-          check,
-          'no TPM: /dev/tpmrm0 is missing and TPM2_PKCS11_TCTI is not set',
-          'Enable the TPM in firmware, or point TPM2_PKCS11_TCTI at a TPM (e.g. swtpm)',
-        ),
-      )
-    }
-  }
-  return findings
-}
-
-/** `program` as the agent would run it: an absolute path, or the first executable on PATH. */
-function findProgram(program: string): string | undefined {
-  const candidates =
-    isAbsolute(program) || program.includes('/')
-      ? [program]
-      : (process.env['PATH'] ?? '')
-          .split(delimiter)
-          .filter((d) => d !== '')
-          .map((d) => join(d, program))
-  return candidates.find((c) => {
-    try {
-      accessSync(c, constants.X_OK)
-      return statSync(c).isFile()
-    } catch {
-      return false
-    }
-  })
+  const socket = process.env['PCSCLITE_CSOCK_NAME'] ?? '/run/pcscd/pcscd.comm'
+  if ((modulePath.includes('ykcs11') || modulePath.includes('opensc')) && !existsSync(socket))
+    problems.push([
+      `the PC/SC daemon is not running (no ${socket})`,
+      'Start it: `systemctl start pcscd.socket` (Debian package pcscd)',
+    ])
+  if (
+    modulePath.includes('tpm2') &&
+    process.env['TPM2_PKCS11_TCTI'] === undefined &&
+    !existsSync('/dev/tpmrm0')
+  )
+    problems.push([
+      'no TPM: /dev/tpmrm0 is missing and TPM2_PKCS11_TCTI is not set',
+      'Enable the TPM in firmware, or point TPM2_PKCS11_TCTI at a TPM (e.g. swtpm)',
+    ])
+  return problems.map(([detail, remedy]) => finding('fail', `token ${token.name}`, detail, remedy))
 }
 
 /** What the agent refuses at request time but a config file cannot show: PIN files, pinentry, headless prompts. */
 function checkSettings(config: Config): Finding[] {
   const findings: Finding[] = []
+  const fail = (check: string, detail: string, remedy: string): void =>
+    void findings.push(finding('fail', check, detail, remedy))
   for (const token of Object.values(config.tokens)) {
     const check = `token ${token.name}`
     if (token.pinSource === 'file' && token.pinFile !== undefined) {
@@ -189,39 +149,30 @@ function checkSettings(config: Config): Finding[] {
       try {
         mode = statSync(token.pinFile).mode & 0o777
       } catch (error) {
-        findings.push(
-          finding(
-            'fail',
-            check,
-            `PIN file ${token.pinFile} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`,
-            `Create ${token.pinFile} containing only the PIN, readable by you only (chmod 600 ${token.pinFile})`,
-          ),
+        fail(
+          check,
+          `PIN file ${token.pinFile} cannot be read (${(error as NodeJS.ErrnoException).code ?? 'error'})`,
+          `Create ${token.pinFile} containing only the PIN, readable by you only (chmod 600 ${token.pinFile})`,
         )
       }
       // The agent refuses a PIN file others can read (src/lib/pin-file.ts), so every request would fail.
       if (mode !== undefined && (mode & 0o077) !== 0)
-        findings.push(
-          finding(
-            'fail',
-            check,
-            `PIN file ${token.pinFile} has mode ${mode.toString(8)}: other users can read it, and the agent refuses it`,
-            `chmod 600 ${token.pinFile}`,
-          ),
+        fail(
+          check,
+          `PIN file ${token.pinFile} has mode ${mode.toString(8)}: other users can read it, and the agent refuses it`,
+          `chmod 600 ${token.pinFile}`,
         )
     }
     if (token.pinSource === 'pinentry') {
       const program = token.pinentryProgram ?? DEFAULT_POLICY_CONFIG.pinentryProgram
       const found = findProgram(program)
-      findings.push(
-        found === undefined
-          ? finding(
-              'fail',
-              check,
-              `pin-source = "pinentry" but ${program} is not ${program.includes('/') ? 'an executable' : 'on PATH'}`,
-              'Install a pinentry (Debian: pinentry-gnome3 or pinentry-tty; macOS: brew install pinentry-mac) or set pinentry-program',
-            )
-          : finding('ok', check, `pinentry: ${found}`),
-      )
+      if (found !== undefined) findings.push(finding('ok', check, `pinentry: ${found}`))
+      else
+        fail(
+          check,
+          `pin-source = "pinentry" but ${program} is not ${program.includes('/') ? 'an executable' : 'on PATH'}`,
+          'Install a pinentry (Debian: pinentry-gnome3 or pinentry-tty; macOS: brew install pinentry-mac) or set pinentry-program',
+        )
     }
   }
   if (config.agent.headless) {
@@ -231,15 +182,12 @@ function checkSettings(config: Config): Finding[] {
       const mode =
         registry.confirm ??
         (token !== undefined && isPivToken(token) ? undefined : effectiveConfirm(registry).mode)
-      if (mode !== 'prompt') continue
-      findings.push(
-        finding(
-          'fail',
+      if (mode === 'prompt')
+        fail(
           `registry ${name}`,
           `confirm = "prompt"${registry.confirm === undefined ? ' (the default)' : ''} on a headless agent: nobody can confirm, so every publish, yank and owner change is refused`,
           `Set confirm = "touch" (a key with a touch policy) or confirm = "none" (CI) for [registries.${name}], or headless = false`,
-        ),
-      )
+        )
     }
   }
   return findings
@@ -399,70 +347,89 @@ async function checkAgent(socket: string): Promise<Finding> {
   }
 }
 
-function parseVersion(text: string): [number, number] | undefined {
-  const match = /cargo (\d+)\.(\d+)/.exec(text)
-  return match === null ? undefined : [Number(match[1]), Number(match[2])]
+/** A credential provider in cargo's config: where it is named and, for a registry's table, its index. */
+interface Provider {
+  readonly where: string
+  readonly program: string
+  readonly index?: unknown
 }
 
-function checkCargo(config: Config | undefined): Finding[] {
+/** credential-provider values in cargo's config: a string (split on spaces) or an array, program first. */
+function providerProgram(value: unknown): string | undefined {
+  const words =
+    typeof value === 'string' ? value.split(' ').filter((w) => w !== '') : Array.isArray(value) ? value : []
+  const program = words[0]
+  return typeof program === 'string' ? program : undefined
+}
+
+/**
+ * The providers of ours (found by program name) in $CARGO_HOME/config.toml: parsed once, for the
+ * binding and the provider checks.
+ */
+function readCargoConfig(path: string): Provider[] | Finding {
+  if (!existsSync(path)) return []
+  let doc: Record<string, unknown>
+  try {
+    doc = parseToml(
+      readFileSync(path, 'utf8'),
+      path,
+      'Fix the TOML syntax (cargo itself will refuse this file)',
+    )
+  } catch (error) {
+    return fromError('cargo config', error)
+  }
+  const providers: Provider[] = []
+  const registries = (doc['registries'] ?? {}) as Record<string, Record<string, unknown>>
+  for (const [name, table] of Object.entries(registries)) {
+    const program = providerProgram(table['credential-provider'])
+    if (program !== undefined) providers.push({ where: `registries.${name}`, program, index: table['index'] })
+  }
+  const globals = ((doc['registry'] ?? {}) as Record<string, unknown>)['global-credential-providers']
+  if (Array.isArray(globals))
+    for (const entry of globals) {
+      const program = providerProgram(entry)
+      if (program !== undefined) providers.push({ where: 'registry.global-credential-providers', program })
+    }
+  return providers.filter((p) => /cargo-credential-pkcs11(\.js)?$/.test(p.program))
+}
+
+function checkCargo(): Finding {
   const result = spawnSync('cargo', ['--version'], { encoding: 'utf8', timeout: 10_000 })
   if (result.status !== 0) {
-    return [
-      finding(
-        'warn',
-        'cargo',
-        'cargo is not on PATH',
-        'Install Rust with rustup (cargo ≥ 1.74 is needed for credential providers)',
-      ),
-    ]
-  }
-  const version = parseVersion(result.stdout)
-  const findings: Finding[] = []
-  if (
-    version === undefined ||
-    version[0] < MIN_CARGO[0] ||
-    (version[0] === MIN_CARGO[0] && version[1] < MIN_CARGO[1])
-  ) {
-    findings.push(
-      finding(
-        'fail',
-        'cargo',
-        `${result.stdout.trim()} is older than 1.74 and has no credential providers`,
-        'Update with `rustup update stable`',
-      ),
+    return finding(
+      'warn',
+      'cargo',
+      'cargo is not on PATH',
+      'Install Rust with rustup (cargo ≥ 1.74 is needed for credential providers)',
     )
-  } else {
-    findings.push(finding('ok', 'cargo', result.stdout.trim()))
   }
-  if (config !== undefined) {
-    const cargoHome = process.env['CARGO_HOME'] ?? join(homedir(), '.cargo')
-    const cargoConfig = join(cargoHome, 'config.toml')
-    const text = existsSync(cargoConfig) ? readFileSync(cargoConfig, 'utf8') : ''
-    for (const [name, registry] of Object.entries(config.registries)) {
-      // A plain text check: cargo merges configs from several places (cwd/.cargo too), so a miss is a warning.
-      const bound = text.includes(registry.index) && text.includes('cargo-credential-pkcs11')
-      findings.push(
-        bound
-          ? finding(
-              'ok',
-              `registry ${name}`,
-              `${cargoConfig} uses cargo-credential-pkcs11 for ${registry.index}`,
-            )
-          : finding(
-              'warn',
-              `registry ${name}`,
-              `${cargoConfig} does not bind ${registry.index} to cargo-credential-pkcs11`,
-              `Add to ${cargoConfig}: [registries.${name}] index = "${registry.index}" credential-provider = ["cargo-credential-pkcs11"]`,
-            ),
-      )
-    }
+  // No version in the output counts as too old.
+  const [major = 0, minor = 0] = /cargo (\d+)\.(\d+)/.exec(result.stdout)?.slice(1).map(Number) ?? []
+  if (major < MIN_CARGO[0] || (major === MIN_CARGO[0] && minor < MIN_CARGO[1])) {
+    return finding(
+      'fail',
+      'cargo',
+      `${result.stdout.trim()} is older than 1.74 and has no credential providers`,
+      'Update with `rustup update stable`',
+    )
   }
-  return findings
+  return finding('ok', 'cargo', result.stdout.trim())
 }
 
-/** The shim shipped beside this CLI (its CommonJS build, as setup writes into cargo's config). */
-function bundledShim(): string {
-  return fileURLToPath(new URL('../../cjs/src/bin/cargo-credential-pkcs11.js', import.meta.url))
+/** Each configured registry's binding to our shim in cargo's config. */
+function checkBindings(config: Config, cargoConfig: string, ours: readonly Provider[]): Finding[] {
+  return Object.entries(config.registries).map(([name, registry]) =>
+    // cargo merges configs from several places (cwd/.cargo too), so a miss is a warning; a global
+    // provider of ours serves every registry.
+    ours.some((p) => p.index === undefined || p.index === registry.index)
+      ? finding('ok', `registry ${name}`, `${cargoConfig} uses cargo-credential-pkcs11 for ${registry.index}`)
+      : finding(
+          'warn',
+          `registry ${name}`,
+          `${cargoConfig} does not bind ${registry.index} to cargo-credential-pkcs11`,
+          `Add to ${cargoConfig}: [registries.${name}] index = "${registry.index}" credential-provider = ["cargo-credential-pkcs11"]`,
+        ),
+  )
 }
 
 /**
@@ -508,47 +475,9 @@ export function helloCheck(program: string, timeoutMs = 10_000): Promise<string 
   })
 }
 
-/** credential-provider values in cargo's config: a string (split on spaces) or an array, program first. */
-function providerProgram(value: unknown): string | undefined {
-  const words =
-    typeof value === 'string' ? value.split(' ').filter((w) => w !== '') : Array.isArray(value) ? value : []
-  const program = words[0]
-  return typeof program === 'string' ? program : undefined
-}
-
-/** Every credential provider in $CARGO_HOME/config.toml that is ours, found by its program name. */
-async function checkProviders(): Promise<Finding[]> {
-  const cargoHome = process.env['CARGO_HOME'] ?? join(homedir(), '.cargo')
-  const cargoConfig = join(cargoHome, 'config.toml')
+/** Every credential provider of ours in cargo's config starts as cargo runs it. */
+async function checkProviders(cargoConfig: string, ours: readonly Provider[]): Promise<Finding[]> {
   const findings: Finding[] = []
-  const providers: { where: string; program: string }[] = []
-  if (existsSync(cargoConfig)) {
-    let doc: Record<string, unknown>
-    try {
-      doc = parseToml(readFileSync(cargoConfig, 'utf8')) as Record<string, unknown>
-    } catch (error) {
-      return [
-        finding(
-          'fail',
-          'cargo config',
-          `${cargoConfig} does not parse: ${(error as Error).message.split('\n')[0] ?? ''}`,
-          'Fix the TOML syntax (cargo itself will refuse this file)',
-        ),
-      ]
-    }
-    const registries = (doc['registries'] ?? {}) as Record<string, Record<string, unknown>>
-    for (const [name, table] of Object.entries(registries)) {
-      const program = providerProgram(table['credential-provider'])
-      if (program !== undefined) providers.push({ where: `registries.${name}`, program })
-    }
-    const globals = ((doc['registry'] ?? {}) as Record<string, unknown>)['global-credential-providers']
-    if (Array.isArray(globals))
-      for (const entry of globals) {
-        const program = providerProgram(entry)
-        if (program !== undefined) providers.push({ where: 'registry.global-credential-providers', program })
-      }
-  }
-  const ours = providers.filter((p) => /cargo-credential-pkcs11(\.js)?$/.test(p.program))
   for (const { where, program } of ours) {
     const check = `cargo ${where}`
     const found = findProgram(program)
@@ -576,8 +505,8 @@ async function checkProviders(): Promise<Finding[]> {
     )
   }
   if (ours.length === 0) {
-    // Not bound yet: still check that the shim this installation ships can start.
-    const shim = bundledShim()
+    // Not bound yet: still check that the shim this installation ships (as setup binds it) can start.
+    const shim = installedShimPath()
     const problem = existsSync(shim) ? await helloCheck(shim) : `${shim} is missing`
     findings.push(
       problem === undefined
@@ -600,7 +529,14 @@ export async function doctor(argv: readonly string[]): Promise<number> {
   findings.push(...configFindings)
   if (config !== undefined) findings.push(...checkSettings(config), ...(await checkTokens(config)))
   findings.push(await checkAgent(resolveSocketPath(values.socket, config?.agent.socket).path))
-  findings.push(...checkCargo(config), ...(await checkProviders()))
+  findings.push(checkCargo())
+  const cargoConfig = join(cargoHome(), 'config.toml')
+  const ours = readCargoConfig(cargoConfig)
+  if (!Array.isArray(ours)) findings.push(ours)
+  else {
+    if (config !== undefined) findings.push(...checkBindings(config, cargoConfig, ours))
+    findings.push(...(await checkProviders(cargoConfig, ours)))
+  }
 
   if (values.json === true) {
     process.stdout.write(JSON.stringify(findings, null, 2) + '\n')

@@ -5,24 +5,12 @@
  * of the file); SIGINT/SIGTERM stop it.
  */
 import { toAgentError } from '../lib/errors.js'
-import { loadGatewayConfig, type GatewayFlags } from '../gateway/config.js'
+import { GATEWAY_FLAGS, loadGatewayConfig } from '../gateway/config.js'
 import { startGateway } from '../gateway/server.js'
 import { parseCommandArgs, USAGE } from './args.js'
 
-const OPTIONS = {
-  config: { type: 'string' },
-  listen: { type: 'string' },
-  'public-url': { type: 'string' },
-  upstream: { type: 'string' },
-  keys: { type: 'string' },
-  'upstream-token-file': { type: 'string' },
-  'upstream-token-env': { type: 'string' },
-  'max-age': { type: 'string' },
-} as const
-
 export async function gateway(argv: readonly string[]): Promise<number> {
-  const flags: GatewayFlags = parseCommandArgs(argv, OPTIONS, USAGE.gateway).values
-  const config = loadGatewayConfig(flags)
+  const config = loadGatewayConfig(parseCommandArgs(argv, GATEWAY_FLAGS, USAGE.gateway).values)
   const line = (value: unknown): void => void process.stderr.write(JSON.stringify(value) + '\n')
   const running = await startGateway(config, {
     onEvent: line,

@@ -8,6 +8,7 @@ import { open, stat } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 import type { AuditEntry } from '../audit/entry.js'
+import { parseAuditLine } from '../audit/log.js'
 import { rotatedFiles } from '../audit/rotation.js'
 import { loadConfig } from '../config/load.js'
 import { defaultAuditLogPath, resolveConfigPath } from '../config/paths.js'
@@ -96,16 +97,6 @@ interface StoredLine {
   readonly offset: number
 }
 
-function parseEntry(line: string): AuditEntry | undefined {
-  try {
-    const value = JSON.parse(line) as AuditEntry
-    if (value !== null && typeof value === 'object' && value.v === 1) return value
-  } catch {
-    // not JSON
-  }
-  return undefined
-}
-
 /** 1-based number of the line starting at byte `offset`: newlines before it, counted in chunks. */
 async function lineNumberAt(path: string, offset: number): Promise<number> {
   const handle = await open(path, 'r')
@@ -126,7 +117,7 @@ async function lineNumberAt(path: string, offset: number): Promise<number> {
 }
 
 async function show(path: string, line: StoredLine, json: boolean, io: LogIo): Promise<void> {
-  const entry = parseEntry(line.text)
+  const entry = parseAuditLine(line.text)
   if (entry !== undefined) {
     io.write(json ? `${line.text}\n` : `${formatEntry(entry)}\n`)
     return

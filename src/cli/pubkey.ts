@@ -11,7 +11,7 @@ import { AgentError } from '../lib/errors.js'
 import { k3Pid, k3Public } from '../keys/paserk.js'
 import { Device } from '../pkcs11/device.js'
 import { pem, pivAttestationObjects, readAttestation } from '../verify/attestation.js'
-import { USAGE, usageError } from './args.js'
+import { oneOf, USAGE, usageError } from './args.js'
 import { parseTargetCommand } from './device-target.js'
 
 const FORMATS = ['k3', 'pid', 'hex', 'json'] as const
@@ -34,15 +34,10 @@ export async function pubkey(argv: readonly string[]): Promise<number> {
   const given = typeof values['format'] === 'string' ? values['format'] : undefined
   if (json && given !== undefined && given !== 'json')
     throw usageError(`--json and --format ${given} ask for different outputs`, USAGE.pubkey)
-  const format = json ? 'json' : (given ?? 'k3')
   if (label === undefined && id === undefined) {
     throw usageError('pubkey needs --label or --id', USAGE.pubkey)
   }
-  if (!(FORMATS as readonly string[]).includes(format)) {
-    throw new AgentError('USAGE', `unknown --format '${format}'`, {
-      remedy: `Use one of ${FORMATS.join(', ')}`,
-    })
-  }
+  const format = oneOf(json ? 'json' : (given ?? 'k3'), FORMATS, '--format', USAGE.pubkey)
   const device = new Device(target.selector)
   try {
     const key = await device.findKey({ label, id })

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url'
 
 import { Agent } from '../agent/agent.js'
 import { AgentConnection } from '../protocol/client.js'
-import { probeSocket } from '../agent/socket.js'
+import { alreadyRunning, probeSocket } from '../agent/socket.js'
 import { loadConfig } from '../config/load.js'
 import { agentLogPath, resolveConfigPath, resolveSocketPath } from '../config/paths.js'
 import { agentLogWriter, openAgentLog } from '../lib/agent-log.js'
@@ -22,24 +22,6 @@ import {
   withThreadpoolSize,
 } from '../lib/threadpool.js'
 import { parseCommandArgs, USAGE } from './args.js'
-
-export function parseRunArgs(argv: readonly string[]): {
-  config?: string
-  socket?: string
-  foreground: boolean
-} {
-  const parsed = parseCommandArgs(
-    argv,
-    { config: { type: 'string' }, socket: { type: 'string' }, foreground: { type: 'boolean' } },
-    USAGE.run,
-  )
-  const out: { config?: string; socket?: string; foreground: boolean } = {
-    foreground: parsed.values.foreground === true,
-  }
-  if (parsed.values.config !== undefined) out.config = parsed.values.config
-  if (parsed.values.socket !== undefined) out.socket = parsed.values.socket
-  return out
-}
 
 /** Polls the socket until the agent answers a ping (used after starting one in the background). */
 export async function waitForAgent(
@@ -97,19 +79,18 @@ export function spawnDetachedAgent(
 }
 
 export async function run(argv: readonly string[]): Promise<number> {
-  const args = parseRunArgs(argv)
-  if (!args.foreground) {
-    const configPath = resolveConfigPath(args.config)
-    const config = loadConfig(configPath.path) // validate before detaching, so errors reach this terminal
-    const socketPath = resolveSocketPath(args.socket, config.agent.socket).path
-    if ((await probeSocket(socketPath)) === 'alive') {
-      throw new AgentError('AGENT_ALREADY_RUNNING', `An agent is already listening on ${socketPath}`, {
-        remedy: 'Use the running agent (`cargo-pkcs11-agent status`), or stop it first',
-        data: { socket: socketPath },
-      })
-    }
-    const forward = ['--config', configPath.path, '--socket', socketPath]
-    const child = spawnDetachedAgent(forward)
+  const { values: args } = parseCommandArgs(
+    argv,
+    { config: { type: 'string' }, socket: { type: 'string' }, foreground: { type: 'boolean' } },
+    USAGE.run,
+  )
+  // Validated before detaching (or relaunching), so a config error reaches this terminal.
+  const configPath = resolveConfigPath(args.config).path
+  const config = loadConfig(configPath)
+  const socketPath = resolveSocketPath(args.socket, config.agent.socket).path
+  if (args.foreground !== true) {
+    if ((await probeSocket(socketPath)) === 'alive') throw alreadyRunning(socketPath)
+    const child = spawnDetachedAgent(['--config', configPath, '--socket', socketPath])
     await waitForAgent(socketPath, LIMITS.agentStartWaitMs, child.exited, child.pid)
     process.stderr.write(
       `cargo-pkcs11-agent: started (pid ${child.pid}) on ${socketPath}; log: ${child.logPath}\n`,
@@ -122,11 +103,8 @@ export async function run(argv: readonly string[]): Promise<number> {
   if (await relaunchWithThreadpoolSize()) return (process.exitCode as number | undefined) ?? 0
   detachFromRelauncher()
   ensureThreadpoolSize()
-  const configPath = resolveConfigPath(args.config)
-  const config = loadConfig(configPath.path)
-  const socketPath = resolveSocketPath(args.socket, config.agent.socket).path
   const log = agentLogWriter(agentLogPath(), 'cargo-pkcs11-agent: ')
-  const agent = new Agent({ config, socketPath, configPath: configPath.path, log })
+  const agent = new Agent({ config, socketPath, configPath, log })
   await agent.start()
   await agent.runUntilSignalled()
   return 0

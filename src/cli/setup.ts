@@ -25,7 +25,7 @@ import {
 } from '../pkcs11/keygen.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
 import { pem, PIN_POLICIES, TOUCH_POLICIES, type PinPolicy, type TouchPolicy } from '../verify/attestation.js'
-import { parseCommandArgs, USAGE, usageError } from './args.js'
+import { oneOf, parseCommandArgs, USAGE, usageError, usageOptionSpecs } from './args.js'
 import { obtainPin } from './device-target.js'
 import { planAgentConfig, writeAgentConfig, type KeyBinding } from './setup/agent-config.js'
 import { planCargoConfig } from './setup/cargo-config.js'
@@ -43,14 +43,6 @@ import {
   type SlotKey,
   type SlotPlan,
 } from './setup/yubikey.js'
-
-async function pinFor(token: TokenConfig): Promise<Pin | null> {
-  const target = {
-    pin: pinSource(token),
-    secretEnvVariables: token.pinEnv === undefined ? [] : [token.pinEnv],
-  }
-  return await obtainPin(target, tokenDescription(token), 'set up its key for cargo')
-}
 
 /** Finds the key on the device, or generates it (again, with --regenerate-key and a confirmation). */
 async function ensureKey(
@@ -94,13 +86,14 @@ function policyFlag<T extends string>(
   flag: string,
   fallback: T,
 ): T {
+  // `default` is the card's own default: only ever a fallback, never asked for by name.
   if (value === undefined) return fallback
-  if (!(allowed as readonly string[]).includes(value) || value === 'default')
-    throw usageError(
-      `${flag} must be one of ${allowed.filter((a) => a !== 'default').join(', ')}`,
-      USAGE.setup,
-    )
-  return value as T
+  return oneOf(
+    value,
+    allowed.filter((a) => a !== 'default'),
+    flag,
+    USAGE.setup,
+  )
 }
 
 /** The two slots and their policies from the flags (defaults: native-config/devices.md, "YubiKey: setup"). */
@@ -235,35 +228,7 @@ async function ensureCardKeys(
 }
 
 export async function setup(argv: readonly string[]): Promise<number> {
-  const values = parseCommandArgs(
-    argv,
-    {
-      config: { type: 'string' },
-      token: { type: 'string' },
-      module: { type: 'string' },
-      'token-label': { type: 'string' },
-      serial: { type: 'string' },
-      kind: { type: 'string' },
-      'pin-source': { type: 'string' },
-      'pin-env': { type: 'string' },
-      'pin-file': { type: 'string' },
-      label: { type: 'string' },
-      id: { type: 'string' },
-      registry: { type: 'string' },
-      index: { type: 'string' },
-      'write-cargo-config': { type: 'boolean' },
-      force: { type: 'boolean' },
-      'regenerate-key': { type: 'boolean' },
-      'confirm-destroy': { type: 'string' },
-      'read-slot': { type: 'string' },
-      'mutation-slot': { type: 'string' },
-      'touch-policy': { type: 'string' },
-      'pin-policy': { type: 'string' },
-      'keep-default-management-key': { type: 'boolean' },
-      certificate: { type: 'boolean' },
-    },
-    USAGE.setup,
-  ).values as Record<string, string | boolean | undefined>
+  const { values } = parseCommandArgs(argv, usageOptionSpecs(USAGE.setup), USAGE.setup)
   const flags = new Map<string, string>()
   for (const [k, v] of Object.entries(values)) if (typeof v === 'string') flags.set(k, v)
   const str = (key: string): string | undefined => flags.get(key)
@@ -300,7 +265,11 @@ export async function setup(argv: readonly string[]): Promise<number> {
   const { doc, tokenName, token } = await planAgentConfig(configPath, str, force, say, binding)
 
   applyModuleEnvironment(token.moduleEnv)
-  const pin = await pinFor(token)
+  const pin = await obtainPin(
+    { pin: pinSource(token), secretEnvVariables: token.pinEnv === undefined ? [] : [token.pinEnv] },
+    tokenDescription(token),
+    'set up its key for cargo',
+  )
   const out: string[] = []
   let agentBackup: string | undefined
   if (card !== undefined) {

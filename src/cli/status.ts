@@ -4,16 +4,10 @@ import type { KeyRefInfo } from '../protocol/methods.js'
 import { resolveSocketPath } from '../config/paths.js'
 import { parseCommandArgs, USAGE } from './args.js'
 
-/** `--socket PATH` plus the command's boolean flags, for commands that only talk to the agent. */
-export function socketArgs(
-  argv: readonly string[],
-  usage: string,
-  extra: Record<string, { type: 'boolean' }> = {},
-): { socket: string; flags: Record<string, boolean> } {
-  const { values } = parseCommandArgs(argv, { socket: { type: 'string' }, ...extra }, usage)
-  const flags: Record<string, boolean> = {}
-  for (const key of Object.keys(extra)) flags[key] = (values as Record<string, unknown>)[key] === true
-  return { socket: resolveSocketPath(values.socket as string | undefined, undefined).path, flags }
+/** The agent's socket (`--socket PATH`, else the default), for commands that only talk to the agent. */
+export function socketArgs(argv: readonly string[], usage: string): { socket: string } {
+  const { values } = parseCommandArgs(argv, { socket: { type: 'string' } }, usage)
+  return { socket: resolveSocketPath(values.socket, undefined).path }
 }
 
 function yes(value: boolean): string {
@@ -21,9 +15,14 @@ function yes(value: boolean): string {
 }
 
 export async function status(argv: readonly string[]): Promise<number> {
-  const { socket, flags } = socketArgs(argv, USAGE.status, { json: { type: 'boolean' } })
+  const { values } = parseCommandArgs(
+    argv,
+    { socket: { type: 'string' }, json: { type: 'boolean' } },
+    USAGE.status,
+  )
+  const socket = resolveSocketPath(values.socket, undefined).path
   const result = await callAgent(socket, 'status')
-  if (flags['json'] === true) {
+  if (values.json === true) {
     process.stdout.write(JSON.stringify(result, null, 2) + '\n')
     return 0
   }

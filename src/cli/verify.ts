@@ -12,9 +12,10 @@ import { readFileSync } from 'node:fs'
 import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { parseK3Public } from '../keys/paserk.js'
-import { OPERATIONS, isOperation } from '../cargo/operation.js'
+import { OPERATIONS } from '../cargo/operation.js'
 
-import { parseKeysFile, printableKip, type KeyRing } from '../registry/keys-file.js'
+import { readKeysFile } from '../gateway/keys.js'
+import { printableKip, type KeyRing } from '../registry/keys-file.js'
 import { fail } from '../verify/errors.js'
 import {
   PIN_POLICIES,
@@ -24,7 +25,7 @@ import {
   type TouchPolicy,
 } from '../verify/attestation.js'
 import { inspectToken, verifyToken, type VerifyOptions } from '../verify/verify.js'
-import { parseCommandArgs, USAGE, usageError } from './args.js'
+import { oneOf, parseCommandArgs, USAGE, usageError } from './args.js'
 
 const OPTIONS = {
   'public-key': { type: 'string' },
@@ -49,16 +50,25 @@ function usage(message: string): AgentError {
   return usageError(message, USAGE.verify)
 }
 
+function publicKeyFlag(value: string): Uint8Array {
+  try {
+    return parseK3Public(value)
+  } catch (error) {
+    throw usage(`--public-key: ${toAgentError(error).message}`)
+  }
+}
+
 /** `options.publicKey` is empty when the key comes from `keysFile` (found by the token's kip). */
 interface VerifyArgs {
-  token: string
+  /** The token, or `-` for stdin. */
+  tokenArg: string
   json: boolean
   options: VerifyOptions
   keysFile: string | undefined
 }
 
 /** Parse, then validate: a typed, frozen request before anything reads stdin or verifies. */
-export function parseVerifyArgs(argv: readonly string[]): Omit<VerifyArgs, 'token'> & { tokenArg: string } {
+export function parseVerifyArgs(argv: readonly string[]): VerifyArgs {
   const parsed = parseCommandArgs(argv, OPTIONS, USAGE.verify, { positionals: true })
   const v = parsed.values
   if (parsed.positionals.length !== 1) {
@@ -74,17 +84,8 @@ export function parseVerifyArgs(argv: readonly string[]): Omit<VerifyArgs, 'toke
     )
   if (v.url === undefined)
     throw usage('--url is required: the registry index URL exactly as cargo sends it (keep `sparse+`)')
-  let publicKey: Uint8Array = new Uint8Array(0)
-  if (v['public-key'] !== undefined) {
-    try {
-      publicKey = parseK3Public(v['public-key'])
-    } catch (error) {
-      throw usage(`--public-key: ${toAgentError(error).message}`)
-    }
-  }
-  const operation = v.operation ?? 'read'
-  if (!isOperation(operation))
-    throw usage(`--operation must be one of ${OPERATIONS.join(', ')}; got '${operation}'`)
+  const publicKey = v['public-key'] === undefined ? new Uint8Array(0) : publicKeyFlag(v['public-key'])
+  const operation = oneOf(v.operation ?? 'read', OPERATIONS, '--operation', USAGE.verify)
   const crate = {
     ...(v.name === undefined ? {} : { name: v.name }),
     ...(v.vers === undefined ? {} : { vers: v.vers }),
@@ -126,14 +127,8 @@ async function readStdin(): Promise<string> {
 }
 
 function readKeys(path: string): KeyRing {
-  let text: string
   try {
-    text = readFileSync(path, 'utf8')
-  } catch (error) {
-    throw usage(`--keys: cannot read ${path}: ${(error as Error).message}`)
-  }
-  try {
-    return parseKeysFile(text, path)
+    return readKeysFile(path)
   } catch (error) {
     throw usage(`--keys: ${toAgentError(error).message}`)
   }
@@ -142,7 +137,7 @@ function readKeys(path: string): KeyRing {
 /** The options for this token: with --keys, the key (and its subject) registered under the token's kip. */
 function optionsFor(
   token: string,
-  args: Omit<VerifyArgs, 'token'>,
+  args: VerifyArgs,
   keys: KeyRing | undefined,
 ): {
   options: VerifyOptions
@@ -171,12 +166,7 @@ function policyList<T extends string>(
   allowed: readonly T[],
   flag: string,
 ): T[] | undefined {
-  if (value === undefined) return undefined
-  const list = value.split(',').map((p) => p.trim())
-  for (const p of list)
-    if (!(allowed as readonly string[]).includes(p))
-      throw usage(`${flag}: '${p}' is not one of ${allowed.join(', ')}`)
-  return list as T[]
+  return value?.split(',').map((p) => oneOf(p.trim(), allowed, flag, USAGE.verify))
 }
 
 /**
@@ -189,12 +179,7 @@ async function verifyAttestationCommand(argv: readonly string[]): Promise<number
     throw usage('--roots PEMFILE is required: the attestation roots you trust (Yubico PIV root CA)')
   if (v['public-key'] === undefined)
     throw usage('--public-key k3.public.… is required: the key being registered')
-  let expectedKey: Uint8Array
-  try {
-    expectedKey = parseK3Public(v['public-key'])
-  } catch (error) {
-    throw usage(`--public-key: ${toAgentError(error).message}`)
-  }
+  const expectedKey = publicKeyFlag(v['public-key'])
   const input = v.attestation === '-' ? await readStdin() : readFileSync(String(v.attestation), 'utf8')
   const text = input.trimStart().startsWith('{')
     ? (() => {

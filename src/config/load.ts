@@ -6,19 +6,27 @@ import { AgentError } from '../lib/errors.js'
 import type { Env } from './paths.js'
 import { validateConfig, type Config } from './schema.js'
 
-/** Parses TOML text and validates it. `path` is only used in messages. */
-export function parseConfig(text: string, path: string | undefined, env: Env = process.env): Config {
-  let doc: unknown
+/** TOML text as a table; CONFIG_INVALID naming `file`, with the line and column, when it does not parse. */
+export function parseToml(text: string, file: string, remedy: string): Record<string, unknown> {
   try {
-    doc = parse(text)
+    return parse(text)
   } catch (error) {
     const where = error instanceof TomlError ? ` at line ${error.line}, column ${error.column}` : ''
     const what = error instanceof Error ? error.message.split('\n')[0] : String(error)
-    throw new AgentError('CONFIG_INVALID', `${path ?? 'config'} is not valid TOML${where}: ${what}`, {
+    throw new AgentError('CONFIG_INVALID', `${file} is not valid TOML${where}: ${what}`, {
       cause: error,
-      remedy: 'Fix the TOML syntax; docs/configuration.md has a full example',
+      remedy,
     })
   }
+}
+
+/** Parses TOML text and validates it. `path` is only used in messages. */
+export function parseConfig(text: string, path: string | undefined, env: Env = process.env): Config {
+  const doc = parseToml(
+    text,
+    path ?? 'config',
+    'Fix the TOML syntax; docs/configuration.md has a full example',
+  )
   return validateConfig(doc, path, env)
 }
 

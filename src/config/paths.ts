@@ -69,12 +69,8 @@ export function resolveSocketPath(
   const fromEnv = nonEmpty(env['CARGO_PKCS11_AGENT_SOCK'])
   if (fromEnv !== undefined) return { path: fromEnv, source: 'env' }
   if (configured !== undefined) return { path: configured, source: 'config' }
-  return { path: defaultSocketPath(env), source: 'default' }
-}
-
-export function defaultSocketPath(env: Env = process.env): string {
   const runtime = nonEmpty(env['XDG_RUNTIME_DIR'])
-  if (runtime !== undefined) return join(runtime, APP_DIR, 'agent.sock')
+  if (runtime !== undefined) return { path: join(runtime, APP_DIR, 'agent.sock'), source: 'default' }
   const uid = typeof process.getuid === 'function' ? process.getuid() : 0
-  return join(tmpdir(), `${APP_DIR}-${uid}`, 'agent.sock')
+  return { path: join(tmpdir(), `${APP_DIR}-${uid}`, 'agent.sock'), source: 'default' }
 }

@@ -5,8 +5,7 @@
  */
 import { readFileSync } from 'node:fs'
 
-import { parse as parseToml } from 'smol-toml'
-
+import { parseToml } from '../config/load.js'
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { Secret } from '../lib/secret.js'
@@ -29,17 +28,19 @@ export interface GatewayConfig {
   readonly upstreamTimeoutMs: number
 }
 
-/** Flags as `cargo-pkcs11-agent gateway` takes them; each overrides the same key of the file. */
-export interface GatewayFlags {
-  readonly config?: string | undefined
-  readonly listen?: string | undefined
-  readonly 'public-url'?: string | undefined
-  readonly upstream?: string | undefined
-  readonly keys?: string | undefined
-  readonly 'upstream-token-file'?: string | undefined
-  readonly 'upstream-token-env'?: string | undefined
-  readonly 'max-age'?: string | undefined
-}
+/** The flags of `cargo-pkcs11-agent gateway` (parser specs); each overrides the same key of the file. */
+export const GATEWAY_FLAGS = {
+  config: { type: 'string' },
+  listen: { type: 'string' },
+  'public-url': { type: 'string' },
+  upstream: { type: 'string' },
+  keys: { type: 'string' },
+  'upstream-token-file': { type: 'string' },
+  'upstream-token-env': { type: 'string' },
+  'max-age': { type: 'string' },
+} as const
+
+export type GatewayFlags = { readonly [K in keyof typeof GATEWAY_FLAGS]?: string | undefined }
 
 const FILE_KEYS = [
   'listen',
@@ -74,12 +75,7 @@ function readConfigFile(path: string): Record<string, unknown> {
       },
     )
   }
-  let table: Record<string, unknown>
-  try {
-    table = parseToml(text) as Record<string, unknown>
-  } catch (error) {
-    return invalid(`${path} is not TOML: ${(error as Error).message.split('\n')[0] ?? ''}`)
-  }
+  const table = parseToml(text, path, REMEDY)
   for (const key of Object.keys(table))
     if (!(FILE_KEYS as readonly string[]).includes(key)) invalid(`${path}: unknown key \`${key}\``)
   return table
@@ -163,6 +159,8 @@ export function loadGatewayConfig(flags: GatewayFlags): GatewayConfig {
     invalid('`public-url` is an origin (scheme, host, port) without a path')
   const strict = file['strict-low-s']
   if (strict !== undefined && typeof strict !== 'boolean') invalid('`strict-low-s` must be true or false')
+  // A token flag replaces the file's token setting as a whole: the two places are never mixed.
+  const tokenFlags = flags['upstream-token-file'] !== undefined || flags['upstream-token-env'] !== undefined
   const tokenFile = flags['upstream-token-file'] ?? text(file, 'upstream-token-file')
   const tokenEnv = flags['upstream-token-env'] ?? text(file, 'upstream-token-env')
   return Object.freeze({
@@ -170,14 +168,9 @@ export function loadGatewayConfig(flags: GatewayFlags): GatewayConfig {
     port,
     publicUrl: publicUrl?.replace(/\/+$/, ''),
     upstream: httpUrl(upstreamText!, 'upstream'),
-    upstreamToken: upstreamToken(
-      flags['upstream-token-file'] !== undefined || flags['upstream-token-env'] !== undefined
-        ? flags['upstream-token-file']
-        : tokenFile,
-      flags['upstream-token-file'] !== undefined || flags['upstream-token-env'] !== undefined
-        ? flags['upstream-token-env']
-        : tokenEnv,
-    ),
+    upstreamToken: tokenFlags
+      ? upstreamToken(flags['upstream-token-file'], flags['upstream-token-env'])
+      : upstreamToken(tokenFile, tokenEnv),
     keysFile: keysFile!,
     maxAgeSeconds: integer(
       flags['max-age'] ?? file['max-age-seconds'],

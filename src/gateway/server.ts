@@ -22,6 +22,7 @@ import { request as httpsRequest } from 'node:https'
 import type { AddressInfo } from 'node:net'
 
 import { AgentError, toAgentError } from '../lib/errors.js'
+import { isRecord } from '../lib/json.js'
 import { LIMITS } from '../lib/limits.js'
 import {
   CargoAuth,
@@ -103,11 +104,10 @@ export async function startGateway(config: GatewayConfig, hooks: GatewayHooks = 
 
   /** config.json with `dl` and `api` pointing back at the gateway, and auth-required on. */
   const rewriteConfig = (body: Buffer): Buffer => {
-    let config: Record<string, unknown>
+    let config: unknown
     try {
-      config = JSON.parse(body.toString('utf8')) as Record<string, unknown>
-      if (config === null || typeof config !== 'object' || Array.isArray(config))
-        throw new Error('not an object')
+      config = JSON.parse(body.toString('utf8'))
+      if (!isRecord(config)) throw new Error('not an object')
     } catch (error) {
       throw upstreamError(
         `the upstream config.json is not a JSON object (${(error as Error).message})`,

@@ -22,15 +22,15 @@ export const COMPRESSED_POINT_BYTES = 49
 export const UNCOMPRESSED_POINT_BYTES = 97
 
 /** DER of the named-curve OID 1.3.132.0.34 (secp384r1), the usual CKA_EC_PARAMS value. */
-const P384_OID_DER = Uint8Array.from([0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22])
+export const P384_OID_DER = Uint8Array.from([0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22])
 /** id-fieldType prime-field, 1.2.840.10045.1.1 (X9.62). */
 const PRIME_FIELD_OID = Uint8Array.from([0x2a, 0x86, 0x48, 0xce, 0x3d, 0x01, 0x01])
 
 const KEY_REMEDY =
   'Use a P-384 (secp384r1) EC key; if the module returned this key, run `cargo-pkcs11-agent doctor` and report the module and device'
 
-function keyInvalid(message: string): AgentError {
-  return new AgentError('KEY_INVALID', message, { remedy: KEY_REMEDY })
+function keyInvalid(message: string, cause?: unknown): AgentError {
+  return new AgentError('KEY_INVALID', message, { remedy: KEY_REMEDY, cause })
 }
 
 export function bytesToBigInt(bytes: Uint8Array): bigint {
@@ -71,10 +71,7 @@ export function decompressPoint(compressed49: Uint8Array): Uint8Array {
       ECDH.convertKey(Buffer.from(compressed49), 'secp384r1', undefined, undefined, 'uncompressed') as Buffer,
     )
   } catch (cause) {
-    throw new AgentError('KEY_INVALID', 'the public key is not a point on the P-384 curve', {
-      remedy: KEY_REMEDY,
-      cause,
-    })
+    throw keyInvalid('the public key is not a point on the P-384 curve', cause)
   }
 }
 

@@ -17,6 +17,7 @@ import {
 } from 'node:fs'
 import { basename } from 'node:path'
 import pkcs11js from 'pkcs11js'
+import { P384_OID_DER } from '../keys/point.js'
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import type { Pin, Secret } from '../lib/secret.js'
@@ -168,9 +169,6 @@ function p11KitServerAddress(path: string): string | undefined {
 
 /** CK_INFO.libraryDescription of a p11-kit-client that has no server (p11-kit `p11-kit/rpc-client.c` fill_stand_in_info). */
 const P11_KIT_NO_CONNECTION = 'p11-kit (no connection)'
-
-// DER of OID 1.3.132.0.34 (secp384r1), the named-curve form of CKA_EC_PARAMS (X9.62 ECParameters).
-const P384_OID_DER = Buffer.from('06052b81040022', 'hex')
 
 /**
  * CK_TOKEN_INFO strings are fixed-width and blank padded (PKCS#11 v2.40 §3.2), but tpm2-pkcs11 pads
@@ -554,7 +552,7 @@ export class Pkcs11Module {
       { type: k.CKA_KEY_TYPE, value: k.CKK_EC },
       { type: k.CKA_TOKEN, value: true },
       { type: k.CKA_PRIVATE, value: false },
-      { type: k.CKA_EC_PARAMS, value: P384_OID_DER },
+      { type: k.CKA_EC_PARAMS, value: Buffer.from(P384_OID_DER) },
       { type: k.CKA_VERIFY, value: true },
       { type: k.CKA_WRAP, value: false },
       { type: k.CKA_DERIVE, value: false },
@@ -593,7 +591,7 @@ export class Pkcs11Module {
   }
 
   /** C_SignInit with CKM_ECDSA: raw ECDSA over a digest the host computed (SoftHSM offers no
-   * CKM_ECDSA_SHA384; spec/pkcs11-platform-notes §2). */
+   * CKM_ECDSA_SHA384; docs/pkcs11-platforms.md §2). */
   signInit(session: Handle, key: Handle, where: string): void {
     this.#checkLive(session, 'sign-init', where)
     call('sign-init', where, () => this.#p11.C_SignInit(session, { mechanism: k.CKM_ECDSA }, key))

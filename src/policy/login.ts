@@ -7,7 +7,7 @@ import { createHmac, randomBytes } from 'node:crypto'
 import { toAgentError } from '../lib/errors.js'
 import type { Pin } from '../lib/secret.js'
 import type { Intent } from '../cargo/intent.js'
-import type { TokenPolicy } from './config.js'
+import type { PinSource, TokenPolicy } from './config.js'
 import type { Confirmer } from './confirm.js'
 import { describeIntent, tell, type PinPrompt, type Prompter } from './intent.js'
 import type { PinCache } from './pin-cache.js'
@@ -19,7 +19,7 @@ import {
   wrongPin,
   type PolicyDeviceStatus,
 } from './pin-errors.js'
-import { isInteractiveSource, readPin, type PinSource, type PinSources } from './pin-source.js'
+import { isInteractiveSource, readPin, type PinSources } from './pin-source.js'
 
 type MaybePromise<T> = T | Promise<T>
 

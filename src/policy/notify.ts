@@ -5,6 +5,7 @@
  */
 import { spawn } from 'node:child_process'
 import { LIMITS } from '../lib/limits.js'
+import { displaySafe } from './intent.js'
 
 export interface DesktopNotifier {
   /** Fire and forget; resolves when the helper has exited or was killed, never rejects. */
@@ -20,11 +21,6 @@ export interface SpawnNotifierOptions {
   readonly timeoutMs?: number
   /** Called with a short reason when a notification could not be shown (debug log). */
   readonly onFailure?: (reason: string) => void
-}
-
-/** Notification bodies come from other processes' data: keep them short and single-line-ish. */
-function clip(text: string, max: number): string {
-  return text.length > max ? `${text.slice(0, max - 1)}…` : text
 }
 
 /** AppleScript string literal: backslash and double quote must be escaped. */
@@ -62,7 +58,8 @@ export function desktopNotifier(options: SpawnNotifierOptions): DesktopNotifier 
   return {
     notify: (title, body) =>
       new Promise<void>((resolve) => {
-        const [program, args] = build(clip(title, 120), clip(body, 600))
+        // Notification texts come from other processes' data: terminal-safe, short and on one line.
+        const [program, args] = build(displaySafe(title, 120), displaySafe(body, 600))
         let done = false
         const finish = (reason?: string): void => {
           if (done) return

@@ -7,7 +7,7 @@
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import type { PinPrompt } from './intent.js'
-import type { PinSource } from './pin-source.js'
+import type { PinSource } from './config.js'
 
 export const UNBLOCK_REMEDY =
   'Check and unblock the PIN with the PUK or SO PIN: `ykman piv info` / `ykman piv access unblock-pin` (YubiKey), ' +

@@ -7,6 +7,7 @@
  */
 import { LIMITS } from '../lib/limits.js'
 import { Pin } from '../lib/secret.js'
+import type { PinSource } from './config.js'
 import type { Notice, PinPrompt } from './intent.js'
 import {
   configuredPinTooLong,
@@ -17,22 +18,6 @@ import {
   type PinAsker,
 } from './pin-errors.js'
 import { pinentryGetPin, type PinentryOptions } from './pinentry.js'
-
-/**
- * Where a token's PIN comes from (docs/configuration.md, `pin-source`).
- * - `pinentry`: the Assuan program the user configured (like gpg-agent); `program` defaults to the
- *   policy-wide `pinentryProgram`.
- * - `tty`: the requesting terminal (the agent: through the shim, `Prompter.askPin`).
- * - `env` / `file`: CI secrets. The file must not be readable by group or others.
- * - `none`: protected authentication path (PIN pad, biometric): `C_Login` with a NULL PIN
- *   (PKCS#11 v2.40 section 5.6, CKF_PROTECTED_AUTHENTICATION_PATH). Nothing to read.
- */
-export type PinSource =
-  | { readonly kind: 'pinentry'; readonly program?: string }
-  | { readonly kind: 'tty' }
-  | { readonly kind: 'env'; readonly variable: string }
-  | { readonly kind: 'file'; readonly path: string }
-  | { readonly kind: 'none' }
 
 /** Sources a human answers: only these are cached (env and file are re-read when needed). */
 export function isInteractiveSource(source: PinSource): boolean {

@@ -220,8 +220,10 @@ class PinentrySession {
   }
 }
 
+/** One pinentry run: the session options, the dialog's title and description, then `work`. */
 async function withSession<T>(
   options: PinentryOptions,
+  dialog: { readonly title: string; readonly description: string },
   work: (session: PinentrySession) => Promise<T>,
 ): Promise<T> {
   const session = new PinentrySession(options)
@@ -233,6 +235,8 @@ async function withSession<T>(
     await session.option('lc-ctype', env['LC_ALL'] ?? env['LC_CTYPE'] ?? env['LANG'])
     // Our kill timer still bounds a pinentry that ignores SETTIMEOUT.
     await session.optional('SETTIMEOUT', String(Math.max(1, Math.ceil(options.timeoutMs / 1000))))
+    await session.command('SETTITLE', dialog.title)
+    await session.command('SETDESC', dialog.description)
     return await work(session)
   } catch (error) {
     throw answerError(error, options.program)
@@ -243,9 +247,7 @@ async function withSession<T>(
 
 /** Asks for a PIN. Cancel → PIN_ENTRY_FAILED "cancelled"; an empty answer is treated as cancel. */
 export async function pinentryGetPin(options: PinentryOptions, dialog: PinDialog): Promise<Pin> {
-  return withSession(options, async (session) => {
-    await session.command('SETTITLE', dialog.title)
-    await session.command('SETDESC', dialog.description)
+  return withSession(options, dialog, async (session) => {
     await session.command('SETPROMPT', dialog.prompt)
     if (dialog.warning !== undefined) await session.command('SETERROR', dialog.warning)
     const reply = await session.command('GETPIN')
@@ -266,9 +268,7 @@ export async function pinentryGetPin(options: PinentryOptions, dialog: PinDialog
 
 /** Asks yes/no. OK → true; the "no" button or Cancel → false; anything else → PIN_ENTRY_FAILED. */
 export async function pinentryConfirm(options: PinentryOptions, dialog: ConfirmDialog): Promise<boolean> {
-  return withSession(options, async (session) => {
-    await session.command('SETTITLE', dialog.title)
-    await session.command('SETDESC', dialog.description)
+  return withSession(options, dialog, async (session) => {
     await session.command('SETOK', dialog.ok)
     await session.command('SETCANCEL', dialog.cancel)
     try {

@@ -4,21 +4,20 @@
  */
 import { createConnection, type Socket } from 'node:net'
 
-import { AgentError, type WireError } from '../lib/errors.js'
+import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import {
   encodeFrame,
   LineDecoder,
   parseAgentMessage,
+  type AnswerMessage,
   type EventMessage,
   type QueryMessage,
 } from './frames.js'
 import type { Method, RequestArgs, Result } from './methods.js'
 
-export interface QueryAnswer {
-  result?: Record<string, unknown>
-  error?: WireError
-}
+/** What a client answers to the agent's query: the answer frame's result or error. */
+export type QueryAnswer = Pick<AnswerMessage, 'result' | 'error'>
 
 export interface RequestOptions {
   onEvent?: (event: EventMessage) => void
@@ -196,13 +195,7 @@ export class AgentConnection {
           }))
     void answer.then((a) => {
       if (this.#closed !== undefined) return
-      const frame: {
-        v: 1
-        type: 'answer'
-        qid: number
-        result?: Record<string, unknown>
-        error?: WireError
-      } = { v: 1, type: 'answer', qid: message.qid }
+      const frame: AnswerMessage = { v: 1, type: 'answer', qid: message.qid }
       if (a.result !== undefined) frame.result = a.result
       if (a.error !== undefined) frame.error = a.error
       this.#socket.write(encodeFrame(frame))

@@ -8,6 +8,7 @@
  * stream, so a newline is all the framing needed.
  */
 import { AgentError, type WireError } from '../lib/errors.js'
+import { isRecord } from '../lib/json.js'
 import { LIMITS } from '../lib/limits.js'
 import { isMethod, METHODS, type EventName, type Method, type QueryName } from './methods.js'
 
@@ -132,10 +133,6 @@ export class LineDecoder {
   get pending(): number {
     return this.#discarding ? this.#discarded : this.#length
   }
-}
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value)
 }
 
 function protocolError(message: string, remedy: string): AgentError {

@@ -9,19 +9,17 @@ import type { RequesterClaim } from '../cargo/intent.js'
 import type { CacheControl } from '../cargo/protocol.js'
 import type { TriesLeft, WireError } from '../lib/errors.js'
 
-/** Params of the methods that carry cargo's own request line (sign, login, logout). */
-export interface CargoParams {
-  /** The request line exactly as cargo wrote it; the agent parses it itself. */
-  cargo: string
+/** Params of the administrative methods that may need a PIN (pubkey, keygen). */
+export interface AdminParams {
   requester?: RequesterClaim
   /** The client has a terminal on which it can ask for a PIN (a yes/no it is never asked). */
   interactive?: boolean
 }
 
-/** Params of the administrative methods that may need a PIN (pubkey, keygen). */
-export interface AdminParams {
-  requester?: RequesterClaim
-  interactive?: boolean
+/** Params of the methods that carry cargo's own request line (sign, login, logout). */
+export interface CargoParams extends AdminParams {
+  /** The request line exactly as cargo wrote it; the agent parses it itself. */
+  cargo: string
 }
 
 /** A device key as a registry operator registers it (RFC 3231 key registration). */

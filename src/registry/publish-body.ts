@@ -7,6 +7,7 @@
 import { createHash } from 'node:crypto'
 
 import { AgentError } from '../lib/errors.js'
+import { isRecord } from '../lib/json.js'
 import type { CrateRef } from '../cargo/operation.js'
 
 export interface PublishBody {
@@ -46,9 +47,8 @@ export function parsePublishBody(body: Uint8Array): PublishBody {
   } catch (cause) {
     invalid(`the metadata is not UTF-8 JSON (${(cause as Error).message})`)
   }
-  if (typeof metadata !== 'object' || metadata === null || Array.isArray(metadata))
-    invalid('the metadata is not a JSON object')
-  const record = metadata as Record<string, unknown>
+  if (!isRecord(metadata)) return invalid('the metadata is not a JSON object')
+  const record = metadata
   const crateLength = bytes.readUInt32LE(4 + jsonLength)
   const start = 8 + jsonLength
   if (start + crateLength !== bytes.length)

@@ -1,14 +1,8 @@
 /** Who is asking: the shim's parent (normally cargo), for the intent shown to the human and the audit log. */
 import { closeSync, openSync, readFileSync, readlinkSync } from 'node:fs'
 
+import type { RequesterClaim } from '../cargo/intent.js'
 import { LIMITS } from '../lib/limits.js'
-
-export interface RequesterContext {
-  pid: number
-  ppid?: number
-  command?: string
-  tty?: string
-}
 
 /** The parent of `pid` from /proc/<pid>/stat (field 4, after the parenthesised command name). */
 function parentOf(pid: number): number | undefined {
@@ -25,8 +19,8 @@ function parentOf(pid: number): number | undefined {
  * The requester is the program that started this shim (cargo): `pid` is cargo's, `ppid` its parent's
  * (the shell or build tool), `command` cargo's command line. The shim's own pid says nothing to a human.
  */
-export function requesterContext(): RequesterContext {
-  const context: RequesterContext = { pid: process.ppid }
+export function requesterContext(): RequesterClaim {
+  const context: RequesterClaim = { pid: process.ppid }
   const grandparent = parentOf(process.ppid)
   if (grandparent !== undefined) context.ppid = grandparent
   try {

@@ -8,6 +8,7 @@
  * footer's `kip`, which `inspectToken` reads without trusting it).
  */
 import { AgentError } from '../lib/errors.js'
+import { isRecord } from '../lib/json.js'
 import { LIMITS } from '../lib/limits.js'
 import { k3Pid, parseK3Public } from '../keys/paserk.js'
 import { COMPRESSED_POINT_BYTES, publicKeyObject } from '../keys/point.js'
@@ -131,9 +132,7 @@ const FOOTER_REMEDY =
 function decodeJsonObject(bytes: Uint8Array): Record<string, unknown> | undefined {
   try {
     const value: unknown = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes))
-    return value !== null && typeof value === 'object' && !Array.isArray(value)
-      ? (value as Record<string, unknown>)
-      : undefined
+    return isRecord(value) ? value : undefined
   } catch {
     return undefined
   }

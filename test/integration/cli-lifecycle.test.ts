@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
-import { COMMANDS } from '../../src/cli/main.js'
+import { COMMANDS } from '../../src/cli/commands.js'
 import { LIMITS } from '../../src/lib/limits.js'
 import {
   cargoGet,

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 
 import { parseCommandArgs, USAGE } from '../../src/cli/args.js'
-import { COMMANDS } from '../../src/cli/main.js'
+import { COMMANDS } from '../../src/cli/commands.js'
 import { AgentError } from '../../src/lib/errors.js'
 
 const OPTIONS = { config: { type: 'string' }, json: { type: 'boolean' } } as const

@@ -8,7 +8,7 @@ import { auditEntry, type AuditOutcome } from '../../audit/entry.js'
 import { AgentError, toAgentError } from '../../lib/errors.js'
 import { describeRequester } from '../../policy/intent.js'
 import { tokenPolicy } from '../policy-config.js'
-import { adminIntent, keyInfoOf, keySpec, loginToken } from './keys.js'
+import { adminRequest, keyInfoOf, keySpec, loginToken } from './keys.js'
 import { stringParam, type MethodHandler } from './method.js'
 
 /** Generate a P-384 key on a configured token (`cargo-pkcs11-agent keygen` through the agent). */
@@ -21,18 +21,22 @@ export const keygen: MethodHandler<'keygen'> = async (agent, params, context) =>
     })
   const { token, device } = agent.devices.byName(tokenName)
   const force = params['force'] === true
-  const intent = adminIntent(context, params, `token ${token.name}`)
+  const request = adminRequest(context, params, `token ${token.name}`)
+  const { intent } = request
   const key = `${token.name}/${label}`
   const what = `keygen ${key}${force ? ' (force: replaces an existing key)' : ''}`
+  // Unlike a sign, a generated key exists on the device already: a failed audit line is logged, not undone.
   const record = async (outcome: Omit<AuditOutcome, 'operation' | 'key' | 'replaced'>): Promise<void> => {
-    await agent.audit.record(auditEntry(intent, { ...outcome, operation: 'keygen', key, replaced: force }))
+    await agent.audit
+      .record(auditEntry(intent, { ...outcome, operation: 'keygen', key, replaced: force }))
+      .catch((error: unknown) => agent.log(`audit-failed ${toAgentError(error).code}`))
   }
   try {
     if (force) {
       const text = `Replace the key "${label}" on ${tokenPolicy(token).description}, requested by ${describeRequester(intent.requester)}? Registries that know the old public key will reject your tokens`
       const { approved } = await agent.policy.confirm(
         intent,
-        context.prompter(params['interactive'] === true),
+        request.prompter,
         text,
         'Replace',
         tokenPolicy(token),
@@ -42,23 +46,18 @@ export const keygen: MethodHandler<'keygen'> = async (agent, params, context) =>
           remedy: 'Nothing was changed. Run keygen again and approve it if you meant to replace the key',
         })
     }
-    await loginToken(agent, token, params, context, intent)
+    await loginToken(agent, token, request)
     const made = keyInfoOf(
       token,
       await device.generateKey(keySpec(label, stringParam(params, 'id')), { force }),
     )
-    // Unlike a sign, the key exists on the device already: a failed audit line is logged, not undone.
-    await record({ result: 'generated', kip: made.k3Pid }).catch((error: unknown) =>
-      agent.log(`audit-failed ${toAgentError(error).code}`),
-    )
+    await record({ result: 'generated', kip: made.k3Pid })
     agent.log(`${what} by ${describeRequester(intent.requester)}: generated ${made.k3Pid}`)
     return made
   } catch (error) {
     const failure = toAgentError(error)
     const denied = failure.code === 'DENIED' || failure.code === 'POLICY_DENIED'
-    await record({ result: denied ? 'denied' : 'failed', code: failure.code, reason: failure.message }).catch(
-      (auditError: unknown) => agent.log(`audit-failed ${toAgentError(auditError).code}`),
-    )
+    await record({ result: denied ? 'denied' : 'failed', code: failure.code, reason: failure.message })
     agent.log(`${what} by ${describeRequester(intent.requester)}: ${failure.code}`)
     throw failure
   }

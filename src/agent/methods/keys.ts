@@ -6,19 +6,26 @@ import type { Intent } from '../../cargo/intent.js'
 import type { KeyRef, TokenConfig } from '../../config/schema.js'
 import { k3Pid, k3Public } from '../../keys/paserk.js'
 import type { DeviceKey } from '../../pkcs11/key-catalogue.js'
+import type { Prompter } from '../../policy/intent.js'
 import type { KeyInfo } from '../../protocol/methods.js'
 import { withClaim } from '../requester.js'
 import { tokenPolicy } from '../policy-config.js'
 import type { AgentState, MethodContext } from '../state.js'
 import type { UntrustedParams } from './method.js'
 
-/** Non-signing requests (login, pubkey, keygen) log in through the same policy, described as this intent. */
-export function adminIntent(
+/** A non-signing request (login, pubkey, keygen): the intent policy shows and the requester's prompter. */
+export interface AdminRequest {
+  readonly intent: Intent
+  readonly prompter: Prompter
+}
+
+/** Non-signing requests log in through the same policy as signing, described as this intent. */
+export function adminRequest(
   context: MethodContext,
   params: UntrustedParams,
   indexUrl: string,
   registryName?: string,
-): Intent {
+): AdminRequest {
   const intent: Intent = {
     indexUrl,
     operation: 'read',
@@ -26,21 +33,19 @@ export function adminIntent(
     requester: withClaim(context.requester, params['requester']),
   }
   if (registryName !== undefined) intent.registryName = registryName
-  return intent
+  return { intent, prompter: context.prompter(params['interactive'] === true) }
 }
 
 export async function loginToken(
   agent: AgentState,
   token: TokenConfig,
-  params: UntrustedParams,
-  context: MethodContext,
-  intent: Intent,
+  request: AdminRequest,
 ): Promise<void> {
   await agent.policy.ensureLoggedIn(
     agent.devices.get(token),
     tokenPolicy(token),
-    context.prompter(params['interactive'] === true),
-    intent,
+    request.prompter,
+    request.intent,
   )
 }
 
@@ -60,15 +65,9 @@ export function keySpec(label: string, id: string | undefined): { label: string;
   return id === undefined ? { label } : { label, id }
 }
 
-export async function keyInfo(
-  agent: AgentState,
-  ref: KeyRef,
-  params: UntrustedParams,
-  context: MethodContext,
-  intent: Intent,
-): Promise<KeyInfo> {
+export async function keyInfo(agent: AgentState, ref: KeyRef, request: AdminRequest): Promise<KeyInfo> {
   const { token, device } = agent.devices.byName(ref.token)
   // Private objects (and on some tokens the public ones) are hidden until login.
-  await loginToken(agent, token, params, context, intent)
+  await loginToken(agent, token, request)
   return keyInfoOf(token, await device.findKey(ref))
 }

@@ -3,7 +3,7 @@ import type { KeyInfo } from '../../protocol/methods.js'
 import { describeKey } from '../devices.js'
 import { registryBinding } from '../pipeline/bind.js'
 import { parseCargoLine } from '../pipeline/parse.js'
-import { adminIntent, keyInfo, keyInfoOf, keySpec, loginToken } from './keys.js'
+import { adminRequest, keyInfo, keyInfoOf, keySpec, loginToken } from './keys.js'
 import type { MethodHandler } from './method.js'
 
 /**
@@ -23,17 +23,10 @@ export const login: MethodHandler<'login'> = async (agent, params, context) => {
   const keys: KeyInfo[] = []
   const refs =
     registry.mutationKey === registry.readKey ? [registry.readKey] : [registry.readKey, registry.mutationKey]
+  const request = adminRequest(context, params, registry.index, registry.name)
   for (const ref of refs) {
     try {
-      keys.push(
-        await keyInfo(
-          agent,
-          ref,
-          params,
-          context,
-          adminIntent(context, params, registry.index, registry.name),
-        ),
-      )
+      keys.push(await keyInfo(agent, ref, request))
     } catch (error) {
       if (!(error instanceof AgentError) || error.code !== 'KEY_NOT_FOUND') throw error
       const { token, device } = agent.devices.byName(ref.token)
@@ -50,13 +43,7 @@ export const login: MethodHandler<'login'> = async (agent, params, context) => {
         )
       // Device closes a session after any failed request (KEY_NOT_FOUND included), and closing the
       // last session ends the login (PKCS#11 v2.40 §5.6): log in again before writing the key.
-      await loginToken(
-        agent,
-        token,
-        params,
-        context,
-        adminIntent(context, params, registry.index, registry.name),
-      )
+      await loginToken(agent, token, request)
       const key = await device.generateKey(keySpec(ref.label, ref.id))
       generated.push(`${token.name}/${key.label}`)
       agent.log(

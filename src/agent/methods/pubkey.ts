@@ -1,6 +1,6 @@
 import { AgentError } from '../../lib/errors.js'
 import { registryBinding } from '../pipeline/bind.js'
-import { adminIntent, keyInfo } from './keys.js'
+import { adminRequest, keyInfo } from './keys.js'
 import { stringParam, type MethodHandler } from './method.js'
 
 /** The keys a registry operator registers: k3.public and k3.pid of the read and mutation keys. */
@@ -18,12 +18,10 @@ export const pubkey: MethodHandler<'pubkey'> = async (agent, params, context) =>
   }
   const out = []
   for (const registry of registries) {
-    const intent = adminIntent(context, params, registry.index, registry.name)
-    const read = await keyInfo(agent, registry.readKey, params, context, intent)
+    const request = adminRequest(context, params, registry.index, registry.name)
+    const read = await keyInfo(agent, registry.readKey, request)
     const mutation =
-      registry.mutationKey === registry.readKey
-        ? read
-        : await keyInfo(agent, registry.mutationKey, params, context, intent)
+      registry.mutationKey === registry.readKey ? read : await keyInfo(agent, registry.mutationKey, request)
     out.push({ registry: registry.name, index: registry.index, readKey: read, mutationKey: mutation })
   }
   return { registries: out }

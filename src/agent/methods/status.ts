@@ -34,21 +34,20 @@ export const status: MethodHandler<'status'> = async (agent) => {
       return null
     }
   }
-  const keyPolicies = new Map<string, StatusResult['registries'][number]['keyPolicies']>()
+  const registries: StatusResult['registries'] = []
   for (const r of Object.values(agent.config.registries))
-    keyPolicies.set(r.name, { read: await policies(r.readKey), mutation: await policies(r.mutationKey) })
-  const registries = Object.values(agent.config.registries).map((r) => ({
-    keyPolicies: keyPolicies.get(r.name) ?? { read: null, mutation: null },
-    name: r.name,
-    index: r.index,
-    readKey: r.readKey,
-    mutationKey: r.mutationKey,
-    confirm: agent.confirmOf(r).mode,
-    confirmReason: agent.confirmOf(r).reason,
-    tokenMaxAgeSeconds: r.tokenMaxAgeSeconds,
-    mutationsLastHour: agent.policy.limiter.count(r.index),
-    mutationsPerHour: r.mutationsPerHour,
-  }))
+    registries.push({
+      keyPolicies: { read: await policies(r.readKey), mutation: await policies(r.mutationKey) },
+      name: r.name,
+      index: r.index,
+      readKey: r.readKey,
+      mutationKey: r.mutationKey,
+      confirm: agent.confirmOf(r).mode,
+      confirmReason: agent.confirmOf(r).reason,
+      tokenMaxAgeSeconds: r.tokenMaxAgeSeconds,
+      mutationsLastHour: agent.policy.limiter.count(r.index),
+      mutationsPerHour: r.mutationsPerHour,
+    })
   let dumpable: boolean | undefined
   try {
     dumpable = isDumpable()

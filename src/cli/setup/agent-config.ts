@@ -3,9 +3,6 @@
  * flags, or a private SoftHSM store when no hardware is configured), the [registries.NAME] binding,
  * the whole result validated before anything touches a device, and writing the file.
  */
-import { existsSync, readFileSync } from 'node:fs'
-
-import { parseConfig } from '../../config/load.js'
 import {
   checkIndexUrl,
   PIN_SOURCES,
@@ -14,8 +11,8 @@ import {
   type Config,
   type TokenConfig,
 } from '../../config/schema.js'
-import { AgentError } from '../../lib/errors.js'
-import { USAGE, usageError } from '../args.js'
+import { oneOf, USAGE, usageError } from '../args.js'
+import { configuredToken } from '../device-target.js'
 import { ensureDefaultSoftHsm } from './softhsm-store.js'
 import { place, readToml, saveToml, tableAt, type Table } from './tables.js'
 
@@ -26,7 +23,6 @@ export type Flag = (name: string) => string | undefined
 async function chooseToken(
   flag: Flag,
   existing: Config,
-  configPath: string,
   say: (line: string) => void,
 ): Promise<{ name: string; table?: Table }> {
   const module = flag('module')
@@ -37,36 +33,22 @@ async function chooseToken(
     if (flag('token-label') !== undefined) table['label'] = flag('token-label')
     if (flag('serial') !== undefined) table['serial'] = flag('serial')
     const kind = flag('kind')
-    if (kind !== undefined) {
-      if (!(TOKEN_KINDS as readonly string[]).includes(kind))
-        throw usageError(`--kind must be one of ${TOKEN_KINDS.join(', ')}`, USAGE.setup)
-      table['kind'] = kind
-    }
+    if (kind !== undefined) table['kind'] = oneOf(kind, TOKEN_KINDS, '--kind', USAGE.setup)
     const source =
       flag('pin-source') ??
       (flag('pin-env') !== undefined ? 'env' : flag('pin-file') !== undefined ? 'file' : 'tty')
-    if (!(PIN_SOURCES as readonly string[]).includes(source))
-      throw usageError(`--pin-source must be one of ${PIN_SOURCES.join(', ')}`, USAGE.setup)
-    table['pin-source'] = source
+    table['pin-source'] = oneOf(source, PIN_SOURCES, '--pin-source', USAGE.setup)
     if (flag('pin-env') !== undefined) table['pin-env'] = flag('pin-env')
     if (flag('pin-file') !== undefined) table['pin-file'] = flag('pin-file')
     return { name: flag('token') ?? kind ?? 'device', table }
   }
-  const names = Object.keys(existing.tokens)
-  const wanted = flag('token') ?? (names.length === 1 ? names[0] : undefined)
-  if (wanted !== undefined) {
-    if (existing.tokens[wanted] === undefined) {
-      throw new AgentError('CONFIG_INVALID', `No token named '${wanted}' in ${configPath}`, {
-        remedy: `Configured tokens: ${names.join(', ') || 'none'}; or describe a new one with --module`,
-      })
-    }
-    return { name: wanted }
-  }
-  if (names.length > 1)
-    throw usageError(
-      `several tokens are configured (${names.join(', ')}): choose one with --token`,
-      USAGE.setup,
-    )
+  const configured = configuredToken(
+    existing,
+    flag('token'),
+    USAGE.setup,
+    '; or describe a new one with --module',
+  )
+  if (configured !== undefined) return { name: configured.name }
   const soft = await ensureDefaultSoftHsm(say)
   say(
     'no hardware token is configured: using a SoftHSM token (the key is software-protected; use --module for a YubiKey, TPM or HSM)',
@@ -131,10 +113,8 @@ export async function planAgentConfig(
   keys?: KeyBinding,
 ): Promise<{ doc: Table; tokenName: string; token: TokenConfig }> {
   const doc = readToml(configPath, 'The agent config')
-  const existing = existsSync(configPath)
-    ? parseConfig(readFileSync(configPath, 'utf8'), configPath)
-    : validateConfig({}, configPath)
-  const token = await chooseToken(flag, existing, configPath, say)
+  // The file as it is (an empty document when there is none), checked before anything is changed.
+  const token = await chooseToken(flag, validateConfig(doc, configPath), say)
   if (token.table !== undefined) place(doc, 'tokens', token.name, token.table, force, configPath)
   bindRegistry(doc, flag, token.name, force, configPath, keys)
   const config = validateConfig(doc, configPath)
@@ -147,5 +127,5 @@ export function writeAgentConfig(configPath: string, doc: Table): string | undef
     what: 'The agent config',
     header: '# cargo-pkcs11-agent configuration (docs/configuration.md)\n',
     mode: 0o600,
-  }).backup
+  })
 }

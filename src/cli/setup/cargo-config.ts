@@ -23,7 +23,7 @@ import { place, readToml, saveToml, tableAt } from './tables.js'
 const SHIM_NAME = 'cargo-credential-pkcs11'
 
 /** The shim as this package installs it (package.json `bin`). */
-function installedShimPath(): string {
+export function installedShimPath(): string {
   try {
     const root = packageRoot()
     const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as {
@@ -37,19 +37,30 @@ function installedShimPath(): string {
   return fileURLToPath(new URL('../../bin/cargo-credential-pkcs11.js', import.meta.url))
 }
 
-/** The first executable file called `name` in $PATH, as cargo's process spawn finds a bare name. */
-function onPath(name: string): string | undefined {
-  for (const dir of (process.env['PATH'] ?? '').split(delimiter)) {
-    if (dir === '') continue
-    const candidate = join(dir, name)
+/**
+ * `program` as cargo (and the agent) would run it: a path as given, a bare name from the first
+ * directory on $PATH holding an executable file of that name.
+ */
+export function findProgram(program: string): string | undefined {
+  const candidates = program.includes('/')
+    ? [program]
+    : (process.env['PATH'] ?? '')
+        .split(delimiter)
+        .filter((dir) => dir !== '')
+        .map((dir) => join(dir, program))
+  return candidates.find((candidate) => {
     try {
       accessSync(candidate, fsConstants.X_OK)
-      if (statSync(candidate).isFile()) return candidate
+      return statSync(candidate).isFile()
     } catch {
-      // not here
+      return false
     }
-  }
-  return undefined
+  })
+}
+
+/** cargo's home: $CARGO_HOME, else ~/.cargo (cargo's `home` crate). */
+export function cargoHome(): string {
+  return process.env['CARGO_HOME'] ?? join(homedir(), '.cargo')
 }
 
 function sameFile(a: string, b: string): boolean {
@@ -67,7 +78,7 @@ function sameFile(a: string, b: string): boolean {
  */
 function provider(): { command: string; shim: string; note?: string } {
   const shim = installedShimPath()
-  const found = onPath(SHIM_NAME)
+  const found = findProgram(SHIM_NAME)
   if (found !== undefined && sameFile(found, shim)) return { command: SHIM_NAME, shim }
   return {
     command: shim,
@@ -84,9 +95,8 @@ function provider(): { command: string; shim: string; note?: string } {
  * `src/doc/src/reference/config.md`, "Hierarchical structure"), else `config.toml`.
  */
 function cargoConfigPath(): string {
-  const cargoHome = process.env['CARGO_HOME'] ?? join(homedir(), '.cargo')
-  const legacy = join(cargoHome, 'config')
-  return existsSync(legacy) && statSync(legacy).isFile() ? legacy : join(cargoHome, 'config.toml')
+  const legacy = join(cargoHome(), 'config')
+  return existsSync(legacy) && statSync(legacy).isFile() ? legacy : join(cargoHome(), 'config.toml')
 }
 
 /**
@@ -134,8 +144,8 @@ export function planCargoConfig(
   const outcome = place(cargoDoc, 'registries', registryName, table, force || noForce, cargoConfig)
   return () => {
     if (outcome === 'unchanged') return [`cargo config: ${cargoConfig} (unchanged)`, ...notes]
-    const saved = saveToml(cargoConfig, cargoDoc, { what: 'The cargo config', header: '', snippet })
-    const kept = saved.backup === undefined ? '' : `; the previous file is ${saved.backup}`
+    const backup = saveToml(cargoConfig, cargoDoc, { what: 'The cargo config', header: '', snippet })
+    const kept = backup === undefined ? '' : `; the previous file is ${backup}`
     const what =
       outcome === 'replaced' && noForce ? (current === undefined ? 'completed' : 'updated') : outcome
     return [`cargo config: ${cargoConfig} (${what}${kept})`, ...notes]

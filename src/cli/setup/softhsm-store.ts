@@ -5,7 +5,7 @@
  * install. A run that fails part-way removes what it created, so the next run starts clean.
  */
 import { randomInt } from 'node:crypto'
-import { existsSync, mkdirSync, rmSync } from 'node:fs'
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 
 import { dataDir } from '../../config/paths.js'
@@ -14,7 +14,6 @@ import { readPinFile } from '../../lib/pin-file.js'
 import { Pin } from '../../lib/secret.js'
 import { applyModuleEnvironment, resolveModulePath } from '../../pkcs11/modules.js'
 import { initializeToken, tokenState } from '../../pkcs11/token-init.js'
-import { writePrivate } from './tables.js'
 
 export interface DefaultSoftHsm {
   confPath: string
@@ -53,8 +52,9 @@ class Created {
     this.#paths.push(path)
   }
 
+  /** A file only its owner can read (the PINs), in a directory made by `dir`. */
   file(path: string, text: string): void {
-    writePrivate(path, text)
+    writeFileSync(path, text, { mode: 0o600 })
     this.#paths.push(path)
   }
 

@@ -92,11 +92,6 @@ export function place(
   return existing === undefined ? 'added' : 'replaced'
 }
 
-export function writePrivate(path: string, text: string): void {
-  mkdirSync(dirname(path), { recursive: true, mode: 0o700 })
-  writeFileSync(path, text, { mode: 0o600 })
-}
-
 /** Plain objects all the way down (smol-toml tables have a null prototype), for the patcher. */
 function plain(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(plain)
@@ -179,16 +174,16 @@ export function saveToml(
   path: string,
   doc: Table,
   options: { what: string; header: string; mode?: number; snippet?: string },
-): { changed: boolean; backup?: string } {
+): string | undefined {
   if (!existsSync(path)) {
     mkdirSync(dirname(path), { recursive: true, mode: options.mode === 0o600 ? 0o700 : 0o777 })
     writeFileSync(path, options.header + stringify(doc) + '\n', { mode: options.mode ?? 0o666 })
-    return { changed: true }
+    return undefined
   }
   const real = realpathSync(path)
   const text = readFileSync(real, 'utf8')
   const old = parseText(text, path, options.what)
-  if (canonical(old) === canonical(doc)) return { changed: false }
+  if (canonical(old) === canonical(doc)) return undefined
   const next = editedText(text, old, doc, path, options.what)
   if (next === undefined) {
     throw new AgentError('CONFIG_INVALID', `${options.what} ${path} cannot be edited in place`, {
@@ -207,5 +202,5 @@ export function saveToml(
     rmSync(temporary, { force: true })
     throw error
   }
-  return { changed: true, backup: saved }
+  return saved
 }
