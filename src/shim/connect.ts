@@ -13,7 +13,8 @@ export function autostartDisabled(env: NodeJS.ProcessEnv): boolean {
   return value !== undefined && value !== '' && value !== '0' && value !== 'false'
 }
 
-interface StartedAgent {
+export interface StartedAgent {
+  readonly pid: number
   readonly logPath: string
   /** Where this agent's lines begin in the log. */
   readonly offset: number
@@ -21,7 +22,15 @@ interface StartedAgent {
   exit: number | undefined
 }
 
-async function startAgent(socketPath: string, env: NodeJS.ProcessEnv): Promise<StartedAgent> {
+/**
+ * Starts `run --foreground` detached, its output appended to the agent log. `args` are further
+ * `run` options (`cargo-pkcs11-agent run` passes its `--config`).
+ */
+export async function startAgent(
+  socketPath: string,
+  env: NodeJS.ProcessEnv,
+  args: readonly string[] = [],
+): Promise<StartedAgent> {
   // Loaded only on this path: the common case (agent running) never pays for child_process.
   const [
     { spawn },
@@ -40,7 +49,8 @@ async function startAgent(socketPath: string, env: NodeJS.ProcessEnv): Promise<S
   ])
   const logPath = agentLogPath(env)
   const log = openAgentLog(logPath)
-  // The agent's entry sits next to this shim's (dist/src/bin/), or — when the shim runs from its
+  // The agent's entry sits next to this process's (dist/src/bin/: the agent's own `run`, or the shim's
+  // ESM build), or — when the shim runs from its
   // CommonJS build (dist/cjs/src/bin/, tsconfig.shim.json) — in the ESM build three levels up.
   // Found from argv[1] rather than import.meta so the same source compiles to both formats.
   const here = dirname(realpathSync(process.argv[1] ?? '.'))
@@ -50,13 +60,13 @@ async function startAgent(socketPath: string, env: NodeJS.ProcessEnv): Promise<S
   ]
   const bin = candidates.find((c) => existsSync(c)) ?? (candidates[0] as string)
   // The pool size must come from the parent's environment (src/lib/threadpool.ts).
-  const child = spawn(process.execPath, [bin, 'run', '--foreground', '--socket', socketPath], {
+  const child = spawn(process.execPath, [bin, 'run', '--foreground', '--socket', socketPath, ...args], {
     detached: true,
     stdio: ['ignore', log.fd, log.fd],
     env: withThreadpoolSize(env),
   })
   closeSync(log.fd)
-  const started: StartedAgent = { logPath, offset: log.offset, exit: undefined }
+  const started: StartedAgent = { pid: child.pid ?? -1, logPath, offset: log.offset, exit: undefined }
   child.once('exit', (code, signal) => {
     started.exit = code ?? 128 + (signal === null ? 0 : (constants.signals[signal] ?? 0))
   })
@@ -110,7 +120,14 @@ export async function connectOrStart(
     }
   }
   onNotice(`starting cargo-pkcs11-agent on ${socketPath}`)
-  const agent = await startAgent(socketPath, env)
+  return await waitForStartedAgent(socketPath, await startAgent(socketPath, env))
+}
+
+/**
+ * Connects to the agent just started, polling until it listens. An agent that exits first ends the
+ * wait at once, with the lines it wrote to its log as the message.
+ */
+export async function waitForStartedAgent(socketPath: string, agent: StartedAgent): Promise<AgentConnection> {
   const deadline = Date.now() + LIMITS.agentStartWaitMs
   let last: unknown
   while (Date.now() < deadline) {
