@@ -14,6 +14,7 @@ import { basename } from 'node:path'
 
 import type { Forwarder, Requester, RequesterClaim } from '../cargo/intent.js'
 import { LIMITS } from '../lib/limits.js'
+import { isRecord } from '../lib/json.js'
 import type { PeerCredentials } from '../lib/peercred.js'
 
 interface Stat {
@@ -170,10 +171,6 @@ export function kernelRequester(peer: PeerCredentials): Requester {
   const exe = readExe(stat.ppid)
   if (exe !== undefined) requester.exe = exe
   return requester
-}
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value)
 }
 
 /** What the client said about itself, cut to size; undefined when it said nothing usable. */

@@ -12,9 +12,11 @@ import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { readPinFile } from '../lib/pin-file.js'
 import { Pin } from '../lib/secret.js'
+import { k3Pid, k3Public } from '../keys/paserk.js'
 import { applyModuleEnvironment } from '../pkcs11/modules.js'
 import { tokenSelector, type TokenSelector } from '../pkcs11/selector.js'
 import type { Device } from '../pkcs11/device.js'
+import type { DeviceKey } from '../pkcs11/key-catalogue.js'
 import type { PinSource } from '../policy/config.js'
 import { pinLocked, wrongPin, type PolicyDeviceStatus } from '../policy/pin-errors.js'
 import { readPin } from '../policy/pin-source.js'
@@ -172,4 +174,10 @@ export async function obtainPin(
       notify: (notice) => void process.stderr.write(`${notice.text}\n`),
     },
   )
+}
+
+/** A device key as `keygen --json` and `pubkey --json` print it. */
+export function keyJson(device: Device, key: DeviceKey): string {
+  const view = { token: device.describe(), label: key.label, id: key.id }
+  return JSON.stringify({ ...view, k3Public: k3Public(key.publicKey), k3Pid: k3Pid(key.publicKey) }, null, 2)
 }

@@ -4,10 +4,10 @@
  * `k3.public` to register. An existing key with that label or id is kept unless `--force`
  * (destroying a registered key locks its owner out of the registry until the new key is registered).
  */
-import { k3Pid, k3Public } from '../keys/paserk.js'
+import { k3Public } from '../keys/paserk.js'
 import { Device } from '../pkcs11/device.js'
 import { USAGE, usageError } from './args.js'
-import { loginForCommand, parseTargetCommand } from './device-target.js'
+import { keyJson, loginForCommand, parseTargetCommand } from './device-target.js'
 
 export async function keygen(argv: readonly string[]): Promise<number> {
   const { target, values } = parseTargetCommand(
@@ -31,9 +31,7 @@ export async function keygen(argv: readonly string[]): Promise<number> {
     })
     const k3 = k3Public(key.publicKey)
     if (values['json'] === true) {
-      process.stdout.write(
-        `${JSON.stringify({ token: device.describe(), label: key.label, id: key.id, k3Public: k3, k3Pid: k3Pid(key.publicKey) }, null, 2)}\n`,
-      )
+      process.stdout.write(`${keyJson(device, key)}\n`)
     } else {
       process.stdout.write(
         `generated P-384 key '${key.label}' (id ${key.id}) on ${device.describe()}; it cannot leave the device.\n` +

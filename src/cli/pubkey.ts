@@ -12,7 +12,7 @@ import { k3Pid, k3Public } from '../keys/paserk.js'
 import { Device } from '../pkcs11/device.js'
 import { pem, pivAttestationObjects, readAttestation } from '../verify/attestation.js'
 import { oneOf, USAGE, usageError } from './args.js'
-import { parseTargetCommand } from './device-target.js'
+import { keyJson, parseTargetCommand } from './device-target.js'
 
 const FORMATS = ['k3', 'pid', 'hex', 'json'] as const
 
@@ -78,17 +78,7 @@ export async function pubkey(argv: readonly string[]): Promise<number> {
           ? k3Pid(key.publicKey)
           : format === 'hex'
             ? Buffer.from(key.publicKey).toString('hex')
-            : JSON.stringify(
-                {
-                  token: device.describe(),
-                  label: key.label,
-                  id: key.id,
-                  k3Public: k3,
-                  k3Pid: k3Pid(key.publicKey),
-                },
-                null,
-                2,
-              )
+            : keyJson(device, key)
     process.stdout.write(`${text}\n`)
     return 0
   } finally {
