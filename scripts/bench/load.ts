@@ -13,8 +13,8 @@
  * by error code. Run it with UV_THREADPOOL_SIZE=LIMITS.uvThreadpoolSize (scripts/bench.sh does), so
  * the device phase is not capped by libuv's default 4 threads.
  *
- * BENCH_AGENT_NODE_OPTIONS is passed to the agent process as NODE_OPTIONS, e.g.
- * "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it under this load.
+ * BENCH_AGENT_NODE_ARGS (space-separated) are Node flags for the agent process, e.g.
+ * "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it under this load (NODE_OPTIONS refuses --cpu-prof).
  *
  * --sweep 1,4,16,64 then measures device and agent once more at each concurrency (the device with
  * min(N, S) sessions), for the throughput / p99 chart (scripts/bench/report.ts).
@@ -101,11 +101,11 @@ async function main(): Promise<void> {
   const clients = Number(values.clients ?? 64)
   const seconds = Number(values.seconds ?? 4)
   const rounds = Number(values.rounds ?? 3)
-  const agentNodeOptions = process.env['BENCH_AGENT_NODE_OPTIONS']
+  const agentNodeArgs = (process.env['BENCH_AGENT_NODE_ARGS'] ?? '').split(' ').filter((a) => a !== '')
 
   const fixture = await startAgent({
     registries: { bench: { index: INDEX, confirm: 'none' } },
-    ...(agentNodeOptions === undefined ? {} : { env: { NODE_OPTIONS: agentNodeOptions } }),
+    nodeArgs: agentNodeArgs,
   })
   try {
     Object.assign(process.env, fixture.agentEnv)
