@@ -5,6 +5,10 @@
  * rounds (these machines are shared and noisy: a lone absolute time means little, a ratio measured
  * in the same run does):
  *   device  – C_SignInit + C_SignAsync on a 48-byte digest through the binding: the hardware's own speed
+ *   required – the work every signature must do, inline and nothing else: host SHA-384 of a PAE-sized
+ *             message, C_SignInit + C_SignAsync, low-S normalisation, one verify with the public key
+ *   fsync   – what the audit line's durability costs alone: one ~700-byte append + fdatasync beside the
+ *             agent's audit log (same filesystem)
  *   signer  – Pkcs11Signer.sign: host SHA-384, device sign, DER/low-S normalisation, self-verify
  *   token   – buildToken over that signer: claims, footer, PAE, PASERK id, framing
  *   agent   – one `sign` request over the agent's Unix socket (a real agent process): config lookup,
@@ -15,7 +19,8 @@
  * Usage: node dist/scripts/bench/sign.js [--rounds N] [--per-round M] [--json FILE]
  */
 import { spawn } from 'node:child_process'
-import { writeFileSync } from 'node:fs'
+import { closeSync, fdatasyncSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs'
+import { dirname, join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { createHash } from 'node:crypto'
 
@@ -25,9 +30,10 @@ import { resolveModulePath } from '../../src/pkcs11/modules.js'
 import { pkcs11Signer } from '../../src/signer/pkcs11.js'
 import { Pkcs11Module } from '../../src/pkcs11/binding.js'
 import { buildToken } from '../../src/token/build.js'
+import { normalizeSignature, verifySignature } from '../../src/keys/signature.js'
 import { startAgent } from '../../test/helpers/agent.js'
 
-type Variant = 'device' | 'signer' | 'token' | 'agent' | 'shim' | 'spawn'
+type Variant = 'device' | 'required' | 'fsync' | 'signer' | 'token' | 'agent' | 'shim' | 'spawn'
 
 const INDEX = 'sparse+http://127.0.0.1:9/index/'
 
@@ -71,7 +77,9 @@ async function main(): Promise<void> {
   const rounds = Number(values.rounds ?? 15)
   const perRound = Number(values['per-round'] ?? 10)
 
-  const fixture = await startAgent({ registries: { bench: { index: INDEX, confirm: 'none' } } })
+  // BENCH_AGENT_NODE_ARGS: Node flags for the agent process, as in load.ts (e.g. --cpu-prof).
+  const nodeArgs = (process.env['BENCH_AGENT_NODE_ARGS'] ?? '').split(' ').filter((a) => a !== '')
+  const fixture = await startAgent({ registries: { bench: { index: INDEX, confirm: 'none' } }, nodeArgs })
   try {
     // The benchmark process loads the same SoftHSM store as the agent (both sign with key 'gen').
     Object.assign(process.env, fixture.agentEnv)
@@ -94,12 +102,25 @@ async function main(): Promise<void> {
     const request = (operation: string): string =>
       JSON.stringify({ v: 1, registry: { 'index-url': INDEX, name: 'bench' }, kind: 'get', operation })
     const connection = await AgentConnection.connect(fixture.socket)
+    mkdirSync(dirname(fixture.auditLog), { recursive: true })
+    const auditFd = openSync(join(dirname(fixture.auditLog), 'bench-fsync.log'), 'a')
+    const auditLine = 'x'.repeat(700) + '\n'
     const shimEnv = { ...process.env, ...fixture.env }
 
     const run: Record<Variant, () => Promise<unknown>> = {
       device: async () => {
         module.signInit(session, privateKey, 'bench')
         return module.signAsync(session, digest, 'bench')
+      },
+      required: async () => {
+        const hashed = createHash('sha384').update(message).digest()
+        module.signInit(session, privateKey, 'bench')
+        const signature = normalizeSignature(await module.signAsync(session, hashed, 'bench'))
+        if (!verifySignature(signer.publicKey, message, signature)) throw new Error('did not verify')
+      },
+      fsync: async () => {
+        writeSync(auditFd, auditLine)
+        fdatasyncSync(auditFd)
       },
       signer: () => signer.sign(message),
       token: () => buildToken(signer, { indexUrl: INDEX, operation: 'read' }),
@@ -116,6 +137,8 @@ async function main(): Promise<void> {
     const variants = Object.keys(run) as Variant[]
     const samples: Record<Variant, number[]> = {
       device: [],
+      required: [],
+      fsync: [],
       signer: [],
       token: [],
       agent: [],
@@ -136,6 +159,7 @@ async function main(): Promise<void> {
       }
     }
     connection.close()
+    closeSync(auditFd)
     module.closeSession(session)
 
     const base = median(samples.device)

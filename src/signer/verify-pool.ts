@@ -42,8 +42,6 @@ function spawn(): Thread | undefined {
     return undefined
   }
   const thread: Thread = { worker, pending: new Map() }
-  // An idle pool must not keep a CLI command or test process alive.
-  worker.unref()
   worker.on('message', ({ id, ok }: { id: number; ok: boolean }) => {
     const job = thread.pending.get(id)
     if (job === undefined) return
@@ -58,6 +56,9 @@ function spawn(): Thread | undefined {
   }
   worker.on('error', fail)
   worker.on('exit', fail)
+  // An idle pool must not keep a CLI command or test process alive. After the listeners: adding a
+  // 'message' listener refs the worker's port again.
+  worker.unref()
   return thread
 }
 
