@@ -50,7 +50,10 @@ async function rawChild(input: RawInput): Promise<number[]> {
   const mod = Pkcs11Module.load(input.module)
   const slot = mod.slotsWithToken().find((s) => {
     const info = mod.tokenInfo(s)
-    return (input.label === undefined || info.label === input.label) && (input.serial === undefined || info.serial === input.serial)
+    return (
+      (input.label === undefined || info.label === input.label) &&
+      (input.serial === undefined || info.serial === input.serial)
+    )
   })
   if (slot === undefined) throw new Error('token not found')
   const session = mod.openSession(slot, false)
@@ -92,7 +95,12 @@ interface Rig {
 async function tpmRig(): Promise<Rig | undefined> {
   if (!existsSync(TPM2_MODULE) || !existsSync('/usr/bin/swtpm')) return undefined
   const pin = '24681357'
-  const tpm = await startSoftwareTpm({ label: 'bench-tpm', pin, soPin: '86420864', key: { label: 'cargo', id: '01' } })
+  const tpm = await startSoftwareTpm({
+    label: 'bench-tpm',
+    pin,
+    soPin: '86420864',
+    key: { label: 'cargo', id: '01' },
+  })
   return {
     name: 'tpm',
     env: { ...tpm.env },
@@ -125,7 +133,12 @@ async function measure(rig: Rig, rounds: number, perRound: number) {
   const raw: number[] = []
   const agent: number[] = []
   const self = fileURLToPath(import.meta.url)
-  const line = JSON.stringify({ v: 1, registry: { 'index-url': INDEX, name: 'bench' }, kind: 'get', operation: 'read' })
+  const line = JSON.stringify({
+    v: 1,
+    registry: { 'index-url': INDEX, name: 'bench' },
+    kind: 'get',
+    operation: 'read',
+  })
   for (let round = 0; round < rounds; round += 1) {
     const { stdout } = await run(process.execPath, [self, '--raw-child'], {
       env: { ...process.env, ...rig.env, BENCH_RAW: JSON.stringify({ ...rig.raw, count: perRound }) },
@@ -173,7 +186,9 @@ async function main(): Promise<void> {
     strict: true,
   })
   if (values['raw-child'] === true) {
-    process.stdout.write(JSON.stringify(await rawChild(JSON.parse(process.env['BENCH_RAW'] ?? '{}') as RawInput)))
+    process.stdout.write(
+      JSON.stringify(await rawChild(JSON.parse(process.env['BENCH_RAW'] ?? '{}') as RawInput)),
+    )
     return
   }
   const rounds = Number(values.rounds ?? 3)

@@ -252,7 +252,8 @@ async function main(): Promise<void> {
         refusedShare: refused / (ok + refused),
         generatorCores: results.reduce((n, r) => n + r.generatorCores, 0) / results.length,
         cpuMsPerOp: median(results.map((r) => r.cpuMsPerOp)),
-        mainCpuMsPerOp: phase === 'agent' ? median(results.map((r) => r.mainCpuMsPerOp ?? Number.NaN)) : undefined,
+        mainCpuMsPerOp:
+          phase === 'agent' ? median(results.map((r) => r.mainCpuMsPerOp ?? Number.NaN)) : undefined,
       }
     })
     const by = (p: Phase) => rows.find((r) => r.phase === p) as (typeof rows)[number]

@@ -75,7 +75,7 @@ async function main(): Promise<void> {
     strict: true,
   })
   const rounds = Number(values.rounds ?? 15)
-  const perRound = Number(values['per-round'] ?? 10)
+  const perRoundCount = Number(values['per-round'] ?? 10)
 
   // BENCH_AGENT_NODE_ARGS: Node flags for the agent process, as in load.ts (e.g. --cpu-prof).
   const nodeArgs = (process.env['BENCH_AGENT_NODE_ARGS'] ?? '').split(' ').filter((a) => a !== '')
@@ -147,16 +147,30 @@ async function main(): Promise<void> {
     }
 
     for (const variant of variants) await run[variant]() // warm-up: JIT, sessions, login
+    // Per round, each variant's median: the spread of a ratio is its range over the rounds.
+    const roundMedians: Record<Variant, number[]> = Object.fromEntries(variants.map((v) => [v, []])) as never
     for (let round = 0; round < rounds; round += 1) {
       for (const variant of variants) {
         const count =
-          variant === 'shim' || variant === 'spawn' ? Math.max(1, Math.floor(perRound / 5)) : perRound
+          variant === 'shim' || variant === 'spawn'
+            ? Math.max(1, Math.floor(perRoundCount / 2))
+            : perRoundCount
+        const mine: number[] = []
         for (let i = 0; i < count; i += 1) {
           const start = process.hrtime.bigint()
           await run[variant]()
-          samples[variant].push(Number(process.hrtime.bigint() - start) / 1e6)
+          mine.push(Number(process.hrtime.bigint() - start) / 1e6)
         }
+        samples[variant].push(...mine)
+        roundMedians[variant].push(median(mine))
       }
+    }
+    const perRound = (a: Variant, b: Variant): number[] =>
+      roundMedians[a].map((v, i) => Number((v / (roundMedians[b][i] as number)).toFixed(3)))
+    const ratioRounds = {
+      agentVsRequired: perRound('agent', 'required'),
+      agentVsDevice: perRound('agent', 'device'),
+      shimVsNode: perRound('shim', 'spawn'),
     }
     connection.close()
     closeSync(auditFd)
@@ -186,7 +200,7 @@ async function main(): Promise<void> {
       `key ${key.label}: agent overhead over the device = ${(median(samples.agent) - base).toFixed(3)} ms per signature\n`,
     )
     if (values.json !== undefined)
-      writeFileSync(values.json, JSON.stringify({ rows, shimOverNode }, null, 2) + '\n')
+      writeFileSync(values.json, JSON.stringify({ rows, shimOverNode, ratioRounds }, null, 2) + '\n')
     await device.release()
   } finally {
     await fixture.stop()
