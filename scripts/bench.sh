@@ -57,5 +57,5 @@ node dist/scripts/bench/loop.js --json "$out/loop.json" ${quick:+--rounds 1}
 node dist/scripts/bench/rss.js --json "$out/rss.json" ${quick:+--requests 5000}
 node dist/scripts/bench/publish.js --json "$out/publish.json" ${quick:+--rounds 2}
 node dist/scripts/bench/devices.js --json "$out/devices.json" ${quick:+--rounds 1 --per-round 5}
-node dist/scripts/bench/report.js --dir "$out" --chart docs/benchmarks.svg --markdown "$out/table.md" ${json:+--json "$json"}
+node dist/scripts/bench/report.js --dir "$out" --chart docs/benchmarks.svg --markdown BENCHMARKS.md ${json:+--json "$json"}
 echo "load average: start $BENCH_LOAD_START, end $(cut -d' ' -f1-3 /proc/loadavg); whole bench $(( $(date +%s) - started )) s"

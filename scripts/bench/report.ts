@@ -8,7 +8,7 @@
  * Usage: node dist/scripts/bench/report.js [--dir .state/bench] [--json FILE] [--markdown FILE] [--chart FILE.svg]
  */
 import { execFileSync } from 'node:child_process'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 
 interface SignRow {
@@ -228,12 +228,21 @@ if (values.json !== undefined)
     JSON.stringify({ ratios, rows, loadAverage, ceiling: load.ceiling, sweep: load.sweep }, null, 2) + '\n',
   )
 if (values.markdown !== undefined) {
+  // Into BENCHMARKS.md between its markers (the prose around it is written by hand), or a file of its own.
   const cell = (t: string): string => t.replace(/\|/g, '\\|')
-  writeFileSync(
-    values.markdown,
+  const table =
     ['| figure | measured | detail | spread over rounds | goal |', '|---|---|---|---|---|']
       .concat(rows.map((r) => `| ${r.map(cell).join(' | ')} |`))
-      .join('\n') + '\n',
+      .join('\n') +
+    `\n\nLoad average (1, 5, 15 min) at the start of the run ${loadAverage.start}, at its end ${loadAverage.end}.\n`
+  const begin = '<!-- bench:table -->\n'
+  const end = '<!-- /bench:table -->'
+  const old = existsSync(values.markdown) ? readFileSync(values.markdown, 'utf8') : ''
+  const from = old.indexOf(begin)
+  const to = old.indexOf(end)
+  writeFileSync(
+    values.markdown,
+    from >= 0 && to > from ? old.slice(0, from + begin.length) + table + old.slice(to) : table,
   )
 }
 
