@@ -72,6 +72,7 @@ const sign = read<{
   rows: SignRow[]
   shimOverNode: number
   ratioRounds: { agentVsRequired: number[]; agentVsDevice: number[]; shimVsNode: number[] }
+  syncCallsMs: { signInit: number; tokenInfo: number }
 }>('sign.json')
 const load = read<{ rows: LoadRow[]; sweep: SweepRow[]; ceiling: Ceiling }>('load.json')
 const loop = read<{ loopP99Ms: number; loopP99MsPerRound: number[]; loopMaxMsPerRound: number[] }>(
@@ -130,7 +131,7 @@ const rows: Row[] = [
   [
     'one sign ÷ device alone (C_SignInit + C_Sign)',
     x(ratios['agent_vs_device'] as number),
-    `${ms('agent').toFixed(2)} ms vs ${ms('device').toFixed(2)} ms; Signer seam ${ms('signer').toFixed(2)} ms, token ${ms('token').toFixed(2)} ms`,
+    `${ms('agent').toFixed(2)} ms vs ${ms('device').toFixed(2)} ms; Signer seam ${ms('signer').toFixed(2)} ms, token ${ms('token').toFixed(2)} ms; on the event loop C_SignInit ${(sign.syncCallsMs.signInit * 1000).toFixed(0)} µs, C_GetTokenInfo ${(sign.syncCallsMs.tokenInfo * 1000).toFixed(0)} µs`,
     range(sign.ratioRounds.agentVsDevice),
     'report',
   ],
