@@ -77,16 +77,13 @@ async function main(): Promise<void> {
             interactive: false,
           })
           done += 1
+          // Synchronously after the count moves, before any await lets another loop move it again.
+          while (samples.length < checkpoints.length && done >= (checkpoints[samples.length] as number)) {
+            samples.push({ requests: done, rssMb: rssMb(pid), seconds: (performance.now() - started) / 1000 })
+          }
           if (done % 1_000 === 0) {
             await verifyToken(result.token, { publicKey, url: INDEX, operation: 'read', strictLowS: true })
             verified += 1
-          }
-          if (done === checkpoints[samples.length]) {
-            samples.push({
-              requests: done,
-              rssMb: rssMb(pid),
-              seconds: (performance.now() - started) / 1000,
-            })
           }
         } catch (error) {
           const code = error instanceof AgentError ? error.code : String(error)
@@ -97,7 +94,7 @@ async function main(): Promise<void> {
     await Promise.all(connections.flatMap((c) => Array.from({ length: pipeline }, () => loop(c))))
     for (const c of connections) c.close()
     const seconds = (performance.now() - started) / 1000
-    const at = (n: number): number => samples.find((s) => s.requests === n)?.rssMb ?? Number.NaN
+    const at = (n: number): number => samples.find((s) => s.requests >= n)?.rssMb ?? Number.NaN
     const summary = {
       requests: done,
       failures,
