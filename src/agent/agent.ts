@@ -7,14 +7,14 @@ import { lstat } from 'node:fs/promises'
 import { loadConfig } from '../config/load.js'
 import type { Config } from '../config/schema.js'
 import type { Requester } from '../cargo/intent.js'
-import { toAgentError } from '../lib/errors.js'
+import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { setNonDumpable, type PeerCredentials } from '../lib/peercred.js'
+import { describeRequester } from '../policy/intent.js'
 import type { Policy } from '../policy/policy.js'
 import { Devices } from './devices.js'
 import { auditEntry } from '../audit/entry.js'
 import { AuditLog } from '../audit/log.js'
-import type { AgentError } from '../lib/errors.js'
 import { reportSignalToRelauncher } from '../lib/threadpool.js'
 import type { RequestMessage } from '../protocol/frames.js'
 import { parseSignRequest } from './pipeline/parse.js'
@@ -65,6 +65,12 @@ export class Agent implements AgentState {
           this.policy.onRemoved(token.name)
           this.log(`token ${token.name} removed; its PIN was forgotten`)
         }
+        // A server restart is not a removal: the PIN stays for the re-login (docs/remote-tokens.md).
+        if (event.type === 'disconnected')
+          this.log(
+            `token ${token.name} lost its p11-kit server ${event.server}; reconnecting at the next request`,
+          )
+        if (event.type === 'reconnected') this.log(`token ${token.name} reconnected`)
         // The device keeps no memory of refused PINs: the held one goes, so it is never sent again.
         if (event.type === 'pin-rejected' && this.policy.pinCache.forget(token.name, 'wrong-pin'))
           this.log(`token ${token.name} refused the held PIN; it was forgotten`)
@@ -80,10 +86,17 @@ export class Agent implements AgentState {
           let requester: Requester | undefined
           const who = (): Requester => (requester ??= kernelRequester(context.peer))
           // A PIN comes through the shim only when the client declared a terminal; a yes/no only
-          // on the terminal the kernel names for the requester. Headless: neither.
+          // on the terminal the kernel names for the requester. Headless: neither. Forwarded: no
+          // PIN question goes to the far side, and a forwarder has no terminal of the requester.
           const headless = this.config.agent.headless
           const prompter = (interactive: boolean): SocketPrompter =>
-            new SocketPrompter(context, interactive && !headless, headless ? undefined : who().tty)
+            new SocketPrompter(
+              context,
+              interactive && !headless && who().forwarded === undefined,
+              headless ? undefined : who().tty,
+            )
+          if ((method === 'keygen' || method === 'login') && who().forwarded !== undefined)
+            throw this.#forwardedKeyChange(method, who())
           return await METHOD_HANDLERS[method](this, params, {
             get requester() {
               return who()
@@ -126,6 +139,18 @@ export class Agent implements AgentState {
     this.audit
       .record(auditEntry(intent, { result: 'failed', code: error.code, reason: error.message }))
       .catch((auditError: unknown) => this.log(`audit-failed ${toAgentError(auditError).code}`))
+  }
+
+  /** keygen and cargo login make or show keys to register: only from the agent's own host. */
+  #forwardedKeyChange(method: string, requester: Requester): AgentError {
+    this.log(`${method} refused: ${describeRequester(requester)}`)
+    return new AgentError(
+      'FORWARDED_REFUSED',
+      `${method === 'login' ? 'cargo login' : 'keygen'} is not available through a forwarded socket (${describeRequester(requester)})`,
+      {
+        remedy: `Run ${method === 'login' ? '`cargo login`' : '`cargo-pkcs11-agent keygen`'} on the agent's host; a forwarded connection may only sign, as the registry's \`forwarded\` allows (docs/ssh-forwarding.md)`,
+      },
+    )
   }
 
   /**

@@ -54,7 +54,11 @@ export function tokenPolicy(token: TokenConfig): TokenPolicy {
 }
 
 export function registryPolicy(registry: RegistryConfig): RegistryPolicy {
-  return Object.freeze({ confirm: registry.confirm, mutationsPerHour: registry.mutationsPerHour })
+  return Object.freeze({
+    confirm: registry.confirm,
+    mutationsPerHour: registry.mutationsPerHour,
+    forwarded: registry.forwarded,
+  })
 }
 
 export function pinEnvVariables(config: Config): string[] {

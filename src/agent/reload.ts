@@ -9,6 +9,13 @@ import type { Config, KeyRef, RegistryConfig } from '../config/schema.js'
 /** touch (the device) > prompt (a human on a channel the requester does not hold) > none. */
 const STRENGTH: Readonly<Record<RegistryConfig['confirm'], number>> = { none: 0, prompt: 1, touch: 2 }
 
+/** refuse > read (no forwarded mutation) > confirm (forwarded mutations, each confirmed). */
+const FORWARDED_STRENGTH: Readonly<Record<RegistryConfig['forwarded'], number>> = {
+  confirm: 0,
+  read: 1,
+  refuse: 2,
+}
+
 function sameKey(a: KeyRef, b: KeyRef): boolean {
   return a.token === b.token && a.label === b.label && a.id === b.id
 }
@@ -31,6 +38,8 @@ export function weakenings(current: Config, next: Config): string[] {
     }
     if (STRENGTH[registry.confirm] < STRENGTH[before.confirm])
       out.push(`registry ${registry.name}: confirm "${before.confirm}" → "${registry.confirm}"`)
+    if (FORWARDED_STRENGTH[registry.forwarded] < FORWARDED_STRENGTH[before.forwarded])
+      out.push(`registry ${registry.name}: forwarded "${before.forwarded}" → "${registry.forwarded}"`)
     if (!sameKey(before.mutationKey, registry.mutationKey) && registry.confirm !== 'touch')
       out.push(`registry ${registry.name}: mutation key changed to ${describe(registry.mutationKey)}`)
   }

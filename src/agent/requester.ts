@@ -2,15 +2,17 @@
  * Who asks, as the kernel knows it (docs/design.md §4, rule 1). The socket's peer credentials give
  * the connecting process (the shim); /proc gives its parent (cargo), their command lines, the
  * parent's executable and the controlling terminal. What the client says about itself is kept
- * apart, as `claimed`, and never shown as fact.
+ * apart, as `claimed`, and never shown as fact. A peer that is an SSH forwarder, or that cannot be
+ * identified at all, is a forwarded connection (docs/ssh-forwarding.md, "How the agent knows").
  *
  * References: `man 5 proc` (/proc/<pid>/stat fields 4 ppid and 7 tty_nr, cmdline, exe), Linux
  * `include/linux/kdev_t.h` (new_encode_dev: how tty_nr packs major and minor),
  * Documentation/admin-guide/devices.txt (136-143: Unix98 pty slaves).
  */
 import { readFileSync, readlinkSync, statSync } from 'node:fs'
+import { basename } from 'node:path'
 
-import type { Requester, RequesterClaim } from '../cargo/intent.js'
+import type { Forwarder, Requester, RequesterClaim } from '../cargo/intent.js'
 import { LIMITS } from '../lib/limits.js'
 import type { PeerCredentials } from '../lib/peercred.js'
 
@@ -94,17 +96,67 @@ export function terminalOf(ttyNr: number, uid: number): string | undefined {
 }
 
 /**
+ * The executables through which OpenSSH forwards a Unix socket: the client for `ssh -R` started on
+ * this host, the server for a forward it terminates here (`ssh -L` from elsewhere; since OpenSSH
+ * 9.8 the per-connection server is `sshd-session`). A binary replaced on disk while running reads
+ * as "<path> (deleted)" (`man 5 proc`, /proc/<pid>/exe) and still counts.
+ */
+const FORWARDERS: Readonly<Record<string, Forwarder['via']>> = {
+  ssh: 'ssh',
+  sshd: 'sshd',
+  'sshd-session': 'sshd',
+}
+
+/** Which forwarder an executable path is, by its file name (never by argv or comm). */
+export function forwarderKind(exe: string): Forwarder['via'] | undefined {
+  const path = exe.endsWith(' (deleted)') ? exe.slice(0, -' (deleted)'.length) : exe
+  return Object.hasOwn(FORWARDERS, basename(path)) ? FORWARDERS[basename(path)] : undefined
+}
+
+/**
+ * The forwarder behind a connecting process: its /proc/<pid>/exe names ssh or sshd. `verified`
+ * when the running image (stat of the exe link: the inode, not the path) is root-owned and
+ * writable by nobody else, so not a program of the user's own that merely calls itself ssh.
+ */
+function forwarderOf(pid: number, exe: string | undefined): Forwarder | undefined {
+  if (exe === undefined) return { via: 'unidentified', pid }
+  const via = forwarderKind(exe)
+  if (via === undefined) return undefined
+  let verified = false
+  try {
+    const image = statSync(`/proc/${pid}/exe`)
+    verified = image.isFile() && image.uid === 0 && (image.mode & 0o022) === 0
+  } catch {
+    // gone: unverified
+  }
+  return { via, pid, exe, verified }
+}
+
+/**
  * The requester of a connection: `pid`/`command`/`exe` are the connecting process's parent (cargo,
  * for the shim), `client` the connecting process itself, `tty` its controlling terminal. Every
  * field is read from the kernel; each is left out when it cannot be read.
+ *
+ * A connecting process that is an SSH forwarder, or whose executable cannot be read (it is gone,
+ * non-dumpable, or in a PID namespace we cannot see), makes the request `forwarded`: the program
+ * that asked is on the far side, so no local parent, command or terminal is recorded for it, and
+ * nothing is asked on the forwarder's terminal (fail closed: an unknown peer gets the forwarded rules).
  */
 export function kernelRequester(peer: PeerCredentials): Requester {
   const requester: Requester = { uid: peer.uid }
-  if (peer.pid <= 0 || ownerOf(peer.pid) !== peer.uid) return requester
+  if (peer.pid <= 0) {
+    requester.forwarded = { via: 'unidentified', pid: 0 }
+    return requester
+  }
+  const readable = ownerOf(peer.pid) === peer.uid
+  const forwarded = forwarderOf(peer.pid, readable ? readExe(peer.pid) : undefined)
+  if (forwarded !== undefined) requester.forwarded = forwarded
+  if (!readable) return requester
   const client: { pid: number; command?: string } = { pid: peer.pid }
   const clientCommand = readCommand(peer.pid)
   if (clientCommand !== undefined) client.command = clientCommand
   requester.client = client
+  if (forwarded !== undefined) return requester
   const stat = readStat(peer.pid)
   if (stat === undefined) return requester
   const tty = terminalOf(stat.ttyNr, peer.uid)
@@ -128,8 +180,10 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 export function parseClaim(value: unknown): RequesterClaim | undefined {
   if (!isRecord(value)) return undefined
   const claim: RequesterClaim = {}
-  const { pid, ppid, command, tty } = value
+  const { pid, ppid, command, tty, forwarded } = value
   if (typeof pid === 'number' && Number.isSafeInteger(pid) && pid > 0) claim.pid = pid
+  if (typeof forwarded === 'boolean') claim.forwarded = forwarded
+  else if (forwarded !== undefined && forwarded !== null) claim.forwarded = true
   if (typeof ppid === 'number' && Number.isSafeInteger(ppid) && ppid > 0) claim.ppid = ppid
   if (typeof command === 'string') claim.command = command.slice(0, LIMITS.auditFieldMaxChars)
   if (typeof tty === 'string') claim.tty = tty.slice(0, LIMITS.auditFieldMaxChars)

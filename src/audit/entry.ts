@@ -35,12 +35,20 @@ export interface AuditEntry {
     readonly uid?: number
     readonly client?: { readonly pid: number; readonly command?: string }
   }
+  /** The request came through a forwarded socket (docs/ssh-forwarding.md): the kernel's peer. */
+  readonly forwarded?: {
+    readonly via: string
+    readonly pid: number
+    readonly exe?: string
+    readonly verified?: boolean
+  }
   /** What the client said about itself: a claim, not evidence. */
   readonly claimed?: {
     readonly pid?: number
     readonly ppid?: number
     readonly command?: string
     readonly tty?: string
+    readonly forwarded?: boolean
   }
   readonly result: AuditResult
   /** AgentError code for denied / failed. */
@@ -53,6 +61,17 @@ export interface AuditEntry {
   /** keygen: the key generated, "<token>/<label>", and whether an existing key was replaced. */
   readonly key?: string
   readonly replaced?: boolean
+  /** The PKCS#11 module that signed (or would have), and for p11-kit-client its server (docs/remote-tokens.md). */
+  readonly device?: AuditDevice
+}
+
+export interface AuditDevice {
+  /** The `[tokens.NAME]` the key is on. */
+  readonly token: string
+  /** The module file the agent loaded. */
+  readonly module: string
+  /** p11-kit-client: the P11_KIT_SERVER_ADDRESS it talks to. */
+  readonly server?: string
 }
 
 export const AUDIT_CKSUM_CHARS = 16
@@ -79,6 +98,7 @@ export interface AuditOutcome {
   readonly operation?: string
   readonly key?: string
   readonly replaced?: boolean
+  readonly device?: AuditDevice
 }
 
 /** Builds the line for `intent` and its outcome, cutting every field that came from another process. */
@@ -106,6 +126,14 @@ export function auditEntry(intent: Intent, outcome: AuditOutcome, now: Date = ne
     requester,
     result: outcome.result,
   }
+  const f = r.forwarded
+  if (f !== undefined)
+    entry.forwarded = {
+      via: f.via,
+      pid: f.pid,
+      ...(f.exe === undefined ? {} : { exe: cut(f.exe) }),
+      ...(f.verified === undefined ? {} : { verified: f.verified }),
+    }
   const c = r.claimed
   if (c !== undefined) {
     const claimed: {
@@ -115,6 +143,7 @@ export function auditEntry(intent: Intent, outcome: AuditOutcome, now: Date = ne
     if (c.ppid !== undefined) claimed.ppid = c.ppid
     if (c.command !== undefined) claimed.command = cut(c.command)
     if (c.tty !== undefined) claimed.tty = cut(c.tty)
+    if (c.forwarded !== undefined) claimed.forwarded = c.forwarded
     entry.claimed = claimed
   }
   const { name, vers, cksum } = intent.crate
@@ -128,6 +157,13 @@ export function auditEntry(intent: Intent, outcome: AuditOutcome, now: Date = ne
   if (outcome.token !== undefined) entry.token = tokenFingerprint(outcome.token)
   if (outcome.key !== undefined) entry.key = cut(outcome.key)
   if (outcome.replaced !== undefined) entry.replaced = outcome.replaced
+  if (outcome.device !== undefined) {
+    const { token, module, server } = outcome.device
+    entry.device =
+      server === undefined
+        ? { token: cut(token), module: cut(module) }
+        : { token: cut(token), module: cut(module), server: cut(server) }
+  }
   return entry
 }
 

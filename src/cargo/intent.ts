@@ -11,6 +11,23 @@ export interface RequesterClaim {
   ppid?: number
   command?: string
   tty?: string
+  /** Whether the client said it came through a forwarded socket: recorded, never believed. */
+  forwarded?: boolean
+}
+
+/**
+ * The forwarder a connection came through, from the kernel's peer (docs/ssh-forwarding.md): the
+ * local `ssh` client for `ssh -R` from this host, `sshd` for a forward that sshd terminates here, or
+ * `unidentified` for a peer whose executable the kernel would not show (treated the same way).
+ */
+export interface Forwarder {
+  readonly via: 'ssh' | 'sshd' | 'unidentified'
+  /** The connecting process (the forwarder itself); 0 when the kernel gave no pid. */
+  readonly pid: number
+  /** Its /proc/<pid>/exe (ssh, sshd). */
+  readonly exe?: string
+  /** ssh, sshd: whether that running executable is root-owned and writable by nobody else. */
+  readonly verified?: boolean
 }
 
 /**
@@ -31,6 +48,8 @@ export interface Requester {
   uid?: number
   /** The connecting process itself (normally the shim). */
   client?: { pid: number; command?: string }
+  /** Set when the connecting process is an SSH forwarder; then no local program is the requester. */
+  forwarded?: Forwarder
   /** What the client said about itself. */
   claimed?: RequesterClaim
 }

@@ -115,11 +115,14 @@ const LOCAL_MODULES = /(^|\/)(lib)?(softhsm2?|ykcs11|opensc-pkcs11|opensc|tpm2_p
 
 /**
  * Whether a configured module needs IP sockets: any module we do not know to be local (network HSMs
- * reach their appliance over TCP), or tpm2-pkcs11 pointed at a TPM simulator over TCP.
+ * reach their appliance over TCP), or tpm2-pkcs11 pointed at a TPM simulator over TCP. p11-kit-client
+ * needs them only for an address that is not `unix:` (docs/remote-tokens.md §3).
  */
 export function needsNetwork(config: Config | undefined): boolean {
   if (config === undefined) return false
   return Object.values(config.tokens).some((token) => {
+    if (/(^|\/)p11-kit-client([._-]|$)/.test(token.module))
+      return !(token.moduleEnv['P11_KIT_SERVER_ADDRESS'] ?? 'unix:').startsWith('unix:')
     if (!LOCAL_MODULES.test(token.module)) return true
     const tcti = token.moduleEnv['TPM2_PKCS11_TCTI'] ?? ''
     return /^(swtpm|mssim):/.test(tcti) || /host=|port=/.test(tcti)

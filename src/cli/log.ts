@@ -79,10 +79,13 @@ export function formatEntry(entry: AuditEntry): string {
     `${time(entry.time)}  ${result.padEnd(6)}  ${what} ${entry.operation === 'publish' ? 'to' : entry.operation === 'read' ? 'from' : 'on'} ${registry}`,
   ]
   if (by !== '') parts.push(`by ${by}`)
+  if (entry.forwarded !== undefined)
+    parts.push(`forwarded via ${safe(entry.forwarded.via)} pid ${entry.forwarded.pid}`)
   if (entry.approval !== undefined && entry.approval !== 'not-required')
     parts.push(`approved: ${entry.approval}`)
   if (entry.code !== undefined) parts.push(`${entry.code}: ${safe(entry.reason)}`)
   if (entry.kip !== undefined) parts.push(`key ${safe(entry.kip)}`)
+  if (entry.device?.server !== undefined) parts.push(`via p11-kit server ${safe(entry.device.server)}`)
   if (entry.token !== undefined) parts.push(`token ${safe(entry.token)}`)
   return parts.join('; ')
 }

@@ -15,6 +15,8 @@ export const TOKEN_KINDS = ['yubikey', 'tpm', 'hsm', 'softhsm'] as const
 export type TokenKind = (typeof TOKEN_KINDS)[number]
 export const CONFIRM_MODES = ['touch', 'prompt', 'none'] as const
 export type ConfirmMode = (typeof CONFIRM_MODES)[number]
+export const FORWARDED_MODES = ['read', 'confirm', 'refuse'] as const
+export type ForwardedMode = (typeof FORWARDED_MODES)[number]
 
 export interface AgentSettings {
   readonly socket?: string
@@ -67,6 +69,8 @@ export interface RegistryConfig {
   /** For mutations; reads are never confirmed (docs/configuration.md, `confirm`). */
   readonly confirm: ConfirmMode
   readonly mutationsPerHour: number
+  /** Requests through an SSH-forwarded socket (docs/ssh-forwarding.md). */
+  readonly forwarded: ForwardedMode
   readonly generateOnLogin: boolean
 }
 
@@ -401,6 +405,14 @@ export const REGISTRY_ROWS: Rows<Omit<RegistryConfig, 'name'>> = {
     int(0, LIMITS.maxMutationsPerHour),
     'sliding one-hour limit per registry',
     { default: LIMITS.defaultMutationsPerHour },
+  ),
+  forwarded: row(
+    'forwarded',
+    oneOf(FORWARDED_MODES),
+    'what requests through an SSH-forwarded socket may do',
+    {
+      default: LIMITS.defaultForwarded,
+    },
   ),
   generateOnLogin: row('generate-on-login', BOOL, 'let cargo login generate a missing key on the device', {
     default: false,

@@ -65,6 +65,7 @@ export const AGENT_CODES = [
   'TOUCH_TIMEOUT',
   'DENIED', // the user declined the confirmation
   'POLICY_DENIED', // policy forbids this request (e.g. final PIN try without confirmation)
+  'FORWARDED_REFUSED', // the request came through a forwarded socket and the registry's `forwarded` forbids it
   'RATE_LIMITED',
   'AUDIT_FAILED', // the audit line could not be written; the token is not released
   'AGENT_UNREACHABLE',

@@ -146,6 +146,10 @@ export const LIMITS = Object.freeze({
   /** Default `confirm` for mutations: a yes/no showing the intent. Never `none` by default: a script
    * that reaches the agent socket must not publish in the user's name unasked (docs/policy.md). */
   defaultConfirm: 'prompt' as const,
+  /** Default `forwarded`: a request through an SSH-forwarded socket may read, never mutate. The
+   * remote host holds the socket and may be the weaker machine; like OpenSSH's destination
+   * constraints (`ssh-add -h`), what it may use is opt-in (docs/ssh-forwarding.md). */
+  defaultForwarded: 'read' as const,
   /** Default `pinentry-program`: the name gpg-agent uses, found on PATH (a distribution links it to
    * the pinentry flavour it installed: curses, gtk, qt). */
   defaultPinentryProgram: 'pinentry',

@@ -20,7 +20,7 @@ import pkcs11js from 'pkcs11js'
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import type { Pin } from '../lib/secret.js'
-import { fromReturnValue, type Operation } from './ckr.js'
+import { CKR, fromReturnValue, type Operation } from './ckr.js'
 
 /** An opaque slot, session or object handle (pkcs11js encodes CK_ULONG handles as Buffers). */
 export type Handle = Buffer
@@ -138,6 +138,24 @@ export interface KeyAttributes {
   sensitive: boolean
 }
 
+/**
+ * The p11-kit server a p11-kit-client module talks to (docs/remote-tokens.md). The client reads
+ * P11_KIT_SERVER_ADDRESS once, in C_GetFunctionList, and falls back to the runtime directory
+ * (p11-kit `p11-kit/client.c` get_server_address); undefined for every other module.
+ */
+function p11KitServerAddress(path: string): string | undefined {
+  if (!/^p11-kit-client\./.test(basename(path))) return undefined
+  const set = process.env['P11_KIT_SERVER_ADDRESS']
+  if (set !== undefined && set !== '') return set
+  const runtime = process.env['XDG_RUNTIME_DIR']
+  return runtime !== undefined && runtime !== ''
+    ? `unix:path=${runtime}/p11-kit/pkcs11`
+    : 'the default address ($XDG_RUNTIME_DIR/p11-kit/pkcs11)'
+}
+
+/** CK_INFO.libraryDescription of a p11-kit-client that has no server (p11-kit `p11-kit/rpc-client.c` fill_stand_in_info). */
+const P11_KIT_NO_CONNECTION = 'p11-kit (no connection)'
+
 // DER of OID 1.3.132.0.34 (secp384r1), the named-curve form of CKA_EC_PARAMS (X9.62 ECParameters).
 const P384_OID_DER = Buffer.from('06052b81040022', 'hex')
 
@@ -157,12 +175,29 @@ export class Pkcs11Module {
 
   readonly path: string
   readonly name: string
+  /** p11-kit-client only: the server address the module connects to (docs/remote-tokens.md). */
+  readonly server: string | undefined
   readonly #p11: InstanceType<typeof pkcs11js.PKCS11>
+  /** Counts `reconnect()`s: handles from an earlier generation mean nothing any more. */
+  #generation = 0
+  /**
+   * Sessions opened since the last (re)initialisation, by object identity: after C_Finalize +
+   * C_Initialize the module hands out the same handle numbers again (p11-kit-client: 0x11 before and
+   * after, measured), so a stale handle would act on another Device's new session.
+   */
+  #live = new WeakSet<Handle>()
+  /** Signs of this module running on the threadpool; C_Finalize must not pull the module from under them. */
+  #inFlight = 0
 
-  private constructor(path: string, p11: InstanceType<typeof pkcs11js.PKCS11>) {
+  private constructor(path: string, p11: InstanceType<typeof pkcs11js.PKCS11>, server: string | undefined) {
     this.path = path
     this.name = basename(path)
+    this.server = server
     this.#p11 = p11
+  }
+
+  get generation(): number {
+    return this.#generation
   }
 
   /**
@@ -170,7 +205,8 @@ export class Pkcs11Module {
    * token) share it. C_Initialize gets CKF_OS_LOCKING_OK because the agent calls in from the libuv
    * threadpool (PKCS#11 v2.40 §5.4: without it a module may assume single-threaded use), and
    * CKR_CRYPTOKI_ALREADY_INITIALIZED is success (another component in the process initialised it).
-   * C_Finalize is never called: it would kill every session in the process.
+   * C_Finalize is called only by `reconnect()`, for p11-kit-client: it ends every session of the
+   * module in the process.
    */
   static load(path: string): Pkcs11Module {
     if (!existsSync(path)) {
@@ -184,6 +220,8 @@ export class Pkcs11Module {
     const known = Pkcs11Module.#registry.get(real)
     if (known !== undefined) return known
     checkSoftHsmConfig(real)
+    // Read before `load`: p11-kit-client takes the address in C_GetFunctionList.
+    const server = p11KitServerAddress(real)
     const p11 = new pkcs11js.PKCS11()
     try {
       p11.load(real)
@@ -210,9 +248,49 @@ export class Pkcs11Module {
         throw translate(error, 'initialize', basename(path))
       }
     }
-    const module = new Pkcs11Module(real, p11)
+    const module = new Pkcs11Module(real, p11, server)
     Pkcs11Module.#registry.set(real, module)
     return module
+  }
+
+  /**
+   * p11-kit-client only: C_Finalize + C_Initialize, which is the only way it connects again. After
+   * its server went away every call is CKR_DEVICE_ERROR (p11-kit `p11-kit/rpc-transport.c`
+   * rpc_transport_buffer closes the socket for good), and a client initialised while the server was
+   * down lists no slots until initialised again (`p11-kit/rpc-client.c` rpc_C_Initialize). Callers
+   * do this only when the module shows no token at all, so no live session of any Device is lost.
+   * Refused (false) while one of its signs runs on the threadpool; true once the server answers.
+   */
+  reconnect(): boolean {
+    if (this.server === undefined || this.#inFlight > 0) return false
+    this.#generation += 1
+    this.#live = new WeakSet<Handle>()
+    try {
+      this.#p11.C_Finalize()
+    } catch {
+      // Not initialised (an earlier C_Initialize failed) or the transport is gone: initialise anyway.
+    }
+    try {
+      this.#p11.C_Initialize({ flags: k.CKF_OS_LOCKING_OK })
+    } catch (error) {
+      if (errorValue(error) !== k.CKR_CRYPTOKI_ALREADY_INITIALIZED) return false
+    }
+    return this.connected()
+  }
+
+  /** False for a p11-kit-client initialised while its server was not there; true for every other module. */
+  connected(): boolean {
+    if (this.server === undefined) return true
+    try {
+      return blankPadded(this.#p11.C_GetInfo().libraryDescription) !== P11_KIT_NO_CONNECTION
+    } catch {
+      return false
+    }
+  }
+
+  /** A session from before the last reconnect is gone, whatever its handle number now means. */
+  #checkLive(session: Handle, op: Operation, where: string): void {
+    if (!this.#live.has(session)) throw fromReturnValue(CKR.SESSION_HANDLE_INVALID.rv, op, where, undefined)
   }
 
   /** Slots that currently hold a token (C_GetSlotList(TRUE)). */
@@ -241,11 +319,14 @@ export class Pkcs11Module {
   /** A serial session; read-write only when creating or destroying objects (keygen). */
   openSession(slot: Handle, readWrite: boolean): Handle {
     const flags = k.CKF_SERIAL_SESSION | (readWrite ? k.CKF_RW_SESSION : 0)
-    return call('open-session', this.name, () => this.#p11.C_OpenSession(slot, flags))
+    const session = call('open-session', this.name, () => this.#p11.C_OpenSession(slot, flags))
+    this.#live.add(session)
+    return session
   }
 
-  /** Best effort: a removed token's sessions are gone anyway. */
+  /** Best effort: a removed token's sessions are gone anyway; one from before a reconnect is not closed. */
   closeSession(session: Handle): void {
+    if (!this.#live.delete(session)) return
     try {
       this.#p11.C_CloseSession(session)
     } catch {
@@ -255,6 +336,7 @@ export class Pkcs11Module {
 
   /** True when the session (hence the application, PKCS#11 §5.6) is logged in as user. */
   sessionLoggedIn(session: Handle): boolean {
+    this.#checkLive(session, 'session-info', this.name)
     const info = call('session-info', this.name, () => this.#p11.C_GetSessionInfo(session))
     return info.state === CKS_RO_USER_FUNCTIONS || info.state === CKS_RW_USER_FUNCTIONS
   }
@@ -267,6 +349,7 @@ export class Pkcs11Module {
    */
   login(session: Handle, pin: Pin | null, contextSpecific: boolean, where: string): void {
     const userType = contextSpecific ? k.CKU_CONTEXT_SPECIFIC : k.CKU_USER
+    this.#checkLive(session, contextSpecific ? 'context-login' : 'login', where)
     try {
       this.#p11.C_Login(session, userType, pin === null ? '' : pin.expose().toString('utf8'))
     } catch (error) {
@@ -308,6 +391,7 @@ export class Pkcs11Module {
   }
 
   logout(session: Handle, where: string): void {
+    this.#checkLive(session, 'logout', where)
     try {
       this.#p11.C_Logout(session)
     } catch (error) {
@@ -323,6 +407,7 @@ export class Pkcs11Module {
     ]
     if (query.label !== undefined) template.push({ type: k.CKA_LABEL, value: query.label })
     if (query.id !== undefined) template.push({ type: k.CKA_ID, value: query.id })
+    this.#checkLive(session, 'find', where)
     return call('find', where, () => {
       this.#p11.C_FindObjectsInit(session, template)
       try {
@@ -340,6 +425,7 @@ export class Pkcs11Module {
 
   /** Every X.509 certificate object (CKO_CERTIFICATE, PKCS#11 v2.40 section 4.6): label, id, DER. */
   certificates(session: Handle, where: string): { label: string; id: Buffer; value: Buffer }[] {
+    this.#checkLive(session, 'find', where)
     return call('find', where, () => {
       this.#p11.C_FindObjectsInit(session, [{ type: k.CKA_CLASS, value: k.CKO_CERTIFICATE }])
       const found: Handle[] = []
@@ -366,6 +452,7 @@ export class Pkcs11Module {
   }
 
   keyAttributes(session: Handle, object: Handle, cls: KeyClass, where: string): KeyAttributes {
+    this.#checkLive(session, 'attributes', where)
     const one = (type: number): Buffer | undefined => {
       try {
         const [attr] = this.#p11.C_GetAttributeValue(session, object, [{ type }])
@@ -402,6 +489,7 @@ export class Pkcs11Module {
   /** Reads CKA_VALUE (the secret scalar for an EC private key). A compliant token refuses for keys
    * that are sensitive or not extractable (PKCS#11 §4.4.1 Table 15 footnote 7) → OPERATION_UNSUPPORTED. */
   readValue(session: Handle, object: Handle, where: string): Buffer {
+    this.#checkLive(session, 'attributes', where)
     return call('attributes', where, () => {
       const [attr] = this.#p11.C_GetAttributeValue(session, object, [{ type: k.CKA_VALUE }])
       if (!(attr?.value instanceof Buffer))
@@ -425,6 +513,7 @@ export class Pkcs11Module {
     id: Buffer,
     where: string,
   ): { publicKey: Handle; privateKey: Handle } {
+    this.#checkLive(session, 'generate', where)
     const publicTemplate: pkcs11js.Template = [
       { type: k.CKA_CLASS, value: k.CKO_PUBLIC_KEY },
       { type: k.CKA_KEY_TYPE, value: k.CKK_EC },
@@ -461,12 +550,14 @@ export class Pkcs11Module {
   }
 
   destroy(session: Handle, object: Handle, where: string): void {
+    this.#checkLive(session, 'destroy', where)
     call('destroy', where, () => this.#p11.C_DestroyObject(session, object))
   }
 
   /** C_SignInit with CKM_ECDSA: raw ECDSA over a digest the host computed (SoftHSM offers no
    * CKM_ECDSA_SHA384; spec/pkcs11-platform-notes §2). */
   signInit(session: Handle, key: Handle, where: string): void {
+    this.#checkLive(session, 'sign-init', where)
     call('sign-init', where, () => this.#p11.C_SignInit(session, { mechanism: k.CKM_ECDSA }, key))
   }
 
@@ -478,6 +569,13 @@ export class Pkcs11Module {
    */
   async signAsync(session: Handle, digest: Buffer, where: string): Promise<Buffer> {
     await Pkcs11Module.#acquireSignSlot()
+    try {
+      this.#checkLive(session, 'sign', where)
+    } catch (error) {
+      Pkcs11Module.#releaseSignSlot()
+      throw error
+    }
+    this.#inFlight += 1
     const input = digest
     // 96 bytes for r||s; DER-encoding modules need up to 104. 256 leaves room for odd modules.
     const output = Buffer.alloc(256)
@@ -490,6 +588,7 @@ export class Pkcs11Module {
       // Keeps both buffers reachable until the native worker is done with them.
       void input.length
       void output.length
+      this.#inFlight -= 1
       Pkcs11Module.#releaseSignSlot()
     }
   }

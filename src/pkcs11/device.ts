@@ -51,6 +51,11 @@ export interface TokenStatus
 export type DeviceEvent =
   /** The token vanished (removal, session loss, device error); `code` says how it was noticed. */
   | { type: 'removed'; token: string; code: ErrorCode }
+  /**
+   * The p11-kit server (p11-kit-client) stopped answering. The token was not pulled: it is found
+   * again by its identity when the server answers, and its PIN may be kept for the re-login.
+   */
+  | { type: 'disconnected'; token: string; server: string; code: ErrorCode }
   /** The token was found again after a loss; sessions reopen lazily. */
   | { type: 'reconnected'; token: string }
   /** All sessions were closed on request so other programs can use the device. */
@@ -103,6 +108,8 @@ export class Device {
   #modulePath: string | undefined
   #module: Pkcs11Module | undefined
   #slot: Handle | undefined
+  /** The module generation `#slot` and the pooled sessions belong to (Pkcs11Module.reconnect). */
+  #generation = 0
   /** Identity last seen on the device (label/serial), used to find it again after removal. */
   #seen: TokenIdentity | undefined
   #lost = false
@@ -136,6 +143,15 @@ export class Device {
           : 'token'
     const serialText = serial !== undefined && serial !== '' ? ` (serial ${serial})` : ''
     return `${name}${serialText} via ${basename(this.#resolvedPath())}`
+  }
+
+  /**
+   * Which module signs, and for p11-kit-client which server it reaches (the audit line records
+   * both, docs/remote-tokens.md). The module file as resolved, else what the config says.
+   */
+  origin(): { module: string; server?: string } {
+    const server = this.#module?.server
+    return server === undefined ? { module: this.#resolvedPath() } : { module: this.#resolvedPath(), server }
   }
 
   async status(): Promise<TokenStatus> {
@@ -328,6 +344,7 @@ export class Device {
         if (RECONNECT_CODES.has(err.code)) {
           this.#lose(err.code)
           if (attempt === 0 && !work.committed && err.code === 'SESSION_LOST') continue
+          throw this.#viaServer(err)
         }
         throw err
       } finally {
@@ -361,6 +378,8 @@ export class Device {
    */
   #connect(reuseMs = 0): { slot: Handle; info: TokenInfo } {
     const mod = this.#mod()
+    // Another Device on this module reconnected it: this one's slot and sessions are from before.
+    if (this.#slot !== undefined && mod.generation !== this.#generation) this.#lose('SESSION_LOST')
     if (this.#slot !== undefined) {
       const checked = this.#checked
       if (checked !== undefined && performance.now() - checked.at <= reuseMs) {
@@ -389,28 +408,89 @@ export class Device {
       manufacturer: this.#selector.manufacturer,
       model: this.#selector.model,
     }
-    for (const slot of mod.slotsWithToken()) {
+    let look = this.#lookUp(mod, want)
+    // A p11-kit-client that shows no token at all has lost its server (or never reached it): only
+    // C_Finalize + C_Initialize connects it again, and with no token listed no session is lost.
+    if (look.found === undefined && look.slots === 0 && mod.reconnect()) look = this.#lookUp(mod, want)
+    const { found } = look
+    if (found !== undefined) {
+      this.#slot = found.slot
+      this.#checked = { info: found.info, at: performance.now() }
+      this.#generation = mod.generation
+      const { label, serial, manufacturer, model } = found.info
+      this.#seen = { label, serial, manufacturer, model }
+      if (this.#lost) {
+        this.#lost = false
+        this.#onEvent({ type: 'reconnected', token: this.describe() })
+      }
+      return found
+    }
+    const token = this.describe().replace(/ via .*$/, '')
+    if (mod.server !== undefined) {
+      const reached = mod.connected()
+      throw new AgentError(
+        'TOKEN_ABSENT',
+        reached
+          ? `${this.describe()}: the p11-kit server at ${mod.server} does not export ${token}`
+          : `${this.describe()}: the p11-kit server at ${mod.server} is not reachable`,
+        {
+          remedy: reached
+            ? `Check the token URI the server was started with (p11-kit server --provider <module> -n <socket> 'pkcs11:token=<label>') and that ${token} is present on its machine`
+            : `Start (or restart) \`p11-kit server\` on that address, or fix P11_KIT_SERVER_ADDRESS in the token's module-env; the agent reconnects at the next request, without a restart`,
+          data: { token: this.describe(), server: mod.server },
+        },
+      )
+    }
+    throw new AgentError('TOKEN_ABSENT', `${this.describe()} is not present`, {
+      remedy: `Insert ${token}; the agent picks it up without a restart`,
+      data: { token: this.describe() },
+    })
+  }
+
+  /**
+   * The slot holding the wanted token, and how many slots hold a token at all. A p11-kit-client
+   * whose server went away fails C_GetSlotList (CKR_DEVICE_ERROR, docs/remote-tokens.md): for it
+   * that counts as no token, so the caller reconnects it.
+   */
+  #lookUp(
+    mod: Pkcs11Module,
+    want: Omit<TokenSelector, 'module'>,
+  ): { found?: { slot: Handle; info: TokenInfo }; slots: number } {
+    let slots: Handle[]
+    try {
+      slots = mod.slotsWithToken()
+    } catch (error) {
+      if (mod.server === undefined || !RECONNECT_CODES.has(toAgentError(error).code)) throw error
+      return { slots: 0 }
+    }
+    for (const slot of slots) {
       let info: TokenInfo
       try {
         info = mod.tokenInfo(slot)
       } catch {
         continue // a token vanishing between the two calls is just not there
       }
-      if (!tokenMatches(info, want)) continue
-      this.#slot = slot
-      this.#checked = { info, at: performance.now() }
-      const { label, serial, manufacturer, model } = info
-      this.#seen = { label, serial, manufacturer, model }
-      if (this.#lost) {
-        this.#lost = false
-        this.#onEvent({ type: 'reconnected', token: this.describe() })
-      }
-      return { slot, info }
+      if (tokenMatches(info, want)) return { found: { slot, info }, slots: slots.length }
     }
-    throw new AgentError('TOKEN_ABSENT', `${this.describe()} is not present`, {
-      remedy: `Insert ${this.describe().replace(/ via .*$/, '')}; the agent picks it up without a restart`,
-      data: { token: this.describe() },
-    })
+    return { slots: slots.length }
+  }
+
+  /**
+   * A connection lost mid-request to a p11-kit server says which server (the module alone says
+   * only CKR_DEVICE_ERROR); the next request reconnects. Other modules' errors pass unchanged.
+   */
+  #viaServer(err: AgentError): AgentError {
+    const server = this.#module?.server
+    if (server === undefined || err.code === 'TOKEN_ABSENT') return err
+    return new AgentError(
+      err.code,
+      `${this.describe()}: the connection to the p11-kit server at ${server} failed (${err.message})`,
+      {
+        cause: err,
+        remedy: `Check that \`p11-kit server\` is running on that address; the agent reconnects at the next request, without a restart`,
+        data: { ...err.data, token: this.describe(), server },
+      },
+    )
   }
 
   /** Sessions are gone with the token: forget them (closing what can be closed) and the slot. */
@@ -421,7 +501,12 @@ export class Device {
     this.#dropSessions()
     if (wasConnected && !this.#lost) {
       this.#lost = true
-      this.#onEvent({ type: 'removed', token: this.describe(), code })
+      const server = this.#module?.server
+      this.#onEvent(
+        server === undefined
+          ? { type: 'removed', token: this.describe(), code }
+          : { type: 'disconnected', token: this.describe(), server, code },
+      )
     }
   }
 

@@ -15,6 +15,15 @@ import type { PinSource } from './pin-source.js'
  */
 export type ConfirmPolicy = 'touch' | 'prompt' | 'none'
 
+/**
+ * What a request through a forwarded socket may do (docs/ssh-forwarding.md).
+ * - `read`: read tokens only; mutations are refused (the default).
+ * - `confirm`: mutations too, each confirmed on the agent's side (the key's touch, or the agent's
+ *   pinentry), whatever `confirm` says, never by an answer from the forwarded requester.
+ * - `refuse`: nothing, reads included.
+ */
+export type ForwardedPolicy = 'read' | 'confirm' | 'refuse'
+
 /** Which channel asks yes/no questions: the shim's terminal, pinentry, or terminal-then-pinentry. */
 export type ConfirmChannel = 'auto' | 'terminal' | 'pinentry'
 
@@ -37,6 +46,8 @@ export interface RegistryPolicy {
   readonly confirm: ConfirmPolicy
   /** Sliding one-hour window; 0 forbids mutations for this registry. */
   readonly mutationsPerHour: number
+  /** Requests through a forwarded socket (Requester.forwarded). */
+  readonly forwarded: ForwardedPolicy
 }
 
 export interface PolicyConfig {

@@ -3,7 +3,8 @@
  * requester's terminal (the agent's own prompt there) or in a pinentry the agent launches
  * (docs/policy.md, "Mutations: confirmation, touch, rate limit"). Never through the client that
  * made the request (docs/design.md §4, rule 2). The login's final-try question goes through the
- * same yes/no.
+ * same yes/no. A request through a forwarded socket follows the registry's `forwarded` first
+ * (docs/ssh-forwarding.md).
  */
 import { AgentError } from '../lib/errors.js'
 import type { Approval, Intent } from '../cargo/intent.js'
@@ -40,6 +41,8 @@ export class Confirmer {
     registry: RegistryPolicy,
     token?: TokenPolicy,
   ): Promise<{ approval: Approval; release: () => void }> {
+    const forwarded = intent.requester.forwarded !== undefined
+    if (forwarded) refuseForwarded(intent, registry)
     if (intent.operation === 'read') return { approval: 'not-required', release: () => undefined }
     const release = this.#deps.limiter.take(
       intent.indexUrl,
@@ -47,8 +50,10 @@ export class Confirmer {
       describeRegistry(intent),
     )
     try {
-      if (registry.confirm === 'none') return { approval: 'none', release }
       if (registry.confirm === 'touch') return { approval: 'touch', release }
+      // A forwarded mutation is always asked, even with confirm = "none" (like Bitwarden's "always
+      // ask when forwarded"): whoever holds the far end of the socket is not the user.
+      if (registry.confirm === 'none' && !forwarded) return { approval: 'none', release }
       const { approved, via } = await this.ask(
         intent,
         prompter,
@@ -80,6 +85,9 @@ export class Confirmer {
     token: TokenPolicy | undefined,
   ): Promise<{ approved: boolean; via: 'terminal' | 'pinentry' }> {
     const { headless, confirmVia } = this.#deps.config
+    // The terminal of a forwarder (the local ssh client's) carries the remote session's keystrokes,
+    // and remote output can make a terminal answer: never asked there (docs/ssh-forwarding.md).
+    const terminal = intent.requester.forwarded === undefined ? prompter.terminal : undefined
     if (headless) {
       throw new AgentError(
         'POLICY_DENIED',
@@ -90,8 +98,8 @@ export class Confirmer {
         },
       )
     }
-    if (confirmVia === 'terminal' || (confirmVia === 'auto' && prompter.terminal !== undefined)) {
-      if (prompter.terminal === undefined) {
+    if (confirmVia === 'terminal' || (confirmVia === 'auto' && terminal !== undefined)) {
+      if (terminal === undefined) {
         throw new AgentError(
           'POLICY_DENIED',
           `Confirmation is required to ${describeIntent(intent)}, but the requesting program has no terminal`,
@@ -129,11 +137,32 @@ export class Confirmer {
       throw noChannel(
         intent,
         error,
-        `${prompter.terminal === undefined ? 'the requesting program has no terminal and ' : ''}pinentry could not ask`,
+        `${intent.requester.forwarded !== undefined ? 'the request came through a forwarded socket (never asked on a terminal) and ' : terminal === undefined ? 'the requesting program has no terminal and ' : ''}pinentry could not ask`,
       )
     }
     return { approved, via: 'pinentry' }
   }
+}
+
+/**
+ * The registry's `forwarded` against a request through a forwarded socket: `refuse` refuses
+ * everything, `read` every mutation; `confirm` lets the request on to be confirmed.
+ */
+function refuseForwarded(intent: Intent, registry: RegistryPolicy): void {
+  const mode = registry.forwarded
+  if (mode === 'confirm' || (mode === 'read' && intent.operation === 'read')) return
+  const allowed = mode === 'read' ? 'only read' : 'do nothing'
+  throw new AgentError(
+    'FORWARDED_REFUSED',
+    `Refused: ${describeIntent(intent)}; this registry lets forwarded connections ${allowed} (forwarded = "${mode}")`,
+    {
+      remedy:
+        mode === 'read'
+          ? 'Run the command on the agent’s host, or set forwarded = "confirm" for this registry in the agent config (each forwarded mutation is then confirmed on the agent’s side) and restart the agent (docs/ssh-forwarding.md)'
+          : 'Run the command on the agent’s host, or set forwarded = "read" (or "confirm") for this registry in the agent config and restart the agent (docs/ssh-forwarding.md)',
+      data: { forwarded: mode, via: intent.requester.forwarded?.via ?? 'unidentified' },
+    },
+  )
 }
 
 /** No channel the requester cannot answer itself could ask: fail closed, naming the other modes. */

@@ -33,7 +33,28 @@ export function describeRegistry(intent: Pick<Intent, 'registryName' | 'indexUrl
   return intent.registryName === undefined ? url : `${displaySafe(intent.registryName)} (${url})`
 }
 
+/**
+ * "a forwarded connection via ssh pid 77 `ssh -R …`": what a human is told about a request whose
+ * program is on the far side of a forward (docs/ssh-forwarding.md). An ssh or sshd that is not a
+ * root-owned binary is named as unverified, with its path.
+ */
+function describeForwarded(requester: Requester): string {
+  const f = requester.forwarded
+  if (f === undefined) return ''
+  if (f.via === 'unidentified')
+    return `an unidentified process${f.pid > 0 ? ` (pid ${f.pid})` : ''}, treated as forwarded`
+  const binary = f.verified === true ? '' : ` (unverified binary ${displaySafe(f.exe ?? '?')})`
+  const command = requester.client?.command
+  return `a forwarded connection via ${f.via} pid ${f.pid}${binary}${command === undefined ? '' : ` \`${displaySafe(command, LIMITS.intentFieldMaxChars / 2)}\``}`
+}
+
+/** "requested by pid 123 `cargo publish`", or "requested from a forwarded connection via ssh pid 77". */
+export function requestedBy(requester: Requester): string {
+  return `requested ${requester.forwarded === undefined ? 'by' : 'from'} ${describeRequester(requester)}`
+}
+
 export function describeRequester(requester: Requester): string {
+  if (requester.forwarded !== undefined) return describeForwarded(requester)
   const parts: string[] = []
   if (requester.pid !== undefined) parts.push(`pid ${requester.pid}`)
   if (requester.command !== undefined && requester.command !== '')
@@ -71,7 +92,7 @@ export function describeIntent(intent: Intent): string {
       : intent.operation === 'publish'
         ? `to ${registry}`
         : `on ${registry}`
-  return `${what} ${where}, requested by ${describeRequester(intent.requester)}`
+  return `${what} ${where}, ${requestedBy(intent.requester)}`
 }
 
 /** Why a PIN is being asked, shown by pinentry or the shim's terminal prompt. */

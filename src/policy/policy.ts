@@ -140,11 +140,14 @@ export class Policy {
       asker: 'agent',
       env: this.#env,
       readPinFile: this.#deps.readPinFile,
+      // A PIN question never travels to the far side of a forward (docs/ssh-forwarding.md).
       terminal:
         headless ??
-        (prompter.interactive
-          ? (prompt) => prompter.askPin(prompt)
-          : { unavailable: 'the requesting program has no terminal' }),
+        (intent.requester.forwarded !== undefined
+          ? { unavailable: 'the request came through a forwarded socket, and a PIN is never asked there' }
+          : prompter.interactive
+            ? (prompt) => prompter.askPin(prompt)
+            : { unavailable: 'the requesting program has no terminal' }),
       pinentry: headless ?? this.#pinentry(intent, undefined),
       notify: (notice) => tell(prompter, notice),
     }

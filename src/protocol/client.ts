@@ -149,10 +149,10 @@ export class AgentConnection {
     }) as Promise<Result<M>>
   }
 
+  /** Requests still waiting are rejected now (their timers cleared), not left to time out. */
   close(): void {
-    this.#closed ??= new AgentError('AGENT_UNREACHABLE', 'The connection was closed by this client', {})
     this.#socket.end()
-    this.#socket.destroy()
+    this.#fail(new AgentError('AGENT_UNREACHABLE', 'The connection was closed by this client', {}))
   }
 
   #dispatch(text: string): void {

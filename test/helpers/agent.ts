@@ -50,6 +50,8 @@ export interface TokenFixture {
   pinFile?: string
   kind?: 'yubikey' | 'tpm' | 'hsm' | 'softhsm'
   confirmFinalTry?: boolean
+  /** `module-env`: e.g. P11_KIT_SERVER_ADDRESS for module = "p11-kit-client". */
+  moduleEnv?: Record<string, string>
 }
 
 export interface StartAgentOptions {
@@ -182,6 +184,7 @@ export async function startAgent(options: StartAgentOptions = {}): Promise<Agent
         if ((t.pinSource ?? 'env') === 'env') table['pin-env'] = t.pinEnv ?? TEST_PIN_ENV
         if (t.pinFile !== undefined) table['pin-file'] = t.pinFile
         if (t.confirmFinalTry !== undefined) table['confirm-final-try'] = t.confirmFinalTry
+        if (t.moduleEnv !== undefined) table['module-env'] = t.moduleEnv
         return [name, table]
       }),
     ),

@@ -28,6 +28,7 @@ export function registryPolicy(overrides: Partial<RegistryPolicy> = {}): Registr
   return Object.freeze({
     confirm: LIMITS.defaultConfirm,
     mutationsPerHour: LIMITS.defaultMutationsPerHour,
+    forwarded: LIMITS.defaultForwarded,
     ...overrides,
   })
 }

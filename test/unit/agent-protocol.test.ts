@@ -242,6 +242,21 @@ describe('server and client over a real socket', () => {
     }
   })
 
+  test('closing a connection rejects its pending requests at once', async () => {
+    const c = await AgentConnection.connect(socket)
+    const pending = c.request('pubkey', { registry: 'hang' }, { timeoutMs: 60_000 })
+    c.close()
+    // Without the rejection the promise would wait for its 60 s timer (and keep the process alive).
+    const outcome = await Promise.race([
+      pending.then(
+        () => 'resolved',
+        (e: unknown) => (e instanceof AgentError ? e.code : 'other'),
+      ),
+      new Promise((resolve) => setTimeout(resolve, 5_000, 'still pending').unref()),
+    ])
+    assert.equal(outcome, 'AGENT_UNREACHABLE')
+  })
+
   test('connections over the limit are told AGENT_BUSY', async () => {
     const busySocket = join(dir, 'busy', 'agent.sock')
     const small = new AgentServer({ socketPath: busySocket, handler, log: () => {}, maxConnections: 2 })

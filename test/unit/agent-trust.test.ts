@@ -1,13 +1,22 @@
 /**
  * The agent's trust helpers on their own: which reloads weaken protection (src/agent/reload.ts) and
- * what the kernel says about a requester (src/agent/requester.ts), checked against this process.
+ * what the kernel says about a requester (src/agent/requester.ts), checked against this process,
+ * a real ssh client and a program that only calls itself ssh.
  */
 import assert from 'node:assert/strict'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync, readlinkSync } from 'node:fs'
 import { describe, test } from 'node:test'
 
 import { weakenings } from '../../src/agent/reload.js'
-import { kernelRequester, parseClaim, terminalOf, withClaim } from '../../src/agent/requester.js'
+import {
+  forwarderKind,
+  kernelRequester,
+  parseClaim,
+  terminalOf,
+  withClaim,
+} from '../../src/agent/requester.js'
+import { describeIntent } from '../../src/policy/intent.js'
 import { parseConfig } from '../../src/config/load.js'
 import { LIMITS } from '../../src/lib/limits.js'
 
@@ -23,8 +32,8 @@ function config(registries: string, agent = ''): ReturnType<typeof parseConfig> 
   )
 }
 
-const reg = (name: string, index: string, confirm: string, label = 'k'): string =>
-  `[registries.${name}]\nindex = "${index}"\nread-key = { token = "t", label = "${label}" }\nconfirm = "${confirm}"\n`
+const reg = (name: string, index: string, confirm: string, label = 'k', forwarded?: string): string =>
+  `[registries.${name}]\nindex = "${index}"\nread-key = { token = "t", label = "${label}" }\nconfirm = "${confirm}"\n${forwarded === undefined ? '' : `forwarded = "${forwarded}"\n`}`
 
 describe('weakenings of a reloaded configuration', () => {
   test('stronger or equal changes pass', () => {
@@ -34,6 +43,21 @@ describe('weakenings of a reloaded configuration', () => {
     assert.deepEqual(weakenings(now, config(reg('a', INDEX, 'prompt') + reg('b', OTHER, 'prompt'))), [])
     assert.deepEqual(weakenings(config(reg('a', INDEX, 'none')), now), [])
     assert.deepEqual(weakenings(now, config('')), [], 'removing a registry protects more')
+  })
+
+  test('forwarded loosened (refuse → read → confirm) is a weakening; tightened is not', () => {
+    const read = config(reg('a', INDEX, 'prompt'))
+    const confirm = config(reg('a', INDEX, 'prompt', 'k', 'confirm'))
+    const refuse = config(reg('a', INDEX, 'prompt', 'k', 'refuse'))
+    assert.deepEqual(weakenings(read, confirm), ['registry a: forwarded "read" → "confirm"'])
+    assert.deepEqual(weakenings(refuse, read), ['registry a: forwarded "refuse" → "read"'])
+    assert.deepEqual(weakenings(confirm, read), [])
+    assert.deepEqual(weakenings(read, refuse), [])
+    assert.deepEqual(
+      weakenings(read, config(reg('a', INDEX, 'prompt') + reg('b', OTHER, 'prompt', 'k', 'confirm'))),
+      [],
+      'a new binding still confirms each forwarded mutation',
+    )
   })
 
   test('lower confirm, headless on, an unconfirmed new binding, a changed mutation key', () => {
@@ -80,9 +104,94 @@ describe('the requester from the kernel', () => {
     assert.equal(requester.exe, readlinkSync(`/proc/${process.ppid}/exe`))
   })
 
-  test('a pid that is not of the peer’s uid, or unknown, yields nothing but the uid', () => {
-    assert.deepEqual(kernelRequester({ uid: uid + 1, gid: 0, pid: process.pid }), { uid: uid + 1 })
-    assert.deepEqual(kernelRequester({ uid, gid: 0, pid: 0 }), { uid })
+  test('a pid that is not of the peer’s uid, or unknown, yields nothing but the uid, and counts as forwarded', () => {
+    // Fail closed: a peer the agent cannot identify gets the forwarded rules (docs/ssh-forwarding.md).
+    assert.deepEqual(kernelRequester({ uid: uid + 1, gid: 0, pid: process.pid }), {
+      uid: uid + 1,
+      forwarded: { via: 'unidentified', pid: process.pid },
+    })
+    assert.deepEqual(kernelRequester({ uid, gid: 0, pid: 0 }), {
+      uid,
+      forwarded: { via: 'unidentified', pid: 0 },
+    })
+  })
+
+  test('forwarders are told by the executable’s file name', () => {
+    assert.equal(forwarderKind('/usr/bin/ssh'), 'ssh')
+    assert.equal(forwarderKind('/usr/bin/ssh (deleted)'), 'ssh', 'replaced by an upgrade while running')
+    assert.equal(forwarderKind('/usr/sbin/sshd'), 'sshd')
+    assert.equal(forwarderKind('/usr/lib/openssh/sshd-session'), 'sshd')
+    assert.equal(forwarderKind('/opt/homebrew/bin/ssh'), 'ssh')
+    for (const other of [
+      '/usr/bin/node',
+      '/usr/bin/ssh-agent',
+      '/home/u/ssh.sh',
+      '/usr/bin/sshfs',
+      '/x/constructor',
+    ])
+      assert.equal(forwarderKind(other), undefined, other)
+  })
+
+  /** Until the exec has happened, /proc/<pid>/exe is still the parent's. */
+  async function execd(child: ChildProcess, exe: string): Promise<void> {
+    for (let i = 0; i < 300 && readlinkSync(`/proc/${child.pid}/exe`) !== exe; i++)
+      await new Promise((r) => setTimeout(r, 10))
+    assert.equal(readlinkSync(`/proc/${child.pid}/exe`), exe)
+  }
+
+  test('the real ssh client as the peer: forwarded via ssh, verified, with no local requester', async () => {
+    // An ssh that waits (its ProxyCommand never answers) is what `ssh -R` is while it forwards.
+    const ssh = spawn(
+      '/usr/bin/ssh',
+      ['-o', 'BatchMode=yes', '-o', 'ProxyCommand=sleep 30', 'forward-test.invalid'],
+      {
+        stdio: 'ignore',
+      },
+    )
+    try {
+      await execd(ssh, '/usr/bin/ssh')
+      const requester = kernelRequester({ uid, gid: 0, pid: ssh.pid ?? -1 })
+      assert.deepEqual(requester.forwarded, {
+        via: 'ssh',
+        pid: ssh.pid,
+        exe: readlinkSync(`/proc/${ssh.pid}/exe`),
+        verified: true,
+      })
+      assert.equal(requester.client?.pid, ssh.pid)
+      assert.match(requester.client?.command ?? '', /^\/usr\/bin\/ssh -o BatchMode=yes/)
+      for (const local of ['pid', 'ppid', 'command', 'exe', 'tty'] as const)
+        assert.equal(requester[local], undefined, `no local ${local} for a forwarded request`)
+      const text = describeIntent({
+        indexUrl: INDEX,
+        operation: 'publish',
+        crate: { name: 'foo', vers: '1.0.0' },
+        requester,
+      })
+      assert.match(text, new RegExp(`, requested from a forwarded connection via ssh pid ${ssh.pid} \``))
+    } finally {
+      ssh.kill('SIGKILL')
+    }
+  })
+
+  test('a program that calls itself ssh (argv[0] and comm) is not a forwarder', async () => {
+    const fake = spawn(
+      'bash',
+      ['-c', `exec -a ssh "${process.execPath}" -e "process.title = 'ssh'; setTimeout(() => {}, 30000)"`],
+      { stdio: 'ignore' },
+    )
+    try {
+      for (let i = 0; i < 300; i++) {
+        if (readFileSync(`/proc/${fake.pid}/comm`, 'utf8').trim() === 'ssh') break
+        await new Promise((r) => setTimeout(r, 10))
+      }
+      assert.equal(readFileSync(`/proc/${fake.pid}/comm`, 'utf8').trim(), 'ssh', 'comm says ssh')
+      assert.match(readFileSync(`/proc/${fake.pid}/cmdline`, 'utf8'), /^ssh/, 'argv[0] says ssh')
+      const requester = kernelRequester({ uid, gid: 0, pid: fake.pid ?? -1 })
+      assert.equal(requester.forwarded, undefined)
+      assert.equal(requester.pid, process.pid)
+    } finally {
+      fake.kill('SIGKILL')
+    }
   })
 
   test('a terminal number must name a character device with that number and owner', () => {
@@ -98,5 +207,15 @@ describe('the requester from the kernel', () => {
     assert.equal(claimed.pid, 10)
     assert.equal(claimed.claimed?.pid, 4242)
     assert.ok((claimed.claimed?.command ?? '').length < 5000)
+    // Saying "forwarded" (or not) is a claim like any other: it never sets `forwarded`.
+    const local = withClaim({ pid: 10 }, { forwarded: { via: 'sshd', pid: 1 } })
+    assert.equal(local.forwarded, undefined)
+    assert.equal(local.claimed?.forwarded, true)
+    const far = withClaim(
+      { forwarded: { via: 'ssh', pid: 9, exe: '/usr/bin/ssh', verified: true } },
+      { forwarded: false },
+    )
+    assert.deepEqual(far.forwarded, { via: 'ssh', pid: 9, exe: '/usr/bin/ssh', verified: true })
+    assert.equal(far.claimed?.forwarded, false)
   })
 })

@@ -77,6 +77,27 @@ test('hostile text is shown terminal-safe', () => {
   assert.equal(/[\u0000-\u001f]/.test(text), false)
 })
 
+test('a forwarded request says so, with the forwarder and its pid, in the line and the pretty output', () => {
+  const entry = auditEntry(
+    publishIntent({
+      requester: {
+        uid: 1000,
+        client: { pid: 4711, command: 'ssh -R x:y build-host' },
+        forwarded: { via: 'ssh', pid: 4711, exe: '/usr/bin/ssh', verified: true },
+        claimed: { forwarded: false },
+      },
+    }),
+    { result: 'denied', code: 'FORWARDED_REFUSED', reason: 'Refused' },
+  )
+  assert.deepEqual(entry.forwarded, { via: 'ssh', pid: 4711, exe: '/usr/bin/ssh', verified: true })
+  assert.deepEqual(entry.claimed, { forwarded: false })
+  assert.match(
+    formatEntry(entry),
+    /DENIED  publish foo .*; forwarded via ssh pid 4711; FORWARDED_REFUSED: Refused/,
+  )
+  assert.equal(auditEntry(publishIntent(), { result: 'signed' }).forwarded, undefined)
+})
+
 test('--follow prints lines appended after it started, including one written in two pieces', async () => {
   const controller = new AbortController()
   let out = ''

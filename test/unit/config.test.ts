@@ -255,6 +255,7 @@ describe('configuration', () => {
     assert.equal(r.mutationsPerHour, 30)
     assert.equal(r.tokenMaxAgeSeconds, 60)
     assert.equal(r.confirm, 'prompt')
+    assert.equal(r.forwarded, 'read')
     assert.equal(DEFAULT_POLICY_CONFIG.touchNoticeAfterMs, config.agent.touchNoticeAfterMs)
     assert.equal(DEFAULT_POLICY_CONFIG.pinCacheIdleSeconds, config.agent.pinCacheIdleSeconds)
     assert.equal(DEFAULT_POLICY_CONFIG.pinCacheMaxSeconds, config.agent.pinCacheMaxSeconds)

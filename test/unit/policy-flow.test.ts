@@ -312,7 +312,7 @@ test('mutations: rate limited per registry before anyone is asked; a refusal giv
   assert.equal(prompter.confirmations.length, 3)
 })
 
-test('mutation defaults are prompt and 30 per hour, never none', () => {
+test('mutation defaults are prompt and 30 per hour, never none; forwarded requests may only read', () => {
   const config = parseConfig(
     '[tokens.t]\nmodule = "softhsm"\nlabel = "t"\n[registries.r]\nindex = "sparse+http://127.0.0.1:8080/index/"\nread-key = { token = "t", label = "k" }\n',
     'config.toml',
@@ -320,7 +320,14 @@ test('mutation defaults are prompt and 30 per hour, never none', () => {
   )
   const registry = config.registries['r']
   assert.ok(registry !== undefined)
-  assert.deepEqual({ ...registryPolicyOf(registry) }, { confirm: 'prompt', mutationsPerHour: 30 })
+  assert.deepEqual(
+    { ...registryPolicyOf(registry) },
+    {
+      confirm: 'prompt',
+      mutationsPerHour: 30,
+      forwarded: 'read',
+    },
+  )
 })
 
 function runRequest(
@@ -473,5 +480,57 @@ test('no terminal and a pinentry that cannot ask: the refusal names a confirmati
       assert.doesNotMatch(e.remedy ?? '', /PIN source/)
       return true
     },
+  )
+})
+
+test('forwarded requests follow the registry’s `forwarded`; their confirmation is never asked on the terminal, even with confirm = "none"', async () => {
+  const far = { forwarded: { via: 'ssh', pid: 77, exe: '/usr/bin/ssh', verified: true } } as const
+  const p = make({ pinentryProgram: '/nonexistent/pinentry' })
+  const prompter = new RecordingPrompter() // with a terminal, which must not be used
+  prompter.answers = [true, true, true]
+  assert.equal(await approval(p, readIntent({ requester: far }), prompter, registryPolicy()), 'not-required')
+  await assert.rejects(
+    approval(p, publishIntent({ requester: far }), prompter, registryPolicy({ mutationsPerHour: 1 })),
+    (e: unknown) => {
+      assert.ok(e instanceof AgentError)
+      assert.equal(e.code, 'FORWARDED_REFUSED')
+      assert.match(
+        e.message,
+        /requested from a forwarded connection via ssh pid 77; .*\(forwarded = "read"\)/,
+      )
+      assert.match(e.remedy ?? '', /forwarded = "confirm"/)
+      return true
+    },
+  )
+  await assert.rejects(
+    approval(p, readIntent({ requester: far }), prompter, registryPolicy({ forwarded: 'refuse' })),
+    { code: 'FORWARDED_REFUSED' },
+  )
+  const other = { indexUrl: 'sparse+http://127.0.0.1:9/index/', requester: far }
+  assert.equal(
+    await approval(
+      p,
+      publishIntent(other),
+      prompter,
+      registryPolicy({ forwarded: 'confirm', confirm: 'touch' }),
+    ),
+    'touch',
+  )
+  // Asked even with confirm = "none", and only in the agent's pinentry (missing here): fails closed.
+  for (const confirm of ['none', 'prompt'] as const)
+    await assert.rejects(
+      approval(
+        p,
+        publishIntent({ requester: far }),
+        prompter,
+        registryPolicy({ forwarded: 'confirm', confirm }),
+      ),
+      { code: 'POLICY_DENIED' },
+    )
+  assert.equal(prompter.confirmations.length, 0, 'nothing was asked on the terminal')
+  // No refusal kept a rate-limit slot: the one local publish this hour still passes.
+  assert.equal(
+    await approval(p, publishIntent(), prompter, registryPolicy({ mutationsPerHour: 1 })),
+    'terminal',
   )
 })

@@ -9,7 +9,7 @@
  * audit line is durable; every other outcome leaves a `denied` or `failed` line.
  */
 import type { Approval, Intent } from '../../cargo/intent.js'
-import type { AuditSink } from '../../audit/entry.js'
+import type { AuditDevice, AuditSink } from '../../audit/entry.js'
 import { auditEntry } from '../../audit/entry.js'
 import { k3Pid } from '../../keys/paserk.js'
 import { AgentError, toAgentError } from '../../lib/errors.js'
@@ -40,7 +40,7 @@ export async function signPipeline(
   // not-found, so `cargo login` proceeds) without asking for a PIN. Tokens that hide even public
   // objects until login are looked up again after it. A refusal here (no key, no module, busy
   // device) gets its `failed` line like every later one.
-  let device: Device
+  let device: Device | undefined
   let signer: Signer | undefined
   try {
     device = agent.devices.get(binding.token)
@@ -52,10 +52,12 @@ export async function signPipeline(
     }
   } catch (error) {
     const failure = toAgentError(error)
-    await recordFailure(agent.audit, intent, failure, {}, agent.log)
+    const known = device === undefined ? {} : { device: { token: binding.token.name, ...device.origin() } }
+    await recordFailure(agent.audit, intent, failure, known, agent.log)
     agent.log(`${intent.operation} for ${binding.registry.name}: ${failure.code}`)
     throw failure
   }
+  const origin: AuditDevice = { token: binding.token.name, ...device.origin() }
   try {
     const signed = await approveLoginSignAudit(
       agent.policy,
@@ -66,6 +68,7 @@ export async function signPipeline(
         registry: registryPolicy(binding.registry),
         token: tokenPolicy(binding.token),
         device,
+        origin,
         ...(signer === undefined ? {} : { kip: k3Pid(signer.publicKey) }),
         sign: async () => {
           const key = signer ?? (await agent.devices.signer(binding.token, binding.keyRef))
@@ -95,18 +98,25 @@ export interface StagesRequest<S extends { token: string; kip?: string }> {
   readonly device: PolicyDevice
   /** k3.pid of the key that will sign, when known before login (recorded in a failure's audit line). */
   readonly kip?: string
+  /** The module (and p11-kit server) that signs, for the audit line. */
+  readonly origin?: AuditDevice
   /** Builds and signs the token (calls Signer.sign); may wait for a touch. */
   readonly sign: () => Promise<S>
 }
 
-const DENIAL_CODES: ReadonlySet<string> = new Set(['DENIED', 'POLICY_DENIED', 'RATE_LIMITED'])
+const DENIAL_CODES: ReadonlySet<string> = new Set([
+  'DENIED',
+  'POLICY_DENIED',
+  'FORWARDED_REFUSED',
+  'RATE_LIMITED',
+])
 
 /** The `denied`/`failed` line of a request that released no token; the refusal stands either way. */
 async function recordFailure(
   audit: AuditSink,
   intent: Intent,
   failure: AgentError,
-  known: { approval?: Approval | undefined; kip?: string | undefined },
+  known: { approval?: Approval | undefined; kip?: string | undefined; device?: AuditDevice | undefined },
   log: (line: string) => void,
 ): Promise<void> {
   await audit
@@ -117,6 +127,7 @@ async function recordFailure(
         reason: failure.message,
         ...(known.approval === undefined ? {} : { approval: known.approval }),
         ...(known.kip === undefined ? {} : { kip: known.kip }),
+        ...(known.device === undefined ? {} : { device: known.device }),
       }),
     )
     .catch((auditError: unknown) => log(`audit-failed ${toAgentError(auditError).code}`))
@@ -151,7 +162,7 @@ export async function approveLoginSignAudit<S extends { token: string; kip?: str
   } catch (error) {
     release()
     const failure = toAgentError(error)
-    await recordFailure(audit, intent, failure, { approval, kip: request.kip }, log)
+    await recordFailure(audit, intent, failure, { approval, kip: request.kip, device: request.origin }, log)
     throw failure
   }
   const kip = signed.kip ?? request.kip
@@ -162,6 +173,7 @@ export async function approveLoginSignAudit<S extends { token: string; kip?: str
         approval,
         token: signed.token,
         ...(kip === undefined ? {} : { kip }),
+        ...(request.origin === undefined ? {} : { device: request.origin }),
       }),
     )
   } catch (error) {
