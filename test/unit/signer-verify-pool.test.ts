@@ -40,7 +40,10 @@ test('many concurrent verifies each get their own answer', async () => {
       const message = new TextEncoder().encode(`message ${i}`)
       const signature = await signer.sign(message)
       const bad = i % 3 === 0
-      return { bad, ok: await verifyOffThread(signer.publicKey, message, bad ? flip(signature, i) : signature) }
+      return {
+        bad,
+        ok: await verifyOffThread(signer.publicKey, message, bad ? flip(signature, i) : signature),
+      }
     }),
   )
   for (const [i, job] of jobs.entries()) assert.equal(job.ok, !job.bad, `job ${i}`)
