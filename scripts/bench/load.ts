@@ -168,21 +168,28 @@ async function main(): Promise<void> {
       .filter((v) => v !== '')
       .map(Number)
     const agentPid = fixture.process?.pid
-    const connections = await Promise.all(
-      Array.from({ length: Math.max(clients, ...sweep) }, () => AgentConnection.connect(fixture.socket)),
-    )
-    const agentLoop = (workers: number, seconds: number): Promise<PhaseResult> =>
-      closedLoop(
-        workers,
-        seconds,
-        (worker) =>
-          (connections[worker] as AgentConnection).request('sign', {
-            cargo: line,
-            requester: { pid: process.pid },
-            interactive: false,
-          }),
-        agentPid,
+    // Fresh connections for every agent phase, outside its timing: the agent closes a connection
+    // idle for LIMITS.connectionIdleTimeoutMs, which the other phases and sweep steps would exceed.
+    const agentLoop = async (workers: number, seconds: number): Promise<PhaseResult> => {
+      const connections = await Promise.all(
+        Array.from({ length: workers }, () => AgentConnection.connect(fixture.socket)),
       )
+      try {
+        return await closedLoop(
+          workers,
+          seconds,
+          (worker) =>
+            (connections[worker] as AgentConnection).request('sign', {
+              cargo: line,
+              requester: { pid: process.pid },
+              interactive: false,
+            }),
+          agentPid,
+        )
+      } finally {
+        for (const c of connections) c.close()
+      }
+    }
     const deviceLoop = (workers: number, seconds: number): Promise<PhaseResult> =>
       closedLoop(workers, seconds, async (worker) => {
         const session = sessions[worker] as Handle
@@ -230,8 +237,10 @@ async function main(): Promise<void> {
         })
       }
     }
-    for (const c of connections) c.close()
     for (const s of sessions) module.closeSession(s)
+    const sweepErrors = sweepRows.filter((r) => Object.keys(r.errors).length > 0)
+    if (sweepErrors.length > 0)
+      throw new Error(`requests failed in the sweep: ${JSON.stringify(sweepErrors)}`)
 
     const rows = phases.map((phase) => {
       const results = all[phase]
