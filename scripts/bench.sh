@@ -5,10 +5,14 @@
 #  3. throughput under 64 concurrent clients per layer (scripts/bench/load.ts);
 #  4. the cost of reading a connection's peer credentials vs one fstat (scripts/bench/peercred.ts);
 #  5. event-loop delay while 8 signs wait on touches (scripts/bench/loop.ts);
-#  6. the issue-13 table of ratios, and the chart docs/benchmarks.svg/.png (scripts/bench/report.ts).
+#  6. agent RSS after 1,000 and 100,000 requests (scripts/bench/rss.ts);
+#  7. a real `cargo publish` through the agent vs with `cargo:token` (scripts/bench/publish.ts);
+#  8. tpm2-pkcs11 on swtpm and ykcs11 on the virtual PIV card: agent vs raw module (scripts/bench/devices.ts);
+#  9. the issue-13 table of ratios, and the chart docs/benchmarks.svg/.png (scripts/bench/report.ts).
 # Results go to stdout and .state/bench/*.json; `npm run bench -- --json FILE` also writes the ratios
 # to FILE. BENCH_QUICK=1 shortens every phase (a smoke run, not figures to quote).
 set -euo pipefail
+started=$(date +%s)
 json=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -20,6 +24,8 @@ quick="${BENCH_QUICK:-}"
 
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Load average at the start and the end (this machine is shared; ratios are same-run, absolute times are not).
+export BENCH_LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 export PATH="$HOME/.cargo/bin:$PATH"
 out=.state/bench
 mkdir -p "$out"
@@ -48,4 +54,8 @@ UV_THREADPOOL_SIZE="$(node -e 'import("./dist/src/lib/limits.js").then((m) => co
   node dist/scripts/bench/load.js --json "$out/load.json" --sweep 1,4,16,64 ${quick:+--seconds 1 --rounds 1}
 
 node dist/scripts/bench/loop.js --json "$out/loop.json" ${quick:+--rounds 1}
-node dist/scripts/bench/report.js --dir "$out" --chart docs/benchmarks.svg ${json:+--json "$json"}
+node dist/scripts/bench/rss.js --json "$out/rss.json" ${quick:+--requests 5000}
+node dist/scripts/bench/publish.js --json "$out/publish.json" ${quick:+--rounds 2}
+node dist/scripts/bench/devices.js --json "$out/devices.json" ${quick:+--rounds 1 --per-round 5}
+node dist/scripts/bench/report.js --dir "$out" --chart docs/benchmarks.svg --markdown BENCHMARKS.md ${json:+--json "$json"}
+echo "load average: start $BENCH_LOAD_START, end $(cut -d' ' -f1-3 /proc/loadavg); whole bench $(( $(date +%s) - started )) s"

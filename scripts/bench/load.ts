@@ -13,16 +13,17 @@
  * by error code. Run it with UV_THREADPOOL_SIZE=LIMITS.uvThreadpoolSize (scripts/bench.sh does), so
  * the device phase is not capped by libuv's default 4 threads.
  *
- * BENCH_AGENT_NODE_OPTIONS is passed to the agent process as NODE_OPTIONS, e.g.
- * "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it under this load.
+ * BENCH_AGENT_NODE_ARGS (space-separated) are Node flags for the agent process, e.g.
+ * "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it under this load (NODE_OPTIONS refuses --cpu-prof).
  *
  * --sweep 1,4,16,64 then measures device and agent once more at each concurrency (the device with
  * min(N, S) sessions), for the throughput / p99 chart (scripts/bench/report.ts).
  *
  * Usage: node dist/scripts/bench/load.js [--clients C] [--seconds T] [--rounds R] [--sweep LIST] [--json FILE]
  */
-import { writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { createHash } from 'node:crypto'
+import { availableParallelism } from 'node:os'
 import { parseArgs } from 'node:util'
 
 import { AgentConnection } from '../../src/protocol/client.js'
@@ -33,6 +34,7 @@ import { Pkcs11Module, type Handle } from '../../src/pkcs11/binding.js'
 import { Device } from '../../src/pkcs11/device.js'
 import { resolveModulePath } from '../../src/pkcs11/modules.js'
 import { pkcs11Signer } from '../../src/signer/pkcs11.js'
+import { verifySignature } from '../../src/keys/signature.js'
 import { startAgent } from '../../test/helpers/agent.js'
 
 type Phase = 'device' | 'signer' | 'agent'
@@ -46,6 +48,28 @@ interface PhaseResult {
   seconds: number
   /** CPU this (load-generating) process used meanwhile, in cores: what it took from the agent. */
   generatorCores: number
+  /** CPU per completed operation, ms: this process (device/signer phases) or the agent (agent phase). */
+  cpuMsPerOp: number
+  /** Agent phase: the agent's main-thread (event loop) CPU per request, ms. */
+  mainCpuMsPerOp?: number
+}
+
+/** CPU seconds used so far by a process (all threads) and by its main thread (tid = pid), from /proc. */
+function processCpu(pid: number): { all: number; main: number } {
+  const ticks = (path: string): number => {
+    const fields = readFileSync(path, 'utf8').split(') ')[1]?.split(' ') ?? []
+    // utime and stime are fields 14 and 15 of /proc/PID/stat (proc(5)), 12 and 13 after the comm.
+    return (Number(fields[11]) + Number(fields[12])) / 100
+  }
+  return { all: ticks(`/proc/${pid}/stat`), main: ticks(`/proc/${pid}/task/${pid}/stat`) }
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1
+    ? (sorted[mid] as number)
+    : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
 }
 
 function percentile(values: readonly number[], p: number): number {
@@ -59,10 +83,12 @@ async function closedLoop(
   workers: number,
   seconds: number,
   once: (worker: number) => Promise<unknown>,
+  agentPid?: number,
 ): Promise<PhaseResult> {
-  const result: PhaseResult = { ok: 0, latencies: [], errors: {}, seconds, generatorCores: 0 }
+  const result: PhaseResult = { ok: 0, latencies: [], errors: {}, seconds, generatorCores: 0, cpuMsPerOp: 0 }
   const started = performance.now()
   const cpu = process.cpuUsage()
+  const agentCpu = agentPid === undefined ? undefined : processCpu(agentPid)
   const deadline = started + seconds * 1000
   await Promise.all(
     Array.from({ length: workers }, async (_, worker) => {
@@ -84,6 +110,13 @@ async function closedLoop(
   result.seconds = (performance.now() - started) / 1000
   const used = process.cpuUsage(cpu)
   result.generatorCores = (used.user + used.system) / 1e6 / result.seconds
+  if (agentPid === undefined || agentCpu === undefined) {
+    result.cpuMsPerOp = (used.user + used.system) / 1e3 / result.ok
+  } else {
+    const now = processCpu(agentPid)
+    result.cpuMsPerOp = ((now.all - agentCpu.all) * 1e3) / result.ok
+    result.mainCpuMsPerOp = ((now.main - agentCpu.main) * 1e3) / result.ok
+  }
   return result
 }
 
@@ -101,11 +134,11 @@ async function main(): Promise<void> {
   const clients = Number(values.clients ?? 64)
   const seconds = Number(values.seconds ?? 4)
   const rounds = Number(values.rounds ?? 3)
-  const agentNodeOptions = process.env['BENCH_AGENT_NODE_OPTIONS']
+  const agentNodeArgs = (process.env['BENCH_AGENT_NODE_ARGS'] ?? '').split(' ').filter((a) => a !== '')
 
   const fixture = await startAgent({
     registries: { bench: { index: INDEX, confirm: 'none' } },
-    ...(agentNodeOptions === undefined ? {} : { env: { NODE_OPTIONS: agentNodeOptions } }),
+    nodeArgs: agentNodeArgs,
   })
   try {
     Object.assign(process.env, fixture.agentEnv)
@@ -134,17 +167,29 @@ async function main(): Promise<void> {
       .split(',')
       .filter((v) => v !== '')
       .map(Number)
-    const connections = await Promise.all(
-      Array.from({ length: Math.max(clients, ...sweep) }, () => AgentConnection.connect(fixture.socket)),
-    )
-    const agentLoop = (workers: number, seconds: number): Promise<PhaseResult> =>
-      closedLoop(workers, seconds, (worker) =>
-        (connections[worker] as AgentConnection).request('sign', {
-          cargo: line,
-          requester: { pid: process.pid },
-          interactive: false,
-        }),
+    const agentPid = fixture.process?.pid
+    // Fresh connections for every agent phase, outside its timing: the agent closes a connection
+    // idle for LIMITS.connectionIdleTimeoutMs, which the other phases and sweep steps would exceed.
+    const agentLoop = async (workers: number, seconds: number): Promise<PhaseResult> => {
+      const connections = await Promise.all(
+        Array.from({ length: workers }, () => AgentConnection.connect(fixture.socket)),
       )
+      try {
+        return await closedLoop(
+          workers,
+          seconds,
+          (worker) =>
+            (connections[worker] as AgentConnection).request('sign', {
+              cargo: line,
+              requester: { pid: process.pid },
+              interactive: false,
+            }),
+          agentPid,
+        )
+      } finally {
+        for (const c of connections) c.close()
+      }
+    }
     const deviceLoop = (workers: number, seconds: number): Promise<PhaseResult> =>
       closedLoop(workers, seconds, async (worker) => {
         const session = sessions[worker] as Handle
@@ -163,6 +208,13 @@ async function main(): Promise<void> {
     for (let round = 0; round < rounds; round += 1) {
       for (const phase of phases) all[phase].push(await run[phase](seconds))
     }
+    // What one self-verify costs alone (this process, one thread): the agent's extra work per request.
+    const sample = await signer.sign(message)
+    const verifyCpu = process.cpuUsage()
+    const verifyCount = 400
+    for (let i = 0; i < verifyCount; i += 1) verifySignature(signer.publicKey, message, sample)
+    const verifyUsed = process.cpuUsage(verifyCpu)
+    const verifyCpuMs = (verifyUsed.user + verifyUsed.system) / 1e3 / verifyCount
     const sweepRows: Array<{
       clients: number
       phase: 'device' | 'agent'
@@ -185,8 +237,10 @@ async function main(): Promise<void> {
         })
       }
     }
-    for (const c of connections) c.close()
     for (const s of sessions) module.closeSession(s)
+    const sweepErrors = sweepRows.filter((r) => Object.keys(r.errors).length > 0)
+    if (sweepErrors.length > 0)
+      throw new Error(`requests failed in the sweep: ${JSON.stringify(sweepErrors)}`)
 
     const rows = phases.map((phase) => {
       const results = all[phase]
@@ -206,6 +260,9 @@ async function main(): Promise<void> {
         errors,
         refusedShare: refused / (ok + refused),
         generatorCores: results.reduce((n, r) => n + r.generatorCores, 0) / results.length,
+        cpuMsPerOp: median(results.map((r) => r.cpuMsPerOp)),
+        mainCpuMsPerOp:
+          phase === 'agent' ? median(results.map((r) => r.mainCpuMsPerOp ?? Number.NaN)) : undefined,
       }
     })
     const by = (p: Phase) => rows.find((r) => r.phase === p) as (typeof rows)[number]
@@ -228,8 +285,28 @@ async function main(): Promise<void> {
       `agent ÷ device ${ratios.agentOverDevice.toFixed(2)}   agent ÷ signer ${ratios.agentOverSigner.toFixed(2)}   signer ÷ device ${ratios.signerOverDevice.toFixed(2)}\n` +
         `load generator CPU during the agent phase: ${by('agent').generatorCores.toFixed(2)} of this machine's cores\n`,
     )
+    // The ceiling on 2 cores: every agent request needs at least the raw sign's CPU plus one verify.
+    const cores = availableParallelism()
+    const deviceCpu = by('device').cpuMsPerOp
+    const ceiling = {
+      cores,
+      deviceCpuMsPerSign: deviceCpu,
+      verifyCpuMsPerOp: verifyCpuMs,
+      agentCpuMsPerRequest: by('agent').cpuMsPerOp,
+      agentMainThreadCpuMsPerRequest: by('agent').mainCpuMsPerOp,
+      /** CPU-bound on every core, raw signs at cores ÷ sign CPU; a request that must also verify can at
+       * best run at cores ÷ (sign + verify CPU): the ceiling of agent ÷ raw whatever else is done. */
+      throughputCeilingVsRaw: deviceCpu / (deviceCpu + verifyCpuMs),
+      /** What the agent's own measured CPU per request allows: raw sign CPU ÷ agent CPU per request. */
+      agentCpuBoundVsRaw: deviceCpu / by('agent').cpuMsPerOp,
+    }
+    process.stdout.write(
+      `CPU per op: raw sign ${deviceCpu.toFixed(2)} ms, one verify ${verifyCpuMs.toFixed(2)} ms, agent request ${ceiling.agentCpuMsPerRequest.toFixed(2)} ms ` +
+        `(main thread ${(ceiling.agentMainThreadCpuMsPerRequest ?? Number.NaN).toFixed(2)} ms); ` +
+        `ceiling (sign + verify) ${ceiling.throughputCeilingVsRaw.toFixed(2)} × raw, the agent's CPU allows ${ceiling.agentCpuBoundVsRaw.toFixed(2)} × raw\n`,
+    )
     if (values.json !== undefined)
-      writeFileSync(values.json, JSON.stringify({ rows, ratios, sweep: sweepRows }, null, 2) + '\n')
+      writeFileSync(values.json, JSON.stringify({ rows, ratios, ceiling, sweep: sweepRows }, null, 2) + '\n')
     await device.release()
   } finally {
     await fixture.stop()

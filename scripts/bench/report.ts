@@ -1,13 +1,14 @@
 /**
  * The issue-13 table from one `npm run bench` run: reads the figures scripts/bench.sh left in
- * .state/bench/ (sign.json, load.json, loop.json), prints every row side by side with its baseline,
- * writes the `ratios` JSON (--json FILE) and the throughput / p99 chart against 1, 4, 16, 64 clients
- * (--chart FILE.svg; a PNG beside it when rsvg-convert is installed).
+ * .state/bench/ (sign, load, loop, rss, publish, devices .json), prints every row side by side with
+ * its baseline and its spread over rounds, writes the `ratios` JSON (--json FILE), the table as
+ * Markdown (--markdown FILE, for BENCHMARKS.md) and the throughput / p99 chart against 1, 4, 16, 64
+ * clients (--chart FILE.svg; a PNG beside it when rsvg-convert is installed).
  *
- * Usage: node dist/scripts/bench/report.js [--dir .state/bench] [--json FILE] [--chart FILE.svg]
+ * Usage: node dist/scripts/bench/report.js [--dir .state/bench] [--json FILE] [--markdown FILE] [--chart FILE.svg]
  */
 import { execFileSync } from 'node:child_process'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 
 interface SignRow {
@@ -18,9 +19,12 @@ interface LoadRow {
   phase: string
   generatorCores: number
   perSecond: number
+  perRound: number[]
   p50Ms: number
   p99Ms: number
   refusedShare: number
+  cpuMsPerOp: number
+  mainCpuMsPerOp?: number
 }
 interface SweepRow {
   clients: number
@@ -28,76 +32,220 @@ interface SweepRow {
   perSecond: number
   p99Ms: number
 }
+interface Ceiling {
+  cores: number
+  deviceCpuMsPerSign: number
+  verifyCpuMsPerOp: number
+  agentCpuMsPerRequest: number
+  agentMainThreadCpuMsPerRequest: number
+  throughputCeilingVsRaw: number
+  agentCpuBoundVsRaw: number
+}
+interface PublishMode {
+  agentMs: number
+  tokenMs: number
+  ratio: number
+  ratioSpread: [number, number]
+}
+interface DeviceResult {
+  rawMs: number
+  agentMs: number
+  ratio: number
+  rawSpreadMs: [number, number]
+  agentSpreadMs: [number, number]
+  n: number
+  skipped?: string
+}
 
 const { values } = parseArgs({
-  options: { dir: { type: 'string' }, json: { type: 'string' }, chart: { type: 'string' } },
+  options: {
+    dir: { type: 'string' },
+    json: { type: 'string' },
+    chart: { type: 'string' },
+    markdown: { type: 'string' },
+  },
   strict: true,
 })
 const dir = values.dir ?? '.state/bench'
 const read = <T>(name: string): T => JSON.parse(readFileSync(`${dir}/${name}`, 'utf8')) as T
-const sign = read<{ rows: SignRow[]; shimOverNode: number }>('sign.json')
-const load = read<{ rows: LoadRow[]; sweep: SweepRow[] }>('load.json')
-const loop = read<{ loopP99Ms: number; loopMaxMsPerRound: number[] }>('loop.json')
+const sign = read<{
+  rows: SignRow[]
+  shimOverNode: number
+  ratioRounds: { agentVsRequired: number[]; agentVsDevice: number[]; shimVsNode: number[] }
+  syncCallsMs: { signInit: number; tokenInfo: number }
+}>('sign.json')
+const load = read<{ rows: LoadRow[]; sweep: SweepRow[]; ceiling: Ceiling }>('load.json')
+const loop = read<{ loopP99Ms: number; loopP99MsPerRound: number[]; loopMaxMsPerRound: number[] }>(
+  'loop.json',
+)
+const rss = read<{
+  requests: number
+  perSecond: number
+  seconds: number
+  freshRssMb: number
+  samples: { requests: number; rssMb: number }[]
+  rssLastVsFirst: number
+  verified: number
+}>('rss.json')
+const publish = read<{ rounds: number; verify: PublishMode; noVerify: PublishMode }>('publish.json')
+const devices = read<Record<'tpm' | 'yubikey', DeviceResult>>('devices.json')
 
 const ms = (variant: string): number => (sign.rows.find((r) => r.variant === variant) as SignRow).medianMs
 const phase = (name: string): LoadRow => load.rows.find((r) => r.phase === name) as LoadRow
 const agent64 = phase('agent')
-const ratios = {
-  agent_vs_required_work: ms('agent') / ms('signer'),
+const device64 = phase('device')
+const range = (xs: readonly number[], digits = 2): string =>
+  xs.length === 0 ? '–' : `${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)}`
+const roundRatios = agent64.perRound.map((a, i) => a / (device64.perRound[i] as number))
+const rss1k = rss.samples.find((x) => x.requests === 1_000)?.rssMb ?? Number.NaN
+const rssLast = rss.samples.at(-1)
+const device = (name: 'tpm' | 'yubikey'): DeviceResult | undefined =>
+  devices[name]?.skipped === undefined ? devices[name] : undefined
+
+const ratios: Record<string, number> = {
+  agent_vs_required_work: ms('agent') / ms('required'),
   agent_vs_device: ms('agent') / ms('device'),
   shim_vs_node: sign.shimOverNode,
-  throughput64_vs_raw: agent64.perSecond / phase('device').perSecond,
+  throughput64_vs_raw: agent64.perSecond / device64.perSecond,
   refused64: agent64.refusedShare,
   loop_p99_ms: loop.loopP99Ms,
+  rss_100k_vs_1k: rss.rssLastVsFirst,
+  publish_vs_token: publish.verify.ratio,
 }
-const rows: Array<[string, string, string, string]> = [
+const tpm = device('tpm')
+const yubikey = device('yubikey')
+if (tpm !== undefined) ratios['tpm_vs_raw'] = tpm.ratio
+if (yubikey !== undefined) ratios['yubikey_vs_raw'] = yubikey.ratio
+
+// figure, measured, detail, spread, goal
+type Row = [string, string, string, string, string]
+const x = (v: number): string => `${v.toFixed(2)}×`
+const rows: Row[] = [
   [
-    'one sign ÷ device + SHA-384 + self-verify',
-    `${ratios.agent_vs_required_work.toFixed(2)}×`,
-    `${ms('agent').toFixed(2)} ms vs ${ms('signer').toFixed(2)} ms`,
+    'one sign ÷ required work (device sign + SHA-384 + low-S + verify, inline)',
+    x(ratios['agent_vs_required_work'] as number),
+    `${ms('agent').toFixed(2)} ms vs ${ms('required').toFixed(2)} ms (audit fdatasync alone ${ms('fsync').toFixed(2)} ms)`,
+    range(sign.ratioRounds.agentVsRequired),
     '≤ 1.2×',
   ],
   [
-    'one sign ÷ device alone',
-    `${ratios.agent_vs_device.toFixed(2)}×`,
-    `${ms('agent').toFixed(2)} ms vs ${ms('device').toFixed(2)} ms`,
+    'one sign ÷ device alone (C_SignInit + C_Sign)',
+    x(ratios['agent_vs_device'] as number),
+    `${ms('agent').toFixed(2)} ms vs ${ms('device').toFixed(2)} ms; Signer seam ${ms('signer').toFixed(2)} ms, token ${ms('token').toFixed(2)} ms; on the event loop C_SignInit ${(sign.syncCallsMs.signInit * 1000).toFixed(0)} µs, C_GetTokenInfo ${(sign.syncCallsMs.tokenInfo * 1000).toFixed(0)} µs`,
+    range(sign.ratioRounds.agentVsDevice),
     'report',
   ],
   [
-    'shim start + one request ÷ node -e 0',
-    `${ratios.shim_vs_node.toFixed(2)}×`,
+    'shim start + one request through the agent ÷ node -e 0',
+    x(sign.shimOverNode),
     `${ms('shim').toFixed(1)} ms vs ${ms('spawn').toFixed(1)} ms`,
+    range(sign.ratioRounds.shimVsNode),
     '≤ 1.15×',
   ],
   [
-    'throughput, 64 clients ÷ raw SoftHSM',
-    `${ratios.throughput64_vs_raw.toFixed(2)}×`,
-    `${agent64.perSecond.toFixed(0)}/s vs ${phase('device').perSecond.toFixed(0)}/s; p50 ${agent64.p50Ms.toFixed(0)} ms, p99 ${agent64.p99Ms.toFixed(0)} ms`,
+    'throughput, 64 clients ÷ raw SoftHSM (16 sessions)',
+    x(ratios['throughput64_vs_raw'] as number),
+    `${agent64.perSecond.toFixed(0)}/s vs ${device64.perSecond.toFixed(0)}/s; p50 ${agent64.p50Ms.toFixed(0)} ms, p99 ${agent64.p99Ms.toFixed(0)} ms`,
+    range(roundRatios),
     '≥ 0.85×',
+  ],
+  [
+    `ceiling on ${load.ceiling.cores} cores: sign CPU ÷ (sign + verify CPU)`,
+    x(load.ceiling.throughputCeilingVsRaw),
+    `raw sign ${load.ceiling.deviceCpuMsPerSign.toFixed(2)} ms CPU, verify ${load.ceiling.verifyCpuMsPerOp.toFixed(2)} ms; agent ${load.ceiling.agentCpuMsPerRequest.toFixed(2)} ms CPU per request (event loop ${load.ceiling.agentMainThreadCpuMsPerRequest.toFixed(2)} ms) → ${x(load.ceiling.agentCpuBoundVsRaw)}`,
+    '–',
+    'report',
   ],
   [
     'load generator CPU (its own process), 64 clients',
     `${agent64.generatorCores.toFixed(2)} cores`,
     'taken from the agent on this 2-core machine',
+    '–',
     'report',
   ],
   [
     'refused at 64 clients',
-    `${(ratios.refused64 * 100).toFixed(2)} %`,
+    `${(agent64.refusedShare * 100).toFixed(2)} %`,
     'AGENT_BUSY and any other error',
+    '–',
     '0',
   ],
   [
     'event-loop p99 − 1 ms resolution, 8 touches waiting',
-    `${ratios.loop_p99_ms.toFixed(2)} ms`,
+    `${loop.loopP99Ms.toFixed(2)} ms`,
     `max ${loop.loopMaxMsPerRound.join(' / ')} ms`,
+    range(loop.loopP99MsPerRound),
     '< 10 ms',
   ],
+  [
+    `agent RSS after ${rssLast?.requests ?? '?'} ÷ after 1,000 requests`,
+    x(rss.rssLastVsFirst),
+    `${rssLast?.rssMb.toFixed(1) ?? '?'} MB vs ${rss1k.toFixed(1)} MB (fresh ${rss.freshRssMb.toFixed(1)} MB; ${rss.samples.map((s) => `${s.requests / 1000}k ${s.rssMb.toFixed(0)}`).join(', ')} MB); ${rss.perSecond.toFixed(0)}/s over ${rss.seconds.toFixed(0)} s`,
+    '–',
+    '≤ 1.1×',
+  ],
+  [
+    '`cargo publish` with the agent ÷ with `cargo:token`',
+    x(publish.verify.ratio),
+    `${publish.verify.agentMs.toFixed(0)} ms vs ${publish.verify.tokenMs.toFixed(0)} ms (median of ${publish.rounds})`,
+    range(publish.verify.ratioSpread),
+    '≤ 1.3×',
+  ],
+  [
+    '`cargo publish --no-verify` with the agent ÷ with `cargo:token`',
+    x(publish.noVerify.ratio),
+    `${publish.noVerify.agentMs.toFixed(0)} ms vs ${publish.noVerify.tokenMs.toFixed(0)} ms (no build: the worst case)`,
+    range(publish.noVerify.ratioSpread),
+    'report',
+  ],
+  ...(
+    [
+      ['tpm2-pkcs11 on swtpm: one sign ÷ raw module', tpm],
+      ['ykcs11 on the virtual YubiKey (9A, no touch): one sign ÷ raw module', yubikey],
+    ] as const
+  ).map(([name, r]): Row =>
+    r === undefined
+      ? [name, 'skipped', 'not installed', '–', 'report']
+      : [
+          name,
+          x(r.ratio),
+          `${r.agentMs.toFixed(1)} ms vs ${r.rawMs.toFixed(1)} ms (n = ${r.n} each)`,
+          `raw ${range(r.rawSpreadMs, 1)} ms, agent ${range(r.agentSpreadMs, 1)} ms`,
+          'report',
+        ],
+  ),
 ]
-const widths = [0, 1, 2, 3].map((i) => Math.max(...rows.map((r) => r[i]?.length ?? 0)))
+const loadAverage = {
+  start: process.env['BENCH_LOAD_START'] ?? 'unknown',
+  end: readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' '),
+}
+const widths = [0, 1, 2, 3, 4].map((i) => Math.max(...rows.map((r) => r[i]?.length ?? 0)))
 process.stdout.write('\nissue 13 figures (this run)\n')
 for (const r of rows) process.stdout.write(`${r.map((c, i) => c.padEnd(widths[i] as number)).join('  ')}\n`)
-if (values.json !== undefined) writeFileSync(values.json, JSON.stringify({ ratios, rows }, null, 2) + '\n')
+process.stdout.write(`load average at start ${loadAverage.start}, at the end ${loadAverage.end}\n`)
+if (values.json !== undefined)
+  writeFileSync(
+    values.json,
+    JSON.stringify({ ratios, rows, loadAverage, ceiling: load.ceiling, sweep: load.sweep }, null, 2) + '\n',
+  )
+if (values.markdown !== undefined) {
+  // Into BENCHMARKS.md between its markers (the prose around it is written by hand), or a file of its own.
+  const cell = (t: string): string => t.replace(/\|/g, '\\|')
+  const table =
+    ['| figure | measured | detail | spread over rounds | goal |', '|---|---|---|---|---|']
+      .concat(rows.map((r) => `| ${r.map(cell).join(' | ')} |`))
+      .join('\n') +
+    `\n\nLoad average (1, 5, 15 min) at the start of the run ${loadAverage.start}, at its end ${loadAverage.end}.\n`
+  const begin = '<!-- bench:table -->\n'
+  const end = '<!-- /bench:table -->'
+  const old = existsSync(values.markdown) ? readFileSync(values.markdown, 'utf8') : ''
+  const from = old.indexOf(begin)
+  const to = old.indexOf(end)
+  writeFileSync(
+    values.markdown,
+    from >= 0 && to > from ? old.slice(0, from + begin.length) + table + old.slice(to) : table,
+  )
+}
 
 if (values.chart !== undefined && load.sweep.length > 0) {
   writeFileSync(values.chart, chart(load.sweep))

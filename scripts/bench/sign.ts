@@ -5,6 +5,10 @@
  * rounds (these machines are shared and noisy: a lone absolute time means little, a ratio measured
  * in the same run does):
  *   device  – C_SignInit + C_SignAsync on a 48-byte digest through the binding: the hardware's own speed
+ *   required – the work every signature must do, inline and nothing else: host SHA-384 of a PAE-sized
+ *             message, C_SignInit + C_SignAsync, low-S normalisation, one verify with the public key
+ *   fsync   – what the audit line's durability costs alone: one ~700-byte append + fdatasync beside the
+ *             agent's audit log (same filesystem)
  *   signer  – Pkcs11Signer.sign: host SHA-384, device sign, DER/low-S normalisation, self-verify
  *   token   – buildToken over that signer: claims, footer, PAE, PASERK id, framing
  *   agent   – one `sign` request over the agent's Unix socket (a real agent process): config lookup,
@@ -15,7 +19,8 @@
  * Usage: node dist/scripts/bench/sign.js [--rounds N] [--per-round M] [--json FILE]
  */
 import { spawn } from 'node:child_process'
-import { writeFileSync } from 'node:fs'
+import { closeSync, fdatasyncSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs'
+import { dirname, join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { createHash } from 'node:crypto'
 
@@ -25,9 +30,10 @@ import { resolveModulePath } from '../../src/pkcs11/modules.js'
 import { pkcs11Signer } from '../../src/signer/pkcs11.js'
 import { Pkcs11Module } from '../../src/pkcs11/binding.js'
 import { buildToken } from '../../src/token/build.js'
+import { normalizeSignature, verifySignature } from '../../src/keys/signature.js'
 import { startAgent } from '../../test/helpers/agent.js'
 
-type Variant = 'device' | 'signer' | 'token' | 'agent' | 'shim' | 'spawn'
+type Variant = 'device' | 'required' | 'fsync' | 'signer' | 'token' | 'agent' | 'shim' | 'spawn'
 
 const INDEX = 'sparse+http://127.0.0.1:9/index/'
 
@@ -69,9 +75,11 @@ async function main(): Promise<void> {
     strict: true,
   })
   const rounds = Number(values.rounds ?? 15)
-  const perRound = Number(values['per-round'] ?? 10)
+  const perRoundCount = Number(values['per-round'] ?? 10)
 
-  const fixture = await startAgent({ registries: { bench: { index: INDEX, confirm: 'none' } } })
+  // BENCH_AGENT_NODE_ARGS: Node flags for the agent process, as in load.ts (e.g. --cpu-prof).
+  const nodeArgs = (process.env['BENCH_AGENT_NODE_ARGS'] ?? '').split(' ').filter((a) => a !== '')
+  const fixture = await startAgent({ registries: { bench: { index: INDEX, confirm: 'none' } }, nodeArgs })
   try {
     // The benchmark process loads the same SoftHSM store as the agent (both sign with key 'gen').
     Object.assign(process.env, fixture.agentEnv)
@@ -94,12 +102,35 @@ async function main(): Promise<void> {
     const request = (operation: string): string =>
       JSON.stringify({ v: 1, registry: { 'index-url': INDEX, name: 'bench' }, kind: 'get', operation })
     const connection = await AgentConnection.connect(fixture.socket)
+    mkdirSync(dirname(fixture.auditLog), { recursive: true })
+    const auditFd = openSync(join(dirname(fixture.auditLog), 'bench-fsync.log'), 'a')
+    const auditLine = 'x'.repeat(700) + '\n'
     const shimEnv = { ...process.env, ...fixture.env }
 
+    // The synchronous Cryptoki calls a request makes on the event loop, timed alone.
+    const signInitMs: number[] = []
+    const tokenInfoMs: number[] = []
+    for (let i = 0; i < 200; i += 1) {
+      const t0 = performance.now()
+      module.tokenInfo(slot)
+      tokenInfoMs.push(performance.now() - t0)
+    }
     const run: Record<Variant, () => Promise<unknown>> = {
       device: async () => {
+        const t0 = performance.now()
         module.signInit(session, privateKey, 'bench')
+        signInitMs.push(performance.now() - t0)
         return module.signAsync(session, digest, 'bench')
+      },
+      required: async () => {
+        const hashed = createHash('sha384').update(message).digest()
+        module.signInit(session, privateKey, 'bench')
+        const signature = normalizeSignature(await module.signAsync(session, hashed, 'bench'))
+        if (!verifySignature(signer.publicKey, message, signature)) throw new Error('did not verify')
+      },
+      fsync: async () => {
+        writeSync(auditFd, auditLine)
+        fdatasyncSync(auditFd)
       },
       signer: () => signer.sign(message),
       token: () => buildToken(signer, { indexUrl: INDEX, operation: 'read' }),
@@ -116,6 +147,8 @@ async function main(): Promise<void> {
     const variants = Object.keys(run) as Variant[]
     const samples: Record<Variant, number[]> = {
       device: [],
+      required: [],
+      fsync: [],
       signer: [],
       token: [],
       agent: [],
@@ -124,18 +157,33 @@ async function main(): Promise<void> {
     }
 
     for (const variant of variants) await run[variant]() // warm-up: JIT, sessions, login
+    // Per round, each variant's median: the spread of a ratio is its range over the rounds.
+    const roundMedians: Record<Variant, number[]> = Object.fromEntries(variants.map((v) => [v, []])) as never
     for (let round = 0; round < rounds; round += 1) {
       for (const variant of variants) {
         const count =
-          variant === 'shim' || variant === 'spawn' ? Math.max(1, Math.floor(perRound / 5)) : perRound
+          variant === 'shim' || variant === 'spawn'
+            ? Math.max(1, Math.floor(perRoundCount / 2))
+            : perRoundCount
+        const mine: number[] = []
         for (let i = 0; i < count; i += 1) {
           const start = process.hrtime.bigint()
           await run[variant]()
-          samples[variant].push(Number(process.hrtime.bigint() - start) / 1e6)
+          mine.push(Number(process.hrtime.bigint() - start) / 1e6)
         }
+        samples[variant].push(...mine)
+        roundMedians[variant].push(median(mine))
       }
     }
+    const perRound = (a: Variant, b: Variant): number[] =>
+      roundMedians[a].map((v, i) => Number((v / (roundMedians[b][i] as number)).toFixed(3)))
+    const ratioRounds = {
+      agentVsRequired: perRound('agent', 'required'),
+      agentVsDevice: perRound('agent', 'device'),
+      shimVsNode: perRound('shim', 'spawn'),
+    }
     connection.close()
+    closeSync(auditFd)
     module.closeSession(session)
 
     const base = median(samples.device)
@@ -156,13 +204,28 @@ async function main(): Promise<void> {
       )
     }
     process.stdout.write(
+      `synchronous calls on the event loop: C_SignInit ${(median(signInitMs) * 1000).toFixed(0)} µs, C_GetTokenInfo ${(median(tokenInfoMs) * 1000).toFixed(0)} µs\n`,
+    )
+    process.stdout.write(
       `shim request (start + agent round trip) / bare node start: ${shimOverNode.toFixed(2)}×\n`,
     )
     process.stdout.write(
       `key ${key.label}: agent overhead over the device = ${(median(samples.agent) - base).toFixed(3)} ms per signature\n`,
     )
     if (values.json !== undefined)
-      writeFileSync(values.json, JSON.stringify({ rows, shimOverNode }, null, 2) + '\n')
+      writeFileSync(
+        values.json,
+        JSON.stringify(
+          {
+            rows,
+            shimOverNode,
+            ratioRounds,
+            syncCallsMs: { signInit: median(signInitMs), tokenInfo: median(tokenInfoMs) },
+          },
+          null,
+          2,
+        ) + '\n',
+      )
     await device.release()
   } finally {
     await fixture.stop()

@@ -52,6 +52,14 @@ export const LIMITS = Object.freeze({
   maxPendingSigns: 16,
   /** libuv pool size the agent sets at start: pending signs + headroom for fs/dns/crypto work. */
   uvThreadpoolSize: 24,
+  /** Worker threads that self-verify device signatures (src/signer/verify-pool.ts): one per core up
+   * to this many. A verify is ~0.8 ms of CPU; more threads than cores only add context switches. */
+  verifyWorkersMax: 4,
+  /** A token's health check (C_GetTokenInfo, ~70 µs of event loop on SoftHSM) at most this old
+   * serves a request's session acquire (src/pkcs11/device.ts): the policy's status read for the same
+   * request just made it. A token removed in between fails the sign itself (CKR_DEVICE_REMOVED), which
+   * reconnects as the check would. */
+  tokenInfoReuseMs: 10,
   /** Sessions opened per token for concurrent signing (one operation per PKCS#11 session). */
   sessionsPerToken: 16,
   /** Requests that may wait for a session of one token once all are busy (src/pkcs11/session-pool.ts):

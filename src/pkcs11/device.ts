@@ -7,6 +7,7 @@
  */
 import { basename } from 'node:path'
 import { AgentError, toAgentError, type ErrorCode, type TriesLeft } from '../lib/errors.js'
+import { LIMITS } from '../lib/limits.js'
 import type { Pin } from '../lib/secret.js'
 import { Pkcs11Module, type Handle, type TokenInfo } from './binding.js'
 import { CKR, fromReturnValue } from './ckr.js'
@@ -112,6 +113,15 @@ export class Device {
   /** Identity last seen on the device (label/serial), used to find it again after removal. */
   #seen: TokenIdentity | undefined
   #lost = false
+  /** The last health check's CK_TOKEN_INFO and when it was read (performance.now()). */
+  #checked: { info: TokenInfo; at: number } | undefined
+  /**
+   * The pool generation in which this application is known to be logged in (our C_Login succeeded
+   * or C_GetSessionInfo said so). Login state belongs to the application and ends only with its
+   * last session (PKCS#11 v2.40 section 5.6): by our logout, a dropped pool (new generation) or
+   * the token going away; any failed request forgets it, so the next one asks the token again.
+   */
+  #loggedInGeneration: number | undefined
   readonly #pool = new SessionPool((session) => this.#module?.closeSession(session))
   readonly #keys = new KeyCatalogue()
 
@@ -163,10 +173,10 @@ export class Device {
       if (RECONNECT_CODES.has(err.code)) return absent
       throw err
     }
-    let loggedIn = false
+    let loggedIn = this.#knownLoggedIn()
     try {
       const any = this.#pool.any()
-      loggedIn = any !== undefined && this.#mod().sessionLoggedIn(any.handle)
+      if (!loggedIn && any !== undefined) loggedIn = this.#noteLogin(this.#mod().sessionLoggedIn(any.handle))
     } catch {
       // That session died since: a request will notice and reconnect.
     }
@@ -180,18 +190,19 @@ export class Device {
    * one behind queued signatures; only with no session yet does this take one from the pool.
    */
   async needsLogin(): Promise<boolean> {
+    if (this.#knownLoggedIn()) return false
     const { info } = this.#connect()
     if (!info.loginRequired) return false
     const open = this.#pool.any()
     if (open !== undefined) {
       try {
-        return !this.#mod().sessionLoggedIn(open.handle)
+        return !this.#noteLogin(this.#mod().sessionLoggedIn(open.handle))
       } catch {
         // That session died since: ask on a fresh one below.
       }
     }
     return this.#request('none', (session, _work, fresh) => {
-      return fresh.loginRequired && !this.#mod().sessionLoggedIn(session.handle)
+      return fresh.loginRequired && !this.#noteLogin(this.#mod().sessionLoggedIn(session.handle))
     })
   }
 
@@ -206,6 +217,7 @@ export class Device {
     await this.#request('none', (session) => {
       // Private object handles die with the login on some modules (SoftHSM: CKR_KEY_HANDLE_INVALID).
       this.#keys.forget()
+      this.#loggedInGeneration = undefined
       this.#mod().logout(session.handle, this.describe())
     })
   }
@@ -307,11 +319,12 @@ export class Device {
   ): Promise<T> {
     for (let attempt = 0; ; attempt += 1) {
       // The health check's CK_TOKEN_INFO serves the whole request (C_GetTokenInfo is a synchronous
-      // call on the event loop, ~60 µs on SoftHSM, more on a USB token).
+      // call on the event loop, ~70 µs on SoftHSM, more on a USB token), and one read for this
+      // request's policy check (status) a moment ago serves the health check: LIMITS.tokenInfoReuseMs.
       let info: TokenInfo | undefined
       const session = await this.#pool.acquire(
         () => {
-          info = this.#connect().info
+          info = this.#connect(LIMITS.tokenInfoReuseMs).info
         },
         () => this.#openSession(),
         () => this.describe(),
@@ -324,6 +337,7 @@ export class Device {
         return await fn(session, work, info)
       } catch (error) {
         const err = toAgentError(error)
+        this.#loggedInGeneration = undefined
         // A refused PIN, a missing key etc. leave the session as it was; only a possibly still
         // active operation (PKCS#11 §5.2: C_SignInit ... C_Sign) makes it unusable.
         healthy = !work.operationStarted && !RECONNECT_CODES.has(err.code)
@@ -358,18 +372,26 @@ export class Device {
     return { mod: this.#mod(), session: session.handle, where: this.describe() }
   }
 
-  /** Finds the token (health check when connected). Synchronous: no request interleaves with it. */
-  #connect(): { slot: Handle; info: TokenInfo } {
+  /**
+   * Finds the token (health check when connected; a check at most `reuseMs` old stands).
+   * Synchronous: no request interleaves with it.
+   */
+  #connect(reuseMs = 0): { slot: Handle; info: TokenInfo } {
     const mod = this.#mod()
     // Another Device on this module reconnected it: this one's slot and sessions are from before.
     if (this.#slot !== undefined && mod.generation !== this.#generation) this.#lose('SESSION_LOST')
     if (this.#slot !== undefined) {
+      const checked = this.#checked
+      if (checked !== undefined && performance.now() - checked.at <= reuseMs) {
+        return { slot: this.#slot, info: checked.info }
+      }
       try {
         const info = mod.tokenInfo(this.#slot)
         if (
           this.#seen === undefined ||
           (info.label === this.#seen.label && info.serial === this.#seen.serial)
         ) {
+          this.#checked = { info, at: performance.now() }
           return { slot: this.#slot, info }
         }
         // Another token now sits in that slot (slot ids are reused by some modules).
@@ -393,6 +415,7 @@ export class Device {
     const { found } = look
     if (found !== undefined) {
       this.#slot = found.slot
+      this.#checked = { info: found.info, at: performance.now() }
       this.#generation = mod.generation
       const { label, serial, manufacturer, model } = found.info
       this.#seen = { label, serial, manufacturer, model }
@@ -474,6 +497,7 @@ export class Device {
   #lose(code: ErrorCode): void {
     const wasConnected = this.#slot !== undefined
     this.#slot = undefined
+    this.#checked = undefined
     this.#dropSessions()
     if (wasConnected && !this.#lost) {
       this.#lost = true
@@ -522,8 +546,8 @@ export class Device {
 
   /** Logs in with the held PIN if the token wants a login and the application is not logged in. */
   #ensureLogin(session: PooledSession, need: LoginNeed, info: TokenInfo): void {
-    const mod = this.#mod()
-    if (!info.loginRequired || mod.sessionLoggedIn(session.handle)) return
+    if (!info.loginRequired || this.#knownLoggedIn()) return
+    if (this.#noteLogin(this.#mod().sessionLoggedIn(session.handle))) return
     const pin = this.#cachedPin()
     if (pin === undefined) {
       if (need === 'optional') return
@@ -537,6 +561,16 @@ export class Device {
     this.#loginOnce(session, pin)
   }
 
+  #knownLoggedIn(): boolean {
+    return this.#loggedInGeneration === this.#pool.generation && this.#pool.any() !== undefined
+  }
+
+  /** Records what the token just said about the login (C_GetSessionInfo, C_Login); returns it. */
+  #noteLogin(loggedIn: boolean): boolean {
+    this.#loggedInGeneration = loggedIn ? this.#pool.generation : undefined
+    return loggedIn
+  }
+
   /**
    * Exactly one C_Login. A refused PIN is reported (`pin-rejected`) so its owner drops it; the error
    * keeps the CKR-level message and carries the tries left from the token flags, from which the
@@ -546,6 +580,7 @@ export class Device {
     const mod = this.#mod()
     try {
       mod.login(session.handle, pin, contextSpecific, this.describe())
+      if (!contextSpecific) this.#noteLogin(true)
     } catch (error) {
       const err = toAgentError(error)
       if (err.code !== 'PIN_INCORRECT' && err.code !== 'PIN_LOCKED') throw err

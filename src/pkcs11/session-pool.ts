@@ -31,6 +31,11 @@ export class SessionPool {
     return this.#sessions.length
   }
 
+  /** Starts at 0, one more per `drop`: state learnt in one generation (a login) ends with it. */
+  get generation(): number {
+    return this.#generation
+  }
+
   /** Any session of the current generation (for status queries that need one). */
   any(): PooledSession | undefined {
     return this.#sessions.find((s) => s.generation === this.#generation)

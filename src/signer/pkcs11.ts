@@ -3,7 +3,9 @@
  * SHA-384 is computed here, on the host, because SoftHSM offers no CKM_ECDSA_SHA384 and PASETO v3
  * fixes the hash to SHA-384 (Version3.md §Sign). Whatever the device returns (r||s or DER, high
  * or low S) is normalised to low-S r||s and verified against the public key read from the device
- * before it leaves this object.
+ * before it leaves this object: inline when it is the process's only signature in flight (the verify
+ * then delays nobody, and a worker hop would only add its latency), else on a worker thread
+ * (verify-pool.ts) so that concurrent requests are not stalled behind it on the event loop.
  */
 import { createHash } from 'node:crypto'
 
@@ -12,6 +14,10 @@ import { normalizeSignature, verifySignature } from '../keys/signature.js'
 import type { Device } from '../pkcs11/device.js'
 import type { KeySelector } from '../pkcs11/selector.js'
 import type { Signer } from './signer.js'
+import { verifyOffThread } from './verify-pool.js'
+
+/** Signatures between their digest and their verify, over every device key of this process. */
+let inFlight = 0
 
 /** The device key `selector` names, as the one Signer seam (src/signer/signer.ts). */
 export async function pkcs11Signer(device: Device, selector: KeySelector): Promise<Signer> {
@@ -23,8 +29,19 @@ export async function pkcs11Signer(device: Device, selector: KeySelector): Promi
     description,
     async sign(message: Uint8Array): Promise<Uint8Array> {
       const digest = new Uint8Array(createHash('sha384').update(message).digest())
-      const signature = normalizeSignature(await device.signDigest(key, digest))
-      if (!verifySignature(publicKey, message, signature)) {
+      let signature: Uint8Array
+      let alone: boolean
+      inFlight += 1
+      try {
+        signature = normalizeSignature(await device.signDigest(key, digest))
+        alone = inFlight === 1
+      } finally {
+        inFlight -= 1
+      }
+      const verified = alone
+        ? verifySignature(publicKey, message, signature)
+        : await verifyOffThread(publicKey, message, signature)
+      if (!verified) {
         // The key was replaced behind our back (its public half no longer matches): the next
         // lookup must read the token again instead of trusting the cached list.
         device.forgetKeys()

@@ -66,6 +66,8 @@ export interface StartAgentOptions {
   softhsm?: SoftHsmToken
   /** Write the config but do not start the agent (tests of start-up failures call `spawnAgent`). */
   start?: boolean
+  /** Node flags for the agent process that NODE_OPTIONS refuses (the benchmark's `--cpu-prof`). */
+  nodeArgs?: readonly string[]
 }
 
 export interface ShimResult {
@@ -237,7 +239,17 @@ export async function startAgent(options: StartAgentOptions = {}): Promise<Agent
     async spawnAgent(extraArgs = []) {
       const child = spawn(
         process.execPath,
-        [agentPath, 'run', '--foreground', '--config', configPath, '--socket', socket, ...extraArgs],
+        [
+          ...(options.nodeArgs ?? []),
+          agentPath,
+          'run',
+          '--foreground',
+          '--config',
+          configPath,
+          '--socket',
+          socket,
+          ...extraArgs,
+        ],
         {
           env: agentEnv,
           stdio: ['ignore', 'pipe', 'pipe'],

@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs'
 import { createConnection, type Socket } from 'node:net'
 import { after, before, describe, test } from 'node:test'
 
-import { auditEntry } from '../../src/audit/entry.js'
+import { auditEntry, tokenFingerprint } from '../../src/audit/entry.js'
 import { LIMITS } from '../../src/lib/limits.js'
 import { AgentConnection } from '../../src/protocol/client.js'
 import { verifyToken } from '../../src/verify/verify.js'
@@ -99,8 +99,9 @@ async function signOnce(socket: string): Promise<string> {
   }
 }
 
-async function verifyRead(token: string): Promise<void> {
-  await verifyToken(token, { publicKey: KNOWN_KEY.k3Public, url: INDEX, operation: 'read' })
+/** `strictLowS`: the agent normalises every signature (low S), so a strict registry accepts it too. */
+async function verifyRead(token: string, strictLowS = false): Promise<void> {
+  await verifyToken(token, { publicKey: KNOWN_KEY.k3Public, url: INDEX, operation: 'read', strictLowS })
 }
 
 describe('the agent under hostile clients', () => {
@@ -208,7 +209,15 @@ describe('the agent under hostile clients', () => {
     // instead of being refused: every one of them is signed, and every token verifies.
     assert.equal(deviceBusy, 0)
     assert.equal(tokens.length, LIMITS.maxConnections * 50)
-    for (const token of tokens) await verifyRead(token)
+    for (const token of tokens) await verifyRead(token, true)
+    // Each released token has its `signed` line in the audit log (written before the token left).
+    const audited = new Set(
+      readAudit(agent.auditLog)
+        .filter((e) => e['result'] === 'signed')
+        .map((e) => e['token']),
+    )
+    const missing = tokens.filter((t) => !audited.has(tokenFingerprint(t)))
+    assert.equal(missing.length, 0, `${missing.length} released tokens have no signed audit line`)
     assert.ok(peak - idle < RSS_GROWTH_BOUND, `RSS grew by ${peak - idle} bytes`)
   })
 

@@ -314,6 +314,14 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
     }
     writeFileSync(control, 'sign_output=corrupt\n')
     assert.equal((await rejection(signer.sign(Buffer.from('corrupt')))).code, 'SELF_CHECK_FAILED')
+    // Signatures with others in flight are verified on the worker pool (src/signer/verify-pool.ts): none leaves either.
+    const concurrent = await Promise.all(
+      Array.from({ length: 6 }, (_, i) => rejection(signer.sign(Buffer.from(`corrupt ${i}`)))),
+    )
+    assert.deepEqual(
+      concurrent.map((e) => e.code),
+      Array.from({ length: 6 }, () => 'SELF_CHECK_FAILED'),
+    )
     writeFileSync(control, 'sign_output=short\n')
     assert.equal((await rejection(signer.sign(Buffer.from('short')))).code, 'SIGNATURE_MALFORMED')
     writeFileSync(control, '')
