@@ -84,6 +84,8 @@ describe('setup on a blank YubiKey through ykcs11', () => {
     }
     delete env['SOFTHSM2_CONF']
     delete env['CARGO_PKCS11_AGENT_CONFIG']
+    // CI=true makes `headless` default to true; these tests check the defaults of a developer's machine.
+    delete env['CI']
   })
   after(async () => {
     await yk?.stop()
