@@ -24,6 +24,7 @@ import { Pkcs11Module } from '../../src/pkcs11/binding.js'
 import { startAgent, type TokenFixture } from '../../test/helpers/agent.js'
 import { startSoftwareTpm, TPM2_MODULE } from '../../test/helpers/swtpm.js'
 import { startVirtualYubiKey, YKCS11_MODULE } from '../../test/helpers/virtual-yubikey.js'
+import { median, runPhase } from './common.js'
 
 const run = promisify(execFile)
 const INDEX = 'sparse+http://127.0.0.1:9/index/'
@@ -35,14 +36,6 @@ interface RawInput {
   pin: string
   keyId: string
   count: number
-}
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b)
-  const mid = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1
-    ? (sorted[mid] as number)
-    : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
 }
 
 /** The raw path in this (child) process: one session, one login, `count` timed signatures. */
@@ -214,12 +207,4 @@ async function main(): Promise<void> {
   if (values.json !== undefined) writeFileSync(values.json, JSON.stringify(results, null, 2) + '\n')
 }
 
-main().then(
-  () => process.exit(0),
-  (error: unknown) => {
-    process.stderr.write(
-      `bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-    )
-    process.exit(1)
-  },
-)
+runPhase(main)

@@ -36,6 +36,7 @@ import { resolveModulePath } from '../../src/pkcs11/modules.js'
 import { pkcs11Signer } from '../../src/signer/pkcs11.js'
 import { verifySignature } from '../../src/keys/signature.js'
 import { startAgent } from '../../test/helpers/agent.js'
+import { median, runPhase } from './common.js'
 
 type Phase = 'device' | 'signer' | 'agent'
 
@@ -62,14 +63,6 @@ function processCpu(pid: number): { all: number; main: number } {
     return (Number(fields[11]) + Number(fields[12])) / 100
   }
   return { all: ticks(`/proc/${pid}/stat`), main: ticks(`/proc/${pid}/task/${pid}/stat`) }
-}
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b)
-  const mid = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1
-    ? (sorted[mid] as number)
-    : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
 }
 
 function percentile(values: readonly number[], p: number): number {
@@ -313,12 +306,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (error: unknown) => {
-    process.stderr.write(
-      `bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-    )
-    process.exit(1)
-  },
-)
+runPhase(main)

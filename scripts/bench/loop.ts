@@ -18,6 +18,7 @@ import {
   repoRoot,
   SOFTHSM_MODULE,
 } from '../../test/helpers/softhsm.js'
+import { runPhase } from './common.js'
 
 const run = promisify(execFile)
 
@@ -85,12 +86,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (error: unknown) => {
-    process.stderr.write(
-      `bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-    )
-    process.exit(1)
-  },
-)
+runPhase(main)

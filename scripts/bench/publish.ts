@@ -21,14 +21,7 @@ import { Device } from '../../src/pkcs11/device.js'
 import { startAgent } from '../../test/helpers/agent.js'
 import { startRegistry } from '../../test/fixtures/registry/server.js'
 import { createCargoSandbox, cargoThroughAgent, show } from '../../test/e2e/lib/cargo.js'
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b)
-  const mid = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1
-    ? (sorted[mid] as number)
-    : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
-}
+import { median, runPhase } from './common.js'
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -118,12 +111,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (error: unknown) => {
-    process.stderr.write(
-      `bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-    )
-    process.exit(1)
-  },
-)
+runPhase(main)

@@ -16,6 +16,7 @@ import { Pin } from '../../src/lib/secret.js'
 import { Device } from '../../src/pkcs11/device.js'
 import { verifyToken } from '../../src/verify/verify.js'
 import { startAgent } from '../../test/helpers/agent.js'
+import { runPhase } from './common.js'
 
 const INDEX = 'sparse+http://127.0.0.1:9/index/'
 
@@ -117,12 +118,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (error: unknown) => {
-    process.stderr.write(
-      `bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-    )
-    process.exit(1)
-  },
-)
+runPhase(main)

@@ -32,18 +32,11 @@ import { Pkcs11Module } from '../../src/pkcs11/binding.js'
 import { buildToken } from '../../src/token/build.js'
 import { normalizeSignature, verifySignature } from '../../src/keys/signature.js'
 import { startAgent } from '../../test/helpers/agent.js'
+import { median, runPhase } from './common.js'
 
 type Variant = 'device' | 'required' | 'fsync' | 'signer' | 'token' | 'agent' | 'shim' | 'spawn'
 
 const INDEX = 'sparse+http://127.0.0.1:9/index/'
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b)
-  const mid = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1
-    ? (sorted[mid] as number)
-    : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
-}
 
 function percentile(values: readonly number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b)
@@ -232,12 +225,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (error: unknown) => {
-    process.stderr.write(
-      `bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-    )
-    process.exit(1)
-  },
-)
+runPhase(main)
