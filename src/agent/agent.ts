@@ -11,23 +11,24 @@ import {
   type EffectiveConfirm,
   type RegistryConfig,
 } from '../config/schema.js'
-import type { Requester } from '../cargo/intent.js'
+import type { Intent, Requester } from '../cargo/intent.js'
 import { AgentError, toAgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
 import { setNonDumpable, type PeerCredentials } from '../lib/peercred.js'
 import { describeRequester } from '../policy/intent.js'
 import type { Policy } from '../policy/policy.js'
 import { Devices } from './devices.js'
-import { auditEntry } from '../audit/entry.js'
+import { auditEntry, type AuditEntry } from '../audit/entry.js'
 import { AuditLog } from '../audit/log.js'
 import { reportSignalToRelauncher } from '../lib/threadpool.js'
 import type { RequestMessage } from '../protocol/frames.js'
-import { parseSignRequest } from './pipeline/parse.js'
+import type { Method } from '../protocol/methods.js'
+import { parseCargoLine, parseSignRequest } from './pipeline/parse.js'
 import { createPolicy } from './policy-config.js'
 import { METHOD_HANDLERS } from './methods/index.js'
 import { SocketPrompter } from './prompter.js'
 import { weakenings } from './reload.js'
-import { kernelRequester } from './requester.js'
+import { kernelRequester, withClaim } from './requester.js'
 import type { AgentState } from './state.js'
 import { AgentServer } from './server.js'
 import { sameSocket } from './socket.js'
@@ -38,6 +39,54 @@ export interface AgentOptions {
   /** Where to reload the config from on SIGHUP; undefined = keep the in-memory config. */
   readonly configPath?: string
   readonly log?: (line: string) => void
+}
+
+/**
+ * What a forwarded peer may not call, with the command to run on the agent's host instead
+ * (docs/ssh-forwarding.md, "What forwarded requests may do"): keygen, cargo login and pubkey make
+ * or show keys for registration (and may ask for the PIN on the agent's host), and lock, release
+ * and cargo logout would let the remote host end the PINs and sessions held for this one.
+ */
+const LOCAL_ONLY: Partial<Record<Method, string>> = {
+  keygen: '`cargo-pkcs11-agent keygen`',
+  login: '`cargo login`',
+  pubkey: '`cargo-pkcs11-agent pubkey`',
+  lock: '`cargo-pkcs11-agent lock`',
+  release: '`cargo-pkcs11-agent release`',
+  logout: '`cargo logout`',
+}
+
+/** The audit line of a refused forwarded keygen or cargo login; undefined for the other methods. */
+function forwardedKeyAudit(
+  method: Method,
+  params: Readonly<Record<string, unknown>>,
+  requester: Requester,
+  error: AgentError,
+): AuditEntry | undefined {
+  if (method !== 'keygen' && method !== 'login') return undefined
+  const intent: Intent = {
+    indexUrl: '',
+    operation: 'read',
+    crate: {},
+    requester: withClaim(requester, params['requester']),
+  }
+  const denied = { result: 'denied', code: error.code, reason: error.message } as const
+  if (method === 'keygen') {
+    const token = typeof params['token'] === 'string' ? params['token'] : '?'
+    const label = typeof params['label'] === 'string' ? params['label'] : '?'
+    // The same subject as keygen's own audit lines (src/agent/methods/keygen.ts).
+    intent.indexUrl = `token ${token}`
+    const replaced = params['force'] === true
+    return auditEntry(intent, { ...denied, operation: 'keygen', key: `${token}/${label}`, replaced })
+  }
+  try {
+    const cargo = parseCargoLine(params)
+    intent.indexUrl = cargo.registry.indexUrl
+    if (cargo.registry.name !== undefined) intent.registryName = cargo.registry.name
+  } catch {
+    // Not a line cargo could have sent: recorded without a registry.
+  }
+  return auditEntry(intent, { ...denied, operation: 'login' })
 }
 
 export class Agent implements AgentState {
@@ -72,11 +121,15 @@ export class Agent implements AgentState {
           this.policy.onRemoved(token.name)
           this.log(`token ${token.name} removed; its PIN was forgotten`)
         }
-        // A server restart is not a removal: the PIN stays for the re-login (docs/remote-tokens.md).
-        if (event.type === 'disconnected')
+        // Nothing authenticates the server that answers at the address next (its token's label and
+        // serial are not secret): the PIN is not sent there unless typed or read from its source
+        // again (docs/remote-tokens.md, "When the server restarts").
+        if (event.type === 'disconnected') {
+          const forgot = this.policy.onRemoved(token.name, 'disconnected')
           this.log(
-            `token ${token.name} lost its p11-kit server ${event.server}; reconnecting at the next request`,
+            `token ${token.name} lost its p11-kit server ${event.server}${forgot ? '; its PIN was forgotten' : ''}; reconnecting at the next request`,
           )
+        }
         if (event.type === 'reconnected') this.log(`token ${token.name} reconnected`)
         // The device keeps no memory of refused PINs: the held one goes, and policy remembers its
         // value, so an env/file source holding it is not sent again until it changes.
@@ -103,8 +156,9 @@ export class Agent implements AgentState {
               interactive && !headless && who().forwarded === undefined,
               headless ? undefined : who().tty,
             )
-          if ((method === 'keygen' || method === 'login') && who().forwarded !== undefined)
-            throw this.#forwardedKeyChange(method, who())
+          const localCommand = LOCAL_ONLY[method]
+          if (localCommand !== undefined && who().forwarded !== undefined)
+            throw await this.#forwardedRefusal(method, localCommand, params, who())
           return await METHOD_HANDLERS[method](this, params, {
             get requester() {
               return who()
@@ -155,16 +209,32 @@ export class Agent implements AgentState {
       .catch((auditError: unknown) => this.log(`audit-failed ${toAgentError(auditError).code}`))
   }
 
-  /** keygen and cargo login make or show keys to register: only from the agent's own host. */
-  #forwardedKeyChange(method: string, requester: Requester): AgentError {
-    this.log(`${method} refused: ${describeRequester(requester)}`)
-    return new AgentError(
+  /**
+   * A method only the agent's own host may call (`LOCAL_ONLY`), asked through a forwarded socket:
+   * logged, and for keygen and cargo login (which make or show keys to register) audited as
+   * `denied` like every other keygen (src/agent/methods/keygen.ts).
+   */
+  async #forwardedRefusal(
+    method: Method,
+    localCommand: string,
+    params: Readonly<Record<string, unknown>>,
+    requester: Requester,
+  ): Promise<AgentError> {
+    const from = describeRequester(requester)
+    const error = new AgentError(
       'FORWARDED_REFUSED',
-      `${method === 'login' ? 'cargo login' : 'keygen'} is not available through a forwarded socket (${describeRequester(requester)})`,
+      `${method === 'login' || method === 'logout' ? `cargo ${method}` : method} is not available through a forwarded socket (${from})`,
       {
-        remedy: `Run ${method === 'login' ? '`cargo login`' : '`cargo-pkcs11-agent keygen`'} on the agent's host; a forwarded connection may only sign, as the registry's \`forwarded\` allows (docs/ssh-forwarding.md)`,
+        remedy: `Run ${localCommand} on the agent's host; a forwarded connection may only sign, as the registry's \`forwarded\` allows (docs/ssh-forwarding.md)`,
       },
     )
+    this.log(`${method} refused: ${from}`)
+    const entry = forwardedKeyAudit(method, params, requester, error)
+    if (entry !== undefined)
+      await this.audit
+        .record(entry)
+        .catch((auditError: unknown) => this.log(`audit-failed ${toAgentError(auditError).code}`))
+    return error
   }
 
   /**

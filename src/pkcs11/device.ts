@@ -53,7 +53,8 @@ export type DeviceEvent =
   | { type: 'removed'; token: string; code: ErrorCode }
   /**
    * The p11-kit server (p11-kit-client) stopped answering. The token was not pulled: it is found
-   * again by its identity when the server answers, and its PIN may be kept for the re-login.
+   * again by its identity when the server answers; that server is not authenticated, so the owner
+   * of a typed PIN asks for it again (docs/remote-tokens.md, "When the server restarts").
    */
   | { type: 'disconnected'; token: string; server: string; code: ErrorCode }
   /** The token was found again after a loss; sessions reopen lazily. */

@@ -13,7 +13,15 @@ export type Clock = () => number
 export const systemClock: Clock = () => Date.now()
 
 export type ForgetReason =
-  'idle' | 'max-lifetime' | 'wrong-pin' | 'removed' | 'lock' | 'sighup' | 'replaced' | 'shutdown'
+  | 'idle'
+  | 'max-lifetime'
+  | 'wrong-pin'
+  | 'removed'
+  | 'disconnected'
+  | 'lock'
+  | 'sighup'
+  | 'replaced'
+  | 'shutdown'
 
 interface Entry {
   readonly pin: Pin

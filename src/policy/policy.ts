@@ -133,9 +133,13 @@ export class Policy {
     return this.pinCache.forget(tokenId, 'wrong-pin')
   }
 
-  /** The token was removed: its PIN goes with it. */
-  onRemoved(tokenId: string): void {
-    this.pinCache.forget(tokenId, 'removed')
+  /**
+   * The token was removed, or its p11-kit server went away (`disconnected`): its PIN goes with it.
+   * Whatever answers at the server's address afterwards is not authenticated (docs/remote-tokens.md,
+   * "When the server restarts"), so a typed PIN is not sent there without asking again.
+   */
+  onRemoved(tokenId: string, reason: 'removed' | 'disconnected' = 'removed'): boolean {
+    return this.pinCache.forget(tokenId, reason)
   }
 
   close(): void {

@@ -113,6 +113,12 @@ describe(
       assert.equal(agent.process?.pid, pid)
       assert.equal(agent.process?.exitCode, null)
       assert.equal(readAudit(agent.auditLog).at(-1)?.['result'], 'signed')
+      // The connection broke inside C_Sign: the held env PIN went with it, and the re-login read it
+      // again from the environment (docs/remote-tokens.md, "When the server restarts").
+      assert.ok(
+        agent.log().includes(`token slow lost its p11-kit server ${server.address}; its PIN was forgotten`),
+        agent.log(),
+      )
     })
   },
 )
