@@ -60,8 +60,10 @@ export function weakenings(
   next: Config,
   confirms: ResolvedConfirms = { current: new Map(), next: new Map() },
 ): string[] {
-  const resolved = (which: ReadonlyMap<string, EffectiveConfirm>, registry: RegistryConfig): EffectiveConfirm =>
-    which.get(registry.name) ?? effectiveConfirm(registry)
+  const resolved = (
+    which: ReadonlyMap<string, EffectiveConfirm>,
+    registry: RegistryConfig,
+  ): EffectiveConfirm => which.get(registry.name) ?? effectiveConfirm(registry)
   const out: string[] = []
   if (!current.agent.headless && next.agent.headless) out.push('headless turned on')
   const byIndex = new Map(Object.values(current.registries).map((r) => [r.index, r]))
@@ -83,7 +85,10 @@ export function weakenings(
     if (FORWARDED_STRENGTH[registry.forwarded] < FORWARDED_STRENGTH[before.forwarded])
       out.push(`registry ${registry.name}: forwarded "${before.forwarded}" → "${registry.forwarded}"`)
     // An attested touch still needs a finger on the new key's device; an approval shows no key.
-    if (!sameKey(before.mutationKey, registry.mutationKey) && !(after.mode === 'touch' && after.touchAttested))
+    if (
+      !sameKey(before.mutationKey, registry.mutationKey) &&
+      !(after.mode === 'touch' && after.touchAttested)
+    )
       out.push(`registry ${registry.name}: mutation key changed to ${describe(registry.mutationKey)}`)
   }
   return out

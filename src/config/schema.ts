@@ -578,7 +578,10 @@ export function effectiveConfirm(registry: RegistryConfig, mutation?: MutationKe
   const touchAttested =
     mutation !== undefined && 'touchPolicy' in mutation && TOUCH_CONFIRMS.includes(mutation.touchPolicy ?? '')
   if (registry.confirm !== undefined) {
-    const named = mutation === undefined ? `the mutation key (${describeRef(registry.mutationKey)}) shows no touch policy` : seen
+    const named =
+      mutation === undefined
+        ? `the mutation key (${describeRef(registry.mutationKey)}) shows no touch policy`
+        : seen
     return {
       mode: registry.confirm,
       source: 'config',
