@@ -2,7 +2,9 @@
  * The trust boundary against the real agent process over its real socket (docs/design.md §4,
  * SECURITY.md): who asks comes from the kernel, a requester never answers its own confirmation,
  * another uid is refused, `keygen --force` needs an approval, a reload that weakens protection is
- * not applied, and a core dump of the agent cannot hold the PIN.
+ * not applied (prompt → a touch the SoftHSM key cannot attest included), `confirm = "touch"` on such
+ * a key gives forwarded requests and key swaps no silent path, and a core dump of the agent cannot
+ * hold the PIN.
  *
  * The attacker is a raw socket client that claims to be interactive, forges its requester and
  * answers every question it gets with "yes" (and a `confirm` question, were the agent to send one).
