@@ -464,6 +464,19 @@ describe('reloads that weaken protection', () => {
   })
 })
 
+/** Sends SIGHUP and waits until the reload is done, applied or refused (it always ends with this line). */
+async function reloaded(target: AgentFixture): Promise<void> {
+  const done = (): number =>
+    target
+      .log()
+      .split('\n')
+      .filter((l) => l.includes('configuration reloaded from')).length
+  const before = done()
+  target.process?.kill('SIGHUP')
+  for (let i = 0; i < 250 && done() === before; i++) await new Promise((r) => setTimeout(r, 20))
+  assert.equal(done(), before + 1, target.log())
+}
+
 describe('confirm = "touch" on a key that attests no touch policy (SoftHSM)', () => {
   // Nothing on SoftHSM asks for a touch, and the agent cannot tell: the config's word only.
   const publish = (vers: string): object => publishParams(vers)
@@ -474,10 +487,7 @@ describe('confirm = "touch" on a key that attests no touch policy (SoftHSM)', ()
     ;(config.registries['local'] as Record<string, unknown>)['confirm'] = 'touch'
     writeFileSync(agent.configPath, stringify(config) + '\n', { mode: 0o600 })
     try {
-      agent.process?.kill('SIGHUP')
-      await waitForLog(
-        /reload refused, keeping the previous configuration: .*registry local: confirm "prompt" → "touch" \(not attested by the key\)/,
-      )
+      await reloaded(agent)
       const asked = pinentry.commands('SETDESC').length
       pinentry.script(['no'])
       const outcome = await rawWithoutTerminal('sign', publish('1.0.6'))
@@ -494,6 +504,10 @@ describe('confirm = "touch" on a key that attests no touch policy (SoftHSM)', ()
       const status = await rawWithoutTerminal('status', {})
       const result = response(status).result as { registries: { name: string; confirm: string }[] }
       assert.equal(result.registries.find((r) => r.name === 'local')?.confirm, 'prompt')
+      assert.match(
+        agent.log(),
+        /reload refused, keeping the previous configuration: .*registry local: confirm "prompt" → "touch" \(not attested by the key\)/,
+      )
     } finally {
       writeFileSync(agent.configPath, original, { mode: 0o600 })
     }
@@ -612,12 +626,7 @@ describe('confirm = "touch" on a key that attests no touch policy (SoftHSM)', ()
       }
       writeFileSync(touchAgent.configPath, stringify(config) + '\n', { mode: 0o600 })
       try {
-        touchAgent.process?.kill('SIGHUP')
-        const refusal =
-          /reload refused, keeping the previous configuration: .*registry local: mutation key changed to softhsm\/gen/
-        for (let i = 0; i < 250 && !refusal.test(touchAgent.log()); i++)
-          await new Promise((r) => setTimeout(r, 20))
-        assert.match(touchAgent.log(), refusal)
+        await reloaded(touchAgent)
         const status = await rawWithoutTerminal('status', {}, touchAgent)
         const result = response(status).result as {
           registries: { name: string; mutationKey: { label?: string } }[]
@@ -634,6 +643,10 @@ describe('confirm = "touch" on a key that attests no touch policy (SoftHSM)', ()
           operation: 'publish',
           crate: { name: 'foo', vers: '2.2.0', cksum: CKSUM },
         })
+        assert.match(
+          touchAgent.log(),
+          /reload refused, keeping the previous configuration: .*registry local: mutation key changed to softhsm\/gen/,
+        )
       } finally {
         writeFileSync(touchAgent.configPath, original, { mode: 0o600 })
       }
