@@ -176,9 +176,10 @@ export class Agent implements AgentState {
     // Before any PIN exists in memory: no core dump, no ptrace or /proc/<pid>/mem by other
     // processes of the user (the same hardening as ssh-agent; src/lib/peercred.ts).
     setNonDumpable()
-    const { confirms, errors, unread } = await this.devices.resolveConfirms()
+    const { confirms, errors, unread, warnings } = await this.devices.resolveConfirms()
     if (errors[0] !== undefined) throw errors[0]
     for (const line of unread) this.log(`key policy not checked: ${line}`)
+    for (const line of warnings) this.log(`warning: ${line}`)
     this.#confirms = confirms
     // The check opened sessions before any client asked: leave the devices as an idle agent would.
     await this.devices.releaseAll()
@@ -306,6 +307,7 @@ export class Agent implements AgentState {
       await this.devices.reset(next)
     } else {
       for (const line of resolved.unread) this.log(`key policy not checked: ${line}`)
+      for (const line of resolved.warnings) this.log(`warning: ${line}`)
       this.#confirms = resolved.confirms
       // The check opened sessions before any client asked, as at start.
       await this.devices.releaseAll()

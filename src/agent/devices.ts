@@ -99,12 +99,15 @@ export class Devices {
    * touch policy its mutation key attests: an unset `confirm` on a touch always/cached key is
    * `touch`. `confirm = "touch"` on a touch-never key would confirm nothing: a configuration error
    * with the fix (docs/configuration.md, `confirm`). Only PIV tokens are opened; `unread` lists
-   * the keys whose policy could not be read (device absent, no such key).
+   * the keys whose policy could not be read (device absent, no such key); `warnings`, each
+   * `confirm = "touch"` on a key that attests no touch (the agent cannot check it, so it is
+   * honoured with a warning, not refused: docs/policy.md, "Touch the agent cannot check").
    */
   async resolveConfirms(): Promise<{
     confirms: Map<string, EffectiveConfirm>
     errors: AgentError[]
     unread: string[]
+    warnings: string[]
   }> {
     const confirms = new Map<string, EffectiveConfirm>()
     const errors: AgentError[] = []
@@ -144,7 +147,8 @@ export class Devices {
         )
       }
     }
-    return { confirms, errors, unread }
+    const warnings = [...confirms.values()].flatMap((c) => (c.warning === undefined ? [] : [c.warning]))
+    return { confirms, errors, unread, warnings }
   }
 
   /** Closes every session (`release`, SIGHUP, shutdown) so other programs can use the devices. */

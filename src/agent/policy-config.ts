@@ -56,6 +56,7 @@ export function tokenPolicy(token: TokenConfig): TokenPolicy {
 export function registryPolicy(registry: RegistryConfig, confirm: EffectiveConfirm): RegistryPolicy {
   return Object.freeze({
     confirm: confirm.mode,
+    touchAttested: confirm.touchAttested,
     mutationsPerHour: registry.mutationsPerHour,
     forwarded: registry.forwarded,
   })

@@ -16,6 +16,22 @@ import {
 /** touch (the device) > prompt (a human on a channel the requester does not hold) > none. */
 const STRENGTH: Readonly<Record<ConfirmMode, number>> = { none: 0, prompt: 1, touch: 2 }
 
+/**
+ * A `touch` the mutation key does not attest (SoftHSM, a TPM, a PIV key without attestation) ranks
+ * as `none`: the agent cannot tell that anything asks, so only the operator's word stands for it
+ * (docs/policy.md, "Touch the agent cannot check"), and a signal carries no operator.
+ */
+function strength(confirm: EffectiveConfirm): number {
+  return confirm.mode === 'touch' && !confirm.touchAttested ? STRENGTH.none : STRENGTH[confirm.mode]
+}
+
+/** `"prompt"`, or `"touch" (not attested by the key)` for a touch ranked as `none`. */
+function shown(confirm: EffectiveConfirm): string {
+  return confirm.mode === 'touch' && !confirm.touchAttested
+    ? '"touch" (not attested by the key)'
+    : `"${confirm.mode}"`
+}
+
 /** Each registry's `confirm` as the agent applies it, by registry name (`Devices.resolveConfirms`). */
 export interface ResolvedConfirms {
   readonly current: ReadonlyMap<string, EffectiveConfirm>
@@ -36,35 +52,43 @@ function sameKey(a: KeyRef, b: KeyRef): boolean {
 /**
  * Human-readable reasons `next` is weaker than `current`; empty when it is not. `confirm` is
  * compared as it applies: an unset one resolved to `touch` from the key's touch policy counts as
- * `touch` (registries missing from `confirms` count as the file or the default says).
+ * `touch`, a `touch` the key does not attest as `none` (registries missing from `confirms` count
+ * as the file or the default says, unattested).
  */
 export function weakenings(
   current: Config,
   next: Config,
   confirms: ResolvedConfirms = { current: new Map(), next: new Map() },
 ): string[] {
-  const mode = (which: ReadonlyMap<string, EffectiveConfirm>, registry: RegistryConfig): ConfirmMode =>
-    (which.get(registry.name) ?? effectiveConfirm(registry)).mode
+  const resolved = (
+    which: ReadonlyMap<string, EffectiveConfirm>,
+    registry: RegistryConfig,
+  ): EffectiveConfirm => which.get(registry.name) ?? effectiveConfirm(registry)
   const out: string[] = []
   if (!current.agent.headless && next.agent.headless) out.push('headless turned on')
   const byIndex = new Map(Object.values(current.registries).map((r) => [r.index, r]))
   for (const registry of Object.values(next.registries)) {
     const before = byIndex.get(registry.index)
-    const after = mode(confirms.next, registry)
+    const after = resolved(confirms.next, registry)
     if (before === undefined) {
-      // A new binding whose mutations are still approved per request (prompt, touch) adds no
-      // silent path; one with confirm = "none" lets the key sign mutations unasked.
-      if (after === 'none')
+      // A new binding whose mutations are still approved per request (prompt, attested touch) adds
+      // no silent path; one with confirm = "none", or a touch nothing attests, may sign unasked.
+      if (strength(after) === STRENGTH.none)
         out.push(
-          `new registry ${registry.name} would sign mutations with ${describe(registry.mutationKey)} unconfirmed (confirm = "none")`,
+          `new registry ${registry.name} would sign mutations with ${describe(registry.mutationKey)} unconfirmed (confirm = ${shown(after)})`,
         )
       continue
     }
-    const was = mode(confirms.current, before)
-    if (STRENGTH[after] < STRENGTH[was]) out.push(`registry ${registry.name}: confirm "${was}" → "${after}"`)
+    const was = resolved(confirms.current, before)
+    if (strength(after) < strength(was))
+      out.push(`registry ${registry.name}: confirm ${shown(was)} → ${shown(after)}`)
     if (FORWARDED_STRENGTH[registry.forwarded] < FORWARDED_STRENGTH[before.forwarded])
       out.push(`registry ${registry.name}: forwarded "${before.forwarded}" → "${registry.forwarded}"`)
-    if (!sameKey(before.mutationKey, registry.mutationKey) && after !== 'touch')
+    // An attested touch still needs a finger on the new key's device; an approval shows no key.
+    if (
+      !sameKey(before.mutationKey, registry.mutationKey) &&
+      !(after.mode === 'touch' && after.touchAttested)
+    )
       out.push(`registry ${registry.name}: mutation key changed to ${describe(registry.mutationKey)}`)
   }
   return out

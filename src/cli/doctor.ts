@@ -214,6 +214,15 @@ function confirmFinding(
       `confirm ${effective.reason}, on a headless agent: nobody can confirm, so every publish, yank and owner change is refused`,
       `Set confirm = "none" (CI) for [registries.${registry.name}], use a key with a touch policy, or headless = false`,
     )
+  // touch never is a failure of its own (checkTokens); no attested touch at all is only a warning,
+  // as at the agent's start: the device may well ask (docs/policy.md, "Touch the agent cannot check").
+  if (effective.warning !== undefined && attested?.touchPolicy !== 'never')
+    return finding(
+      'warn',
+      `registry ${registry.name}`,
+      effective.warning,
+      `Use a mutation key with a touch policy (cargo-pkcs11-agent setup --regenerate-key --touch-policy always on a YubiKey), or set confirm = "prompt" in [registries.${registry.name}]`,
+    )
   return finding('ok', `registry ${registry.name}`, `confirm ${effective.reason}`)
 }
 

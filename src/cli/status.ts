@@ -56,6 +56,7 @@ export async function status(argv: readonly string[]): Promise<number> {
     lines.push(
       `  ${r.name}: ${r.index} read ${key(r.readKey)}, mutations ${key(r.mutationKey)}, confirm ${r.confirmReason}, ${r.mutationsLastHour}/${r.mutationsPerHour} mutations this hour`,
     )
+    if (r.confirmWarning !== undefined) lines.push(`    warning: ${r.confirmWarning}`)
   }
   process.stdout.write(lines.join('\n') + '\n')
   return 0

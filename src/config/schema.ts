@@ -541,8 +541,16 @@ export interface EffectiveConfirm {
   readonly mode: ConfirmMode
   /** `config`: the file sets it; `default`: resolved because the file does not. */
   readonly source: 'config' | 'default'
+  /**
+   * The mutation key's card attests touch always/cached, so a touch is the device's to ask. A
+   * `touch` that is not attested is only what the operator asserted (docs/policy.md, "Touch the
+   * agent cannot check"): a reload ranks it as `none` and a forwarded mutation is asked in pinentry.
+   */
+  readonly touchAttested: boolean
   /** e.g. "touch — default, key 9c attests touch always". */
   readonly reason: string
+  /** Set for `confirm = "touch"` on a key that attests no touch: logged at start, shown by status and doctor. */
+  readonly warning?: string
 }
 
 /**
@@ -555,8 +563,8 @@ const TOUCH_CONFIRMS: readonly string[] = ['always', 'cached']
 /**
  * An unset `confirm` is `touch` on a mutation key that attests touch always/cached, else
  * `LIMITS.defaultConfirm`; a set one is what the file says (`confirm = "touch"` on a touch-never
- * key is refused at start, src/agent/devices.ts). `mutation` is undefined when the key's device
- * shows no policies (not a PIV card).
+ * key is refused at start, src/agent/devices.ts; on a key that attests no touch it is honoured
+ * with a `warning`). `mutation` is undefined when the key's device shows no policies (not a PIV card).
  */
 export function effectiveConfirm(registry: RegistryConfig, mutation?: MutationKeyTouch): EffectiveConfirm {
   const seen =
@@ -567,16 +575,37 @@ export function effectiveConfirm(registry: RegistryConfig, mutation?: MutationKe
         : mutation.touchPolicy === undefined
           ? `${mutation.key} shows no touch policy`
           : `${mutation.key} attests touch ${mutation.touchPolicy}`
-  if (registry.confirm !== undefined)
+  const touchAttested =
+    mutation !== undefined && 'touchPolicy' in mutation && TOUCH_CONFIRMS.includes(mutation.touchPolicy ?? '')
+  if (registry.confirm !== undefined) {
+    const named =
+      mutation === undefined
+        ? `the mutation key (${describeRef(registry.mutationKey)}) shows no touch policy`
+        : seen
     return {
       mode: registry.confirm,
       source: 'config',
+      touchAttested,
       reason: `${registry.confirm} — set in the config, ${seen}`,
+      ...(registry.confirm === 'touch' && !touchAttested
+        ? {
+            warning: `registry ${registry.name}: confirm = "touch" but ${named}: the agent cannot check that the device asks for a touch, so a reload counts it as no confirmation, and forwarded mutations are asked in the agent's pinentry`,
+          }
+        : {}),
     }
-  const touch =
-    mutation !== undefined && 'touchPolicy' in mutation && TOUCH_CONFIRMS.includes(mutation.touchPolicy ?? '')
-  const mode = touch ? 'touch' : LIMITS.defaultConfirm
-  return { mode, source: 'default', reason: `${mode} — default, ${seen}` }
+  }
+  const mode = touchAttested ? 'touch' : LIMITS.defaultConfirm
+  return { mode, source: 'default', touchAttested, reason: `${mode} — default, ${seen}` }
+}
+
+function describeRef(ref: KeyRef): string {
+  return [
+    `token "${ref.token}"`,
+    ref.label === undefined ? undefined : `label "${ref.label}"`,
+    ref.id === undefined ? undefined : `id ${ref.id}`,
+  ]
+    .filter((p) => p !== undefined)
+    .join(' ')
 }
 
 /** The registry a request's `index-url` is bound to: exact string match (RFC 3231 footer `url`). */

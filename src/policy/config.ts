@@ -33,8 +33,8 @@ export type ConfirmPolicy = 'touch' | 'prompt' | 'none'
 /**
  * What a request through a forwarded socket may do (docs/ssh-forwarding.md).
  * - `read`: read tokens only; mutations are refused (the default).
- * - `confirm`: mutations too, each confirmed on the agent's side (the key's touch, or the agent's
- *   pinentry), whatever `confirm` says, never by an answer from the forwarded requester.
+ * - `confirm`: mutations too, each confirmed on the agent's side (the key's attested touch, or the
+ *   agent's pinentry), whatever `confirm` says, never by an answer from the forwarded requester.
  * - `refuse`: nothing, reads included.
  */
 export type ForwardedPolicy = 'read' | 'confirm' | 'refuse'
@@ -59,6 +59,11 @@ export interface TokenPolicy {
 export interface RegistryPolicy {
   /** Confirmation for mutations. Reads are always silent. */
   readonly confirm: ConfirmPolicy
+  /**
+   * The mutation key's card attests a touch policy (always/cached). A forwarded mutation is left to
+   * `touch` only then; an unattested touch is the operator's word, asked in pinentry instead.
+   */
+  readonly touchAttested: boolean
   /** Sliding one-hour window; 0 forbids mutations for this registry. */
   readonly mutationsPerHour: number
   /** Requests through a forwarded socket (Requester.forwarded). */

@@ -30,7 +30,8 @@ export class Confirmer {
   /**
    * Reads pass silently (reads are never confirmed). Mutations: `prompt` asks yes/no showing the
    * intent (DENIED when refused), `touch` relies on the key's touch policy (the notice comes with the
-   * signature), `none` asks nothing. Throws RATE_LIMITED first, so nobody is asked to approve a
+   * signature; a forwarded request is asked like `prompt` unless the key attests it), `none` asks
+   * nothing. Throws RATE_LIMITED first, so nobody is asked to approve a
    * request that would be refused anyway. `token` (the signing token) picks its `pinentry-program`
    * for a pinentry CONFIRM. `release` gives the rate-limit slot back when the request ends without a
    * released token.
@@ -50,7 +51,11 @@ export class Confirmer {
       describeRegistry(intent),
     )
     try {
-      if (registry.confirm === 'touch') return { approval: 'touch', release }
+      // A touch nothing attests (SoftHSM, a TPM, a PIV key without attestation) is only the
+      // operator's word for this host; whoever holds the far end of a forwarded socket gets the
+      // agent's own question instead (docs/ssh-forwarding.md).
+      if (registry.confirm === 'touch' && (!forwarded || registry.touchAttested))
+        return { approval: 'touch', release }
       // A forwarded mutation is always asked, even with confirm = "none" (like Bitwarden's "always
       // ask when forwarded"): whoever holds the far end of the socket is not the user.
       if (registry.confirm === 'none' && !forwarded) return { approval: 'none', release }

@@ -85,6 +85,8 @@ export interface StatusResult {
     /** The effective `confirm`, and why: "touch — default, key 9c attests touch always". */
     confirm: string
     confirmReason: string
+    /** Why the agent cannot check this `confirm` (touch on a key that attests none); absent when it can. */
+    confirmWarning?: string
     tokenMaxAgeSeconds: number
     mutationsLastHour: number
     mutationsPerHour: number

@@ -10,7 +10,8 @@
  * applied; after a restart with `forwarded = "confirm"` the publish is approved in the agent's own
  * pinentry, whose text names the forwarded connection, and the registry verifies the token; a client
  * cannot talk its way into or out of being forwarded; a forward that sshd terminates on the agent's
- * host (`ssh -L`) is seen as via sshd.
+ * host (`ssh -L`) is seen as via sshd; `confirm = "touch"` on the SoftHSM key, which attests no touch,
+ * gives a forwarded publish no silent path: it is asked in the agent's pinentry.
  */
 import assert from 'node:assert/strict'
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
@@ -596,6 +597,79 @@ describe(
       } finally {
         tunnel.kill('SIGTERM')
       }
+    })
+
+    test('forwarded = "confirm" with confirm = "touch" on the SoftHSM key (no touch to attest): the remote publish is asked in the agent’s pinentry', async () => {
+      const config = parse(readFileSync(agent.configPath, 'utf8')) as {
+        registries: Record<string, Record<string, unknown>>
+      }
+      const strict = config.registries['strict'] as Record<string, unknown>
+      strict['confirm'] = 'touch'
+      strict['forwarded'] = 'confirm'
+      writeFileSync(agent.configPath, stringify(config) + '\n', { mode: 0o600 })
+      await agent.stopAgent()
+      const child = await agent.spawnAgent()
+      await waitForSocket(agent.socket, child, () => agent.log())
+      await waitForLog(/warning: registry strict: confirm = "touch" but .* shows no touch policy/)
+      const remotePublish = (vers: string): Promise<Run> =>
+        ssh(
+          user,
+          ['-R', `${remoteSock}:${agent.socket}`],
+          [
+            'sh',
+            '-c',
+            quote(
+              `i=0; while [ ! -S ${quote(remoteSock)} ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; exec node ${quote(join(home, 'raw-client.cjs'))} ${quote(remoteSock)} ${quote(
+                JSON.stringify({
+                  cargo: JSON.stringify(
+                    cargoGet(STRICT_INDEX, 'publish', {
+                      name: 'forge',
+                      vers,
+                      cksum: CKSUM,
+                      registryName: 'strict',
+                    }),
+                  ),
+                  interactive: false,
+                }),
+              )}`,
+            ),
+          ],
+        )
+      const strictAudit = (): Record<string, unknown>[] =>
+        readAudit(agent.auditLog).filter((a) => a['crate'] === 'forge' && String(a['vers']).startsWith('3.'))
+
+      pinentry.script(['no'])
+      const refused = await remotePublish('3.0.0')
+      assert.equal(refused.code, 0, show(refused))
+      const no = JSON.parse(refused.stdout) as { error?: { code?: string }; result?: unknown }
+      assert.equal(no.error?.code, 'DENIED', refused.stdout)
+      assert.equal(no.result, undefined, 'nothing signed')
+
+      pinentry.script(['yes', `pin:${agent.softhsm.pin}`])
+      const r = await remotePublish('3.0.1')
+      assert.equal(r.code, 0, show(r))
+      const yes = JSON.parse(r.stdout) as { result?: { token?: string } }
+      await verifyToken(String(yes.result?.token), {
+        publicKey: k3Public,
+        url: STRICT_INDEX,
+        operation: 'publish',
+        crate: { name: 'forge', vers: '3.0.1', cksum: CKSUM },
+      })
+      const confirm = pinentry
+        .commands('SETDESC')
+        .filter((c) => (c.arg ?? '').startsWith('Allow publish forge 3.0.'))
+      assert.equal(confirm.length, 2, 'both were asked in the agent’s pinentry')
+      for (const c of confirm)
+        assert.match(c.arg ?? '', /requested from a forwarded connection via ssh pid \d+ /)
+      const lines = strictAudit()
+      assert.deepEqual(
+        lines.map((a) => [a['vers'], a['result'], a['code'] ?? null, a['approval'] ?? null]),
+        [
+          ['3.0.0', 'denied', 'DENIED', null],
+          ['3.0.1', 'signed', null, 'pinentry'],
+        ],
+      )
+      assert.deepEqual(lines.at(-1)?.['forwarded'], forwardedVia('ssh', r.sshPid))
     })
   },
 )

@@ -27,6 +27,7 @@ export function scriptedPolicy(overrides: Partial<PolicyConfig>, deps: Partial<P
 export function registryPolicy(overrides: Partial<RegistryPolicy> = {}): RegistryPolicy {
   return Object.freeze({
     confirm: LIMITS.defaultConfirm,
+    touchAttested: false,
     mutationsPerHour: LIMITS.defaultMutationsPerHour,
     forwarded: LIMITS.defaultForwarded,
     ...overrides,

@@ -2,7 +2,9 @@
  * The trust boundary against the real agent process over its real socket (docs/design.md §4,
  * SECURITY.md): who asks comes from the kernel, a requester never answers its own confirmation,
  * another uid is refused, `keygen --force` needs an approval, a reload that weakens protection is
- * not applied, and a core dump of the agent cannot hold the PIN.
+ * not applied (prompt → a touch the SoftHSM key cannot attest included), `confirm = "touch"` on such
+ * a key gives forwarded requests and key swaps no silent path, and a core dump of the agent cannot
+ * hold the PIN.
  *
  * The attacker is a raw socket client that claims to be interactive, forges its requester and
  * answers every question it gets with "yes" (and a `confirm` question, were the agent to send one).
@@ -13,6 +15,7 @@ import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
 import {
   chmodSync,
+  copyFileSync,
   existsSync,
   mkdtempSync,
   readdirSync,
@@ -91,13 +94,13 @@ let pinentry: ScriptedPinentry
 let work: string
 let clientPath: string
 
-function rawEnv(method: string, params: object, out: string): NodeJS.ProcessEnv {
+function rawEnv(method: string, params: object, out: string, target = agent): NodeJS.ProcessEnv {
   return {
     PATH: process.env['PATH'],
-    RAW_SOCKET: agent.socket,
+    RAW_SOCKET: target.socket,
     RAW_METHOD: method,
     RAW_PARAMS: JSON.stringify(params),
-    RAW_PIN: agent.softhsm.pin,
+    RAW_PIN: target.softhsm.pin,
     RAW_OUT: out,
   }
 }
@@ -108,11 +111,19 @@ function response(outcome: RawOutcome): RawOutcome['frames'][number] {
   return last
 }
 
-/** The attacker in a new session: no controlling terminal at all. */
-async function rawWithoutTerminal(method: string, params: object): Promise<RawOutcome> {
+/**
+ * The attacker in a new session: no controlling terminal at all. `program` runs the client: Node
+ * itself, or a copy of it named ssh, which the agent takes for a forwarder (src/agent/requester.ts).
+ */
+async function rawWithoutTerminal(
+  method: string,
+  params: object,
+  target = agent,
+  program = process.execPath,
+): Promise<RawOutcome> {
   const out = join(work, `out-${Date.now()}-${Math.random()}.json`)
-  const child = spawn(process.execPath, [clientPath], {
-    env: rawEnv(method, params, out),
+  const child = spawn(program, [clientPath], {
+    env: rawEnv(method, params, out, target),
     detached: true,
     stdio: ['ignore', 'ignore', 'pipe'],
   })
@@ -450,6 +461,196 @@ describe('reloads that weaken protection', () => {
     } finally {
       writeFileSync(agent.configPath, original, { mode: 0o600 })
     }
+  })
+})
+
+/** Sends SIGHUP and waits until the reload is done, applied or refused (it always ends with this line). */
+async function reloaded(target: AgentFixture): Promise<void> {
+  const done = (): number =>
+    target
+      .log()
+      .split('\n')
+      .filter((l) => l.includes('configuration reloaded from')).length
+  const before = done()
+  target.process?.kill('SIGHUP')
+  for (let i = 0; i < 250 && done() === before; i++) await new Promise((r) => setTimeout(r, 20))
+  assert.equal(done(), before + 1, target.log())
+}
+
+describe('confirm = "touch" on a key that attests no touch policy (SoftHSM)', () => {
+  // Nothing on SoftHSM asks for a touch, and the agent cannot tell: the config's word only.
+  const publish = (vers: string): object => publishParams(vers)
+
+  test('SIGHUP prompt → touch is refused as a weakening; the next publish is still asked and refused', async () => {
+    const original = readFileSync(agent.configPath, 'utf8')
+    const config = parse(original) as { registries: Record<string, Record<string, unknown>> }
+    ;(config.registries['local'] as Record<string, unknown>)['confirm'] = 'touch'
+    writeFileSync(agent.configPath, stringify(config) + '\n', { mode: 0o600 })
+    try {
+      await reloaded(agent)
+      const asked = pinentry.commands('SETDESC').length
+      pinentry.script(['no'])
+      const outcome = await rawWithoutTerminal('sign', publish('1.0.6'))
+      const answer = response(outcome)
+      assert.equal(answer.error?.['code'], 'DENIED', JSON.stringify(answer))
+      assert.equal(answer.result, undefined, 'nothing signed')
+      const desc = pinentry.commands('SETDESC').slice(asked)
+      assert.ok(
+        desc.some((c) => (c.arg ?? '').startsWith('Allow publish foo 1.0.6 ')),
+        JSON.stringify(desc),
+      )
+      const line = lastAudit()
+      assert.deepEqual([line['vers'], line['result'], line['code']], ['1.0.6', 'denied', 'DENIED'])
+      const status = await rawWithoutTerminal('status', {})
+      const result = response(status).result as { registries: { name: string; confirm: string }[] }
+      assert.equal(result.registries.find((r) => r.name === 'local')?.confirm, 'prompt')
+      assert.match(
+        agent.log(),
+        /reload refused, keeping the previous configuration: .*registry local: confirm "prompt" → "touch" \(not attested by the key\)/,
+      )
+    } finally {
+      writeFileSync(agent.configPath, original, { mode: 0o600 })
+    }
+  })
+
+  describe('an agent started with it', () => {
+    let touchAgent: AgentFixture
+    let fakeSsh: string
+
+    before(async () => {
+      // A copy of Node named ssh: the agent sees its peer as a forwarder, like the reviewer's attack.
+      fakeSsh = join(work, 'ssh')
+      copyFileSync(process.execPath, fakeSsh)
+      chmodSync(fakeSsh, 0o755)
+      touchAgent = await startAgent({
+        start: false,
+        tokens: { softhsm: { pinSource: 'pinentry' } },
+        registries: { local: { index: INDEX, readKey: known, confirm: 'touch' } },
+        env: { PINENTRY_SCRIPT: pinentry.scriptPath, PINENTRY_LOG: pinentry.logPath },
+      })
+      const config = parse(readFileSync(touchAgent.configPath, 'utf8')) as {
+        tokens: Record<string, Record<string, unknown>>
+        registries: Record<string, Record<string, unknown>>
+      }
+      ;(config.tokens['softhsm'] as Record<string, unknown>)['pinentry-program'] = PINENTRY_PROGRAM
+      ;(config.registries['local'] as Record<string, unknown>)['forwarded'] = 'confirm'
+      writeFileSync(touchAgent.configPath, stringify(config) + '\n', { mode: 0o600 })
+      delete touchAgent.agentEnv[touchAgent.pinEnv]
+      delete touchAgent.agentEnv['DISPLAY']
+      delete touchAgent.agentEnv['WAYLAND_DISPLAY']
+      const child = await touchAgent.spawnAgent()
+      await waitForSocket(touchAgent.socket, child, () => touchAgent.log())
+    })
+
+    after(async () => {
+      await touchAgent?.stop()
+    })
+
+    const touchAudit = (): Record<string, unknown> => {
+      const last = readAudit(touchAgent.auditLog).at(-1)
+      assert.ok(last !== undefined, 'no audit line')
+      return last
+    }
+
+    test('it starts, and says in its log and status that it cannot check the touch', async () => {
+      const warning =
+        /warning: registry local: confirm = "touch" but the mutation key \(token "softhsm" label "known" id 02\) shows no touch policy: the agent cannot check that the device asks for a touch/
+      assert.match(touchAgent.log(), warning)
+      const status = await rawWithoutTerminal('status', {}, touchAgent)
+      const result = response(status).result as {
+        registries: { name: string; confirm: string; confirmWarning?: string }[]
+      }
+      const local = result.registries.find((r) => r.name === 'local')
+      assert.equal(local?.confirm, 'touch')
+      assert.match(`warning: ${local?.confirmWarning ?? ''}`, warning)
+    })
+
+    test('a forwarded publish is asked in the agent’s pinentry: no → DENIED, yes → signed, audited pinentry', async () => {
+      const asked = pinentry.commands('SETDESC').length
+      pinentry.script(['no'])
+      const refused = await rawWithoutTerminal('sign', publish('2.0.0'), touchAgent, fakeSsh)
+      assert.equal(response(refused).error?.['code'], 'DENIED', JSON.stringify(refused))
+      assert.equal(response(refused).result, undefined)
+      let line = touchAudit()
+      assert.deepEqual([line['result'], line['code']], ['denied', 'DENIED'])
+      assert.equal((line['forwarded'] as { via?: string } | undefined)?.via, 'ssh', JSON.stringify(line))
+
+      pinentry.script(['yes', `pin:${touchAgent.softhsm.pin}`])
+      const signed = await rawWithoutTerminal('sign', publish('2.0.1'), touchAgent, fakeSsh)
+      const answer = response(signed)
+      assert.ok(answer.result !== undefined, JSON.stringify(answer))
+      await verifyToken(String(answer.result['token']), {
+        publicKey: KNOWN_KEY.k3Public,
+        url: INDEX,
+        operation: 'publish',
+        crate: { name: 'foo', vers: '2.0.1', cksum: CKSUM },
+      })
+      line = touchAudit()
+      assert.deepEqual([line['result'], line['approval']], ['signed', 'pinentry'])
+      assert.equal((line['forwarded'] as { via?: string } | undefined)?.via, 'ssh')
+      const desc = pinentry.commands('SETDESC').slice(asked)
+      for (const vers of ['2.0.0', '2.0.1'])
+        assert.ok(
+          desc.some((c) =>
+            new RegExp(
+              `^Allow publish foo ${vers.replace(/\./g, '\\.')} .*forwarded connection via ssh`,
+            ).test(c.arg ?? ''),
+          ),
+          JSON.stringify(desc),
+        )
+    })
+
+    test('a local publish is signed on the operator’s word, as configured (audited touch)', async () => {
+      const asked = pinentry.commands('SETDESC').length
+      pinentry.script([`pin:${touchAgent.softhsm.pin}`])
+      const outcome = await rawWithoutTerminal('sign', publish('2.1.0'), touchAgent)
+      const answer = response(outcome)
+      assert.ok(answer.result !== undefined, JSON.stringify(answer))
+      assert.equal(touchAudit()['approval'], 'touch')
+      assert.equal(
+        pinentry
+          .commands('SETDESC')
+          .slice(asked)
+          .some((c) => (c.arg ?? '').startsWith('Allow ')),
+        false,
+        'no yes/no was asked',
+      )
+    })
+
+    test('SIGHUP changing the mutation key under it is refused; the old key still signs', async () => {
+      const original = readFileSync(touchAgent.configPath, 'utf8')
+      const config = parse(original) as { registries: Record<string, Record<string, unknown>> }
+      ;(config.registries['local'] as Record<string, unknown>)['mutation-key'] = {
+        token: 'softhsm',
+        label: touchAgent.softhsm.generatedKey.label,
+      }
+      writeFileSync(touchAgent.configPath, stringify(config) + '\n', { mode: 0o600 })
+      try {
+        await reloaded(touchAgent)
+        const status = await rawWithoutTerminal('status', {}, touchAgent)
+        const result = response(status).result as {
+          registries: { name: string; mutationKey: { label?: string } }[]
+        }
+        assert.equal(result.registries.find((r) => r.name === 'local')?.mutationKey.label, KNOWN_KEY.label)
+        // The reload forgot the PIN; the publish is signed by the key the agent started with.
+        pinentry.script([`pin:${touchAgent.softhsm.pin}`])
+        const outcome = await rawWithoutTerminal('sign', publish('2.2.0'), touchAgent)
+        const answer = response(outcome)
+        assert.ok(answer.result !== undefined, JSON.stringify(answer))
+        await verifyToken(String(answer.result['token']), {
+          publicKey: KNOWN_KEY.k3Public,
+          url: INDEX,
+          operation: 'publish',
+          crate: { name: 'foo', vers: '2.2.0', cksum: CKSUM },
+        })
+        assert.match(
+          touchAgent.log(),
+          /reload refused, keeping the previous configuration: .*registry local: mutation key changed to softhsm\/gen/,
+        )
+      } finally {
+        writeFileSync(touchAgent.configPath, original, { mode: 0o600 })
+      }
+    })
   })
 })
 

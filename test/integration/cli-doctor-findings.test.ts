@@ -1,7 +1,7 @@
 /**
  * `doctor` against misconfigurations a new user makes, each injected into real files and checked by
  * the real CLI process: a PIN file others can read, a pinentry that is not installed, a headless agent
- * asked to prompt, cargo configs whose provider is gone or cannot start; and the shim answering its
+ * asked to prompt, `confirm = "touch"` on a key that attests no touch, cargo configs whose provider is gone or cannot start; and the shim answering its
  * hello as cargo starts it. `systemd-analyze verify` of the rendered unit and the plist parsed as XML.
  */
 import assert from 'node:assert/strict'
@@ -123,6 +123,45 @@ describe('doctor: findings with their fix', () => {
           f.detail === "confirm prompt — default, key 'gen' shows no touch policy",
       ),
       JSON.stringify(unset.findings, null, 2),
+    )
+  })
+
+  test('confirm = "touch" on the SoftHSM key (no touch policy to attest) warns, naming both remedies', async () => {
+    const config = join(dir, 'touch.toml')
+    await writeFile(
+      config,
+      [
+        '[agent]',
+        `audit-log = ${JSON.stringify(join(dir, 'audit.jsonl'))}`,
+        ...tokenTable('soft', ['pin-source = "none"']),
+        '[registries.local]',
+        'index = "sparse+http://127.0.0.1:38711/index/"',
+        'read-key = { token = "soft", label = "gen" }',
+        'confirm = "touch"',
+      ].join('\n') + '\n',
+    )
+    const { findings } = await doctor(['--config', config], env)
+    const touch = one(
+      findings,
+      'registry local',
+      /^registry local: confirm = "touch" but key 'gen' shows no touch policy: the agent cannot check that the device asks for a touch/,
+    )
+    assert.equal(touch.level, 'warn')
+    assert.match(touch.remedy ?? '', /key with a touch policy.*confirm = "prompt" in \[registries\.local\]/)
+    // With confirm = "prompt" there is nothing to warn about.
+    await writeFile(
+      config,
+      (await readFile(config, 'utf8')).replace('confirm = "touch"', 'confirm = "prompt"'),
+    )
+    const fixed = await doctor(['--config', config], env)
+    assert.ok(
+      fixed.findings.some(
+        (f) =>
+          f.check === 'registry local' &&
+          f.level === 'ok' &&
+          f.detail === "confirm prompt — set in the config, key 'gen' shows no touch policy",
+      ),
+      JSON.stringify(fixed.findings, null, 2),
     )
   })
 

@@ -399,6 +399,8 @@ describe('setup on a blank YubiKey through ykcs11', () => {
           registries: {
             name: string
             keyPolicies: Record<string, { pinPolicy: string; touchPolicy: string }>
+            confirmReason: string
+            confirmWarning?: string
           }[]
         }
       ).registries.find((x) => x.name === 'local')
@@ -406,6 +408,10 @@ describe('setup on a blank YubiKey through ykcs11', () => {
         read: { pinPolicy: 'once', touchPolicy: 'never' },
         mutation: { pinPolicy: 'always', touchPolicy: 'always' },
       })
+      // The explicit confirm = "touch" is attested by the card: nothing to warn about.
+      assert.equal(local?.confirmReason, 'touch — set in the config, key 9c attests touch always')
+      assert.equal(local?.confirmWarning, undefined)
+      assert.doesNotMatch(output(), /warning: /)
     } finally {
       await stopAgent(child)
     }

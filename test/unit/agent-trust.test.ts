@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync, readlinkSync } from 'node:fs'
 import { describe, test } from 'node:test'
 
-import { weakenings } from '../../src/agent/reload.js'
+import { weakenings, type ResolvedConfirms } from '../../src/agent/reload.js'
 import {
   forwarderKind,
   kernelRequester,
@@ -18,7 +18,7 @@ import {
 } from '../../src/agent/requester.js'
 import { describeIntent } from '../../src/policy/intent.js'
 import { parseConfig } from '../../src/config/load.js'
-import { effectiveConfirm, type EffectiveConfirm } from '../../src/config/schema.js'
+import { effectiveConfirm, type Config, type EffectiveConfirm } from '../../src/config/schema.js'
 import { LIMITS } from '../../src/lib/limits.js'
 
 const ENV = { HOME: '/home/test' }
@@ -36,11 +36,25 @@ function config(registries: string, agent = ''): ReturnType<typeof parseConfig> 
 const reg = (name: string, index: string, confirm: string, label = 'k', forwarded?: string): string =>
   `[registries.${name}]\nindex = "${index}"\nread-key = { token = "t", label = "${label}" }\nconfirm = "${confirm}"\n${forwarded === undefined ? '' : `forwarded = "${forwarded}"\n`}`
 
+/** Each registry's `confirm` as the agent resolves it when every mutation key shows `touchPolicy`. */
+function resolvedAs(c: Config, touchPolicy: string | undefined): Map<string, EffectiveConfirm> {
+  return new Map(
+    Object.values(c.registries).map((r) => [r.name, effectiveConfirm(r, { key: 'key 9c', touchPolicy })]),
+  )
+}
+
+/** Both configurations on keys that attest touch always (a YubiKey generated with a touch policy). */
+const attested = (current: Config, next: Config): ResolvedConfirms => ({
+  current: resolvedAs(current, 'always'),
+  next: resolvedAs(next, 'always'),
+})
+
 describe('weakenings of a reloaded configuration', () => {
   test('stronger or equal changes pass', () => {
     const now = config(reg('a', INDEX, 'prompt'))
     assert.deepEqual(weakenings(now, now), [])
-    assert.deepEqual(weakenings(now, config(reg('a', INDEX, 'touch'))), [])
+    const touch = config(reg('a', INDEX, 'touch'))
+    assert.deepEqual(weakenings(now, touch, attested(now, touch)), [], 'prompt → a touch the key attests')
     assert.deepEqual(weakenings(now, config(reg('a', INDEX, 'prompt') + reg('b', OTHER, 'prompt'))), [])
     assert.deepEqual(weakenings(config(reg('a', INDEX, 'none')), now), [])
     assert.deepEqual(weakenings(now, config('')), [], 'removing a registry protects more')
@@ -63,25 +77,51 @@ describe('weakenings of a reloaded configuration', () => {
 
   test('lower confirm, headless on, an unconfirmed new binding, a changed mutation key', () => {
     const now = config(reg('a', INDEX, 'touch'))
-    assert.deepEqual(weakenings(now, config(reg('a', INDEX, 'prompt'))), [
+    const lowered = config(reg('a', INDEX, 'prompt'))
+    assert.deepEqual(weakenings(now, lowered, attested(now, lowered)), [
       'registry a: confirm "touch" → "prompt"',
     ])
-    assert.deepEqual(weakenings(now, config(reg('a', INDEX, 'touch'), 'headless = true')), [
-      'headless turned on',
-    ])
-    assert.match(
-      weakenings(now, config(reg('a', INDEX, 'touch') + reg('b', OTHER, 'none')))[0] ?? '',
-      /new registry b/,
-    )
+    const headless = config(reg('a', INDEX, 'touch'), 'headless = true')
+    assert.deepEqual(weakenings(now, headless, attested(now, headless)), ['headless turned on'])
+    const added = config(reg('a', INDEX, 'touch') + reg('b', OTHER, 'none'))
+    assert.match(weakenings(now, added, attested(now, added))[0] ?? '', /new registry b/)
     const prompt = config(reg('a', INDEX, 'prompt'))
     assert.match(
       weakenings(prompt, config(reg('a', INDEX, 'prompt', 'other')))[0] ?? '',
       /mutation key changed to t\/other/,
     )
+    const moved = config(reg('a', INDEX, 'touch', 'other'))
+    assert.deepEqual(weakenings(now, moved, attested(now, moved)), [], 'a touch key still needs a finger')
+  })
+
+  test('a touch the key does not attest (SoftHSM, TPM, HSM, PIV without attestation) counts as none', () => {
+    const prompt = config(reg('a', INDEX, 'prompt'))
+    const touch = config(reg('a', INDEX, 'touch'))
+    // Not PIV: nothing attests, so nothing is in the resolved map but the config's own word.
+    for (const next of [new Map<string, EffectiveConfirm>(), resolvedAs(touch, undefined)])
+      assert.deepEqual(weakenings(prompt, touch, { current: resolvedAs(prompt, undefined), next }), [
+        'registry a: confirm "prompt" → "touch" (not attested by the key)',
+      ])
+    const unread = new Map([
+      ['a', effectiveConfirm(touch.registries['a']!, { key: 'key 9c', unread: 'no YubiKey is inserted' })],
+    ])
+    assert.deepEqual(weakenings(prompt, touch, { current: new Map(), next: unread }), [
+      'registry a: confirm "prompt" → "touch" (not attested by the key)',
+    ])
     assert.deepEqual(
-      weakenings(now, config(reg('a', INDEX, 'touch', 'other'))),
-      [],
-      'a touch key still needs a finger',
+      weakenings(touch, touch, { current: resolvedAs(touch, 'always'), next: resolvedAs(touch, undefined) }),
+      ['registry a: confirm "touch" → "touch" (not attested by the key)'],
+      'the same file, but the key no longer attests its touch',
+    )
+    assert.deepEqual(weakenings(touch, prompt), [], 'unattested touch → prompt asks more')
+    assert.deepEqual(weakenings(touch, touch), [], 'unchanged')
+    // A key swapped under it would sign on nobody's word.
+    assert.deepEqual(weakenings(touch, config(reg('a', INDEX, 'touch', 'other'))), [
+      'registry a: mutation key changed to t/other',
+    ])
+    assert.match(
+      weakenings(prompt, config(reg('a', INDEX, 'prompt') + reg('b', OTHER, 'touch'))).join(),
+      /^new registry b would sign mutations with t\/k unconfirmed \(confirm = "touch" \(not attested by the key\)\)$/,
     )
   })
 })
@@ -123,7 +163,10 @@ describe('weakenings compare confirm as it applies', () => {
     )
     assert.deepEqual(weakenings(now, now, { current: touchDefault('a'), next: touchDefault('a') }), [])
     assert.deepEqual(
-      weakenings(now, config(reg('a', INDEX, 'touch')), { current: touchDefault('a'), next: new Map() }),
+      weakenings(now, config(reg('a', INDEX, 'touch')), {
+        current: touchDefault('a'),
+        next: resolvedAs(config(reg('a', INDEX, 'touch')), 'always'),
+      }),
       [],
       'writing down the default changes nothing',
     )

@@ -288,12 +288,14 @@ describe('configuration', () => {
     assert.deepEqual(effectiveConfirm(unset, { key: 'key 9c', touchPolicy: 'always' }), {
       mode: 'touch',
       source: 'default',
+      touchAttested: true,
       reason: 'touch — default, key 9c attests touch always',
     })
     assert.equal(effectiveConfirm(unset, { key: 'key 9c', touchPolicy: 'cached' }).mode, 'touch')
     assert.deepEqual(effectiveConfirm(unset, { key: 'key 9c', touchPolicy: 'never' }), {
       mode: LIMITS.defaultConfirm,
       source: 'default',
+      touchAttested: false,
       reason: 'prompt — default, key 9c attests touch never',
     })
     assert.equal(effectiveConfirm(unset, { key: 'key 9c', touchPolicy: undefined }).mode, 'prompt')
@@ -306,12 +308,46 @@ describe('configuration', () => {
     assert.deepEqual(effectiveConfirm(none, { key: 'key 9c', touchPolicy: 'always' }), {
       mode: 'none',
       source: 'config',
+      touchAttested: true,
       reason: 'none — set in the config, key 9c attests touch always',
     })
     assert.equal(
       effectiveConfirm(parse('confirm = "prompt"\n'), { key: 'k', touchPolicy: 'always' }).mode,
       'prompt',
     )
+  })
+
+  test('an explicit confirm = "touch" is attested only by a touch always/cached key, and warns otherwise', () => {
+    const r = parseConfig(
+      `[tokens.t]\nmodule = "softhsm"\nlabel = "x"\n[registries.r]\nindex = "sparse+http://127.0.0.1:8080/index/"\nread-key = { token = "t", label = "k" }\nconfirm = "touch"\n`,
+      'config.toml',
+      ENV,
+    ).registries['r']
+    assert.ok(r !== undefined)
+    for (const touchPolicy of ['always', 'cached']) {
+      const attested = effectiveConfirm(r, { key: 'key 9c', touchPolicy })
+      assert.equal(attested.mode, 'touch')
+      assert.equal(attested.touchAttested, true, touchPolicy)
+      assert.equal(attested.warning, undefined, touchPolicy)
+    }
+    const soft = effectiveConfirm(r)
+    assert.equal(soft.mode, 'touch', 'what the operator asserted is kept')
+    assert.equal(soft.touchAttested, false)
+    assert.equal(
+      soft.warning,
+      'registry r: confirm = "touch" but the mutation key (token "t" label "k") shows no touch policy: the agent cannot check that the device asks for a touch, so a reload counts it as no confirmation, and forwarded mutations are asked in the agent\'s pinentry',
+    )
+    for (const mutation of [
+      { key: 'key 9c', touchPolicy: undefined },
+      { key: 'key 9c', unread: 'no YubiKey is inserted' },
+    ]) {
+      const seen = effectiveConfirm(r, mutation)
+      assert.equal(seen.touchAttested, false)
+      assert.match(
+        seen.warning ?? '',
+        /^registry r: confirm = "touch" but .*key 9c.*: the agent cannot check/,
+      )
+    }
   })
 
   test('closestKey() hints only near misses', () => {

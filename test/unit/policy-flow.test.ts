@@ -325,6 +325,7 @@ test('mutation defaults are prompt and 30 per hour, never none; forwarded reques
     { ...registryPolicyOf(registry, effectiveConfirm(registry)) },
     {
       confirm: 'prompt',
+      touchAttested: false,
       mutationsPerHour: 30,
       forwarded: 'read',
     },
@@ -513,12 +514,13 @@ test('forwarded requests follow the registry’s `forwarded`; their confirmation
       p,
       publishIntent(other),
       prompter,
-      registryPolicy({ forwarded: 'confirm', confirm: 'touch' }),
+      registryPolicy({ forwarded: 'confirm', confirm: 'touch', touchAttested: true }),
     ),
     'touch',
   )
-  // Asked even with confirm = "none", and only in the agent's pinentry (missing here): fails closed.
-  for (const confirm of ['none', 'prompt'] as const)
+  // Asked even with confirm = "none", or "touch" the key does not attest, and only in the agent's
+  // pinentry (missing here): fails closed.
+  for (const confirm of ['none', 'prompt', 'touch'] as const)
     await assert.rejects(
       approval(
         p,
@@ -527,6 +529,7 @@ test('forwarded requests follow the registry’s `forwarded`; their confirmation
         registryPolicy({ forwarded: 'confirm', confirm }),
       ),
       { code: 'POLICY_DENIED' },
+      confirm,
     )
   assert.equal(prompter.confirmations.length, 0, 'nothing was asked on the terminal')
   // No refusal kept a rate-limit slot: the one local publish this hour still passes.

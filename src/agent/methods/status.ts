@@ -35,7 +35,8 @@ export const status: MethodHandler<'status'> = async (agent) => {
     }
   }
   const registries: StatusResult['registries'] = []
-  for (const r of Object.values(agent.config.registries))
+  for (const r of Object.values(agent.config.registries)) {
+    const warning = agent.confirmOf(r).warning
     registries.push({
       keyPolicies: { read: await policies(r.readKey), mutation: await policies(r.mutationKey) },
       name: r.name,
@@ -44,10 +45,12 @@ export const status: MethodHandler<'status'> = async (agent) => {
       mutationKey: r.mutationKey,
       confirm: agent.confirmOf(r).mode,
       confirmReason: agent.confirmOf(r).reason,
+      ...(warning === undefined ? {} : { confirmWarning: warning }),
       tokenMaxAgeSeconds: r.tokenMaxAgeSeconds,
       mutationsLastHour: agent.policy.limiter.count(r.index),
       mutationsPerHour: r.mutationsPerHour,
     })
+  }
   let dumpable: boolean | undefined
   try {
     dumpable = isDumpable()
