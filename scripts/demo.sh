@@ -182,10 +182,7 @@ token-max-age-seconds = $TOKEN_MAX_AGE
 EOF
 chmod 600 "$CONFIG"
 note "config: $CONFIG"
-# libuv sizes its pool at start (src/lib/threadpool.ts); set here, the agent need not re-run itself,
-# so the pid recorded below is the agent's own.
-UV_THREADPOOL_SIZE=$(node --input-type=module -e "import { LIMITS } from '$ROOT/dist/src/lib/limits.js'; console.log(LIMITS.uvThreadpoolSize)") \
-  setsid node "$AGENT_BIN" run --foreground --config "$CONFIG" --socket "$SOCK" </dev/null >"$STATE/agent.log" 2>&1 &
+setsid node "$AGENT_BIN" run --foreground --config "$CONFIG" --socket "$SOCK" </dev/null >"$STATE/agent.log" 2>&1 &
 echo $! >"$STATE/agent.pid"
 for _ in $(seq 1 150); do
   [ -S "$SOCK" ] && break

@@ -2,7 +2,7 @@ import { chmodSync, cpSync, existsSync, rmSync } from 'node:fs'
 
 // tsc does not set the executable bit; cargo runs the shim directly (it must be an executable
 // with a shebang, cargo passes only `--cargo-plugin`), so both bins need it.
-for (const bin of ['dist/src/bin/cargo-pkcs11-agent.js', 'dist/src/bin/cargo-credential-pkcs11.js']) {
+for (const bin of ['dist/src/bin/cargo-pkcs11-agent.cjs', 'dist/src/bin/cargo-credential-pkcs11.js']) {
   if (existsSync(bin)) chmodSync(bin, 0o755)
 }
 

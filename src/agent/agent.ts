@@ -20,7 +20,6 @@ import type { Policy } from '../policy/policy.js'
 import { Devices } from './devices.js'
 import { auditEntry, type AuditEntry } from '../audit/entry.js'
 import { AuditLog } from '../audit/log.js'
-import { reportSignalToRelauncher } from '../lib/threadpool.js'
 import type { RequestMessage } from '../protocol/frames.js'
 import type { Method } from '../protocol/methods.js'
 import { parseCargoLine, parseSignRequest } from './pipeline/parse.js'
@@ -336,13 +335,11 @@ export class Agent implements AgentState {
 
   /**
    * Installs SIGHUP/SIGTERM/SIGINT handlers; resolves when the agent has stopped, for a signal or
-   * because its socket was lost. The handlers stay installed: a second SIGTERM (a signal to the
-   * process group reaches a relaunching parent too, src/lib/threadpool.ts) is logged and ignored
-   * instead of killing the agent mid-stop with Node's default action.
+   * because its socket was lost. The handlers stay installed: a second SIGTERM is logged and
+   * ignored instead of killing the agent mid-stop with Node's default action.
    */
   runUntilSignalled(): Promise<void> {
     const onSignal = (signal: NodeJS.Signals): void => {
-      reportSignalToRelauncher(signal)
       if (signal === 'SIGHUP') {
         if (this.#stopping === undefined) void this.reload()
         return

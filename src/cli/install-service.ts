@@ -180,7 +180,7 @@ function serviceValues(configPath: string, allowNetwork: boolean): ServiceValues
   const state = stateDir()
   return {
     node: process.execPath,
-    agent: fileURLToPath(new URL('../bin/cargo-pkcs11-agent.js', import.meta.url)),
+    agent: fileURLToPath(new URL('../bin/cargo-pkcs11-agent.cjs', import.meta.url)),
     config: configPath,
     log: agentLogPath(),
     docs: join(packageRoot(), 'README.md'),

@@ -8,7 +8,6 @@ import { alreadyRunning, probeSocket } from '../agent/socket.js'
 import { loadConfig } from '../config/load.js'
 import { agentLogPath, resolveConfigPath, resolveSocketPath } from '../config/paths.js'
 import { agentLogWriter } from '../lib/agent-log.js'
-import { detachFromRelauncher, ensureThreadpoolSize, relaunchWithThreadpoolSize } from '../lib/threadpool.js'
 import { startAgent, waitForStartedAgent } from '../shim/connect.js'
 import { parseCommandArgs, USAGE } from './args.js'
 
@@ -18,7 +17,7 @@ export async function run(argv: readonly string[]): Promise<number> {
     { config: { type: 'string' }, socket: { type: 'string' }, foreground: { type: 'boolean' } },
     USAGE.run,
   )
-  // Validated before detaching (or relaunching), so a config error reaches this terminal.
+  // Validated before detaching, so a config error reaches this terminal.
   const configPath = resolveConfigPath(args.config).path
   const config = loadConfig(configPath)
   const socketPath = resolveSocketPath(args.socket, config.agent.socket).path
@@ -38,12 +37,6 @@ export async function run(argv: readonly string[]): Promise<number> {
     )
     return 0
   }
-  // The pool size must be fixed before libuv starts its pool; under ESM only the parent can do that
-  // (src/lib/threadpool.ts). A parent that did not costs one relaunch. (relaunch first: it checks the
-  // variable itself, and ensureThreadpoolSize() would set it in this process and hide the need.)
-  if (await relaunchWithThreadpoolSize()) return (process.exitCode as number | undefined) ?? 0
-  detachFromRelauncher()
-  ensureThreadpoolSize()
   const log = agentLogWriter(agentLogPath(), 'cargo-pkcs11-agent: ')
   const agent = new Agent({ config, socketPath, configPath, log })
   await agent.start()

@@ -43,14 +43,12 @@ export const LIMITS = Object.freeze({
   /** How often the agent checks that its socket path still holds its own socket (inode). A deleted
    * or replaced socket leaves the agent unreachable, and the next shim would start a second one. */
   socketWatchIntervalMs: 2_000,
-  /** `run --foreground` relaunched for UV_THREADPOOL_SIZE: how long the parent waits for the child
-   * to report a signal it got itself (a signal to the process group reaches both) before relaying. */
-  signalRelayWaitMs: 300,
   /** Upper bound for one request inside the agent, including a touch or a human confirmation. */
   requestTimeoutMs: 120_000,
   /** Device signs that may wait at once (each holds a libuv worker thread; see UV_THREADPOOL_SIZE). */
   maxPendingSigns: 16,
-  /** libuv pool size the agent sets at start: pending signs + headroom for fs/dns/crypto work. */
+  /** libuv pool size the agent's entry sets (src/bin/cargo-pkcs11-agent.cts): pending signs + headroom
+   * for fs/dns/crypto work. */
   uvThreadpoolSize: 24,
   /** Worker threads that self-verify device signatures (src/signer/verify-pool.ts): one per core up
    * to this many. A verify is ~0.8 ms of CPU; more threads than cores only add context switches. */

@@ -38,14 +38,12 @@ export async function startAgent(
     { dirname, join },
     { constants },
     { openAgentLog },
-    { withThreadpoolSize },
   ] = await Promise.all([
     import('node:child_process'),
     import('node:fs'),
     import('node:path'),
     import('node:os'),
     import('../lib/agent-log.js'),
-    import('../lib/threadpool.js'),
   ])
   const logPath = agentLogPath(env)
   const log = openAgentLog(logPath)
@@ -55,15 +53,14 @@ export async function startAgent(
   // Found from argv[1] rather than import.meta so the same source compiles to both formats.
   const here = dirname(realpathSync(process.argv[1] ?? '.'))
   const candidates = [
-    join(here, 'cargo-pkcs11-agent.js'),
-    join(here, '..', '..', '..', 'src', 'bin', 'cargo-pkcs11-agent.js'),
+    join(here, 'cargo-pkcs11-agent.cjs'),
+    join(here, '..', '..', '..', 'src', 'bin', 'cargo-pkcs11-agent.cjs'),
   ]
   const bin = candidates.find((c) => existsSync(c)) ?? (candidates[0] as string)
-  // The pool size must come from the parent's environment (src/lib/threadpool.ts).
   const child = spawn(process.execPath, [bin, 'run', '--foreground', '--socket', socketPath, ...args], {
     detached: true,
     stdio: ['ignore', log.fd, log.fd],
-    env: withThreadpoolSize(env),
+    env,
   })
   closeSync(log.fd)
   const started: StartedAgent = { pid: child.pid ?? -1, logPath, offset: log.offset, exit: undefined }

@@ -39,7 +39,7 @@ import {
 } from './lib/cargo.js'
 import { tokenK3Public } from './lib/pubkey.js'
 
-const BIN = fileURLToPath(new URL('../../src/bin/cargo-pkcs11-agent.js', import.meta.url))
+const BIN = fileURLToPath(new URL('../../src/bin/cargo-pkcs11-agent.cjs', import.meta.url))
 
 interface GatewayProcess {
   url: string

@@ -74,7 +74,7 @@ describe('npm pack → npm install -g --prefix → the installed commands', () =
 
   test('the tarball ships the build, the man page and both licences; no source maps without their sources', () => {
     for (const path of [
-      'dist/src/bin/cargo-pkcs11-agent.js',
+      'dist/src/bin/cargo-pkcs11-agent.cjs',
       'dist/cjs/src/bin/cargo-credential-pkcs11.js',
       'dist/src/index.d.ts',
       'dist/man/cargo-pkcs11-agent.1',

@@ -207,7 +207,6 @@ export async function startAgent(options: StartAgentOptions = {}): Promise<Agent
     ...xdg,
     CARGO_PKCS11_AGENT_CONFIG: configPath,
     CARGO_PKCS11_AGENT_SOCK: socket,
-    UV_THREADPOOL_SIZE: String(LIMITS.uvThreadpoolSize),
     [TEST_PIN_ENV]: softhsm.pin,
     ...(options.env ?? {}),
   }
@@ -221,7 +220,7 @@ export async function startAgent(options: StartAgentOptions = {}): Promise<Agent
     CARGO_PKCS11_AGENT_NO_AUTOSTART: '1',
   }
   const shimPath = shimBinPath()
-  const agentPath = distPath('src', 'bin', 'cargo-pkcs11-agent.js')
+  const agentPath = distPath('src', 'bin', 'cargo-pkcs11-agent.cjs')
   let stderr = ''
   const fixture: AgentFixture = {
     dir,
@@ -373,7 +372,7 @@ export function runAgentCli(
   options: { env?: NodeJS.ProcessEnv; detached?: boolean; timeoutMs?: number } = {},
 ): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [distPath('src', 'bin', 'cargo-pkcs11-agent.js'), ...args], {
+    const child = spawn(process.execPath, [distPath('src', 'bin', 'cargo-pkcs11-agent.cjs'), ...args], {
       env: options.env ?? process.env,
       detached: options.detached === true,
       stdio: ['ignore', 'pipe', 'pipe'],

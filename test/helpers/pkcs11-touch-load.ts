@@ -1,6 +1,6 @@
 /**
  * Child process for the "8 signs wait for a touch" test. It runs in its own process because the
- * libuv threadpool size is fixed when the process starts (see src/lib/threadpool.ts): the parent
+ * libuv threadpool size is fixed when the process starts (see src/bin/cargo-pkcs11-agent.cts): the parent
  * test starts it with and without UV_THREADPOOL_SIZE to show the difference.
  *
  * Input (env LOAD_INPUT, JSON): { faultyModule, softhsmModule, control, touchLabel, otherLabel, pin, delayMs }

@@ -1,7 +1,7 @@
 /**
  * Process lifecycle of the real agent: one signal is one clean stop however it is delivered (to the
- * process group, or to the relaunching parent alone), and an agent whose socket path was removed or
- * replaced stops instead of living on unreachable (src/agent/agent.ts, src/lib/threadpool.ts).
+ * process group, or to the agent's pid alone), and an agent whose socket path was removed or
+ * replaced stops instead of living on unreachable (src/agent/agent.ts).
  */
 import assert from 'node:assert/strict'
 import { spawn, type ChildProcess } from 'node:child_process'
@@ -19,8 +19,8 @@ function exitOf(child: ChildProcess): Promise<number | null> {
   })
 }
 
-/** `run --foreground` WITHOUT UV_THREADPOOL_SIZE (so it relaunches itself), in its own process group. */
-function spawnRelaunching(agent: AgentFixture): { child: ChildProcess; output: () => string } {
+/** `run --foreground` without UV_THREADPOOL_SIZE (the entry sets it), in its own process group. */
+function spawnInGroup(agent: AgentFixture): { child: ChildProcess; output: () => string } {
   const env = { ...agent.agentEnv }
   delete env['UV_THREADPOOL_SIZE']
   const child = spawn(
@@ -44,12 +44,12 @@ describe('agent lifecycle', () => {
     for (const f of fixtures) await f.stop()
   })
 
-  test('SIGTERM or SIGINT to the process group of a relaunched agent: one clean stop, 10 of 10', async () => {
+  test('SIGTERM or SIGINT to the process group of the agent: one clean stop, 10 of 10', async () => {
     const agent = await startAgent({ start: false })
     fixtures.push(agent)
     for (let run = 0; run < 10; run++) {
       const signal = run % 2 === 0 ? 'SIGTERM' : 'SIGINT'
-      const { child, output } = spawnRelaunching(agent)
+      const { child, output } = spawnInGroup(agent)
       const exited = exitOf(child)
       await waitForSocket(agent.socket, child, output)
       assert.match(output(), /listening on/)
@@ -64,10 +64,10 @@ describe('agent lifecycle', () => {
     }
   })
 
-  test('SIGTERM to the relaunching parent alone is relayed: one clean stop', async () => {
+  test("SIGTERM to the agent's pid alone: one clean stop", async () => {
     const agent = await startAgent({ start: false })
     fixtures.push(agent)
-    const { child, output } = spawnRelaunching(agent)
+    const { child, output } = spawnInGroup(agent)
     const exited = exitOf(child)
     await waitForSocket(agent.socket, child, output)
     child.kill('SIGTERM')

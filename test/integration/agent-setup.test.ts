@@ -25,7 +25,7 @@ import {
   waitForSocket,
 } from '../helpers/agent.js'
 
-const AGENT = distPath('src', 'bin', 'cargo-pkcs11-agent.js')
+const AGENT = distPath('src', 'bin', 'cargo-pkcs11-agent.cjs')
 
 const INDEX = 'sparse+http://127.0.0.1:38650/index/'
 
@@ -90,7 +90,7 @@ describe('setup', () => {
 
   test('an agent started from that config (no SOFTHSM2_CONF exported) signs with the printed key', async () => {
     const child = spawn(process.execPath, [AGENT, 'run', '--foreground'], {
-      env: { ...env, UV_THREADPOOL_SIZE: '24' },
+      env,
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     agent = child

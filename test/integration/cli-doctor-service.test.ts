@@ -14,7 +14,7 @@ import { k3Pid } from '../../src/keys/paserk.js'
 import { distPath, runAgentCli, startAgent, type AgentFixture } from '../helpers/agent.js'
 import { KNOWN_KEY } from '../helpers/softhsm.js'
 
-const AGENT = distPath('src', 'bin', 'cargo-pkcs11-agent.js')
+const AGENT = distPath('src', 'bin', 'cargo-pkcs11-agent.cjs')
 
 describe('doctor', () => {
   let fixture: AgentFixture

@@ -1,91 +1,81 @@
 /**
- * UV_THREADPOOL_SIZE for the agent: under ESM the pool already runs when the entry module starts,
- * so raising the variable in-process changes nothing and `relaunchWithThreadpoolSize()` must re-run
- * the process with it (src/lib/threadpool.ts). Thread counts come from /proc (Linux).
+ * UV_THREADPOOL_SIZE for the agent. A device sign waiting for a touch holds a libuv pool thread,
+ * so the agent needs LIMITS.uvThreadpoolSize of them (docs/pkcs11-platforms.md §3). libuv sizes its
+ * pool once, when it starts, and under ESM the loader starts it before the entry module runs: the
+ * agent's entry is CommonJS and sets the variable first (src/bin/cargo-pkcs11-agent.cts). These
+ * tests run the real agent entry and count its threads in /proc (Linux) after it has signed.
  */
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
+import { readdirSync } from 'node:fs'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { after, before, describe, it } from 'node:test'
-import { pathToFileURL } from 'node:url'
+import { after, describe, it } from 'node:test'
 import { promisify } from 'node:util'
 
+import { verifyToken } from '../../src/verify/verify.js'
 import { LIMITS } from '../../src/lib/limits.js'
-import { repoRoot } from '../helpers/softhsm.js'
+import { cargoGet, startAgent, waitForSocket, type AgentFixture } from '../helpers/agent.js'
+import { KNOWN_KEY } from '../helpers/softhsm.js'
 
 const run = promisify(execFile)
+const INDEX = 'sparse+http://127.0.0.1:38601/index/'
+
+/** An agent started from the real entry with `threads` (undefined: no variable), after one sign. */
+async function agentThreads(fixtures: AgentFixture[], threads: string | undefined): Promise<number> {
+  const agent = await startAgent({
+    registries: { local: { index: INDEX, readKey: { label: KNOWN_KEY.label, id: KNOWN_KEY.id } } },
+    start: false,
+  })
+  fixtures.push(agent)
+  delete agent.agentEnv['UV_THREADPOOL_SIZE']
+  if (threads !== undefined) agent.agentEnv['UV_THREADPOOL_SIZE'] = threads
+  const child = await agent.spawnAgent()
+  await waitForSocket(agent.socket, child, agent.log)
+  // The sign runs on the pool (pkcs11js C_SignAsync), so the pool has started by now.
+  const r = await agent.runShim(cargoGet(INDEX, 'read'))
+  const ok = JSON.parse(String(r.lines[1])) as { Ok: { token: string } }
+  await verifyToken(ok.Ok.token, { publicKey: KNOWN_KEY.k3Public, url: INDEX, operation: 'read' })
+  const count = readdirSync(`/proc/${child.pid}/task`).length
+  assert.equal(await agent.stopAgent('SIGTERM'), 0, 'the process started is the agent, and it stops cleanly')
+  return count
+}
 
 describe('libuv threadpool sizing', () => {
-  let dir: string
-  let script: string
-
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'threadpool-'))
-    script = join(dir, 'entry.mjs')
-    const lib = pathToFileURL(join(repoRoot(), 'dist', 'src', 'lib', 'threadpool.js')).href
-    // An ESM entry like the agent's: report threads before and after forcing the pool to start.
-    await writeFile(
-      script,
-      `import { readdirSync } from 'node:fs'
-import { pbkdf2 } from 'node:crypto'
-import { ensureThreadpoolSize, relaunchWithThreadpoolSize } from ${JSON.stringify(lib)}
-const atStart = ensureThreadpoolSize()
-if (!(await relaunchWithThreadpoolSize())) {
-  await new Promise((r) => pbkdf2('a', 'b', 1, 8, 'sha256', r))
-  const threads = readdirSync('/proc/self/task').length
-  console.log(JSON.stringify({ pid: process.pid, atStart, env: process.env.UV_THREADPOOL_SIZE, threads }))
-  process.exitCode = 7
-}
-`,
-    )
-  })
-
+  const fixtures: AgentFixture[] = []
   after(async () => {
-    await rm(dir, { recursive: true, force: true })
+    for (const f of fixtures) await f.stop()
   })
 
-  it('an ESM entry without the variable is relaunched once with a pool of LIMITS.uvThreadpoolSize', async () => {
-    const env = { ...process.env }
-    delete env['UV_THREADPOOL_SIZE']
-    const result = await run(process.execPath, [script], { env }).catch(
-      (e: { code: number; stdout: string }) => e,
-    )
-    assert.equal(
-      'code' in result ? result.code : 0,
-      7,
-      'the exit status of the relaunched child is passed on',
-    )
-    const lines = result.stdout.trim().split('\n')
-    assert.equal(lines.length, 1, 'only the relaunched child did the work')
-    const child = JSON.parse(lines[0] ?? '{}') as { atStart: boolean; env: string; threads: number }
-    assert.equal(child.atStart, true)
-    assert.equal(child.env, String(LIMITS.uvThreadpoolSize))
-    assert.ok(child.threads >= LIMITS.uvThreadpoolSize, `${child.threads} threads`)
+  it('started without the variable, the agent runs a pool of LIMITS.uvThreadpoolSize; a larger value is kept', async () => {
+    const own = await agentThreads(fixtures, undefined)
+    assert.ok(own >= LIMITS.uvThreadpoolSize, `${own} threads`)
+    const larger = LIMITS.uvThreadpoolSize + 16
+    const inherited = await agentThreads(fixtures, String(larger))
+    assert.ok(inherited >= larger, `${inherited} threads with UV_THREADPOOL_SIZE=${larger}`)
+    assert.ok(inherited >= own + 16, `inherited ${inherited} threads, own ${own}`)
   })
 
-  it('with the variable inherited, nothing is relaunched (and setting it late would not have helped)', async () => {
-    const inherited = await run(process.execPath, [script], {
-      env: { ...process.env, UV_THREADPOOL_SIZE: String(LIMITS.uvThreadpoolSize) },
-    }).catch((e: { stdout: string }) => e)
-    const child = JSON.parse(inherited.stdout.trim()) as { atStart: boolean; threads: number }
-    assert.equal(child.atStart, true)
-    // Control: an ESM process that only sets the variable itself keeps libuv's default pool of 4.
-    const late = join(dir, 'late.mjs')
-    await writeFile(
-      late,
-      `process.env.UV_THREADPOOL_SIZE = '${LIMITS.uvThreadpoolSize}'
+  it('control: an ESM entry that sets the variable itself is too late and keeps 4 pool threads', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'threadpool-'))
+    try {
+      const late = join(dir, 'late.mjs')
+      await writeFile(
+        late,
+        `process.env.UV_THREADPOOL_SIZE = '${LIMITS.uvThreadpoolSize}'
 const { readdirSync } = await import('node:fs')
 const { pbkdf2 } = await import('node:crypto')
 await new Promise((r) => pbkdf2('a', 'b', 1, 8, 'sha256', r))
 console.log(readdirSync('/proc/self/task').length)
 `,
-    )
-    const env = { ...process.env }
-    delete env['UV_THREADPOOL_SIZE']
-    const { stdout } = await run(process.execPath, [late], { env })
-    const lateThreads = Number(stdout.trim())
-    assert.ok(lateThreads < child.threads - 10, `late: ${lateThreads} threads, inherited: ${child.threads}`)
+      )
+      const env = { ...process.env }
+      delete env['UV_THREADPOOL_SIZE']
+      const lateThreads = Number((await run(process.execPath, [late], { env })).stdout.trim())
+      assert.ok(lateThreads < LIMITS.uvThreadpoolSize, `late: ${lateThreads} threads`)
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
   })
 })

@@ -119,7 +119,7 @@ describe('setup: the private SoftHSM store', () => {
       const hide = SOFTHSM_DIRS.filter((d) => existsSync(d))
         .map((d) => `mount -t tmpfs tmpfs ${d}`)
         .join(' && ')
-      const cli = distPath('src', 'bin', 'cargo-pkcs11-agent.js')
+      const cli = distPath('src', 'bin', 'cargo-pkcs11-agent.cjs')
       const r = spawnSync(
         'unshare',
         [

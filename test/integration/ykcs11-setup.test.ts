@@ -343,7 +343,7 @@ describe('setup on a blank YubiKey through ykcs11', () => {
   ): Promise<{ child: ChildProcess; output: () => string }> => {
     const child = spawn(
       process.execPath,
-      [distPath('src', 'bin', 'cargo-pkcs11-agent.js'), 'run', '--foreground', '--config', config],
+      [distPath('src', 'bin', 'cargo-pkcs11-agent.cjs'), 'run', '--foreground', '--config', config],
       {
         env: { ...env, CARGO_PKCS11_AGENT_SOCK: socket() },
         stdio: ['ignore', 'pipe', 'pipe'],
@@ -644,7 +644,7 @@ describe('setup --touch-policy cached: one touch covers the publishes inside the
     await yk.control.setTouchDelay(300)
     const child = spawn(
       process.execPath,
-      [distPath('src', 'bin', 'cargo-pkcs11-agent.js'), 'run', '--foreground'],
+      [distPath('src', 'bin', 'cargo-pkcs11-agent.cjs'), 'run', '--foreground'],
       {
         env,
         stdio: ['ignore', 'pipe', 'pipe'],

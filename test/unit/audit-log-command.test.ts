@@ -132,7 +132,7 @@ test('--follow prints lines appended after it started, including one written in 
 })
 
 test('the real binary: `cargo-pkcs11-agent log` reads the XDG default path; a missing log is an error with a remedy', async () => {
-  const bin = fileURLToPath(new URL('../../src/bin/cargo-pkcs11-agent.js', import.meta.url))
+  const bin = fileURLToPath(new URL('../../src/bin/cargo-pkcs11-agent.cjs', import.meta.url))
   const env = {
     ...process.env,
     XDG_STATE_HOME: join(dir, 'xdg-state'),

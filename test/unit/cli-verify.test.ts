@@ -8,7 +8,7 @@ import { MemorySigner } from '../../src/signer/memory.js'
 import { buildToken } from '../../src/token/build.js'
 import { cargoVectors } from '../helpers/vectors.js'
 
-const BIN = fileURLToPath(new URL('../../src/bin/cargo-pkcs11-agent.js', import.meta.url))
+const BIN = fileURLToPath(new URL('../../src/bin/cargo-pkcs11-agent.cjs', import.meta.url))
 const URL_ = 'sparse+http://127.0.0.1:38573/index/'
 const CKSUM = 'a9317ac0b5061c3a5ef180c72659318c22c6811cac5d911c3a165759a93d1fd1'
 
