@@ -538,12 +538,8 @@ export class AgentServer {
       },
     )
     this.#refused.add(socket)
-    socket.on('error', () => socket.destroy())
     socket.on('close', () => this.#refused.delete(socket))
-    socket.end(encodeFrame({ v: 1, type: 'response', id: null, error: busy.toWire() }))
-    // Read (and drop) what the client sends so its EOF is seen and the socket closes.
-    socket.resume()
-    setTimeout(() => socket.destroy(), LIMITS.requestReadTimeoutMs).unref()
+    tellAndClose(socket, busy)
   }
 
   /**
@@ -577,10 +573,7 @@ export class AgentServer {
           'Run cargo as the user who owns the agent, or start an agent of your own (`cargo-pkcs11-agent run`); check that the socket directory is mode 0700',
       },
     )
-    socket.on('error', () => socket.destroy())
-    socket.end(encodeFrame({ v: 1, type: 'response', id: null, error: refused.toWire() }))
-    socket.resume()
-    setTimeout(() => socket.destroy(), LIMITS.requestReadTimeoutMs).unref()
+    tellAndClose(socket, refused)
     return undefined
   }
 
@@ -640,4 +633,12 @@ export class AgentServer {
     for (const socket of this.#refused) socket.destroy()
     await closed
   }
+}
+
+/** Answers a connection that is not admitted with `error`; drops what it sends until its EOF. */
+function tellAndClose(socket: Socket, error: AgentError): void {
+  socket.on('error', () => socket.destroy())
+  socket.end(encodeFrame({ v: 1, type: 'response', id: null, error: error.toWire() }))
+  socket.resume()
+  setTimeout(() => socket.destroy(), LIMITS.requestReadTimeoutMs).unref()
 }

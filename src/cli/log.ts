@@ -13,7 +13,7 @@ import { rotatedFiles } from '../audit/rotation.js'
 import { loadConfig } from '../config/load.js'
 import { defaultAuditLogPath, resolveConfigPath } from '../config/paths.js'
 import { AgentError } from '../lib/errors.js'
-import { displaySafe } from '../policy/intent.js'
+import { describeRegistry, displaySafe } from '../policy/intent.js'
 import { parseCommandArgs, USAGE, usageError } from './args.js'
 
 export interface LogIo {
@@ -59,10 +59,7 @@ export function formatEntry(entry: AuditEntry): string {
   ]
     .filter((s) => s !== '')
     .join(' ')
-  const registry =
-    entry.registry.name === undefined
-      ? safe(entry.registry.url)
-      : `${safe(entry.registry.name)} (${safe(entry.registry.url)})`
+  const registry = describeRegistry({ registryName: entry.registry.name, indexUrl: entry.registry.url })
   const r = entry.requester
   const by = [
     r.pid === undefined ? '' : `pid ${r.pid}`,

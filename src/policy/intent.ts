@@ -28,7 +28,7 @@ export function cksumPrefix(cksum: string | undefined): string | undefined {
 }
 
 /** "my-registry (sparse+https://registry.example/index/)", or just the URL when cargo sent no name. */
-export function describeRegistry(intent: Pick<Intent, 'registryName' | 'indexUrl'>): string {
+export function describeRegistry(intent: { registryName?: string | undefined; indexUrl: string }): string {
   const url = displaySafe(intent.indexUrl)
   return intent.registryName === undefined ? url : `${displaySafe(intent.registryName)} (${url})`
 }
