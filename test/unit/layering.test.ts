@@ -4,22 +4,24 @@ import { dirname, join, relative, resolve, sep } from 'node:path'
 import { test } from 'node:test'
 import { fileURLToPath } from 'node:url'
 
-/** The TypeScript sources (this file runs from dist/test/unit/). */
+/** The TypeScript sources, ESM and CommonJS (this file runs from dist/test/unit/). */
 const SRC = fileURLToPath(new URL('../../../src/', import.meta.url))
 
 function sources(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
     const path = join(dir, entry.name)
     if (entry.isDirectory()) return sources(path)
-    return entry.name.endsWith('.ts') ? [path] : []
+    return /\.c?ts$/.test(entry.name) ? [path] : []
   })
 }
 
-/** Every module specifier a file imports, statically or with `import()`. */
+/** Every module specifier a file imports, statically, with `import()` or with `import x = require()`. */
 function imports(file: string): string[] {
   const text = readFileSync(file, 'utf8')
   const specifiers: string[] = []
-  for (const match of text.matchAll(/(?:\bfrom\s*|\bimport\s*\(\s*|\bimport\s+)['"]([^'"]+)['"]/g)) {
+  for (const match of text.matchAll(
+    /(?:\bfrom\s*|\bimport\s*\(\s*|\brequire\s*\(\s*|\bimport\s+)['"]([^'"]+)['"]/g,
+  )) {
     if (match[1] !== undefined) specifiers.push(match[1])
   }
   return specifiers
@@ -123,6 +125,7 @@ test('the matrix check sees an upward arrow (guards against a scan that finds no
   assert.equal(layerOf(join(SRC, 'pkcs11', 'binding.ts')), 'pkcs11')
   assert.equal(layerOf(join(SRC, 'agent', 'pipeline', 'run.ts')), 'agent')
   assert.equal(layerOf(join(SRC, 'index.ts')), '.')
+  assert.ok(imports(join(SRC, 'bin', 'cargo-pkcs11-agent.cts')).includes('../lib/limits.js'))
   assert.ok(!(ALLOWED['pkcs11'] ?? []).includes('signer'))
   assert.ok(imports(join(SRC, 'agent', 'pipeline', 'run.ts')).some((s) => s.includes('/policy/')))
 })
