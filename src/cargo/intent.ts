@@ -66,7 +66,9 @@ export interface Intent {
 }
 
 /**
- * How a request was approved: `not-required` (reads), a device `touch`, a yes on the requester's
- * `terminal` or in `pinentry`, or `none` (confirm = "none"). Policy decides it; the audit line records it.
+ * How a request was approved: `not-required` (reads), a device `touch` the key's attestation vouches
+ * for, `touch-unattested` (confirm = "touch" on a key that attests no touch policy: only the
+ * operator's word, docs/policy.md), a yes on the requester's `terminal` or in `pinentry`, or `none`
+ * (confirm = "none"). Policy decides it; the audit line records it.
  */
-export type Approval = 'not-required' | 'touch' | 'terminal' | 'pinentry' | 'none'
+export type Approval = 'not-required' | 'touch' | 'touch-unattested' | 'terminal' | 'pinentry' | 'none'

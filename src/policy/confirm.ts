@@ -55,7 +55,7 @@ export class Confirmer {
       // operator's word for this host; whoever holds the far end of a forwarded socket gets the
       // agent's own question instead (docs/ssh-forwarding.md).
       if (registry.confirm === 'touch' && (!forwarded || registry.touchAttested))
-        return { approval: 'touch', release }
+        return { approval: registry.touchAttested ? 'touch' : 'touch-unattested', release }
       // A forwarded mutation is always asked, even with confirm = "none" (like Bitwarden's "always
       // ask when forwarded"): whoever holds the far end of the socket is not the user.
       if (registry.confirm === 'none' && !forwarded) return { approval: 'none', release }

@@ -600,13 +600,13 @@ describe('confirm = "touch" on a key that attests no touch policy (SoftHSM)', ()
         )
     })
 
-    test('a local publish is signed on the operator’s word, as configured (audited touch)', async () => {
+    test('a local publish is signed on the operator’s word, as configured (audited touch-unattested)', async () => {
       const asked = pinentry.commands('SETDESC').length
       pinentry.script([`pin:${touchAgent.softhsm.pin}`])
       const outcome = await rawWithoutTerminal('sign', publish('2.1.0'), touchAgent)
       const answer = response(outcome)
       assert.ok(answer.result !== undefined, JSON.stringify(answer))
-      assert.equal(touchAudit()['approval'], 'touch')
+      assert.equal(touchAudit()['approval'], 'touch-unattested')
       assert.equal(
         pinentry
           .commands('SETDESC')

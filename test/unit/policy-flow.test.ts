@@ -297,9 +297,18 @@ test('mutations: rate limited per registry before anyone is asked; a refusal giv
       p,
       publishIntent({ indexUrl: 'sparse+http://127.0.0.1:9/index/' }),
       prompter,
-      registryPolicy({ confirm: 'touch' }),
+      registryPolicy({ confirm: 'touch', touchAttested: true }),
     ),
     'touch',
+  )
+  assert.equal(
+    await approval(
+      p,
+      publishIntent({ indexUrl: 'sparse+http://127.0.0.1:9/index/' }),
+      prompter,
+      registryPolicy({ confirm: 'touch' }),
+    ),
+    'touch-unattested',
   )
   assert.equal(
     await approval(
@@ -343,7 +352,7 @@ function runRequest(
   return run(p, {
     intent: publishIntent(),
     prompter,
-    registry: registryPolicy({ confirm: 'touch' }),
+    registry: registryPolicy({ confirm: 'touch', touchAttested: true }),
     token: { ...tty, pin: { kind: 'none' } },
     device,
     kip: 'k3.pid.x',
