@@ -3,7 +3,7 @@
  * (docs/cargo-protocol.md §1.1), so the PIN prompt opens /dev/tty itself, as cargo's own helper crate does
  * (`credential/cargo-credential/src/stdio.rs`); raw mode, nothing echoed.
  */
-import { openSync, writeSync } from 'node:fs'
+import { closeSync, openSync, writeSync } from 'node:fs'
 import { ReadStream } from 'node:tty'
 
 import { AgentError } from '../lib/errors.js'
@@ -24,10 +24,13 @@ function readRaw(prompt: string): Promise<Buffer> {
   } catch (error) {
     return Promise.reject(noTty(error))
   }
-  const input = new ReadStream(fd)
-  // Raw (no echo) before the prompt appears: a fast typist must never see the PIN echoed.
-  input.setRawMode(true)
-  writeSync(fd, prompt)
+  let input: ReadStream
+  try {
+    input = new ReadStream(fd)
+  } catch (error) {
+    closeSync(fd)
+    return Promise.reject(noTty(error))
+  }
   return new Promise((resolve, reject) => {
     // One buffer for the longest PIN: a backspaced byte is wiped in place, no keystroke leaves a copy.
     const typed = Buffer.alloc(LIMITS.pinMaxBytes)
@@ -40,6 +43,15 @@ function readRaw(prompt: string): Promise<Buffer> {
       } catch {
         // terminal went away
       }
+      // libuv reopens the terminal and dup2()s the new descriptor over ours (`uv_tty_init` in libuv
+      // src/unix/tty.c); closing the stream closes only the new one, so ours is closed here.
+      input.once('close', () => {
+        try {
+          closeSync(fd)
+        } catch {
+          // already closed
+        }
+      })
       input.destroy()
       if (error === undefined) resolve(typed.subarray(0, length))
       else {
@@ -71,6 +83,13 @@ function readRaw(prompt: string): Promise<Buffer> {
       }
     })
     input.on('error', (error) => done(noTty(error)))
+    try {
+      // Raw (no echo) before the prompt appears: a fast typist must never see the PIN echoed.
+      input.setRawMode(true)
+      writeSync(fd, prompt)
+    } catch (error) {
+      done(noTty(error))
+    }
   })
 }
 

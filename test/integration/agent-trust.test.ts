@@ -350,6 +350,8 @@ describe('keygen over the socket', () => {
     assert.equal(generated['key'], `softhsm/${GEN_LABEL}`)
     assert.equal(generated['replaced'], false)
     assert.equal(generated['kip'], created.k3Pid)
+    // The device it was made on, in the shape of a sign line's (src/audit/entry.ts AuditDevice).
+    assert.deepEqual(generated['device'], { token: 'softhsm', module: agent.softhsm.module })
     await waitForLog(
       new RegExp(`keygen softhsm/${GEN_LABEL} by pid ${process.pid} .*: generated ${created.k3Pid}`),
     )
@@ -373,6 +375,7 @@ describe('keygen over the socket', () => {
     assert.equal(refused['operation'], 'keygen')
     assert.equal(refused['result'], 'denied')
     assert.equal(refused['replaced'], true)
+    assert.deepEqual(refused['device'], { token: 'softhsm', module: agent.softhsm.module })
     await waitForLog(
       /keygen softhsm\/trust-gen \(force: replaces an existing key\) by pid \d+ .*: POLICY_DENIED/,
     )

@@ -7,13 +7,14 @@
  */
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 
 import { verifyToken } from '../../src/verify/verify.js'
 import { cargoGet, startAgent, type AgentFixture } from '../helpers/agent.js'
-import { KNOWN_KEY } from '../helpers/softhsm.js'
+import { createSoftHsmToken, KNOWN_KEY } from '../helpers/softhsm.js'
 
 const INDEX = 'sparse+http://127.0.0.1:38700/index/'
 const CKSUM = 'b'.repeat(64)
@@ -22,14 +23,49 @@ function quote(s: string): string {
   return `'${s.replaceAll("'", "'\\''")}'`
 }
 
+/** The parent of `pid` from /proc/<pid>/stat (field 4, after the parenthesised command name). */
+function parentOf(pid: string): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]
+  } catch {
+    return undefined
+  }
+}
+
+/** How many descriptors the shim running under `script` (pid `scriptPid`) holds open on /dev/tty. */
+function shimTtyDescriptors(scriptPid: number, shimPath: string): number {
+  const shim = readdirSync('/proc').find((pid) => {
+    let argv: string[]
+    try {
+      argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
+    } catch {
+      return false
+    }
+    if (argv[0] !== process.execPath || argv[1] !== shimPath) return false
+    for (let up = parentOf(pid); up !== undefined && up !== '0'; up = parentOf(up))
+      if (up === String(scriptPid)) return true
+    return false
+  })
+  assert.ok(shim !== undefined, 'the shim process under script')
+  return readdirSync(`/proc/${shim}/fd`).filter((fd) => {
+    try {
+      return readlinkSync(`/proc/${shim}/fd/${fd}`) === '/dev/tty'
+    } catch {
+      return false
+    }
+  }).length
+}
+
 /**
  * Runs the shim on a pty. `answers` are typed in order, each after its prompt (a regex) appeared on
- * the terminal. Resolves to the protocol output (stdout file) and everything the terminal showed.
+ * the terminal, `look` (given the pid of `script`) called just before. Resolves to the protocol
+ * output (stdout file) and everything the terminal showed.
  */
 async function onTerminal(
   agent: AgentFixture,
   request: object,
-  answers: { after: RegExp; type: string }[],
+  answers: { after: RegExp; type: string; look?: (scriptPid: number) => void }[],
 ): Promise<{ lines: string[]; screen: string }> {
   const work = await mkdtemp(join(agent.dir, 'tty-'))
   const requestFile = join(work, 'request.json')
@@ -55,6 +91,7 @@ async function onTerminal(
     const next = pending[0]
     if (next !== undefined && next.after.test(screen)) {
       pending.shift()
+      next.look?.(child.pid as number)
       child.stdin.write(next.type)
     }
   }
@@ -153,5 +190,45 @@ describe('PIN and confirmation on the terminal', () => {
     const err = (JSON.parse(String(lines[1])) as { Err?: { kind: string; message: string } }).Err
     assert.equal(err?.kind, 'other', screen)
     assert.match(JSON.stringify(err), /PIN_ENTRY_FAILED|cancelled/)
+  })
+})
+
+describe('PIN prompts of one shim run', () => {
+  let agent: AgentFixture
+  let cleanup: () => Promise<void>
+  before(async () => {
+    // Two tokens in one SoftHSM store: `cargo login` reads the read key (token "a") and the mutation
+    // key (token "b"), logging in to each, so one request asks two PINs.
+    const first = await createSoftHsmToken()
+    cleanup = first.cleanup
+    const second = await createSoftHsmToken({ store: first, label: 'second' })
+    agent = await startAgent({
+      softhsm: first,
+      registries: { local: { index: INDEX, readKey: { token: 'a' }, mutationKey: { token: 'b' } } },
+      tokens: { a: { pinSource: 'tty' }, b: { pinSource: 'tty', label: second.label } },
+    })
+  })
+  after(async () => {
+    await agent?.stop()
+    await cleanup?.()
+  })
+
+  test('each prompt closes the /dev/tty it opened: the second prompt holds no more descriptors than the first', async () => {
+    const held: number[] = []
+    const look = (scriptPid: number): void => {
+      held.push(shimTtyDescriptors(scriptPid, agent.shimPath))
+    }
+    const { lines, screen } = await onTerminal(
+      agent,
+      { v: 1, registry: { 'index-url': INDEX, name: 'local' }, kind: 'login' },
+      [
+        { after: /PIN for [^\n]*'cargo': $/m, type: `${agent.softhsm.pin}\r`, look },
+        { after: /PIN for [^\n]*'second': $/m, type: `${agent.softhsm.pin}\r`, look },
+      ],
+    )
+    assert.deepEqual(JSON.parse(String(lines[1])), { Ok: { kind: 'login' } }, screen)
+    assert.equal(held.length, 2, screen)
+    assert.ok((held[0] ?? 0) > 0, 'the open prompt shows as a /dev/tty descriptor of the shim')
+    assert.equal(held[1], held[0], `descriptors on /dev/tty at each prompt: ${held.join(', ')}`)
   })
 })

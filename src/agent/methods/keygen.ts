@@ -24,11 +24,12 @@ export const keygen: MethodHandler<'keygen'> = async (agent, params, context) =>
   const request = adminRequest(context, params, `token ${token.name}`)
   const { intent } = request
   const key = `${token.name}/${label}`
+  const origin = { token: token.name, ...device.origin() }
   const what = `keygen ${key}${force ? ' (force: replaces an existing key)' : ''}`
   // Unlike a sign, a generated key exists on the device already: a failed audit line is logged, not undone.
   const record = async (outcome: Omit<AuditOutcome, 'operation' | 'key' | 'replaced'>): Promise<void> => {
     await agent.audit
-      .record(auditEntry(intent, { ...outcome, operation: 'keygen', key, replaced: force }))
+      .record(auditEntry(intent, { ...outcome, operation: 'keygen', key, replaced: force, device: origin }))
       .catch((error: unknown) => agent.log(`audit-failed ${toAgentError(error).code}`))
   }
   try {
