@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test'
 
 import { AgentConnection } from '../../src/protocol/client.js'
 import { LIMITS } from '../../src/lib/limits.js'
-import { verifyToken } from '../../src/verify/verify.js'
+import { inspectToken, verifyToken } from '../../src/verify/verify.js'
 import { cargoGet, readAudit, startAgent, type AgentFixture } from '../helpers/agent.js'
 import { KNOWN_KEY } from '../helpers/softhsm.js'
 
@@ -202,6 +202,20 @@ describe('agent + shim on SoftHSM', () => {
     assert.match(generated.stderr, /generated key "not-generated-yet"/)
     const read = okOf((await agent.runShim(cargoGet(OTHER, 'read'))).lines[1])
     await verifyToken(String(read['token']), { publicKey: k3, url: OTHER, operation: 'read' })
+    // The generation is audited like a keygen: the key, the device, the kip the tokens carry.
+    const generatedLines = readAudit(agent.auditLog).filter((l) => l['operation'] === 'keygen')
+    assert.deepEqual(
+      generatedLines.map((l) => [l['result'], l['key'], l['kip'], l['device']]),
+      [
+        [
+          'generated',
+          'softhsm/not-generated-yet',
+          inspectToken(String(read['token'])).footer.kip,
+          { token: 'softhsm', module: agent.softhsm.module },
+        ],
+      ],
+    )
+    assert.equal((generatedLines[0]?.['registry'] as { url?: string }).url, OTHER)
   })
 
   test('cargo logout answers Ok and touches no key', async () => {

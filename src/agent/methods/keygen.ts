@@ -4,11 +4,11 @@
  * agent's prompt on the requester's terminal, or pinentry; docs/design.md §4, rule 4). Every keygen,
  * generated or not, leaves an audit line and a log line naming the kernel's requester.
  */
-import { auditEntry, type AuditOutcome } from '../../audit/entry.js'
+import type { AuditOutcome } from '../../audit/entry.js'
 import { AgentError, toAgentError } from '../../lib/errors.js'
 import { describeRequester } from '../../policy/intent.js'
 import { tokenPolicy } from '../policy-config.js'
-import { adminRequest, keyInfoOf, keySpec, loginToken } from './keys.js'
+import { adminRequest, keyInfoOf, keySpec, loginToken, recordKeygen } from './keys.js'
 import { stringParam, type MethodHandler } from './method.js'
 
 /** Generate a P-384 key on a configured token (`cargo-pkcs11-agent keygen` through the agent). */
@@ -24,14 +24,9 @@ export const keygen: MethodHandler<'keygen'> = async (agent, params, context) =>
   const request = adminRequest(context, params, `token ${token.name}`)
   const { intent } = request
   const key = `${token.name}/${label}`
-  const origin = { token: token.name, ...device.origin() }
   const what = `keygen ${key}${force ? ' (force: replaces an existing key)' : ''}`
-  // Unlike a sign, a generated key exists on the device already: a failed audit line is logged, not undone.
-  const record = async (outcome: Omit<AuditOutcome, 'operation' | 'key' | 'replaced'>): Promise<void> => {
-    await agent.audit
-      .record(auditEntry(intent, { ...outcome, operation: 'keygen', key, replaced: force, device: origin }))
-      .catch((error: unknown) => agent.log(`audit-failed ${toAgentError(error).code}`))
-  }
+  const record = (outcome: Omit<AuditOutcome, 'operation' | 'device' | 'key' | 'replaced'>) =>
+    recordKeygen(agent, intent, token, { ...outcome, key, replaced: force })
   try {
     if (force) {
       const text = `Replace the key "${label}" on ${tokenPolicy(token).description}, requested by ${describeRequester(intent.requester)}? Registries that know the old public key will reject your tokens`

@@ -1,10 +1,13 @@
 /**
  * What the key methods (pubkey, login, keygen) share: logging in through policy for an
- * administrative request, and the k3.public / k3.pid answer for a device key.
+ * administrative request, the k3.public / k3.pid answer for a device key, and the audit line of a
+ * key generation.
  */
+import { auditEntry, type AuditOutcome } from '../../audit/entry.js'
 import type { Intent } from '../../cargo/intent.js'
 import type { KeyRef, TokenConfig } from '../../config/schema.js'
 import { k3Pid, k3Public } from '../../keys/paserk.js'
+import { toAgentError } from '../../lib/errors.js'
 import type { DeviceKey } from '../../pkcs11/key-catalogue.js'
 import type { Prompter } from '../../policy/intent.js'
 import type { KeyInfo } from '../../protocol/methods.js'
@@ -70,4 +73,20 @@ export async function keyInfo(agent: AgentState, ref: KeyRef, request: AdminRequ
   // Private objects (and on some tokens the public ones) are hidden until login.
   await loginToken(agent, token, request)
   return keyInfoOf(token, await device.findKey(ref))
+}
+
+/**
+ * The audit line of a key generation (`keygen`, or `cargo login -- --generate`), with the device it
+ * ran on. A generated key exists on the device already: a failed write is logged, not undone.
+ */
+export async function recordKeygen(
+  agent: AgentState,
+  intent: Intent,
+  token: TokenConfig,
+  outcome: Omit<AuditOutcome, 'operation' | 'device'>,
+): Promise<void> {
+  const device = { token: token.name, ...agent.devices.get(token).origin() }
+  await agent.audit
+    .record(auditEntry(intent, { ...outcome, operation: 'keygen', device }))
+    .catch((error: unknown) => agent.log(`audit-failed ${toAgentError(error).code}`))
 }

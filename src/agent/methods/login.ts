@@ -1,9 +1,9 @@
-import { AgentError } from '../../lib/errors.js'
+import { AgentError, toAgentError } from '../../lib/errors.js'
 import type { KeyInfo } from '../../protocol/methods.js'
 import { describeKey } from '../devices.js'
 import { registryBinding } from '../pipeline/bind.js'
 import { parseCargoLine } from '../pipeline/parse.js'
-import { adminRequest, keyInfo, keyInfoOf, keySpec, loginToken } from './keys.js'
+import { adminRequest, keyInfo, keyInfoOf, keySpec, loginToken, recordKeygen } from './keys.js'
 import type { MethodHandler } from './method.js'
 
 /**
@@ -44,12 +44,24 @@ export const login: MethodHandler<'login'> = async (agent, params, context) => {
       // Device closes a session after any failed request (KEY_NOT_FOUND included), and closing the
       // last session ends the login (PKCS#11 v2.40 §5.6): log in again before writing the key.
       await loginToken(agent, token, request)
-      const key = await device.generateKey(keySpec(ref.label, ref.id))
-      generated.push(`${token.name}/${key.label}`)
+      const name = `${token.name}/${ref.label}`
+      const key = await device.generateKey(keySpec(ref.label, ref.id)).catch(async (failure: unknown) => {
+        const { code, message } = toAgentError(failure)
+        await recordKeygen(agent, request.intent, token, {
+          result: 'failed',
+          code,
+          reason: message,
+          key: name,
+        })
+        throw failure
+      })
+      const info = keyInfoOf(token, key)
+      await recordKeygen(agent, request.intent, token, { result: 'generated', kip: info.k3Pid, key: name })
+      generated.push(name)
       agent.log(
         `generated key ${key.label} (id ${key.id}) on token ${token.name} for cargo login on ${registry.name}`,
       )
-      keys.push(keyInfoOf(token, key))
+      keys.push(info)
     }
   }
   return { registry: registry.name, keys, generated }
