@@ -61,21 +61,8 @@ export async function reload(argv: readonly string[]): Promise<number> {
   const status = await callAgent(socket, 'status')
   // A config that does not load is reported here, where the user is, and not sent.
   if (status.config !== null) loadConfig(status.config)
-  try {
-    await callAgent(socket, 'reload')
-  } catch (error) {
-    const e = toAgentError(error)
-    // An agent started before this release has no `reload` method (its SIGHUP answers nobody).
-    if (e.code === 'REQUEST_INVALID' && e.message.startsWith('Unknown method'))
-      throw new AgentError(
-        'PROTOCOL_ERROR',
-        `The agent (pid ${status.pid}) is older than this command and cannot report a reload`,
-        {
-          remedy: 'Restart it to load the config: `cargo-pkcs11-agent stop`, then start it again',
-        },
-      )
-    throw e
-  }
+  // The agent's verdict: a refusal (a weakening, a file that stopped loading) is thrown with its reason.
+  await callAgent(socket, 'reload')
   process.stdout.write(
     `reloaded the agent (pid ${status.pid}): ${status.config === null ? 'configuration kept (it has no file)' : `configuration re-read from ${status.config}`}, cached PINs forgotten, devices released\n`,
   )
