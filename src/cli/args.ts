@@ -17,11 +17,11 @@ export const TARGET_USAGE =
 /** Usage lines after the program name. Kept apart from the commands so `help` loads none of them. */
 export const USAGE = Object.freeze({
   run: 'run [--config FILE] [--socket PATH] [--foreground]',
-  status: 'status [--socket PATH] [--json]',
-  stop: 'stop [--socket PATH]',
-  reload: 'reload [--socket PATH]',
-  lock: 'lock [--socket PATH]',
-  release: 'release [--socket PATH]',
+  status: 'status [--config FILE] [--socket PATH] [--json]',
+  stop: 'stop [--config FILE] [--socket PATH]',
+  reload: 'reload [--config FILE] [--socket PATH]',
+  lock: 'lock [--config FILE] [--socket PATH]',
+  release: 'release [--config FILE] [--socket PATH]',
   log: 'log [--follow] [--json] [-n N] [--file PATH] [--config FILE]',
   keygen: `keygen ${TARGET_USAGE} --label K [--id HEX] [--force] [--json]`,
   list: `list ${TARGET_USAGE} [--login] [--json]`,
