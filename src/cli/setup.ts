@@ -238,31 +238,27 @@ function refuseIgnoredFlags(given: (flag: string) => boolean, yubikey: boolean):
     [
       ['token-label', 'pin-source', 'pin-env', 'pin-file', ...(yubikey ? [] : ['serial', 'kind'])],
       !given('module'),
-      'describe a token for --module; without it setup uses the configured token (change its [tokens.NAME] by hand) or its private SoftHSM store, whose PIN is in a file',
+      'a token described by --module; without it setup uses the configured token (change its [tokens.NAME] by hand) or its private SoftHSM store, whose PIN is in a file',
     ],
     [
-      [
-        'read-slot',
-        'mutation-slot',
-        'touch-policy',
-        'pin-policy',
-        'keep-default-management-key',
-        'certificate',
-      ],
+      'read-slot mutation-slot touch-policy pin-policy keep-default-management-key certificate'.split(' '),
       !yubikey,
-      'are for a YubiKey (--module ykcs11)',
+      'a YubiKey (--module ykcs11)',
     ],
-    [['confirm'], !given('registry'), 'set `confirm` of a registry: give --registry and --index too'],
+    [['confirm'], !given('registry'), 'a registry: give --registry and --index too'],
     [
       ['label', 'id'],
       yubikey,
-      "name a key on a PKCS#11 token; a YubiKey's keys are named by --read-slot / --mutation-slot",
+      "a key on a PKCS#11 token; a YubiKey's keys are named by --read-slot / --mutation-slot",
     ],
   ]
   for (const [flags, ignored, why] of groups) {
     const used = flags.filter(given)
     if (ignored && used.length > 0)
-      throw usageError(`${used.map((f) => `--${f}`).join(', ')}: these options ${why}`, USAGE.setup)
+      throw usageError(
+        `${used.map((f) => `--${f}`).join(', ')} ${used.length === 1 ? 'is' : 'are'} only for ${why}`,
+        USAGE.setup,
+      )
   }
 }
 

@@ -122,9 +122,9 @@ describe('setup --module on SoftHSM', () => {
     const cases: [args: string[], message: RegExp][] = [
       [
         ['--pin-source', 'env', '--pin-env', 'CARGO_PIN'],
-        /--pin-source, --pin-env: these options describe a token for --module; without it setup uses the configured token/,
+        /--pin-source, --pin-env are only for a token described by --module; without it setup uses the configured token/,
       ],
-      [['--token-label', 'ci'], /--token-label: these options describe a token for --module/],
+      [['--token-label', 'ci'], /--token-label is only for a token described by --module/],
       [
         ['--module', 'softhsm', '--token-label', 'ci', '--pin-source', 'file', '--pin-env', 'CARGO_PIN'],
         /--pin-env goes with --pin-source env, not file/,
@@ -135,12 +135,13 @@ describe('setup --module on SoftHSM', () => {
       ],
       [
         ['--module', 'softhsm', '--token-label', 'ci', '--touch-policy', 'always'],
-        /--touch-policy: these options are for a YubiKey/,
+        /--touch-policy is only for a YubiKey/,
       ],
       [
-        ['--confirm', 'none'],
-        /--confirm: these options set `confirm` of a registry: give --registry and --index/,
+        ['--module', 'ykcs11', '--label', 'cargo'],
+        /--label is only for a key on a PKCS#11 token; a YubiKey's keys are named by --read-slot/,
       ],
+      [['--confirm', 'none'], /--confirm is only for a registry: give --registry and --index too/],
     ]
     for (const [args, message] of cases) {
       const r = await runAgentCli(['setup', ...args], { env: fresh, detached: true })
