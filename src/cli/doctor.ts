@@ -21,7 +21,8 @@ import {
 } from '../config/schema.js'
 import { toAgentError } from '../lib/errors.js'
 import { DEFAULT_POLICY_CONFIG } from '../policy/config.js'
-import { applyModuleEnvironment, moduleEnvironmentHint, resolveModulePath } from '../pkcs11/modules.js'
+import { applyModuleEnvironment, resolveModulePath } from '../pkcs11/modules.js'
+import { moduleEnvironmentHint } from '../pkcs11/module-environment.js'
 import {
   attestedKeyName,
   pivAttestationObjects,
@@ -186,7 +187,7 @@ function checkSettings(config: Config): Finding[] {
         fail(
           `registry ${name}`,
           `confirm = "prompt"${registry.confirm === undefined ? ' (the default)' : ''} on a headless agent: nobody can confirm, so every publish, yank and owner change is refused`,
-          `Set confirm = "touch" (a key with a touch policy) or confirm = "none" (CI) for [registries.${name}], or headless = false`,
+          `Set confirm = "none" (CI) for [registries.${name}], use a mutation key with a touch policy and confirm = "touch", or headless = false`,
         )
     }
   }

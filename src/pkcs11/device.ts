@@ -13,7 +13,8 @@ import { Pkcs11Module, type Handle, type TokenInfo } from './binding.js'
 import { CKR, fromReturnValue } from './ckr.js'
 import { KeyCatalogue, type DeviceKey, type OnSession } from './key-catalogue.js'
 import { generateKeyPair, keygenRequest } from './keygen.js'
-import { moduleEnvironmentHint, resolveModulePath } from './modules.js'
+import { moduleEnvironmentHint } from './module-environment.js'
+import { resolveModulePath } from './modules.js'
 import {
   tokenMatches,
   tokenSelector,

@@ -1,14 +1,14 @@
 import { existsSync, readFileSync } from 'node:fs'
-import { basename, isAbsolute } from 'node:path'
+import { isAbsolute } from 'node:path'
 import { AgentError } from '../lib/errors.js'
 import { packageFile } from '../lib/package-files.js'
 
 /** Known module names → candidate paths per `${platform}-${arch}` (native-config/modules.json). */
 export type ModuleTable = Readonly<Record<string, Readonly<Record<string, readonly string[]>>>>
 
-let cached: { table: ModuleTable; environment: Readonly<Record<string, readonly string[]>> } | undefined
+let cached: ModuleTable | undefined
 
-function moduleData(): NonNullable<typeof cached> {
+export function knownModules(): ModuleTable {
   if (cached === undefined) {
     const raw = JSON.parse(
       readFileSync(
@@ -24,30 +24,9 @@ function moduleData(): NonNullable<typeof cached> {
       if (name.startsWith('$') || typeof value !== 'object' || value === null) continue
       table[name] = value as Record<string, string[]>
     }
-    const environment = (raw['$environment'] ?? {}) as Record<string, string[]>
-    cached = Object.freeze({ table: Object.freeze(table), environment: Object.freeze(environment) })
+    cached = Object.freeze(table)
   }
   return cached
-}
-
-export function knownModules(): ModuleTable {
-  return moduleData().table
-}
-
-/**
- * The variables a module reads at C_Initialize to find its tokens (modules.json `$environment`):
- * for a known name, or a path with the file name of one of that name's candidates.
- */
-export function moduleEnvironmentNames(nameOrPath: string): readonly string[] {
-  const { table, environment } = moduleData()
-  const file = basename(nameOrPath)
-  const name =
-    table[nameOrPath] !== undefined
-      ? nameOrPath
-      : Object.keys(table).find((n) =>
-          Object.values(table[n] ?? {}).some((paths) => paths.some((p) => basename(p) === file)),
-        )
-  return name === undefined ? [] : (environment[name] ?? [])
 }
 
 export function platformKey(): string {
@@ -94,12 +73,4 @@ export function resolveModulePath(nameOrPath: string): string {
  */
 export function applyModuleEnvironment(variables: Readonly<Record<string, string>>): void {
   for (const [name, value] of Object.entries(variables)) process.env[name] = value
-}
-
-/** The end of a token-absent remedy: a module that finds its tokens through its environment. */
-export function moduleEnvironmentHint(nameOrPath: string): string {
-  const names = moduleEnvironmentNames(nameOrPath)
-  return names.length === 0
-    ? ''
-    : `; a token that exists but is not found: set the ${names.join(' and ')} it was made with in the token's module-env (docs/configuration.md)`
 }

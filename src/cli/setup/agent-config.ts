@@ -16,7 +16,8 @@ import {
   type Config,
   type TokenConfig,
 } from '../../config/schema.js'
-import { moduleEnvironmentNames, resolveModulePath } from '../../pkcs11/modules.js'
+import { moduleEnvironmentNames } from '../../pkcs11/module-environment.js'
+import { resolveModulePath } from '../../pkcs11/modules.js'
 import { oneOf, USAGE, usageError } from '../args.js'
 import { configuredToken } from '../device-target.js'
 import { ensureDefaultSoftHsm } from './softhsm-store.js'

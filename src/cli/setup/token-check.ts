@@ -7,7 +7,7 @@
 import type { TokenConfig } from '../../config/schema.js'
 import { AgentError, toAgentError } from '../../lib/errors.js'
 import { listTokens } from '../../pkcs11/device.js'
-import { knownModules, moduleEnvironmentNames } from '../../pkcs11/modules.js'
+import { knownModuleNames, moduleEnvironmentNames } from '../../pkcs11/module-environment.js'
 import { tokenMatches, tokenSelector, type TokenIdentity } from '../../pkcs11/selector.js'
 
 /** The initialised tokens on `module`; a module given by --module that does not load says so. */
@@ -20,7 +20,7 @@ export async function tokensOn(module: string, fromFlags: boolean): Promise<Toke
     if (!fromFlags || cause.data['module'] === undefined) throw cause
     throw new AgentError(cause.code, `--module ${module}: ${cause.message}`, {
       cause,
-      remedy: `Give --module the path of an installed PKCS#11 library, or one of ${Object.keys(knownModules()).join(', ')}; \`cargo-pkcs11-agent doctor\` checks the configured modules`,
+      remedy: `Give --module the path of an installed PKCS#11 library, or one of ${knownModuleNames().join(', ')}; \`cargo-pkcs11-agent doctor\` checks the configured modules`,
       data: cause.data,
     })
   }
