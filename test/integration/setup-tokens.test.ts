@@ -286,6 +286,21 @@ describe('setup --module on SoftHSM', () => {
     assert.equal(config.tokens['hsm']?.kind, 'hsm')
   })
 
+  test('a configured token without module-env, SOFTHSM2_CONF set here: setup warns and leaves the token as it is', async () => {
+    const bare = join(dir, 'bare.toml')
+    const text =
+      '[tokens.bare]\nmodule = "softhsm"\nlabel = "other"\npin-source = "env"\npin-env = "SETUP_TEST_PIN"\n'
+    await writeFile(bare, text, { mode: 0o600 })
+    const r = await runAgentCli(['setup', '--config', bare], { env, detached: true })
+    assert.equal(r.code, 0, r.stderr)
+    assert.match(r.stdout, /on token bare: reused/)
+    assert.match(
+      r.stderr,
+      /warning: SOFTHSM2_CONF is set here but not in module-env of \[tokens\.bare\]: an agent started without it \(autostart, install-service\) may not find the token/,
+    )
+    assert.equal(await readFile(bare, 'utf8'), text)
+  })
+
   test('CI=true: a registry whose config refuses every publish is warned about; --confirm none writes confirm and doctor passes it', async () => {
     const ci = { ...env, CI: 'true' }
     const flags = ['--module', 'softhsm', '--token-label', 'ci', '--registry', 'ci', '--index', CI_INDEX]
