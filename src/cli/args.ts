@@ -29,7 +29,7 @@ export const USAGE = Object.freeze({
   setup:
     'setup [--config FILE] [--token NAME] [--module M (--token-label L | --serial S)] [--kind yubikey|tpm|hsm|softhsm] ' +
     '[--pin-source tty|pinentry|env|file|none] [--pin-env VAR] [--pin-file FILE] [--label cargo] [--id HEX] ' +
-    '[--registry NAME --index URL] [--write-cargo-config] [--force] [--regenerate-key [--confirm-destroy K3PID]] ' +
+    '[--registry NAME --index URL [--confirm touch|prompt|none]] [--write-cargo-config] [--force] [--regenerate-key [--confirm-destroy K3PID]] ' +
     '[--read-slot 9a] [--mutation-slot 9c] [--touch-policy always|cached|never] [--pin-policy never|once|always] ' +
     '[--keep-default-management-key] [--certificate]',
   doctor: 'doctor [--config FILE] [--socket PATH] [--json]',

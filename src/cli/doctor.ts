@@ -22,6 +22,7 @@ import {
 import { toAgentError } from '../lib/errors.js'
 import { DEFAULT_POLICY_CONFIG } from '../policy/config.js'
 import { applyModuleEnvironment, resolveModulePath } from '../pkcs11/modules.js'
+import { moduleEnvironmentHint } from '../pkcs11/module-environment.js'
 import {
   attestedKeyName,
   pivAttestationObjects,
@@ -262,7 +263,7 @@ async function checkTokens(config: Config): Promise<Finding[]> {
             'fail',
             check,
             `${device.describe()} is not present`,
-            'Insert the token, or check its label/serial in the config (`cargo-pkcs11-agent list`)',
+            `Insert the token, or check its label/serial in the config (\`cargo-pkcs11-agent list\`)${moduleEnvironmentHint(token.module)}`,
           ),
         )
         continue
