@@ -22,6 +22,7 @@ import {
   startAgent,
   type AgentFixture,
 } from '../helpers/agent.js'
+import { repoRoot } from '../helpers/softhsm.js'
 
 describe('stop and reload', () => {
   let fixture: AgentFixture
@@ -209,6 +210,22 @@ describe('--help, completions and the man page come from one command table', () 
     const text = r.stdout.replace(/\u2010\n\s+/g, '')
     for (const name of names) assert.match(text, new RegExp(`^ {7}${name}\\b`, 'm'), name)
     assert.match(text, /EXIT STATUS/)
+  })
+
+  test("the man page's ENVIRONMENT names every variable of docs/configuration.md's Environment table", async () => {
+    const docs = readFileSync(join(repoRoot(), 'docs', 'configuration.md'), 'utf8')
+    const table = /^## Environment\n([\s\S]*?)\n## /m.exec(docs)?.[1] ?? ''
+    const documented = [...table.matchAll(/^\| ([^|]+)\|/gm)].flatMap(([, cell]) =>
+      [...(cell ?? '').matchAll(/`([A-Z][A-Z0-9_]+)/g)].map(([, name]) => name ?? ''),
+    )
+    assert.ok(documented.includes('CI') && documented.includes('XDG_RUNTIME_DIR'), documented.join(' '))
+    const man = (await runAgentCli(['man'])).stdout
+    const section = /^\.SH ENVIRONMENT\n([\s\S]*?)^\.SH /m.exec(man)?.[1] ?? ''
+    const inMan = [...section.matchAll(/^\.B (\S+)$/gm)].map(([, name]) => (name ?? '').replace(/\\-/g, '-'))
+    assert.deepEqual(
+      documented.filter((name) => !inMan.includes(name)),
+      [],
+    )
   })
 
   test('pubkey --json is --format json; asking for both different outputs is a usage error', async () => {
