@@ -157,6 +157,15 @@ describe('--help, completions and the man page come from one command table', () 
     assert.match(r.stdout, /exit status:\n  0  success.*\n  1  failure.*\n  2  usage error/)
   })
 
+  test('help --help and help -h print the help, exit 0', async () => {
+    const help = (await runAgentCli(['--help'])).stdout
+    for (const flag of ['--help', '-h']) {
+      const r = await runAgentCli(['help', flag])
+      assert.equal(r.code, 0, r.stderr)
+      assert.equal(r.stdout, help)
+    }
+  })
+
   test('bash: valid syntax, every command completes, option values complete', async () => {
     const script = (await runAgentCli(['completions', 'bash'])).stdout
     const complete = (words: string[]): string[] => {
