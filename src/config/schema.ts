@@ -436,13 +436,15 @@ const AGENT = table(AGENT_ROWS, 'must be a table ([agent])', (agent, _where, ctx
 const TOKENS = named<TokenConfig>('tokens', TOKEN_ROWS, {
   badName: 'token names use letters, digits, "-" and "_"',
   check(token, where, ctx) {
-    if (token.pinSource === 'env' && token.pinEnv === undefined)
+    // A pin-env / pin-file already refused (empty, relative) is not also "missing".
+    const refused = (key: string): boolean => ctx.issues.some((i) => i.startsWith(`${where}.${key}:`))
+    if (token.pinSource === 'env' && token.pinEnv === undefined && !refused('pin-env'))
       problem(
         ctx,
         `${where}.pin-env`,
         'missing; pin-source = "env" needs the variable name, e.g. pin-env = "TOKEN_PIN"',
       )
-    if (token.pinSource === 'file' && token.pinFile === undefined)
+    if (token.pinSource === 'file' && token.pinFile === undefined && !refused('pin-file'))
       problem(
         ctx,
         `${where}.pin-file`,
