@@ -115,6 +115,39 @@ describe('the shim and the agent it starts', () => {
     assert.ok(fresh.length < 4_096, `agent.log kept ${fresh.length} bytes`)
     assert.match(fresh, /did you mean `label`/)
   })
+
+  test('a mistyped module name or a module that is not there: the agent exits before listening, the shim says why', async () => {
+    const registry = (module: string): string =>
+      `[tokens.soft]\nmodule = ${JSON.stringify(module)}\nlabel = "x"\npin-source = "env"\npin-env = "NO_PIN"\n` +
+      '[registries.r]\nindex = "sparse+http://127.0.0.1:38721/index/"\nread-key = { token = "soft", label = "k" }\n'
+    const missing = join(dir, 'no-such-lib', 'libpkcs11.so')
+    for (const [module, expected] of [
+      [
+        'sofhsm',
+        /tokens\.soft\.module: unknown PKCS#11 module name "sofhsm" \(known: softhsm, .*; did you mean "softhsm"\?/,
+      ],
+      [
+        missing,
+        new RegExp(`\\[tokens\\.soft\\] module ${missing} does not exist. Install the module's package`),
+      ],
+    ] as const) {
+      await writeFile(join(dir, 'agent.toml'), registry(module))
+      const started = Date.now()
+      const r = await runShim(shimBinPath(), cargoGet('sparse+http://127.0.0.1:38721/index/', 'read'), {
+        env,
+      })
+      const err = (JSON.parse(r.lines[1] ?? '{}') as { Err?: { message?: string } }).Err
+      assert.ok(err !== undefined, r.stdout + r.stderr)
+      assert.match(err.message ?? '', /exited \(status 1\) before listening/)
+      assert.match(err.message ?? '', expected)
+      assert.ok(Date.now() - started < LIMITS.agentStartWaitMs, 'the shim did not wait for a timeout')
+      // `run` in a terminal says the same before detaching, and nothing listens.
+      const run = await runAgentCli(['run'], { env })
+      assert.equal(run.code, 1)
+      assert.match(run.stderr, expected)
+      assert.equal(existsSync(join(dir, 'run', 'cargo-pkcs11-agent', 'agent.sock')), false)
+    }
+  })
 })
 
 describe('uninstall-service', () => {

@@ -231,6 +231,14 @@ describe('configuration', () => {
       problems(GOOD.replace('module = "ykcs11"', 'module = "lib/ykcs11.so"')),
       /tokens\.yubikey\.module: a module path must be absolute/,
     )
+    // A module name is one of native-config/modules.json's, with a did-you-mean; a path may be
+    // absent here (the agent checks it when it starts, doctor per token).
+    assert.match(
+      problems(GOOD.replace('module = "ykcs11"', 'module = "ykcs"')),
+      /tokens\.yubikey\.module: unknown PKCS#11 module name "ykcs" \(known: softhsm, ykcs11, .*p11-kit-client; or the library's absolute path\); did you mean "ykcs11"\?/,
+    )
+    assert.doesNotMatch(problems(GOOD.replace('module = "ykcs11"', 'module = "gadget"')), /did you mean/)
+    parseConfig(GOOD.replace('module = "ykcs11"', 'module = "/opt/absent/libpkcs11.so"'), 'c.toml', ENV)
   })
 
   test('module-env: variables for the PKCS#11 module, one value per variable across tokens', () => {
