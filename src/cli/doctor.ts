@@ -257,14 +257,7 @@ async function checkTokens(config: Config): Promise<Finding[]> {
     try {
       const status = await device.status()
       if (!status.present) {
-        findings.push(
-          finding(
-            'fail',
-            check,
-            `${device.describe()} is not present`,
-            'Insert the token, or check its label/serial in the config (`cargo-pkcs11-agent list`)',
-          ),
-        )
+        findings.push(finding('fail', check, `${device.describe()} is not present`, device.absentRemedy()))
         continue
       }
       if (status.pinLocked) {
