@@ -177,6 +177,42 @@ describe('uninstall-service', () => {
     assert.equal(again.code, 0)
     assert.match(again.stderr, /No systemd \(user\) service is installed/)
   })
+
+  test('install-service --dry-run names the file and the commands; uninstall --no-stop without a bus says so in its own words', async () => {
+    // No user bus for certain: systemctl --user has nothing to connect to.
+    const env = {
+      ...process.env,
+      XDG_CONFIG_HOME: join(dir, 'xdg2'),
+      XDG_RUNTIME_DIR: join(dir, 'no-runtime'),
+      DBUS_SESSION_BUS_ADDRESS: `unix:path=${join(dir, 'no-bus')}`,
+    }
+    const unit = join(dir, 'xdg2', 'systemd', 'user', 'cargo-pkcs11-agent.service')
+    const dry = await runAgentCli(['install-service', '--dry-run'], { env })
+    assert.equal(dry.code, 0, dry.stderr)
+    assert.match(dry.stdout, /^\[Unit\]/m)
+    assert.equal(
+      dry.stderr,
+      `Would write ${unit}, then run: systemctl --user daemon-reload && systemctl --user enable --now cargo-pkcs11-agent.service\n`,
+    )
+    assert.equal(existsSync(unit), false, '--dry-run wrote the unit')
+    const noStart = await runAgentCli(['install-service', '--dry-run', '--no-start'], { env })
+    assert.match(
+      noStart.stderr,
+      new RegExp(`^Would write ${unit}; start it with: systemctl --user daemon-reload`),
+    )
+
+    assert.equal((await runAgentCli(['install-service', '--no-start'], { env })).code, 0)
+    const r = await runAgentCli(['uninstall-service', '--no-stop'], { env })
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(existsSync(unit), false)
+    const lines = r.stderr.trimEnd().split('\n')
+    assert.deepEqual(lines.slice(0, 1), [`Removed the systemd (user) service: ${unit}`])
+    assert.equal(lines.length, 2, r.stderr)
+    assert.match(
+      lines[1] ?? '',
+      /^The user session manager could not be told \(`systemctl --user daemon-reload`: Failed to connect to bus[^)]*\); if the service runs under one elsewhere, run that command there$/,
+    )
+  })
 })
 
 describe('--help, completions and the man page come from one command table', () => {
