@@ -66,12 +66,11 @@ export function pinEnvVariables(config: Config): string[] {
   return Object.values(config.tokens).flatMap((t) => (t.pinEnv === undefined ? [] : [t.pinEnv]))
 }
 
-/** One Policy per loaded config (a reload starts with an empty PIN cache anyway). */
-export function createPolicy(
-  config: Config,
-  log: (line: string) => void,
-  env: NodeJS.ProcessEnv = process.env,
-): Policy {
+/**
+ * One Policy per loaded config (a reload starts with an empty PIN cache anyway). `previous`, the
+ * policy a reload replaces, hands on which env/file PINs its tokens rejected.
+ */
+export function createPolicy(config: Config, log: (line: string) => void, previous?: Policy): Policy {
   const policy = new Policy(
     {
       headless: config.agent.headless,
@@ -81,8 +80,9 @@ export function createPolicy(
       notify: config.agent.notify,
     },
     {
-      env,
+      env: process.env,
       readPinFile,
+      ...(previous === undefined ? {} : { rejectedPins: previous.rejectedPins }),
       secretEnvVariables: pinEnvVariables(config),
       log: (event, data) => log(`${event} ${JSON.stringify(data)}`),
     },

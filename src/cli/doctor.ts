@@ -197,7 +197,7 @@ function checkSettings(config: Config): Finding[] {
         fail(
           `registry ${name}`,
           `confirm = "prompt"${registry.confirm === undefined ? ' (the default)' : ''} on a headless agent: nobody can confirm, so every publish, yank and owner change is refused`,
-          `Set confirm = "touch" (a key with a touch policy) or confirm = "none" (CI) for [registries.${name}], or headless = false`,
+          `Set confirm = "none" (CI) for [registries.${name}], use a mutation key with a touch policy and confirm = "touch", or headless = false`,
         )
     }
   }

@@ -13,6 +13,7 @@ import { Pkcs11Module, type Handle, type TokenInfo } from './binding.js'
 import { CKR, fromReturnValue } from './ckr.js'
 import { KeyCatalogue, type DeviceKey, type OnSession } from './key-catalogue.js'
 import { generateKeyPair, keygenRequest } from './keygen.js'
+import { moduleEnvironmentHint } from './module-environment.js'
 import { resolveModulePath } from './modules.js'
 import {
   tokenMatches,
@@ -136,7 +137,7 @@ export class Device {
   /** What to do about a token not found: the agent's TOKEN_ABSENT and doctor say the same. */
   absentRemedy(): string {
     const token = this.describe().replace(/ via .*$/, '')
-    return `Check its label/serial in the config (\`cargo-pkcs11-agent list --module ${this.#selector.module}\` shows the tokens there), or insert ${token}; the agent picks it up without a restart`
+    return `Check its label/serial in the config (\`cargo-pkcs11-agent list --module ${this.#selector.module}\` shows the tokens there), or insert ${token}; the agent picks it up without a restart${moduleEnvironmentHint(this.#selector.module)}`
   }
 
   describe(): string {

@@ -29,6 +29,7 @@ import { encodePublishBody } from '../../src/registry/index.js'
 import { MemorySigner } from '../../src/signer/memory.js'
 import { buildToken } from '../../src/token/build.js'
 import { startAgent, type AgentFixture } from '../helpers/agent.js'
+import { waitFor } from '../helpers/wait.js'
 import { startRegistry, type Registry } from '../fixtures/registry/server.js'
 import {
   cargoThroughAgent,
@@ -41,12 +42,21 @@ import { tokenK3Public } from './lib/pubkey.js'
 
 const BIN = fileURLToPath(new URL('../../src/bin/cargo-pkcs11-agent.cjs', import.meta.url))
 
+type GatewayEvent = Record<string, unknown>
+
 interface GatewayProcess {
   url: string
   indexUrl: string
   child: ChildProcess
-  events(): Record<string, unknown>[]
+  /** The JSON lines the gateway has written to stderr so far (whole lines only). */
+  events(): GatewayEvent[]
+  /**
+   * The events once `done` holds for them. The gateway logs a request when it has answered it and
+   * the line reaches us through a pipe, so it can arrive after the response that caused it.
+   */
+  eventsWhen(what: string, done: (events: GatewayEvent[]) => boolean): Promise<GatewayEvent[]>
   stderr(): string
+  /** Stops the gateway; resolves when it has exited and all its output has been read. */
   stop(): Promise<void>
 }
 
@@ -57,6 +67,7 @@ async function spawnGateway(args: string[]): Promise<GatewayProcess> {
   let stdout = ''
   let stderr = ''
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d))
+  const closed = new Promise<void>((resolve) => child.once('close', () => resolve()))
   const first = await new Promise<{ url: string; indexUrl: string }>((resolve, reject) => {
     child.stdout!.setEncoding('utf8').on('data', (d: string) => {
       stdout += d
@@ -65,21 +76,33 @@ async function spawnGateway(args: string[]): Promise<GatewayProcess> {
     })
     child.on('exit', (code) => reject(new Error(`gateway exited ${code}: ${stderr}`)))
   })
+  // The text after the last newline is a line still arriving: not parsed until it is whole.
+  const events = (): GatewayEvent[] =>
+    stderr
+      .split('\n')
+      .slice(0, -1)
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as GatewayEvent)
   return {
     ...first,
     child,
     stderr: () => stderr,
-    events: () =>
-      stderr
-        .split('\n')
-        .filter((l) => l.startsWith('{'))
-        .map((l) => JSON.parse(l) as Record<string, unknown>),
-    stop: () =>
-      new Promise<void>((resolve) => {
-        if (child.exitCode !== null) return resolve()
-        child.once('exit', () => resolve())
-        child.kill('SIGTERM')
-      }),
+    events,
+    eventsWhen: (what, done) =>
+      waitFor(
+        `the gateway to log ${what}`,
+        () => {
+          if (child.exitCode !== null || child.signalCode !== null)
+            throw new Error(`the gateway exited while we waited for it to log ${what}:\n${stderr}`)
+          return events()
+        },
+        done,
+        { show: () => stderr },
+      ),
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
+      await closed
+    },
   }
 }
 
@@ -89,18 +112,6 @@ async function freePort(): Promise<number> {
   const { port } = server.address() as { port: number }
   await new Promise((resolve) => server.close(resolve))
   return port
-}
-
-async function until(
-  what: string,
-  check: () => boolean | Promise<boolean>,
-  timeoutMs = 10_000,
-): Promise<void> {
-  const end = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
 }
 
 /** nginx as a child: a static sparse index (the fixture's state dir) that answers only to `token`. */
@@ -149,13 +160,18 @@ async function startNginx(
   })
   let stderr = ''
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d))
-  await until(`nginx on ${url} (${stderr})`, async () => {
-    if (child.exitCode !== null) throw new Error(`nginx exited: ${stderr}`)
-    return fetch(`${url}/index/config.json`).then(
-      (r) => r.status === 401,
-      () => false,
-    )
-  })
+  await waitFor(
+    `nginx on ${url} to refuse a request without the token`,
+    async () => {
+      if (child.exitCode !== null) throw new Error(`nginx exited: ${stderr}`)
+      return fetch(`${url}/index/config.json`).then(
+        (r) => r.status === 401,
+        () => false,
+      )
+    },
+    (refused) => refused,
+    { show: () => stderr },
+  )
   return {
     url,
     accessLog,
@@ -215,8 +231,8 @@ describe('gateway: RFC 3231 in front of bearer-only registries, with real cargo'
     appendFileSync(keysFile, `${k3} alice\n`)
     staticGateway.child.kill('SIGHUP')
     for (const g of [gateway, staticGateway])
-      await until('the keys file reload', () =>
-        g.events().some((e) => e['event'] === 'keys-reloaded' && e['keys'] === 2),
+      await g.eventsWhen('the keys file reload', (events) =>
+        events.some((e) => e['event'] === 'keys-reloaded' && e['keys'] === 2),
       )
     cargo = cargoThroughAgent(dir, gateway, agent)
   })
@@ -297,9 +313,10 @@ describe('gateway: RFC 3231 in front of bearer-only registries, with real cargo'
     assert.deepEqual(upstream.owners('hwtok-alpha'), ['publisher'])
 
     // The gateway logged who did each mutation, as the keys file names them.
-    const mutations = gateway
-      .events()
-      .filter((e) => e['outcome'] === 'forwarded' && e['operation'] !== 'read')
+    const isMutation = (e: GatewayEvent): boolean => e['outcome'] === 'forwarded' && e['operation'] !== 'read'
+    const mutations = (
+      await gateway.eventsWhen('the seven mutations', (events) => events.filter(isMutation).length >= 7)
+    ).filter(isMutation)
     assert.deepEqual(
       mutations.map((e) => [e['operation'], e['user'], e['status']]),
       [
@@ -332,15 +349,33 @@ describe('gateway: RFC 3231 in front of bearer-only registries, with real cargo'
     const before = readFileSync(nginx.accessLog, 'utf8').split('\n').length
     const build = await run(mirror, ['build'], mirror.crate('hwtok-app'))
     assert.equal(build.code, 0, show(build) + staticGateway.stderr())
-    const served = readFileSync(nginx.accessLog, 'utf8')
-      .split('\n')
-      .slice(before - 1)
-    for (const path of ['/index/config.json', '/index/hw/to/hwtok-beta', '/dl/hwtok-alpha/0.1.0/download'])
-      assert.ok(
-        served.some((l) => l.includes(`GET ${path} `) && / 200 /.test(l)),
-        `nginx served ${path}:\n${served.join('\n')}`,
-      )
-    const reads = staticGateway.events().filter((e) => e['outcome'] === 'forwarded')
+    const paths = ['/index/config.json', '/index/hw/to/hwtok-beta', '/dl/hwtok-alpha/0.1.0/download']
+    const ok = (l: string): boolean => /" 200 /.test(l)
+    const servedPath = (lines: string[], path: string): boolean =>
+      lines.some((l) => l.includes(`GET ${path} `) && ok(l))
+    // nginx writes its access log line after it has sent the response, so it can come after cargo is done.
+    const served = await waitFor(
+      `nginx to log ${paths.join(', ')}`,
+      () =>
+        readFileSync(nginx.accessLog, 'utf8')
+          .split('\n')
+          .slice(before - 1),
+      (lines) => paths.every((path) => servedPath(lines, path)),
+      { show: (lines) => lines.join('\n') },
+    )
+    for (const path of paths)
+      assert.ok(servedPath(served, path), `nginx served ${path}:\n${served.join('\n')}`)
+    // Only the gateway has nginx's token, so each 200 nginx logged is a request the gateway forwarded.
+    const forwarded = (events: GatewayEvent[]): GatewayEvent[] =>
+      events.filter((e) => e['outcome'] === 'forwarded')
+    const reads = forwarded(
+      await staticGateway.eventsWhen(
+        `a forwarded request for each of the ${served.filter(ok).length} nginx served`,
+        (events) =>
+          forwarded(events).length >= served.filter(ok).length &&
+          paths.every((path) => forwarded(events).some((e) => e['path'] === path)),
+      ),
+    )
     assert.ok(reads.length >= 3 && reads.every((e) => e['operation'] === 'read' && e['user'] === 'alice'))
   })
 
@@ -411,12 +446,14 @@ describe('gateway: RFC 3231 in front of bearer-only registries, with real cargo'
       ['1.0.0'],
     )
     assert.equal(upstream.records().filter((r) => r.path.includes('admin')).length, 0)
-    const refused = gateway.events().filter((e) => e['outcome'] === 'refused' && e['status'] === 401)
-    assert.ok(
-      ['TOKEN_REPLAYED', 'MUTATION_MISMATCH', 'KEY_ID_MISMATCH'].every((c) =>
-        refused.some((e) => e['code'] === c),
-      ),
-    )
+    const codes = ['TOKEN_REPLAYED', 'MUTATION_MISMATCH', 'KEY_ID_MISMATCH']
+    const isRefused = (e: GatewayEvent): boolean => e['outcome'] === 'refused' && e['status'] === 401
+    const refused = (
+      await gateway.eventsWhen(`the refusals ${codes.join(', ')}`, (events) =>
+        codes.every((c) => events.some((e) => isRefused(e) && e['code'] === c)),
+      )
+    ).filter(isRefused)
+    assert.ok(codes.every((c) => refused.some((e) => e['code'] === c)))
 
     const config = await call('GET', '/index/config.json', read)
     assert.deepEqual(JSON.parse(config.text), {
@@ -426,8 +463,11 @@ describe('gateway: RFC 3231 in front of bearer-only registries, with real cargo'
     })
   })
 
-  test("the upstream's token appears in no response, no cargo output and no gateway log line", () => {
+  test("the upstream's token appears in no response, no cargo output and no gateway log line", async () => {
     const secret = upstreamToken.slice('Bearer '.length)
+    // Stopped, so every line they wrote has been read, the last requests' and their shutdown's too.
+    await gateway.stop()
+    await staticGateway.stop()
     assert.ok(seen.length > 10)
     for (const text of [...seen, gateway.stderr(), staticGateway.stderr()]) assert.ok(!text.includes(secret))
   })

@@ -97,7 +97,11 @@ describe('doctor: findings with their fix', () => {
     assert.match(pinentry.remedy ?? '', /Install a pinentry/)
     const headless = one(findings, 'registry local', /confirm = "prompt" on a headless agent/)
     assert.equal(headless.level, 'fail')
-    assert.match(headless.remedy ?? '', /confirm = "touch".*confirm = "none"/)
+    // A SoftHSM key attests no touch: confirm = "touch" only with a key that has a touch policy.
+    assert.match(
+      headless.remedy ?? '',
+      /confirm = "none" \(CI\).*a mutation key with a touch policy and confirm = "touch"/,
+    )
 
     // Fixed, the same findings are gone.
     await chmod(pinFile, 0o600)
@@ -316,7 +320,7 @@ describe('a token whose label is mistyped', () => {
       assert.match(
         remedy,
         new RegExp(
-          `^Check its label/serial in the config \\(\`cargo-pkcs11-agent list --module ${agent.softhsm.module}\` shows the tokens there\\), or insert token 'carg'; the agent picks it up without a restart$`,
+          `^Check its label/serial in the config \\(\`cargo-pkcs11-agent list --module ${agent.softhsm.module}\` shows the tokens there\\), or insert token 'carg'; the agent picks it up without a restart; a token that exists but is not found: set the SOFTHSM2_CONF it was made with in the token's module-env`,
         ),
       )
       assert.ok(r.lines[1]?.includes(remedy), `the agent said: ${r.lines[1]}`)

@@ -13,12 +13,16 @@ import { AuditLog } from '../../src/audit/log.js'
 import { rotatedFiles } from '../../src/audit/rotation.js'
 import { formatEntry, runLog } from '../../src/cli/log.js'
 import { publishIntent, PUBLISH_CRATE, readIntent } from '../fixtures/pinentry/harness.js'
+import { waitFor } from '../helpers/wait.js'
 
 const run = promisify(execFile)
 const dir = mkdtempSync(join(tmpdir(), 'audit-cli-'))
-after(() => rmSync(dir, { recursive: true, force: true }))
 const path = join(dir, 'state', 'audit.jsonl')
 const audit = new AuditLog(path)
+after(async () => {
+  await audit.close()
+  rmSync(dir, { recursive: true, force: true })
+})
 
 async function capture(argv: string[], signal?: AbortSignal): Promise<string> {
   let out = ''
@@ -107,28 +111,62 @@ test('--follow prints lines appended after it started, including one written in 
     pollMs: 20,
     signal: controller.signal,
   })
+  let settled = false
+  void following.then(
+    () => (settled = true),
+    () => (settled = true),
+  )
+  // The follower reads on its own schedule: wait until it has printed what each step expects
+  // (every write is whole lines, so counting newlines counts lines), never for a fixed time.
+  const printed = (what: string, lines: number): Promise<string> =>
+    waitFor(
+      `--follow to print ${what} (${lines} lines in all)`,
+      async () => {
+        if (settled) {
+          await following
+          throw new Error(`--follow returned before it was stopped; it printed:\n${out}`)
+        }
+        return out
+      },
+      (seen) => seen.split('\n').length > lines,
+    )
+  // Its start offset is fixed once it has shown the tail: a line written before that would be
+  // shown as the tail (-n 1) instead of as a followed line.
+  await printed('the newest line already in the log', 1)
   await audit.record(
     auditEntry(publishIntent({ crate: { ...PUBLISH_CRATE, vers: '9.9.9' } }), {
       result: 'signed',
       token: 'x',
     }),
   )
-  const line = JSON.stringify(
+  await printed('the line the audit log appended', 2)
+  const whole = JSON.stringify(
     auditEntry(publishIntent({ crate: { ...PUBLISH_CRATE, vers: '9.9.10' } }), {
+      result: 'signed',
+      token: 'y',
+    }),
+  )
+  const split = JSON.stringify(
+    auditEntry(publishIntent({ crate: { ...PUBLISH_CRATE, vers: '9.9.11' } }), {
       result: 'failed',
       code: 'TOUCH_TIMEOUT',
       reason: 'No touch',
     }),
   )
-  appendFileSync(path, line.slice(0, 40))
-  while (!out.includes('9.9.9')) await new Promise((r) => setTimeout(r, 20))
-  appendFileSync(path, line.slice(40) + '\n')
-  while (!out.includes('9.9.10')) await new Promise((r) => setTimeout(r, 20))
+  // The first piece goes out in the same write as a whole line, so once that line is printed the
+  // follower has read the piece too and holds it; only then does the rest of the line follow.
+  appendFileSync(path, `${whole}\n${split.slice(0, 40)}`)
+  await printed('the whole line written with the first piece', 3)
+  appendFileSync(path, split.slice(40) + '\n')
+  await printed('the line completed by the second piece', 4)
   controller.abort()
   await following
   const lines = out.trimEnd().split('\n')
-  assert.equal(lines.length, 3)
-  assert.match(lines[2] ?? '', /FAILED  publish foo 9\.9\.10 .*TOUCH_TIMEOUT: No touch/)
+  assert.equal(lines.length, 4, out)
+  assert.match(lines[0] ?? '', /^2026-11-25 12:01:00Z  DENIED  publish foo 1\.2\.3 /)
+  assert.match(lines[1] ?? '', /signed  publish foo 9\.9\.9 .*; token sha256:[0-9a-f]{16}$/)
+  assert.match(lines[2] ?? '', /signed  publish foo 9\.9\.10 .*; token sha256:[0-9a-f]{16}$/)
+  assert.match(lines[3] ?? '', /FAILED  publish foo 9\.9\.11 .*TOUCH_TIMEOUT: No touch/)
 })
 
 test('the real binary: `cargo-pkcs11-agent log` reads the XDG default path; no log yet says so and exits 0', async () => {
@@ -150,6 +188,7 @@ test('the real binary: `cargo-pkcs11-agent log` reads the XDG default path; no l
   assert.match(json.stderr, /No audit entries yet/)
   const xdgLog = new AuditLog(join(dir, 'xdg-state', 'cargo-pkcs11-agent', 'audit.jsonl'))
   await xdgLog.record(auditEntry(publishIntent(), { result: 'signed', token: 'abc', approval: 'touch' }))
+  await xdgLog.close()
   const { stdout } = await run(process.execPath, [bin, 'log', '-n', '5'], { env })
   assert.match(stdout, /signed  publish foo 1\.2\.3 .*approved: touch/)
 })
