@@ -35,9 +35,9 @@ export function packageVersion(): string {
 /** Known module names → candidate paths per `${platform}-${arch}` (native-config/modules.json). */
 export type ModuleTable = Readonly<Record<string, Readonly<Record<string, readonly string[]>>>>
 
-let cached: ModuleTable | undefined
+let cached: { modules: ModuleTable; environment: Readonly<Record<string, readonly string[]>> } | undefined
 
-export function knownModules(): ModuleTable {
+function modulesFile(): NonNullable<typeof cached> {
   if (cached === undefined) {
     const raw = JSON.parse(
       readFileSync(
@@ -48,12 +48,18 @@ export function knownModules(): ModuleTable {
         'utf8',
       ),
     ) as Record<string, unknown>
-    const table: Record<string, Record<string, string[]>> = {}
+    const modules: Record<string, Record<string, string[]>> = {}
     for (const [name, value] of Object.entries(raw)) {
       if (name.startsWith('$') || typeof value !== 'object' || value === null) continue
-      table[name] = value as Record<string, string[]>
+      modules[name] = value as Record<string, string[]>
     }
-    cached = Object.freeze(table)
+    const environment = (raw['$environment'] ?? {}) as Record<string, string[]>
+    cached = { modules: Object.freeze(modules), environment: Object.freeze(environment) }
   }
   return cached
 }
+
+export const knownModules = (): ModuleTable => modulesFile().modules
+
+/** Known module name → the variables it reads at C_Initialize to find its tokens (`$environment`). */
+export const moduleEnvironment = (): Readonly<Record<string, readonly string[]>> => modulesFile().environment

@@ -3,38 +3,21 @@
  * `$environment`): SoftHSM's SOFTHSM2_CONF, tpm2-pkcs11's TCTI and store. `setup` saves them in the
  * token's module-env (docs/setup.md §6); a token-absent remedy names them.
  */
-import { readFileSync } from 'node:fs'
 import { basename } from 'node:path'
 
-import { packageFile } from '../lib/package-files.js'
-
-type Paths = Record<string, string[]>
-let cached: { environment: Record<string, string[]>; modules: [name: string, paths: Paths][] } | undefined
-
-function modulesJson(): NonNullable<typeof cached> {
-  if (cached === undefined) {
-    const raw = JSON.parse(readFileSync(packageFile('native-config/modules.json'), 'utf8')) as Record<
-      string,
-      unknown
-    >
-    const modules = Object.entries(raw).filter(([name]) => !name.startsWith('$')) as [string, Paths][]
-    cached = { environment: (raw['$environment'] ?? {}) as Record<string, string[]>, modules }
-  }
-  return cached
-}
+import { knownModules, moduleEnvironment } from '../lib/package-files.js'
 
 /** The module names `module = "…"` and `--module` take. */
-export const knownModuleNames = (): string[] => modulesJson().modules.map(([name]) => name)
+export const knownModuleNames = (): string[] => Object.keys(knownModules())
 
 /** For a known module name, or a path with the file name of one of that name's candidates. */
 export function moduleEnvironmentNames(nameOrPath: string): readonly string[] {
-  const { environment, modules } = modulesJson()
   const file = basename(nameOrPath)
-  const known = modules.find(
+  const known = Object.entries(knownModules()).find(
     ([name, paths]) =>
       name === nameOrPath || Object.values(paths).some((list) => list.some((p) => basename(p) === file)),
   )
-  return known === undefined ? [] : (environment[known[0]] ?? [])
+  return known === undefined ? [] : (moduleEnvironment()[known[0]] ?? [])
 }
 
 /** The end of a token-absent remedy for a module that finds its tokens through its environment. */
