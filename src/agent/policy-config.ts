@@ -66,12 +66,20 @@ export function pinEnvVariables(config: Config): string[] {
   return Object.values(config.tokens).flatMap((t) => (t.pinEnv === undefined ? [] : [t.pinEnv]))
 }
 
+/**
+ * Every `pin-env` name of every config this process loaded: a reload that drops one leaves its
+ * variable in the agent's environment, so children (pinentry, notify-send) never get it either
+ * (docs/policy.md, "PIN sources"). Grows only.
+ */
+const seenPinEnv = new Set<string>()
+
 /** One Policy per loaded config (a reload starts with an empty PIN cache anyway). */
 export function createPolicy(
   config: Config,
   log: (line: string) => void,
   env: NodeJS.ProcessEnv = process.env,
 ): Policy {
+  for (const name of pinEnvVariables(config)) seenPinEnv.add(name)
   const policy = new Policy(
     {
       headless: config.agent.headless,
@@ -83,7 +91,7 @@ export function createPolicy(
     {
       env,
       readPinFile,
-      secretEnvVariables: pinEnvVariables(config),
+      secretEnvVariables: [...seenPinEnv],
       log: (event, data) => log(`${event} ${JSON.stringify(data)}`),
     },
   )
