@@ -313,7 +313,7 @@ export class Agent implements AgentState {
     }
     this.policy.close()
     this.config = next
-    this.policy = createPolicy(next, this.log)
+    this.policy = createPolicy(next, this.log, process.env, this.policy.limiter)
     void this.audit.close()
     this.audit = new AuditLog(next.agent.auditLog)
     this.log(`configuration reloaded from ${this.configPath ?? '(memory)'}; PINs forgotten, devices released`)

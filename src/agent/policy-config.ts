@@ -6,6 +6,7 @@ import type { Config, EffectiveConfirm, RegistryConfig, TokenConfig } from '../c
 import { readPinFile } from '../lib/pin-file.js'
 import type { PinSource, RegistryPolicy, TokenPolicy } from '../policy/config.js'
 import { Policy } from '../policy/policy.js'
+import type { MutationRateLimiter } from '../policy/rate-limit.js'
 
 const KIND_TEXT: Readonly<Record<NonNullable<TokenConfig['kind']>, string>> = {
   yubikey: 'your YubiKey',
@@ -73,11 +74,15 @@ export function pinEnvVariables(config: Config): string[] {
  */
 const seenPinEnv = new Set<string>()
 
-/** One Policy per loaded config (a reload starts with an empty PIN cache anyway). */
+/**
+ * One Policy per loaded config (a reload starts with an empty PIN cache anyway); a reload hands in
+ * the running `limiter`, so its mutations stay counted (docs/policy.md, "Mutations").
+ */
 export function createPolicy(
   config: Config,
   log: (line: string) => void,
   env: NodeJS.ProcessEnv = process.env,
+  limiter?: MutationRateLimiter,
 ): Policy {
   for (const name of pinEnvVariables(config)) seenPinEnv.add(name)
   const policy = new Policy(
@@ -91,6 +96,7 @@ export function createPolicy(
     {
       env,
       readPinFile,
+      ...(limiter === undefined ? {} : { limiter }),
       secretEnvVariables: [...seenPinEnv],
       log: (event, data) => log(`${event} ${JSON.stringify(data)}`),
     },

@@ -30,6 +30,8 @@ export interface PolicyDeps {
   readonly readPinFile: (path: string) => Promise<Pin>
   /** Defaults to notify-send / osascript when `notify` is on. */
   readonly notifier?: DesktopNotifier
+  /** The running limiter, kept across a reload: a SIGHUP must not empty the sliding hour. */
+  readonly limiter?: MutationRateLimiter
   /** Every `pin-env` variable in the config: removed from the environment of pinentry and notify-send. */
   readonly secretEnvVariables?: readonly string[]
   /** Debug events (token ids, reasons, codes: never a PIN). */
@@ -65,7 +67,7 @@ export class Policy {
       clock,
       onForget: (tokenId, reason) => log('pin-forgotten', { token: tokenId, reason }),
     })
-    this.limiter = new MutationRateLimiter({ clock })
+    this.limiter = deps.limiter ?? new MutationRateLimiter({ clock })
     this.#notifier =
       deps.notifier ??
       (this.config.notify && !this.config.headless
