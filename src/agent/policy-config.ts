@@ -6,7 +6,6 @@ import type { Config, EffectiveConfirm, RegistryConfig, TokenConfig } from '../c
 import { readPinFile } from '../lib/pin-file.js'
 import type { PinSource, RegistryPolicy, TokenPolicy } from '../policy/config.js'
 import { Policy } from '../policy/policy.js'
-import type { MutationRateLimiter } from '../policy/rate-limit.js'
 
 const KIND_TEXT: Readonly<Record<NonNullable<TokenConfig['kind']>, string>> = {
   yubikey: 'your YubiKey',
@@ -75,15 +74,11 @@ export function pinEnvVariables(config: Config): string[] {
 const seenPinEnv = new Set<string>()
 
 /**
- * One Policy per loaded config (a reload starts with an empty PIN cache anyway); a reload hands in
- * the running `limiter`, so its mutations stay counted (docs/policy.md, "Mutations").
+ * One Policy per loaded config (a reload starts with an empty PIN cache anyway). `previous`, the
+ * policy a reload replaces, hands on which env/file PINs its tokens rejected, and its rate limiter:
+ * the mutations of the sliding hour stay counted (docs/policy.md, "Mutations").
  */
-export function createPolicy(
-  config: Config,
-  log: (line: string) => void,
-  env: NodeJS.ProcessEnv = process.env,
-  limiter?: MutationRateLimiter,
-): Policy {
+export function createPolicy(config: Config, log: (line: string) => void, previous?: Policy): Policy {
   for (const name of pinEnvVariables(config)) seenPinEnv.add(name)
   const policy = new Policy(
     {
@@ -94,9 +89,9 @@ export function createPolicy(
       notify: config.agent.notify,
     },
     {
-      env,
+      env: process.env,
       readPinFile,
-      ...(limiter === undefined ? {} : { limiter }),
+      ...(previous === undefined ? {} : { rejectedPins: previous.rejectedPins, limiter: previous.limiter }),
       secretEnvVariables: [...seenPinEnv],
       log: (event, data) => log(`${event} ${JSON.stringify(data)}`),
     },

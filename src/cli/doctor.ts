@@ -22,6 +22,7 @@ import {
 import { toAgentError } from '../lib/errors.js'
 import { DEFAULT_POLICY_CONFIG } from '../policy/config.js'
 import { applyModuleEnvironment, resolveModulePath } from '../pkcs11/modules.js'
+import { moduleEnvironmentHint } from '../pkcs11/module-environment.js'
 import {
   attestedKeyName,
   pivAttestationObjects,
@@ -186,7 +187,7 @@ function checkSettings(config: Config): Finding[] {
         fail(
           `registry ${name}`,
           `confirm = "prompt"${registry.confirm === undefined ? ' (the default)' : ''} on a headless agent: nobody can confirm, so every publish, yank and owner change is refused`,
-          `Set confirm = "touch" (a key with a touch policy) or confirm = "none" (CI) for [registries.${name}], or headless = false`,
+          `Set confirm = "none" (CI) for [registries.${name}], use a mutation key with a touch policy and confirm = "touch", or headless = false`,
         )
     }
   }
@@ -262,7 +263,7 @@ async function checkTokens(config: Config): Promise<Finding[]> {
             'fail',
             check,
             `${device.describe()} is not present`,
-            'Insert the token, or check its label/serial in the config (`cargo-pkcs11-agent list`)',
+            `Insert the token, or check its label/serial in the config (\`cargo-pkcs11-agent list\`)${moduleEnvironmentHint(token.module)}`,
           ),
         )
         continue

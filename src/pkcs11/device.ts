@@ -13,6 +13,7 @@ import { Pkcs11Module, type Handle, type TokenInfo } from './binding.js'
 import { CKR, fromReturnValue } from './ckr.js'
 import { KeyCatalogue, type DeviceKey, type OnSession } from './key-catalogue.js'
 import { generateKeyPair, keygenRequest } from './keygen.js'
+import { moduleEnvironmentHint } from './module-environment.js'
 import { resolveModulePath } from './modules.js'
 import {
   tokenMatches,
@@ -443,7 +444,7 @@ export class Device {
       )
     }
     throw new AgentError('TOKEN_ABSENT', `${this.describe()} is not present`, {
-      remedy: `Insert ${token}; the agent picks it up without a restart`,
+      remedy: `Insert ${token}; the agent picks it up without a restart${moduleEnvironmentHint(this.#selector.module)}`,
       data: { token: this.describe() },
     })
   }

@@ -47,6 +47,34 @@ export interface LoginDeps {
   /** Where this request's PIN can come from (the agent's terminal asker, pinentry, env, files). */
   readonly pinSources: (prompter: Prompter, intent: Intent) => PinSources
   readonly log: (event: string, data: Readonly<Record<string, string | number | boolean>>) => void
+  /** The env/file PINs tokens rejected; a reload hands the previous policy's on (src/agent/agent.ts). */
+  readonly rejected: RejectedPins
+}
+
+/**
+ * Per token: fingerprint of the env/file PIN the token rejected. The only memory of rejected PINs
+ * (the device layer keeps none): such a source hands out the same wrong PIN on every request and
+ * each try costs one of the token's few tries, so that value is not sent again until it changes.
+ * `lock` and a reload keep it: a fixed PIN file holds another value and is tried at once, and the
+ * agent's environment is fixed at its start, so only a restart changes an env PIN. A PIN a human
+ * typed is never retried anyway: it is not cached.
+ */
+export class RejectedPins {
+  readonly #byToken = new Map<string, Buffer>()
+  readonly #key = randomBytes(32)
+
+  add(tokenId: string, pin: Pin): void {
+    this.#byToken.set(tokenId, this.#fingerprint(pin))
+  }
+
+  has(tokenId: string, pin: Pin): boolean {
+    return this.#byToken.get(tokenId)?.equals(this.#fingerprint(pin)) === true
+  }
+
+  /** HMAC with a per-process random key: comparable, but not a guessable hash of a short PIN. */
+  #fingerprint(pin: Pin): Buffer {
+    return createHmac('sha256', this.#key).update(pin.expose()).digest()
+  }
 }
 
 /** A typed PIN still to come (undefined when its question became moot), and whether a final try was approved for it. */
@@ -60,14 +88,6 @@ export class Login {
   readonly #inFlight = new Map<string, Promise<void>>()
   /** Per token: the typed-PIN questions open on their requesters' terminals, each with what makes it moot. */
   readonly #asking = new Map<string, Map<Promise<Pin | undefined>, () => void>>()
-  /**
-   * Per token: fingerprint of the env/file PIN the token rejected. The only memory of rejected PINs
-   * (the device layer keeps none): such a source hands out the same wrong PIN on every request and
-   * each try costs one of the token's few tries, so that value is not sent again until it changes or
-   * `forgetRejected` (lock, SIGHUP). A PIN a human typed is never retried anyway: it is not cached.
-   */
-  readonly #rejected = new Map<string, Buffer>()
-  readonly #fingerprintKey = randomBytes(32)
 
   constructor(deps: LoginDeps) {
     this.#deps = deps
@@ -120,17 +140,13 @@ export class Login {
     }
   }
 
-  forgetRejected(): void {
-    this.#rejected.clear()
-  }
-
   /**
    * The token refused `pin` on a login the device made by itself (the context-specific login of a
    * CKA_ALWAYS_AUTHENTICATE key, YubiKey PIV 9c): remembered like a refusal here, so an env/file
    * source that still holds that value is not tried again.
    */
   rejected(tokenId: string, pin: Pin): void {
-    this.#rejected.set(tokenId, this.#fingerprint(pin))
+    this.#deps.rejected.add(tokenId, pin)
   }
 
   /** Undefined when done; a typed PIN still to come (`#askOwn`) otherwise. */
@@ -192,7 +208,7 @@ export class Login {
       await this.#login(device, token, pin)
     } catch (error) {
       if (!interactive && toAgentError(error).code === 'PIN_INCORRECT') {
-        this.#rejected.set(token.id, this.#fingerprint(pin))
+        this.#deps.rejected.add(token.id, pin)
       }
       pin.wipe()
       throw error
@@ -290,17 +306,11 @@ export class Login {
     }
     const pin = await readPin(source, prompt, this.#deps.pinSources(prompter, intent))
     if (source.kind !== 'env' && source.kind !== 'file') return pin
-    const rejected = this.#rejected.get(token.id)
-    if (rejected !== undefined && rejected.equals(this.#fingerprint(pin))) {
+    if (this.#deps.rejected.has(token.id, pin)) {
       pin.wipe()
-      throw pinAlreadyRejected(token.description, source.kind)
+      throw pinAlreadyRejected(token.description, source)
     }
     return pin
-  }
-
-  /** HMAC with a per-process random key: comparable, but not a guessable hash of a short PIN. */
-  #fingerprint(pin: Pin): Buffer {
-    return createHmac('sha256', this.#fingerprintKey).update(pin.expose()).digest()
   }
 
   async #login(device: PolicyDevice, token: TokenPolicy, pin: Pin | null): Promise<void> {

@@ -97,7 +97,11 @@ describe('doctor: findings with their fix', () => {
     assert.match(pinentry.remedy ?? '', /Install a pinentry/)
     const headless = one(findings, 'registry local', /confirm = "prompt" on a headless agent/)
     assert.equal(headless.level, 'fail')
-    assert.match(headless.remedy ?? '', /confirm = "touch".*confirm = "none"/)
+    // A SoftHSM key attests no touch: confirm = "touch" only with a key that has a touch policy.
+    assert.match(
+      headless.remedy ?? '',
+      /confirm = "none" \(CI\).*a mutation key with a touch policy and confirm = "touch"/,
+    )
 
     // Fixed, the same findings are gone.
     await chmod(pinFile, 0o600)

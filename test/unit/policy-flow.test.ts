@@ -338,7 +338,7 @@ test('an env PIN is used for the login and held for context-specific logins (Yub
   assert.equal(p.cachedPin(token.id)?.expose().toString(), '123456')
 })
 
-test('a wrong env PIN is tried once, then refused without a login until lock', async () => {
+test('a wrong env PIN is tried once, then refused without a login, after lock and in a reloaded policy too, until it changes', async () => {
   const device = new FakePivDevice()
   const env: NodeJS.ProcessEnv = { PIV_PIN: '000000' }
   const p = make({}, env)
@@ -351,15 +351,31 @@ test('a wrong env PIN is tried once, then refused without a login until lock', a
     (error: AgentError) => {
       assert.equal(error.code, 'PIN_INCORRECT')
       assert.match(error.message, /not tried again/)
+      assert.match(String(error.remedy), /restart it: `cargo-pkcs11-agent stop`/)
       assert.doesNotMatch(error.message + String(error.remedy), /000000/)
       return true
     },
   )
+  // `lock` forgets PINs, not which value was rejected: the agent's environment has not changed.
+  p.lock()
+  await assert.rejects(p.ensureLoggedIn(device, token, new RecordingPrompter(false), readIntent()), {
+    code: 'PIN_INCORRECT',
+    message: /not tried again/,
+  })
+  // Nor does a reload: the next policy takes the previous one's memory (src/agent/policy-config.ts).
+  const reloaded = new Policy(
+    { notify: false },
+    { env, readPinFile: async () => Promise.reject(new Error('unused')), rejectedPins: p.rejectedPins },
+  )
+  await assert.rejects(reloaded.ensureLoggedIn(device, token, new RecordingPrompter(false), readIntent()), {
+    code: 'PIN_INCORRECT',
+    message: /not tried again/,
+  })
   assert.deepEqual(device.logins, ['000000'])
   assert.equal(device.tries, 2)
-  // A fixed secret is tried after `lock` (or a changed value at once).
+  // A changed value is tried at once.
   env['PIV_PIN'] = '123456'
-  await p.ensureLoggedIn(device, token, new RecordingPrompter(false), readIntent())
+  await reloaded.ensureLoggedIn(device, token, new RecordingPrompter(false), readIntent())
   assert.deepEqual(device.logins, ['000000', '123456'])
 })
 
@@ -575,6 +591,46 @@ test('no terminal and a pinentry that cannot ask: the refusal names a confirmati
       return true
     },
   )
+})
+
+test('nobody can confirm: confirm = "touch" is advised only for a key that attests a touch policy', async () => {
+  const refusal = async (config: Partial<PolicyConfig>, touchAttested: boolean): Promise<string> => {
+    const error = await make(config)
+      .approve(
+        publishIntent(),
+        new RecordingPrompter(false),
+        registryPolicy({ confirm: 'prompt', touchAttested }),
+      )
+      .then(
+        () => assert.fail('approved'),
+        (e: unknown) => e,
+      )
+    assert.ok(error instanceof AgentError)
+    assert.equal(error.code, 'POLICY_DENIED')
+    return error.remedy ?? ''
+  }
+  for (const config of [{ headless: true }, { pinentryProgram: '/nonexistent/pinentry' }]) {
+    const label = JSON.stringify(config)
+    // SoftHSM, a TPM: a touch the agent cannot check, counted as none by a reload.
+    const unattested = await refusal(config, false)
+    assert.doesNotMatch(unattested, /set confirm = "touch"/, label)
+    assert.match(unattested, /set confirm = "none" for this registry .*attests no touch policy/, label)
+    assert.match(unattested, /use a mutation key with a touch policy .* and confirm = "touch"/, label)
+    const attested = await refusal(config, true)
+    assert.match(
+      attested,
+      /set confirm = "touch" \(its mutation key attests a touch policy\) or confirm = "none"/,
+      label,
+    )
+  }
+  // Forwarded: confirm = "none" does not spare the question, so it is not offered.
+  const far = publishIntent({ requester: { forwarded: { via: 'ssh', pid: 7, verified: true } } })
+  const forwarded = await make({ pinentryProgram: '/nonexistent/pinentry' })
+    .approve(far, new RecordingPrompter(false), registryPolicy({ confirm: 'prompt', forwarded: 'confirm' }))
+    .catch((e: unknown) => e)
+  assert.ok(forwarded instanceof AgentError)
+  assert.doesNotMatch(forwarded.remedy ?? '', /set confirm = "none"/)
+  assert.match(forwarded.remedy ?? '', /asked even with confirm = "none"/)
 })
 
 test('forwarded requests follow the registry’s `forwarded`; their confirmation is never asked on the terminal, even with confirm = "none"', async () => {
