@@ -43,10 +43,12 @@ export interface AgentOptions {
 /**
  * What a forwarded peer may not call, with the command to run on the agent's host instead
  * (docs/ssh-forwarding.md, "What forwarded requests may do"): keygen, cargo login and pubkey make
- * or show keys for registration (and may ask for the PIN on the agent's host), and lock, release,
- * reload and cargo logout would let the remote host end the PINs and sessions held for this one.
+ * or show keys for registration (and may ask for the PIN on the agent's host), lock, release,
+ * reload and cargo logout would let the remote host end the PINs and sessions held for this one,
+ * and status would show it every registry bound here, the tokens and when a PIN is cached.
  */
 const LOCAL_ONLY: Partial<Record<Method, string>> = {
+  status: '`cargo-pkcs11-agent status`',
   keygen: '`cargo-pkcs11-agent keygen`',
   login: '`cargo login`',
   pubkey: '`cargo-pkcs11-agent pubkey`',

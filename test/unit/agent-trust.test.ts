@@ -212,7 +212,11 @@ describe('the requester from the kernel', () => {
   test('this process as the client: its parent is the requester', () => {
     const requester = kernelRequester({ uid, gid: 0, pid: process.pid })
     assert.equal(requester.uid, uid)
-    assert.deepEqual(requester.client, { pid: process.pid, command: cmdline(process.pid) })
+    assert.deepEqual(requester.client, {
+      pid: process.pid,
+      command: cmdline(process.pid),
+      exe: readlinkSync(`/proc/${process.pid}/exe`),
+    })
     assert.equal(requester.pid, process.ppid)
     assert.equal(requester.command, cmdline(process.ppid))
     assert.equal(requester.exe, readlinkSync(`/proc/${process.ppid}/exe`))
