@@ -77,7 +77,10 @@ export class RejectedPins {
   }
 }
 
-/** A typed PIN still to come (undefined when its question became moot), and whether a final try was approved for it. */
+/**
+ * A typed PIN still to come (undefined when its question became moot), and whether a final try was
+ * approved before it was asked.
+ */
 interface Asked {
   readonly pin: Promise<Pin | undefined>
   readonly finalTryApproved: boolean
@@ -86,7 +89,7 @@ interface Asked {
 export class Login {
   readonly #deps: LoginDeps
   readonly #inFlight = new Map<string, Promise<void>>()
-  /** Per token: the typed-PIN questions open on their requesters' terminals, each with what makes it moot. */
+  /** Per token: the typed-PIN questions open on their requesters' terminals, each with its `moot`. */
   readonly #asking = new Map<string, Map<Promise<Pin | undefined>, () => void>>()
 
   constructor(deps: LoginDeps) {
