@@ -20,9 +20,9 @@ import {
   type TokenConfig,
 } from '../config/schema.js'
 import { toAgentError } from '../lib/errors.js'
+import { loadAddon } from '../lib/peercred.js'
 import { DEFAULT_POLICY_CONFIG } from '../policy/config.js'
 import { applyModuleEnvironment, resolveModulePath } from '../pkcs11/modules.js'
-import { moduleEnvironmentHint } from '../pkcs11/module-environment.js'
 import {
   attestedKeyName,
   pivAttestationObjects,
@@ -59,6 +59,16 @@ function checkNode(): Finding {
   return major >= 20
     ? finding('ok', 'node', `Node.js ${process.versions.node}`)
     : finding('fail', 'node', `Node.js ${process.versions.node} is too old`, 'Install Node.js 20 or newer')
+}
+
+/** The agent asks the kernel who connects through this addon (docs/agent-protocol.md); without it, it cannot start. */
+function checkPeercred(): Finding {
+  try {
+    loadAddon()
+    return finding('ok', 'peercred addon', 'loaded (peer credentials of socket clients)')
+  } catch (error) {
+    return fromError('peercred addon', error)
+  }
 }
 
 function checkConfig(path: string): { config?: Config; findings: Finding[] } {
@@ -258,14 +268,7 @@ async function checkTokens(config: Config): Promise<Finding[]> {
     try {
       const status = await device.status()
       if (!status.present) {
-        findings.push(
-          finding(
-            'fail',
-            check,
-            `${device.describe()} is not present`,
-            `Insert the token, or check its label/serial in the config (\`cargo-pkcs11-agent list\`)${moduleEnvironmentHint(token.module)}`,
-          ),
-        )
+        findings.push(finding('fail', check, `${device.describe()} is not present`, device.absentRemedy()))
         continue
       }
       if (status.pinLocked) {
@@ -534,7 +537,7 @@ export async function doctor(argv: readonly string[]): Promise<number> {
     USAGE.doctor,
   )
   const configPath = resolveConfigPath(values.config).path
-  const findings: Finding[] = [checkNode()]
+  const findings: Finding[] = [checkNode(), checkPeercred()]
   const { config, findings: configFindings } = checkConfig(configPath)
   findings.push(...configFindings)
   if (config !== undefined) findings.push(...checkSettings(config), ...(await checkTokens(config)))

@@ -134,6 +134,12 @@ export class Device {
     this.#onEvent = options.onEvent ?? (() => {})
   }
 
+  /** What to do about a token not found: the agent's TOKEN_ABSENT and doctor say the same. */
+  absentRemedy(): string {
+    const token = this.describe().replace(/ via .*$/, '')
+    return `Check its label/serial in the config (\`cargo-pkcs11-agent list --module ${this.#selector.module}\` shows the tokens there), or insert ${token}; the agent picks it up without a restart${moduleEnvironmentHint(this.#selector.module)}`
+  }
+
   describe(): string {
     const label = this.#seen?.label ?? this.#selector.label
     const serial = this.#seen?.serial ?? this.#selector.serial
@@ -444,7 +450,7 @@ export class Device {
       )
     }
     throw new AgentError('TOKEN_ABSENT', `${this.describe()} is not present`, {
-      remedy: `Insert ${token}; the agent picks it up without a restart${moduleEnvironmentHint(this.#selector.module)}`,
+      remedy: this.absentRemedy(),
       data: { token: this.describe() },
     })
   }

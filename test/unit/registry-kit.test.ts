@@ -251,7 +251,7 @@ test('gateway config: flags over TOML, the upstream token only as a Secret, bad 
   const dir = mkdtempSync(join(tmpdir(), 'hwtok-gwconf-'))
   try {
     const tokenFile = join(dir, 'token')
-    writeFileSync(tokenFile, 'Bearer s3cret\n')
+    writeFileSync(tokenFile, 'Bearer s3cret\n', { mode: 0o600 }) // docs/gateway.md: refused otherwise
     const config = join(dir, 'gateway.toml')
     writeFileSync(
       config,
