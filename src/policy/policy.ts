@@ -30,6 +30,8 @@ export interface PolicyDeps {
   readonly readPinFile: (path: string) => Promise<Pin>
   /** Defaults to notify-send / osascript when `notify` is on. */
   readonly notifier?: DesktopNotifier
+  /** The running limiter, kept across a reload: a SIGHUP must not empty the sliding hour. */
+  readonly limiter?: MutationRateLimiter
   /** Every `pin-env` variable in the config: removed from the environment of pinentry and notify-send. */
   readonly secretEnvVariables?: readonly string[]
   /** The previous policy's memory of rejected PINs, on a reload (src/policy/login.ts `RejectedPins`). */
@@ -68,7 +70,7 @@ export class Policy {
       clock,
       onForget: (tokenId, reason) => log('pin-forgotten', { token: tokenId, reason }),
     })
-    this.limiter = new MutationRateLimiter({ clock })
+    this.limiter = deps.limiter ?? new MutationRateLimiter({ clock })
     this.rejectedPins = deps.rejectedPins ?? new RejectedPins()
     this.#notifier =
       deps.notifier ??

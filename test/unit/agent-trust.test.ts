@@ -75,6 +75,17 @@ describe('weakenings of a reloaded configuration', () => {
     )
   })
 
+  test('a raised mutations-per-hour is a weakening; a lowered one is not', () => {
+    const two = config(reg('a', INDEX, 'none') + 'mutations-per-hour = 2\n')
+    const ten = config(reg('a', INDEX, 'none') + 'mutations-per-hour = 10\n')
+    assert.deepEqual(weakenings(two, ten), ['registry a: mutations-per-hour 2 → 10'])
+    assert.deepEqual(weakenings(two, config(reg('a', INDEX, 'none'))), [
+      'registry a: mutations-per-hour 2 → 30',
+    ])
+    assert.deepEqual(weakenings(ten, two), [])
+    assert.deepEqual(weakenings(two, two), [])
+  })
+
   test('lower confirm, headless on, an unconfirmed new binding, a changed mutation key', () => {
     const now = config(reg('a', INDEX, 'touch'))
     const lowered = config(reg('a', INDEX, 'prompt'))

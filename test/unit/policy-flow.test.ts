@@ -10,11 +10,12 @@ import { test } from 'node:test'
 
 import type { AuditEntry, AuditSink } from '../../src/audit/entry.js'
 import { AgentError } from '../../src/lib/errors.js'
-import type { Pin } from '../../src/lib/secret.js'
+import { Pin } from '../../src/lib/secret.js'
 import { registryPolicy as registryPolicyOf } from '../../src/agent/policy-config.js'
 import { parseConfig } from '../../src/config/load.js'
 import { effectiveConfirm } from '../../src/config/schema.js'
 import type { PolicyConfig, TokenPolicy } from '../../src/policy/config.js'
+import type { PinPrompt } from '../../src/policy/intent.js'
 import type { PolicyDevice } from '../../src/policy/login.js'
 import type { PolicyDeviceStatus } from '../../src/policy/pin-errors.js'
 import type { DesktopNotifier } from '../../src/policy/notify.js'
@@ -179,6 +180,88 @@ test('a cached PIN is not silently reused at the final try', async () => {
   await p.ensureLoggedIn(device, tty, prompter, readIntent())
   assert.equal(prompter.confirmations.length, 1)
   assert.equal(prompter.pinRequests.length, 2)
+})
+
+/** A requester whose PIN answer comes when the test says (`answer`/`fail`), or never. */
+class HeldPrompter extends RecordingPrompter {
+  answer: (pin: string) => void = () => undefined
+  fail: (error: AgentError) => void = () => undefined
+  late: Pin | undefined
+  override askPin(request: PinPrompt): Promise<Pin> {
+    this.pinRequests.push(request)
+    return new Promise<Pin>((resolve, reject) => {
+      this.answer = (pin) => resolve((this.late = Pin.fromString(pin)))
+      this.fail = reject
+    })
+  }
+}
+
+const settle = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
+
+test('a requester that never answers its PIN question holds only its own request: the others ask their own', async () => {
+  const device = new FakePivDevice()
+  const p = make()
+  const holder = new HeldPrompter()
+  const holding = p.ensureLoggedIn(device, tty, holder, readIntent())
+  await settle()
+  assert.equal(holder.pinRequests.length, 1)
+  // Another requester is asked on its own terminal at once; its wrong PIN is its own failure,
+  // tried once, and sent for nobody else.
+  const wrong = new HeldPrompter()
+  const wrongRequest = p.ensureLoggedIn(device, tty, wrong, readIntent())
+  await settle()
+  assert.equal(wrong.pinRequests.length, 1)
+  wrong.answer('000000')
+  await assert.rejects(wrongRequest, { code: 'PIN_INCORRECT' })
+  assert.deepEqual(device.logins, ['000000'])
+  // One that cannot be asked (no terminal) waits for the open questions, as before.
+  const noTerminal = new RecordingPrompter(false)
+  let waited = false
+  const waiting = p.ensureLoggedIn(device, tty, noTerminal, readIntent()).then(() => (waited = true))
+  const victim = new HeldPrompter()
+  const served = p.ensureLoggedIn(device, tty, victim, readIntent())
+  await settle()
+  assert.equal(waited, false)
+  assert.equal(victim.pinRequests.length, 1)
+  assert.equal(victim.pinRequests[0]?.triesLeft, 'low', 'asked after the wrong PIN: shows what is left')
+  victim.answer('123456')
+  await served
+  await waiting
+  assert.deepEqual(device.logins, ['000000', '123456'], 'one C_Login each, in turn')
+  assert.equal(p.cachedPin(tty.id)?.expose().toString(), '123456')
+  // The holder's question is moot: its request goes on with the token logged in, it is told so,
+  // and an answer that comes later is wiped, never sent to the device.
+  await holding
+  assert.match(holder.notices.at(-1)?.text ?? '', /another request; yours is not needed/)
+  holder.answer('999999')
+  await settle()
+  assert.equal(
+    holder.late?.expose().every((b) => b === 0),
+    true,
+    'the late answer is wiped',
+  )
+  assert.deepEqual(device.logins, ['000000', '123456'])
+  assert.equal(noTerminal.pinRequests.length, 0)
+})
+
+test('a requester whose PIN question fails (timeout, gone) fails alone; the token is not left waiting', async () => {
+  const device = new FakePivDevice()
+  const p = make()
+  const holder = new HeldPrompter()
+  const holding = p.ensureLoggedIn(device, tty, holder, readIntent())
+  await settle()
+  holder.fail(new AgentError('TIMEOUT', 'The sign request did not finish within 120 s'))
+  await assert.rejects(holding, { code: 'TIMEOUT' })
+  const next = new RecordingPrompter()
+  next.pins = ['123456']
+  await p.ensureLoggedIn(device, tty, next, readIntent())
+  assert.deepEqual(device.logins, ['123456'])
+  // With no question open, a request that cannot ask is PIN_REQUIRED at once, as before.
+  p.lock()
+  device.logout()
+  await assert.rejects(p.ensureLoggedIn(device, tty, new RecordingPrompter(false), readIntent()), {
+    code: 'PIN_REQUIRED',
+  })
 })
 
 test('few tries left is shown; a wrong PIN says what is left and is never retried', async () => {
