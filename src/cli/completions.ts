@@ -8,7 +8,8 @@ import { dirname } from 'node:path'
 
 import { packageVersion } from '../lib/package-files.js'
 import { BIN, parseCommandArgs, USAGE, usageError, usageOptions, type UsageOption } from './args.js'
-import { COMMANDS, EXIT_CODES } from './commands.js'
+import { COMMANDS, EXIT_CODES, type CommandName } from './commands.js'
+import { optionTexts } from './options.js'
 
 interface CommandInfo {
   readonly name: string
@@ -198,15 +199,17 @@ export async function manPage(argv: readonly string[]): Promise<number> {
   ]
   for (const c of describeCommands()) {
     lines.push('.TP', `.B ${roff(c.name)}`, roff(c.summary), '.br', `${roff(BIN)} ${roff(c.usage)}`)
+    for (const [name, text] of optionTexts(c.name as CommandName))
+      lines.push('.br', `\\fB${roff(name)}\\fR  ${roff(text)}`)
   }
   lines.push(
     '.TP',
     '.B help',
-    'the list of commands, or with a command name its usage line',
+    'the list of commands, or with a command name its usage line and options',
     '.SH OPTIONS',
     'Every command accepts',
     '.B \\-\\-help',
-    'for its usage line. Commands whose output is data accept',
+    'for its usage line and what each of its options does. Commands whose output is data accept',
     '.B \\-\\-json',
     'for one JSON document on standard output.',
     '.SH EXIT STATUS',

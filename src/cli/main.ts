@@ -10,6 +10,7 @@ import { closest } from '../lib/suggest.js'
 import { BIN } from './args.js'
 import { COMMANDS, EXIT_CODES, type CommandName } from './commands.js'
 import { nativeBindingError, nativeBindingMissing } from './native.js'
+import { optionHelp } from './options.js'
 
 /** A command receives the arguments after its name and resolves to the process exit code. */
 export type Command = (argv: readonly string[]) => Promise<number>
@@ -94,7 +95,9 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
     const entry = COMMANDS[command as CommandName]
     if (helpTopic !== undefined || rest[0] === '--help' || rest[0] === '-h') {
-      process.stdout.write(`usage: ${BIN} ${entry.usage}\n  ${entry.summary}\n`)
+      process.stdout.write(
+        `usage: ${BIN} ${entry.usage}\n  ${entry.summary}\n${optionHelp(command as CommandName)}`,
+      )
       return 0
     }
     if (NATIVE.has(command as CommandName)) {
