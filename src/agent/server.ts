@@ -69,7 +69,9 @@ class RefusalLog {
     this.#log = log
   }
 
-  note(kind: string, text: string): void {
+  note(kind: string, full: string): void {
+    const max = LIMITS.refusalLogTextMaxChars
+    const text = full.length > max ? `${full.slice(0, max)}… (${full.length} characters)` : full
     const now = Date.now()
     const state = this.#kinds.get(kind)
     if (state === undefined || now - state.at >= LIMITS.refusalLogIntervalMs) {

@@ -48,6 +48,9 @@ export const LIMITS = Object.freeze({
   /** Refusals (bad frames, busy, idle closes) are logged at once, then summarised at most once per
    * this interval per kind, so a flood cannot turn the agent log into a disk filler. */
   refusalLogIntervalMs: 1_000,
+  /** A refusal's log line is cut to this many characters: its text can quote the client (a protocol
+   * version string of 60 KB), and one such line a second would still fill the disk. */
+  refusalLogTextMaxChars: 500,
   /** How often the agent checks that its socket path still holds its own socket (inode). A deleted
    * or replaced socket leaves the agent unreachable, and the next shim would start a second one. */
   socketWatchIntervalMs: 2_000,

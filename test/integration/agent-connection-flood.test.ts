@@ -33,11 +33,13 @@ after(async () => {
   await agent?.stop()
 })
 
-/** One flooding connection; with `reopen`, when the agent closes it another takes its place. */
-function flood(reopen: boolean): Promise<void> {
+/** One flooding connection; with `reopen`, when the agent closes it another takes its place. Without
+ * `read` it never reads an answer. */
+function flood(reopen: boolean, read = true): Promise<void> {
   return new Promise((resolve) => {
     const s = createConnection(agent.socket)
-    s.on('data', () => undefined).on('error', () => undefined)
+    s.on('error', () => undefined)
+    if (read) s.on('data', () => undefined)
     s.once('connect', () => {
       sockets.add(s)
       resolve()
@@ -51,15 +53,20 @@ function flood(reopen: boolean): Promise<void> {
   })
 }
 
-/** Fills the agent with `maxConnections` connections that each ping every 150 ms. */
-async function fill(reopen: boolean): Promise<void> {
+/** Fills the agent with `maxConnections` connections that each ping every 150 ms; each first sends
+ * `junk` frames of an unknown protocol version, each answered with a PROTOCOL_ERROR of ~60 KB (the
+ * answer quotes the version). */
+async function fill(reopen: boolean, { junk = 0, read = true } = {}): Promise<void> {
   flooding = true
-  for (let i = 0; i < LIMITS.maxConnections; i++) await flood(reopen)
+  reopened = 0
+  for (let i = 0; i < LIMITS.maxConnections; i++) await flood(reopen, read)
   let id = 0
   const ping = (): void => {
     for (const s of sockets)
       s.write(JSON.stringify({ v: 1, type: 'request', id: ++id, method: 'ping' }) + '\n')
   }
+  const big = JSON.stringify({ v: 'x'.repeat(60_000), type: 'request', id: 0, method: 'ping' }) + '\n'
+  for (const s of sockets) s.write(big.repeat(junk))
   ping()
   pinger = setInterval(ping, 150)
 }
@@ -124,6 +131,30 @@ test(
       await Promise.all(Array.from({ length: LIMITS.maxConnections }, () => flood(true)))
       await shimsSign()
       assert.ok(sockets.size >= LIMITS.maxConnections * 2 - 3, `${sockets.size} flooding connections left`)
+    } finally {
+      await stopFlood()
+    }
+  },
+)
+
+test(
+  'the same flood never reading its answers: every shim run still signs',
+  { timeout: 60_000 },
+  async () => {
+    // 480 KB of unread answers per connection overflow its socket buffers: the agent holds unsent
+    // output for every connection from then on, so none is ever idle.
+    await fill(false, { junk: 8, read: false })
+    try {
+      await shimsSign()
+      assert.equal(sockets.size, LIMITS.maxConnections - 1)
+      // Each refusal quoted a 60 KB version string; the agent log got a cut line.
+      const longest = Math.max(
+        ...agent
+          .log()
+          .split('\n')
+          .map((line) => line.length),
+      )
+      assert.ok(longest < LIMITS.refusalLogTextMaxChars + 200, `a ${longest}-character log line`)
     } finally {
       await stopFlood()
     }
