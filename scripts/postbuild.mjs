@@ -10,3 +10,9 @@ for (const bin of ['dist/src/bin/cargo-pkcs11-agent.cjs', 'dist/src/bin/cargo-cr
 // from the one committed set in test/vectors/tokens/ so the two cannot differ.
 rmSync('packages/verify/vectors', { recursive: true, force: true })
 cpSync('test/vectors/tokens', 'packages/verify/vectors', { recursive: true })
+// Its README links only what its tarball holds: the licences and the three docs a registry reads
+// (they link only each other), copied like the vectors.
+rmSync('packages/verify/docs', { recursive: true, force: true })
+for (const file of ['LICENSE-MIT', 'LICENSE-APACHE']) cpSync(file, `packages/verify/${file}`)
+for (const doc of ['verifying-tokens.md', 'registry-kit.md', 'gateway.md'])
+  cpSync(`docs/${doc}`, `packages/verify/docs/${doc}`)

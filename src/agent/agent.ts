@@ -43,15 +43,18 @@ export interface AgentOptions {
 /**
  * What a forwarded peer may not call, with the command to run on the agent's host instead
  * (docs/ssh-forwarding.md, "What forwarded requests may do"): keygen, cargo login and pubkey make
- * or show keys for registration (and may ask for the PIN on the agent's host), and lock, release
- * and cargo logout would let the remote host end the PINs and sessions held for this one.
+ * or show keys for registration (and may ask for the PIN on the agent's host), lock, release,
+ * reload and cargo logout would let the remote host end the PINs and sessions held for this one,
+ * and status would show it every registry bound here, the tokens and when a PIN is cached.
  */
 const LOCAL_ONLY: Partial<Record<Method, string>> = {
+  status: '`cargo-pkcs11-agent status`',
   keygen: '`cargo-pkcs11-agent keygen`',
   login: '`cargo login`',
   pubkey: '`cargo-pkcs11-agent pubkey`',
   lock: '`cargo-pkcs11-agent lock`',
   release: '`cargo-pkcs11-agent release`',
+  reload: '`cargo-pkcs11-agent reload`',
   logout: '`cargo logout`',
 }
 
@@ -102,6 +105,7 @@ export class Agent implements AgentState {
   #idleTimer: NodeJS.Timeout | undefined
   #socketWatch: NodeJS.Timeout | undefined
   #stopping: Promise<void> | undefined
+  #reloading: Promise<void> = Promise.resolve()
   #markStopped: () => void = () => undefined
   readonly #stopped = new Promise<void>((resolve) => (this.#markStopped = resolve))
 
@@ -277,16 +281,32 @@ export class Agent implements AgentState {
     this.#idleTimer.unref()
   }
 
-  /** SIGHUP: re-read the config; forget PINs and release devices either way (docs/design.md §5, point 3). */
-  async reload(): Promise<void> {
+  /**
+   * SIGHUP or the `reload` method: re-read the config; forget PINs and release devices either way
+   * (docs/design.md §5, point 3). Resolves to why the new config was not applied, or undefined
+   * when it was. One reload at a time: a signal during a reload waits for it.
+   */
+  reload(): Promise<AgentError | undefined> {
+    const next = this.#reloading.then(() => this.#reload())
+    this.#reloading = next.then(
+      () => undefined,
+      () => undefined,
+    )
+    return next
+  }
+
+  async #reload(): Promise<AgentError | undefined> {
     this.policy.onSighup()
-    let next = this.config
-    if (this.configPath !== undefined) {
-      try {
-        next = loadConfig(this.configPath)
-      } catch (error) {
-        this.log(`reload failed, keeping the previous configuration: ${toAgentError(error).describe()}`)
-      }
+    let next: Config
+    try {
+      next = this.configPath === undefined ? this.config : loadConfig(this.configPath)
+    } catch (error) {
+      const refusal = toAgentError(error)
+      await this.devices.releaseAll()
+      this.log(
+        `reload failed, keeping the previous configuration: ${refusal.describe()}; PINs forgotten, devices released`,
+      )
+      return refusal
     }
     // The next config's confirms are resolved from its own devices (a token may now name another
     // card). A signal has no requester and no terminal to approve on, so a reload that lowers
@@ -299,24 +319,31 @@ export class Agent implements AgentState {
       ...weakenings(this.config, next, { current: this.#confirms, next: resolved.confirms }),
     ]
     if (weaker.length > 0) {
-      this.log(
-        `reload refused, keeping the previous configuration: it would weaken protection (${weaker.join('; ')}); restart the agent to apply it (\`cargo-pkcs11-agent stop\`, then run it again)`,
+      await this.devices.reset(this.config)
+      const why = `it would weaken protection (${weaker.join('; ')})`
+      const remedy = 'restart the agent to apply it (`cargo-pkcs11-agent stop`, then run it again)'
+      this.log(`reload refused, keeping the previous configuration: ${why}; ${remedy}`)
+      return new AgentError(
+        'POLICY_DENIED',
+        `The agent refused the reload and keeps its previous configuration: ${why}; cached PINs were forgotten, devices released`,
+        {
+          remedy: `To apply it, ${remedy}: a restart needs the PIN again (docs/configuration.md, "Reloading")`,
+        },
       )
-      next = this.config
-      await this.devices.reset(next)
-    } else {
-      for (const line of resolved.unread) this.log(`key policy not checked: ${line}`)
-      for (const line of resolved.warnings) this.log(`warning: ${line}`)
-      this.#confirms = resolved.confirms
-      // The check opened sessions before any client asked, as at start.
-      await this.devices.releaseAll()
     }
+    for (const line of resolved.unread) this.log(`key policy not checked: ${line}`)
+    for (const line of resolved.warnings) this.log(`warning: ${line}`)
+    this.#confirms = resolved.confirms
+    // The check opened sessions before any client asked, as at start.
+    await this.devices.releaseAll()
     this.policy.close()
     this.config = next
-    this.policy = createPolicy(next, this.log)
+    // Which env/file PINs the tokens rejected outlives the reload: the agent's environment has not changed.
+    this.policy = createPolicy(next, this.log, this.policy)
     void this.audit.close()
     this.audit = new AuditLog(next.agent.auditLog)
     this.log(`configuration reloaded from ${this.configPath ?? '(memory)'}; PINs forgotten, devices released`)
+    return undefined
   }
 
   /** Stop accepting, let in-flight requests finish (bounded), close sessions, remove the socket. */

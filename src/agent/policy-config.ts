@@ -66,12 +66,20 @@ export function pinEnvVariables(config: Config): string[] {
   return Object.values(config.tokens).flatMap((t) => (t.pinEnv === undefined ? [] : [t.pinEnv]))
 }
 
-/** One Policy per loaded config (a reload starts with an empty PIN cache anyway). */
-export function createPolicy(
-  config: Config,
-  log: (line: string) => void,
-  env: NodeJS.ProcessEnv = process.env,
-): Policy {
+/**
+ * Every `pin-env` name of every config this process loaded: a reload that drops one leaves its
+ * variable in the agent's environment, so children (pinentry, notify-send) never get it either
+ * (docs/policy.md, "PIN sources"). Grows only.
+ */
+const seenPinEnv = new Set<string>()
+
+/**
+ * One Policy per loaded config (a reload starts with an empty PIN cache anyway). `previous`, the
+ * policy a reload replaces, hands on which env/file PINs its tokens rejected, and its rate limiter:
+ * the mutations of the sliding hour stay counted (docs/policy.md, "Mutations").
+ */
+export function createPolicy(config: Config, log: (line: string) => void, previous?: Policy): Policy {
+  for (const name of pinEnvVariables(config)) seenPinEnv.add(name)
   const policy = new Policy(
     {
       headless: config.agent.headless,
@@ -81,9 +89,10 @@ export function createPolicy(
       notify: config.agent.notify,
     },
     {
-      env,
+      env: process.env,
       readPinFile,
-      secretEnvVariables: pinEnvVariables(config),
+      ...(previous === undefined ? {} : { rejectedPins: previous.rejectedPins, limiter: previous.limiter }),
+      secretEnvVariables: [...seenPinEnv],
       log: (event, data) => log(`${event} ${JSON.stringify(data)}`),
     },
   )

@@ -82,6 +82,12 @@ export function weakenings(
     const was = resolved(confirms.current, before)
     if (strength(after) < strength(was))
       out.push(`registry ${registry.name}: confirm ${shown(was)} → ${shown(after)}`)
+    // The sliding hour is kept (src/agent/agent.ts), so a raised limit is the only way a reload
+    // could let more mutations through: on a confirm = "none" registry the only control left.
+    if (registry.mutationsPerHour > before.mutationsPerHour)
+      out.push(
+        `registry ${registry.name}: mutations-per-hour ${before.mutationsPerHour} → ${registry.mutationsPerHour}`,
+      )
     if (FORWARDED_STRENGTH[registry.forwarded] < FORWARDED_STRENGTH[before.forwarded])
       out.push(`registry ${registry.name}: forwarded "${before.forwarded}" → "${registry.forwarded}"`)
     // An attested touch still needs a finger on the new key's device; an approval shows no key.

@@ -1,8 +1,10 @@
 /**
  * Who asks, as the kernel knows it (docs/design.md §4, rule 1). The socket's peer credentials give
- * the connecting process (the shim); /proc gives its parent (cargo), their command lines, the
- * parent's executable and the controlling terminal. What the client says about itself is kept
- * apart, as `claimed`, and never shown as fact. A peer that is an SSH forwarder, or that cannot be
+ * the connecting process (the shim); /proc gives its parent (cargo), their executables, their
+ * command lines and the controlling terminal. A command line is the process's own argv memory,
+ * which it may overwrite (Node's `process.title` does; `man 5 proc`, cmdline), so it is shown only
+ * as what the process says about itself (src/policy/intent.ts); the executable is the kernel's.
+ * What the client sends about itself is kept apart, as `claimed`, and never shown as fact. A peer that is an SSH forwarder, or that cannot be
  * identified at all, is a forwarded connection (docs/ssh-forwarding.md, "How the agent knows").
  *
  * References: `man 5 proc` (/proc/<pid>/stat fields 4 ppid and 7 tty_nr, cmdline, exe), Linux
@@ -135,7 +137,7 @@ function forwarderOf(pid: number, exe: string | undefined): Forwarder | undefine
 
 /**
  * The requester of a connection: `pid`/`command`/`exe` are the connecting process's parent (cargo,
- * for the shim), `client` the connecting process itself, `tty` its controlling terminal. Every
+ * for the shim), `client` the connecting process itself (its pid, command and exe), `tty` its controlling terminal. Every
  * field is read from the kernel; each is left out when it cannot be read.
  *
  * A connecting process that is an SSH forwarder, or whose executable cannot be read (it is gone,
@@ -150,12 +152,14 @@ export function kernelRequester(peer: PeerCredentials): Requester {
     return requester
   }
   const readable = ownerOf(peer.pid) === peer.uid
-  const forwarded = forwarderOf(peer.pid, readable ? readExe(peer.pid) : undefined)
+  const clientExe = readable ? readExe(peer.pid) : undefined
+  const forwarded = forwarderOf(peer.pid, clientExe)
   if (forwarded !== undefined) requester.forwarded = forwarded
   if (!readable) return requester
-  const client: { pid: number; command?: string } = { pid: peer.pid }
+  const client: NonNullable<Requester['client']> = { pid: peer.pid }
   const clientCommand = readCommand(peer.pid)
   if (clientCommand !== undefined) client.command = clientCommand
+  if (clientExe !== undefined) client.exe = clientExe
   requester.client = client
   if (forwarded !== undefined) return requester
   const stat = readStat(peer.pid)

@@ -3,6 +3,7 @@
  */
 import type { AuditSink } from '../audit/entry.js'
 import type { Requester } from '../cargo/intent.js'
+import type { AgentError } from '../lib/errors.js'
 import type { Config, EffectiveConfirm, RegistryConfig } from '../config/schema.js'
 import type { Policy } from '../policy/policy.js'
 import type { Prompter } from '../policy/intent.js'
@@ -18,6 +19,8 @@ export interface AgentState {
   readonly log: (line: string) => void
   /** The registry's `confirm` as it applies: set in the file, or resolved at start from its key's touch policy. */
   confirmOf(registry: RegistryConfig): EffectiveConfirm
+  /** Re-reads the config file: undefined when the new one applies, else why not (src/agent/agent.ts). */
+  reload(): Promise<AgentError | undefined>
 }
 
 /** The request's side of a method: the human behind the requesting client. */

@@ -38,7 +38,7 @@ export interface Requester {
   /** The connecting process's parent: cargo, when the client is the shim. */
   pid?: number
   ppid?: number
-  /** Command line of `pid` (usually `cargo publish`). */
+  /** Command line of `pid` (usually `cargo publish`): its own argv, which it can rewrite. */
   command?: string
   /** Executable of `pid` (/proc/<pid>/exe). */
   exe?: string
@@ -47,7 +47,7 @@ export interface Requester {
   /** Kernel uid of the connecting process. */
   uid?: number
   /** The connecting process itself (normally the shim). */
-  client?: { pid: number; command?: string }
+  client?: { pid: number; command?: string; exe?: string }
   /** Set when the connecting process is an SSH forwarder; then no local program is the requester. */
   forwarded?: Forwarder
   /** What the client said about itself. */

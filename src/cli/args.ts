@@ -17,11 +17,11 @@ export const TARGET_USAGE =
 /** Usage lines after the program name. Kept apart from the commands so `help` loads none of them. */
 export const USAGE = Object.freeze({
   run: 'run [--config FILE] [--socket PATH] [--foreground]',
-  status: 'status [--socket PATH] [--json]',
-  stop: 'stop [--socket PATH]',
-  reload: 'reload [--socket PATH]',
-  lock: 'lock [--socket PATH]',
-  release: 'release [--socket PATH]',
+  status: 'status [--config FILE] [--socket PATH] [--json]',
+  stop: 'stop [--config FILE] [--socket PATH]',
+  reload: 'reload [--config FILE] [--socket PATH]',
+  lock: 'lock [--config FILE] [--socket PATH]',
+  release: 'release [--config FILE] [--socket PATH]',
   log: 'log [--follow] [--json] [-n N] [--file PATH] [--config FILE]',
   keygen: `keygen ${TARGET_USAGE} --label K [--id HEX] [--force] [--json]`,
   list: `list ${TARGET_USAGE} [--login] [--json]`,
@@ -29,7 +29,7 @@ export const USAGE = Object.freeze({
   setup:
     'setup [--config FILE] [--token NAME] [--module M (--token-label L | --serial S)] [--kind yubikey|tpm|hsm|softhsm] ' +
     '[--pin-source tty|pinentry|env|file|none] [--pin-env VAR] [--pin-file FILE] [--label cargo] [--id HEX] ' +
-    '[--registry NAME --index URL] [--write-cargo-config] [--force] [--regenerate-key [--confirm-destroy K3PID]] ' +
+    '[--registry NAME --index URL [--confirm touch|prompt|none]] [--write-cargo-config] [--force] [--regenerate-key [--confirm-destroy K3PID]] ' +
     '[--read-slot 9a] [--mutation-slot 9c] [--touch-policy always|cached|never] [--pin-policy never|once|always] ' +
     '[--keep-default-management-key] [--certificate]',
   doctor: 'doctor [--config FILE] [--socket PATH] [--json]',

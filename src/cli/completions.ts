@@ -161,6 +161,24 @@ function roff(text: string): string {
     .replace(/^([.'])/gm, '\\&$1')
 }
 
+/** The man page's ENVIRONMENT: the variables of docs/configuration.md, "Environment". */
+const ENVIRONMENT: readonly (readonly [string, string])[] = [
+  [
+    'CARGO_PKCS11_AGENT_CONFIG',
+    'the configuration file (default $XDG_CONFIG_HOME/cargo-pkcs11-agent/config.toml)',
+  ],
+  ['CARGO_PKCS11_AGENT_SOCK', 'the agent socket (default $XDG_RUNTIME_DIR/cargo-pkcs11-agent/agent.sock)'],
+  ['CARGO_PKCS11_AGENT_NO_AUTOSTART', 'set to 1 so the credential provider never starts an agent'],
+  ['CI', 'set to true, the agent is headless unless the configuration says otherwise: it never prompts'],
+  ['XDG_CONFIG_HOME', 'base directory of the configuration file (default ~/.config)'],
+  ['XDG_STATE_HOME', 'base directory of the agent log and the audit log (default ~/.local/state)'],
+  ['XDG_DATA_HOME', 'base directory of the SoftHSM store setup creates (default ~/.local/share)'],
+  [
+    'XDG_RUNTIME_DIR',
+    'base directory of the agent socket (without it, a per-user directory in the system temporary directory)',
+  ],
+]
+
 export async function manPage(argv: readonly string[]): Promise<number> {
   const { values } = parseCommandArgs(argv, { output: { type: 'string' } }, USAGE.man)
   const lines = [
@@ -194,15 +212,7 @@ export async function manPage(argv: readonly string[]): Promise<number> {
     '.SH EXIT STATUS',
     ...EXIT_CODES.flatMap(([code, meaning]) => ['.TP', `.B ${code}`, roff(meaning)]),
     '.SH ENVIRONMENT',
-    '.TP',
-    '.B CARGO_PKCS11_AGENT_CONFIG',
-    'the configuration file (default $XDG_CONFIG_HOME/cargo\\-pkcs11\\-agent/config.toml)',
-    '.TP',
-    '.B CARGO_PKCS11_AGENT_SOCK',
-    'the agent socket (default $XDG_RUNTIME_DIR/cargo\\-pkcs11\\-agent/agent.sock)',
-    '.TP',
-    '.B CARGO_PKCS11_AGENT_NO_AUTOSTART',
-    'set to 1 so the credential provider never starts an agent',
+    ...ENVIRONMENT.flatMap(([name, meaning]) => ['.TP', `.B ${roff(name)}`, roff(meaning)]),
     '.SH FILES',
     '.TP',
     '.I $XDG_STATE_HOME/cargo\\-pkcs11\\-agent/agent.log',

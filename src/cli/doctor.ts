@@ -20,6 +20,7 @@ import {
   type TokenConfig,
 } from '../config/schema.js'
 import { toAgentError } from '../lib/errors.js'
+import { loadAddon } from '../lib/peercred.js'
 import { DEFAULT_POLICY_CONFIG } from '../policy/config.js'
 import { applyModuleEnvironment, resolveModulePath } from '../pkcs11/modules.js'
 import {
@@ -58,6 +59,16 @@ function checkNode(): Finding {
   return major >= 20
     ? finding('ok', 'node', `Node.js ${process.versions.node}`)
     : finding('fail', 'node', `Node.js ${process.versions.node} is too old`, 'Install Node.js 20 or newer')
+}
+
+/** The agent asks the kernel who connects through this addon (docs/agent-protocol.md); without it, it cannot start. */
+function checkPeercred(): Finding {
+  try {
+    loadAddon()
+    return finding('ok', 'peercred addon', 'loaded (peer credentials of socket clients)')
+  } catch (error) {
+    return fromError('peercred addon', error)
+  }
 }
 
 function checkConfig(path: string): { config?: Config; findings: Finding[] } {
@@ -186,7 +197,7 @@ function checkSettings(config: Config): Finding[] {
         fail(
           `registry ${name}`,
           `confirm = "prompt"${registry.confirm === undefined ? ' (the default)' : ''} on a headless agent: nobody can confirm, so every publish, yank and owner change is refused`,
-          `Set confirm = "touch" (a key with a touch policy) or confirm = "none" (CI) for [registries.${name}], or headless = false`,
+          `Set confirm = "none" (CI) for [registries.${name}], use a mutation key with a touch policy and confirm = "touch", or headless = false`,
         )
     }
   }
@@ -257,14 +268,7 @@ async function checkTokens(config: Config): Promise<Finding[]> {
     try {
       const status = await device.status()
       if (!status.present) {
-        findings.push(
-          finding(
-            'fail',
-            check,
-            `${device.describe()} is not present`,
-            'Insert the token, or check its label/serial in the config (`cargo-pkcs11-agent list`)',
-          ),
-        )
+        findings.push(finding('fail', check, `${device.describe()} is not present`, device.absentRemedy()))
         continue
       }
       if (status.pinLocked) {
@@ -533,7 +537,7 @@ export async function doctor(argv: readonly string[]): Promise<number> {
     USAGE.doctor,
   )
   const configPath = resolveConfigPath(values.config).path
-  const findings: Finding[] = [checkNode()]
+  const findings: Finding[] = [checkNode(), checkPeercred()]
   const { config, findings: configFindings } = checkConfig(configPath)
   findings.push(...configFindings)
   if (config !== undefined) findings.push(...checkSettings(config), ...(await checkTokens(config)))

@@ -192,15 +192,28 @@ function serviceValues(configPath: string, allowNetwork: boolean): ServiceValues
   }
 }
 
+/** Runs each command; the first failure with the reason its own stderr gave ("Failed to connect to bus: …"). */
 function runAll(commands: readonly (readonly string[])[]): { command: string; failure: string } | undefined {
   for (const command of commands) {
     const [program, ...args] = command as [string, ...string[]]
-    const result = spawnSync(program, args, { stdio: ['ignore', 'inherit', 'inherit'], timeout: 15_000 })
+    const result = spawnSync(program, args, {
+      stdio: ['ignore', 'inherit', 'pipe'],
+      encoding: 'utf8',
+      timeout: 15_000,
+    })
+    const said = (result.stderr ?? '').trim()
     if (result.status !== 0)
-      return { command: command.join(' '), failure: result.error?.message ?? `exit ${String(result.status)}` }
+      return {
+        command: command.join(' '),
+        failure: said.split('\n')[0] || (result.error?.message ?? `exit ${String(result.status)}`),
+      }
+    if (said !== '') process.stderr.write(`${said}\n`)
   }
   return undefined
 }
+
+const commandLine = (commands: readonly (readonly string[])[]): string =>
+  commands.map((c) => c.join(' ')).join(' && ')
 
 export async function installService(argv: readonly string[]): Promise<number> {
   const { values } = parseCommandArgs(
@@ -222,6 +235,11 @@ export async function installService(argv: readonly string[]): Promise<number> {
   )
   if (values['dry-run'] === true) {
     process.stdout.write(rendered)
+    process.stderr.write(
+      values['no-start'] === true
+        ? `Would write ${target.target}; start it with: ${commandLine(target.start)}\n`
+        : `Would write ${target.target}, then run: ${commandLine(target.start)}\n`,
+    )
     return 0
   }
   if (
@@ -237,7 +255,7 @@ export async function installService(argv: readonly string[]): Promise<number> {
   writeFileSync(target.target, rendered, { mode: 0o644 })
   process.stderr.write(`Installed the ${target.manager} service: ${target.target}\n`)
   if (values['no-start'] === true) {
-    process.stderr.write(`Start it with: ${target.start.map((c) => c.join(' ')).join(' && ')}\n`)
+    process.stderr.write(`Start it with: ${commandLine(target.start)}\n`)
     return 0
   }
   const failed = runAll(target.start)
@@ -280,6 +298,10 @@ export async function uninstallService(argv: readonly string[]): Promise<number>
   }
   rmSync(target.target)
   process.stderr.write(`Removed the ${target.manager} service: ${target.target}\n`)
-  if (reload.length > 0 && failed === undefined) runAll(reload)
+  const unreloaded = failed === undefined ? runAll(reload) : undefined
+  if (unreloaded !== undefined)
+    process.stderr.write(
+      `The user session manager could not be told (\`${unreloaded.command}\`: ${unreloaded.failure}); if the service runs under one elsewhere, run that command there\n`,
+    )
   return 0
 }

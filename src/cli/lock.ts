@@ -1,4 +1,4 @@
-/** `cargo-pkcs11-agent lock [--socket PATH]`: forget every cached PIN and log the tokens out. */
+/** `cargo-pkcs11-agent lock [--config FILE] [--socket PATH]`: forget every cached PIN and log the tokens out. */
 import { callAgent } from '../protocol/client.js'
 import { USAGE } from './args.js'
 import { socketArgs } from './status.js'

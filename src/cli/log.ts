@@ -221,6 +221,8 @@ export async function runLog(argv: readonly string[], io: LogIo): Promise<number
     throw usageError(`-n needs a whole number of lines (0 = all), got ${JSON.stringify(v.lines)}`, USAGE.log)
   const path = auditPath(v.file, v.config, io.env)
   const json = v.json === true
+  // Not data: with --json it goes where damaged-line reports go, so stdout stays JSON lines.
+  const note = (text: string): void => (json ? (io.warn ?? io.write) : io.write)(`${text}\n`)
   let end = 0
   try {
     const result = await tail(path, n)
@@ -234,6 +236,7 @@ export async function runLog(argv: readonly string[], io: LogIo): Promise<number
       shown.unshift(...lines.map((line) => ({ file, line })))
     }
     for (const { file, line } of shown) await show(file, line, json, io)
+    if (shown.length === 0) note(`No audit entries yet in ${path}`)
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
       throw new AgentError(
@@ -242,12 +245,9 @@ export async function runLog(argv: readonly string[], io: LogIo): Promise<number
         { remedy: 'Check its permissions (it is readable by its owner only)' },
       )
     }
-    if (v.follow !== true) {
-      throw new AgentError('AUDIT_FAILED', `There is no audit log at ${path} yet`, {
-        remedy:
-          'The agent writes it at its first signing decision; check `audit-log` in the config or pass --file',
-      })
-    }
+    note(
+      `No audit entries yet: there is no audit log at ${path} (the agent writes it at its first signing decision; \`audit-log\` in the config or --file names another)`,
+    )
   }
   if (v.follow === true) await follow(path, end, json, io)
   return 0

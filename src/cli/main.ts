@@ -75,7 +75,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       name === undefined ||
       name === '--help' ||
       name === '-h' ||
-      (name === 'help' && rest[0] === undefined)
+      (name === 'help' && [undefined, '--help', '-h'].includes(rest[0]))
     ) {
       process.stdout.write(helpText())
       return name === undefined ? 2 : 0

@@ -1,4 +1,4 @@
-/** `cargo-pkcs11-agent release [--socket PATH]`: close all sessions so other programs can use the devices. */
+/** `cargo-pkcs11-agent release [--config FILE] [--socket PATH]`: close all sessions so other programs can use the devices. */
 import { callAgent } from '../protocol/client.js'
 import { USAGE } from './args.js'
 import { socketArgs } from './status.js'

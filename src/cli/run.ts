@@ -3,13 +3,34 @@
  * Without --foreground the agent detaches (log under the state dir) and this command returns once
  * it answers on its socket.
  */
+import { existsSync } from 'node:fs'
+
 import { Agent } from '../agent/agent.js'
 import { alreadyRunning, probeSocket } from '../agent/socket.js'
 import { loadConfig } from '../config/load.js'
+import type { Config } from '../config/schema.js'
+import { AgentError } from '../lib/errors.js'
+import { resolveModulePath } from '../pkcs11/modules.js'
 import { agentLogPath, resolveConfigPath, resolveSocketPath } from '../config/paths.js'
 import { agentLogWriter } from '../lib/agent-log.js'
 import { startAgent, waitForStartedAgent } from '../shim/connect.js'
 import { parseCommandArgs, USAGE } from './args.js'
+
+/**
+ * A module that is not there stops the agent before it listens (docs/cli.md), so the terminal or
+ * cargo (through the shim) sees why at once. Not part of validation: doctor reports an absent module
+ * per token beside its other checks, and `log` or install-service have no use for the module.
+ */
+function checkModulesInstalled(config: Config): void {
+  for (const token of Object.values(config.tokens)) {
+    const path = resolveModulePath(token.module)
+    if (!existsSync(path))
+      throw new AgentError('MODULE_LOAD_FAILED', `[tokens.${token.name}] module ${path} does not exist`, {
+        remedy: `Install the module's package, or fix \`module\` in ${config.path ?? 'the config'}; \`cargo-pkcs11-agent doctor\` checks every token`,
+        data: { module: path },
+      })
+  }
+}
 
 export async function run(argv: readonly string[]): Promise<number> {
   const { values: args } = parseCommandArgs(
@@ -20,6 +41,7 @@ export async function run(argv: readonly string[]): Promise<number> {
   // Validated before detaching, so a config error reaches this terminal.
   const configPath = resolveConfigPath(args.config).path
   const config = loadConfig(configPath)
+  checkModulesInstalled(config)
   const socketPath = resolveSocketPath(args.socket, config.agent.socket).path
   if (args.foreground !== true) {
     if ((await probeSocket(socketPath)) === 'alive') throw alreadyRunning(socketPath)

@@ -9,7 +9,7 @@
  * src/cli/setup/.
  */
 import { resolveConfigPath } from '../config/paths.js'
-import type { TokenConfig } from '../config/schema.js'
+import { effectiveConfirm, type TokenConfig } from '../config/schema.js'
 import { k3Pid, k3Public } from '../keys/paserk.js'
 import { AgentError } from '../lib/errors.js'
 import type { Pin } from '../lib/secret.js'
@@ -30,6 +30,7 @@ import { obtainPin } from './device-target.js'
 import { planAgentConfig, writeAgentConfig, type KeyBinding } from './setup/agent-config.js'
 import { planCargoConfig } from './setup/cargo-config.js'
 import { selfSignedCertificate } from './setup/certificate.js'
+import { checkTokenPresent } from './setup/token-check.js'
 import {
   attestSlot,
   chooseCard,
@@ -227,6 +228,40 @@ async function ensureCardKeys(
   return out
 }
 
+/**
+ * Flags the chosen path would not use are refused, never dropped: without --module the token is the
+ * configured one or the private SoftHSM store (whose PIN is in its file), and the YubiKey path names
+ * its keys by slot.
+ */
+function refuseIgnoredFlags(given: (flag: string) => boolean, yubikey: boolean): void {
+  const groups: [flags: string[], ignored: boolean, why: string][] = [
+    [
+      ['token-label', 'pin-source', 'pin-env', 'pin-file', ...(yubikey ? [] : ['serial', 'kind'])],
+      !given('module'),
+      'a token described by --module; without it setup uses the configured token (change its [tokens.NAME] by hand) or its private SoftHSM store, whose PIN is in a file',
+    ],
+    [
+      'read-slot mutation-slot touch-policy pin-policy keep-default-management-key certificate'.split(' '),
+      !yubikey,
+      'a YubiKey (--module ykcs11)',
+    ],
+    [['confirm'], !given('registry'), 'a registry: give --registry and --index too'],
+    [
+      ['label', 'id'],
+      yubikey,
+      "a key on a PKCS#11 token; a YubiKey's keys are named by --read-slot / --mutation-slot",
+    ],
+  ]
+  for (const [flags, ignored, why] of groups) {
+    const used = flags.filter(given)
+    if (ignored && used.length > 0)
+      throw usageError(
+        `${used.map((f) => `--${f}`).join(', ')} ${used.length === 1 ? 'is' : 'are'} only for ${why}`,
+        USAGE.setup,
+      )
+  }
+}
+
 export async function setup(argv: readonly string[]): Promise<number> {
   const { values } = parseCommandArgs(argv, usageOptionSpecs(USAGE.setup), USAGE.setup)
   const flags = new Map<string, string>()
@@ -246,6 +281,7 @@ export async function setup(argv: readonly string[]): Promise<number> {
       ? undefined
       : planCargoConfig(registryName, index, values['write-cargo-config'] === true, force)
   const yubikey = isYubiKey(str('module'), str('kind'))
+  refuseIgnoredFlags((flag) => values[flag] !== undefined, yubikey)
   const secretEnv = str('pin-env') === undefined ? [] : [str('pin-env') as string]
   let card: Card | undefined
   let plans: SlotPlan[] = []
@@ -262,9 +298,32 @@ export async function setup(argv: readonly string[]): Promise<number> {
       confirm: mutation.touchPolicy === 'never' ? 'prompt' : 'touch',
     }
   }
-  const { doc, tokenName, token } = await planAgentConfig(configPath, str, force, say, binding)
+  const { doc, tokenName, token, config, moduleEnv } = await planAgentConfig(
+    configPath,
+    str,
+    force,
+    say,
+    binding,
+  )
+  const registry = registryName === undefined ? undefined : config.registries[registryName]
+  if (registry !== undefined) {
+    const mutation = plans.find((p) => p.role === 'mutation')
+    const confirm = effectiveConfirm(
+      registry,
+      mutation === undefined
+        ? undefined
+        : { key: `slot ${mutation.slot}`, touchPolicy: mutation.touchPolicy },
+    )
+    if (confirm.warning !== undefined) say(`warning: ${confirm.warning}`)
+    // The agent runs headless under CI=true too ([agent] headless, docs/configuration.md).
+    if (config.agent.headless && confirm.mode === 'prompt')
+      say(
+        `warning: confirm = "prompt" on a headless agent: nobody can confirm, so every publish, yank and owner change to ${registryName} is refused; run setup again with --confirm none (unattended CI) or --confirm touch (a key with a touch policy)`,
+      )
+  }
 
   applyModuleEnvironment(token.moduleEnv)
+  await checkTokenPresent(token, str('module') !== undefined, configPath)
   const pin = await obtainPin(
     { pin: pinSource(token), secretEnvVariables: token.pinEnv === undefined ? [] : [token.pinEnv] },
     tokenDescription(token),
@@ -304,6 +363,10 @@ export async function setup(argv: readonly string[]): Promise<number> {
   out.push(
     `agent config: ${configPath}${agentBackup === undefined ? '' : ` (the previous file is ${agentBackup})`}`,
   )
+  if (moduleEnv.length > 0)
+    out.push(
+      `module-env of [tokens.${tokenName}]: ${moduleEnv.join(', ')} (from this environment, so an agent started without it finds the token)`,
+    )
   if (cargoConfig !== undefined) {
     out.push(
       ...cargoConfig(),

@@ -1,13 +1,39 @@
-/** `cargo-pkcs11-agent status [--socket PATH] [--json]`: what the running agent holds. */
+/** `cargo-pkcs11-agent status [--config FILE] [--socket PATH] [--json]`: what the running agent holds. */
+import { loadConfig } from '../config/load.js'
+import { resolveConfigPath, resolveSocketPath } from '../config/paths.js'
+import { AgentError, toAgentError } from '../lib/errors.js'
 import { callAgent } from '../protocol/client.js'
 import type { KeyRefInfo } from '../protocol/methods.js'
-import { resolveSocketPath } from '../config/paths.js'
 import { parseCommandArgs, USAGE } from './args.js'
 
-/** The agent's socket (`--socket PATH`, else the default), for commands that only talk to the agent. */
+/**
+ * The agent's socket for the commands that only talk to the agent, chosen as `run` and `doctor`
+ * choose it (docs/configuration.md, "Socket"): `--socket`, `$CARGO_PKCS11_AGENT_SOCK`, the config's
+ * `[agent] socket`, the default. The config (`--config`, `$CARGO_PKCS11_AGENT_CONFIG`, else the
+ * default file if there is one) is read only when neither of the first two names the socket.
+ */
+export function agentSocket(values: { socket?: string | undefined; config?: string | undefined }): string {
+  const given = resolveSocketPath(values.socket, undefined)
+  if (given.source !== 'default') return given.path
+  const configPath = resolveConfigPath(values.config)
+  let configured: string | undefined
+  try {
+    configured = loadConfig(configPath.path).agent.socket
+  } catch (error) {
+    const e = toAgentError(error)
+    if (e.code !== 'CONFIG_MISSING' || configPath.source !== 'default')
+      throw new AgentError(e.code, e.message, {
+        cause: e,
+        remedy: `${e.remedy ?? 'Fix the file'}; or pass --socket PATH, since the agent's socket is read from this file`,
+      })
+  }
+  return resolveSocketPath(undefined, configured).path
+}
+
+/** `--config FILE` and `--socket PATH`: the agent's socket (`agentSocket`). */
 export function socketArgs(argv: readonly string[], usage: string): { socket: string } {
-  const { values } = parseCommandArgs(argv, { socket: { type: 'string' } }, usage)
-  return { socket: resolveSocketPath(values.socket, undefined).path }
+  const { values } = parseCommandArgs(argv, { config: { type: 'string' }, socket: { type: 'string' } }, usage)
+  return { socket: agentSocket(values) }
 }
 
 function yes(value: boolean): string {
@@ -17,10 +43,10 @@ function yes(value: boolean): string {
 export async function status(argv: readonly string[]): Promise<number> {
   const { values } = parseCommandArgs(
     argv,
-    { socket: { type: 'string' }, json: { type: 'boolean' } },
+    { config: { type: 'string' }, socket: { type: 'string' }, json: { type: 'boolean' } },
     USAGE.status,
   )
-  const socket = resolveSocketPath(values.socket, undefined).path
+  const socket = agentSocket(values)
   const result = await callAgent(socket, 'status')
   if (values.json === true) {
     process.stdout.write(JSON.stringify(result, null, 2) + '\n')

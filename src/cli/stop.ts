@@ -1,8 +1,9 @@
 /**
- * `cargo-pkcs11-agent stop|reload [--socket PATH]`: what `ssh-agent -k` and `gpgconf --kill` /
- * `--reload gpg-agent` do, by the agent's own signals (src/agent/agent.ts): SIGTERM finishes the
- * requests in flight and exits; SIGHUP re-reads the config, forgets cached PINs and releases the
- * devices. The pid comes from the agent itself (`ping` on its 0600 socket), not from a pid file.
+ * `cargo-pkcs11-agent stop|reload [--config FILE] [--socket PATH]`: what `ssh-agent -k` and
+ * `gpgconf --kill` / `--reload gpg-agent` do. `stop` sends SIGTERM (the agent finishes the requests
+ * in flight and exits); the pid comes from the agent itself (`ping` on its 0600 socket), not from a
+ * pid file. `reload` asks over the socket, as SIGHUP does for systemd's ExecReload, and gets the
+ * agent's verdict: the config re-read, or refused with the reason (src/agent/agent.ts `reload`).
  */
 import { loadConfig } from '../config/load.js'
 import { AgentError, toAgentError } from '../lib/errors.js'
@@ -58,10 +59,10 @@ export async function reload(argv: readonly string[]): Promise<number> {
   const { socket } = socketArgs(argv, USAGE.reload)
   await agentPid(socket, 'reload')
   const status = await callAgent(socket, 'status')
-  // A config the agent would reject is reported here, where the user is, and not sent: the agent
-  // would keep its previous config and say so only in its log.
+  // A config that does not load is reported here, where the user is, and not sent.
   if (status.config !== null) loadConfig(status.config)
-  process.kill(status.pid, 'SIGHUP')
+  // The agent's verdict: a refusal (a weakening, a file that stopped loading) is thrown with its reason.
+  await callAgent(socket, 'reload')
   process.stdout.write(
     `reloaded the agent (pid ${status.pid}): ${status.config === null ? 'configuration kept (it has no file)' : `configuration re-read from ${status.config}`}, cached PINs forgotten, devices released\n`,
   )

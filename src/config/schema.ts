@@ -6,6 +6,7 @@
  */
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
+import { knownModules } from '../lib/package-files.js'
 import { closest } from '../lib/suggest.js'
 import { defaultAuditLogPath, type Env } from './paths.js'
 
@@ -362,9 +363,14 @@ const WHICH_TOKEN = 'which token of that module'
 export const TOKEN_ROWS: Rows<Omit<TokenConfig, 'name'>> = {
   module: row(
     'module',
-    text((module) =>
-      module.includes('/') && !module.startsWith('/') ? 'a module path must be absolute' : undefined,
-    ),
+    text((module) => {
+      // A path's existence is checked when the agent starts (src/cli/run.ts); doctor reports it per token.
+      if (module.includes('/')) return module.startsWith('/') ? undefined : 'a module path must be absolute'
+      const names = Object.keys(knownModules())
+      if (names.includes(module)) return undefined
+      const hint = closestKey(module, names)
+      return `unknown PKCS#11 module name "${module}" (known: ${names.join(', ')}; or the library's absolute path)${hint === undefined ? '' : `; did you mean "${hint}"?`}`
+    }),
     'the PKCS#11 library',
     { required: 'missing; give a PKCS#11 library path or one of softhsm, ykcs11, tpm2, opensc' },
   ),
@@ -436,13 +442,15 @@ const AGENT = table(AGENT_ROWS, 'must be a table ([agent])', (agent, _where, ctx
 const TOKENS = named<TokenConfig>('tokens', TOKEN_ROWS, {
   badName: 'token names use letters, digits, "-" and "_"',
   check(token, where, ctx) {
-    if (token.pinSource === 'env' && token.pinEnv === undefined)
+    // A pin-env / pin-file already refused (empty, relative) is not also "missing".
+    const refused = (key: string): boolean => ctx.issues.some((i) => i.startsWith(`${where}.${key}:`))
+    if (token.pinSource === 'env' && token.pinEnv === undefined && !refused('pin-env'))
       problem(
         ctx,
         `${where}.pin-env`,
         'missing; pin-source = "env" needs the variable name, e.g. pin-env = "TOKEN_PIN"',
       )
-    if (token.pinSource === 'file' && token.pinFile === undefined)
+    if (token.pinSource === 'file' && token.pinFile === undefined && !refused('pin-file'))
       problem(
         ctx,
         `${where}.pin-file`,

@@ -3,11 +3,13 @@
  * (docs/gateway.md, "Configuration"). The upstream's bearer token is read here, from a file or an
  * environment variable, straight into a `Secret`: it never appears in argv, a log line or an error.
  */
-import { readFileSync } from 'node:fs'
+import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs'
 
 import { parseToml } from '../config/load.js'
+import { closestKey } from '../config/schema.js'
 import { AgentError } from '../lib/errors.js'
 import { LIMITS } from '../lib/limits.js'
+import { checkSecretFile } from '../lib/pin-file.js'
 import { Secret } from '../lib/secret.js'
 
 export interface GatewayConfig {
@@ -76,8 +78,13 @@ function readConfigFile(path: string): Record<string, unknown> {
     )
   }
   const table = parseToml(text, path, REMEDY)
-  for (const key of Object.keys(table))
-    if (!(FILE_KEYS as readonly string[]).includes(key)) invalid(`${path}: unknown key \`${key}\``)
+  for (const key of Object.keys(table)) {
+    if ((FILE_KEYS as readonly string[]).includes(key)) continue
+    const hint = closestKey(key, FILE_KEYS)
+    invalid(
+      `${path}: unknown key \`${key}\`${hint === undefined ? `; the keys are ${FILE_KEYS.join(', ')}` : `; did you mean \`${hint}\`?`}`,
+    )
+  }
   return table
 }
 
@@ -119,8 +126,9 @@ function upstreamToken(file: string | undefined, env: string | undefined): Secre
     )
   let value: string | undefined
   if (file !== undefined) {
+    let fd: number
     try {
-      value = readFileSync(file, 'utf8').replace(/\r?\n$/, '')
+      fd = openSync(file, constants.O_RDONLY | constants.O_NOCTTY)
     } catch (error) {
       throw new AgentError(
         'CONFIG_MISSING',
@@ -129,6 +137,13 @@ function upstreamToken(file: string | undefined, env: string | undefined): Secre
           remedy: 'Write the upstream registry token to that file (mode 0600), the whole Authorization value',
         },
       )
+    }
+    try {
+      // fstat of the opened file, as for a PIN file: it opens the whole upstream.
+      checkSecretFile(fstatSync(fd), file, 'upstream token', 'gateway')
+      value = readFileSync(fd, 'utf8').replace(/\r?\n$/, '')
+    } finally {
+      closeSync(fd)
     }
   } else {
     value = process.env[env!]

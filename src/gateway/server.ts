@@ -92,6 +92,23 @@ const DROP_RESPONSE_HEADERS = new Set([
 const upstreamError = (message: string, status: number, remedy: string): AgentError =>
   new AgentError('UPSTREAM_ERROR', message, { remedy, data: { status } })
 
+/** Why `listen` cannot be used (bind(2) errors), naming the setting to change. */
+const LISTEN_PROBLEMS: Readonly<Record<string, string>> = {
+  EADDRINUSE: 'another process already listens there',
+  EACCES: 'ports below 1024 need privileges this process does not have',
+  EADDRNOTAVAIL: 'no interface of this machine has that address',
+}
+
+function listenError(error: NodeJS.ErrnoException, config: GatewayConfig): AgentError {
+  const problem = LISTEN_PROBLEMS[error.code ?? '']
+  if (problem === undefined) return toAgentError(error)
+  const address = `${config.host.includes(':') ? `[${config.host}]` : config.host}:${config.port}`
+  return new AgentError('CONFIG_INVALID', `the gateway cannot listen on ${address}: ${problem}`, {
+    cause: error,
+    remedy: `Pick another \`listen\` (HOST:PORT, in the gateway config or --listen)${error.code === 'EADDRINUSE' ? `, or stop the process on port ${config.port} (\`ss -ltnp 'sport = :${config.port}'\` names it)` : ''}`,
+  })
+}
+
 export async function startGateway(config: GatewayConfig, hooks: GatewayHooks = {}): Promise<Gateway> {
   const keys = new ReloadableKeys(config.keysFile, hooks.onKeysReload)
   const upstreamBase = config.upstream.href.replace(/\/+$/, '')
@@ -276,7 +293,7 @@ export async function startGateway(config: GatewayConfig, hooks: GatewayHooks = 
   })
   server.requestTimeout = LIMITS.registryBodyReadTimeoutMs + config.upstreamTimeoutMs
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
+    server.once('error', (error: NodeJS.ErrnoException) => reject(listenError(error, config)))
     server.listen(config.port, config.host, () => resolve())
   })
   const port = (server.address() as AddressInfo).port

@@ -35,9 +35,28 @@ export function openAgentLog(path: string): { fd: number; offset: number } {
 }
 
 /**
- * The running agent's own log lines. When its stderr is the agent log (a background agent), a line
+ * Characters that would end a log line or act on the terminal it is read on: C0 controls but tab,
+ * DEL, C1 (ESC sequences, CSI), the Unicode line separators and the bidirectional controls
+ * (Unicode UAX #9), which could reorder what a reader sees.
+ */
+// eslint-disable-next-line no-control-regex
+const LOG_UNSAFE = /[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g
+
+/** `line` with every LOG_UNSAFE character written as `\xHH` or `\uHHHH`, so it stays one line. */
+function logSafe(line: string): string {
+  return line.replace(LOG_UNSAFE, (c) => {
+    const code = c.charCodeAt(0)
+    return code < 0x100
+      ? `\\x${code.toString(16).padStart(2, '0')}`
+      : `\\u${code.toString(16).padStart(4, '0')}`
+  })
+}
+
+/**
+ * The running agent's own log lines, one line per call whatever the message holds (client-chosen
+ * labels and names reach it: logSafe). When its stderr is the agent log (a background agent), a line
  * that takes the file past the cap renames it and continues in a fresh agent.log; otherwise (a
- * terminal, journald under systemd) lines go to stderr unchanged. Every line ends with a newline.
+ * terminal, journald under systemd) lines go to stderr. Every line ends with a newline.
  */
 export function agentLogWriter(path: string, prefix: string): (line: string) => void {
   let fd = 2
@@ -50,7 +69,7 @@ export function agentLogWriter(path: string, prefix: string): (line: string) => 
     rotating = false
   }
   return (line: string): void => {
-    const text = `${prefix}${line.replace(/\n+$/, '')}\n`
+    const text = `${prefix}${logSafe(line.replace(/\n+$/, ''))}\n`
     try {
       writeSync(fd, text)
       if (rotating && fstatSync(fd).size >= LIMITS.agentLogMaxBytes && rotateIfLarge(path)) {

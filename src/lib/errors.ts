@@ -136,7 +136,8 @@ export class AgentError extends Error {
 
   /** "message. remedy" — what a human reads. */
   describe(): string {
-    return this.remedy === undefined ? this.message : `${this.message}. ${this.remedy}`
+    if (this.remedy === undefined) return this.message
+    return `${this.message}${/[.?!]$/.test(this.message) ? '' : '.'} ${this.remedy}`
   }
 
   toWire(): WireError {

@@ -31,3 +31,35 @@ export function packageVersion(): string {
   const pkg = JSON.parse(readFileSync(packageFile('package.json'), 'utf8')) as { version?: string }
   return pkg.version ?? 'unknown'
 }
+
+/** Known module names → candidate paths per `${platform}-${arch}` (native-config/modules.json). */
+export type ModuleTable = Readonly<Record<string, Readonly<Record<string, readonly string[]>>>>
+
+let cached: { modules: ModuleTable; environment: Readonly<Record<string, readonly string[]>> } | undefined
+
+function modulesFile(): NonNullable<typeof cached> {
+  if (cached === undefined) {
+    const raw = JSON.parse(
+      readFileSync(
+        packageFile(
+          'native-config/modules.json',
+          'Reinstall cargo-pkcs11-agent, or configure the module by absolute path',
+        ),
+        'utf8',
+      ),
+    ) as Record<string, unknown>
+    const modules: Record<string, Record<string, string[]>> = {}
+    for (const [name, value] of Object.entries(raw)) {
+      if (name.startsWith('$') || typeof value !== 'object' || value === null) continue
+      modules[name] = value as Record<string, string[]>
+    }
+    const environment = (raw['$environment'] ?? {}) as Record<string, string[]>
+    cached = { modules: Object.freeze(modules), environment: Object.freeze(environment) }
+  }
+  return cached
+}
+
+export const knownModules = (): ModuleTable => modulesFile().modules
+
+/** Known module name → the variables it reads at C_Initialize to find its tokens (`$environment`). */
+export const moduleEnvironment = (): Readonly<Record<string, readonly string[]>> => modulesFile().environment

@@ -30,7 +30,7 @@ interface Addon {
 
 const ADDON_PATH = 'native/peercred/build/Release/peercred.node'
 const REBUILD =
-  'Rebuild the native addon: `npm rebuild cargo-pkcs11-agent` (or `npm run build` in a checkout); it needs a C compiler, make and python3'
+  'Rebuild the native addon: `npm rebuild cargo-pkcs11-agent` in the directory it is installed in (`npm root -g`/cargo-pkcs11-agent for a global install; `npm run build` in a checkout); it needs a C compiler, make and python3'
 
 let addon: Addon | undefined
 
@@ -46,6 +46,11 @@ function load(): Addon {
     })
   }
   return addon
+}
+
+/** Loads the addon without calling it (doctor): throws what the agent would, with the remedy. */
+export function loadAddon(): void {
+  load()
 }
 
 /** Turns the addon's errno Error (`code` = errno name, `syscall`) into an AgentError. */

@@ -1,6 +1,7 @@
 /**
  * `pin-source = "file"`: a CI secret on disk. Refused unless only its owner can read it (like ssh
- * refusing a private key with loose permissions), so a PIN never sits in a file other users see.
+ * refusing a private key with loose permissions), so a PIN never sits in a file other users see;
+ * the gateway's upstream token file gets the same check (docs/gateway.md).
  * Lives outside src/policy/ because policy does no file I/O; the agent hands it to Policy as a dep.
  */
 import { constants } from 'node:fs'
@@ -8,6 +9,38 @@ import { open } from 'node:fs/promises'
 import { AgentError } from './errors.js'
 import { LIMITS } from './limits.js'
 import { Pin } from './secret.js'
+
+/**
+ * Refuses a file holding a secret (`secret`: "PIN", "upstream token") that another user owns or that
+ * group or others can access; `reader` is the process that reads it. `info` is the opened file's fstat.
+ */
+export function checkSecretFile(
+  info: { readonly uid: number; readonly mode: number },
+  path: string,
+  secret: string,
+  reader: string,
+): void {
+  const uid = process.getuid?.()
+  if (uid !== undefined && info.uid !== uid && info.uid !== 0) {
+    throw new AgentError(
+      'CONFIG_INVALID',
+      `The ${secret} file ${path} belongs to another user (uid ${info.uid})`,
+      {
+        remedy: `Give the file to the ${reader}'s user: chown ${uid} ${path}`,
+      },
+    )
+  }
+  if ((info.mode & 0o077) !== 0) {
+    throw new AgentError(
+      'CONFIG_INVALID',
+      `The ${secret} file ${path} is accessible by group or others (mode ${(info.mode & 0o777).toString(8).padStart(3, '0')}); the ${secret} was not used`,
+      {
+        remedy: `Restrict it to its owner: chmod 600 ${path}`,
+        data: { mode: (info.mode & 0o777).toString(8) },
+      },
+    )
+  }
+}
 
 export async function readPinFile(path: string): Promise<Pin> {
   let handle
@@ -31,26 +64,7 @@ export async function readPinFile(path: string): Promise<Pin> {
         remedy: 'Point pin-file at a file that contains only the PIN',
       })
     }
-    const uid = process.getuid?.()
-    if (uid !== undefined && info.uid !== uid && info.uid !== 0) {
-      throw new AgentError(
-        'CONFIG_INVALID',
-        `The PIN file ${path} belongs to another user (uid ${info.uid})`,
-        {
-          remedy: `Give the file to the agent's user: chown ${uid} ${path}`,
-        },
-      )
-    }
-    if ((info.mode & 0o077) !== 0) {
-      throw new AgentError(
-        'CONFIG_INVALID',
-        `The PIN file ${path} is accessible by group or others (mode ${(info.mode & 0o777).toString(8).padStart(3, '0')}); the PIN was not used`,
-        {
-          remedy: `Restrict it to its owner: chmod 600 ${path}`,
-          data: { mode: (info.mode & 0o777).toString(8) },
-        },
-      )
-    }
+    checkSecretFile(info, path, 'PIN', 'agent')
     if (info.size > LIMITS.pinFileMaxBytes) {
       throw new AgentError(
         'CONFIG_INVALID',

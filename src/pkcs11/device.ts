@@ -13,6 +13,7 @@ import { Pkcs11Module, type Handle, type TokenInfo } from './binding.js'
 import { CKR, fromReturnValue } from './ckr.js'
 import { KeyCatalogue, type DeviceKey, type OnSession } from './key-catalogue.js'
 import { generateKeyPair, keygenRequest } from './keygen.js'
+import { moduleEnvironmentHint } from './module-environment.js'
 import { resolveModulePath } from './modules.js'
 import {
   tokenMatches,
@@ -131,6 +132,12 @@ export class Device {
     this.#selector = Object.freeze(tokenSelector(selector))
     this.#cachedPin = options.cachedPin ?? (() => undefined)
     this.#onEvent = options.onEvent ?? (() => {})
+  }
+
+  /** What to do about a token not found: the agent's TOKEN_ABSENT and doctor say the same. */
+  absentRemedy(): string {
+    const token = this.describe().replace(/ via .*$/, '')
+    return `Check its label/serial in the config (\`cargo-pkcs11-agent list --module ${this.#selector.module}\` shows the tokens there), or insert ${token}; the agent picks it up without a restart${moduleEnvironmentHint(this.#selector.module)}`
   }
 
   describe(): string {
@@ -443,7 +450,7 @@ export class Device {
       )
     }
     throw new AgentError('TOKEN_ABSENT', `${this.describe()} is not present`, {
-      remedy: `Insert ${token}; the agent picks it up without a restart`,
+      remedy: this.absentRemedy(),
       data: { token: this.describe() },
     })
   }

@@ -1,33 +1,7 @@
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { isAbsolute } from 'node:path'
 import { AgentError } from '../lib/errors.js'
-import { packageFile } from '../lib/package-files.js'
-
-/** Known module names → candidate paths per `${platform}-${arch}` (native-config/modules.json). */
-export type ModuleTable = Readonly<Record<string, Readonly<Record<string, readonly string[]>>>>
-
-let cached: ModuleTable | undefined
-
-export function knownModules(): ModuleTable {
-  if (cached === undefined) {
-    const raw = JSON.parse(
-      readFileSync(
-        packageFile(
-          'native-config/modules.json',
-          'Reinstall cargo-pkcs11-agent, or configure the module by absolute path',
-        ),
-        'utf8',
-      ),
-    ) as Record<string, unknown>
-    const table: Record<string, Record<string, string[]>> = {}
-    for (const [name, value] of Object.entries(raw)) {
-      if (name.startsWith('$') || typeof value !== 'object' || value === null) continue
-      table[name] = value as Record<string, string[]>
-    }
-    cached = Object.freeze(table)
-  }
-  return cached
-}
+import { knownModules } from '../lib/package-files.js'
 
 export function platformKey(): string {
   return `${process.platform}-${process.arch}`

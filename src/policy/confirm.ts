@@ -65,6 +65,7 @@ export class Confirmer {
         `Allow ${describeIntent(intent)}?`,
         'Approve',
         token,
+        registry,
       )
       if (!approved) {
         throw new AgentError('DENIED', `Refused: ${describeIntent(intent)}`, {
@@ -80,7 +81,8 @@ export class Confirmer {
 
   /**
    * One yes/no: on the requester's terminal when the kernel names one (`confirmVia`), else in
-   * pinentry. With neither it fails closed (POLICY_DENIED naming `touch` and `none`).
+   * pinentry. With neither it fails closed: POLICY_DENIED naming what else confirms a mutation of
+   * `registry` (`confirmInstead`); without one (keygen --force, final try) only a channel helps.
    */
   async ask(
     intent: Intent,
@@ -88,6 +90,7 @@ export class Confirmer {
     text: string,
     okLabel: string,
     token: TokenPolicy | undefined,
+    registry?: RegistryPolicy,
   ): Promise<{ approved: boolean; via: 'terminal' | 'pinentry' }> {
     const { headless, confirmVia } = this.#deps.config
     // The terminal of a forwarder (the local ssh client's) carries the remote session's keystrokes,
@@ -98,8 +101,7 @@ export class Confirmer {
         'POLICY_DENIED',
         `Confirmation is required to ${describeIntent(intent)}, but the agent runs headless`,
         {
-          remedy:
-            'For unattended use set confirm = "touch" (key with a touch policy) or confirm = "none" for this registry in the agent config',
+          remedy: `Run the agent with headless = false in [agent] (CI=true turns it on by default) where someone can answer${confirmInstead(intent, registry)}`,
         },
       )
     }
@@ -108,16 +110,13 @@ export class Confirmer {
         throw new AgentError(
           'POLICY_DENIED',
           `Confirmation is required to ${describeIntent(intent)}, but the requesting program has no terminal`,
-          {
-            remedy:
-              'Run the command from a terminal, or set confirm = "touch" for this registry (a key with a touch policy), or confirm = "none" for unattended use',
-          },
+          { remedy: `Run the command from a terminal${confirmInstead(intent, registry)}` },
         )
       }
       try {
         return { approved: await prompter.confirm(intent, text), via: 'terminal' }
       } catch (error) {
-        throw noChannel(intent, error, 'the agent could not ask on the terminal')
+        throw noChannel(intent, error, registry, 'the agent could not ask on the terminal')
       }
     }
     tell(prompter, {
@@ -142,6 +141,7 @@ export class Confirmer {
       throw noChannel(
         intent,
         error,
+        registry,
         `${intent.requester.forwarded !== undefined ? 'the request came through a forwarded socket (never asked on a terminal) and ' : terminal === undefined ? 'the requesting program has no terminal and ' : ''}pinentry could not ask`,
       )
     }
@@ -170,16 +170,40 @@ function refuseForwarded(intent: Intent, registry: RegistryPolicy): void {
   )
 }
 
+/**
+ * What confirms a mutation of `registry` when nobody can be asked, as a remedy's last clause (empty
+ * without a registry: keygen --force and the final try have only the yes/no). `confirm = "touch"`
+ * only where the key attests a touch policy: on any other key (SoftHSM, a TPM, an HSM) the agent
+ * cannot check that anything asks, and a reload counts it as `none` (docs/policy.md, "Touch the
+ * agent cannot check"). A forwarded mutation is asked even with `confirm = "none"`.
+ */
+function confirmInstead(intent: Intent, registry: RegistryPolicy | undefined): string {
+  if (registry === undefined) return ''
+  const touchKey =
+    'a mutation key with a touch policy (a YubiKey key made with `setup --touch-policy always`) and confirm = "touch"'
+  if (intent.requester.forwarded !== undefined)
+    return registry.touchAttested
+      ? '; or set confirm = "touch" for this registry (its mutation key attests a touch policy)'
+      : `; or use ${touchKey} (a forwarded mutation is asked even with confirm = "none")`
+  return registry.touchAttested
+    ? '; unattended, set confirm = "touch" (its mutation key attests a touch policy) or confirm = "none" for this registry in the agent config'
+    : `; unattended, set confirm = "none" for this registry in the agent config (its mutation key attests no touch policy, so confirm = "touch" would not be checked), or use ${touchKey}`
+}
+
 /** No channel the requester cannot answer itself could ask: fail closed, naming the other modes. */
-function noChannel(intent: Intent, error: unknown, why: string): unknown {
+function noChannel(
+  intent: Intent,
+  error: unknown,
+  registry: RegistryPolicy | undefined,
+  why: string,
+): unknown {
   if (!(error instanceof AgentError) || error.code !== 'PIN_ENTRY_FAILED') return error
   return new AgentError(
     'POLICY_DENIED',
     `Confirmation is required to ${describeIntent(intent)}, but ${why} (${error.message})`,
     {
       cause: error,
-      remedy:
-        'Run cargo from a terminal; or set confirm = "touch" for this registry (a key with a touch policy); or run the agent in your desktop session so pinentry can ask (`cargo-pkcs11-agent install-service`); for CI set confirm = "none"',
+      remedy: `Run cargo from a terminal; or run the agent in your desktop session so pinentry can ask (\`cargo-pkcs11-agent install-service\`)${confirmInstead(intent, registry)}`,
     },
   )
 }

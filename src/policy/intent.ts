@@ -14,11 +14,16 @@ export const CKSUM_PREFIX_CHARS = 8
 /**
  * Text that came from another process (crate names, command lines) is shown on the user's terminal
  * and in pinentry: control characters could move the cursor or recolour the prompt to fake an
- * approval text, so they are replaced, and very long values are cut.
+ * approval text, bidirectional controls (Unicode UAX #9: U+061C, U+200E/F, U+202A–E, U+2066–9)
+ * could reorder it, and invisible characters (U+180E, U+200B–D, U+2060–4, U+FEFF) could make two
+ * names look the same, so all are replaced, and very long values are cut.
  */
 export function displaySafe(text: string, maxChars: number = LIMITS.intentFieldMaxChars): string {
-  // eslint-disable-next-line no-control-regex
-  const clean = text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, '\uFFFD')
+  const clean = text.replace(
+    // eslint-disable-next-line no-control-regex
+    /[\u0000-\u001f\u007f-\u009f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]/g,
+    '\uFFFD',
+  )
   return clean.length > maxChars ? `${clean.slice(0, maxChars - 1)}…` : clean
 }
 
@@ -27,7 +32,7 @@ export function cksumPrefix(cksum: string | undefined): string | undefined {
   return displaySafe(cksum.slice(0, CKSUM_PREFIX_CHARS), CKSUM_PREFIX_CHARS)
 }
 
-/** "my-registry (sparse+https://registry.example/index/)", or just the URL when cargo sent no name. */
+/** "my-registry (sparse+https://registry.example/index/)", or just the URL when there is no name. */
 export function describeRegistry(intent: { registryName?: string | undefined; indexUrl: string }): string {
   const url = displaySafe(intent.indexUrl)
   return intent.registryName === undefined ? url : `${displaySafe(intent.registryName)} (${url})`
@@ -48,33 +53,47 @@ function describeForwarded(requester: Requester): string {
   return `a forwarded connection via ${f.via} pid ${f.pid}${binary}${command === undefined ? '' : ` \`${displaySafe(command, LIMITS.intentFieldMaxChars / 2)}\``}`
 }
 
-/** "requested by pid 123 `cargo publish`", or "requested from a forwarded connection via ssh pid 77". */
+/**
+ * "requested by pid 123 /usr/bin/cargo (calls itself `cargo publish`)", or "requested from a
+ * forwarded connection via ssh pid 77".
+ */
 export function requestedBy(requester: Requester): string {
   return `requested ${requester.forwarded === undefined ? 'by' : 'from'} ${describeRequester(requester)}`
 }
 
+/**
+ * "pid 123 /usr/bin/cargo (calls itself `cargo publish`)": the executable is the kernel's
+ * (/proc/<pid>/exe); the command line is the process's own argv, which it can rewrite (a build
+ * script can set its `process.title` to `cargo publish`), so it is labelled as its own word.
+ */
+function describeProcess(
+  pid: number | undefined,
+  who: { exe?: string | undefined; command?: string | undefined },
+  maxChars: number,
+): string[] {
+  const parts = pid === undefined ? [] : [`pid ${pid}`]
+  if (who.exe !== undefined && who.exe !== '') parts.push(displaySafe(who.exe, maxChars))
+  if (who.command !== undefined && who.command !== '')
+    parts.push(`(calls itself \`${displaySafe(who.command, maxChars)}\`)`)
+  return parts
+}
+
 export function describeRequester(requester: Requester): string {
   if (requester.forwarded !== undefined) return describeForwarded(requester)
-  const parts: string[] = []
-  if (requester.pid !== undefined) parts.push(`pid ${requester.pid}`)
-  if (requester.command !== undefined && requester.command !== '')
-    parts.push(`\`${displaySafe(requester.command)}\``)
+  const parts = describeProcess(requester.pid, requester, LIMITS.intentFieldMaxChars)
   if (parts.length === 0 && requester.ppid !== undefined) parts.push(`parent pid ${requester.ppid}`)
   if (requester.tty !== undefined && requester.tty !== '') parts.push(`on ${displaySafe(requester.tty)}`)
   const client = requester.client
   if (client !== undefined)
-    parts.push(
-      client.command === undefined
-        ? `through pid ${client.pid}`
-        : `through pid ${client.pid} \`${displaySafe(client.command, LIMITS.intentFieldMaxChars / 2)}\``,
-    )
+    parts.push('through', ...describeProcess(client.pid, client, LIMITS.intentFieldMaxChars / 2))
   return parts.length === 0 ? 'an unknown program' : parts.join(' ')
 }
 
 /**
  * One line a human can approve or refuse, e.g.
  * "publish foo 1.2.3 (cksum 6dee75a8…) to my-registry (sparse+https://registry.example/index/),
- *  requested by pid 123 `cargo publish`".
+ *  requested by pid 123 /usr/bin/cargo (calls itself `cargo publish`)". The registry name is the
+ * agent config's (set by src/agent/pipeline/bind.ts), never the one the client sent.
  */
 export function describeIntent(intent: Intent): string {
   const registry = describeRegistry(intent)

@@ -47,19 +47,50 @@ export interface LoginDeps {
   /** Where this request's PIN can come from (the agent's terminal asker, pinentry, env, files). */
   readonly pinSources: (prompter: Prompter, intent: Intent) => PinSources
   readonly log: (event: string, data: Readonly<Record<string, string | number | boolean>>) => void
+  /** The env/file PINs tokens rejected; a reload hands the previous policy's on (src/agent/agent.ts). */
+  readonly rejected: RejectedPins
+}
+
+/**
+ * Per token: fingerprint of the env/file PIN the token rejected. The only memory of rejected PINs
+ * (the device layer keeps none): such a source hands out the same wrong PIN on every request and
+ * each try costs one of the token's few tries, so that value is not sent again until it changes.
+ * `lock` and a reload keep it: a fixed PIN file holds another value and is tried at once, and the
+ * agent's environment is fixed at its start, so only a restart changes an env PIN. A PIN a human
+ * typed is never retried anyway: it is not cached.
+ */
+export class RejectedPins {
+  readonly #byToken = new Map<string, Buffer>()
+  readonly #key = randomBytes(32)
+
+  add(tokenId: string, pin: Pin): void {
+    this.#byToken.set(tokenId, this.#fingerprint(pin))
+  }
+
+  has(tokenId: string, pin: Pin): boolean {
+    return this.#byToken.get(tokenId)?.equals(this.#fingerprint(pin)) === true
+  }
+
+  /** HMAC with a per-process random key: comparable, but not a guessable hash of a short PIN. */
+  #fingerprint(pin: Pin): Buffer {
+    return createHmac('sha256', this.#key).update(pin.expose()).digest()
+  }
+}
+
+/**
+ * A typed PIN still to come (undefined when its question became moot), and whether a final try was
+ * approved before it was asked.
+ */
+interface Asked {
+  readonly pin: Promise<Pin | undefined>
+  readonly finalTryApproved: boolean
 }
 
 export class Login {
   readonly #deps: LoginDeps
   readonly #inFlight = new Map<string, Promise<void>>()
-  /**
-   * Per token: fingerprint of the env/file PIN the token rejected. The only memory of rejected PINs
-   * (the device layer keeps none): such a source hands out the same wrong PIN on every request and
-   * each try costs one of the token's few tries, so that value is not sent again until it changes or
-   * `forgetRejected` (lock, SIGHUP). A PIN a human typed is never retried anyway: it is not cached.
-   */
-  readonly #rejected = new Map<string, Buffer>()
-  readonly #fingerprintKey = randomBytes(32)
+  /** Per token: the typed-PIN questions open on their requesters' terminals, each with its `moot`. */
+  readonly #asking = new Map<string, Map<Promise<Pin | undefined>, () => void>>()
 
   constructor(deps: LoginDeps) {
     this.#deps = deps
@@ -83,23 +114,33 @@ export class Login {
       if (status.pinLocked !== true && (status.loggedIn === true || status.loginRequired === false)) return
     }
     // One login flow per token at a time: concurrent requests (parallel cargo runs) wait for the
-    // first human answer and then use the cached PIN, instead of opening one PIN dialog each.
-    const previous = this.#inFlight.get(token.id) ?? Promise.resolve()
-    const mine = previous.then(() => this.#ensureLoggedIn(device, token, prompter, intent))
+    // first human answer and then use the cached PIN, instead of opening one PIN dialog each. A PIN
+    // typed on the requester's terminal is the exception: it is asked outside the turn (`#askOwn`).
+    for (;;) {
+      const asked = await this.#turn(token.id, () => this.#ensureLoggedIn(device, token, prompter, intent))
+      if (asked === undefined) return
+      const pin = await asked.pin
+      if (pin !== undefined)
+        return await this.#turn(token.id, () =>
+          this.#loginTyped(device, token, prompter, intent, pin, asked.finalTryApproved),
+        )
+    }
+  }
+
+  /** Runs `work` once every earlier turn of `tokenId` has ended. */
+  async #turn<T>(tokenId: string, work: () => Promise<T>): Promise<T> {
+    const previous = this.#inFlight.get(tokenId) ?? Promise.resolve()
+    const mine = previous.then(work)
     const settled = mine.then(
       () => undefined,
       () => undefined,
     )
-    this.#inFlight.set(token.id, settled)
+    this.#inFlight.set(tokenId, settled)
     try {
-      await mine
+      return await mine
     } finally {
-      if (this.#inFlight.get(token.id) === settled) this.#inFlight.delete(token.id)
+      if (this.#inFlight.get(tokenId) === settled) this.#inFlight.delete(tokenId)
     }
-  }
-
-  forgetRejected(): void {
-    this.#rejected.clear()
   }
 
   /**
@@ -108,15 +149,16 @@ export class Login {
    * source that still holds that value is not tried again.
    */
   rejected(tokenId: string, pin: Pin): void {
-    this.#rejected.set(tokenId, this.#fingerprint(pin))
+    this.#deps.rejected.add(tokenId, pin)
   }
 
+  /** Undefined when done; a typed PIN still to come (`#askOwn`) otherwise. */
   async #ensureLoggedIn(
     device: PolicyDevice,
     token: TokenPolicy,
     prompter: Prompter,
     intent: Intent,
-  ): Promise<void> {
+  ): Promise<Asked | undefined> {
     const { pinCache } = this.#deps
     const status = await device.status()
     if (status.pinLocked === true) {
@@ -133,11 +175,11 @@ export class Login {
         if (cached === undefined && token.pin.kind !== 'none') {
           pinCache.set(token.id, await this.#readPin(token, token.pin, prompter, intent, status))
         }
-        return
+        return undefined
       }
       // The device stays logged in after the PIN cache entry ended; log out so the PIN lifetimes mean
       // what they say (PKCS#11: login state belongs to the application, not to a session).
-      if (cached !== undefined || device.logout === undefined) return
+      if (cached !== undefined || device.logout === undefined) return undefined
       await device.logout()
       this.#deps.log('logged-out-expired-pin', { token: token.id })
     }
@@ -149,7 +191,7 @@ export class Login {
         text: `Enter the PIN on the PIN pad of ${token.description} to ${describeIntent(intent)}`,
       })
       await this.#login(device, token, null)
-      return
+      return undefined
     }
     if (status.pinFinalTry === true) {
       await this.#approveFinalTry(token, prompter, intent)
@@ -161,19 +203,94 @@ export class Login {
     }
     if (cached !== undefined) {
       await this.#login(device, token, cached)
-      return
+      return undefined
     }
+    if (token.pin.kind === 'tty') return this.#askOwn(token, prompter, intent, status)
     const pin = await this.#readPin(token, token.pin, prompter, intent, status)
     try {
       await this.#login(device, token, pin)
     } catch (error) {
       if (!interactive && toAgentError(error).code === 'PIN_INCORRECT') {
-        this.#rejected.set(token.id, this.#fingerprint(pin))
+        this.#deps.rejected.add(token.id, pin)
       }
       pin.wipe()
       throw error
     }
     pinCache.set(token.id, pin)
+    return undefined
+  }
+
+  /**
+   * A PIN typed on this request's own terminal (its client answers the query), asked outside the
+   * token's turn: a client that never answers holds only its own request, until the request
+   * timeout, while the other requests of the token ask their own requesters. The first PIN back
+   * logs in (`#loginTyped`); the questions still open then are moot, and an answer that comes
+   * later is wiped unused. A request that cannot ask (no terminal, forwarded) waits for the open
+   * questions instead, as it waited for the one dialog before.
+   */
+  #askOwn(token: TokenPolicy, prompter: Prompter, intent: Intent, status: PolicyDeviceStatus): Asked {
+    const open = this.#asking.get(token.id) ?? new Map<Promise<Pin | undefined>, () => void>()
+    if ('unavailable' in this.#deps.pinSources(prompter, intent).terminal && open.size > 0)
+      return { pin: Promise.allSettled(open.keys()).then(() => undefined), finalTryApproved: false }
+    const asked = this.#readPin(token, { kind: 'tty' }, prompter, intent, status)
+    let moot = (): void => undefined
+    const pin = Promise.race([asked, new Promise<undefined>((resolve) => (moot = () => resolve(undefined)))])
+    open.set(pin, () => {
+      moot()
+      asked.then(
+        (late) => late.wipe(),
+        () => undefined,
+      )
+      tell(prompter, {
+        kind: 'info',
+        text: `${token.description} was unlocked with the PIN typed for another request; yours is not needed`,
+      })
+    })
+    this.#asking.set(token.id, open)
+    const closed = (): void => {
+      open.delete(pin)
+      if (open.size === 0 && this.#asking.get(token.id) === open) this.#asking.delete(token.id)
+    }
+    pin.then(closed, closed)
+    return { pin, finalTryApproved: status.pinFinalTry === true }
+  }
+
+  /**
+   * A typed PIN, in turn again: its one C_Login, unless another request's PIN logged the token in
+   * meanwhile (then it is wiped unsent). The questions still open become moot.
+   */
+  async #loginTyped(
+    device: PolicyDevice,
+    token: TokenPolicy,
+    prompter: Prompter,
+    intent: Intent,
+    pin: Pin,
+    finalTryApproved: boolean,
+  ): Promise<void> {
+    const { pinCache } = this.#deps
+    try {
+      const status = await device.status()
+      if (status.pinLocked === true) {
+        pinCache.forget(token.id, 'wrong-pin')
+        throw pinLocked(token.description)
+      }
+      if (!(await device.needsLogin())) {
+        if (pinCache.get(token.id) !== undefined || device.logout === undefined) {
+          pin.wipe()
+          return
+        }
+        await device.logout()
+      }
+      // A wrong PIN typed for another request may have left the token at its final try since.
+      if (status.pinFinalTry === true && !finalTryApproved)
+        await this.#approveFinalTry(token, prompter, intent)
+      await this.#login(device, token, pin)
+    } catch (error) {
+      pin.wipe()
+      throw error
+    }
+    pinCache.set(token.id, pin)
+    for (const moot of this.#asking.get(token.id)?.values() ?? []) moot()
   }
 
   /** The PIN from the token's source; an env/file value the token already rejected is refused here. */
@@ -192,17 +309,11 @@ export class Login {
     }
     const pin = await readPin(source, prompt, this.#deps.pinSources(prompter, intent))
     if (source.kind !== 'env' && source.kind !== 'file') return pin
-    const rejected = this.#rejected.get(token.id)
-    if (rejected !== undefined && rejected.equals(this.#fingerprint(pin))) {
+    if (this.#deps.rejected.has(token.id, pin)) {
       pin.wipe()
-      throw pinAlreadyRejected(token.description, source.kind)
+      throw pinAlreadyRejected(token.description, source)
     }
     return pin
-  }
-
-  /** HMAC with a per-process random key: comparable, but not a guessable hash of a short PIN. */
-  #fingerprint(pin: Pin): Buffer {
-    return createHmac('sha256', this.#fingerprintKey).update(pin.expose()).digest()
   }
 
   async #login(device: PolicyDevice, token: TokenPolicy, pin: Pin | null): Promise<void> {

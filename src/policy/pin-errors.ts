@@ -79,7 +79,9 @@ export function wrongPin(
   const source = token.pin
   const fix =
     source.kind === 'env'
-      ? `Fix the PIN in the environment variable ${source.variable}`
+      ? asker === 'agent'
+        ? restartWithFixedVariable(source.variable)
+        : `Fix the PIN in the environment variable ${source.variable}`
       : source.kind === 'file'
         ? `Fix the PIN in ${source.path}`
         : 'Run the command again and enter the correct PIN'
@@ -96,16 +98,29 @@ export function wrongPin(
 }
 
 /**
- * An env/file PIN the token already rejected, refused before it costs another try. This memory is the
- * policy's (src/policy/login.ts); the device layer keeps none.
+ * The agent reads `pin-env` from the environment it was started with, which no later shell changes:
+ * neither `lock` nor a reload makes it read a fixed variable, only a new agent process does.
  */
-export function pinAlreadyRejected(tokenDescription: string, source: 'env' | 'file'): AgentError {
+function restartWithFixedVariable(variable: string): string {
+  return `Set ${variable} to the right PIN where the agent is started, then restart it: \`cargo-pkcs11-agent stop\`, and the next cargo command (or \`cargo-pkcs11-agent run\`) starts it with that environment; the agent reads ${variable} only at its start`
+}
+
+/**
+ * An env/file PIN the token already rejected, refused before it costs another try. This memory is the
+ * policy's (src/policy/login.ts `RejectedPins`); the device layer keeps none.
+ */
+export function pinAlreadyRejected(
+  tokenDescription: string,
+  source: Extract<PinSource, { kind: 'env' | 'file' }>,
+): AgentError {
   return new AgentError(
     'PIN_INCORRECT',
-    `${tokenDescription} already rejected the PIN from its ${source === 'env' ? 'environment variable' : 'PIN file'}; it is not tried again, so the token's remaining tries are kept`,
+    `${tokenDescription} already rejected the PIN from ${source.kind === 'env' ? `its environment variable ${source.variable}` : `its PIN file ${source.path}`}; it is not tried again, so the token's remaining tries are kept`,
     {
       remedy:
-        'Fix the PIN secret, then run `cargo-pkcs11-agent lock` (or restart the agent) to let it be tried',
+        source.kind === 'env'
+          ? restartWithFixedVariable(source.variable)
+          : `Fix the PIN in ${source.path}: the agent tries a changed value on the next request`,
     },
   )
 }

@@ -19,7 +19,7 @@ import {
 } from './pin-errors.js'
 import { pinentryGetPin, type PinentryOptions } from './pinentry.js'
 
-/** Sources a human answers: only these are cached (env and file are re-read when needed). */
+/** Sources a human answers: when such a cached PIN ends it is asked again (env and file are read again). */
 export function isInteractiveSource(source: PinSource): boolean {
   return source.kind === 'pinentry' || source.kind === 'tty'
 }

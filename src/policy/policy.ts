@@ -14,7 +14,7 @@ import type { Pin } from '../lib/secret.js'
 import { DEFAULT_POLICY_CONFIG, type PolicyConfig } from './config.js'
 import { Confirmer } from './confirm.js'
 import { tell, type Prompter } from './intent.js'
-import { Login } from './login.js'
+import { Login, RejectedPins } from './login.js'
 import { desktopNotifier, silentNotifier, type DesktopNotifier } from './notify.js'
 import { PinCache, systemClock, type Clock } from './pin-cache.js'
 import type { PinSources } from './pin-source.js'
@@ -30,8 +30,12 @@ export interface PolicyDeps {
   readonly readPinFile: (path: string) => Promise<Pin>
   /** Defaults to notify-send / osascript when `notify` is on. */
   readonly notifier?: DesktopNotifier
+  /** The running limiter, kept across a reload: a SIGHUP must not empty the sliding hour. */
+  readonly limiter?: MutationRateLimiter
   /** Every `pin-env` variable in the config: removed from the environment of pinentry and notify-send. */
   readonly secretEnvVariables?: readonly string[]
+  /** The previous policy's memory of rejected PINs, on a reload (src/policy/login.ts `RejectedPins`). */
+  readonly rejectedPins?: RejectedPins
   /** Debug events (token ids, reasons, codes: never a PIN). */
   readonly log?: (event: string, data: Readonly<Record<string, string | number | boolean>>) => void
 }
@@ -40,6 +44,7 @@ export class Policy {
   readonly config: PolicyConfig
   readonly pinCache: PinCache
   readonly limiter: MutationRateLimiter
+  readonly rejectedPins: RejectedPins
   readonly #deps: PolicyDeps
   readonly #env: NodeJS.ProcessEnv
   readonly #notifier: DesktopNotifier
@@ -65,7 +70,8 @@ export class Policy {
       clock,
       onForget: (tokenId, reason) => log('pin-forgotten', { token: tokenId, reason }),
     })
-    this.limiter = new MutationRateLimiter({ clock })
+    this.limiter = deps.limiter ?? new MutationRateLimiter({ clock })
+    this.rejectedPins = deps.rejectedPins ?? new RejectedPins()
     this.#notifier =
       deps.notifier ??
       (this.config.notify && !this.config.headless
@@ -82,6 +88,7 @@ export class Policy {
       confirmer,
       pinSources: (prompter, intent) => this.#pinSources(prompter, intent),
       log,
+      rejected: this.rejectedPins,
     })
     this.approve = confirmer.approve.bind(confirmer)
     this.confirm = confirmer.ask.bind(confirmer)
@@ -111,15 +118,16 @@ export class Policy {
     return this.pinCache.get(tokenId)
   }
 
-  /** `cargo-pkcs11-agent lock`: forget every PIN, and which PINs were rejected. The agent also logs its sessions out. */
+  /**
+   * `cargo-pkcs11-agent lock`: forget every PIN; the agent also logs its sessions out. Which env/file
+   * PINs were rejected is kept (src/policy/login.ts `RejectedPins`).
+   */
   lock(): number {
-    this.#login.forgetRejected()
     return this.pinCache.clear('lock')
   }
 
   /** SIGHUP: forget every PIN (the agent also releases the devices). */
   onSighup(): number {
-    this.#login.forgetRejected()
     return this.pinCache.clear('sighup')
   }
 

@@ -123,6 +123,8 @@ export interface Methods {
   lock: { params: Record<string, never>; result: { forgotten: number; released: number }; queries: never }
   /** Close every session so other programs can use the devices; PINs stay cached. */
   release: { params: Record<string, never>; result: { released: number }; queries: never }
+  /** Re-read the config file (refused if it does not load or weakens protection); PINs and sessions go either way. */
+  reload: { params: Record<string, never>; result: { config: string | null }; queries: never }
   sign: { params: CargoParams; result: SignResult; queries: QueryName }
   pubkey: {
     params: AdminParams & { registry?: string; indexUrl?: string }
@@ -160,6 +162,7 @@ export const METHODS = [
   'status',
   'lock',
   'release',
+  'reload',
   'pubkey',
   'sign',
   'login',

@@ -18,8 +18,11 @@ import { fail } from './errors.js'
 import { parseV3PublicToken, verifyV3Public } from './paseto.js'
 
 export interface VerifyOptions {
-  /** The registered key: `k3.public.…` or the 49-byte compressed point. */
-  publicKey: string | Uint8Array
+  /**
+   * The registered key: `k3.public.…` or the 49-byte compressed point; undefined when no key is
+   * registered under the token's `kip` (a refusal, KEY_ID_MISMATCH: docs/verifying-tokens.md §3 step 3).
+   */
+  publicKey: string | Uint8Array | undefined
   /** This registry's index URL, compared byte for byte with the footer `url` (keep `sparse+`). */
   url: string
   /** What the HTTP request does: index/download -> read, PUT crates/new -> publish, ... */
@@ -83,13 +86,14 @@ type CheckedOptions = ReturnType<typeof checkOptions>
 
 function checkOptions(options: VerifyOptions) {
   if (options === null || typeof options !== 'object') throw usage('verify options are missing')
-  let publicKey: Uint8Array
-  if (typeof options.publicKey === 'string') publicKey = parseK3Public(options.publicKey)
+  let publicKey: Uint8Array | undefined
+  if (options.publicKey === undefined) publicKey = undefined
+  else if (typeof options.publicKey === 'string') publicKey = parseK3Public(options.publicKey)
   else if (options.publicKey instanceof Uint8Array && options.publicKey.length === COMPRESSED_POINT_BYTES)
     publicKey = new Uint8Array(options.publicKey)
   else throw usage('publicKey must be a k3.public PASERK or the 49-byte compressed point')
   // A registered key off the curve is a configuration error: KEY_INVALID now, not SIGNATURE_INVALID later.
-  publicKeyObject(publicKey)
+  if (publicKey !== undefined) publicKeyObject(publicKey)
   if (typeof options.url !== 'string' || options.url === '')
     throw usage('url (the registry index URL) is required')
   if (!isOperation(options.operation)) throw usage(`unknown operation ${JSON.stringify(options.operation)}`)
@@ -113,7 +117,7 @@ function checkOptions(options: VerifyOptions) {
   if (!(now instanceof Date) || Number.isNaN(now.valueOf())) throw usage('now must be a valid Date')
   return {
     publicKey,
-    kip: k3Pid(publicKey),
+    kip: publicKey === undefined ? undefined : k3Pid(publicKey),
     url: options.url,
     operation: options.operation,
     expected,
@@ -164,7 +168,7 @@ function parseFooter(
  * @example
  * ```ts
  * const { footer } = inspectToken(authorization)
- * const publicKey = keysByKip.get(footer.kip) // the k3.public the user registered, stored by k3Pid
+ * const publicKey = keysByKip.get(footer.kip) // stored by k3Pid; undefined -> KEY_ID_MISMATCH
  * ```
  */
 export function inspectToken(token: string): UntrustedTokenContents {
@@ -308,10 +312,12 @@ export async function verifyToken(token: string, options: VerifyOptions): Promis
   const o = checkOptions(options)
   const parsed = parseV3PublicToken(token)
   const footer = parseFooter(parsed.footer, parsed.hasFooter)
-  if (footer.kip !== o.kip) {
+  if (o.publicKey === undefined || footer.kip !== o.kip) {
     fail(
       'KEY_ID_MISMATCH',
-      `the token was signed by key ${quote(footer.kip)}, not by the registered key ${o.kip}`,
+      o.publicKey === undefined
+        ? `no key with id ${quote(footer.kip)} is registered with this registry`
+        : `the token was signed by key ${quote(footer.kip)}, not by the registered key ${o.kip}`,
       'The user should register the k3.public key that `cargo-pkcs11-agent pubkey` prints, or point the client at the key already registered',
     )
   }

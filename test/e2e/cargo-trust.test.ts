@@ -104,7 +104,7 @@ describe('cargo publish approved on a channel cargo does not answer', () => {
     const prompt = screen.split('\n').find((l) => l.includes('[y/N]')) ?? ''
     assert.match(
       prompt,
-      /^cargo-pkcs11-agent: Allow publish hwtok-alpha 0\.1\.0 \(cksum [0-9a-f]{8}…\) to local \(sparse\+http:\/\/127\.0\.0\.1:\d+\/index\/\), requested by pid \d+ `[^`]*cargo publish --registry local --no-verify` /,
+      /^cargo-pkcs11-agent: Allow publish hwtok-alpha 0\.1\.0 \(cksum [0-9a-f]{8}…\) to local \(sparse\+http:\/\/127\.0\.0\.1:\d+\/index\/\), requested by pid \d+ \/\S*cargo \(calls itself `[^`]*cargo publish --registry local --no-verify`\) /,
     )
     assert.ok(prompt.includes(` on ${paneTty} `), `${paneTty}: ${prompt}`)
     assert.equal(registry.index('hwtok-alpha').length, 1)
@@ -149,7 +149,7 @@ describe('cargo publish approved on a channel cargo does not answer', () => {
     const desc = pinentry.commands('SETDESC').at(-1)?.arg ?? ''
     assert.match(
       desc,
-      /publish hwtok-beta 0\.1\.0 .*requested by pid \d+ `[^`]*cargo publish --registry local --no-verify`/,
+      /publish hwtok-beta 0\.1\.0 .*requested by pid \d+ \/\S*cargo \(calls itself `[^`]*cargo publish --registry local --no-verify`\)/,
     )
     const lines = readAudit(agent.auditLog).filter((a) => a['crate'] === 'hwtok-beta')
     assert.deepEqual(

@@ -62,10 +62,24 @@ describe('npm pack → npm install -g --prefix → the installed commands', () =
     tarball = join(dir, report[0]?.filename ?? '')
     files = (report[0]?.files ?? []).map((f) => f.path)
     prefix = join(dir, 'prefix')
-    const install = run('npm', ['install', '-g', '--prefix', prefix, '--no-audit', '--no-fund', tarball], {
-      cwd: dir,
-    })
+    // As README.md says: a tarball's scripts are allowed by its absolute path (npm matches a file
+    // dependency on its resolved path, not on its name), pkcs11js by name.
+    const install = run(
+      'npm',
+      [
+        'install',
+        '-g',
+        '--prefix',
+        prefix,
+        '--no-audit',
+        '--no-fund',
+        `--allow-scripts=${tarball},pkcs11js`,
+        tarball,
+      ],
+      { cwd: dir },
+    )
     assert.equal(install.status, 0, install.stderr)
+    assert.doesNotMatch(install.stderr, /install-scripts/)
   })
 
   after(() => {
@@ -112,8 +126,33 @@ describe('npm pack → npm install -g --prefix → the installed commands', () =
       doctor.stdout + doctor.stderr,
     )
     assert.ok(
+      findings.some((f) => f.check === 'peercred addon' && f.level === 'ok'),
+      doctor.stdout + doctor.stderr,
+    )
+    assert.ok(
       findings.some((f) => f.check === 'shim' && f.level === 'ok' && f.detail.startsWith(installed())),
       doctor.stdout,
+    )
+  })
+
+  test('a missing peercred addon: doctor names it with the fix, and the fix works', () => {
+    const addon = join(installed(), 'native', 'peercred', 'build', 'Release', 'peercred.node')
+    assert.ok(existsSync(addon), 'the install did not build the peercred addon')
+    renameSync(addon, `${addon}.gone`)
+    const env = { CARGO_PKCS11_AGENT_SOCK: join(dir, 'none.sock'), CARGO_HOME: join(dir, 'cargo-home') }
+    const doctor = run(bin('cargo-pkcs11-agent'), ['doctor'], { env })
+    assert.equal(doctor.status, 1)
+    assert.match(
+      doctor.stdout,
+      /fail  peercred addon: INTERNAL: .*peercred\.node is missing[^\n]*\n\s+→ Rebuild the native addon: `npm rebuild cargo-pkcs11-agent` in the directory it is installed in/,
+    )
+    const rebuild = run('npm', ['rebuild', 'cargo-pkcs11-agent'], { cwd: installed() })
+    assert.equal(rebuild.status, 0, rebuild.stderr)
+    const again = run(bin('cargo-pkcs11-agent'), ['doctor', '--json'], { env })
+    const findings = JSON.parse(again.stdout) as { level: string; check: string }[]
+    assert.ok(
+      findings.some((f) => f.check === 'peercred addon' && f.level === 'ok'),
+      again.stdout,
     )
   })
 

@@ -136,7 +136,7 @@ describe('a forwarded peer may sign, and nothing else that acts on the agent’s
     assert.equal(readAudit(agent.auditLog).at(-1)?.['result'], 'generated')
   })
 
-  test('lock, release and cargo logout: FORWARDED_REFUSED and logged; the held PIN stays', async () => {
+  test('lock, release, reload and cargo logout: FORWARDED_REFUSED and logged; the held PIN stays', async () => {
     const read = local('sign', {
       cargo: JSON.stringify(cargoGet(INDEX, 'read', { registryName: 'work' })),
       interactive: false,
@@ -147,6 +147,7 @@ describe('a forwarded peer may sign, and nothing else that acts on the agent’s
     const remedies: Record<string, RegExp> = {
       lock: /Run `cargo-pkcs11-agent lock` on the agent's host/,
       release: /Run `cargo-pkcs11-agent release` on the agent's host/,
+      reload: /Run `cargo-pkcs11-agent reload` on the agent's host/,
       logout: /Run `cargo logout` on the agent's host/,
     }
     for (const [method, remedy] of Object.entries(remedies)) {

@@ -191,6 +191,36 @@ describe('PIN and confirmation on the terminal', () => {
     assert.equal(err?.kind, 'other', screen)
     assert.match(JSON.stringify(err), /PIN_ENTRY_FAILED|cancelled/)
   })
+
+  test('a PIN question made moot by another request’s PIN ends cleanly: the shim is told and served', async () => {
+    const c = await import('../../src/protocol/client.js')
+    await c.callAgent(agent.socket, 'lock')
+    let other: Promise<unknown> | undefined
+    // While the shim waits at its prompt, another client of the token answers its own question.
+    const look = (): void => {
+      other = (async () => {
+        const connection = await c.AgentConnection.connect(agent.socket)
+        try {
+          return await connection.request(
+            'sign',
+            { cargo: JSON.stringify(cargoGet(INDEX, 'read')), interactive: true },
+            { onQuery: async () => ({ result: { pin: agent.softhsm.pin } }) },
+          )
+        } finally {
+          connection.close()
+        }
+      })()
+    }
+    const { lines, screen } = await onTerminal(agent, cargoGet(INDEX, 'read'), [
+      { after: /PIN for [^\n]*: $/m, type: '', look },
+    ])
+    assert.ok(other !== undefined, screen)
+    await other
+    const ok = JSON.parse(String(lines[1])) as { Ok?: { token: string } }
+    assert.ok(ok.Ok !== undefined, `${lines.join('\n')}\n${screen}`)
+    await verifyToken(ok.Ok.token, { publicKey: KNOWN_KEY.k3Public, url: INDEX, operation: 'read' })
+    assert.match(screen, /PIN typed for another request; yours is not needed/)
+  })
 })
 
 describe('PIN prompts of one shim run', () => {

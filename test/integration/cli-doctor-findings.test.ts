@@ -13,7 +13,7 @@ import { after, before, describe, test } from 'node:test'
 
 import { renderServiceFor, type ServiceValues } from '../../src/cli/install-service.js'
 import { repoRoot } from '../helpers/softhsm.js'
-import { runAgentCli, startAgent, type AgentFixture } from '../helpers/agent.js'
+import { cargoGet, runAgentCli, startAgent, type AgentFixture } from '../helpers/agent.js'
 
 interface Finding {
   level: string
@@ -97,7 +97,11 @@ describe('doctor: findings with their fix', () => {
     assert.match(pinentry.remedy ?? '', /Install a pinentry/)
     const headless = one(findings, 'registry local', /confirm = "prompt" on a headless agent/)
     assert.equal(headless.level, 'fail')
-    assert.match(headless.remedy ?? '', /confirm = "touch".*confirm = "none"/)
+    // A SoftHSM key attests no touch: confirm = "touch" only with a key that has a touch policy.
+    assert.match(
+      headless.remedy ?? '',
+      /confirm = "none" \(CI\).*a mutation key with a touch policy and confirm = "touch"/,
+    )
 
     // Fixed, the same findings are gone.
     await chmod(pinFile, 0o600)
@@ -292,5 +296,36 @@ describe('service files as their managers read them', () => {
     assert.deepEqual(doc.ProgramArguments, [v.node, v.agent, 'run', '--foreground', '--config', v.config])
     assert.equal(doc.EnvironmentVariables['PATH'], '/usr/bin:/bin')
     assert.equal(doc.StandardErrorPath, v.log)
+  })
+})
+
+describe('a token whose label is mistyped', () => {
+  test('the agent (through the shim) and doctor give the same remedy: check the label with list, or insert it', async () => {
+    const index = 'sparse+http://127.0.0.1:38712/index/'
+    const agent = await startAgent({
+      registries: { local: { index } },
+      tokens: { softhsm: { label: 'carg' } },
+    })
+    try {
+      const r = await agent.runShim(cargoGet(index, 'read'))
+      const err = (JSON.parse(r.lines[1] ?? '{}') as { Err?: { message?: string } }).Err
+      assert.ok(err !== undefined, r.stdout + r.stderr)
+      const { findings } = await doctor(['--config', agent.configPath], {
+        ...agent.agentEnv,
+        CARGO_PKCS11_AGENT_SOCK: join(agent.dir, 'none.sock'),
+      })
+      const absent = one(findings, 'token softhsm', /token 'carg' via .* is not present/)
+      assert.equal(absent.level, 'fail')
+      const remedy = absent.remedy ?? ''
+      assert.match(
+        remedy,
+        new RegExp(
+          `^Check its label/serial in the config \\(\`cargo-pkcs11-agent list --module ${agent.softhsm.module}\` shows the tokens there\\), or insert token 'carg'; the agent picks it up without a restart; a token that exists but is not found: set the SOFTHSM2_CONF it was made with in the token's module-env`,
+        ),
+      )
+      assert.ok(r.lines[1]?.includes(remedy), `the agent said: ${r.lines[1]}`)
+    } finally {
+      await agent.stop()
+    }
   })
 })

@@ -22,6 +22,7 @@ import {
   startAgent,
   type AgentFixture,
 } from '../helpers/agent.js'
+import { repoRoot } from '../helpers/softhsm.js'
 
 describe('stop and reload', () => {
   let fixture: AgentFixture
@@ -114,6 +115,39 @@ describe('the shim and the agent it starts', () => {
     assert.ok(fresh.length < 4_096, `agent.log kept ${fresh.length} bytes`)
     assert.match(fresh, /did you mean `label`/)
   })
+
+  test('a mistyped module name or a module that is not there: the agent exits before listening, the shim says why', async () => {
+    const registry = (module: string): string =>
+      `[tokens.soft]\nmodule = ${JSON.stringify(module)}\nlabel = "x"\npin-source = "env"\npin-env = "NO_PIN"\n` +
+      '[registries.r]\nindex = "sparse+http://127.0.0.1:38721/index/"\nread-key = { token = "soft", label = "k" }\n'
+    const missing = join(dir, 'no-such-lib', 'libpkcs11.so')
+    for (const [module, expected] of [
+      [
+        'sofhsm',
+        /tokens\.soft\.module: unknown PKCS#11 module name "sofhsm" \(known: softhsm, .*; did you mean "softhsm"\?/,
+      ],
+      [
+        missing,
+        new RegExp(`\\[tokens\\.soft\\] module ${missing} does not exist. Install the module's package`),
+      ],
+    ] as const) {
+      await writeFile(join(dir, 'agent.toml'), registry(module))
+      const started = Date.now()
+      const r = await runShim(shimBinPath(), cargoGet('sparse+http://127.0.0.1:38721/index/', 'read'), {
+        env,
+      })
+      const err = (JSON.parse(r.lines[1] ?? '{}') as { Err?: { message?: string } }).Err
+      assert.ok(err !== undefined, r.stdout + r.stderr)
+      assert.match(err.message ?? '', /exited \(status 1\) before listening/)
+      assert.match(err.message ?? '', expected)
+      assert.ok(Date.now() - started < LIMITS.agentStartWaitMs, 'the shim did not wait for a timeout')
+      // `run` in a terminal says the same before detaching, and nothing listens.
+      const run = await runAgentCli(['run'], { env })
+      assert.equal(run.code, 1)
+      assert.match(run.stderr, expected)
+      assert.equal(existsSync(join(dir, 'run', 'cargo-pkcs11-agent', 'agent.sock')), false)
+    }
+  })
 })
 
 describe('uninstall-service', () => {
@@ -143,6 +177,42 @@ describe('uninstall-service', () => {
     assert.equal(again.code, 0)
     assert.match(again.stderr, /No systemd \(user\) service is installed/)
   })
+
+  test('install-service --dry-run names the file and the commands; uninstall --no-stop without a bus says so in its own words', async () => {
+    // No user bus for certain: systemctl --user has nothing to connect to.
+    const env = {
+      ...process.env,
+      XDG_CONFIG_HOME: join(dir, 'xdg2'),
+      XDG_RUNTIME_DIR: join(dir, 'no-runtime'),
+      DBUS_SESSION_BUS_ADDRESS: `unix:path=${join(dir, 'no-bus')}`,
+    }
+    const unit = join(dir, 'xdg2', 'systemd', 'user', 'cargo-pkcs11-agent.service')
+    const dry = await runAgentCli(['install-service', '--dry-run'], { env })
+    assert.equal(dry.code, 0, dry.stderr)
+    assert.match(dry.stdout, /^\[Unit\]/m)
+    assert.equal(
+      dry.stderr,
+      `Would write ${unit}, then run: systemctl --user daemon-reload && systemctl --user enable --now cargo-pkcs11-agent.service\n`,
+    )
+    assert.equal(existsSync(unit), false, '--dry-run wrote the unit')
+    const noStart = await runAgentCli(['install-service', '--dry-run', '--no-start'], { env })
+    assert.match(
+      noStart.stderr,
+      new RegExp(`^Would write ${unit}; start it with: systemctl --user daemon-reload`),
+    )
+
+    assert.equal((await runAgentCli(['install-service', '--no-start'], { env })).code, 0)
+    const r = await runAgentCli(['uninstall-service', '--no-stop'], { env })
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(existsSync(unit), false)
+    const lines = r.stderr.trimEnd().split('\n')
+    assert.deepEqual(lines.slice(0, 1), [`Removed the systemd (user) service: ${unit}`])
+    assert.equal(lines.length, 2, r.stderr)
+    assert.match(
+      lines[1] ?? '',
+      /^The user session manager could not be told \(`systemctl --user daemon-reload`: Failed to connect to bus[^)]*\); if the service runs under one elsewhere, run that command there$/,
+    )
+  })
 })
 
 describe('--help, completions and the man page come from one command table', () => {
@@ -154,6 +224,15 @@ describe('--help, completions and the man page come from one command table', () 
     for (const name of names) assert.match(r.stdout, new RegExp(`^  ${name} `, 'm'), name)
     assert.match(r.stdout, /--json on every command whose output is data: .*pubkey/)
     assert.match(r.stdout, /exit status:\n  0  success.*\n  1  failure.*\n  2  usage error/)
+  })
+
+  test('help --help and help -h print the help, exit 0', async () => {
+    const help = (await runAgentCli(['--help'])).stdout
+    for (const flag of ['--help', '-h']) {
+      const r = await runAgentCli(['help', flag])
+      assert.equal(r.code, 0, r.stderr)
+      assert.equal(r.stdout, help)
+    }
   })
 
   test('bash: valid syntax, every command completes, option values complete', async () => {
@@ -209,6 +288,22 @@ describe('--help, completions and the man page come from one command table', () 
     const text = r.stdout.replace(/\u2010\n\s+/g, '')
     for (const name of names) assert.match(text, new RegExp(`^ {7}${name}\\b`, 'm'), name)
     assert.match(text, /EXIT STATUS/)
+  })
+
+  test("the man page's ENVIRONMENT names every variable of docs/configuration.md's Environment table", async () => {
+    const docs = readFileSync(join(repoRoot(), 'docs', 'configuration.md'), 'utf8')
+    const table = /^## Environment\n([\s\S]*?)\n## /m.exec(docs)?.[1] ?? ''
+    const documented = [...table.matchAll(/^\| ([^|]+)\|/gm)].flatMap(([, cell]) =>
+      [...(cell ?? '').matchAll(/`([A-Z][A-Z0-9_]+)/g)].map(([, name]) => name ?? ''),
+    )
+    assert.ok(documented.includes('CI') && documented.includes('XDG_RUNTIME_DIR'), documented.join(' '))
+    const man = (await runAgentCli(['man'])).stdout
+    const section = /^\.SH ENVIRONMENT\n([\s\S]*?)^\.SH /m.exec(man)?.[1] ?? ''
+    const inMan = [...section.matchAll(/^\.B (\S+)$/gm)].map(([, name]) => (name ?? '').replace(/\\-/g, '-'))
+    assert.deepEqual(
+      documented.filter((name) => !inMan.includes(name)),
+      [],
+    )
   })
 
   test('pubkey --json is --format json; asking for both different outputs is a usage error', async () => {

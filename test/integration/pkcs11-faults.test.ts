@@ -175,7 +175,7 @@ describe('PKCS#11 device behind the fault-injecting module', () => {
 
     const absent = await rejection(signer.sign(Buffer.from('while absent')))
     assert.equal(absent.code, 'TOKEN_ABSENT')
-    assert.match(absent.remedy ?? '', new RegExp(`Insert token 'touch' \\(serial ${serial}\\)`))
+    assert.match(absent.remedy ?? '', new RegExp(`or insert token 'touch' \\(serial ${serial}\\)`))
     assert.equal((await device.status()).present, false)
 
     writeFileSync(control, '')

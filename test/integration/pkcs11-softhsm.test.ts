@@ -254,7 +254,7 @@ describe('PKCS#11 device on SoftHSM', () => {
     const missing = new Device({ module: 'softhsm', label: 'not-here', serial: '42' })
     assert.equal((await missing.status()).present, false)
     const err = await rejects(missing.listKeys(), 'TOKEN_ABSENT')
-    assert.match(err.remedy ?? '', /Insert token 'not-here' \(serial 42\)/)
+    assert.match(err.remedy ?? '', /or insert token 'not-here' \(serial 42\); the agent picks it up/)
   })
 
   it('selects the token by serial alone or by manufacturer/model, never by slot id; one module initialisation is shared', async () => {

@@ -229,7 +229,7 @@ test('confirm = "prompt" through pinentry CONFIRM: approve proceeds and the sign
   const desc = pinentry.commands('SETDESC').at(-1)?.arg ?? ''
   assert.ok(
     desc.includes(
-      'publish foo 1.2.3 (cksum 6dee75a8…) to my-registry (sparse+http://127.0.0.1:8080/index/), requested by pid 4242 `cargo publish`',
+      'publish foo 1.2.3 (cksum 6dee75a8…) to my-registry (sparse+http://127.0.0.1:8080/index/), requested by pid 4242 (calls itself `cargo publish`)',
     ),
     desc,
   )

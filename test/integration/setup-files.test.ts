@@ -15,6 +15,7 @@ import { after, before, describe, test } from 'node:test'
 
 import { parse } from 'smol-toml'
 
+import { parseConfig } from '../../src/config/load.js'
 import { packageShimPath, runAgentCli, type CliResult } from '../helpers/agent.js'
 
 const CARGO_BIN_DIR = join(homedir(), '.cargo', 'bin')
@@ -298,5 +299,33 @@ describe('setup edits the cargo config and the agent config in place', () => {
     assert.equal((await lstat(configPath)).mode & 0o777, 0o600)
     assert.equal(await readFile(backup, 'utf8'), mine)
     assert.equal((await lstat(backup)).mode & 0o777, 0o600, 'the backup is as private as the file')
+  })
+
+  test('key references are written inline, so a key appended after them stays in the registry; an older layout is patched in place', async () => {
+    const configPath = join(dir, 'config', 'cargo-pkcs11-agent', 'config.toml')
+    const appended = await readFile(configPath, 'utf8')
+    assert.ok(
+      appended.endsWith(
+        '[registries.extra]\nindex = "sparse+http://127.0.0.1:38664/index/"\nread-key = { token = "softhsm", label = "cargo" }\n',
+      ),
+      appended,
+    )
+    const withConfirm = parseConfig(`${appended}confirm = "none"\n`, configPath, env)
+    assert.equal(withConfirm.registries['extra']?.confirm, 'none')
+    // The layout earlier versions of setup wrote: the key reference as a sub-table.
+    const index = 'sparse+http://127.0.0.1:38665/index/'
+    const older = `${appended}\n[registries.older]   # bound last year\nindex = "${index}"\n\n[registries.older.read-key]\ntoken = "softhsm"\nlabel = "cargo"   # keep me\n`
+    await writeFile(configPath, older)
+    const r = await runAgentCli(['setup', '--registry', 'older', '--index', index, '--confirm', 'none'], {
+      env,
+    })
+    assert.equal(r.code, 0, r.stderr)
+    const text = await readFile(configPath, 'utf8')
+    assert.ok(text.startsWith(`${appended}\n[registries.older]   # bound last year\n`), text)
+    assert.ok(
+      text.endsWith('[registries.older.read-key]\ntoken = "softhsm"\nlabel = "cargo"   # keep me\n'),
+      text,
+    )
+    assert.equal(parseConfig(text, configPath, env).registries['older']?.confirm, 'none')
   })
 })

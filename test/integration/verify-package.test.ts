@@ -6,9 +6,9 @@
  */
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { join, posix } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
@@ -117,10 +117,26 @@ describe('cargo-pkcs11-verify installs without native code and verifies real tok
       (path) =>
         !/^dist\/(verify|registry|token|keys|cargo|lib)\/[\w-]+\.(js|d\.ts)$/.test(path) &&
         !/^vectors\/[\w-]+\.json$/.test(path) &&
-        path !== 'package.json' &&
-        path !== 'README.md',
+        !/^docs\/[\w-]+\.md$/.test(path) &&
+        !['package.json', 'README.md', 'LICENSE-MIT', 'LICENSE-APACHE'].includes(path),
     )
     assert.deepEqual(outside, [])
+  })
+
+  it('ships both licences, and every relative link in its markdown resolves inside the tarball', () => {
+    assert.ok(packed.includes('LICENSE-MIT') && packed.includes('LICENSE-APACHE'), packed.join(', '))
+    const markdown = packed.filter((path) => path.endsWith('.md'))
+    assert.ok(markdown.includes('docs/verifying-tokens.md'), packed.join(', '))
+    const broken: string[] = []
+    for (const file of markdown) {
+      const text = readFileSync(join(PACKAGE_DIR, file), 'utf8')
+      for (const [, target] of text.matchAll(/\]\(([^)#\s]+)(?:#[^)]*)?\)/g)) {
+        if (target === undefined || /^[a-z]+:/.test(target)) continue
+        const resolved = posix.normalize(posix.join(posix.dirname(file), target))
+        if (!packed.includes(resolved)) broken.push(`${file} -> ${target}`)
+      }
+    }
+    assert.deepEqual(broken, [])
   })
 
   it('control: in the same environment a native addon (pkcs11js) fails to install', async () => {

@@ -420,11 +420,9 @@ describe('setup on a blank YubiKey through ykcs11', () => {
   test('confirm = "touch" bound to the touch-never key: the agent refuses to start, with the fix', async () => {
     const text = await readFile(configPath(), 'utf8')
     const wrong = join(dir, 'config', 'touch-never.toml')
-    await writeFile(
-      wrong,
-      text.replace(/(\[registries\.local\.mutation-key\]\ntoken = "yubikey"\nid = )"02"/, '$1"01"'),
-      { mode: 0o600 },
-    )
+    await writeFile(wrong, text.replace(/(mutation-key = \{ token = "yubikey", id = )"02"/, '$1"01"'), {
+      mode: 0o600,
+    })
     assert.notEqual(await readFile(wrong, 'utf8'), text)
     const { child, output } = await startAgentProcess(wrong)
     const code = await new Promise<number | null>((r) => child.once('close', r))
@@ -461,10 +459,7 @@ describe('setup on a blank YubiKey through ykcs11', () => {
     const on9a = join(dir, 'config', 'confirm-unset-9a.toml')
     await writeFile(
       on9a,
-      (await readFile(unset, 'utf8')).replace(
-        /(\[registries\.local\.mutation-key\]\ntoken = "yubikey"\nid = )"02"/,
-        '$1"01"',
-      ),
+      (await readFile(unset, 'utf8')).replace(/(mutation-key = \{ token = "yubikey", id = )"02"/, '$1"01"'),
       { mode: 0o600 },
     )
     assert.notEqual(await readFile(on9a, 'utf8'), await readFile(unset, 'utf8'))

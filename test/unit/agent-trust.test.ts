@@ -75,6 +75,17 @@ describe('weakenings of a reloaded configuration', () => {
     )
   })
 
+  test('a raised mutations-per-hour is a weakening; a lowered one is not', () => {
+    const two = config(reg('a', INDEX, 'none') + 'mutations-per-hour = 2\n')
+    const ten = config(reg('a', INDEX, 'none') + 'mutations-per-hour = 10\n')
+    assert.deepEqual(weakenings(two, ten), ['registry a: mutations-per-hour 2 → 10'])
+    assert.deepEqual(weakenings(two, config(reg('a', INDEX, 'none'))), [
+      'registry a: mutations-per-hour 2 → 30',
+    ])
+    assert.deepEqual(weakenings(ten, two), [])
+    assert.deepEqual(weakenings(two, two), [])
+  })
+
   test('lower confirm, headless on, an unconfirmed new binding, a changed mutation key', () => {
     const now = config(reg('a', INDEX, 'touch'))
     const lowered = config(reg('a', INDEX, 'prompt'))
@@ -201,7 +212,11 @@ describe('the requester from the kernel', () => {
   test('this process as the client: its parent is the requester', () => {
     const requester = kernelRequester({ uid, gid: 0, pid: process.pid })
     assert.equal(requester.uid, uid)
-    assert.deepEqual(requester.client, { pid: process.pid, command: cmdline(process.pid) })
+    assert.deepEqual(requester.client, {
+      pid: process.pid,
+      command: cmdline(process.pid),
+      exe: readlinkSync(`/proc/${process.pid}/exe`),
+    })
     assert.equal(requester.pid, process.ppid)
     assert.equal(requester.command, cmdline(process.ppid))
     assert.equal(requester.exe, readlinkSync(`/proc/${process.ppid}/exe`))

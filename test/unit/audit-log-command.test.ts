@@ -169,7 +169,7 @@ test('--follow prints lines appended after it started, including one written in 
   assert.match(lines[3] ?? '', /FAILED  publish foo 9\.9\.11 .*TOUCH_TIMEOUT: No touch/)
 })
 
-test('the real binary: `cargo-pkcs11-agent log` reads the XDG default path; a missing log is an error with a remedy', async () => {
+test('the real binary: `cargo-pkcs11-agent log` reads the XDG default path; no log yet says so and exits 0', async () => {
   const bin = fileURLToPath(new URL('../../src/bin/cargo-pkcs11-agent.cjs', import.meta.url))
   const env = {
     ...process.env,
@@ -177,12 +177,15 @@ test('the real binary: `cargo-pkcs11-agent log` reads the XDG default path; a mi
     XDG_CONFIG_HOME: join(dir, 'xdg-config'),
     CARGO_PKCS11_AGENT_CONFIG: '',
   }
-  const missing = await run(process.execPath, [bin, 'log'], { env }).then(
-    () => undefined,
-    (e: { code: number; stderr: string }) => e,
+  const missing = await run(process.execPath, [bin, 'log'], { env })
+  assert.match(
+    missing.stdout,
+    /^No audit entries yet: there is no audit log at .*xdg-state\/cargo-pkcs11-agent\/audit\.jsonl /,
   )
-  assert.equal(missing?.code, 1)
-  assert.match(missing?.stderr ?? '', /no audit log at .*xdg-state\/cargo-pkcs11-agent\/audit\.jsonl yet/)
+  // --json keeps stdout JSON lines (here: none); the note goes to stderr.
+  const json = await run(process.execPath, [bin, 'log', '--json'], { env })
+  assert.equal(json.stdout, '')
+  assert.match(json.stderr, /No audit entries yet/)
   const xdgLog = new AuditLog(join(dir, 'xdg-state', 'cargo-pkcs11-agent', 'audit.jsonl'))
   await xdgLog.record(auditEntry(publishIntent(), { result: 'signed', token: 'abc', approval: 'touch' }))
   await xdgLog.close()

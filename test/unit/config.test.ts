@@ -110,7 +110,14 @@ describe('configuration', () => {
     assert.match(
       problems(GOOD.replace('id = "0A"', 'ids = "0A"')),
       /mutation-key\.ids: unknown key; did you mean `id`\?/,
-    )
+    ) // A message ending in "?" is followed by the remedy without a stray "." (docs/configuration.md example).
+    try {
+      parseConfig(GOOD.replace('pin-source = "tty"', 'pin_source = "tty"'), 'config.toml', ENV)
+      assert.fail('config was accepted')
+    } catch (error) {
+      assert.ok(error instanceof AgentError)
+      assert.match(error.describe(), /did you mean `pin-source`\? Fix the keys named above/)
+    }
   })
 
   test('bad index URLs name the key and the fix', () => {
@@ -207,6 +214,15 @@ describe('configuration', () => {
       problems(GOOD.replace('pin-source = "env"\npin-env = "CI_TOKEN_PIN"', 'pin-source = "file"')),
       /tokens\.ci\.pin-file: missing/,
     )
+    // A relative pin-file is refused as relative, and not also reported missing.
+    const relative = problems(
+      GOOD.replace(
+        'pin-source = "env"\npin-env = "CI_TOKEN_PIN"',
+        'pin-source = "file"\npin-file = "ci.pin"',
+      ),
+    )
+    assert.match(relative, /has a problem:\n {2}tokens\.ci\.pin-file: must be an absolute path$/)
+    assert.doesNotMatch(relative, /missing/)
     assert.match(
       problems(GOOD.replace('pin-source = "tty"', 'pin-source = "keyboard"')),
       /tokens\.yubikey\.pin-source: "keyboard" is not one of/,
@@ -215,6 +231,14 @@ describe('configuration', () => {
       problems(GOOD.replace('module = "ykcs11"', 'module = "lib/ykcs11.so"')),
       /tokens\.yubikey\.module: a module path must be absolute/,
     )
+    // A module name is one of native-config/modules.json's, with a did-you-mean; a path may be
+    // absent here (the agent checks it when it starts, doctor per token).
+    assert.match(
+      problems(GOOD.replace('module = "ykcs11"', 'module = "ykcs"')),
+      /tokens\.yubikey\.module: unknown PKCS#11 module name "ykcs" \(known: softhsm, ykcs11, .*p11-kit-client; or the library's absolute path\); did you mean "ykcs11"\?/,
+    )
+    assert.doesNotMatch(problems(GOOD.replace('module = "ykcs11"', 'module = "gadget"')), /did you mean/)
+    parseConfig(GOOD.replace('module = "ykcs11"', 'module = "/opt/absent/libpkcs11.so"'), 'c.toml', ENV)
   })
 
   test('module-env: variables for the PKCS#11 module, one value per variable across tokens', () => {

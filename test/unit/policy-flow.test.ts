@@ -10,11 +10,12 @@ import { test } from 'node:test'
 
 import type { AuditEntry, AuditSink } from '../../src/audit/entry.js'
 import { AgentError } from '../../src/lib/errors.js'
-import type { Pin } from '../../src/lib/secret.js'
+import { Pin } from '../../src/lib/secret.js'
 import { registryPolicy as registryPolicyOf } from '../../src/agent/policy-config.js'
 import { parseConfig } from '../../src/config/load.js'
 import { effectiveConfirm } from '../../src/config/schema.js'
 import type { PolicyConfig, TokenPolicy } from '../../src/policy/config.js'
+import type { PinPrompt } from '../../src/policy/intent.js'
 import type { PolicyDevice } from '../../src/policy/login.js'
 import type { PolicyDeviceStatus } from '../../src/policy/pin-errors.js'
 import type { DesktopNotifier } from '../../src/policy/notify.js'
@@ -181,6 +182,88 @@ test('a cached PIN is not silently reused at the final try', async () => {
   assert.equal(prompter.pinRequests.length, 2)
 })
 
+/** A requester whose PIN answer comes when the test says (`answer`/`fail`), or never. */
+class HeldPrompter extends RecordingPrompter {
+  answer: (pin: string) => void = () => undefined
+  fail: (error: AgentError) => void = () => undefined
+  late: Pin | undefined
+  override askPin(request: PinPrompt): Promise<Pin> {
+    this.pinRequests.push(request)
+    return new Promise<Pin>((resolve, reject) => {
+      this.answer = (pin) => resolve((this.late = Pin.fromString(pin)))
+      this.fail = reject
+    })
+  }
+}
+
+const settle = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
+
+test('a requester that never answers its PIN question holds only its own request: the others ask their own', async () => {
+  const device = new FakePivDevice()
+  const p = make()
+  const holder = new HeldPrompter()
+  const holding = p.ensureLoggedIn(device, tty, holder, readIntent())
+  await settle()
+  assert.equal(holder.pinRequests.length, 1)
+  // Another requester is asked on its own terminal at once; its wrong PIN is its own failure,
+  // tried once, and sent for nobody else.
+  const wrong = new HeldPrompter()
+  const wrongRequest = p.ensureLoggedIn(device, tty, wrong, readIntent())
+  await settle()
+  assert.equal(wrong.pinRequests.length, 1)
+  wrong.answer('000000')
+  await assert.rejects(wrongRequest, { code: 'PIN_INCORRECT' })
+  assert.deepEqual(device.logins, ['000000'])
+  // One that cannot be asked (no terminal) waits for the open questions, as before.
+  const noTerminal = new RecordingPrompter(false)
+  let waited = false
+  const waiting = p.ensureLoggedIn(device, tty, noTerminal, readIntent()).then(() => (waited = true))
+  const victim = new HeldPrompter()
+  const served = p.ensureLoggedIn(device, tty, victim, readIntent())
+  await settle()
+  assert.equal(waited, false)
+  assert.equal(victim.pinRequests.length, 1)
+  assert.equal(victim.pinRequests[0]?.triesLeft, 'low', 'asked after the wrong PIN: shows what is left')
+  victim.answer('123456')
+  await served
+  await waiting
+  assert.deepEqual(device.logins, ['000000', '123456'], 'one C_Login each, in turn')
+  assert.equal(p.cachedPin(tty.id)?.expose().toString(), '123456')
+  // The holder's question is moot: its request goes on with the token logged in, it is told so,
+  // and an answer that comes later is wiped, never sent to the device.
+  await holding
+  assert.match(holder.notices.at(-1)?.text ?? '', /another request; yours is not needed/)
+  holder.answer('999999')
+  await settle()
+  assert.equal(
+    holder.late?.expose().every((b) => b === 0),
+    true,
+    'the late answer is wiped',
+  )
+  assert.deepEqual(device.logins, ['000000', '123456'])
+  assert.equal(noTerminal.pinRequests.length, 0)
+})
+
+test('a requester whose PIN question fails (timeout, gone) fails alone; the token is not left waiting', async () => {
+  const device = new FakePivDevice()
+  const p = make()
+  const holder = new HeldPrompter()
+  const holding = p.ensureLoggedIn(device, tty, holder, readIntent())
+  await settle()
+  holder.fail(new AgentError('TIMEOUT', 'The sign request did not finish within 120 s'))
+  await assert.rejects(holding, { code: 'TIMEOUT' })
+  const next = new RecordingPrompter()
+  next.pins = ['123456']
+  await p.ensureLoggedIn(device, tty, next, readIntent())
+  assert.deepEqual(device.logins, ['123456'])
+  // With no question open, a request that cannot ask is PIN_REQUIRED at once, as before.
+  p.lock()
+  device.logout()
+  await assert.rejects(p.ensureLoggedIn(device, tty, new RecordingPrompter(false), readIntent()), {
+    code: 'PIN_REQUIRED',
+  })
+})
+
 test('few tries left is shown; a wrong PIN says what is left and is never retried', async () => {
   const device = new FakePivDevice()
   device.tries = 2
@@ -255,7 +338,7 @@ test('an env PIN is used for the login and held for context-specific logins (Yub
   assert.equal(p.cachedPin(token.id)?.expose().toString(), '123456')
 })
 
-test('a wrong env PIN is tried once, then refused without a login until lock', async () => {
+test('a wrong env PIN is tried once, then refused without a login, after lock and in a reloaded policy too, until it changes', async () => {
   const device = new FakePivDevice()
   const env: NodeJS.ProcessEnv = { PIV_PIN: '000000' }
   const p = make({}, env)
@@ -268,15 +351,31 @@ test('a wrong env PIN is tried once, then refused without a login until lock', a
     (error: AgentError) => {
       assert.equal(error.code, 'PIN_INCORRECT')
       assert.match(error.message, /not tried again/)
+      assert.match(String(error.remedy), /restart it: `cargo-pkcs11-agent stop`/)
       assert.doesNotMatch(error.message + String(error.remedy), /000000/)
       return true
     },
   )
+  // `lock` forgets PINs, not which value was rejected: the agent's environment has not changed.
+  p.lock()
+  await assert.rejects(p.ensureLoggedIn(device, token, new RecordingPrompter(false), readIntent()), {
+    code: 'PIN_INCORRECT',
+    message: /not tried again/,
+  })
+  // Nor does a reload: the next policy takes the previous one's memory (src/agent/policy-config.ts).
+  const reloaded = new Policy(
+    { notify: false },
+    { env, readPinFile: async () => Promise.reject(new Error('unused')), rejectedPins: p.rejectedPins },
+  )
+  await assert.rejects(reloaded.ensureLoggedIn(device, token, new RecordingPrompter(false), readIntent()), {
+    code: 'PIN_INCORRECT',
+    message: /not tried again/,
+  })
   assert.deepEqual(device.logins, ['000000'])
   assert.equal(device.tries, 2)
-  // A fixed secret is tried after `lock` (or a changed value at once).
+  // A changed value is tried at once.
   env['PIV_PIN'] = '123456'
-  await p.ensureLoggedIn(device, token, new RecordingPrompter(false), readIntent())
+  await reloaded.ensureLoggedIn(device, token, new RecordingPrompter(false), readIntent())
   assert.deepEqual(device.logins, ['000000', '123456'])
 })
 
@@ -492,6 +591,46 @@ test('no terminal and a pinentry that cannot ask: the refusal names a confirmati
       return true
     },
   )
+})
+
+test('nobody can confirm: confirm = "touch" is advised only for a key that attests a touch policy', async () => {
+  const refusal = async (config: Partial<PolicyConfig>, touchAttested: boolean): Promise<string> => {
+    const error = await make(config)
+      .approve(
+        publishIntent(),
+        new RecordingPrompter(false),
+        registryPolicy({ confirm: 'prompt', touchAttested }),
+      )
+      .then(
+        () => assert.fail('approved'),
+        (e: unknown) => e,
+      )
+    assert.ok(error instanceof AgentError)
+    assert.equal(error.code, 'POLICY_DENIED')
+    return error.remedy ?? ''
+  }
+  for (const config of [{ headless: true }, { pinentryProgram: '/nonexistent/pinentry' }]) {
+    const label = JSON.stringify(config)
+    // SoftHSM, a TPM: a touch the agent cannot check, counted as none by a reload.
+    const unattested = await refusal(config, false)
+    assert.doesNotMatch(unattested, /set confirm = "touch"/, label)
+    assert.match(unattested, /set confirm = "none" for this registry .*attests no touch policy/, label)
+    assert.match(unattested, /use a mutation key with a touch policy .* and confirm = "touch"/, label)
+    const attested = await refusal(config, true)
+    assert.match(
+      attested,
+      /set confirm = "touch" \(its mutation key attests a touch policy\) or confirm = "none"/,
+      label,
+    )
+  }
+  // Forwarded: confirm = "none" does not spare the question, so it is not offered.
+  const far = publishIntent({ requester: { forwarded: { via: 'ssh', pid: 7, verified: true } } })
+  const forwarded = await make({ pinentryProgram: '/nonexistent/pinentry' })
+    .approve(far, new RecordingPrompter(false), registryPolicy({ confirm: 'prompt', forwarded: 'confirm' }))
+    .catch((e: unknown) => e)
+  assert.ok(forwarded instanceof AgentError)
+  assert.doesNotMatch(forwarded.remedy ?? '', /set confirm = "none"/)
+  assert.match(forwarded.remedy ?? '', /asked even with confirm = "none"/)
 })
 
 test('forwarded requests follow the registry’s `forwarded`; their confirmation is never asked on the terminal, even with confirm = "none"', async () => {

@@ -8,21 +8,41 @@ import { publishIntent, PUBLISH_CRATE, readIntent } from '../fixtures/pinentry/h
 test('a publish intent names operation, crate, version, checksum start, registry, URL and requester', () => {
   assert.equal(
     describeIntent(publishIntent()),
-    'publish foo 1.2.3 (cksum 6dee75a8…) to my-registry (sparse+http://127.0.0.1:8080/index/), requested by pid 4242 `cargo publish`',
+    'publish foo 1.2.3 (cksum 6dee75a8…) to my-registry (sparse+http://127.0.0.1:8080/index/), requested by pid 4242 (calls itself `cargo publish`)',
+  )
+})
+
+test('the kernel’s executables are shown as fact, command lines as what each process says of itself', () => {
+  const intent = publishIntent({
+    requester: {
+      pid: 4242,
+      exe: '/home/u/.rustup/toolchains/stable/bin/cargo',
+      command: 'cargo publish',
+      tty: '/dev/pts/3',
+      client: { pid: 4250, exe: '/usr/bin/node', command: 'node /usr/bin/cargo-credential-pkcs11' },
+    },
+  })
+  assert.equal(
+    describeIntent(intent),
+    'publish foo 1.2.3 (cksum 6dee75a8…) to my-registry (sparse+http://127.0.0.1:8080/index/), requested by pid 4242 /home/u/.rustup/toolchains/stable/bin/cargo (calls itself `cargo publish`) on /dev/pts/3 through pid 4250 /usr/bin/node (calls itself `node /usr/bin/cargo-credential-pkcs11`)',
+  )
+  assert.equal(
+    describeIntent(publishIntent({ requester: { pid: 9, exe: '/usr/bin/make', client: { pid: 10 } } })),
+    'publish foo 1.2.3 (cksum 6dee75a8…) to my-registry (sparse+http://127.0.0.1:8080/index/), requested by pid 9 /usr/bin/make through pid 10',
   )
 })
 
 test('reads, yanks and owners read naturally; a nameless registry shows its URL', () => {
   assert.equal(
     describeIntent(readIntent()),
-    'read from my-registry (sparse+http://127.0.0.1:8080/index/), requested by pid 4242 `cargo build`',
+    'read from my-registry (sparse+http://127.0.0.1:8080/index/), requested by pid 4242 (calls itself `cargo build`)',
   )
   const { registryName: _unused, ...noName } = publishIntent({ operation: 'yank' })
   const { cksum: _c, ...yankCrate } = noName.crate
   const yank = { ...noName, crate: yankCrate }
   assert.equal(
     describeIntent(yank),
-    'yank foo 1.2.3 on sparse+http://127.0.0.1:8080/index/, requested by pid 4242 `cargo publish`',
+    'yank foo 1.2.3 on sparse+http://127.0.0.1:8080/index/, requested by pid 4242 (calls itself `cargo publish`)',
   )
   const owners = describeIntent({
     indexUrl: 'sparse+http://127.0.0.1:1/index/',
@@ -41,6 +61,24 @@ test('control characters from another process cannot rewrite the prompt', () => 
   const text = describeIntent(hostile)
   assert.equal(/[\u0000-\u001f\u007f\u202e]/.test(text), false)
   assert.match(text, /foo\uFFFD\[2K\uFFFDpublish nice-crate/)
+})
+
+test('bidirectional and invisible characters cannot reorder the prompt or hide in a name', () => {
+  for (const c of [
+    '\u200e',
+    '\u200f',
+    '\u061c',
+    '\u202a',
+    '\u202e',
+    '\u2066',
+    '\u2069',
+    '\u200b',
+    '\u200d',
+    '\u2060',
+    '\ufeff',
+  ])
+    assert.equal(displaySafe(`cargo${c}publish`), 'cargo\uFFFDpublish', `U+${c.codePointAt(0)?.toString(16)}`)
+  assert.equal(displaySafe('cargo publish — ok'), 'cargo publish — ok', 'ordinary text is kept')
 })
 
 test('very long fields are cut so the real request stays visible', () => {

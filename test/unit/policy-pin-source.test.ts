@@ -132,7 +132,18 @@ test('a wrong PIN: the typed tries left from the device decide the text and the 
   assert.equal(counted.code, 'PIN_INCORRECT')
   assert.match(counted.message, /^Wrong PIN for YubiKey 'PIV' \(2 tries left\)/)
   assert.equal(counted.triesLeft, 2)
-  assert.equal(counted.remedy, 'Fix the PIN in the environment variable PIV_PIN')
+  // The agent's environment is fixed at its start: the fix is a restart with the variable set.
+  assert.match(
+    counted.remedy ?? '',
+    /^Set PIV_PIN to the right PIN where the agent is started, then restart it: `cargo-pkcs11-agent stop`.*reads PIV_PIN only at its start$/,
+  )
+  const command = wrongPin(
+    token,
+    new AgentError('PIN_INCORRECT', 'x', { triesLeft: 2 }),
+    undefined,
+    'command',
+  )
+  assert.equal(command.remedy, 'Fix the PIN in the environment variable PIV_PIN')
   const final = wrongPin(token, new AgentError('PIN_INCORRECT', 'x', { triesLeft: 'final' }), undefined)
   assert.match(final.message, /one try left: the next wrong PIN blocks it/)
   assert.equal(final.data['finalTry'], true)

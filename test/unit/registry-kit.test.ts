@@ -18,6 +18,7 @@ import {
   CargoAuth,
   ROUTES,
   SingleUseStore,
+  replayKey,
   encodePublishBody,
   errorReply,
   matchRoute,
@@ -25,9 +26,12 @@ import {
   parsePublishBody,
   sparseIndexPath,
 } from '../../src/registry/index.js'
+import { decodeBase64url, encodeBase64url } from '../../src/keys/base64url.js'
+import { P384, bigIntToBytes, bytesToBigInt } from '../../src/keys/point.js'
 import { MemorySigner } from '../../src/signer/memory.js'
 import { buildToken } from '../../src/token/build.js'
 import { VerifyError } from '../../src/verify/errors.js'
+import { verifyToken } from '../../src/verify/verify.js'
 
 test('every row of the route table, and only those, is a cargo route', () => {
   const cases: [string, string, string | undefined, object?][] = [
@@ -46,6 +50,16 @@ test('every row of the route table, and only those, is a cargo route', () => {
     ['GET', '/index/se/rd/other', undefined],
     ['GET', '/index/../secret', undefined],
     ['GET', '/index/se/rd/%2e%2e', undefined],
+    ['GET', '/dl/%2e%2e/admin', undefined],
+    ['GET', '/dl/../admin', undefined],
+    ['GET', '/dl/./foo/1.0.0', undefined],
+    ['GET', '/dl/foo/%2e', undefined],
+    ['GET', '/dl/foo/1.0.0%5c..%5c..%5cadmin', undefined],
+    ['GET', '/dl/foo#/1.0.0', undefined],
+    ['GET', '/dl/foo%23/1.0.0', undefined],
+    ['GET', '/dl/foo/1.0.0%00', undefined],
+    ['DELETE', '/api/v1/crates/%2e%2e/owners', undefined],
+    ['DELETE', '/api/v1/crates/foo/%2e%2e/yank', undefined],
     ['POST', '/api/v1/crates/new', undefined],
     ['PUT', '/api/v1/crates/foo/1.0.0/yank', undefined],
     ['GET', '/api/v1/crates', undefined],
@@ -104,24 +118,71 @@ test('the publish body: name, vers and the SHA-256 of the .crate; every malforme
   }
 })
 
-test('the single-use store refuses a replay, forgets a token after its window, and fails closed when full', () => {
+test('the single-use store refuses a replay, forgets a token after its window, and fails closed when full', async () => {
   let now = 1_000_000
   const store = new SingleUseStore({ maxEntries: 2, now: () => now })
-  store.use('a', new Date(now + 60_000))
+  const signer = MemorySigner.generate()
+  const yank = async (vers: string): Promise<string> =>
+    (
+      await buildToken(signer, {
+        indexUrl: 'sparse+https://registry.example/index/',
+        operation: 'yank',
+        crate: { name: 'foo', vers },
+      })
+    ).token
+  const [a, b, c] = [await yank('1.0.0'), await yank('2.0.0'), await yank('3.0.0')]
+  store.use(a, new Date(now + 60_000))
   assert.throws(
-    () => store.use('a', new Date(now + 60_000)),
+    () => store.use(a, new Date(now + 60_000)),
     (e: unknown) => e instanceof VerifyError && e.code === 'TOKEN_REPLAYED',
   )
-  store.use('b', new Date(now + 120_000))
+  store.use(b, new Date(now + 120_000))
   assert.throws(
-    () => store.use('c', new Date(now + 60_000)),
+    () => store.use(c, new Date(now + 60_000)),
     (e: unknown) => e instanceof AgentError && e.code === 'RATE_LIMITED' && errorReply(e).status === 429,
   )
   assert.equal(store.size, 2)
   now += 61_000 // a's window has closed: the verifier would call it stale, so it can go
-  store.use('c', new Date(now + 60_000))
+  store.use(c, new Date(now + 60_000))
   assert.equal(store.size, 2)
-  assert.throws(() => store.use('b', new Date(now + 60_000)), /already used/)
+  assert.throws(() => store.use(b, new Date(now + 60_000)), /already used/)
+})
+
+test('a token is one token whatever its string: the high-S twin of a used token is a replay', async () => {
+  const signer = MemorySigner.generate()
+  const url = 'sparse+https://registry.example/index/'
+  const token = (
+    await buildToken(signer, { indexUrl: url, operation: 'yank', crate: { name: 'foo', vers: '1.0.0' } })
+  ).token
+  // (r, s) -> (r, n - s): another string whose signature verifies too (low-S is not enforced).
+  const parts = token.split('.')
+  const payload = decodeBase64url(parts[2] ?? '', 'payload', (m) => new Error(m))
+  const twinPayload = new Uint8Array(payload)
+  const s = bytesToBigInt(payload.subarray(payload.length - 48))
+  twinPayload.set(bigIntToBytes(P384.n - s, 48), payload.length - 48)
+  const twin = [parts[0], parts[1], encodeBase64url(twinPayload), parts[3]].join('.')
+  assert.notEqual(twin, token)
+  await verifyToken(twin, {
+    publicKey: k3Public(signer.publicKey),
+    url,
+    operation: 'yank',
+    crate: { name: 'foo', vers: '1.0.0' },
+  })
+  assert.equal(replayKey(twin), replayKey(token))
+  const store = new SingleUseStore()
+  store.use(token, new Date(Date.now() + 60_000))
+  assert.throws(
+    () => store.use(twin, new Date(Date.now() + 60_000)),
+    (e: unknown) => e instanceof VerifyError && e.code === 'TOKEN_REPLAYED',
+  )
+  // A fresh signature of the same claims (cargo asking again) has a new r: not a replay.
+  const again = await buildToken(signer, {
+    indexUrl: url,
+    operation: 'yank',
+    crate: { name: 'foo', vers: '1.0.0' },
+  })
+  assert.notEqual(replayKey(again.token), replayKey(token))
+  store.use(again.token, new Date(Date.now() + 60_000))
 })
 
 test('the kit checks a request end to end: resolveKey by kip, the operation, single use', async () => {
@@ -190,7 +251,7 @@ test('gateway config: flags over TOML, the upstream token only as a Secret, bad 
   const dir = mkdtempSync(join(tmpdir(), 'hwtok-gwconf-'))
   try {
     const tokenFile = join(dir, 'token')
-    writeFileSync(tokenFile, 'Bearer s3cret\n')
+    writeFileSync(tokenFile, 'Bearer s3cret\n', { mode: 0o600 }) // docs/gateway.md: refused otherwise
     const config = join(dir, 'gateway.toml')
     writeFileSync(
       config,

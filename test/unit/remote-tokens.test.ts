@@ -13,7 +13,8 @@ import { needsNetwork } from '../../src/cli/install-service.js'
 import { formatEntry } from '../../src/cli/log.js'
 import { parseConfig } from '../../src/config/load.js'
 import { LIMITS } from '../../src/lib/limits.js'
-import { knownModules, platformKey, resolveModulePath } from '../../src/pkcs11/modules.js'
+import { knownModules } from '../../src/lib/package-files.js'
+import { platformKey, resolveModulePath } from '../../src/pkcs11/modules.js'
 import { readIntent } from '../fixtures/pinentry/harness.js'
 
 const ENV = { HOME: '/home/u', XDG_STATE_HOME: '/state' }

@@ -461,3 +461,24 @@ test('inspectToken reads footer and claims without verifying, and says so', asyn
   await assert.rejects(verifyToken(forged, base('read')), { code: 'SIGNATURE_INVALID' })
   assert.throws(() => inspectToken('not-a-token'), { code: 'TOKEN_MALFORMED' })
 })
+
+test('a token whose kip has no registered key is a VerifyError KEY_ID_MISMATCH (the docs example answers 401)', async () => {
+  // Through the public entry point, as docs/verifying-tokens.md §8 and packages/verify/README.md use it.
+  const verify = await import('../../src/verify/index.js')
+  const keysByKip = new Map([[verify.k3Pid(mallory.publicKey), verify.k3Public(mallory.publicKey)]])
+  const token = await readToken()
+  const { footer } = verify.inspectToken(token)
+  await assert.rejects(
+    verify.verifyToken(token, { ...base('read'), publicKey: keysByKip.get(footer.kip) }),
+    (error: unknown) => {
+      assert.ok(error instanceof verify.VerifyError, String(error))
+      assert.equal(error.code, 'KEY_ID_MISMATCH')
+      assert.match(error.message, /no key with id "k3\.pid\.[\w-]+" is registered/)
+      return true
+    },
+  )
+  // The call is still checked first: a bad option with no key is the caller's USAGE, not a refusal.
+  await assert.rejects(verify.verifyToken(token, { ...base('read', { url: '' }), publicKey: undefined }), {
+    code: 'USAGE',
+  })
+})

@@ -12,6 +12,7 @@ import type { MethodHandler } from './method.js'
 import { ping } from './ping.js'
 import { pubkey } from './pubkey.js'
 import { release } from './release.js'
+import { reload } from './reload.js'
 import { sign } from './sign.js'
 import { status } from './status.js'
 
@@ -20,6 +21,7 @@ export const METHOD_HANDLERS: { readonly [M in Method]: MethodHandler<M> } = Obj
   status,
   lock,
   release,
+  reload,
   pubkey,
   sign,
   login,

@@ -6,7 +6,7 @@
  */
 import type { AuditOutcome } from '../../audit/entry.js'
 import { AgentError, toAgentError } from '../../lib/errors.js'
-import { describeRequester } from '../../policy/intent.js'
+import { describeRequester, displaySafe } from '../../policy/intent.js'
 import { tokenPolicy } from '../policy-config.js'
 import { adminRequest, keyInfoOf, keySpec, loginToken, recordKeygen } from './keys.js'
 import { stringParam, type MethodHandler } from './method.js'
@@ -24,12 +24,13 @@ export const keygen: MethodHandler<'keygen'> = async (agent, params, context) =>
   const request = adminRequest(context, params, `token ${token.name}`)
   const { intent } = request
   const key = `${token.name}/${label}`
-  const what = `keygen ${key}${force ? ' (force: replaces an existing key)' : ''}`
+  // The label is the client's: shown to a human (prompt, error, log) only through displaySafe.
+  const what = `keygen ${token.name}/${displaySafe(label)}${force ? ' (force: replaces an existing key)' : ''}`
   const record = (outcome: Omit<AuditOutcome, 'operation' | 'device' | 'key' | 'replaced'>) =>
     recordKeygen(agent, intent, token, { ...outcome, key, replaced: force })
   try {
     if (force) {
-      const text = `Replace the key "${label}" on ${tokenPolicy(token).description}, requested by ${describeRequester(intent.requester)}? Registries that know the old public key will reject your tokens`
+      const text = `Replace the key "${displaySafe(label)}" on ${tokenPolicy(token).description}, requested by ${describeRequester(intent.requester)}? Registries that know the old public key will reject your tokens`
       const { approved } = await agent.policy.confirm(
         intent,
         request.prompter,

@@ -33,8 +33,17 @@ export function registryBinding(config: Config, indexUrl: string): RegistryConfi
   return registry
 }
 
-export function bind(config: Config, intent: Pick<Intent, 'indexUrl' | 'operation'>): Binding {
+/**
+ * The binding of `intent`'s index URL. It also names the intent's registry as the config does:
+ * prompts and audit lines show that name, never the one in the client's request line, which a
+ * build script can set to any registry it likes (SECURITY.md).
+ */
+export function bind(
+  config: Config,
+  intent: Pick<Intent, 'indexUrl' | 'operation' | 'registryName'>,
+): Binding {
   const registry = registryBinding(config, intent.indexUrl)
+  intent.registryName = registry.name
   const mutation = intent.operation !== 'read'
   // Reads and mutations may use different keys (docs/design.md §5, point 2).
   const keyRef = mutation ? registry.mutationKey : registry.readKey

@@ -40,6 +40,6 @@ export function parseSignRequest(params: Record<string, unknown>, requester: Req
     crate: cargo.crate,
     requester: withClaim(requester, params['requester']),
   }
-  if (cargo.registry.name !== undefined) intent.registryName = cargo.registry.name
+  // No `registryName`: cargo's `registry.name` is the client's word; bind() names the registry.
   return { intent, interactive: params['interactive'] === true }
 }

@@ -2,7 +2,8 @@
  * TOML files as `setup` edits them (docs/setup.md §2): read and checked whole, one [section.NAME] table changed, and
  * written back in place: a new table is appended, a changed one is patched by a comment-preserving
  * editor (@decimalturn/toml-patch), so the user's comments, order and formatting outside that table
- * stay byte for byte. The result must parse to exactly the intended document or nothing is
+ * stay byte for byte. Tables inside a [section.NAME] are written inline (`read-key = { ... }`), as
+ * docs/configuration.md shows them, so a key added at the end of that table stays in it. The result must parse to exactly the intended document or nothing is
  * written. A different existing table is only replaced with --force; a changed file keeps a backup.
  */
 import {
@@ -20,8 +21,8 @@ import {
 } from 'node:fs'
 import { dirname } from 'node:path'
 
-import { patch } from '@decimalturn/toml-patch'
-import { parse, stringify } from 'smol-toml'
+import { patch, stringify } from '@decimalturn/toml-patch'
+import { parse } from 'smol-toml'
 
 import { isTable } from '../../config/schema.js'
 import { AgentError } from '../../lib/errors.js'
@@ -69,7 +70,10 @@ export function tableAt(doc: Table, section: string, name: string): Table | unde
   return isTable(value) ? value : undefined
 }
 
-/** Puts `value` at doc[section][name]; a different existing value needs --force. */
+/**
+ * Puts `value` at doc[section][name]. Changing or dropping a key of an existing table needs --force;
+ * filling in keys it lacks does not (docs/setup.md §1).
+ */
 export function place(
   doc: Table,
   section: string,
@@ -82,7 +86,9 @@ export function place(
   doc[section] = tables
   const existing = tables[name]
   if (existing !== undefined && canonical(existing) === canonical(value)) return 'unchanged'
-  if (existing !== undefined && !force) {
+  const fillsIn =
+    isTable(existing) && Object.entries(existing).every(([k, v]) => canonical(v) === canonical(value[k]))
+  if (existing !== undefined && !force && !fillsIn) {
     throw new AgentError('KEY_EXISTS', `${file} already has a different [${section}.${name}]`, {
       remedy: `Pass --force to replace it, or choose another name`,
       data: { section, name },
@@ -97,6 +103,25 @@ function plain(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(plain)
   if (isTable(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, plain(v)]))
   return value
+}
+
+const tomlKey = (key: string): string => (/^[A-Za-z0-9_-]+$/.test(key) ? key : JSON.stringify(key))
+
+/** `doc` as top-level keys, [section] key/values and [section.NAME] tables with the tables inside them inline. */
+function render(doc: Table): string {
+  const top = Object.entries(doc).filter(([, v]) => !isTable(v))
+  const parts = top.length > 0 ? [stringify(plain(Object.fromEntries(top)))] : []
+  for (const [section, tables] of Object.entries(doc)) {
+    if (!isTable(tables)) continue
+    const own = Object.entries(tables).filter(([, v]) => !isTable(v))
+    if (own.length > 0) parts.push(stringify(plain({ [section]: Object.fromEntries(own) })))
+    for (const [name, table] of Object.entries(tables)) {
+      if (!isTable(table)) continue
+      const body = stringify({ t: plain(table) }).replace(/^\[t\]\n/, '')
+      parts.push(`[${tomlKey(section)}.${tomlKey(name)}]\n${body}`)
+    }
+  }
+  return parts.join('\n')
 }
 
 /** [section.NAME] tables of `doc` that `old` has no trace of: these can simply be appended. */
@@ -132,7 +157,7 @@ function editedText(text: string, old: Table, doc: Table, path: string, what: st
   const added = newTables(old, doc)
   if (Object.keys(added).length > 0) {
     const gap = text === '' ? '' : text.endsWith('\n') ? eol : eol + eol
-    const appended = text + gap + stringify(added).replace(/\n/g, eol)
+    const appended = text + gap + render(added).replace(/\n/g, eol)
     try {
       parse(appended)
       base = appended
@@ -177,7 +202,7 @@ export function saveToml(
 ): string | undefined {
   if (!existsSync(path)) {
     mkdirSync(dirname(path), { recursive: true, mode: options.mode === 0o600 ? 0o700 : 0o777 })
-    writeFileSync(path, options.header + stringify(doc) + '\n', { mode: options.mode ?? 0o666 })
+    writeFileSync(path, options.header + render(doc), { mode: options.mode ?? 0o666 })
     return undefined
   }
   const real = realpathSync(path)
