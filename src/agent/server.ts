@@ -69,7 +69,9 @@ class RefusalLog {
     this.#log = log
   }
 
-  note(kind: string, text: string): void {
+  note(kind: string, full: string): void {
+    const max = LIMITS.refusalLogTextMaxChars
+    const text = full.length > max ? `${full.slice(0, max)}… (${full.length} characters)` : full
     const now = Date.now()
     const state = this.#kinds.get(kind)
     if (state === undefined || now - state.at >= LIMITS.refusalLogIntervalMs) {
@@ -95,11 +97,24 @@ class RefusalLog {
 
 let nextConnectionId = 1
 
-/** A new connection waiting for a slot; its timer retries eviction until connectionAdmitWaitMs. */
+/** A new connection waiting for a slot, at most connectionAdmitWaitMs. */
 interface Waiting {
   readonly socket: Socket
   readonly peer: PeerCredentials
-  timer: NodeJS.Timeout | undefined
+  readonly since: number
+}
+
+/** How many of `items` each peer pid holds. */
+function countByPeer(items: Iterable<{ readonly peer: PeerCredentials }>): Map<number, number> {
+  const counts = new Map<number, number>()
+  for (const { peer } of items) counts.set(peer.pid, (counts.get(peer.pid) ?? 0) + 1)
+  return counts
+}
+
+/** Whether a peer holding `held` must give one up to a peer holding `mine`: it holds more than
+ * LIMITS.connectionsPerPeer and would still hold no fewer than the other afterwards. */
+function overShare(held: number, mine: number): boolean {
+  return held > LIMITS.connectionsPerPeer && held >= mine + 2
 }
 
 class Connection {
@@ -123,8 +138,11 @@ class Connection {
   #sawFrame = false
   #gone = false
   #nextQid = 1
+  /** Requests other than `ping` running or queued: only these make a connection worth keeping. */
+  #work = 0
+  readonly since = Date.now()
   /** When the connection last did something (eviction picks the longest idle). */
-  lastActive = Date.now()
+  lastActive = this.since
 
   constructor(
     socket: Socket,
@@ -164,6 +182,12 @@ class Connection {
   /** Nothing running, queued, unread or unsent: closing it loses nothing. */
   get idle(): boolean {
     return !this.busy && this.#inbox === undefined && this.#socket.writableLength === 0
+  }
+
+  /** Closing it cuts no request but pings. A client that has connected but not yet spoken gets
+   * connectionEvictIdleMs to send its request (the shim sends it at once). */
+  cuttable(now: number): boolean {
+    return this.#work === 0 && (this.#sawFrame || now - this.since >= LIMITS.connectionEvictIdleMs)
   }
 
   /** Cuts the connection; with a reason, logged as a refusal of that kind. */
@@ -313,11 +337,13 @@ class Connection {
     }
     const bytes = Buffer.byteLength(text)
     if (this.#inflight.size < LIMITS.maxInflightPerConnection) {
+      if (message.method !== 'ping') this.#work += 1
       void this.#run(message)
     } else if (
       this.#queue.length < LIMITS.maxQueuedRequestsPerConnection &&
       this.#queuedBytes + bytes <= LIMITS.maxQueuedRequestBytesPerConnection
     ) {
+      if (message.method !== 'ping') this.#work += 1
       this.#queue.push({ request: message, bytes })
       this.#queuedBytes += bytes
     } else {
@@ -409,6 +435,7 @@ class Connection {
     } finally {
       if (timer !== undefined) clearTimeout(timer)
       this.#inflight.delete(request.id)
+      if (request.method !== 'ping') this.#work -= 1
       this.lastActive = Date.now()
       if (!this.#gone) this.#timer.refresh()
       const next = this.#queue.shift()
@@ -427,8 +454,11 @@ export class AgentServer {
   readonly #refusals: RefusalLog
   readonly #connections = new Set<Connection>()
   readonly #refused = new Set<Socket>()
-  /** Accepted while every connection was busy, waiting (bounded) for a slot. */
+  /** Accepted while the agent was full, waiting (bounded) for a slot. */
   #admitting: Waiting[] = []
+  /** While #admitNext runs: an eviction's release must not admit from inside it. */
+  #admittingNow = false
+  #retry: NodeJS.Timeout | undefined
   #identity: SocketIdentity | undefined
   #closing = false
   #idleWaiters: (() => void)[] = []
@@ -464,61 +494,98 @@ export class AgentServer {
     }
     const peer = this.#checkPeer(socket)
     if (peer === undefined) return
-    if (this.#connections.size < this.#max || this.#evictIdle()) {
+    if (this.#admitting.length === 0 && this.#connections.size < this.#max) {
       this.#admit(socket, peer)
       return
     }
-    if (this.#admitting.length >= this.#max) {
+    if (this.#admitting.length >= this.#max && !this.#displaceWaiter(peer)) {
       this.#refuse(socket)
       return
     }
-    // Every connection is busy. Slots free up within milliseconds when clients merely reconnect
-    // (the kernel can hand us a client's new connection before the EOF of its previous one), so
-    // wait a moment for one before refusing.
+    // Slots free up within milliseconds when clients merely reconnect (the kernel can hand us a
+    // client's new connection before the EOF of its previous one), so wait a moment for one.
     socket.pause()
-    const since = Date.now()
-    const waiting: Waiting = { socket, peer, timer: undefined }
-    const retry = (): void => {
-      if (socket.destroyed) return
-      if (this.#connections.size < this.#max || this.#evictIdle()) {
-        this.#admitting = this.#admitting.filter((w) => w !== waiting)
-        this.#admit(socket, peer)
-      } else if (Date.now() - since >= LIMITS.connectionAdmitWaitMs) {
-        this.#admitting = this.#admitting.filter((w) => w !== waiting)
-        this.#refuse(socket)
-      } else waiting.timer = setTimeout(retry, LIMITS.connectionEvictIdleMs)
-    }
-    waiting.timer = setTimeout(retry, LIMITS.connectionEvictIdleMs)
-    socket.once('close', () => {
-      clearTimeout(waiting.timer)
-      this.#admitting = this.#admitting.filter((w) => w !== waiting)
-    })
+    const waiting: Waiting = { socket, peer, since: Date.now() }
+    socket.once('close', () => (this.#admitting = this.#admitting.filter((w) => w !== waiting)))
     this.#admitting.push(waiting)
+    this.#admitNext()
   }
 
-  /** A slot was released: the longest-waiting new connection takes it. */
+  /**
+   * Gives slots to waiting connections, the one whose peer holds the fewest connections first (then
+   * in arrival order), evicting to make room; refuses those that waited connectionAdmitWaitMs, and
+   * tries again every connectionEvictIdleMs while any wait.
+   */
   #admitNext(): void {
-    while (!this.#closing && this.#connections.size < this.#max) {
-      const next = this.#admitting.shift()
-      if (next === undefined) return
-      clearTimeout(next.timer)
-      if (!next.socket.destroyed) this.#admit(next.socket, next.peer)
+    if (this.#admittingNow || this.#closing) return
+    this.#admittingNow = true
+    try {
+      this.#admitting = this.#admitting.filter((w) => !w.socket.destroyed)
+      while (this.#admitting.length > 0) {
+        const held = countByPeer(this.#connections)
+        let next = this.#admitting[0] as Waiting
+        for (const w of this.#admitting)
+          if ((held.get(w.peer.pid) ?? 0) < (held.get(next.peer.pid) ?? 0)) next = w
+        if (this.#connections.size >= this.#max && !this.#evict(next.peer, held)) break
+        this.#admitting = this.#admitting.filter((w) => w !== next)
+        this.#admit(next.socket, next.peer)
+      }
+      const now = Date.now()
+      const late = this.#admitting.filter((w) => now - w.since >= LIMITS.connectionAdmitWaitMs)
+      this.#admitting = this.#admitting.filter((w) => !late.includes(w))
+      for (const w of late) this.#refuse(w.socket)
+    } finally {
+      this.#admittingNow = false
     }
+    if (this.#admitting.length > 0)
+      this.#retry ??= setTimeout(() => {
+        this.#retry = undefined
+        this.#admitNext()
+      }, LIMITS.connectionEvictIdleMs)
   }
 
-  /** Closes the longest-idle connection to make room; false when every connection is busy. */
-  #evictIdle(): boolean {
-    let oldest: Connection | undefined
+  /**
+   * Makes room for a connection of `peer`: closes the longest-idle connection (idle at least
+   * connectionEvictIdleMs), else, of the peer holding the most connections over its share
+   * (`overShare`), the oldest one running no request but pings. False when there is neither.
+   */
+  #evict(peer: PeerCredentials, held: Map<number, number>): boolean {
     const now = Date.now()
-    for (const connection of this.#connections)
-      if (
-        connection.idle &&
-        now - connection.lastActive >= LIMITS.connectionEvictIdleMs &&
-        (oldest === undefined || connection.lastActive < oldest.lastActive)
+    const mine = held.get(peer.pid) ?? 0
+    let idlest: Connection | undefined
+    let hog: Connection | undefined
+    let hogHeld = 0
+    for (const c of this.#connections) {
+      if (c.idle && now - c.lastActive >= LIMITS.connectionEvictIdleMs)
+        if (idlest === undefined || c.lastActive < idlest.lastActive) idlest = c
+      const theirs = held.get(c.peer.pid) ?? 0
+      if (!overShare(theirs, mine) || !c.cuttable(now)) continue
+      if (hog === undefined || theirs > hogHeld || (theirs === hogHeld && c.since < hog.since)) {
+        hog = c
+        hogHeld = theirs
+      }
+    }
+    if (idlest !== undefined)
+      idlest.destroy('evicted', `idle, closed to admit a new connection (${this.#connections.size} open)`)
+    else if (hog !== undefined)
+      hog.destroy(
+        'evicted',
+        `pid ${hog.peer.pid} holds ${hogHeld} of ${this.#connections.size} connections: its oldest without a running request closed to admit one of pid ${peer.pid}`,
       )
-        oldest = connection
-    if (oldest === undefined) return false
-    oldest.destroy('evicted', `idle, closed to admit a new connection (${this.#connections.size} open)`)
+    return idlest !== undefined || hog !== undefined
+  }
+
+  /** The waiting queue is full: the newest waiter of the peer with the most waiting gives its place
+   * to a connection of `peer` when that peer waits with fewer (`overShare`). */
+  #displaceWaiter(peer: PeerCredentials): boolean {
+    const waiting = countByPeer(this.#admitting)
+    let top: Waiting | undefined
+    for (const w of this.#admitting)
+      if (top === undefined || (waiting.get(w.peer.pid) ?? 0) >= (waiting.get(top.peer.pid) ?? 0)) top = w
+    if (top === undefined || !overShare(waiting.get(top.peer.pid) ?? 0, waiting.get(peer.pid) ?? 0))
+      return false
+    this.#admitting = this.#admitting.filter((w) => w !== top)
+    this.#refuse(top.socket)
     return true
   }
 
@@ -614,10 +681,8 @@ export class AgentServer {
     this.#closing = true
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
     removeSocket(this.#options.socketPath, this.#identity)
-    for (const { socket, timer } of this.#admitting) {
-      clearTimeout(timer)
-      socket.destroy()
-    }
+    clearTimeout(this.#retry)
+    for (const { socket } of this.#admitting) socket.destroy()
     this.#admitting = []
     for (const connection of this.#connections) connection.endWhenIdle()
     if ([...this.#connections].some((c) => c.busy)) {

@@ -14,6 +14,14 @@ export const LIMITS = Object.freeze({
   /** Simultaneous client connections the agent serves. At the cap a new one takes the place of the
    * longest-idle connection; only when every connection is busy is it refused with AGENT_BUSY. */
   maxConnections: 64,
+  /** A full agent with a process waiting also takes a slot from the peer process (SO_PEERCRED pid)
+   * that holds the most connections, if it holds more than this many and at least two more than the
+   * waiting one: its oldest connection running no request but pings is closed. A connection that
+   * only pings costs the agent a slot without work, and a flooder keeping 64 of them busier than
+   * connectionEvictIdleMs locked every shim out. The shim and the CLI hold one connection per
+   * process (cargo starts a shim per request), so they never lose one; one program holding more
+   * loses only those running nothing, and only while another process waits. */
+  connectionsPerPeer: 4,
   /** A client must send its request this soon after connecting (slowloris guard). */
   requestReadTimeoutMs: 5_000,
   /** When every connection is busy, a new one waits this long for a slot before AGENT_BUSY: slots
@@ -40,6 +48,9 @@ export const LIMITS = Object.freeze({
   /** Refusals (bad frames, busy, idle closes) are logged at once, then summarised at most once per
    * this interval per kind, so a flood cannot turn the agent log into a disk filler. */
   refusalLogIntervalMs: 1_000,
+  /** A refusal's log line is cut to this many characters: its text can quote the client (a protocol
+   * version string of 60 KB), and one such line a second would still fill the disk. */
+  refusalLogTextMaxChars: 500,
   /** How often the agent checks that its socket path still holds its own socket (inode). A deleted
    * or replaced socket leaves the agent unreachable, and the next shim would start a second one. */
   socketWatchIntervalMs: 2_000,

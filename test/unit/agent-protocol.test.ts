@@ -106,9 +106,9 @@ describe('server and client over a real socket', () => {
     await rm(dir, { recursive: true, force: true })
   })
 
-  function raw(): Promise<{ sock: Socket; next: () => Promise<Record<string, unknown>> }> {
+  function raw(path = socket): Promise<{ sock: Socket; next: () => Promise<Record<string, unknown>> }> {
     return new Promise((resolve, reject) => {
-      const sock = createConnection({ path: socket })
+      const sock = createConnection({ path })
       const queue: Record<string, unknown>[] = []
       const waiters: ((m: Record<string, unknown>) => void)[] = []
       const decoder = new LineDecoder()
@@ -281,6 +281,29 @@ describe('server and client over a real socket', () => {
     } finally {
       for (const c of held) c.close()
       await small.close(100)
+    }
+  })
+
+  test('a waiting connection that gets an evicted slot is admitted once (each request answered once)', async () => {
+    const oneSocket = join(dir, 'one', 'agent.sock')
+    const one = new AgentServer({ socketPath: oneSocket, handler, log: () => {}, maxConnections: 1 })
+    await one.listen()
+    try {
+      const first = await raw(oneSocket)
+      first.sock.write('{"v":1,"type":"request","id":1,"method":"ping"}\n')
+      assert.equal((await first.next())['id'], 1)
+      // Not idle for connectionEvictIdleMs yet: the second waits, then takes the first one's place.
+      const second = await raw(oneSocket)
+      second.sock.write('{"v":1,"type":"request","id":7,"method":"ping"}\n')
+      assert.deepEqual((await second.next())['result'], { pong: true })
+      const again = await Promise.race([
+        second.next().then((m) => m['id']),
+        new Promise((resolve) => setTimeout(resolve, 300, 'no second answer')),
+      ])
+      assert.equal(again, 'no second answer')
+      second.sock.destroy()
+    } finally {
+      await one.close(100)
     }
   })
 
