@@ -12,7 +12,8 @@ export const LIMITS = Object.freeze({
   socketDirMode: 0o700,
   socketFileMode: 0o600,
   /** Simultaneous client connections the agent serves. At the cap a new one takes the place of the
-   * longest-idle connection; only when every connection is busy is it refused with AGENT_BUSY. */
+   * longest-idle connection, or of the oldest of a peer holding more than connectionsPerPeer;
+   * only when neither exists is it refused with AGENT_BUSY (docs/agent-protocol.md, Limits). */
   maxConnections: 64,
   /** A full agent with a process waiting also takes a slot from the peer process (SO_PEERCRED pid)
    * that holds the most connections, if it holds more than this many and at least two more than the
