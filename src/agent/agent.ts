@@ -26,7 +26,7 @@ import { parseCargoLine, parseSignRequest } from './pipeline/parse.js'
 import { createPolicy } from './policy-config.js'
 import { METHOD_HANDLERS } from './methods/index.js'
 import { SocketPrompter } from './prompter.js'
-import { weakenings } from './reload.js'
+import { weakenings, type EarlierBinding } from './reload.js'
 import { kernelRequester, withClaim } from './requester.js'
 import type { AgentState } from './state.js'
 import { AgentServer } from './server.js'
@@ -101,6 +101,8 @@ export class Agent implements AgentState {
   audit: AuditLog
   /** Each registry's `confirm` as resolved at start or reload (`Devices.resolveConfirms`). */
   #confirms = new Map<string, EffectiveConfirm>()
+  /** Every index bound since start, as last applied: a reload is held against it (src/agent/reload.ts). */
+  readonly #bound = new Map<string, EarlierBinding>()
   readonly #server: AgentServer
   #idleTimer: NodeJS.Timeout | undefined
   #socketWatch: NodeJS.Timeout | undefined
@@ -183,12 +185,18 @@ export class Agent implements AgentState {
     if (errors[0] !== undefined) throw errors[0]
     for (const line of unread) this.log(`key policy not checked: ${line}`)
     for (const line of warnings) this.log(`warning: ${line}`)
-    this.#confirms = confirms
+    this.#applied(this.config, confirms)
     // The check opened sessions before any client asked: leave the devices as an idle agent would.
     await this.devices.releaseAll()
     await this.#server.listen()
     this.log(`listening on ${this.socketPath} (pid ${process.pid})`)
     this.#watchSocket()
+  }
+
+  #applied(config: Config, confirms: Map<string, EffectiveConfirm>): void {
+    this.#confirms = confirms
+    for (const registry of Object.values(config.registries))
+      this.#bound.set(registry.index, { registry, confirm: this.confirmOf(registry) })
   }
 
   /** The registry's `confirm` as it applies; a registry not resolved yet gets the config's or the default. */
@@ -316,7 +324,7 @@ export class Agent implements AgentState {
     const resolved = await this.devices.resolveConfirms()
     const weaker = [
       ...resolved.errors.map((e) => e.message),
-      ...weakenings(this.config, next, { current: this.#confirms, next: resolved.confirms }),
+      ...weakenings(this.config, next, { current: this.#confirms, next: resolved.confirms }, this.#bound),
     ]
     if (weaker.length > 0) {
       await this.devices.reset(this.config)
@@ -333,7 +341,7 @@ export class Agent implements AgentState {
     }
     for (const line of resolved.unread) this.log(`key policy not checked: ${line}`)
     for (const line of resolved.warnings) this.log(`warning: ${line}`)
-    this.#confirms = resolved.confirms
+    this.#applied(next, resolved.confirms)
     // The check opened sessions before any client asked, as at start.
     await this.devices.releaseAll()
     this.policy.close()

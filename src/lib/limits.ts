@@ -124,6 +124,10 @@ export const LIMITS = Object.freeze({
   /** How long a human has to answer pinentry (its own SETTIMEOUT, and our kill timer after it); well
    * under requestTimeoutMs so the request still ends with a clear PIN_ENTRY_FAILED. */
   pinentryTimeoutMs: 60_000,
+  /** How long a request that cannot ask for a PIN (no terminal, forwarded) waits for another
+   * request's open PIN question before it fails PIN_REQUIRED: a human at a terminal types a PIN in
+   * seconds, and a question nobody answers must not hold such requests (src/policy/login.ts). */
+  pinQueryWaitMs: 15_000,
   /** The agent's own yes/no on the requester's terminal: as long as a pinentry gets, then "no". */
   terminalConfirmTimeoutMs: 60_000,
   /** A desktop notifier (notify-send, osascript) that hangs is killed after this; it never fails a request. */

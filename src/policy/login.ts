@@ -5,6 +5,7 @@
 import { createHmac, randomBytes } from 'node:crypto'
 
 import { toAgentError } from '../lib/errors.js'
+import { LIMITS } from '../lib/limits.js'
 import type { Pin } from '../lib/secret.js'
 import type { Intent } from '../cargo/intent.js'
 import type { PinSource, TokenPolicy } from './config.js'
@@ -230,8 +231,19 @@ export class Login {
    */
   #askOwn(token: TokenPolicy, prompter: Prompter, intent: Intent, status: PolicyDeviceStatus): Asked {
     const open = this.#asking.get(token.id) ?? new Map<Promise<Pin | undefined>, () => void>()
-    if ('unavailable' in this.#deps.pinSources(prompter, intent).terminal && open.size > 0)
-      return { pin: Promise.allSettled(open.keys()).then(() => undefined), finalTryApproved: false }
+    if ('unavailable' in this.#deps.pinSources(prompter, intent).terminal && open.size > 0) {
+      // Bounded: a question nobody answers must not hold the requests that cannot ask one.
+      let timer: NodeJS.Timeout | undefined
+      const waited = new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(false), LIMITS.pinQueryWaitMs)
+        void Promise.allSettled(open.keys()).then(() => resolve(true))
+      })
+      const pin = waited.then((answered) => {
+        clearTimeout(timer)
+        return answered ? undefined : this.#readPin(token, { kind: 'tty' }, prompter, intent, status)
+      })
+      return { pin, finalTryApproved: false }
+    }
     const asked = this.#readPin(token, { kind: 'tty' }, prompter, intent, status)
     let moot = (): void => undefined
     const pin = Promise.race([asked, new Promise<undefined>((resolve) => (moot = () => resolve(undefined)))])

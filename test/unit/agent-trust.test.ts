@@ -86,6 +86,20 @@ describe('weakenings of a reloaded configuration', () => {
     assert.deepEqual(weakenings(two, two), [])
   })
 
+  test('an index bound earlier is held against that binding, not taken as new', () => {
+    const strict = config(reg('a', INDEX, 'prompt') + 'mutations-per-hour = 0\n')
+    const dropped = config(reg('b', OTHER, 'prompt'))
+    const rebound = config(reg('a', INDEX, 'prompt', 'k', 'confirm') + 'mutations-per-hour = 5\n')
+    const a = strict.registries['a']!
+    const earlier = new Map([[INDEX, { registry: a, confirm: effectiveConfirm(a) }]])
+    assert.deepEqual(weakenings(dropped, rebound), [], 'without the memory the index looks new')
+    assert.deepEqual(weakenings(dropped, rebound, undefined, earlier), [
+      'registry a (its index was bound before): mutations-per-hour 0 → 5',
+      'registry a (its index was bound before): forwarded "read" → "confirm"',
+    ])
+    assert.deepEqual(weakenings(dropped, strict, undefined, earlier), [])
+  })
+
   test('lower confirm, headless on, an unconfirmed new binding, a changed mutation key', () => {
     const now = config(reg('a', INDEX, 'touch'))
     const lowered = config(reg('a', INDEX, 'prompt'))
