@@ -85,16 +85,18 @@ export function resolveLayout(layout: RouteLayout = {}): Required<RouteLayout> {
 
 /**
  * Decoded path segments, or undefined when one is empty, a dot segment, not valid percent-encoding,
- * or holds a character that a server behind may read as structure (`/ \ ? #`, controls). A route is
- * matched on these, and the gateway forwards the raw target: a `%2e%2e` that an upstream normalises
- * (RFC 3986 §5.2.4) would turn an authorised path into any other, with the gateway's own token.
+ * or holds a character that a server behind may read as structure (`/ \ ? #`, a `;` path parameter
+ * that Java servers strip, a `%` left by double encoding, controls); no crate name or version has
+ * one. A route is matched on these, and the gateway forwards the raw target: a `%2e%2e` that an
+ * upstream normalises (RFC 3986 §5.2.4) would turn an authorised path into any other, with the
+ * gateway's own token.
  */
 function segments(rest: string): string[] | undefined {
   const parts = rest.split('/')
   try {
     const decoded = parts.map((part) => decodeURIComponent(part))
     const plain = (part: string): boolean =>
-      part !== '.' && part !== '..' && !/^$|[/\\?#\x00-\x1f\x7f]/.test(part)
+      part !== '.' && part !== '..' && !/^$|[/\\?#;%\x00-\x1f\x7f]/.test(part)
     return decoded.every(plain) ? decoded : undefined
   } catch {
     return undefined

@@ -132,6 +132,8 @@ test('a read token reaches no upstream path outside the route table, however the
     '/dl/./%2e%2e/admin',
     '/dl/..%5c..%5cadmin/x',
     '/dl/foo#/../../admin',
+    '/dl/..;/admin',
+    '/dl/%252e%252e/admin',
   ]) {
     const answer = await get(path, token)
     assert.equal(answer.status, 404, `${path}: ${answer.status} ${JSON.stringify(answer.body)}`)
