@@ -54,9 +54,10 @@ function logSafe(line: string): string {
 
 /**
  * The running agent's own log lines, one line per call whatever the message holds (client-chosen
- * labels and names reach it: logSafe). When its stderr is the agent log (a background agent), a line
- * that takes the file past the cap renames it and continues in a fresh agent.log; otherwise (a
- * terminal, journald under systemd) lines go to stderr. Every line ends with a newline.
+ * labels and names reach it: logSafe). When its stderr is the agent log (a background agent), each
+ * line starts with its UTC time, and a line that takes the file past the cap renames it and
+ * continues in a fresh agent.log; otherwise (a terminal, journald under systemd) lines go to stderr
+ * as they are. Every line ends with a newline.
  */
 export function agentLogWriter(path: string, prefix: string): (line: string) => void {
   let fd = 2
@@ -69,7 +70,9 @@ export function agentLogWriter(path: string, prefix: string): (line: string) => 
     rotating = false
   }
   return (line: string): void => {
-    const text = `${prefix}${logSafe(line.replace(/\n+$/, ''))}\n`
+    // A file gets the time; a terminal needs none, and journald stamps each line itself.
+    const time = rotating ? `${new Date().toISOString()} ` : ''
+    const text = `${time}${prefix}${logSafe(line.replace(/\n+$/, ''))}\n`
     try {
       writeSync(fd, text)
       if (rotating && fstatSync(fd).size >= LIMITS.agentLogMaxBytes && rotateIfLarge(path)) {

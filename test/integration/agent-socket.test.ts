@@ -264,7 +264,13 @@ describe('agent socket and lifecycle', () => {
       await verifyToken(ok.Ok.token, { publicKey: KNOWN_KEY.k3Public, url: INDEX, operation: 'read' })
       pid = (await ping(agent.socket))['pid'] as number
       // Its log goes to the state dir, not to cargo's terminal.
-      assert.ok(existsSync(`${env['XDG_STATE_HOME']}/cargo-pkcs11-agent/agent.log`))
+      const logFile = `${env['XDG_STATE_HOME']}/cargo-pkcs11-agent/agent.log`
+      assert.ok(existsSync(logFile))
+      // The agent's own lines there carry their time (UTC), like any log file.
+      assert.match(
+        readFileSync(logFile, 'utf8'),
+        /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z cargo-pkcs11-agent: listening on /m,
+      )
     } finally {
       if (pid === undefined)
         pid = (await ping(agent.socket).catch(() => ({ pid: undefined })))['pid'] as number | undefined
