@@ -60,6 +60,7 @@ const LOCAL_ONLY: Partial<Record<Method, string>> = {
 
 /** The audit line of a refused forwarded keygen or cargo login; undefined for the other methods. */
 function forwardedKeyAudit(
+  config: Config,
   method: Method,
   params: Readonly<Record<string, unknown>>,
   requester: Requester,
@@ -84,7 +85,9 @@ function forwardedKeyAudit(
   try {
     const cargo = parseCargoLine(params)
     intent.indexUrl = cargo.registry.indexUrl
-    if (cargo.registry.name !== undefined) intent.registryName = cargo.registry.name
+    // Named as the config binds the index, never as the client calls it (like every other line).
+    const bound = Object.values(config.registries).find((r) => r.index === intent.indexUrl)
+    if (bound !== undefined) intent.registryName = bound.name
   } catch {
     // Not a line cargo could have sent: recorded without a registry.
   }
@@ -241,7 +244,7 @@ export class Agent implements AgentState {
       },
     )
     this.log(`${method} refused: ${from}`)
-    const entry = forwardedKeyAudit(method, params, requester, error)
+    const entry = forwardedKeyAudit(this.config, method, params, requester, error)
     if (entry !== undefined)
       await this.audit
         .record(entry)

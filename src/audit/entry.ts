@@ -33,7 +33,7 @@ export interface AuditEntry {
     readonly tty?: string
     readonly exe?: string
     readonly uid?: number
-    readonly client?: { readonly pid: number; readonly command?: string }
+    readonly client?: { readonly pid: number; readonly command?: string; readonly exe?: string }
   }
   /** The request came through a forwarded socket (docs/ssh-forwarding.md): the kernel's peer. */
   readonly forwarded?: {
@@ -114,10 +114,11 @@ export function auditEntry(intent: Intent, outcome: AuditOutcome, now: Date = ne
   if (r.exe !== undefined) requester.exe = cut(r.exe)
   if (r.uid !== undefined) requester.uid = r.uid
   if (r.client !== undefined)
-    requester.client =
-      r.client.command === undefined
-        ? { pid: r.client.pid }
-        : { pid: r.client.pid, command: cut(r.client.command) }
+    requester.client = {
+      pid: r.client.pid,
+      ...(r.client.command === undefined ? {} : { command: cut(r.client.command) }),
+      ...(r.client.exe === undefined ? {} : { exe: cut(r.client.exe) }),
+    }
   const entry: { -readonly [K in keyof AuditEntry]: AuditEntry[K] } = {
     v: 1,
     time: now.toISOString(),

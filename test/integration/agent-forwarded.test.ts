@@ -106,7 +106,10 @@ describe('a forwarded peer may sign, and nothing else that acts on the agent’s
     assert.equal(keygen.error?.code, 'FORWARDED_REFUSED', JSON.stringify(keygen))
     assert.match(keygen.error?.remedy ?? '', /Run `cargo-pkcs11-agent keygen` on the agent's host/)
     await refusedLine('keygen', keygen.pid)
-    const login = forwarded('login', { cargo: JSON.stringify({ v: 1, registry, kind: 'login' }) })
+    // The registry as cargo (or whoever sends the line) names it is not what the audit line records.
+    const login = forwarded('login', {
+      cargo: JSON.stringify({ v: 1, registry: { ...registry, name: 'production' }, kind: 'login' }),
+    })
     assert.equal(login.error?.code, 'FORWARDED_REFUSED', JSON.stringify(login))
     assert.match(login.error?.remedy ?? '', /Run `cargo login` on the agent's host/)
     await refusedLine('login', login.pid)
@@ -128,7 +131,7 @@ describe('a forwarded peer may sign, and nothing else that acts on the agent’s
     for (const l of lines) assert.equal((l['forwarded'] as Record<string, unknown>)['via'], 'ssh')
     assert.equal(lines[0]?.['key'], 'softhsm/remote-made')
     assert.equal(lines[0]?.['replaced'], true)
-    assert.deepEqual(lines[1]?.['registry'], { name: 'work', url: INDEX })
+    assert.deepEqual(lines[1]?.['registry'], { name: 'work', url: INDEX }, 'named as the config binds it')
     assert.match(String(lines[0]?.['reason']), /keygen is not available through a forwarded socket/)
     // Nothing was made: the label is still unknown to the token.
     const made = local('keygen', { token: 'softhsm', label: 'remote-made' })

@@ -21,6 +21,7 @@ import {
   readdirSync,
   readFileSync,
   readlinkSync,
+  realpathSync,
   rmSync,
   writeFileSync,
 } from 'node:fs'
@@ -266,7 +267,11 @@ describe('a requester never approves its own publish', () => {
     const requester = line['requester'] as Record<string, unknown>
     assert.equal(requester['pid'], outcome.ppid)
     assert.equal(requester['tty'], outcome.tty)
-    assert.deepEqual(requester['client'], { pid: outcome.pid, command: `${process.execPath} ${clientPath}` })
+    assert.deepEqual(requester['client'], {
+      pid: outcome.pid,
+      command: `${process.execPath} ${clientPath}`,
+      exe: realpathSync(process.execPath),
+    })
     assert.equal(requester['uid'], process.getuid?.())
     assert.deepEqual(line['claimed'], FORGED)
   })
@@ -315,7 +320,11 @@ describe('a requester never approves its own publish', () => {
     assert.equal(requester['command'], cmdlineOf(process.pid))
     assert.equal(requester['exe'], readlinkSync(`/proc/${process.pid}/exe`))
     assert.equal(requester['tty'], undefined, 'a process in its own session has no terminal')
-    assert.deepEqual(requester['client'], { pid: outcome.pid, command: `${process.execPath} ${clientPath}` })
+    assert.deepEqual(requester['client'], {
+      pid: outcome.pid,
+      command: `${process.execPath} ${clientPath}`,
+      exe: realpathSync(process.execPath),
+    })
     assert.deepEqual(line['claimed'], FORGED)
     assert.doesNotMatch(agent.log(), /forged-requester/)
   })
